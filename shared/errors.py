@@ -1,0 +1,205 @@
+"""The error table: one class per failure, each fixing its HTTP status, OpenAI `type` and `code`.
+
+Errors are raised, never returned. The gateway's handlers render any `DukatError` as OpenAI's
+`{"error": {"message", "type", "param", "code"}}`; the worker wire carries them by `code`.
+Python's own exceptions are never mapped to 4xx: an unexpected exception is a 500 (`InternalError`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    error: ErrorDetail
+
+
+class DukatError(Exception):
+    """Base of every failure that reaches a user. Subclasses set the three class attributes."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+    # Seconds a client should wait before retrying (sent as Retry-After), for 429/503.
+    retry_after: ClassVar[int | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def detail(self) -> ErrorDetail:
+        return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(error=self.detail())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": msgspec.to_builtins(self.detail())}
+
+
+class InvalidRequestError(DukatError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class UnsupportedTaskError(InvalidRequestError):
+    """E.g. chat completions asked of an embedding model, or embeddings of a chat model."""
+
+    code = "unsupported_task"
+
+
+class UnsupportedModelTypeError(InvalidRequestError):
+    code = "unsupported_model_type"
+
+
+class QuantizationError(InvalidRequestError):
+    """A quantization the device or the model cannot take (found at load, not at the first request)."""
+
+    code = "quantization_unsupported"
+
+
+class DeviceUnavailableError(InvalidRequestError):
+    code = "device_unavailable"
+
+
+class InvalidConfigError(DukatError):
+    """The model config file exists but is not valid; never silently reset."""
+
+    status = 500
+    type = "server_error"
+    code = "invalid_config"
+
+
+class SettingsError(DukatError):
+    status = 500
+    type = "server_error"
+    code = "invalid_settings"
+
+
+class AuthenticationError(DukatError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(DukatError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class GatedModelError(DukatError):
+    status = 403
+    type = "permission_error"
+    code = "gated_model"
+
+
+class MethodNotAllowedError(DukatError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class ConflictError(DukatError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class OverloadedError(DukatError):
+    status = 429
+    type = "rate_limit_error"
+    code = "overloaded"
+    retry_after = 1
+
+
+class CancelledError(DukatError):
+    """The client went away or cancelled; nobody reads the body, but it is logged."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "cancelled"
+
+
+class InternalError(DukatError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+class HubUnreachableError(DukatError):
+    status = 502
+    type = "server_error"
+    code = "hub_unreachable"
+
+
+class WorkerFailedError(DukatError):
+    status = 502
+    type = "server_error"
+    code = "worker_failed"
+
+
+class ModelNotLoadedError(DukatError):
+    status = 503
+    type = "server_error"
+    code = "model_not_loaded"
+    retry_after = 1
+
+
+class ModelLoadFailedError(DukatError):
+    status = 503
+    type = "server_error"
+    code = "model_load_failed"
+
+
+class NoCapacityError(DukatError):
+    """No worker host has a device with room for the model."""
+
+    status = 503
+    type = "server_error"
+    code = "no_capacity"
+    retry_after = 5
+
+
+class TimeoutError_(DukatError):
+    status = 504
+    type = "server_error"
+    code = "timeout"
+
+
+def _all_subclasses(cls: type[DukatError]) -> list[type[DukatError]]:
+    out: list[type[DukatError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+# code -> class, so an error crossing the worker wire comes back as the same class.
+ERRORS_BY_CODE: dict[str, type[DukatError]] = {
+    c.code: c for c in [DukatError, *_all_subclasses(DukatError)] if c is not DukatError
+}
+
+
+def error_from_code(code: str | None, message: str, param: str | None = None) -> DukatError:
+    cls = ERRORS_BY_CODE.get(code or "", InternalError)
+    return cls(message, param=param)

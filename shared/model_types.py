@@ -1,0 +1,195 @@
+"""Model types: what each family is for, how its prompts look and how its output is cleaned.
+
+The type of a model is inferred from its id (the seed's rule: `TinyLlama/...` is TinyLlama,
+`mistralai/...` is Mistral, ...), then from the `model_type` of its `config.json`; a `model_type`
+in the Dukat config file overrides both. An architecture we don't know is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from msgspec import Struct
+
+from shared.errors import UnsupportedModelTypeError
+
+
+class Task(StrEnum):
+    CHAT = "chat"  # causal LM: chat and text completions
+    SEQ2SEQ = "seq2seq"  # encoder-decoder generation (T5)
+    EMBEDDING = "embedding"  # encoder: pooled sentence vectors (BERT, RoBERTa)
+
+
+class PromptFormat(StrEnum):
+    INST = "inst"  # Mistral / Llama-2 Instruct: <s>[INST] {system}\n\n{prompt} [/INST]
+    ZEPHYR = "zephyr"  # TinyLlama chat: <|system|>\n{system}\n<|user|>\n{prompt}\n<|assistant|>
+    GEMMA = "gemma"  # <start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n
+    PLAIN = "plain"  # base models: "System: ...\nUser: ...\nAssistant:"
+
+
+class ModelType(Struct, frozen=True, kw_only=True):
+    name: str  # the value users write in the config file's `model_type`
+    task: Task
+    prompt_format: PromptFormat
+    # Strings the model tends to echo at the end of a reply, removed by cleaning.
+    trailing_markers: tuple[str, ...] = ()
+    # transformers `config.json` model_type values of this family.
+    hf_model_types: tuple[str, ...] = ()
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    t.name: t
+    for t in (
+        ModelType(
+            name="llama",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.INST,
+            trailing_markers=("[INST]", "[/INST]", "</s>"),
+            hf_model_types=("llama",),
+        ),
+        ModelType(
+            name="tinyllama",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.ZEPHYR,
+            trailing_markers=("<|user|>", "<|system|>", "<|assistant|>", "</s>"),
+        ),
+        ModelType(
+            name="mistral",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.INST,
+            trailing_markers=("[INST]", "[/INST]", "</s>"),
+            hf_model_types=("mistral", "mixtral"),
+        ),
+        ModelType(
+            name="gemma",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.GEMMA,
+            trailing_markers=("<end_of_turn>", "<start_of_turn>", "<eos>"),
+            hf_model_types=("gemma", "gemma2", "gemma3_text"),
+        ),
+        ModelType(
+            name="gpt",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.PLAIN,
+            trailing_markers=("<|endoftext|>",),
+            hf_model_types=("gpt2", "gpt_neox", "gptj", "gpt_neo", "gpt_bigcode"),
+        ),
+        ModelType(
+            name="falcon",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.PLAIN,
+            trailing_markers=("<|endoftext|>",),
+            hf_model_types=("falcon",),
+        ),
+        ModelType(
+            name="bloom",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.PLAIN,
+            trailing_markers=("</s>",),
+            hf_model_types=("bloom",),
+        ),
+        ModelType(
+            name="opt",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.PLAIN,
+            trailing_markers=("</s>",),
+            hf_model_types=("opt",),
+        ),
+        ModelType(
+            name="t5",
+            task=Task.SEQ2SEQ,
+            prompt_format=PromptFormat.PLAIN,
+            trailing_markers=("</s>",),
+            hf_model_types=("t5", "mt5"),
+        ),
+        ModelType(name="bert", task=Task.EMBEDDING, prompt_format=PromptFormat.PLAIN, hf_model_types=("bert",)),
+        ModelType(
+            name="roberta",
+            task=Task.EMBEDDING,
+            prompt_format=PromptFormat.PLAIN,
+            hf_model_types=("roberta", "xlm-roberta"),
+        ),
+    )
+}
+
+# Aliases users write in the config file.
+_ALIASES = {"tiny_llama": "tinyllama", "gpt2": "gpt", "gpt_neox": "gpt", "gptj": "gpt", "gpt_neo": "gpt"}
+
+# The seed's id rules, most specific first: org or name patterns (case-insensitive).
+_ID_RULES: tuple[tuple[str, str], ...] = (
+    (r"tinyllama", "tinyllama"),
+    (r"(^|/)mistralai/|mistral|mixtral", "mistral"),
+    (r"(^|/)meta-llama/|llama", "llama"),
+    (r"(^|/)google/gemma|gemma", "gemma"),
+    (r"(^|/)tiiuae/|falcon", "falcon"),
+    (r"(^|/)bigscience/|bloom", "bloom"),
+    (r"(^|/)facebook/opt|(^|[/-])opt-", "opt"),
+    (r"(^|/)google/|(^|/)t5-|flan-t5|(^|[/-])t5", "t5"),
+    (r"roberta", "roberta"),
+    (r"bert|minilm|(^|/)sentence-transformers/", "bert"),
+    (r"gpt|(^|/)openai-community/|(^|/)EleutherAI/", "gpt"),
+)
+
+_HF_TO_TYPE = {hf: t.name for t in MODEL_TYPES.values() for hf in t.hf_model_types}
+
+
+def get_model_type(name: str) -> ModelType:
+    """The ModelType for a config-file `model_type` value; unknown names are a clear error."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    try:
+        return MODEL_TYPES[key]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_TYPES))
+        raise UnsupportedModelTypeError(
+            f"unknown model_type {name!r}; supported: {known}", param="model_type"
+        ) from None
+
+
+def type_from_id(model_id: str) -> ModelType | None:
+    """The seed's inference from the model id alone, or None when the id says nothing."""
+    lowered = model_id.lower()
+    for pattern, name in _ID_RULES:
+        if re.search(pattern, lowered, flags=re.IGNORECASE):
+            return MODEL_TYPES[name]
+    return None
+
+
+def type_from_hf_config(hf_model_type: str | None) -> ModelType | None:
+    if not hf_model_type:
+        return None
+    name = _HF_TO_TYPE.get(hf_model_type)
+    return MODEL_TYPES[name] if name else None
+
+
+def infer_model_type(
+    model_id: str, *, hf_model_type: str | None = None, override: str | None = None
+) -> ModelType:
+    """The config file's override, else the id, else `config.json`'s `model_type`.
+
+    The id only decides when `config.json` agrees on the family or is unknown; an id that looks
+    like Llama but holds a GPT-2 is a GPT-2 (the weights decide what can load).
+    """
+    if override:
+        return get_model_type(override)
+    from_config = type_from_hf_config(hf_model_type)
+    from_id = type_from_id(model_id)
+    if from_id and (from_config is None or from_config.task == from_id.task and _same_family(from_id, from_config)):
+        return from_id
+    if from_config:
+        return from_config
+    if from_id and hf_model_type is None:
+        return from_id
+    what = f"architecture {hf_model_type!r}" if hf_model_type else "no config.json model_type"
+    known = ", ".join(sorted(MODEL_TYPES))
+    raise UnsupportedModelTypeError(
+        f"cannot tell the model type of {model_id!r} ({what}); set \"model_type\" in the config "
+        f"file to one of: {known}",
+        param="model_type",
+    )
+
+
+def _same_family(a: ModelType, b: ModelType) -> bool:
+    # TinyLlama is a Llama architecture with its own prompt format.
+    llamas = {"llama", "tinyllama"}
+    return a.name == b.name or (a.name in llamas and b.name in llamas)

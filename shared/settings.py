@@ -1,0 +1,104 @@
+"""One registry of `DUKAT_*` settings, read and validated once at start-up.
+
+Every setting has one entry in `Settings` (name, type, default, doc). `load_settings` reads the
+environment (and CLI overrides of the same names), converts and validates, and raises a
+`SettingsError` naming the variable. Nothing reads `os.environ` for a DUKAT_ variable elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from shared.errors import SettingsError
+
+Quantization = Literal["4bit", "8bit", "none"]
+
+
+class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # Where downloaded and hand-placed models live.
+    models_dir: Path = Path("models")
+    # The JSON model config (descriptions, quantization, default parameters, default model).
+    config_path: Path = Path("models/config.json")
+    # Model used when a request names none; the config file's `default_model` wins when set.
+    default_model: str | None = None
+    # Device map for loads: auto, cpu or cuda:N.
+    device_map: str = "auto"
+    # Quantization used when neither the request nor the config names one.
+    default_quantization: Quantization = "4bit"
+    # Gateway bind address.
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    # Comma-separated worker host URLs; empty means: start a local worker host.
+    worker_hosts: tuple[str, ...] = ()
+    # Bind address of a worker host (`dukat host`).
+    host_bind: str = "127.0.0.1"
+    host_port: Annotated[int, Meta(ge=0, le=65535)] = 8100
+    # Devices a worker host offers: "auto" (every CUDA device, else cpu) or a comma list.
+    devices: tuple[str, ...] = ("auto",)
+    # API keys accepted by the gateway (comma-separated); empty means no auth.
+    api_keys: tuple[str, ...] = ()
+    # Torch threads per model worker (0 = torch's default).
+    worker_threads: Annotated[int, Meta(ge=0)] = 0
+    # Seconds to wait for a model worker to become ready after spawn.
+    load_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+    # Seconds between SIGTERM and SIGKILL when stopping a worker.
+    stop_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    # Requests queued per model worker beyond the running batch; more are refused with 429.
+    max_queue: Annotated[int, Meta(ge=1)] = 64
+    # Concurrent sequences a model worker batches together.
+    max_batch: Annotated[int, Meta(ge=1)] = 16
+    # Load a known model on the first request that names it.
+    auto_load: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+_PREFIX = "DUKAT_"
+_TUPLE_FIELDS = {name for name, t in Settings.__annotations__.items() if "tuple" in str(t)}
+
+
+def setting_names() -> list[str]:
+    """The environment variable of every setting, for docs and `dukat --help`."""
+    return [_PREFIX + name.upper() for name in Settings.__struct_fields__]
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from `env` (default: os.environ) with `overrides` (e.g. CLI flags) on top."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    for name in Settings.__struct_fields__:
+        value = env.get(_PREFIX + name.upper())
+        if value is not None:
+            raw[name] = _split(value) if name in _TUPLE_FIELDS else value
+    for name, value in (overrides or {}).items():
+        if name not in Settings.__struct_fields__:
+            raise SettingsError(f"unknown setting {name!r}", param=name)
+        if value is not None:
+            raw[name] = _split(value) if name in _TUPLE_FIELDS and isinstance(value, str) else value
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_name_the_variable(str(exc))) from None
+    if "config_path" not in raw and "models_dir" in raw:
+        settings = msgspec.structs.replace(settings, config_path=settings.models_dir / "config.json")
+    return settings
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _name_the_variable(message: str) -> str:
+    # msgspec says "... - at `$.port`"; users set DUKAT_PORT.
+    if "`$." in message:
+        head, _, path = message.partition(" - at `$.")
+        field = path.split("`")[0].split("[")[0]
+        return f"invalid {_PREFIX}{field.upper()}: {head}"
+    return f"invalid settings: {message}"
