@@ -119,6 +119,12 @@ class MethodNotAllowedError(DukatError):
     code = "method_not_allowed"
 
 
+class PayloadTooLargeError(DukatError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
 class ConflictError(DukatError):
     status = 409
     type = "invalid_request_error"
@@ -203,3 +209,16 @@ ERRORS_BY_CODE: dict[str, type[DukatError]] = {
 def error_from_code(code: str | None, message: str, param: str | None = None) -> DukatError:
     cls = ERRORS_BY_CODE.get(code or "", InternalError)
     return cls(message, param=param)
+
+
+def error_for_status(status: int, message: str) -> DukatError:
+    """A framework's own HTTP error (unknown route, wrong method, bad body) as a table entry."""
+    if status == 404:
+        return NotFoundError(message)
+    if status == 405:
+        return MethodNotAllowedError(message)
+    if status == 413:
+        return PayloadTooLargeError(message)
+    if 400 <= status < 500:
+        return InvalidRequestError(message)
+    return InternalError(message)

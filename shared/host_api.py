@@ -1,0 +1,93 @@
+"""The gateway ↔ worker host management API (HTTP + JSON): commands and the host's reported state.
+
+The host is the truth about what is loaded where; gateways read this state and never keep their own.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from msgspec import Struct
+
+from shared.settings import Quantization
+
+WorkerStatus = Literal["loading", "loaded", "failed", "stopping"]
+DownloadStatus = Literal["queued", "running", "done", "failed"]
+
+
+class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    model_id: str
+    quantization: Quantization = "4bit"
+    # "auto" lets the host pick its device with the most free memory.
+    device: str = "auto"
+    # The config file's override of the inferred type.
+    model_type: str | None = None
+    revision: str | None = None
+
+
+class UnloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    model_id: str
+
+
+class DownloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    model_id: str
+    revision: str | None = None
+
+
+class DownloadJob(Struct, kw_only=True):
+    id: str
+    model_id: str
+    status: DownloadStatus
+    revision: str | None = None
+    downloaded_bytes: int = 0
+    total_bytes: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    path: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    started_at: float = 0.0
+    finished_at: float | None = None
+
+
+class WorkerState(Struct, kw_only=True):
+    model_id: str
+    status: WorkerStatus
+    device: str
+    quantization: str
+    model_type: str | None = None
+    task: str | None = None
+    # host:port of the model worker's framed wire, once loaded.
+    address: str | None = None
+    pid: int | None = None
+    memory_bytes: int = 0
+    context_length: int = 0
+    load_seconds: float = 0.0
+    started_at: float = 0.0
+    error: str | None = None
+    error_code: str | None = None
+    # The worker's last log lines, to tell why it failed.
+    log_tail: list[str] = []
+
+
+class DeviceState(Struct, kw_only=True):
+    name: str  # "cpu" or "cuda:N"
+    total_memory: int
+    free_memory: int
+    models: list[str] = []
+
+
+class HostState(Struct, kw_only=True):
+    host_id: str
+    url: str
+    devices: list[DeviceState]
+    models: list[WorkerState]
+    downloads: list[DownloadJob] = []
+
+
+class LocalModelInfo(Struct, kw_only=True):
+    model_id: str
+    path: str
+    model_type: str | None
+    size_bytes: int
+    error: str | None = None

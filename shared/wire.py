@@ -1,0 +1,115 @@
+"""The gateway ↔ model worker wire: length-prefixed msgpack frames, typed tagged unions.
+
+Every frame carries the request id it belongs to; a failure is an `ErrorFrame` whose `code` maps back
+to the same class of the error table. One encoder and one decoder per direction, built once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import msgspec
+from msgspec import Struct
+
+from shared.errors import DukatError, error_from_code
+from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class WorkerInfo(Struct, kw_only=True, forbid_unknown_fields=True):
+    model_id: str
+    model_type: str
+    task: str
+    device: str
+    quantization: str
+    dtype: str
+    memory_bytes: int
+    context_length: int
+    load_seconds: float
+    pid: int
+
+
+# Gateway → worker.
+class Generate(Struct, tag="generate", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    request: GenerateRequest
+    defaults: SamplingParams | None = None
+    stream: bool = False
+
+
+class Embed(Struct, tag="embed", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    request: EmbedRequest
+
+
+class Cancel(Struct, tag="cancel", kw_only=True, forbid_unknown_fields=True):
+    id: int
+
+
+class Ping(Struct, tag="ping", kw_only=True, forbid_unknown_fields=True):
+    id: int
+
+
+# Worker → gateway.
+class Delta(Struct, tag="delta", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    text: str
+
+
+class Result(Struct, tag="result", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    result: GenerateResult
+
+
+class Embedding(Struct, tag="embedding", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    result: EmbedResult
+
+
+class Pong(Struct, tag="pong", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    info: WorkerInfo
+
+
+class Error(Struct, tag="error", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    code: str
+    message: str
+    param: str | None = None
+
+    @classmethod
+    def of(cls, request_id: int, exc: DukatError) -> Error:
+        return cls(id=request_id, code=exc.code, message=exc.message, param=exc.param)
+
+    def exception(self) -> DukatError:
+        return error_from_code(self.code, self.message, self.param)
+
+
+ToWorker = Generate | Embed | Cancel | Ping
+FromWorker = Delta | Result | Embedding | Pong | Error
+
+_encoder = msgspec.msgpack.Encoder()
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
+
+
+def encode_frame(frame: ToWorker | FromWorker) -> bytes:
+    payload = _encoder.encode(frame)
+    return _HEADER.pack(len(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next frame's payload, or None at a clean end of stream."""
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ConnectionError("connection closed inside a frame header") from None
+        return None
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise ConnectionError(f"frame of {size} bytes is over the {MAX_FRAME} limit")
+    return await reader.readexactly(size)

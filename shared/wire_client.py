@@ -1,0 +1,168 @@
+"""The client side of the model worker wire: one multiplexed connection per worker address.
+
+Requests are matched to replies by id; a lost connection fails every request in flight with
+`WorkerFailedError`, and the next request reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+
+from shared.errors import WorkerFailedError
+from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.wire import (
+    Cancel,
+    Delta,
+    Embed,
+    Embedding,
+    Error,
+    FromWorker,
+    Generate,
+    Ping,
+    Pong,
+    Result,
+    ToWorker,
+    WorkerInfo,
+    encode_frame,
+    from_worker_decoder,
+    read_frame,
+)
+
+_CLOSED = object()
+
+
+class WorkerConnection:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._ids = itertools.count(1)
+        self._queues: dict[int, asyncio.Queue[FromWorker | object]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connecting = asyncio.Lock()
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._connecting:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            host, _, port = self.address.rpartition(":")
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+            except OSError as exc:
+                raise WorkerFailedError(f"cannot reach model worker at {self.address}: {exc}") from None
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read(reader))
+            return writer
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while (payload := await read_frame(reader)) is not None:
+                frame = from_worker_decoder.decode(payload)
+                queue = self._queues.get(frame.id)
+                if queue is not None:
+                    queue.put_nowait(frame)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writer = None
+            for queue in self._queues.values():
+                queue.put_nowait(_CLOSED)
+
+    async def _send(self, frame: ToWorker) -> None:
+        writer = await self._connect()
+        writer.write(encode_frame(frame))
+
+    async def _request(self, make: type[Generate] | type[Embed] | type[Ping], **kw: object) -> tuple[int, asyncio.Queue]:
+        rid = next(self._ids)
+        queue: asyncio.Queue[FromWorker | object] = asyncio.Queue()
+        self._queues[rid] = queue
+        try:
+            await self._send(make(id=rid, **kw))  # type: ignore[arg-type]
+        except BaseException:
+            self._queues.pop(rid, None)
+            raise
+        return rid, queue
+
+    async def _next(self, queue: asyncio.Queue[FromWorker | object]) -> FromWorker:
+        frame = await queue.get()
+        if frame is _CLOSED:
+            raise WorkerFailedError(f"model worker at {self.address} closed the connection")
+        if isinstance(frame, Error):
+            raise frame.exception()
+        return frame  # type: ignore[return-value]
+
+    async def ping(self) -> WorkerInfo:
+        rid, queue = await self._request(Ping)
+        try:
+            frame = await self._next(queue)
+            assert isinstance(frame, Pong)
+            return frame.info
+        finally:
+            self._queues.pop(rid, None)
+
+    async def generate(self, request: GenerateRequest, defaults: SamplingParams | None = None) -> GenerateResult:
+        rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=False)
+        done = False
+        try:
+            frame = await self._next(queue)
+            done = True
+            assert isinstance(frame, Result)
+            return frame.result
+        finally:
+            await self._finish(rid, done)
+
+    async def stream(
+        self, request: GenerateRequest, defaults: SamplingParams | None = None
+    ) -> AsyncIterator[str | GenerateResult]:
+        """Text deltas, then the final result. Closing the iterator early cancels the generation."""
+        rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=True)
+        done = False
+        try:
+            while True:
+                frame = await self._next(queue)
+                if isinstance(frame, Delta):
+                    yield frame.text
+                elif isinstance(frame, Result):
+                    done = True
+                    yield frame.result
+                    return
+        except WorkerFailedError:
+            done = True
+            raise
+        finally:
+            await self._finish(rid, done)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        rid, queue = await self._request(Embed, request=request)
+        try:
+            frame = await self._next(queue)
+            assert isinstance(frame, Embedding)
+            return frame.result
+        finally:
+            self._queues.pop(rid, None)
+
+    async def _finish(self, rid: int, done: bool) -> None:
+        self._queues.pop(rid, None)
+        if not done and self._writer is not None:
+            # The caller went away (client disconnect, timeout): stop the generation.
+            with contextlib.suppress(Exception):
+                self._writer.write(encode_frame(Cancel(id=rid)))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader_task
+
+
+async def ping(address: str, timeout: float = 30.0) -> WorkerInfo:
+    """One-shot readiness probe: the worker answers over its real wire."""
+    conn = WorkerConnection(address)
+    try:
+        return await asyncio.wait_for(conn.ping(), timeout)
+    finally:
+        await conn.close()

@@ -1,0 +1,186 @@
+"""The worker host: one per machine (or pod). Supervises model workers on its devices and reports
+the truth about what is loaded where. Management API over HTTP + JSON (shared/host_api.py).
+
+Run as `python -m worker.host` (or `dukat host`); `dukat serve` starts one beside the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+
+from shared.errors import DeviceUnavailableError, DukatError, InternalError, error_for_status
+from shared.host_api import DownloadCommand, DownloadJob, HostState, LoadCommand, LocalModelInfo, UnloadCommand, WorkerState
+from shared.model_types import infer_model_type
+from shared.serving import bind_socket, serve
+from shared.settings import Settings, load_settings
+from worker.catalog import list_local_models
+from worker.devices import offered_devices, pick_device
+from worker.download_jobs import DownloadJobs
+from worker.downloads import resolve_model_path
+from worker.supervisor import Supervisor, WorkerSpec
+
+log = logging.getLogger(__name__)
+READY = "DUKAT_HOST_READY"
+
+
+class Host:
+    """What the routes call: devices, downloads and the supervisor of one machine."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.settings = settings
+        self.url = url
+        self.host_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.jobs = DownloadJobs(settings.models_dir)
+        advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
+        self.supervisor = Supervisor(
+            bind=settings.host_bind, advertise=advertise, threads=settings.worker_threads,
+            max_pending=settings.max_queue + settings.max_batch, stop_timeout_s=settings.stop_timeout_s,
+            load_timeout_s=settings.load_timeout_s,
+        )
+
+    def state(self) -> HostState:
+        devices = offered_devices(self.settings.devices)
+        workers = self.supervisor.states()
+        for device in devices:
+            device.models = [w.model_id for w in workers if w.device == device.name]
+        return HostState(host_id=self.host_id, url=self.url, devices=devices, models=workers, downloads=self.jobs.list())
+
+    async def load(self, cmd: LoadCommand) -> WorkerState:
+        existing = self.supervisor.state(cmd.model_id)
+        if existing is not None and existing.status in ("loading", "loaded"):
+            return await self.supervisor.load(WorkerSpec(cmd.model_id, "", "", "", existing.device))
+        devices = offered_devices(self.settings.devices)
+        device = pick_device(devices, cmd.device)
+        if device is None:
+            offered = ", ".join(d.name for d in devices) or "none"
+            raise DeviceUnavailableError(
+                f"device {cmd.device!r} is not available on this host (offered: {offered})", param="device"
+            )
+        path = resolve_model_path(cmd.model_id, self.settings.models_dir)
+        if path is None:
+            job = self.jobs.start(cmd.model_id, cmd.revision)
+            path = await self.jobs.wait(job.id)
+        model_type = infer_model_type(cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type)
+        spec = WorkerSpec(cmd.model_id, str(path), model_type.name, cmd.quantization, device)
+        return await self.supervisor.load(spec)
+
+    def local_models(self) -> list[LocalModelInfo]:
+        return [
+            LocalModelInfo(
+                model_id=m.id, path=str(m.path), model_type=m.model_type, size_bytes=m.size_bytes, error=m.error
+            )
+            for m in list_local_models(self.settings.models_dir)
+        ]
+
+
+def _hf_model_type(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def _own_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+@get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/state")
+async def host_state(state: State) -> HostState:
+    return state.host.state()
+
+
+@get("/models/local")
+async def local_models(state: State) -> list[LocalModelInfo]:
+    return state.host.local_models()
+
+
+@post("/models/load", status_code=200)
+async def load(state: State, data: LoadCommand) -> WorkerState:
+    return await state.host.load(data)
+
+
+@post("/models/unload", status_code=200)
+async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
+    await state.host.supervisor.unload(data.model_id)
+    return {"model_id": data.model_id, "status": "unloaded"}
+
+
+@post("/downloads", status_code=202)
+async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
+    return state.host.jobs.start(data.model_id, data.revision)
+
+
+@get("/downloads/{job_id:str}")
+async def get_download(state: State, job_id: str) -> DownloadJob:
+    return state.host.jobs.get(job_id)
+
+
+def _error_response(_: Request, exc: Exception) -> Response[bytes]:
+    if isinstance(exc, DukatError):
+        err = exc
+    elif isinstance(exc, HTTPException):
+        err = error_for_status(exc.status_code, exc.detail)
+    else:
+        log.exception("host error", exc_info=exc)
+        err = InternalError(f"host error: {type(exc).__name__}")
+    return Response(msgspec.json.encode(err.body()), status_code=err.status, media_type="application/json")
+
+
+def create_host_app(settings: Settings, url: str) -> Litestar:
+    host = Host(settings, url)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await host.supervisor.close()
+
+    return Litestar(
+        route_handlers=[health, host_state, local_models, load, unload, start_download, get_download],
+        state=State({"host": host}),
+        lifespan=[lifespan],
+        exception_handlers={Exception: _error_response},
+        openapi_config=None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dukat host", description="Run a Dukat worker host.")
+    p.add_argument("--bind", dest="host_bind")
+    p.add_argument("--port", dest="host_port", type=int)
+    p.add_argument("--models-dir", dest="models_dir")
+    p.add_argument("--devices")
+    args = p.parse_args(argv)
+    settings = load_settings(overrides={k: v for k, v in vars(args).items() if v is not None})
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    sock = bind_socket(settings.host_bind, settings.host_port)
+    port = sock.getsockname()[1]
+    app = create_host_app(settings, f"http://{settings.host_bind}:{port}")
+    serve(app, sock, ready_prefix=READY, log_level=settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The model worker process: one loaded model, pinned to one device, serving the framed wire.
+
+Started by the worker host as `python -m worker.model_worker ...`. The device is pinned through
+`CUDA_VISIBLE_DEVICES` before torch is imported, so `cuda:N` is the only GPU this process sees.
+Handshake on stdout (one line): `DUKAT_WORKER_READY <port>` or `DUKAT_WORKER_FAILED <json error>`;
+logs go to stderr, which the host keeps the tail of.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import DukatError, InternalError, OverloadedError
+from shared.generation import GenerateResult
+from shared.wire import (
+    Cancel,
+    Delta,
+    Embed,
+    Embedding,
+    Error,
+    Generate,
+    Ping,
+    Pong,
+    Result,
+    WorkerInfo,
+    encode_frame,
+    read_frame,
+    to_worker_decoder,
+)
+
+if TYPE_CHECKING:
+    from worker.engine import Engine
+
+log = logging.getLogger("worker.model_worker")
+READY = "DUKAT_WORKER_READY"
+FAILED = "DUKAT_WORKER_FAILED"
+
+
+def pin_device(device: str, threads: int) -> str:
+    """Make `device` the only one this process sees; returns the device name inside the process.
+
+    Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation.
+    """
+    if threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["MKL_NUM_THREADS"] = str(threads)
+    if device.startswith("cuda"):
+        index = device.partition(":")[2] or "0"
+        os.environ["CUDA_VISIBLE_DEVICES"] = index
+        return "cuda:0"
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return "cpu"
+
+
+class WorkerServer:
+    """Serves one engine to any number of connections; requests are multiplexed by id."""
+
+    def __init__(self, engine: Engine, info: WorkerInfo, *, max_pending: int) -> None:
+        self.engine = engine
+        self.info = info
+        self.max_pending = max_pending
+        self.pending = 0
+        # The engine batches internally; threads only carry blocking calls off the loop.
+        self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cancels: dict[int, threading.Event] = {}
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while (payload := await read_frame(reader)) is not None:
+                frame = to_worker_decoder.decode(payload)
+                match frame:
+                    case Cancel(id=rid):
+                        if rid in cancels:
+                            cancels[rid].set()
+                    case Ping(id=rid):
+                        writer.write(encode_frame(Pong(id=rid, info=self.info)))
+                    case Generate() | Embed():
+                        cancels[frame.id] = threading.Event()
+                        task = asyncio.create_task(self._serve(frame, cancels, writer))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # The gateway went away: nobody will read these results.
+            for event in cancels.values():
+                event.set()
+            writer.close()
+
+    async def _serve(
+        self, frame: Generate | Embed, cancels: dict[int, threading.Event], writer: asyncio.StreamWriter
+    ) -> None:
+        rid = frame.id
+        try:
+            if self.pending >= self.max_pending:
+                raise OverloadedError(
+                    f"model {self.info.model_id!r} has {self.pending} requests in flight; retry later"
+                )
+            self.pending += 1
+            try:
+                await self._run(frame, cancels[rid], writer)
+            finally:
+                self.pending -= 1
+        except DukatError as exc:
+            writer.write(encode_frame(Error.of(rid, exc)))
+        except Exception as exc:
+            log.exception("request %s failed", rid)
+            writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
+        finally:
+            cancels.pop(rid, None)
+
+    async def _run(self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        rid = frame.id
+        if isinstance(frame, Embed):
+            embedded = await loop.run_in_executor(self.executor, self.engine.embed, frame.request)
+            writer.write(encode_frame(Embedding(id=rid, result=embedded)))
+            return
+        if not frame.stream:
+            result = await loop.run_in_executor(
+                self.executor, self.engine.generate, frame.request, frame.defaults, cancel
+            )
+            writer.write(encode_frame(Result(id=rid, result=result)))
+            return
+
+        def pump() -> None:
+            for item in self.engine.stream(frame.request, frame.defaults, cancel):
+                out = Result(id=rid, result=item) if isinstance(item, GenerateResult) else Delta(id=rid, text=item)
+                loop.call_soon_threadsafe(writer.write, encode_frame(out))
+
+        await loop.run_in_executor(self.executor, pump)
+
+
+def _fail(exc: BaseException) -> None:
+    if isinstance(exc, DukatError):
+        body: dict[str, Any] = {"code": exc.code, "message": exc.message, "param": exc.param}
+    else:
+        body = {"code": "model_load_failed", "message": f"{type(exc).__name__}: {exc}", "param": None}
+    print(f"{FAILED} {json.dumps(body)}", flush=True)
+
+
+async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:
+    listener = await asyncio.start_server(server.handle, bind, port)
+    actual = listener.sockets[0].getsockname()[1]
+    print(f"{READY} {actual}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with listener:
+        await stop.wait()
+    log.info("worker for %s stopping", server.info.model_id)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dukat-model-worker")
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--path", required=True)
+    p.add_argument("--model-type", required=True)
+    p.add_argument("--quantization", default="4bit", choices=["4bit", "8bit", "none"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--max-pending", type=int, default=80)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    local_device = pin_device(args.device, args.threads)
+    try:
+        from shared.model_types import get_model_type
+        from worker.engine import Engine
+
+        engine = Engine.load(
+            args.path,
+            model_type=get_model_type(args.model_type),
+            quantization=args.quantization,
+            device=local_device,
+        )
+    except BaseException as exc:
+        log.exception("loading %s failed", args.model_id)
+        _fail(exc)
+        return 1
+    e = engine.info
+    info = WorkerInfo(
+        model_id=args.model_id,
+        model_type=e.model_type,
+        task=str(e.task),
+        device=args.device,
+        quantization=e.quantization,
+        dtype=str(e.dtype),
+        memory_bytes=e.memory_bytes,
+        context_length=e.context_length,
+        load_seconds=e.load_seconds,
+        pid=os.getpid(),
+    )
+    server = WorkerServer(engine, info, max_pending=args.max_pending)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(server, args.bind, args.port))
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Spawns, watches and stops model worker processes: one per loaded model.
+
+A load is idempotent: a second load of a model that is loading or loaded waits for the first. A
+worker that exits on its own is reported `failed` with its last log lines. Unload means the process
+exits (SIGTERM, then SIGKILL after a timeout), so its memory is really given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from shared.errors import DukatError, ModelLoadFailedError, ModelNotLoadedError, error_from_code
+from shared.host_api import WorkerState
+
+log = logging.getLogger(__name__)
+_LOG_TAIL = 40
+
+
+@dataclass
+class WorkerSpec:
+    model_id: str
+    path: str
+    model_type: str
+    quantization: str
+    device: str
+
+
+@dataclass
+class _Worker:
+    spec: WorkerSpec
+    state: WorkerState
+    process: asyncio.subprocess.Process | None = None
+    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    logs: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_LOG_TAIL))
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self, *, bind: str, advertise: str, threads: int, max_pending: int, stop_timeout_s: float,
+        load_timeout_s: float,
+    ) -> None:
+        self.bind = bind
+        self.advertise = advertise
+        self.threads = threads
+        self.max_pending = max_pending
+        self.stop_timeout_s = stop_timeout_s
+        self.load_timeout_s = load_timeout_s
+        self._workers: dict[str, _Worker] = {}
+
+    def states(self) -> list[WorkerState]:
+        return [msgspec.structs.replace(w.state, log_tail=list(w.logs)) for w in self._workers.values()]
+
+    def state(self, model_id: str) -> WorkerState | None:
+        w = self._workers.get(model_id)
+        return msgspec.structs.replace(w.state, log_tail=list(w.logs)) if w else None
+
+    async def load(self, spec: WorkerSpec) -> WorkerState:
+        """Start a worker for `spec` unless one is loading or loaded; wait until it answers."""
+        current = self._workers.get(spec.model_id)
+        if current is None or current.state.status in ("failed", "stopping"):
+            if current is not None and current.state.status == "stopping":
+                await self.unload(spec.model_id)
+            current = self._start(spec)
+        await asyncio.shield(current.ready)
+        return self.state(spec.model_id)  # type: ignore[return-value]
+
+    def _start(self, spec: WorkerSpec) -> _Worker:
+        state = WorkerState(
+            model_id=spec.model_id, status="loading", device=spec.device, quantization=spec.quantization,
+            model_type=spec.model_type, started_at=time.time(),
+        )
+        worker = _Worker(spec=spec, state=state)
+        self._workers[spec.model_id] = worker
+        worker.tasks.append(asyncio.create_task(self._run(worker)))
+        return worker
+
+    async def _run(self, worker: _Worker) -> None:
+        spec = worker.spec
+        cmd = [
+            sys.executable, "-m", "worker.model_worker", "--model-id", spec.model_id, "--path", spec.path,
+            "--model-type", spec.model_type, "--quantization", spec.quantization, "--device", spec.device,
+            "--bind", self.bind, "--threads", str(self.threads), "--max-pending", str(self.max_pending),
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._failed(worker, ModelLoadFailedError(f"cannot start a worker: {exc}"))
+            return
+        worker.state.pid = worker.process.pid
+        worker.tasks.append(asyncio.create_task(self._pipe_logs(worker)))
+        try:
+            await asyncio.wait_for(self._handshake(worker), self.load_timeout_s)
+        except TimeoutError:
+            self._failed(worker, ModelLoadFailedError(f"worker did not load within {self.load_timeout_s:.0f} s"))
+            await self._terminate(worker.process)
+            return
+        assert worker.process.stdout
+        async for raw in worker.process.stdout:  # keep draining: a full pipe would block the worker
+            worker.logs.append(raw.decode(errors="replace").rstrip())
+        code = await worker.process.wait()
+        if worker.state.status == "loaded":
+            err = ModelLoadFailedError(f"model worker for {spec.model_id!r} exited with code {code}")
+            self._failed(worker, err)
+            log.warning("worker %s exited with %s; last log lines:\n%s", spec.model_id, code, "\n".join(worker.logs))
+
+    async def _handshake(self, worker: _Worker) -> None:
+        assert worker.process and worker.process.stdout
+        async for raw in worker.process.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("DUKAT_WORKER_READY "):
+                port = int(line.split()[1])
+                await self._ready(worker, port)
+                return
+            if line.startswith("DUKAT_WORKER_FAILED "):
+                body = json.loads(line.partition(" ")[2])
+                err = error_from_code(body.get("code"), body.get("message", "load failed"), body.get("param"))
+                self._failed(worker, err)
+                return
+        self._failed(worker, ModelLoadFailedError("model worker exited while loading"))
+
+    async def _ready(self, worker: _Worker, port: int) -> None:
+        # Ready means it answers: one ping over the real wire, which also brings the model's facts.
+        from shared.wire_client import ping
+
+        address = f"{self.advertise}:{port}"
+        info = await ping(address)
+        s = worker.state
+        s.address, s.status = address, "loaded"
+        s.model_type, s.task = info.model_type, info.task
+        s.memory_bytes, s.context_length, s.load_seconds = info.memory_bytes, info.context_length, info.load_seconds
+        s.quantization = info.quantization
+        if not worker.ready.done():
+            worker.ready.set_result(None)
+
+    def _failed(self, worker: _Worker, err: DukatError) -> None:
+        s = worker.state
+        s.status, s.address, s.error, s.error_code = "failed", None, err.message, err.code
+        if not worker.ready.done():
+            worker.ready.set_exception(err)
+            worker.ready.exception()  # retrieved here: a load nobody waits on must not warn
+
+    async def _pipe_logs(self, worker: _Worker) -> None:
+        assert worker.process and worker.process.stderr
+        async for raw in worker.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            worker.logs.append(line)
+            log.debug("[%s] %s", worker.spec.model_id, line)
+
+    async def unload(self, model_id: str) -> None:
+        worker = self._workers.get(model_id)
+        if worker is None:
+            raise ModelNotLoadedError(f"model {model_id!r} is not loaded", param="model")
+        worker.state.status = "stopping"
+        if worker.process is not None:
+            await self._terminate(worker.process)
+        for task in worker.tasks:
+            task.cancel()
+        await asyncio.gather(*worker.tasks, return_exceptions=True)
+        if self._workers.get(model_id) is worker:
+            del self._workers[model_id]
+
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM, wait, then SIGKILL: a worker never outlives its unload."""
+        if process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.stop_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.unload(m) for m in list(self._workers)), return_exceptions=True)
