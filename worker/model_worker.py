@@ -46,6 +46,15 @@ READY = "DUKAT_WORKER_READY"
 FAILED = "DUKAT_WORKER_FAILED"
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the host dies, even by SIGKILL: no orphaned GPU memory."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def pin_device(device: str, threads: int) -> str:
     """Make `device` the only one this process sees; returns the device name inside the process.
 
@@ -180,6 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    die_with_parent()
     local_device = pin_device(args.device, args.threads)
     try:
         from shared.model_types import get_model_type

@@ -24,7 +24,7 @@ from msgspec import Struct
 FAMILIES: tuple[str, ...] = (
     "llama", "tinyllama", "mistral", "gemma", "gpt2", "gpt_neox", "gptj", "gpt_neo",
     "falcon", "bloom", "opt", "t5", "bert", "roberta",
-)  # fmt: skip
+)
 
 # Bump when the output of the builder changes, so cached folders are rebuilt.
 BUILDER_VERSION = 1
@@ -103,9 +103,10 @@ class _TokenizerSpec(Struct, frozen=True, kw_only=True):
     bert_like: tuple[str, str, str, str] | None = None  # (cls, sep, pad, mask) for [CLS] x [SEP]
 
 
-_LLAMA_TOK = _TokenizerSpec(special=("<unk>", "<s>", "</s>"), bos="<s>", eos="</s>", unk="<unk>", add_bos=True)
+_LLAMA_TOK = _TokenizerSpec(special=("<unk>", "<s>", "</s>"), bos="<s>", eos="</s>", unk="<unk>",
+                            add_bos=True)
 _GPT_TOK = _TokenizerSpec(special=("<|endoftext|>",), bos="<|endoftext|>", eos="<|endoftext|>",
-                          unk="<|endoftext|>")  # fmt: skip
+                          unk="<|endoftext|>")
 _TOKENIZERS: dict[str, _TokenizerSpec] = {
     "llama": _LLAMA_TOK,
     "tinyllama": _TokenizerSpec(
@@ -133,7 +134,7 @@ _TOKENIZERS: dict[str, _TokenizerSpec] = {
                            bert_like=("[CLS]", "[SEP]", "[PAD]", "[MASK]")),
     "roberta": _TokenizerSpec(special=("<s>", "<pad>", "</s>", "<unk>", "<mask>"), bos="<s>", eos="</s>",
                               unk="<unk>", bert_like=("<s>", "</s>", "<pad>", "<mask>")),
-}  # fmt: skip
+}
 
 
 @lru_cache(maxsize=16)
@@ -164,7 +165,7 @@ def build_tokenizer(family: str, *, vocab_size: int = VOCAB_SIZE, context: int =
     kwargs: dict[str, Any] = {
         "bos_token": spec.bos, "eos_token": spec.eos, "unk_token": spec.unk, "pad_token": spec.pad,
         "model_max_length": context, "clean_up_tokenization_spaces": False,
-    }  # fmt: skip
+    }
     if spec.bert_like:
         cls, sep, pad, mask = spec.bert_like
         tok.post_processor = processors.TemplateProcessing(
@@ -234,14 +235,15 @@ def _config(family: str, shape: _Shape, tokenizer: Any) -> Any:
     import transformers as tf
 
     h, n, ff, heads, ctx = shape.hidden, shape.layers, shape.intermediate, shape.heads, shape.context
-    ids = {
+    ids: dict[str, Any] = {
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    rope = {"hidden_size": h, "intermediate_size": ff, "num_hidden_layers": n, "num_attention_heads": heads,
-            "max_position_embeddings": ctx, "tie_word_embeddings": False}  # fmt: skip
+    rope: dict[str, Any] = {"hidden_size": h, "intermediate_size": ff, "num_hidden_layers": n,
+                            "num_attention_heads": heads, "max_position_embeddings": ctx,
+                            "tie_word_embeddings": False}
     if family in ("llama", "tinyllama"):
         return tf.LlamaConfig(**rope, num_key_value_heads=max(1, heads // 2), **ids)
     if family == "mistral":
@@ -254,29 +256,30 @@ def _config(family: str, shape: _Shape, tokenizer: Any) -> Any:
         return tf.GPTNeoXConfig(**rope, **ids)
     if family == "gptj":
         return tf.GPTJConfig(n_embd=h, n_layer=n, n_head=heads, n_inner=ff, n_positions=ctx,
-                             rotary_dim=h // heads // 2, tie_word_embeddings=False, **ids)  # fmt: skip
+                             rotary_dim=h // heads // 2, tie_word_embeddings=False, **ids)
     if family == "gpt_neo":
         return tf.GPTNeoConfig(hidden_size=h, num_layers=n, num_heads=heads, intermediate_size=ff,
                                max_position_embeddings=ctx, attention_types=[[["global", "local"], n // 2]],
-                               window_size=min(256, ctx), **ids)  # fmt: skip
+                               window_size=min(256, ctx), **ids)
     if family == "falcon":
         return tf.FalconConfig(**{**rope, "tie_word_embeddings": True}, ffn_hidden_size=ff, **ids)
     if family == "bloom":
         # ALiBi: no position table; real checkpoints state their training length as seq_length.
-        return tf.BloomConfig(hidden_size=h, n_layer=n, n_head=heads, seq_length=ctx, **ids)
+        return tf.BloomConfig(hidden_size=h, n_layer=n, n_head=heads, **{"seq_length": ctx, **ids})
     if family == "opt":
         return tf.OPTConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=heads, ffn_dim=ff,
-                            word_embed_proj_dim=h, max_position_embeddings=ctx, **ids)  # fmt: skip
+                            word_embed_proj_dim=h, max_position_embeddings=ctx, **ids)
     if family == "t5":
+        # Relative positions: like real T5 checkpoints, n_positions states the trained length.
+        extra = {"n_positions": ctx, "decoder_start_token_id": tokenizer.pad_token_id, "bos_token_id": None}
         return tf.T5Config(d_model=h, d_kv=h // heads, d_ff=ff, num_layers=n, num_heads=heads,
-                           n_positions=ctx, decoder_start_token_id=tokenizer.pad_token_id,
-                           **{**ids, "bos_token_id": None})  # fmt: skip
+                           **{**ids, **extra})
     if family in ("bert", "roberta"):
         cls = tf.BertConfig if family == "bert" else tf.RobertaConfig
         # RoBERTa's positions start after padding_idx, hence the +2 of real checkpoints.
         positions = ctx + 2 if family == "roberta" else ctx
         return cls(hidden_size=h, num_hidden_layers=n, num_attention_heads=heads, intermediate_size=ff,
-                   max_position_embeddings=positions, **ids)  # fmt: skip
+                   max_position_embeddings=positions, **ids)
     raise ValueError(f"unknown tiny model family {family!r}; known: {', '.join(FAMILIES)}")
 
 
@@ -334,7 +337,7 @@ def build_tiny_model(
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; known: {', '.join(FAMILIES)}")
     shape = _Shape(hidden=hidden, layers=layers, intermediate=intermediate or 2 * hidden,
-                   heads=heads or max(1, hidden // 16), context=context)  # fmt: skip
+                   heads=heads or max(1, hidden // 16), context=context)
     if shape.hidden % 64 or shape.intermediate % 64:
         raise ValueError("hidden and intermediate must be multiples of 64 (bitsandbytes 4-bit on CPU)")
     tokenizer = build_tokenizer(family, context=context)
@@ -363,7 +366,8 @@ def build_demo_chat_model(dest: Path) -> Path:
     dest = build_tiny_model("tinyllama", dest, hidden=256, layers=4, heads=8, init_std=0.2, seed=7)
     tokenizer = AutoTokenizer.from_pretrained(dest)
     generation = GenerationConfig.from_pretrained(dest)
-    generation.suppress_tokens = [i for i in range(len(tokenizer)) if not _printable(tokenizer.decode([i]))]
+    unprintable = [i for i in range(len(tokenizer)) if not _printable(str(tokenizer.decode([i])))]
+    generation.suppress_tokens = unprintable
     generation.save_pretrained(dest)
     return dest
 
