@@ -201,9 +201,7 @@ def _all_subclasses(cls: type[DukatError]) -> list[type[DukatError]]:
 
 
 # code -> class, so an error crossing the worker wire comes back as the same class.
-ERRORS_BY_CODE: dict[str, type[DukatError]] = {
-    c.code: c for c in [DukatError, *_all_subclasses(DukatError)] if c is not DukatError
-}
+ERRORS_BY_CODE: dict[str, type[DukatError]] = {c.code: c for c in _all_subclasses(DukatError)}
 
 
 def error_from_code(code: str | None, message: str, param: str | None = None) -> DukatError:

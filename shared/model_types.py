@@ -125,7 +125,7 @@ _ID_RULES: tuple[tuple[str, str], ...] = (
     (r"(^|/)tiiuae/|falcon", "falcon"),
     (r"(^|/)bigscience/|bloom", "bloom"),
     (r"(^|/)facebook/opt|(^|[/-])opt-", "opt"),
-    (r"(^|/)google/|(^|/)t5-|flan-t5|(^|[/-])t5", "t5"),
+    (r"flan-t5|(^|[/-])m?t5([-_.]|$)|(^|/)t5-", "t5"),
     (r"roberta", "roberta"),
     (r"bert|minilm|(^|/)sentence-transformers/", "bert"),
     (r"gpt|(^|/)openai-community/|(^|/)EleutherAI/", "gpt"),
@@ -167,26 +167,31 @@ def infer_model_type(
 ) -> ModelType:
     """The config file's override, else the id, else `config.json`'s `model_type`.
 
-    The id only decides when `config.json` agrees on the family or is unknown; an id that looks
-    like Llama but holds a GPT-2 is a GPT-2 (the weights decide what can load).
+    The id only decides when `config.json` agrees on the family or is absent; an id that looks
+    like Llama but holds a GPT-2 is a GPT-2 (the weights decide what can load), and an architecture
+    Dukat does not know is an error.
     """
     if override:
         return get_model_type(override)
-    from_config = type_from_hf_config(hf_model_type)
-    from_id = type_from_id(model_id)
-    if from_id and (from_config is None or from_config.task == from_id.task and _same_family(from_id, from_config)):
-        return from_id
-    if from_config:
-        return from_config
-    if from_id and hf_model_type is None:
-        return from_id
-    what = f"architecture {hf_model_type!r}" if hf_model_type else "no config.json model_type"
     known = ", ".join(sorted(MODEL_TYPES))
-    raise UnsupportedModelTypeError(
-        f"cannot tell the model type of {model_id!r} ({what}); set \"model_type\" in the config "
-        f"file to one of: {known}",
-        param="model_type",
-    )
+    from_config = type_from_hf_config(hf_model_type)
+    if hf_model_type and from_config is None:
+        raise UnsupportedModelTypeError(
+            f"{model_id!r} has architecture {hf_model_type!r}, which Dukat does not support; "
+            f"supported types: {known} (set \"model_type\" in the config file if it is one of them)",
+            param="model_type",
+        )
+    from_id = type_from_id(model_id)
+    if from_config is None:
+        if from_id is None:
+            raise UnsupportedModelTypeError(
+                f"cannot tell the model type of {model_id!r} (no config.json model_type); set "
+                f"\"model_type\" in the config file to one of: {known}",
+                param="model_type",
+            )
+        return from_id
+    # The id refines the family (TinyLlama is a Llama with its own prompt format) but never overrules it.
+    return from_id if from_id and _same_family(from_id, from_config) else from_config
 
 
 def _same_family(a: ModelType, b: ModelType) -> bool:

@@ -53,6 +53,8 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_queue: Annotated[int, Meta(ge=1)] = 64
     # Concurrent sequences a model worker batches together.
     max_batch: Annotated[int, Meta(ge=1)] = 16
+    # Models loaded when the gateway starts (comma-separated ids).
+    preload: tuple[str, ...] = ()
     # Load a known model on the first request that names it.
     auto_load: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -83,22 +85,29 @@ def load_settings(
         if value is not None:
             raw[name] = _split(value) if name in _TUPLE_FIELDS and isinstance(value, str) else value
     try:
-        settings = msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_name_the_variable(str(exc))) from None
+        message, field = _name_the_variable(str(exc))
+        raise SettingsError(message, param=field) from None
     if "config_path" not in raw and "models_dir" in raw:
         settings = msgspec.structs.replace(settings, config_path=settings.models_dir / "config.json")
     return settings
+
+
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str | Path):
+        return Path(value)
+    raise NotImplementedError
 
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _name_the_variable(message: str) -> str:
+def _name_the_variable(message: str) -> tuple[str, str | None]:
     # msgspec says "... - at `$.port`"; users set DUKAT_PORT.
     if "`$." in message:
         head, _, path = message.partition(" - at `$.")
         field = path.split("`")[0].split("[")[0]
-        return f"invalid {_PREFIX}{field.upper()}: {head}"
-    return f"invalid settings: {message}"
+        return f"invalid {_PREFIX}{field.upper()}: {head}", _PREFIX + field.upper()
+    return f"invalid settings: {message}", None

@@ -1,0 +1,155 @@
+"""Exception handlers that turn every failure into OpenAI's `{"error": {message, type, param, code}}`.
+
+`DukatError`s keep their class's status/type/code; litestar's own 404/405/413/validation/bad-JSON
+errors get the same body; anything else is a 500 with a generic message, logged once with its
+traceback (litestar logs nothing itself unless `log_exceptions` says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+
+from shared.errors import (
+    AuthenticationError,
+    ConflictError,
+    DukatError,
+    ErrorBody,
+    ErrorDetail,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    OverloadedError,
+)
+
+logger = logging.getLogger(__name__)
+
+_encoder = msgspec.json.Encoder()
+
+# litestar's HTTP errors by status → the table's class whose type/code they take.
+_TABLE_BY_STATUS: dict[int, type[DukatError]] = {
+    401: AuthenticationError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    409: ConflictError,
+    429: OverloadedError,
+}
+# Statuses with no class in the table: (type, code).
+_OTHER_BY_STATUS: dict[int, tuple[str, str]] = {
+    403: ("permission_error", "forbidden"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+}
+
+_INTERNAL_MESSAGE = "The server had an error while processing your request; the server log has the details."
+
+# msgspec messages that name a field inside the object they are about.
+_FIELD_IN_MESSAGE = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<field>[^`]+)`")
+# msgspec's "<message> - at `$.a.b[0]`"; no path for the root object.
+_MSGSPEC_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
+
+
+def error_response(status: int, detail: ErrorDetail, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(
+        content=_encoder.encode(ErrorBody(error=detail)),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _field_error(path: str, message: str) -> InvalidRequestError:
+    """A 400 for a bad field at `path` (dotted, "" for the whole body), naming the field as `param`."""
+    path = path.lstrip(".")
+    if field := _FIELD_IN_MESSAGE.match(message):
+        path = f"{path}.{field['field']}" if path else field["field"]
+    if not path:
+        return InvalidRequestError(f"request body: {message}")
+    return InvalidRequestError(f"{path}: {message}", param=path)
+
+
+def request_validation_error(exc: msgspec.ValidationError) -> InvalidRequestError:
+    """For routes that decode a body themselves: msgspec's error as a 400 naming the field."""
+    found = _MSGSPEC_PATH.match(str(exc))
+    assert found is not None  # the pattern matches any string
+    return _field_error(found["path"] or "", found["message"])
+
+
+def _validation_error(exc: ValidationException) -> InvalidRequestError:
+    """litestar's ValidationException as one 400; its `extra` lists {message, key, source}."""
+    items = exc.extra if isinstance(exc.extra, list) else []
+    errors: list[InvalidRequestError] = []
+    for item in items:
+        key, message = str(item.get("key", "")), str(item.get("message", ""))
+        if key == "data" and message == "'data'":
+            errors.append(InvalidRequestError("the request body is missing; send a JSON object"))
+            continue
+        errors.append(_field_error("" if key == "data" else key, message))
+    if not errors:
+        return InvalidRequestError(exc.detail)
+    first = errors[0]
+    return InvalidRequestError("; ".join(e.message for e in errors), param=first.param)
+
+
+def _dukat_handler(request: Request[Any, Any, Any], exc: DukatError) -> Response[bytes]:
+    if exc.status >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return error_response(exc.status, exc.detail(), headers)
+
+
+def _validation_handler(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    return _dukat_handler(request, _validation_error(exc))
+
+
+def _bad_json_message(request: Request[Any, Any, Any], exc: HTTPException) -> str:
+    message = f"the request body is not valid JSON ({exc.detail})"
+    content_type = request.headers.get("content-type", "")
+    if content_type and "json" not in content_type:
+        message += f"; Content-Type was {content_type!r}, send application/json"
+    return message
+
+
+def _http_detail(request: Request[Any, Any, Any], exc: HTTPException) -> ErrorDetail:
+    status = exc.status_code
+    if isinstance(exc.__cause__, SerializationException):
+        return InvalidRequestError(_bad_json_message(request, exc)).detail()
+    if status == 404 and exc.detail == "Not Found":
+        message = f"no route for {request.method} {request.url.path}"
+    elif status == 405:
+        message = f"method {request.method} is not allowed for {request.url.path}"
+    else:
+        message = exc.detail
+    if cls := _TABLE_BY_STATUS.get(status):
+        return ErrorDetail(message=message, type=cls.type, code=cls.code)
+    kind, code = _OTHER_BY_STATUS.get(status, ("invalid_request_error", InvalidRequestError.code))
+    return ErrorDetail(message=message, type=kind, code=code)
+
+
+def _http_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    if exc.status_code >= 500:
+        return _unexpected_handler(request, exc)
+    return error_response(exc.status_code, _http_detail(request, exc), exc.headers)
+
+
+def _unexpected_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    logger.error("%s %s failed with an unexpected error", request.method, request.url.path, exc_info=exc)
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = ErrorDetail(message=_INTERNAL_MESSAGE, type="server_error", code="internal_error")
+    return error_response(status, detail)
+
+
+def exception_handlers() -> dict[type[Exception], Callable[[Request[Any, Any, Any], Any], Response[bytes]]]:
+    """For `Litestar(exception_handlers=...)`: litestar picks the most specific class by MRO."""
+    return {
+        DukatError: _dukat_handler,
+        ValidationException: _validation_handler,
+        HTTPException: _http_handler,
+        Exception: _unexpected_handler,
+    }

@@ -1,0 +1,81 @@
+"""Shapes and ranges shared by the OpenAI endpoint families: sampling fields, usage, ids, finish reasons."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from shared.errors import InvalidRequestError
+from shared.generation import FinishReason, GenerateResult, SamplingParams
+
+# Ranges as OpenAI documents them; `n` is capped (OpenAI: 128) so one request can't queue thousands.
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+TopP = Annotated[float, Meta(gt=0, le=1)]
+ChoiceCount = Annotated[int, Meta(ge=1, le=128)]
+MaxTokens = Annotated[int, Meta(ge=1)]
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+# vLLM's convention: -1 (or 0) disables top-k.
+TopK = Annotated[int, Meta(ge=-1)]
+RepetitionPenalty = Annotated[float, Meta(gt=0)]
+TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
+Stop = str | list[str] | None
+
+OpenAIFinishReason = Literal["stop", "length"]
+
+# What a stream of generations yields: (choice index, text delta | the choice's final result).
+ChoiceEvent = tuple[int, str | GenerateResult]
+
+
+class StreamOptions(Struct, kw_only=True):
+    include_usage: bool | None = None
+
+
+class Usage(Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+def stop_list(stop: Stop) -> list[str] | None:
+    """`stop` as a list without empty strings (an empty stop would end every generation at once)."""
+    if stop is None:
+        return None
+    items = [stop] if isinstance(stop, str) else stop
+    return [s for s in items if s]
+
+
+def top_k_value(top_k: int | None) -> int | None:
+    return None if top_k is None else max(top_k, 0)
+
+
+def per_choice_params(base: SamplingParams, n: int) -> list[SamplingParams]:
+    """`base` for each of `n` choices; a seed is offset per choice so seeded choices differ."""
+    if base.seed is None:
+        return [base] * n
+    return [msgspec.structs.replace(base, seed=base.seed + i) for i in range(n)]
+
+
+def openai_finish_reason(reason: FinishReason) -> OpenAIFinishReason:
+    """OpenAI's enum has no "cancelled": a generation cut short by a cancel ends like a stop sequence."""
+    return "length" if reason == "length" else "stop"
+
+
+def usage_of(results: Sequence[GenerateResult], n: int = 1) -> Usage:
+    """Usage of `n` generations per prompt, results ordered prompt-major: a prompt counts once."""
+    prompt = sum(r.prompt_tokens for r in results[::n])
+    completion = sum(r.completion_tokens for r in results)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def reject_if(condition: bool, message: str, param: str) -> None:
+    """Raise a 400 naming `param` when a request asks for something Dukat does not do."""
+    if condition:
+        raise InvalidRequestError(message, param=param)

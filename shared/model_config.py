@@ -1,0 +1,284 @@
+"""The JSON model config file: descriptions, quantization, default parameters and the default model.
+
+The seed's format, exactly:
+
+    {"models": {"<id>": {"description": str, "quantization": "4bit" | "8bit" | "none",
+                         "default_parameters": {"temperature": ..., ...}, "model_type": str}},
+     "default_model": "<id>" | null}
+
+Keys a user added that Dukat does not know (top level, in entries, in default_parameters) are
+kept on rewrite. An invalid file is an `InvalidConfigError` naming the file and the field, never a
+silent reset. Writes are read-modify-write under a file lock, through a temp file in the same folder
+and `os.replace`, so readers see the old file or the new one, nothing in between.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, get_args
+
+import filelock
+import msgspec
+from msgspec import Struct, field
+
+from shared.errors import DukatError, InternalError, InvalidConfigError
+from shared.generation import SamplingParams, params_from_mapping
+from shared.model_types import get_model_type
+from shared.settings import Quantization
+
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+LOCK_TIMEOUT_S = 60.0
+
+
+class ModelEntry(Struct, kw_only=True):
+    description: str = ""
+    # None: not set here; the request or the `default_quantization` setting decides.
+    quantization: Quantization | None = None
+    # Kept as written (unknown keys included); `sampling_params()` is the validated view.
+    default_parameters: dict[str, Any] = field(default_factory=dict)
+    model_type: str | None = None
+    # Keys of the entry Dukat does not know, written back as they were.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def sampling_params(self) -> SamplingParams:
+        return params_from_mapping(self.default_parameters)
+
+
+class ModelConfig(Struct, kw_only=True):
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    default_model: str | None = None
+    # Top-level keys Dukat does not know, written back as they were.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_ENTRY_FIELDS = ("description", "quantization", "default_parameters", "model_type")
+_TOP_FIELDS = ("models", "default_model")
+
+
+class _FieldError(Exception):
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+
+
+def decode_config(data: bytes, source: str = "<config>") -> ModelConfig:
+    """Parse and validate a config file's bytes; `source` names the file in errors."""
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidConfigError(f"invalid model config {source}: {_where_in_text(str(exc), data)}") from None
+    try:
+        return _config_from_raw(raw)
+    except _FieldError as exc:
+        raise InvalidConfigError(f"invalid model config {source}: {exc}", param=exc.where) from None
+
+
+def encode_config(config: ModelConfig) -> bytes:
+    """The file's bytes: known keys in the seed's order, then the user's extra keys; 2-space indent."""
+    models = {model_id: _entry_to_raw(entry) for model_id, entry in config.models.items()}
+    extra = {k: v for k, v in config.extra.items() if k not in _TOP_FIELDS}
+    raw = {"models": models, "default_model": config.default_model, **extra}
+    return msgspec.json.format(msgspec.json.encode(raw), indent=2) + b"\n"
+
+
+def _config_from_raw(raw: Any) -> ModelConfig:
+    if not isinstance(raw, dict):
+        raise _FieldError("top level", f"expected an object, got {_kind(raw)}")
+    models = raw.get("models", {})
+    if not isinstance(models, dict):
+        raise _FieldError("models", f"expected an object, got {_kind(models)}")
+    default_model = raw.get("default_model")
+    if default_model is not None and not isinstance(default_model, str):
+        raise _FieldError("default_model", f"expected a string or null, got {_kind(default_model)}")
+    return ModelConfig(
+        models={model_id: _entry_from_raw(model_id, value) for model_id, value in models.items()},
+        default_model=default_model,
+        extra={k: v for k, v in raw.items() if k not in _TOP_FIELDS},
+    )
+
+
+def _entry_from_raw(model_id: str, raw: Any) -> ModelEntry:
+    where = f"models[{msgspec.json.encode(model_id).decode()}]"
+    if not isinstance(raw, dict):
+        raise _FieldError(where, f"expected an object, got {_kind(raw)}")
+    quantization = raw.get("quantization")
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        got = msgspec.json.encode(quantization).decode()
+        raise _FieldError(f"{where}.quantization", f"expected one of {', '.join(QUANTIZATIONS)}, got {got}")
+    known = {k: v for k, v in raw.items() if k in _ENTRY_FIELDS}
+    try:
+        entry = msgspec.convert(known, ModelEntry)
+    except msgspec.ValidationError as exc:
+        raise _field_error(where, exc) from None
+    entry.extra = {k: v for k, v in raw.items() if k not in _ENTRY_FIELDS}
+    _check_entry(where, entry)
+    return entry
+
+
+def _check_entry(where: str, entry: ModelEntry) -> None:
+    try:
+        entry.sampling_params()
+    except msgspec.ValidationError as exc:
+        raise _field_error(f"{where}.default_parameters", exc) from None
+    if entry.model_type is not None:
+        try:
+            get_model_type(entry.model_type)
+        except DukatError as exc:
+            raise _FieldError(f"{where}.model_type", exc.message) from None
+
+
+def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
+    raw: dict[str, Any] = {"description": entry.description}
+    if entry.quantization is not None:
+        raw["quantization"] = entry.quantization
+    raw["default_parameters"] = entry.default_parameters
+    if entry.model_type is not None:
+        raw["model_type"] = entry.model_type
+    return {**raw, **{k: v for k, v in entry.extra.items() if k not in _ENTRY_FIELDS}}
+
+
+def _field_error(where: str, exc: msgspec.ValidationError) -> _FieldError:
+    # msgspec says "Expected `str`, got `int` - at `$.description`"; users read models["x"].description.
+    reason, _, path = str(exc).partition(" - at `$")
+    return _FieldError(where + path.rstrip("`"), reason[0].lower() + reason[1:])
+
+
+def _where_in_text(message: str, data: bytes) -> str:
+    match = re.search(r"\(byte (\d+)\)", message)
+    if not match:
+        return message
+    offset = int(match.group(1))
+    line = data[:offset].count(b"\n") + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return f"{message[: match.start()].rstrip()} at line {line}, column {column}"
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else "a number"
+    )
+
+
+_EMPTY = ModelConfig()
+
+
+class ConfigStore:
+    """The config file at `path`: cached reads, locked atomic read-modify-write updates."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = filelock.FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT_S)
+        # (stat key, parsed config): a hot path re-parses only when the file changed.
+        self._cache: tuple[tuple[int, ...], ModelConfig] | None = None
+
+    def read(self) -> ModelConfig:
+        """The current config (a copy: mutate it freely). A missing file is created empty."""
+        key = self._stat_key()
+        if key is None:
+            self.update(lambda config: None)
+            key = self._stat_key()
+        cached = self._cache
+        if cached is None or cached[0] != key:
+            cached = (key or (), decode_config(self.path.read_bytes(), str(self.path)))
+            self._cache = cached
+        return copy.deepcopy(cached[1])
+
+    def update(self, fn: Callable[[ModelConfig], ModelConfig | None]) -> ModelConfig:
+        """Apply `fn` to the current config under the lock and write the result atomically.
+
+        `fn` may mutate its argument and return None, or return a new config. The file is not
+        rewritten when nothing changed.
+        """
+        try:
+            with self._lock:
+                return self._update_locked(fn)
+        except filelock.Timeout:
+            message = f"model config {self.path} stayed locked for {LOCK_TIMEOUT_S:.0f} s"
+            raise InternalError(message) from None
+
+    def get_entry(self, model_id: str) -> ModelEntry | None:
+        return self.read().models.get(model_id)
+
+    def set_entry(self, model_id: str, entry: ModelEntry) -> ModelConfig:
+        def put(config: ModelConfig) -> None:
+            config.models[model_id] = entry
+
+        return self.update(put)
+
+    def set_default_model(self, model_id: str | None) -> ModelConfig:
+        def put(config: ModelConfig) -> None:
+            config.default_model = model_id
+
+        return self.update(put)
+
+    def remove_entry(self, model_id: str) -> bool:
+        """Remove the entry (and clear `default_model` when it named it); False when there was none."""
+        removed = False
+
+        def drop(config: ModelConfig) -> None:
+            nonlocal removed
+            removed = config.models.pop(model_id, None) is not None
+            if removed and config.default_model == model_id:
+                config.default_model = None
+
+        self.update(drop)
+        return removed
+
+    def _update_locked(self, fn: Callable[[ModelConfig], ModelConfig | None]) -> ModelConfig:
+        # Always from disk here: the cache may be a tick behind another process's write.
+        old = self.path.read_bytes() if self.path.exists() else None
+        config = decode_config(old, str(self.path)) if old is not None else copy.deepcopy(_EMPTY)
+        result = fn(config)
+        config = config if result is None else result
+        data = encode_config(config)
+        try:
+            config = decode_config(data, str(self.path))  # what a reader would get; validates fn's edits
+        except InvalidConfigError as exc:
+            raise InvalidConfigError(f"refusing to write {exc.message}", param=exc.param) from None
+        if data != old:
+            _atomic_write(self.path, data)
+        key = self._stat_key()
+        self._cache = (key, config) if key is not None else None
+        return copy.deepcopy(config)
+
+    def _stat_key(self) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, `os.replace`, fsync the folder: old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _mode_for(path: Path) -> int:
+    # Keep the user's permissions; a new file gets 0o644 rather than mkstemp's 0o600.
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        return 0o644

@@ -1,0 +1,338 @@
+"""Downloads from the Hugging Face Hub (or whatever `HF_ENDPOINT` / `endpoint=` names) into `models_dir`.
+
+Layout: a model `org/name` lands in `models_dir/org/name`, a plain folder next to hand-placed
+`save_pretrained` folders, with a marker (`worker.catalog.MARKER_NAME`) recording the repo id,
+revision, commit and files. A folder holds one revision: downloading another replaces the files.
+
+Only what inference needs is fetched: config, tokenizer, generation config, chat templates,
+sentence-transformers pooling, and one set of weights (safetensors, else .bin).
+
+Files are fetched one after the other with `huggingface_hub.hf_hub_download` (what
+`snapshot_download` runs per file) so progress can name the current file. Interruptions
+(huggingface_hub 2.4): a dropped connection is retried inside the call with a Range request from
+the last complete 10 MiB chunk; a later call skips the files already complete, but a file that was
+cut when the call failed starts over (huggingface_hub deletes partial files).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, cast
+
+import httpx2
+import msgspec
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.errors import (
+    FileMetadataError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+from msgspec import Struct
+from tqdm import tqdm
+
+from shared.errors import (
+    DukatError,
+    GatedModelError,
+    HubUnreachableError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UnsupportedModelTypeError,
+)
+from worker.catalog import MARKER_NAME, DownloadMarker, is_model_folder, read_marker
+
+_SUPPORT_FILES = frozenset({
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json",
+    # sentence-transformers: how an embedding model pools its token vectors
+    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+})
+_SUPPORT_PATTERNS = ("additional_chat_templates/*.jinja", "*.tiktoken", "*_Pooling/config.json")
+# First group with weights wins: transformers' own names, then any safetensors, then .bin.
+# Top level only: original/, onnx/, flax and tf weights stay behind.
+_WEIGHT_GROUPS = (
+    ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"),
+    ("*.safetensors", "*.safetensors.index.json"),
+    ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json"),
+)
+
+
+class DownloadProgress(Struct, kw_only=True, frozen=True):
+    model_id: str
+    downloaded_bytes: int
+    total_bytes: int
+    files_done: int
+    files_total: int
+    current_file: str | None = None
+    done: bool = False
+
+
+ProgressCallback = Callable[[DownloadProgress], None]
+
+
+def download_model(
+    model_id: str,
+    models_dir: Path,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    progress: ProgressCallback | None = None,
+    show_progress_bar: bool = False,
+) -> Path:
+    """The folder of `model_id` under `models_dir`, downloaded or brought up to date.
+
+    A local model folder given as `model_id` is returned as is. `token` defaults to `HF_TOKEN`
+    (read by huggingface_hub), `endpoint` to `HF_ENDPOINT`. `progress` is called in this thread as
+    bytes arrive. Raises ModelNotFoundError, GatedModelError, HubUnreachableError,
+    UnsupportedModelTypeError (a repo without transformers weights) or InvalidRequestError (bad id).
+    """
+    local = _local_folder(model_id)
+    if local is not None:
+        return local
+    _check_repo_id(model_id)
+    dest = Path(models_dir) / model_id
+    hub = (endpoint or constants.ENDPOINT).rstrip("/")
+    with _hub_errors(model_id, revision, hub):
+        api = HfApi(endpoint=endpoint, token=token, library_name="dukat")
+        info = api.model_info(
+            model_id, revision=revision, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
+        )
+        sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        files = _checked_selection(model_id, sizes)
+        marker = DownloadMarker(
+            repo_id=model_id, revision=revision or "main", commit=str(info.sha), files=files, complete=False
+        )
+        _begin(dest, marker)
+        tracker = _Tracker(model_id, {f: sizes[f] for f in files}, progress, show_progress_bar)
+        try:
+            for name in files:
+                tracker.start(name)
+                hf_hub_download(
+                    model_id, name, revision=marker.commit, local_dir=dest, endpoint=endpoint, token=token,
+                    library_name="dukat", tqdm_class=tracker.bar_class,
+                )
+                tracker.finish(name)
+            _write_marker(dest, msgspec.structs.replace(marker, complete=True))
+            tracker.report(done=True)
+        finally:
+            tracker.close()
+    return dest
+
+
+def resolve_model_path(model_id: str, models_dir: Path) -> Path | None:
+    """Where `model_id` is on disk: a local model folder, or `models_dir/<id>` holding a model
+    (hand-placed, or a complete download); None when it is not here."""
+    local = _local_folder(model_id)
+    if local is not None:
+        return local
+    parts = model_id.split("/")
+    if model_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None  # never look outside models_dir
+    folder = Path(models_dir).joinpath(*parts)
+    if not is_model_folder(folder):
+        return None
+    marker = read_marker(folder)
+    return folder if marker is None or marker.complete else None
+
+
+def select_files(names: Iterable[str]) -> list[str]:
+    """The files of a repo that inference needs: the small ones first (a broken repo fails fast,
+    and an interrupted download keeps them), then the weights, each in the repo's order."""
+    names = list(names)
+    top = [n for n in names if "/" not in n]
+    weights: set[str] = set()
+    for group in _WEIGHT_GROUPS:
+        chosen = {n for n in top if any(fnmatch(n, p) for p in group)}
+        if any(not n.endswith(".json") for n in chosen):
+            weights = chosen
+            break
+    support = {n for n in names if n in _SUPPORT_FILES or any(fnmatch(n, p) for p in _SUPPORT_PATTERNS)}
+    return [n for n in names if n in support and n not in weights] + [n for n in names if n in weights]
+
+
+def _checked_selection(model_id: str, sizes: dict[str, int]) -> list[str]:
+    files = select_files(sizes)
+    has_weights = any(f.endswith((".safetensors", ".bin")) for f in files)
+    if "config.json" not in files or not has_weights:
+        sample = ", ".join(sorted(sizes)[:8]) or "none"
+        raise UnsupportedModelTypeError(
+            f"{model_id!r} has no config.json and safetensors/.bin weights that transformers can load "
+            f"(files: {sample})",
+            param="model",
+        )
+    return files
+
+
+def _local_folder(model_id: str) -> Path | None:
+    # Like transformers: an existing folder wins over a hub id of the same spelling.
+    path = Path(model_id).expanduser()
+    return path.resolve() if is_model_folder(path) else None
+
+
+def _check_repo_id(model_id: str) -> None:
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        raise InvalidRequestError(
+            f"{model_id!r} is neither a local model folder nor a Hugging Face model id like 'org/name'",
+            param="model",
+        ) from None
+
+
+def _begin(dest: Path, marker: DownloadMarker) -> None:
+    """Mark `dest` incomplete (unless it already holds exactly this commit) and remove the files
+    of a previous revision that this one does not have."""
+    old = read_marker(dest)
+    if old is not None and old.complete and old.commit == marker.commit and old.files == marker.files:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    _write_marker(dest, marker)
+    stale = set(old.files) - set(marker.files) if old is not None else set()
+    root = dest.resolve()
+    for name in stale:
+        path = (dest / name).resolve()
+        if path.is_relative_to(root):
+            path.unlink(missing_ok=True)
+
+
+def _write_marker(dest: Path, marker: DownloadMarker) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f"{MARKER_NAME}.", dir=dest)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgspec.json.encode(marker))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest / MARKER_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Tracker:
+    """Turns huggingface_hub's per-file progress bar updates into DownloadProgress reports and,
+    when asked, one visible bar for the whole model."""
+
+    def __init__(
+        self, model_id: str, sizes: dict[str, int], callback: ProgressCallback | None, visible: bool
+    ) -> None:
+        self.model_id, self.sizes, self.callback = model_id, sizes, callback
+        self.total = sum(sizes.values())
+        self.finished_bytes = 0  # bytes of the files already complete
+        self.file_bytes = 0  # bytes of the current file so far
+        self.reported = 0
+        self.files_done = 0
+        self.current: str | None = None
+        self.bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024, desc=model_id,
+                        disable=not visible)
+        self.bar_class = _bar_class(self)
+
+    def start(self, name: str) -> None:
+        self.current, self.file_bytes = name, 0
+        self.bar.set_postfix_str(name, refresh=False)
+        self.report()
+
+    def add(self, n: int) -> None:
+        if n:
+            self.file_bytes += n
+            self.report()
+
+    def finish(self, name: str) -> None:
+        # Exact even when the file was already here and no byte came over the network.
+        self.finished_bytes += self.sizes[name]
+        self.files_done, self.current, self.file_bytes = self.files_done + 1, None, 0
+        self.report()
+
+    def report(self, *, done: bool = False) -> None:
+        size = self.sizes.get(self.current or "", 0)
+        in_file = min(max(self.file_bytes, 0), size) if size else max(self.file_bytes, 0)
+        # Monotonic: a resume that restarts a file must not move the count backwards.
+        self.reported = max(self.reported, self.finished_bytes + in_file)
+        self.total = max(self.total, self.reported)
+        self.bar.total = self.total
+        self.bar.update(self.reported - self.bar.n)
+        if self.callback is not None:
+            self.callback(DownloadProgress(
+                model_id=self.model_id, downloaded_bytes=self.reported, total_bytes=self.total,
+                files_done=self.files_done, files_total=len(self.sizes), current_file=self.current, done=done,
+            ))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _bar_class(tracker: _Tracker) -> type[tqdm]:
+    """A silent tqdm that huggingface_hub creates per file (`tqdm_class=`) and feeds with bytes."""
+
+    class _FileBar(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            tracker.add(int(kwargs.get("initial") or 0))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            tracker.add(int(n or 0))
+            return None
+
+        def update_transfer(self, n: float | None = 1) -> None:
+            pass  # network bytes (the same as update() over plain HTTP): counted once, via update()
+
+    return cast(type[tqdm], _FileBar)
+
+
+@contextmanager
+def _hub_errors(model_id: str, revision: str | None, hub: str) -> Iterator[None]:
+    """huggingface_hub's and httpx's failures as Dukat's typed errors, naming the model and hub."""
+    try:
+        yield
+    except DukatError:
+        raise
+    except GatedRepoError as exc:  # before RepositoryNotFoundError: it is a subclass
+        raise GatedModelError(_gated_message(model_id, hub), param="model") from exc
+    except RevisionNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"revision {revision!r} of model {model_id!r} not found on {hub}", param="revision"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"model {model_id!r} not found on {hub} (a private model needs HF_TOKEN)", param="model"
+        ) from exc
+    except RemoteEntryNotFoundError as exc:
+        message = f"a file of model {model_id!r} is missing on {hub}: {exc}"
+        raise ModelNotFoundError(message, param="model") from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise GatedModelError(_gated_message(model_id, hub), param="model") from exc
+        raise HubUnreachableError(f"the hub at {hub} answered {status} for model {model_id!r}") from exc
+    except OfflineModeIsEnabled as exc:
+        raise HubUnreachableError(f"cannot download {model_id!r} from {hub}: HF_HUB_OFFLINE is set") from exc
+    except (httpx2.TransportError, LocalEntryNotFoundError, FileMetadataError) as exc:
+        raise HubUnreachableError(
+            f"cannot reach the hub at {hub} to download {model_id!r}: {_root_cause(exc)}"
+        ) from exc
+
+
+def _gated_message(model_id: str, hub: str) -> str:
+    return (
+        f"model {model_id!r} is gated on {hub}: accept its terms on the model page, then set HF_TOKEN "
+        "to a token of an account with access"
+    )
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
