@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.types import ExceptionHandlersMap
 
 from shared.errors import (
     AuthenticationError,
@@ -55,7 +55,9 @@ _FIELD_IN_MESSAGE = re.compile(r"^Object (?:missing required|contains unknown) f
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
 
 
-def error_response(status: int, detail: ErrorDetail, headers: dict[str, str] | None = None) -> Response[bytes]:
+def error_response(
+    status: int, detail: ErrorDetail, headers: dict[str, str] | None = None
+) -> Response[bytes]:
     return Response(
         content=_encoder.encode(ErrorBody(error=detail)),
         status_code=status,
@@ -145,7 +147,7 @@ def _unexpected_handler(request: Request[Any, Any, Any], exc: Exception) -> Resp
     return error_response(status, detail)
 
 
-def exception_handlers() -> dict[type[Exception], Callable[[Request[Any, Any, Any], Any], Response[bytes]]]:
+def exception_handlers() -> ExceptionHandlersMap:
     """For `Litestar(exception_handlers=...)`: litestar picks the most specific class by MRO."""
     return {
         DukatError: _dukat_handler,

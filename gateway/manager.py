@@ -319,7 +319,7 @@ class ModelManager:
         mid, worker = await self.ready_worker(model_id)
         return mid, self._worker(worker.address or "").stream(request, self.defaults_for(mid))
 
-    async def aembed(self, model_id: str | None, inputs: list[str] | list[list[int]]) -> tuple[str, EmbedResult]:
+    async def aembed(self, model_id: str | None, inputs: list[str | list[int]]) -> tuple[str, EmbedResult]:
         mid, worker = await self.ready_worker(model_id)
         return mid, await self._worker(worker.address or "").embed(EmbedRequest(inputs=inputs))
 

@@ -83,8 +83,17 @@ async def open_events(items: AsyncIterable[Any]) -> AsyncIterator[bytes]:
     return _events(first, iterator)
 
 
-async def sse_stream(items: AsyncIterable[Any], headers: dict[str, str] | None = None) -> Stream:
-    """A litestar streaming response of `items` as SSE (see `open_events`); 200 even on a POST route
-    (litestar's default there is 201)."""
+class EventStream(Stream):
+    """A `Stream` that stays `text/event-stream`: litestar lets the route's media type (JSON for a
+    route annotated `-> SomeStruct | Stream`) override the response's own."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["media_type"] = MEDIA_TYPE
+        return super().to_asgi_response(*args, **kwargs)
+
+
+async def sse_stream(items: AsyncIterable[Any], headers: dict[str, str] | None = None) -> EventStream:
+    """A streaming response of `items` as SSE (see `open_events`); 200 even on a POST route (litestar's
+    default there is 201)."""
     body = await open_events(items)
-    return Stream(body, status_code=200, media_type=MEDIA_TYPE, headers={**HEADERS, **(headers or {})})
+    return EventStream(body, status_code=200, media_type=MEDIA_TYPE, headers={**HEADERS, **(headers or {})})

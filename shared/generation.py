@@ -99,7 +99,7 @@ class GenerateResult(Struct, kw_only=True):
 
 class EmbedRequest(Struct, kw_only=True):
     # Strings, or token-id arrays (OpenAI lets clients send pre-tokenized input).
-    inputs: list[str] | list[list[int]]
+    inputs: list[str | list[int]]
     request_id: str = ""
 
 

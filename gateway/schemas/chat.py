@@ -138,7 +138,7 @@ class ChatCompletionChunk(Struct, kw_only=True):
     model: str
     choices: list[ChatChunkChoice]
     # Absent unless include_usage; then null on every chunk but the last, as OpenAI does.
-    usage: Usage | None | UnsetType = UNSET
+    usage: Usage | UnsetType | None = UNSET
 
 
 def chat_id(request_id: str) -> str:

@@ -174,7 +174,9 @@ class CompletionChunks:
         self.created = now() if created is None else created
 
     def _chunk(self, choices: list[CompletionChoice], usage: Usage | UnsetType = UNSET) -> CompletionResponse:
-        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+        return CompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
 
     def text(self, text: str, index: int = 0) -> CompletionResponse:
         return self._chunk([CompletionChoice(index=index, text=text)])

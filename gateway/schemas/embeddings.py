@@ -78,7 +78,8 @@ def embedding_response(
     size = len(result.vectors[0]) if result.vectors else 0
     if dimensions is not None and dimensions != size:
         raise InvalidRequestError(
-            f"model {model!r} returns {size}-dimensional embeddings; dimensions={dimensions} is not supported",
+            f"model {model!r} returns {size}-dimensional embeddings; "
+            f"dimensions={dimensions} is not supported",
             param="dimensions",
         )
     as_base64 = encoding_format == "base64"

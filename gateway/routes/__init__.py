@@ -1,0 +1,1 @@
+"""Thin route handlers: decode → call the ModelManager → encode."""

@@ -1,0 +1,72 @@
+"""Running the n choices (and, for completions, the prompts) of one request on a model worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from gateway.manager import ModelManager
+from gateway.schemas import ChoiceEvent
+from shared.generation import GenerateRequest, GenerateResult
+
+
+async def generate_all(
+    manager: ModelManager, model: str | None, requests: list[GenerateRequest]
+) -> tuple[str, list[GenerateResult]]:
+    """Every request's result, in order; they run concurrently so the worker can batch them."""
+    if len(requests) == 1:
+        mid, result = await manager.agenerate_request(model, requests[0])
+        return mid, [result]
+    mid, _ = await manager.ready_worker(model)  # load once, not n times concurrently
+    pairs = await asyncio.gather(*(manager.agenerate_request(mid, r) for r in requests))
+    return mid, [result for _, result in pairs]
+
+
+async def stream_all(
+    manager: ModelManager, model: str | None, requests: list[GenerateRequest]
+) -> tuple[str, AsyncIterator[ChoiceEvent]]:
+    """The interleaved events `(choice index, delta | final result)` of every request."""
+    if len(requests) == 1:
+        mid, stream = await manager.astream_request(model, requests[0])
+        return mid, _indexed(0, stream)
+    mid, _ = await manager.ready_worker(model)
+    streams = [(await manager.astream_request(mid, r))[1] for r in requests]
+    return mid, _merged(streams)
+
+
+async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> AsyncIterator[ChoiceEvent]:
+    try:
+        async for event in stream:
+            yield index, event
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def _merged(streams: list[AsyncIterator[str | GenerateResult]]) -> AsyncIterator[ChoiceEvent]:
+    queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[str | GenerateResult]) -> None:
+        try:
+            async for event in _indexed(index, stream):
+                await queue.put(event)
+            await queue.put(None)
+        except Exception as exc:
+            await queue.put(exc)
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,14 @@
+"""POST /v1/embeddings."""
+
+from __future__ import annotations
+
+from litestar import post
+from litestar.datastructures import State
+
+from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
+
+
+@post("/v1/embeddings", status_code=200, summary="Create embeddings (OpenAI)")
+async def embeddings(state: State, data: EmbeddingRequest) -> EmbeddingResponse:
+    model, result = await state.manager.aembed(data.model, data.inputs())
+    return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)

@@ -1,0 +1,62 @@
+"""Dukat's management API: pull (a background job), load, unload, default, listing, hosts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import get, post
+from litestar.datastructures import State
+
+from gateway.schemas import DownloadJob, DownloadRequest, LoadRequest, SetDefaultRequest, UnloadRequest, download_job
+from shared.host_api import HostState
+
+
+@get("/api/models", summary="Models available: the config file and every host's models_dir")
+async def available(state: State) -> dict[str, Any]:
+    return {"object": "list", "data": await state.manager.alist_available_models()}
+
+
+@get("/api/ps", summary="Models loaded, with device, quantization and memory")
+async def loaded(state: State) -> dict[str, Any]:
+    return {"object": "list", "data": await state.manager.alist_loaded_models()}
+
+
+@get("/api/hosts", summary="Every worker host's devices, models and downloads")
+async def hosts(state: State) -> list[HostState]:
+    return await state.manager.host_states(fresh=True)
+
+
+@post("/api/models/pull", status_code=202, summary="Start downloading a model (follow the job)")
+async def pull(state: State, data: DownloadRequest) -> DownloadJob:
+    return download_job(await state.manager.astart_download(data.model, data.revision))
+
+
+@get("/api/downloads/{job_id:str}", summary="A download job's progress")
+async def download(state: State, job_id: str) -> DownloadJob:
+    return download_job(await state.manager.adownload_job(job_id))
+
+
+@post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
+async def load(state: State, data: LoadRequest) -> dict[str, Any]:
+    w = await state.manager.aload_model(data.model, data.quantization, data.device)
+    return {
+        "id": w.model_id, "state": w.status, "device": w.device, "quantization": w.quantization,
+        "model_type": w.model_type, "task": w.task, "memory_bytes": w.memory_bytes, "load_seconds": w.load_seconds,
+    }
+
+
+@post("/api/models/unload", status_code=200, summary="Stop a model's worker process")
+async def unload(state: State, data: UnloadRequest) -> dict[str, Any]:
+    await state.manager.aunload_model(data.model)
+    return {"id": data.model, "state": "unloaded"}
+
+
+@post("/api/models/default", status_code=200, summary="Set the default model (saved in the config file)")
+async def set_default(state: State, data: SetDefaultRequest) -> dict[str, Any]:
+    await state.manager.aset_default_model(data.model)
+    return {"default_model": data.model}
+
+
+@get("/health", summary="Liveness: the gateway answers")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
