@@ -52,7 +52,7 @@ _INTERNAL_MESSAGE = "The server had an error while processing your request; the 
 # msgspec messages that name a field inside the object they are about.
 _FIELD_IN_MESSAGE = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<field>[^`]+)`")
 # msgspec's "<message> - at `$.a.b[0]`"; no path for the root object.
-_MSGSPEC_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
+_MSGSPEC_PATH = re.compile(r"^(?P<message>.*?) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 
 
 def error_response(
@@ -79,8 +79,9 @@ def _field_error(path: str, message: str) -> InvalidRequestError:
 def request_validation_error(exc: msgspec.ValidationError) -> InvalidRequestError:
     """For routes that decode a body themselves: msgspec's error as a 400 naming the field."""
     found = _MSGSPEC_PATH.match(str(exc))
-    assert found is not None  # the pattern matches any string
-    return _field_error(found["path"] or "", found["message"])
+    if found is None:
+        return _field_error("", str(exc))
+    return _field_error(found["path"], found["message"])
 
 
 def _validation_error(exc: ValidationException) -> InvalidRequestError:

@@ -360,6 +360,8 @@ class ModelManager:
                 "downloaded": disk is not None,
                 "size_bytes": disk.size_bytes if disk else 0,
                 "state": worker.status if worker else "available",
+                "device": worker.device if worker else None,
+                "task": worker.task if worker else None,
                 "default": mid == config.default_model,
             })
         return out

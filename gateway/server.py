@@ -19,6 +19,7 @@ READY = "DUKAT_GATEWAY_READY"
 def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     settings = load_settings(overrides=overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per host call would drown the access log
     if demo:
         from gateway.demo import prepare_demo, usage_text
 

@@ -273,9 +273,9 @@ class _Stepper:
                 sampler.observe(prompt_ids)  # transformers' repetition penalty counts the prompt
                 out = self._model(input_ids=ids, use_cache=True, **self._keep)
         while True:
-            with torch.inference_mode():
+            with torch.inference_mode():  # the sampler's tensors are inference tensors too
                 token = sampler.choose(out.logits[0, -1])
-            sampler.observe(token)
+                sampler.observe(token)
             yield token
             cache = out.cache if hasattr(out, "cache") else out.past_key_values
             step = {"decoder_input_ids" if seq2seq else "input_ids": self._column(token)}

@@ -3,6 +3,7 @@ uvicorn server that the openai SDK talks to (streams included)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -24,11 +25,11 @@ from gateway.schemas import (
     ChatChunks,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChoiceEvent,
     LoadRequest,
     chat_response,
+    chat_stream,
 )
-from gateway.schemas.chat import chat_stream
-from gateway.schemas.common import ChoiceEvent
 from gateway.sse import sse_stream
 from shared.errors import ModelNotFoundError, OverloadedError, WorkerFailedError
 from shared.generation import GenerateResult
@@ -36,6 +37,8 @@ from tests.support.openapi_check import validate
 
 MAX_BODY = 64 * 1024
 SECRET = "secret internal detail"
+# Set when the endless stream's source is closed: the client's disconnect reached the generation.
+ENDLESS_CLOSED = threading.Event()
 
 
 def _result(text: str) -> GenerateResult:
@@ -50,6 +53,13 @@ async def _events(model: str) -> AsyncIterator[ChoiceEvent]:
         raise WorkerFailedError("the model worker died")
     if model == "bug-midway":
         raise RuntimeError(SECRET)
+    if model == "endless":
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                yield 0, "."
+        finally:
+            ENDLESS_CLOSED.set()
     yield 0, "lo"
     yield 0, _result("Hello")
 
@@ -135,7 +145,7 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     validate(body, "ErrorResponse")
-    return body["error"]  # type: ignore[no-any-return]
+    return body["error"]
 
 
 def chat_body(**fields: Any) -> dict[str, Any]:
@@ -151,8 +161,12 @@ def tracebacks(caplog: pytest.LogCaptureFixture, exc_type: type[BaseException]) 
 
 def test_unknown_route_is_a_404_openai_body(client: TestClient[Litestar]) -> None:
     error = error_of(client.get("/v1/nope"), 404)
-    assert error == {"message": "no route for GET /v1/nope", "type": "invalid_request_error",
-                     "param": None, "code": "not_found"}  # fmt: skip
+    assert error == {
+        "message": "no route for GET /v1/nope",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
 
 
 def test_wrong_method_is_a_405_with_allow(client: TestClient[Litestar]) -> None:
@@ -210,8 +224,12 @@ def test_management_body_errors_name_the_field(
 
 def test_dukat_error_keeps_its_status_type_code_and_param(client: TestClient[Litestar]) -> None:
     error = error_of(client.post("/v1/chat/completions", json=chat_body(model="ghost")), 404)
-    assert error == {"message": "model 'ghost' is not known", "type": "invalid_request_error",
-                     "param": "model", "code": "model_not_found"}  # fmt: skip
+    assert error == {
+        "message": "model 'ghost' is not known",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
 
 
 def test_dukat_error_with_retry_after_sets_the_header(client: TestClient[Litestar]) -> None:
@@ -304,3 +322,10 @@ def test_bug_inside_a_stream_sends_a_generic_error_logged_once(
         list(stream)
     assert SECRET not in info.value.message and info.value.type == "server_error"
     assert len(tracebacks(caplog, RuntimeError)) == 1
+
+
+def test_client_disconnect_closes_the_stream_source(base_url: str) -> None:
+    body = chat_body(model="endless", stream=True)
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
+        assert next(response.iter_bytes()).startswith(b"data: ")
+    assert ENDLESS_CLOSED.wait(5)

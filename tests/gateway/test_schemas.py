@@ -69,8 +69,13 @@ def test_chat_request_from_langchain_payload_decodes() -> None:
     from langchain_core.messages import HumanMessage, SystemMessage
     from langchain_openai import ChatOpenAI
 
-    options: dict[str, Any] = {"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "max_tokens": 20}
-    llm = ChatOpenAI(model="m", stop=["x"], **options)
+    options: dict[str, Any] = {
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key": "k",
+        "max_tokens": 20,
+        "stop": ["x"],
+    }
+    llm = ChatOpenAI(model="m", **options)
     payload = llm._get_request_payload(
         [SystemMessage("be brief"), HumanMessage([{"type": "text", "text": "hi"}])]
     )
@@ -155,8 +160,18 @@ def test_n_seeded_choices_get_distinct_seeds() -> None:
 
 
 def test_completion_request_from_langchain_llm_params() -> None:
-    body = {"model": "m", "prompt": ["Say hi"], "temperature": 0.7, "top_p": 1, "frequency_penalty": 0,
-            "presence_penalty": 0, "n": 1, "seed": None, "logprobs": None, "max_tokens": 256}  # fmt: skip
+    body = {
+        "model": "m",
+        "prompt": ["Say hi"],
+        "temperature": 0.7,
+        "top_p": 1,
+        "frequency_penalty": 0,
+        "presence_penalty": 0,
+        "n": 1,
+        "seed": None,
+        "logprobs": None,
+        "max_tokens": 256,
+    }
     request = decode(body, CompletionRequest)
     assert isinstance(request, CompletionRequest)
     assert request.prompts() == ["Say hi"] and request.sampling_params().max_new_tokens == 256
@@ -304,8 +319,18 @@ def test_embedding_dimensions_other_than_the_models_is_a_400() -> None:
 
 
 def test_model_list_with_dukat_fields_validates() -> None:
-    model = Model(id="org/m", created=1, owned_by="dukat", state="loaded", device="cpu", quantization="none",
-                  model_type="llama", task="chat", description="tiny", default=True)  # fmt: skip
+    model = Model(
+        id="org/m",
+        created=1,
+        owned_by="dukat",
+        state="loaded",
+        device="cpu",
+        quantization="none",
+        model_type="llama",
+        task="chat",
+        description="tiny",
+        default=True,
+    )
     listing = to_json(ModelList(data=[model, Model(id="e", created=2, owned_by="dukat")]))
     validate(listing, "ListModelsResponse")
     validate(listing["data"][0], "Model")  # type: ignore[index]
