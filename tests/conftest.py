@@ -13,6 +13,8 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+pytest_plugins = ["tests.support.hub_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Reused across runs (gitignored); entries are keyed by builder version and arguments.
 TINY_MODEL_CACHE = REPO_ROOT / ".cache" / "tiny-models"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ class Engine:
         req: GenerateRequest,
         defaults: SamplingParams | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[str | GenerateResult]:
+    ) -> Generator[str | GenerateResult, None, None]:
         """Text deltas, then one GenerateResult whose text is the deltas joined.
 
         Request errors (task, prompt, context length) raise here, before the first item.
@@ -208,7 +208,7 @@ class Engine:
 
     def _run(
         self, plan: _Plan, cancel: threading.Event | None, started: float
-    ) -> Iterator[str | GenerateResult]:
+    ) -> Generator[str | GenerateResult, None, None]:
         with self._lock:
             loaded = self._require_loaded()
             assert self._steps is not None

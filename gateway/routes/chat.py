@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from litestar import Request, post
 from litestar.datastructures import State
-from litestar.response import Stream
 
 from gateway.middleware import request_id_of
 from gateway.routes.choices import generate_all, stream_all
 from gateway.schemas import ChatChunks, ChatCompletionRequest, ChatCompletionResponse, chat_response, chat_stream
-from gateway.sse import sse_stream
+from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest
 
 
 @post("/v1/chat/completions", status_code=200, summary="Create a chat completion (OpenAI)")
 async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
-) -> ChatCompletionResponse | Stream:
+) -> ChatCompletionResponse | EventStream:
     rid = request_id_of(request.scope)
     requests = [GenerateRequest(messages=data.messages, params=p, request_id=rid) for p in data.choice_params()]
     if data.stream:

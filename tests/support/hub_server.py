@@ -35,7 +35,7 @@ _CHUNK = 64 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 RepoSource = Path | Mapping[str, Path]
-LogEntry = tuple[str, str, dict[str, str]]  # method, path with query, headers
+LogEntry = tuple[str, str, dict[str, str]]  # method, path with query, headers (lower-case names)
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class HubServer:
 
     @property
     def log(self) -> list[LogEntry]:
-        """(method, path with query, headers) of every request, oldest first."""
+        """(method, path with query, headers by lower-case name) of every request, oldest first."""
         return self._state.log
 
     def requests(self, method: str | None = None, contains: str = "") -> list[LogEntry]:
@@ -208,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, *, head: bool) -> None:
         url = urlsplit(self.path)
         with self.hub.lock:
-            self.hub.log.append((self.command, self.path, dict(self.headers.items())))
+            self.hub.log.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if parts[:2] == ["api", "models"]:

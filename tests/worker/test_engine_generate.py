@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shared.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedTaskError
-from shared.generation import EmbedRequest, GenerateRequest, Message, SamplingParams
+from shared.generation import EmbedRequest, GenerateRequest, GenerateResult, Message, SamplingParams
 from shared.model_types import get_model_type
 from worker.engine import Engine
 
@@ -185,13 +185,13 @@ def test_cancel_stops_within_one_token(engine_for: EngineFor) -> None:
     setter = threading.Thread(target=cancel.set)
     setter.start()
     setter.join()
-    rest = list(stream)
-    result = rest[-1]
+    *tail, result = list(stream)
+    assert isinstance(result, GenerateResult)
     assert result.finish_reason == "cancelled"
-    assert all(isinstance(item, str) for item in rest[:-1])
+    assert all(isinstance(item, str) for item in tail)
     # No token after the one that produced the first delta: the same text as a run that length-stops there.
     uncancelled = engine.generate(_raw(temperature=0, max_new_tokens=result.completion_tokens))
-    assert uncancelled.text == result.text == first + "".join(rest[:-1])
+    assert uncancelled.text == result.text == first + "".join(str(t) for t in tail)
     assert result.completion_tokens <= 3
 
 
@@ -206,7 +206,9 @@ def test_system_prompt_uses_the_seed_format_with_a_single_bos(engine_for: Engine
     engine = engine_for("llama")  # INST format, no chat template: "<s>[INST] {system}\n\n{prompt} [/INST]"
     tokenizer = engine._loaded.tokenizer  # type: ignore[union-attr]
     text = "<s>[INST] Be brief.\n\nHi there [/INST]"
-    request = GenerateRequest(prompt="Hi there", system_prompt="Be brief.", params=SamplingParams(max_new_tokens=1))
+    request = GenerateRequest(
+        prompt="Hi there", system_prompt="Be brief.", params=SamplingParams(max_new_tokens=1)
+    )
     result = engine.generate(request)
     assert result.prompt_tokens == len(tokenizer(text, add_special_tokens=False).input_ids)
     same_as_chat = GenerateRequest(

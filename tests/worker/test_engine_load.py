@@ -58,7 +58,9 @@ def test_quantized_load_replaces_layers_and_saves_memory(
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_quantized_model_generates(tiny_model_dir: Callable[[str], Path], family: str, quantization: str) -> None:
+def test_quantized_model_generates(
+    tiny_model_dir: Callable[[str], Path], family: str, quantization: str
+) -> None:
     engine = Engine.load(
         tiny_model_dir(family),
         model_type=get_model_type(family),
@@ -72,7 +74,9 @@ def test_quantized_model_generates(tiny_model_dir: Callable[[str], Path], family
 
 
 def test_embedding_model_takes_8bit(tiny_model_dir: Callable[[str], Path]) -> None:
-    loaded = load_model(tiny_model_dir("bert"), model_type=get_model_type("bert"), quantization="8bit", device="cpu")
+    loaded = load_model(
+        tiny_model_dir("bert"), model_type=get_model_type("bert"), quantization="8bit", device="cpu"
+    )
     assert loaded.quantization == "8bit"
 
 
@@ -84,10 +88,16 @@ def _save_llama_with_hidden_48(dest: Path) -> Path:
 
     tokenizer = build_tokenizer("llama")
     config = LlamaConfig(
-        hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=3, num_key_value_heads=1,
-        vocab_size=len(tokenizer), max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+    )
     LlamaForCausalLM(config).save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest
@@ -107,14 +117,20 @@ def test_4bit_on_cpu_with_layers_not_a_multiple_of_64_fails_at_load(tmp_path: Pa
 def test_quantization_that_replaces_no_layer_is_an_error(tiny_model_dir: Callable[[str], Path]) -> None:
     # Falcon's layers are FalconLinear, which bitsandbytes' replacement skips: nothing would be quantized.
     with pytest.raises(QuantizationError, match="no layer to quantize"):
-        load_model(tiny_model_dir("falcon"), model_type=get_model_type("falcon"), quantization="4bit", device="cpu")
+        load_model(
+            tiny_model_dir("falcon"), model_type=get_model_type("falcon"), quantization="4bit", device="cpu"
+        )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 @pytest.mark.parametrize("device", ["cuda:0", "cuda", "cuda:3"])
-def test_cuda_device_without_cuda_is_a_clear_error(tiny_model_dir: Callable[[str], Path], device: str) -> None:
+def test_cuda_device_without_cuda_is_a_clear_error(
+    tiny_model_dir: Callable[[str], Path], device: str
+) -> None:
     with pytest.raises(DeviceUnavailableError, match="no CUDA device is available"):
-        Engine.load(tiny_model_dir("llama"), model_type=get_model_type("llama"), quantization="none", device=device)
+        Engine.load(
+            tiny_model_dir("llama"), model_type=get_model_type("llama"), quantization="none", device=device
+        )
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "mps:0"])
@@ -130,7 +146,9 @@ def test_auto_device_is_cpu_without_cuda() -> None:
 
 def test_seq2seq_and_embedding_models_get_their_model_classes(tiny_model_dir: Callable[[str], Path]) -> None:
     t5 = load_model(tiny_model_dir("t5"), model_type=get_model_type("t5"), quantization="none", device="cpu")
-    bert = load_model(tiny_model_dir("bert"), model_type=get_model_type("bert"), quantization="none", device="cpu")
+    bert = load_model(
+        tiny_model_dir("bert"), model_type=get_model_type("bert"), quantization="none", device="cpu"
+    )
     assert t5.model.config.is_encoder_decoder
     assert type(bert.model).__name__ == "BertModel"
     assert get_model_type("t5").task is Task.SEQ2SEQ

@@ -1,0 +1,135 @@
+"""Streaming: deltas agree with whole replies, and incremental detokenization is exact."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.generation import GenerateRequest, GenerateResult, Message, SamplingParams
+from shared.model_types import get_model_type
+from worker.detokenize import IncrementalDetokenizer
+from worker.engine import Engine
+
+EngineFor = Callable[[str], Engine]
+MULTIBYTE = "Tokyo is 東京, café au lait, naïve Zoë in Köln: 😀👋 costs 5 € or £4 — Ελληνικά, русский."
+
+
+@pytest.fixture(scope="module")
+def engine_for(tiny_model_dir: Callable[[str], Path]) -> EngineFor:
+    engines: dict[str, Engine] = {}
+
+    def get(family: str) -> Engine:
+        if family not in engines:
+            engines[family] = Engine.load(
+                tiny_model_dir(family), model_type=get_model_type(family), quantization="none", device="cpu"
+            )
+        return engines[family]
+
+    return get
+
+
+def _split(items: list[str | GenerateResult]) -> tuple[list[str], GenerateResult]:
+    *deltas, last = items
+    assert isinstance(last, GenerateResult)
+    assert all(isinstance(d, str) and d for d in deltas)
+    return deltas, last  # type: ignore[return-value]
+
+
+def _request(chat: bool, **params: Any) -> GenerateRequest:
+    if chat:
+        messages = [
+            Message(role="system", content="Be kind."),
+            Message(role="user", content="Tell me a story."),
+        ]
+        return GenerateRequest(messages=messages, params=SamplingParams(**params))
+    return GenerateRequest(prompt="Once upon a time", params=SamplingParams(**params))
+
+
+@pytest.mark.parametrize("family", ["llama", "tinyllama", "gemma", "gpt2", "falcon", "t5"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("chat", [True, False])
+def test_stream_deltas_join_to_the_whole_reply(
+    engine_for: EngineFor, family: str, seed: int, chat: bool
+) -> None:
+    engine = engine_for(family)
+    request = _request(chat, temperature=1.0, seed=seed, max_new_tokens=48, stop=["e t"])
+    whole = engine.generate(request)
+    deltas, result = _split(list(engine.stream(request)))
+    assert "".join(deltas) == result.text == whole.text
+    assert (result.finish_reason, result.completion_tokens) == (whole.finish_reason, whole.completion_tokens)
+    assert result.prompt_tokens == whole.prompt_tokens
+
+
+def test_chat_replies_are_stripped_and_raw_completions_are_not(engine_for: EngineFor) -> None:
+    engine = engine_for("gpt2")
+    for seed in range(6):
+        chat = engine.generate(_request(True, temperature=1.0, seed=seed, max_new_tokens=24)).text
+        assert chat == chat.strip()
+    raw = [
+        engine.generate(_request(False, temperature=1.0, seed=s, max_new_tokens=24)).text for s in range(6)
+    ]
+    assert any(text != text.strip() for text in raw)  # byte-level models start most words with a space
+
+
+def test_abandoned_stream_releases_the_engine(engine_for: EngineFor) -> None:
+    engine = engine_for("llama")
+    stream = engine.stream(_request(False, temperature=0, max_new_tokens=100))
+    next(stream)
+    stream.close()  # a client that went away
+    done = threading.Event()
+
+    def run() -> None:
+        engine.generate(_request(False, max_new_tokens=3))
+        done.set()
+
+    threading.Thread(target=run).start()
+    assert done.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def tokenizers(engine_for: EngineFor) -> dict[str, Any]:
+    return {f: engine_for(f)._loaded.tokenizer for f in ("llama", "gpt2", "t5", "gemma")}  # type: ignore[union-attr]
+
+
+def _stream_ids(tokenizer: Any, ids: list[int]) -> tuple[list[str], str]:
+    detok = IncrementalDetokenizer(tokenizer)
+    deltas = [detok.feed(i) for i in ids]
+    return deltas, detok.finish()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5", "gemma"])
+def test_multibyte_text_streams_without_replacement_characters(
+    tokenizers: dict[str, Any], family: str
+) -> None:
+    tokenizer = tokenizers[family]
+    ids = tokenizer(MULTIBYTE, add_special_tokens=False).input_ids
+    assert len(ids) > len(MULTIBYTE.encode()) // 3  # byte pieces: characters span several tokens
+    deltas, tail = _stream_ids(tokenizer, ids)
+    assert "".join(deltas) == MULTIBYTE and tail == ""
+    assert not any("\ufffd" in d for d in deltas)
+    assert sum(1 for d in deltas if d == "") > 0  # some tokens completed no character and were held
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(blacklist_characters="\ufffd", blacklist_categories=["Cs"]), max_size=60))
+def test_any_text_round_trips_through_the_detokenizer(tokenizers: dict[str, Any], text: str) -> None:
+    for tokenizer in tokenizers.values():
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        deltas, tail = _stream_ids(tokenizer, ids)
+        assert "".join(deltas) + tail == tokenizer.decode(ids, skip_special_tokens=True)
+        assert not any("\ufffd" in d for d in deltas)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(picks=st.lists(st.integers(min_value=0, max_value=767), max_size=40))
+def test_any_id_sequence_joins_to_the_full_decode(tokenizers: dict[str, Any], picks: list[int]) -> None:
+    # Random ids make invalid UTF-8 and special tokens too; the deltas still join to the full decode.
+    for tokenizer in tokenizers.values():
+        deltas, tail = _stream_ids(tokenizer, picks)
+        assert "".join(deltas) + tail == tokenizer.decode(picks, skip_special_tokens=True)
