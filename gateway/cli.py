@@ -52,11 +52,13 @@ def cmd_host(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from gateway.progress import DownloadBar
-    from shared.host_api import DownloadJob
     import msgspec
 
-    job = msgspec.convert(_call(args, "POST", "/api/models/pull", {"model": args.model, "revision": args.revision}), DownloadJob)
+    from gateway.progress import DownloadBar
+    from gateway.schemas import DownloadJob  # the management API's job (`model`, not the host's `model_id`)
+
+    body = {"model": args.model, "revision": args.revision}
+    job = msgspec.convert(_call(args, "POST", "/api/models/pull", body), DownloadJob)
     with DownloadBar(args.model, enabled=sys.stderr.isatty() or args.progress) as bar:
         while job.status in ("queued", "running"):
             bar.update(job)
@@ -64,8 +66,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
             job = msgspec.convert(_call(args, "GET", f"/api/downloads/{job.id}"), DownloadJob)
         bar.update(job)
     if job.status == "failed":
-        raise SystemExit(f"error: {job.error}")
-    print(f"pulled {args.model} ({job.downloaded_bytes / 2**20:.1f} MiB) into {job.path}")
+        raise SystemExit(f"error ({job.error_code}): {job.error}")
+    revision = f" (revision {args.revision})" if args.revision else ""
+    print(f"pulled {args.model}{revision}: {job.files_done} files, {job.downloaded_bytes / 2**20:.1f} MiB")
     return 0
 
 
@@ -73,10 +76,17 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*columns)
+    table = Table()
+    for c in columns:
+        # Ids are what users copy into the next command: never cut them short.
+        table.add_column(c, no_wrap=c == "id", overflow="fold")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    Console().print(table)
+    # Piped (not a terminal), rich would squeeze the table into 80 columns and cut ids with "…".
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 200))
+    console.print(table)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

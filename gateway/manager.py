@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from gateway.host_client import HostClient
 from gateway.placement import place
 from shared.errors import (
+    ConflictError,
     DeviceUnavailableError,
     InvalidRequestError,
     ModelLoadFailedError,
@@ -227,8 +228,10 @@ class ModelManager:
     ) -> WorkerState:
         entry = self.config.read().models.get(model_id)
         quant = quantization or (entry.quantization if entry else None) or self.settings.default_quantization
-        device = device or self.settings.device_map
         found = await self._find(model_id, fresh=True)
+        if found and found[1].status in ("loading", "loaded"):
+            _check_same_load(found[1], quantization, device)
+        device = device or self.settings.device_map
         host = found[0] if found else await self._pick_host(model_id, device)
         cmd = LoadCommand(
             model_id=model_id, quantization=quant, device=device,  # type: ignore[arg-type]
@@ -371,7 +374,8 @@ class ModelManager:
             {
                 "id": w.model_id, "state": w.status, "device": w.device, "quantization": w.quantization,
                 "model_type": w.model_type, "task": w.task, "memory_bytes": w.memory_bytes,
-                "load_seconds": w.load_seconds, "host": h.url, "error": w.error,
+                "load_seconds": w.load_seconds, "host": h.url, "pid": w.pid, "error": w.error,
+                "error_code": w.error_code, "log_tail": w.log_tail if w.status == "failed" else [],
             }
             for h in await self.host_states(fresh=True)
             for w in h.models
@@ -439,6 +443,22 @@ class ModelManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_same_load(worker: WorkerState, quantization: str | None, device: str | None) -> None:
+    """A load of a model that is loading or loaded is idempotent, unless it asks for something else
+    explicitly: then it is a conflict, never the old worker passed off as the new one."""
+    wrong = []
+    if quantization is not None and quantization != worker.quantization:
+        wrong.append(f"quantization {worker.quantization!r}, not {quantization!r}")
+    if device not in (None, "auto") and device != worker.device:
+        wrong.append(f"device {worker.device!r}, not {device!r}")
+    if wrong:
+        raise ConflictError(
+            f"model {worker.model_id!r} is already {worker.status} with {' and '.join(wrong)}; "
+            "unload it first to load it differently",
+            param="quantization" if quantization is not None and quantization != worker.quantization else "device",
+        )
 
 
 def _metadata(model_id: str, result: GenerateResult) -> dict[str, Any]:

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Protocol
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-from shared.host_api import DownloadJob
+
+class _Job(Protocol):
+    """A download job as the host (`shared.host_api`) or the management API (`gateway.schemas`) has it."""
+
+    downloaded_bytes: int
+    total_bytes: int
 
 
 class DownloadBar:
@@ -14,10 +28,11 @@ class DownloadBar:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn(), disable=not enabled, transient=False,
+            console=Console(stderr=True),  # stdout stays for the command's result
         )
         self.task = self.progress.add_task(model_id, total=None)
 
-    def update(self, job: DownloadJob) -> None:
+    def update(self, job: _Job) -> None:
         total = job.total_bytes or None
         self.progress.update(self.task, completed=job.downloaded_bytes, total=total)
 
@@ -25,5 +40,7 @@ class DownloadBar:
         self.progress.start()
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.progress.stop()

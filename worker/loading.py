@@ -54,6 +54,8 @@ def load_model(
     """
     started = time.perf_counter()
     dev = resolve_device(device)
+    if not Path(path).is_dir():  # else transformers would take it for a hub id and try the network
+        raise ModelLoadFailedError(f"no model folder at {path}")
     dtype = _dtype_for(dev)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": str(dev)}}
     if quantization != "none":
@@ -163,7 +165,7 @@ def _load_tokenizer(path: Path) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing files, or none it can build a tokenizer from
         raise ModelLoadFailedError(f"cannot load the tokenizer in {path}: {exc}") from exc
 
 

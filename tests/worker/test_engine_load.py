@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.errors import DeviceUnavailableError, QuantizationError
+from shared.errors import DeviceUnavailableError, ModelLoadFailedError, QuantizationError
 from shared.generation import GenerateRequest, Message, SamplingParams
 from shared.model_types import Task, get_model_type
 from worker.engine import Engine
@@ -131,6 +131,14 @@ def test_cuda_device_without_cuda_is_a_clear_error(
         Engine.load(
             tiny_model_dir("llama"), model_type=get_model_type("llama"), quantization="none", device=device
         )
+
+
+def test_missing_or_broken_model_folder_fails_to_load(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadFailedError, match="no model folder"):
+        load_model(tmp_path / "absent", model_type=get_model_type("llama"), quantization="none", device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadFailedError, match="cannot load"):
+        load_model(tmp_path / "empty", model_type=get_model_type("llama"), quantization="none", device="cpu")
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "mps:0"])
