@@ -49,6 +49,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
         state=State({"manager": manager}),
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
+        logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
         openapi_config=OpenAPIConfig(
             title="Dukat", version="0.1.0", path="/docs", render_plugins=[SwaggerRenderPlugin(path="/")],
         ),

@@ -162,6 +162,7 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
         state=State({"host": host}),
         lifespan=[lifespan],
         exception_handlers={Exception: _error_response},
+        logging_config=None,
         openapi_config=None,
     )
 
