@@ -15,6 +15,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.types import ExceptionHandlersMap
+from litestar.utils.scope.state import ScopeState
 
 from shared.errors import (
     AuthenticationError,
@@ -135,6 +136,16 @@ def _http_detail(request: Request[Any, Any, Any], exc: HTTPException) -> ErrorDe
     return ErrorDetail(message=message, type=kind, code=code)
 
 
+def _undecodable_body_handler(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[bytes]:
+    """litestar's JSON decoding lets a body that is not UTF-8 escape as a bare UnicodeDecodeError
+    (it only wraps msgspec's DecodeError): a 400 when the bytes that failed are the request body's."""
+    body = ScopeState.from_scope(request.scope).body
+    if isinstance(body, bytes) and exc.object and bytes(exc.object) in body:
+        error = InvalidRequestError(f"the request body is not valid JSON: it is not UTF-8 ({exc.reason})")
+        return _dukat_handler(request, error)
+    return _unexpected_handler(request, exc)
+
+
 def _http_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     if exc.status_code >= 500:
         return _unexpected_handler(request, exc)
@@ -154,5 +165,6 @@ def exception_handlers() -> ExceptionHandlersMap:
         DukatError: _dukat_handler,
         ValidationException: _validation_handler,
         HTTPException: _http_handler,
+        UnicodeDecodeError: _undecodable_body_handler,
         Exception: _unexpected_handler,
     }

@@ -120,12 +120,21 @@ class ModelManager:
         return self._sync.run(coro)
 
     async def start(self) -> None:
-        """Make sure a worker host exists (starting a local one when none is configured)."""
-        if not self._host_urls:
+        """Make sure a worker host exists (starting a local one when none is configured, and again
+        when the local one died: its workers died with it, the next request loads them anew)."""
+        if not self._host_urls or (self._local_host is not None and not self._local_host.alive()):
             await asyncio.to_thread(self._start_local_host)
 
     def _start_local_host(self) -> None:
         with self._host_start:
+            dead = self._local_host
+            if dead is not None and not dead.alive():
+                code = dead.proc.returncode if dead.proc else None
+                log.error("the local worker host exited (code %s); starting a new one", code)
+                self._local_host = None
+                self._host_urls = list(self.settings.worker_hosts)
+                for res in self._loops.values():
+                    res.states_at = 0.0
             if self._host_urls:
                 return
             s = self.settings
@@ -349,6 +358,7 @@ class ModelManager:
 
     async def alist_available_models(self) -> list[dict[str, Any]]:
         config = self.config.read()
+        default = config.default_model or self.settings.default_model  # what a request without a model gets
         local = {m.model_id: m for m in await self.alocal_models()}
         loaded = {w.model_id: w for h in await self.host_states() for w in h.models}
         out = []
@@ -365,7 +375,7 @@ class ModelManager:
                 "state": worker.status if worker else "available",
                 "device": worker.device if worker else None,
                 "task": worker.task if worker else None,
-                "default": mid == config.default_model,
+                "default": mid == default,
             })
         return out
 
@@ -427,10 +437,12 @@ class ModelManager:
             with contextlib.suppress(Exception):
                 sync.run(self.aclose())
             sync.stop()
-        if self._local_host is not None:
-            self._local_host.stop()
-            self._local_host = None
-            self._host_urls = list(self.settings.worker_hosts)
+        with self._host_start:
+            host, self._local_host = self._local_host, None
+            if host is not None:
+                self._host_urls = list(self.settings.worker_hosts)
+        if host is not None:
+            host.stop()
 
     async def aclose(self) -> None:
         res = self._loops.pop(asyncio.get_running_loop(), None)
@@ -448,16 +460,16 @@ class ModelManager:
 def _check_same_load(worker: WorkerState, quantization: str | None, device: str | None) -> None:
     """A load of a model that is loading or loaded is idempotent, unless it asks for something else
     explicitly: then it is a conflict, never the old worker passed off as the new one."""
-    wrong = []
-    if quantization is not None and quantization != worker.quantization:
-        wrong.append(f"quantization {worker.quantization!r}, not {quantization!r}")
+    wrong: dict[str, str] = {}
     if device not in (None, "auto") and device != worker.device:
-        wrong.append(f"device {worker.device!r}, not {device!r}")
+        wrong["device"] = f"device {worker.device!r}, not {device!r}"
+    if quantization is not None and quantization != worker.quantization:
+        wrong["quantization"] = f"quantization {worker.quantization!r}, not {quantization!r}"
     if wrong:
         raise ConflictError(
-            f"model {worker.model_id!r} is already {worker.status} with {' and '.join(wrong)}; "
+            f"model {worker.model_id!r} is already {worker.status} with {' and '.join(wrong.values())}; "
             "unload it first to load it differently",
-            param="quantization" if quantization is not None and quantization != worker.quantization else "device",
+            param=next(reversed(wrong)),
         )
 
 

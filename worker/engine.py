@@ -1,9 +1,10 @@
 """The engine: one loaded model answering generate, stream and embed requests, in process.
 
 Generation is our own token loop (prefill, then one decode step per token over the KV cache,
-sampling with a per-request generator). One loop gives streaming, stop strings, cancel and seeds,
-and it is the unit a continuous batching scheduler will later drive. Streaming and whole replies
-are the same path: `generate` consumes `stream`, so the two agree by construction.
+sampling with a per-request generator), driven for all concurrent requests at once by the
+continuous batching scheduler (worker/batching.py). The scheduler makes token ids; each request's
+stream turns them into text here (detokenization, stop strings, cancel, timings). Streaming and
+whole replies are the same path: `generate` consumes `stream`, so the two agree by construction.
 
 Prompts: chat `messages` go through the tokenizer's chat template when it has one, else the
 format's fallback rendering; a raw `prompt` with a `system_prompt` is the seed's
@@ -14,15 +15,14 @@ format's fallback rendering; a raw `prompt` with a `system_prompt` is the seed's
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
+import weakref
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from msgspec import Struct
 
 from shared.cleaning import StopScanner, scanner_for, stop_strings
@@ -42,10 +42,15 @@ from shared.generation import (
 )
 from shared.model_types import ModelType, Task
 from shared.prompts import render_fallback, seed_prompt, template_messages
+from worker.batching import Job, Scheduler
 from worker.detokenize import IncrementalDetokenizer
 from worker.embedding import Embedder
 from worker.loading import Loaded, Quantization, load_model
 from worker.sampling import TokenSampler, resolve_params
+
+# The settings' defaults (DUKAT_MAX_BATCH, DUKAT_MAX_QUEUE).
+DEFAULT_MAX_BATCH = 16
+DEFAULT_MAX_QUEUE = 64
 
 
 class EngineInfo(Struct, kw_only=True, frozen=True):
@@ -71,12 +76,19 @@ class _Plan:
 
 
 class Engine:
-    """Thread-safe: requests are served one at a time under a lock (batching comes later).
-
-    A stream holds the lock until it is exhausted or closed.
+    """Thread-safe. Generation requests from any number of threads are batched by one scheduler:
+    `max_batch` run together, `max_queue` more wait, more are refused (OverloadedError).
+    Embeddings are served one at a time under a lock.
     """
 
-    def __init__(self, loaded: Loaded, model_type: ModelType) -> None:
+    def __init__(
+        self,
+        loaded: Loaded,
+        model_type: ModelType,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
         self._loaded: Loaded | None = loaded
         self._model_type = model_type
         self._lock = threading.Lock()
@@ -96,15 +108,31 @@ class Engine:
             else None
         )
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
-        self._steps = _Stepper(loaded.model) if model_type.task is not Task.EMBEDDING else None
+        self._scheduler = (
+            None
+            if model_type.task is Task.EMBEDDING
+            else Scheduler(
+                loaded.model,
+                max_batch=max_batch,
+                max_queue=max_queue,
+                seq2seq=model_type.task is Task.SEQ2SEQ,
+                pad_id=_pad_id(loaded.tokenizer),
+            )
+        )
 
     @classmethod
     def load(
-        cls, path: Path, *, model_type: ModelType, quantization: Quantization = "4bit", device: str = "auto"
+        cls,
+        path: Path,
+        *,
+        model_type: ModelType,
+        quantization: Quantization = "4bit",
+        device: str = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> Engine:
-        return cls(
-            load_model(path, model_type=model_type, quantization=quantization, device=device), model_type
-        )
+        loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
+        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
 
     @property
     def info(self) -> EngineInfo:
@@ -130,18 +158,29 @@ class Engine:
     ) -> Generator[str | GenerateResult, None, None]:
         """Text deltas, then one GenerateResult whose text is the deltas joined.
 
-        Request errors (task, prompt, context length) raise here, before the first item.
+        Request errors (task, prompt, context length, a full queue) raise here, before the first
+        item. Closing the stream (or dropping it) cancels the request.
         """
         started = time.perf_counter()
         loaded = self._require_loaded()
-        if self._model_type.task is Task.EMBEDDING:
+        if self._scheduler is None:
             raise UnsupportedTaskError(
                 f"{self._model_type.name} is an embedding model; it cannot generate text "
                 "(use /v1/embeddings)",
                 param="model",
             )
         plan = self._plan(loaded, req, defaults)
-        return self._run(plan, cancel, started)
+        job = Job(
+            prompt_ids=plan.prompt_ids,
+            sampler=TokenSampler(plan.params, device=loaded.device),
+            max_new_tokens=plan.max_new_tokens,
+            stop_ids=plan.stop_ids,
+            cancel=cancel,
+        )
+        self._scheduler.submit(job)
+        stream = self._run(loaded, plan, job, started)
+        weakref.finalize(stream, job.done.set)  # a stream dropped before its first item
+        return stream
 
     def embed(self, req: EmbedRequest) -> EmbedResult:
         self._require_loaded()
@@ -156,11 +195,12 @@ class Engine:
             return self._embedder.embed(req)
 
     def close(self) -> None:
-        """Drop the model; later calls raise ModelNotLoadedError. Waits for the running request."""
+        """Drop the model; later calls raise ModelNotLoadedError. Waits for the running requests."""
+        if self._scheduler is not None:
+            self._scheduler.close()
         with self._lock:
             self._loaded = None
             self._embedder = None
-            self._steps = None
 
     def _require_loaded(self) -> Loaded:
         if self._loaded is None:
@@ -207,83 +247,39 @@ class Engine:
         return req.prompt, False
 
     def _run(
-        self, plan: _Plan, cancel: threading.Event | None, started: float
+        self, loaded: Loaded, plan: _Plan, job: Job, started: float
     ) -> Generator[str | GenerateResult, None, None]:
-        with self._lock:
-            loaded = self._require_loaded()
-            assert self._steps is not None
-            acquired = time.perf_counter()
-            scanner = scanner_for(self._model_type, plan.params.stop, chat=plan.chat)
-            detok = IncrementalDetokenizer(loaded.tokenizer)
-            sampler = TokenSampler(plan.params, device=loaded.device)
-            tokens = self._steps.tokens(
-                plan.prompt_ids, sampler, seq2seq=self._model_type.task is Task.SEQ2SEQ
-            )
-            count, first, finish = 0, 0.0, "length"
-            try:
-                while count < plan.max_new_tokens:
-                    if cancel is not None and cancel.is_set():
-                        finish = "cancelled"
-                        break
-                    token = next(tokens)
-                    count += 1
-                    first = first or time.perf_counter()
-                    if token in plan.stop_ids:
-                        finish = "stop"
-                        break
-                    if text := scanner.feed(detok.feed(token)):
-                        yield text
-                    if scanner.stopped:
-                        finish = "stop"
-                        break
-            finally:
-                tokens.close()
-            if tail := scanner.feed(detok.finish()) + scanner.finish():
-                yield tail
-            if scanner.stopped and finish == "length":
-                finish = "stop"
-            yield _result(scanner, finish, len(plan.prompt_ids), count, started, acquired, first)
-
-
-class _Stepper:
-    """The generation core for one sequence: prefill, then one decode step per token."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self._device = next(model.parameters()).device
-        params = inspect.signature(model.forward).parameters
-        # transformers 5 renamed past_key_values to cache; keep both working.
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-
-    def tokens(
-        self, prompt_ids: list[int], sampler: TokenSampler, *, seq2seq: bool
-    ) -> Generator[int, None, None]:
-        """Endless next tokens; the caller decides when to stop (and closes the iterator)."""
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self._device)
-        inputs: dict[str, Any]
-        with torch.inference_mode():
-            if seq2seq:
-                inputs = {"encoder_outputs": self._model.get_encoder()(input_ids=ids)}
-                out = self._model(
-                    **inputs, decoder_input_ids=self._column(_decoder_start(self._model)), use_cache=True
-                )
-            else:
-                inputs = {}
-                sampler.observe(prompt_ids)  # transformers' repetition penalty counts the prompt
-                out = self._model(input_ids=ids, use_cache=True, **self._keep)
-        while True:
-            with torch.inference_mode():  # the sampler's tensors are inference tensors too
-                token = sampler.choose(out.logits[0, -1])
-                sampler.observe(token)
-            yield token
-            cache = out.cache if hasattr(out, "cache") else out.past_key_values
-            step = {"decoder_input_ids" if seq2seq else "input_ids": self._column(token)}
-            with torch.inference_mode():
-                out = self._model(**inputs, **step, **{self._cache_kw: cache}, use_cache=True, **self._keep)
-
-    def _column(self, token: int) -> torch.Tensor:
-        return torch.tensor([[token]], dtype=torch.long, device=self._device)
+        """The scheduler's tokens for `job` as text: the old single-request loop, reading a queue."""
+        scanner = scanner_for(self._model_type, plan.params.stop, chat=plan.chat)
+        detok = IncrementalDetokenizer(loaded.tokenizer)
+        count, first, finish = 0, 0.0, "length"
+        try:
+            while count < plan.max_new_tokens:
+                if job.cancel is not None and job.cancel.is_set():
+                    finish = "cancelled"
+                    break
+                token = job.next_token()
+                if token is None:  # the scheduler saw the cancel first
+                    finish = "cancelled"
+                    break
+                count += 1
+                first = first or time.perf_counter()
+                if token in plan.stop_ids:
+                    finish = "stop"
+                    break
+                if text := scanner.feed(detok.feed(token)):
+                    yield text
+                if scanner.stopped:
+                    finish = "stop"
+                    break
+        finally:
+            job.done.set()  # the row leaves the batch at the next step
+        if tail := scanner.feed(detok.finish()) + scanner.finish():
+            yield tail
+        if scanner.stopped and finish == "length":
+            finish = "stop"
+        acquired = job.admitted or time.perf_counter()  # never admitted: cancelled while waiting
+        yield _result(scanner, finish, len(plan.prompt_ids), count, started, acquired, first)
 
 
 def _result(
@@ -350,9 +346,9 @@ def _special_stop_ids(tokenizer: Any, stops: list[str]) -> frozenset[int]:
     return frozenset(added[s] for s in stops if s in added)
 
 
-def _decoder_start(model: Any) -> int:
-    for config in (getattr(model, "generation_config", None), model.config):
-        start = getattr(config, "decoder_start_token_id", None)
-        if start is not None:
-            return int(start)
-    return int(model.config.pad_token_id or 0)
+def _pad_id(tokenizer: Any) -> int:
+    """The id put in padding positions (masked out, so any valid id would do)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

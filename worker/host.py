@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = load_settings(overrides={k: v for k, v in vars(args).items() if v is not None})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one line per hub request would drown the host's own log
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     sock = bind_socket(settings.host_bind, settings.host_port)
     port = sock.getsockname()[1]
     app = create_host_app(settings, f"http://{settings.host_bind}:{port}")

@@ -151,11 +151,13 @@ class WorkerServer:
         await loop.run_in_executor(self.executor, pump)
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException, model_id: str) -> None:
     if isinstance(exc, DukatError):
         body: dict[str, Any] = {"code": exc.code, "message": exc.message, "param": exc.param}
     else:
-        body = {"code": "model_load_failed", "message": f"{type(exc).__name__}: {exc}", "param": None}
+        # A library's own error ("header too large") says nothing about which model it was.
+        message = f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}"
+        body = {"code": "model_load_failed", "message": message, "param": None}
     print(f"{FAILED} {json.dumps(body)}", flush=True)
 
 
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except BaseException as exc:
         log.exception("loading %s failed", args.model_id)
-        _fail(exc)
+        _fail(exc, args.model_id)
         return 1
     e = engine.info
     info = WorkerInfo(
@@ -225,5 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown: finalizing torch's modules takes seconds that an
+    unload would wait for, and a stopped worker has nothing left to save."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())

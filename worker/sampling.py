@@ -45,10 +45,12 @@ class TokenSampler:
     """Picks each next token of one sequence; `observe` every chosen (and prompt) token."""
 
     def __init__(self, params: SamplingParams, *, device: torch.device) -> None:
-        self.temperature = float(params.temperature or 0.0)
+        # Below 1e-5 (vLLM's epsilon) is greedy: dividing float32 logits by it would overflow to inf/NaN.
+        self.temperature = t if (t := float(params.temperature or 0.0)) >= 1e-5 else 0.0
         self.top_p = float(params.top_p if params.top_p is not None else 1.0)
         self.top_k = int(params.top_k or 0)
-        self.repetition_penalty = float(params.repetition_penalty or 1.0)
+        # Clamped so that penalised float32 logits stay finite (a penalty of 1e-300 made them inf).
+        self.repetition_penalty = min(max(float(params.repetition_penalty or 1.0), 1e-4), 1e4)
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(self.seed & _SEED_MASK)  # any int, negative too
@@ -57,6 +59,11 @@ class TokenSampler:
         # transformers does); sized from the first logits, since padded vocabularies differ.
         self._unplaced: list[int] = []
         self._seen: torch.Tensor | None = None
+
+    @property
+    def plain_greedy(self) -> bool:
+        """The choice is the argmax of the logits as they are (a batch takes it for all rows at once)."""
+        return self.temperature == 0.0 and self.repetition_penalty == 1.0
 
     def observe(self, token_ids: list[int] | int) -> None:
         if self.repetition_penalty == 1.0:

@@ -44,6 +44,7 @@ class _Worker:
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     logs: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_LOG_TAIL))
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    error: DukatError | None = None
 
 
 class Supervisor:
@@ -107,8 +108,12 @@ class Supervisor:
         try:
             await asyncio.wait_for(self._handshake(worker), self.load_timeout_s)
         except TimeoutError:
-            self._failed(worker, ModelLoadFailedError(f"worker did not load within {self.load_timeout_s:.0f} s"))
+            err = ModelLoadFailedError(f"worker did not load within {self.load_timeout_s:.0f} s")
+            self._failed(worker, err, settle=False)
+        if worker.state.status == "failed":
+            # A failed load leaves no process (nor its memory) behind by the time the load answers.
             await self._terminate(worker.process)
+            self._settle(worker)
             return
         assert worker.process.stdout
         async for raw in worker.process.stdout:  # keep draining: a full pipe would block the worker
@@ -117,7 +122,8 @@ class Supervisor:
         if worker.state.status == "loaded":
             err = ModelLoadFailedError(f"model worker for {spec.model_id!r} exited with code {code}")
             self._failed(worker, err)
-            log.warning("worker %s exited with %s; last log lines:\n%s", spec.model_id, code, "\n".join(worker.logs))
+            tail = "\n".join(worker.logs)
+            log.warning("worker %s exited with %s; last log lines:\n%s", spec.model_id, code, tail)
 
     async def _handshake(self, worker: _Worker) -> None:
         assert worker.process and worker.process.stdout
@@ -125,14 +131,19 @@ class Supervisor:
             line = raw.decode(errors="replace").strip()
             if line.startswith("DUKAT_WORKER_READY "):
                 port = int(line.split()[1])
-                await self._ready(worker, port)
+                try:
+                    await self._ready(worker, port)
+                except Exception as exc:  # it said ready but does not answer: a failed load, not a hang
+                    what = f"{type(exc).__name__}: {exc}"
+                    message = f"model worker for {worker.spec.model_id!r} does not answer: {what}"
+                    self._failed(worker, ModelLoadFailedError(message), settle=False)
                 return
             if line.startswith("DUKAT_WORKER_FAILED "):
                 body = json.loads(line.partition(" ")[2])
                 err = error_from_code(body.get("code"), body.get("message", "load failed"), body.get("param"))
-                self._failed(worker, err)
+                self._failed(worker, err, settle=False)
                 return
-        self._failed(worker, ModelLoadFailedError("model worker exited while loading"))
+        self._failed(worker, ModelLoadFailedError("model worker exited while loading"), settle=False)
 
     async def _ready(self, worker: _Worker, port: int) -> None:
         # Ready means it answers: one ping over the real wire, which also brings the model's facts.
@@ -143,16 +154,24 @@ class Supervisor:
         s = worker.state
         s.address, s.status = address, "loaded"
         s.model_type, s.task = info.model_type, info.task
-        s.memory_bytes, s.context_length, s.load_seconds = info.memory_bytes, info.context_length, info.load_seconds
+        s.memory_bytes, s.context_length = info.memory_bytes, info.context_length
+        s.load_seconds = info.load_seconds
         s.quantization = info.quantization
         if not worker.ready.done():
             worker.ready.set_result(None)
 
-    def _failed(self, worker: _Worker, err: DukatError) -> None:
+    def _failed(self, worker: _Worker, err: DukatError, *, settle: bool = True) -> None:
         s = worker.state
         s.status, s.address, s.error, s.error_code = "failed", None, err.message, err.code
-        if not worker.ready.done():
-            worker.ready.set_exception(err)
+        worker.error = err
+        if settle:
+            self._settle(worker)
+
+    @staticmethod
+    def _settle(worker: _Worker) -> None:
+        """Answer the loads waiting on a worker that failed."""
+        if not worker.ready.done() and worker.error is not None:
+            worker.ready.set_exception(worker.error)
             worker.ready.exception()  # retrieved here: a load nobody waits on must not warn
 
     async def _pipe_logs(self, worker: _Worker) -> None:
@@ -167,6 +186,10 @@ class Supervisor:
         if worker is None:
             raise ModelNotLoadedError(f"model {model_id!r} is not loaded", param="model")
         worker.state.status = "stopping"
+        if not worker.ready.done():
+            # A load waiting on this worker must get an answer, not wait on a future nobody sets.
+            worker.ready.set_exception(ModelLoadFailedError(f"model {model_id!r} was unloaded while loading"))
+            worker.ready.exception()
         if worker.process is not None:
             await self._terminate(worker.process)
         for task in worker.tasks:

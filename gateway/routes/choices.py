@@ -1,10 +1,15 @@
-"""Running the n choices (and, for completions, the prompts) of one request on a model worker."""
+"""Running the n choices (and, for completions, the prompts) of one request on a model worker.
+
+A request's generations run at most `max_batch` at a time: a large `n` (or a long prompt list)
+then queues behind itself instead of overflowing the worker's queue with a 429 no retry can fix.
+When one fails, the others are cancelled (their workers stop generating) and its error is raised.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from gateway.manager import ModelManager
 from gateway.schemas import ChoiceEvent
@@ -19,8 +24,24 @@ async def generate_all(
         mid, result = await manager.agenerate_request(model, requests[0])
         return mid, [result]
     mid, _ = await manager.ready_worker(model)  # load once, not n times concurrently
-    pairs = await asyncio.gather(*(manager.agenerate_request(mid, r) for r in requests))
-    return mid, [result for _, result in pairs]
+    slots = asyncio.Semaphore(manager.settings.max_batch)
+
+    async def one(request: GenerateRequest) -> GenerateResult:
+        async with slots:
+            return (await manager.agenerate_request(mid, request))[1]
+
+    return mid, await _all_or_none([one(r) for r in requests])
+
+
+async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[GenerateResult]:
+    """`asyncio.gather`, but the first failure cancels the rest instead of leaving them running."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def stream_all(
@@ -32,7 +53,7 @@ async def stream_all(
         return mid, _indexed(0, stream)
     mid, _ = await manager.ready_worker(model)
     streams = [(await manager.astream_request(mid, r))[1] for r in requests]
-    return mid, _merged(streams)
+    return mid, _merged(streams, manager.settings.max_batch)
 
 
 async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> AsyncIterator[ChoiceEvent]:
@@ -43,13 +64,17 @@ async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> A
         await stream.aclose()  # type: ignore[attr-defined]
 
 
-async def _merged(streams: list[AsyncIterator[str | GenerateResult]]) -> AsyncIterator[ChoiceEvent]:
+async def _merged(
+    streams: list[AsyncIterator[str | GenerateResult]], at_once: int
+) -> AsyncIterator[ChoiceEvent]:
     queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(at_once)
 
     async def pump(index: int, stream: AsyncIterator[str | GenerateResult]) -> None:
         try:
-            async for event in _indexed(index, stream):
-                await queue.put(event)
+            async with slots:  # a stream sends its request on its first iteration
+                async for event in _indexed(index, stream):
+                    await queue.put(event)
             await queue.put(None)
         except Exception as exc:
             await queue.put(exc)

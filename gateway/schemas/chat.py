@@ -18,6 +18,7 @@ from gateway.schemas.common import (
     OpenAIFinishReason,
     Penalty,
     RepetitionPenalty,
+    Seed,
     Stop,
     StreamOptions,
     Temperature,
@@ -45,7 +46,7 @@ class ChatCompletionRequest(Struct, kw_only=True):
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
     stop: Stop = None
-    seed: int | None = None
+    seed: Seed | None = None
     n: ChoiceCount | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None

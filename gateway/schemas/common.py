@@ -13,15 +13,21 @@ from shared.errors import InvalidRequestError
 from shared.generation import FinishReason, GenerateResult, SamplingParams
 
 # Ranges as OpenAI documents them; `n` is capped (OpenAI: 128) so one request can't queue thousands.
+# Integers that reach the worker stay within int64: its wire (msgpack) can't carry larger ones.
+INT64_MAX = 2**63 - 1
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 TopP = Annotated[float, Meta(gt=0, le=1)]
 ChoiceCount = Annotated[int, Meta(ge=1, le=128)]
-MaxTokens = Annotated[int, Meta(ge=1)]
+MaxTokens = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
 # vLLM's convention: -1 (or 0) disables top-k.
-TopK = Annotated[int, Meta(ge=-1)]
+TopK = Annotated[int, Meta(ge=-1, le=INT64_MAX)]
 RepetitionPenalty = Annotated[float, Meta(gt=0)]
 TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
+# OpenAI's int64; the worker takes it modulo 2**64, so the offsets of n choices can't overflow the wire.
+Seed = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
+# Out-of-vocabulary ids are the worker's 400; this only keeps them within the wire's range.
+TokenId = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 Stop = str | list[str] | None
 
 OpenAIFinishReason = Literal["stop", "length"]

@@ -18,6 +18,7 @@ from gateway.schemas.common import (
     OpenAIFinishReason,
     Penalty,
     RepetitionPenalty,
+    Seed,
     Stop,
     StreamOptions,
     Temperature,
@@ -51,7 +52,7 @@ class CompletionRequest(Struct, kw_only=True):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: Stop = None
-    seed: int | None = None
+    seed: Seed | None = None
     echo: bool | None = None
     suffix: str | None = None
     logprobs: int | None = None

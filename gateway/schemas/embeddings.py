@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from gateway.schemas.common import reject_if
+from gateway.schemas.common import TokenId, reject_if
 from shared.errors import InvalidRequestError
 from shared.generation import EmbedResult
 
@@ -17,7 +17,7 @@ class EmbeddingRequest(Struct, kw_only=True):
     # Optional, unlike OpenAI: a request naming no model goes to the configured default model.
     model: str | None = None
     # A string, strings, one token-id array or token-id arrays (msgspec allows one array type in a union).
-    input: str | list[str | int | list[int]]
+    input: str | list[str | TokenId | list[TokenId]]
     # The openai SDK asks for base64 unless told otherwise.
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Meta(ge=1)] | None = None

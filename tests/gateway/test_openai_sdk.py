@@ -30,6 +30,10 @@ def client(dukat: Dukat) -> Iterator[openai.OpenAI]:
         yield c
 
 
+def async_client(dukat: Dukat) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=dukat.base_url, api_key="x", max_retries=0, timeout=120)
+
+
 def chat(client: openai.OpenAI, **kwargs: Any) -> Any:
     kwargs.setdefault("model", CHAT)
     kwargs.setdefault("messages", HELLO)
@@ -68,7 +72,8 @@ def test_chat_response_validates_against_openai_schema(client: openai.OpenAI) ->
 
 def test_chat_usage_numbers_add_up(client: openai.OpenAI) -> None:
     short = chat(client, max_tokens=4, temperature=0).usage
-    longer = chat(client, messages=[{"role": "user", "content": "word " * 40}], max_tokens=4, temperature=0).usage
+    many_words = [{"role": "user", "content": "word " * 40}]
+    longer = chat(client, messages=many_words, max_tokens=4, temperature=0).usage
     assert short.total_tokens == short.prompt_tokens + short.completion_tokens
     assert 0 < short.completion_tokens <= 4
     assert 0 < short.prompt_tokens < longer.prompt_tokens
@@ -110,6 +115,12 @@ def test_same_seed_reproduces_sampled_text(client: openai.OpenAI) -> None:
 def test_different_seed_gives_different_text(client: openai.OpenAI) -> None:
     texts = {chat(client, temperature=1, seed=s, max_tokens=16).choices[0].message.content for s in (1, 2, 3)}
     assert len(texts) > 1
+
+
+def test_tiny_temperature_is_greedy(client: openai.OpenAI) -> None:
+    # 1e-300 used to overflow the worker's float32 logits (a 500); vLLM also treats < 1e-5 as greedy.
+    tiny = chat(client, temperature=1e-300, max_tokens=8).choices[0].message.content
+    assert tiny == greedy_text(client, max_tokens=8)
 
 
 def test_n_2_gives_two_choices(client: openai.OpenAI) -> None:
@@ -177,6 +188,20 @@ def test_request_id_header_comes_back(client: openai.OpenAI) -> None:
     )
     assert raw.headers["x-request-id"] == "sdk-test-4242"
     assert "sdk-test-4242" in raw.parse().id
+    with client.chat.completions.with_streaming_response.create(
+        model=CHAT, messages=HELLO, max_tokens=2, stream=True, extra_headers={"X-Request-Id": "sdk-stream-7"}
+    ) as streamed:
+        assert streamed.headers["x-request-id"] == "sdk-stream-7"
+        assert all(chunk.id.endswith("sdk-stream-7") for chunk in streamed.parse())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_n_larger_than_the_worker_queue_succeeds(client: openai.OpenAI, stream: bool) -> None:
+    # n=128 (OpenAI's maximum) used to flood the worker past its queue (80 by default): a 429
+    # that no retry could fix. A request's choices now queue behind each other.
+    result = chat(client, n=128, max_tokens=1, stream=stream)
+    choices = [c for chunk in result for c in chunk.choices] if stream else result.choices
+    assert {c.index for c in choices} == set(range(128))
 
 
 # ---- chat, streaming ---------------------------------------------------------------------------
@@ -204,7 +229,8 @@ def test_stream_text_equals_non_stream_text(client: openai.OpenAI) -> None:
 
 
 def test_stream_include_usage_ends_with_usage_chunk(client: openai.OpenAI) -> None:
-    chunks = list(chat(client, max_tokens=5, temperature=0, stream=True, stream_options={"include_usage": True}))
+    stream = chat(client, max_tokens=5, temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
     last = chunks[-1]
     assert last.choices == []
     assert last.usage is not None
@@ -243,7 +269,7 @@ def test_stream_n_2_streams_both_choices(client: openai.OpenAI) -> None:
 
 async def test_async_concurrent_chat_requests_all_succeed(dukat: Dukat, client: openai.OpenAI) -> None:
     expected = greedy_text(client, max_tokens=10)
-    async with openai.AsyncOpenAI(base_url=dukat.base_url, api_key="x", max_retries=0, timeout=120) as aclient:
+    async with async_client(dukat) as aclient:
         results = await asyncio.gather(*(
             aclient.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=10, temperature=0)
             for _ in range(4)
@@ -255,7 +281,7 @@ async def test_async_concurrent_chat_requests_all_succeed(dukat: Dukat, client: 
 
 async def test_async_stream(dukat: Dukat, client: openai.OpenAI) -> None:
     expected = greedy_text(client, max_tokens=8)
-    async with openai.AsyncOpenAI(base_url=dukat.base_url, api_key="x", max_retries=0, timeout=120) as aclient:
+    async with async_client(dukat) as aclient:
         stream = await aclient.chat.completions.create(
             model=CHAT, messages=HELLO, max_tokens=8, temperature=0, stream=True
         )
@@ -285,6 +311,14 @@ def test_completion_prompt_list_gives_one_choice_per_prompt(client: openai.OpenA
     assert both.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
 
 
+def test_completion_echo_prepends_the_prompt(client: openai.OpenAI) -> None:
+    plain = client.completions.create(model=CHAT, prompt="Once upon a time", max_tokens=4, temperature=0)
+    echoed = client.completions.create(
+        model=CHAT, prompt="Once upon a time", max_tokens=4, temperature=0, echo=True
+    )
+    assert echoed.choices[0].text == "Once upon a time" + plain.choices[0].text
+
+
 def test_completion_stream_matches_non_stream(client: openai.OpenAI) -> None:
     expected = client.completions.create(model=CHAT, prompt="Once upon a time", max_tokens=8, temperature=0)
     with client.completions.with_streaming_response.create(
@@ -301,7 +335,8 @@ def test_completion_stream_matches_non_stream(client: openai.OpenAI) -> None:
 
 def test_completion_stream_through_sdk(client: openai.OpenAI) -> None:
     stream = client.completions.create(
-        model=CHAT, prompt="Once upon a time", max_tokens=5, stream=True, stream_options={"include_usage": True}
+        model=CHAT, prompt="Once upon a time", max_tokens=5, stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[-1].choices == []
@@ -333,10 +368,8 @@ def test_embeddings_default_base64_decode_to_unit_vectors(client: openai.OpenAI,
 
 def test_embeddings_float_equals_base64(dukat: Dukat, client: openai.OpenAI) -> None:
     floats = client.embeddings.create(model=EMBED, input=["a cat"], encoding_format="float")
-    raw = httpx.post(
-        f"{dukat.base_url}/embeddings", json={"model": EMBED, "input": ["a cat"], "encoding_format": "base64"},
-        timeout=120,
-    ).json()
+    body = {"model": EMBED, "input": ["a cat"], "encoding_format": "base64"}
+    raw = httpx.post(f"{dukat.base_url}/embeddings", json=body, timeout=120).json()
     packed = base64.b64decode(raw["data"][0]["embedding"])
     decoded = list(struct.unpack(f"<{len(packed) // 4}f", packed))
     assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)

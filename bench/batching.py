@@ -1,0 +1,66 @@
+"""3. Batching: 16 concurrent streams on one model worker against the same 16 streams run alone.
+
+Each of 16 different prompts is first streamed alone (one after another), then all 16 at once over
+16 connections (httpx, SSE), greedy. Aggregate tokens/s is every stream's tokens over the wall time
+from the first request to the last `[DONE]`; a lone stream's tokens/s and time to first token are
+the medians of the alone runs. Each concurrent stream's text must equal its alone text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.clients import Timed, chat_body, http_client, http_stream
+from bench.harness import MAIN_MODEL, Context, Report, median
+
+STREAMS = 16
+TOKENS = 64
+PROMPTS = [
+    "Tell me about the sea.", "What is the capital of France?", "Write a poem about the wind.",
+    "How many legs does a spider have?", "Describe a morning at the bakery.", "Explain how a gateway works.",
+    "Give me a recipe for bread.", "What happens when water boils?", "Tell a story about a brave king.",
+    "Why do birds sing in the trees?", "Describe the market in summer.", "What is the square root of 81?",
+    "Write a letter to a friend in Köln.", "Plan a release for the team.", "Describe the museum's old maps.",
+    "What do children do when the lake freezes?",
+]
+TARGET_SPEEDUP = 6.0
+TARGET_TTFT = 5.0
+
+
+async def measure(url: str) -> dict[str, Any]:
+    bodies = [chat_body(MAIN_MODEL, p, TOKENS, stream=True) for p in PROMPTS[:STREAMS]]
+    async with http_client(url, connections=STREAMS) as client:
+        await http_stream(client, bodies[0])  # warm-up
+        alone: list[Timed] = [await http_stream(client, b) for b in bodies]
+        started = time.perf_counter()
+        together: list[Timed] = await asyncio.gather(*(http_stream(client, b) for b in bodies))
+        wall = time.perf_counter() - started
+    lone_tps = median([t.completion_tokens / t.total_s for t in alone])
+    lone_ttft = median([t.first_s for t in alone])
+    total_tokens = sum(t.completion_tokens for t in together)
+    return {
+        "streams": STREAMS, "max_tokens": TOKENS,
+        "alone": [t.__dict__ for t in alone], "together": [t.__dict__ for t in together], "wall_s": wall,
+        "lone_tokens_per_s": lone_tps, "lone_ttft_s": lone_ttft,
+        "aggregate_tokens_per_s": total_tokens / wall, "speedup": total_tokens / wall / lone_tps,
+        "slowest_ttft_s": max(t.first_s for t in together),
+        "ttft_ratio": max(t.first_s for t in together) / lone_ttft,
+        "same_text": [a.text == b.text for a, b in zip(alone, together, strict=True)],
+    }
+
+
+def run(ctx: Context, report: Report) -> None:
+    m = asyncio.run(measure(ctx.served.url))
+    report.raw["batching"] = m
+    b = "batching"
+    report.add(b, f"aggregate tok/s, {STREAMS} streams / one stream alone", f">= {TARGET_SPEEDUP:g}",
+               f"x{m['speedup']:.2f} ({m['aggregate_tokens_per_s']:.0f} vs {m['lone_tokens_per_s']:.0f} tok/s)",
+               m["speedup"] >= TARGET_SPEEDUP)
+    same = sum(m["same_text"])
+    report.add(b, "each stream's text equals its text alone (temperature 0)", f"{STREAMS}/{STREAMS}",
+               f"{same}/{STREAMS}", same == STREAMS)
+    report.add(b, "slowest first token / lone stream's TTFT", f"<= {TARGET_TTFT:g}",
+               f"x{m['ttft_ratio']:.1f} ({m['slowest_ttft_s'] * 1000:.0f} vs {m['lone_ttft_s'] * 1000:.0f} ms)",
+               m["ttft_ratio"] <= TARGET_TTFT)

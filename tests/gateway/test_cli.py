@@ -1,0 +1,139 @@
+"""`dukat pull|list|ps|load|unload|default` as a user runs them against a real `dukat serve`; every
+effect is checked through the HTTP API, every failure by exit code and message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import DEFAULT_MODEL, SERVED, TEST_ENV, Dukat
+from tests.support.hub_fixtures import TINY_REPO
+
+UNLOAD_ME = "tiny/unload-me"
+
+
+def dukat_cli(
+    dukat: Dukat, command: str, *args: str, url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **TEST_ENV}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", command, *args, "--url", url or dukat.url],
+        capture_output=True, text=True, timeout=180, env=env,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    streams = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, f"exit {result.returncode}\n{streams}"
+    return result.stdout
+
+
+def ps(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {row["id"]: row for row in http.get("/api/ps").json()["data"]}
+
+
+@pytest.fixture
+def restore_default(dukat: Dukat, http: httpx.Client) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        assert http.post("/api/models/default", json={"model": DEFAULT_MODEL}).status_code == 200
+
+
+def test_list_prints_every_model_with_full_ids_and_the_default(dukat: Dukat) -> None:
+    out = ok(dukat_cli(dukat, "list"))
+    lines = out.splitlines()
+    for model_id in SERVED:
+        # Whole ids, even piped into something that is not a terminal: users copy them.
+        assert any(f" {model_id} " in line for line in lines), (model_id, out)
+    default_line = next(line for line in lines if f" {DEFAULT_MODEL} " in line)
+    assert "*" in default_line and "tinyllama" in default_line
+
+
+def test_ps_prints_loaded_models_with_device_and_memory(dukat: Dukat, http: httpx.Client) -> None:
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    chat = http.post("/v1/chat/completions", json=body)
+    assert chat.status_code == 200, chat.text
+    out = ok(dukat_cli(dukat, "ps"))
+    line = next(line for line in out.splitlines() if f" {DEFAULT_MODEL} " in line)
+    assert "loaded" in line and "cpu" in line and "MiB" in line
+
+
+def test_pull_with_a_revision_shows_progress_and_downloads_it(dukat: Dukat, http: httpx.Client) -> None:
+    result = dukat_cli(dukat, "pull", TINY_REPO, "--revision", "v2", "--progress")
+    out = ok(result)
+    assert f"pulled {TINY_REPO} (revision v2)" in out and "MiB" in out
+    assert TINY_REPO in result.stderr, result.stderr  # the progress bar, on stderr
+
+    folder = dukat.models_dir / TINY_REPO
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"  # v2 is a tiny llama
+    assert json.loads((folder / ".dukat-download.json").read_text())["revision"] == "v2"
+    row = {m["id"]: m for m in http.get("/api/models").json()["data"]}[TINY_REPO]
+    assert row["downloaded"] is True and row["size_bytes"] > 0
+
+
+def test_pull_of_a_missing_repo_exits_nonzero_with_the_reason(dukat: Dukat) -> None:
+    result = dukat_cli(dukat, "pull", "dukat-test/not-on-the-hub")
+    assert result.returncode != 0
+    assert "model_not_found" in result.stderr and "dukat-test/not-on-the-hub" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("restore_default")
+def test_load_unload_and_default_change_the_server(dukat: Dukat, http: httpx.Client) -> None:
+    if UNLOAD_ME in ps(http):
+        http.post("/api/models/unload", json={"model": UNLOAD_ME})
+
+    out = ok(dukat_cli(dukat, "load", UNLOAD_ME, "--quantization", "none", "--device", "cpu"))
+    assert f"loaded {UNLOAD_ME} on cpu (none)" in out
+    row = ps(http)[UNLOAD_ME]
+    assert row["state"] == "loaded" and row["device"] == "cpu" and row["quantization"] == "none"
+
+    out = ok(dukat_cli(dukat, "unload", UNLOAD_ME))
+    assert f"unloaded {UNLOAD_ME}" in out
+    assert UNLOAD_ME not in ps(http)
+
+    out = ok(dukat_cli(dukat, "default", "tiny/mistral"))
+    assert "tiny/mistral" in out
+    assert dukat.config()["default_model"] == "tiny/mistral"
+    listed = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+    assert listed["tiny/mistral"]["default"] is True
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "status"),
+    [
+        ("load", ["dukat-test/not-on-the-hub"], 404),
+        ("unload", ["nobody/loaded-this"], 503),
+        ("default", ["nope/nothing"], 404),
+        ("load", [UNLOAD_ME, "--device", "cuda:9"], 400),
+    ],
+    ids=["load-unknown", "unload-not-loaded", "default-unknown", "load-bad-device"],
+)
+def test_error_exits_nonzero_with_the_openai_message(
+    dukat: Dukat, http: httpx.Client, command: str, args: list[str], status: int
+) -> None:
+    result = dukat_cli(dukat, command, *args)
+    assert result.returncode != 0 and result.stdout == "", result
+    # The same request over HTTP: the CLI says exactly what the API said.
+    body: dict[str, Any] = {"model": args[0]}
+    if "--device" in args:
+        body["device"] = args[args.index("--device") + 1]
+    resp = http.post(f"/api/models/{command}", json=body)
+    assert resp.status_code == status, resp.text
+    message = resp.json()["error"]["message"]
+    assert f"error ({status}): {message}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_server_that_is_not_there_is_a_clear_error(dukat: Dukat) -> None:
+    result = dukat_cli(dukat, "list", url="http://127.0.0.1:9")
+    assert result.returncode != 0
+    assert "cannot reach Dukat at http://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,353 @@
+"""Model lifecycle against a real `dukat serve`: load starts a worker process, unload ends it, a killed
+worker is reported and comes back, a model that cannot load says why, quantization and devices.
+
+Only this file's models are loaded and unloaded here (tiny/unload-me, tiny/kill-me and the ones it
+creates); the other served models belong to the API tests and are never unloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from shared.model_config import ConfigStore, ModelEntry
+from tests.gateway.conftest import Dukat
+
+UNLOAD_ME = "tiny/unload-me"
+KILL_ME = "tiny/kill-me"
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def ps(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    resp = http.get("/api/ps")
+    assert resp.status_code == 200, resp.text
+    return {row["id"]: row for row in resp.json()["data"]}
+
+
+def host_worker(http: httpx.Client, model_id: str) -> dict[str, Any] | None:
+    """The host's own record of `model_id`'s worker (the truth the gateway reads)."""
+    resp = http.get("/api/hosts")
+    assert resp.status_code == 200, resp.text
+    workers = [w for host in resp.json() for w in host["models"] if w["model_id"] == model_id]
+    assert len(workers) <= 1, workers
+    return workers[0] if workers else None
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def worker_processes(dukat: Dukat, model_id: str) -> list[int]:
+    """Pids of live model worker processes serving `model_id` from this Dukat's models_dir."""
+    path = str(dukat.models_dir / model_id)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "worker.model_worker" in cmd and path in cmd and not process_gone(proc.pid):
+            found.append(proc.pid)
+    return found
+
+
+def load(http: httpx.Client, model_id: str, **extra: Any) -> httpx.Response:
+    return http.post("/api/models/load", json={"model": model_id, **extra})
+
+
+def unload(http: httpx.Client, model_id: str) -> httpx.Response:
+    return http.post("/api/models/unload", json={"model": model_id})
+
+
+def ensure_unloaded(http: httpx.Client, model_id: str) -> None:
+    if model_id in ps(http):
+        assert unload(http, model_id).status_code == 200
+
+
+def chat(http: httpx.Client, model_id: str, timeout: float = 60) -> httpx.Response:
+    body = {"model": model_id, "messages": HELLO, "max_tokens": 4, "temperature": 0}
+    return http.post("/v1/chat/completions", json=body, timeout=timeout)
+
+
+def assert_openai_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["code"] == code, error
+    assert error["message"], error
+    return error
+
+
+def assert_answers(http: httpx.Client, model_id: str) -> None:
+    resp = chat(http, model_id)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model"] == model_id
+    assert body["usage"]["completion_tokens"] > 0
+    assert isinstance(body["choices"][0]["message"]["content"], str)
+
+
+def copy_model(dukat: Dukat, source_id: str, model_id: str, **entry: Any) -> Path:
+    """A copy of a served model folder under a new id, with its own config entry."""
+    dest = dukat.models_dir / model_id
+    if not dest.exists():
+        shutil.copytree(dukat.models_dir / source_id, dest)
+    entry_ = ModelEntry(description=f"copy of {source_id}", **entry)
+    ConfigStore(dukat.config_path).set_entry(model_id, entry_)
+    return dest
+
+
+@pytest.fixture
+def forget(dukat: Dukat, http: httpx.Client) -> Iterator[Callable[[str], None]]:
+    """Models a test creates: unloaded and removed from the config file afterwards."""
+    created: list[str] = []
+    yield created.append
+    for model_id in created:
+        ensure_unloaded(http, model_id)
+        ConfigStore(dukat.config_path).remove_entry(model_id)
+
+
+# ---- load and unload --------------------------------------------------------------------------
+
+
+def test_load_starts_a_worker_process_and_unload_ends_it(http: httpx.Client, dukat: Dukat) -> None:
+    ensure_unloaded(http, UNLOAD_ME)
+
+    started = time.monotonic()
+    resp = load(http, UNLOAD_ME)
+    load_s = time.monotonic() - started
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["id"] == UNLOAD_ME and body["state"] == "loaded" and body["device"] == "cpu"
+    assert body["quantization"] == "none"  # the config entry's
+    assert body["memory_bytes"] > 0 and 0 < body["load_seconds"] <= load_s
+
+    row = ps(http)[UNLOAD_ME]
+    assert row["state"] == "loaded" and row["device"] == "cpu" and row["memory_bytes"] > 0
+    worker = host_worker(http, UNLOAD_ME)
+    assert worker is not None and worker["status"] == "loaded" and worker["address"]
+    pid = worker["pid"]
+    assert row["pid"] == pid
+    assert psutil.pid_exists(pid) and not process_gone(pid)
+    assert "worker.model_worker" in psutil.Process(pid).cmdline()
+    assert worker_processes(dukat, UNLOAD_ME) == [pid]
+
+    started = time.monotonic()
+    resp = unload(http, UNLOAD_ME)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"id": UNLOAD_ME, "state": "unloaded"}
+    assert UNLOAD_ME not in ps(http)
+    assert host_worker(http, UNLOAD_ME) is None
+    wait_for(lambda: process_gone(pid), 5, f"worker {pid} exits after unload")
+    unload_s = time.monotonic() - started
+    print(f"load through the API: {load_s:.2f} s, unload until the process is gone: {unload_s:.2f} s")
+
+
+@pytest.mark.parametrize("model_id", [UNLOAD_ME, "nobody/never-heard-of"])
+def test_unload_of_a_model_not_loaded_is_an_openai_503(http: httpx.Client, model_id: str) -> None:
+    ensure_unloaded(http, model_id)
+    error = assert_openai_error(unload(http, model_id), 503, "model_not_loaded")
+    assert model_id in error["message"] and error["param"] == "model"
+
+
+def test_chat_to_a_known_model_not_loaded_loads_it_and_answers(http: httpx.Client) -> None:
+    ensure_unloaded(http, UNLOAD_ME)
+    assert_answers(http, UNLOAD_ME)
+    row = ps(http)[UNLOAD_ME]
+    assert row["state"] == "loaded" and row["device"] == "cpu"
+    assert unload(http, UNLOAD_ME).status_code == 200
+
+
+def test_concurrent_loads_of_one_model_start_one_worker(http: httpx.Client, dukat: Dukat) -> None:
+    ensure_unloaded(http, UNLOAD_ME)
+    results: list[httpx.Response] = []
+
+    def one_load() -> None:
+        with httpx.Client(base_url=dukat.url, timeout=120) as client:
+            results.append(load(client, UNLOAD_ME))
+
+    threads = [threading.Thread(target=one_load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
+        assert {r.json()["state"] for r in results} == {"loaded"}
+        worker = host_worker(http, UNLOAD_ME)
+        assert worker is not None
+        assert worker_processes(dukat, UNLOAD_ME) == [worker["pid"]]
+    finally:
+        unload(http, UNLOAD_ME)
+
+
+def test_unload_while_loading_answers_the_waiting_load(http: httpx.Client, dukat: Dukat) -> None:
+    ensure_unloaded(http, UNLOAD_ME)
+    results: list[httpx.Response] = []
+
+    def one_load() -> None:
+        with httpx.Client(base_url=dukat.url, timeout=60) as client:
+            results.append(load(client, UNLOAD_ME))
+
+    thread = threading.Thread(target=one_load)
+    thread.start()
+    loading = wait_for(lambda: host_worker(http, UNLOAD_ME), 10, "the load starts")
+    assert loading["status"] == "loading", loading  # a tiny model still takes seconds to import torch
+    assert unload(http, UNLOAD_ME).status_code == 200
+    thread.join(15)
+    assert not thread.is_alive(), "the load waiting on an unloaded worker never answered"
+    assert_openai_error(results[0], 503, "model_load_failed")
+    assert UNLOAD_ME not in ps(http)
+    assert worker_processes(dukat, UNLOAD_ME) == []
+
+
+# ---- failures ---------------------------------------------------------------------------------
+
+
+def test_killed_worker_is_reported_failed_and_a_load_brings_it_back(http: httpx.Client) -> None:
+    assert load(http, KILL_ME).status_code == 200
+    old = host_worker(http, KILL_ME)
+    assert old is not None and old["status"] == "loaded"
+    assert_answers(http, KILL_ME)
+
+    os.kill(old["pid"], signal.SIGKILL)
+    row = wait_for(lambda: ps(http)[KILL_ME]["state"] == "failed" and ps(http)[KILL_ME], 5, "ps says failed")
+    assert "exited" in row["error"] and "-9" in row["error"], row
+    assert row["error_code"] == "model_load_failed"
+
+    started = time.monotonic()
+    error = assert_openai_error(chat(http, KILL_ME, timeout=30), 503, "model_load_failed")
+    assert time.monotonic() - started < 5
+    assert KILL_ME in error["message"] and "/api/models/load" in error["message"]
+
+    resp = load(http, KILL_ME)
+    assert resp.status_code == 200, resp.text
+    new = host_worker(http, KILL_ME)
+    assert new is not None and new["status"] == "loaded" and new["pid"] != old["pid"]
+    assert ps(http)[KILL_ME]["error"] is None
+    assert_answers(http, KILL_ME)
+    assert unload(http, KILL_ME).status_code == 200
+    assert process_gone(new["pid"])
+
+
+def test_model_that_cannot_load_fails_with_the_reason(
+    dukat: Dukat, http: httpx.Client, forget: Callable[[str], None]
+) -> None:
+    model_id = "tiny/corrupt"
+    folder = dukat.models_dir / model_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(dukat.models_dir / UNLOAD_ME / name, folder / name)
+    (folder / "model.safetensors").write_bytes(b"these are not safetensors" * 10)
+    ConfigStore(dukat.config_path).set_entry(model_id, ModelEntry(description="broken", quantization="none"))
+    forget(model_id)
+
+    error = assert_openai_error(load(http, model_id), 503, "model_load_failed")
+    assert model_id in error["message"] and "Safetensor" in error["message"], error
+    row = ps(http)[model_id]
+    assert row["state"] == "failed" and row["error"] == error["message"]
+    assert row["log_tail"], "a failed worker's last log lines tell why"
+    assert worker_processes(dukat, model_id) == []
+
+    # A request for it says the same, fast; the gateway and the other models are fine.
+    again = assert_openai_error(chat(http, model_id, timeout=30), 503, "model_load_failed")
+    assert model_id in again["message"]
+    assert http.get("/health").status_code == 200
+    assert http.get("/api/models").status_code == 200
+    assert_answers(http, "tiny/tinyllama")
+
+
+# ---- quantization and devices -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unquantized_memory(dukat: Dukat, http: httpx.Client) -> Iterator[int]:
+    """Memory of the tiny llama loaded without quantization (its own copy, so the id is free)."""
+    copy_model(dukat, UNLOAD_ME, "tiny/q-none", quantization="none")
+    try:
+        resp = load(http, "tiny/q-none")
+        assert resp.status_code == 200, resp.text
+        memory = resp.json()["memory_bytes"]
+        assert unload(http, "tiny/q-none").status_code == 200
+        yield memory
+    finally:
+        ensure_unloaded(http, "tiny/q-none")
+        ConfigStore(dukat.config_path).remove_entry("tiny/q-none")
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_load_reports_quantization_and_uses_less_memory(
+    dukat: Dukat,
+    http: httpx.Client,
+    forget: Callable[[str], None],
+    unquantized_memory: int,
+    quantization: str,
+) -> None:
+    model_id = f"tiny/q-{quantization}"
+    copy_model(dukat, UNLOAD_ME, model_id, quantization="none")
+    forget(model_id)
+
+    resp = load(http, model_id, quantization=quantization)  # the request wins over the config entry
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["quantization"] == quantization
+    row = ps(http)[model_id]
+    assert row["state"] == "loaded" and row["quantization"] == quantization
+    assert 0 < row["memory_bytes"] < unquantized_memory, (row["memory_bytes"], unquantized_memory)
+    assert_answers(http, model_id)
+
+    # Loading it again differently is a conflict, never the old worker passed off as the new one.
+    other = "none"
+    error = assert_openai_error(load(http, model_id, quantization=other), 409, "conflict")
+    assert quantization in error["message"] and other in error["message"]
+    # The same load again is idempotent.
+    again = load(http, model_id, quantization=quantization)
+    assert again.status_code == 200 and again.json()["quantization"] == quantization
+    assert len(worker_processes(dukat, model_id)) == 1
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cuda:7", "tpu"])
+def test_device_not_on_this_machine_is_a_400_naming_it(http: httpx.Client, device: str) -> None:
+    offered = {d["name"] for host in http.get("/api/hosts").json() for d in host["devices"]}
+    if device in offered:
+        pytest.skip(f"this machine has {device}")
+    ensure_unloaded(http, UNLOAD_ME)
+    error = assert_openai_error(load(http, UNLOAD_ME, device=device), 400, "device_unavailable")
+    assert device in error["message"] and error["param"] == "device"
+    assert UNLOAD_ME not in ps(http)
+
+
+def test_hosts_report_devices_and_workers(http: httpx.Client) -> None:
+    hosts = http.get("/api/hosts").json()
+    assert len(hosts) == 1
+    host = hosts[0]
+    assert host["url"].startswith("http://") and host["host_id"]
+    assert host["devices"]
+    for device in host["devices"]:
+        assert device["name"] == "cpu" or device["name"].startswith("cuda:")
+        assert 0 < device["free_memory"] <= device["total_memory"]
+    json.dumps(host)  # plain JSON all the way down
