@@ -7,7 +7,7 @@ Streams are driven by `ChoiceEvent`s, `(choice index, text delta | final Generat
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
@@ -59,6 +59,10 @@ class ChatCompletionRequest(Struct, kw_only=True):
     # vLLM extensions.
     top_k: TopK | None = None
     repetition_penalty: RepetitionPenalty | None = None
+    # Decoded only to refuse them clearly: answering free text instead breaks the client later.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
     @property
     def choices(self) -> int:
@@ -71,6 +75,16 @@ class ChatCompletionRequest(Struct, kw_only=True):
     def check(self) -> None:
         """Raise a 400 naming the field for what Dukat accepts on the wire but cannot do."""
         reject_if(bool(self.logprobs), "logprobs are not supported", "logprobs")
+        reject_if(
+            bool(self.tools) and self.tool_choice != "none",
+            "tool calling is not supported by Dukat's models; send no tools or tool_choice \"none\"",
+            "tools",
+        )
+        reject_if(
+            self.response_format is not None and self.response_format.get("type", "text") != "text",
+            "only response_format {\"type\": \"text\"} is supported",
+            "response_format",
+        )
         for i, message in enumerate(self.messages):
             if isinstance(message.content, list):
                 for j, part in enumerate(message.content):

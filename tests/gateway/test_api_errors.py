@@ -259,3 +259,23 @@ def test_extreme_but_valid_sampling_values_generate(http: httpx.Client, extra: d
     response = http.post(CHAT_PATH, json=body)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_tools_and_json_response_format_are_refused_with_a_400_naming_the_field(dukat: Dukat) -> None:
+    client = openai.OpenAI(base_url=dukat.base_url, api_key="x", max_retries=0)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    messages: list = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as tools_error:
+        client.chat.completions.create(model="tiny/tinyllama", messages=messages, tools=[tool])
+    assert tools_error.value.param == "tools"
+    with pytest.raises(openai.BadRequestError) as format_error:
+        client.chat.completions.create(
+            model="tiny/tinyllama", messages=messages, response_format={"type": "json_object"}
+        )
+    assert format_error.value.param == "response_format"
+    # tool_choice "none" with tools, and a text response_format, are plain chat requests.
+    out = client.chat.completions.create(
+        model="tiny/tinyllama", messages=messages, tools=[tool], tool_choice="none",
+        response_format={"type": "text"}, max_tokens=2,
+    )
+    assert out.choices[0].message.content is not None
