@@ -289,14 +289,16 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(url: str, body: dict[str, Any], *, connections: int, seconds: float, threads: int = 1) -> WrkResult:
+def run_wrk(
+    url: str, body: dict[str, Any], *, connections: int, seconds: float, threads: int = 1
+) -> WrkResult:
     """wrk POSTing `body` to /v1/chat/completions over `connections` keep-alive connections."""
     with tempfile.TemporaryDirectory(prefix="dukat-wrk-") as tmp:
         body_path = Path(tmp) / "body.json"
         body_path.write_text(json.dumps(body))
         script = Path(tmp) / "post.lua"
         script.write_text(_WRK_SCRIPT % {"body": body_path})
-        cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "30s",
+        cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s",
                "-s", str(script), f"{url}/v1/chat/completions"]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))

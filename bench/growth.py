@@ -1,7 +1,7 @@
 """5. Growth: the gateway's routing cost with 100 configured models and 10 loaded, against one.
 
-The one-client, whole-reply overhead of benchmark 1 (probe against direct, alternating) is measured
-on the main model with one model configured and loaded, then again after 99 more entries were added
+The one-client, whole-reply overhead of benchmark 1 (probe against direct, alternating; max_tokens=1)
+is measured on the main model with one model configured and loaded, then again after 99 more entries were added
 to the config file (their folders present: hard links of the smallest tiny Llama) and 9 of them
 loaded (9 more worker processes, one torch thread each), then once more back at one model. The
 baseline is the mean of the two one-model medians, so drift during the run shows up as their spread.
@@ -19,7 +19,8 @@ from bench.overhead import one_client
 
 CONFIGURED = 100
 LOADED = 10
-PAIRS = 300
+PAIRS = 400
+TOKENS = 1  # routing cost does not depend on the reply; short requests give more pairs
 TARGET = 1.05
 LOAD_PARALLEL = 2
 
@@ -28,7 +29,7 @@ def _overhead(ctx: Context) -> dict[str, Any]:
     served = ctx.served
     time.sleep(0.5)  # let the loads' aftermath settle
     address = served.worker_address(MAIN_MODEL)
-    return asyncio.run(one_client(served.url, address, MAIN_MODEL, PAIRS, stream=False))
+    return asyncio.run(one_client(served.url, address, MAIN_MODEL, PAIRS, stream=False, tokens=TOKENS))
 
 
 def _only_main(ctx: Context) -> None:

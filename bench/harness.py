@@ -7,9 +7,11 @@ clients (see `clients.py`) are httpx, the openai SDK, wrk and a minimal wire cli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import time
@@ -234,10 +236,8 @@ class Served:
         gw = self.gateway_process
         total = 0
         for proc in [gw, *gw.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     @property
@@ -269,3 +269,42 @@ class Context:
 def cpu_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return float(t.user + t.system)
+
+
+class CpuMeter:
+    """How much of the machine other processes used while a benchmark ran: the machine's busy CPU
+    time minus ours (this process, its reaped children such as wrk, and the served process tree).
+    Other work on a 2-core machine (a test suite, an editor's indexer) skews every figure; the
+    table states it per benchmark so a reader can tell a miss from a noisy run."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+
+    def _ours(self) -> float:
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            r = resource.getrusage(who)
+            total += r.ru_utime + r.ru_stime
+        if self.served.process is not None and self.served.process.alive():
+            gw = self.served.gateway_process
+            for proc in [gw, *gw.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = proc.cpu_times()
+                    total += t.user + t.system + t.children_user + t.children_system
+        return total
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return float(sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")))
+
+    def mark(self) -> tuple[float, float, float]:
+        return time.perf_counter(), self._busy(), self._ours()
+
+    def since(self, mark: tuple[float, float, float]) -> dict[str, float]:
+        wall, busy, ours = (now - then for now, then in zip(self.mark(), mark, strict=True))
+        cores = os.cpu_count() or 1
+        return {
+            "wall_s": wall, "machine_busy_cpu_s": busy, "ours_cpu_s": ours,
+            "others_share": max(0.0, busy - ours) / (wall * cores) if wall > 0 else 0.0,
+        }

@@ -23,7 +23,6 @@ import psutil
 
 from bench.harness import MAIN_MODEL, SERVE_ENV, Context, Report, Served, median
 
-BARE_RUNS = 2
 MEASURED_CYCLES = 2
 RSS_TOLERANCE = 1.05  # host RSS after unload / baseline
 
@@ -38,7 +37,8 @@ AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
 
 
 def bare_load_seconds(path: Path) -> float:
-    env = {**os.environ, **{k: SERVE_ENV[k] for k in ("OMP_NUM_THREADS", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS")}}
+    keys = ("OMP_NUM_THREADS", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS")
+    env = {**os.environ, **{k: SERVE_ENV[k] for k in keys}}
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", _BARE, str(path)], env=env, check=True, capture_output=True)
     return time.perf_counter() - started
@@ -73,15 +73,17 @@ def cycle(served: Served, model: str) -> dict[str, Any]:
 def run(ctx: Context, report: Report) -> None:
     served = ctx.served
     raw: dict[str, Any] = report.raw.setdefault("lifecycle", {})
-    bare = [bare_load_seconds(ctx.main_path) for _ in range(BARE_RUNS)]
-    raw["bare_from_pretrained_s"] = bare
     raw["bare_includes"] = "interpreter start, import torch + transformers, tokenizer and model from_pretrained"
-    raw["warmup"] = cycle(served, MAIN_MODEL)
+    raw["warmup"] = cycle(served, MAIN_MODEL)  # also brings torch's files into the page cache
     host_rss0 = served.host_process().memory_info().rss
     tree_rss0 = served.tree_rss()
     raw["host_rss_baseline"], raw["tree_rss_baseline"] = host_rss0, tree_rss0
-    cycles = [cycle(served, MAIN_MODEL) for _ in range(MEASURED_CYCLES)]
-    raw["cycles"] = cycles
+    bare: list[float] = []
+    cycles: list[dict[str, Any]] = []
+    for _ in range(MEASURED_CYCLES):  # alternating, so load from elsewhere hits both sides alike
+        bare.append(bare_load_seconds(ctx.main_path))
+        cycles.append(cycle(served, MAIN_MODEL))
+    raw["bare_from_pretrained_s"], raw["cycles"] = bare, cycles
 
     bare_s = median(bare)
     load_s = median([c["load_s"] for c in cycles])

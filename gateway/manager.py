@@ -229,7 +229,10 @@ class ModelManager:
             raise NoCapacityError("no worker host is reachable")
         host = place(model_id, hosts, device=device)
         if host is None:
-            raise DeviceUnavailableError(f"no worker host offers device {device!r}", param="device")
+            offered = ", ".join(sorted({d.name for h in hosts for d in h.devices})) or "none"
+            raise DeviceUnavailableError(
+                f"no worker host offers device {device!r} (offered: {offered}; or use \"auto\")", param="device"
+            )
         return host
 
     async def aload_model(

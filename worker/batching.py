@@ -76,23 +76,26 @@ class Job:
         self._out.put(token)
         self.stopped = token in self.stop_ids
 
+    def end(self, item: BaseException | None = None) -> None:
+        self._out.put(item)
+
 
 class Scheduler:
-    """Owns the model on its own thread; `submit` from any thread."""
+    """Owns the model on its own thread (started on demand); `submit` from any thread."""
 
     def __init__(self, model: Any, *, max_batch: int, max_queue: int, seq2seq: bool, pad_id: int) -> None:
         self.max_batch, self.max_queue = max_batch, max_queue
+        self.peak_rows = 0  # the most requests one step has advanced, for tests and logs
         self._solo = SoloStepper(model, seq2seq=seq2seq)
         self._batch = None if seq2seq or not batches_exactly(model, pad_id) else _Batch(model, pad_id)
+        self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
-        self._in_flight = 0  # waiting + running, under _cond
-        self._closing = False
-        self._cond = threading.Condition()
+        self._in_flight = 0  # waiting + running
+        self._closing = self._aborting = False
+        self._thread: threading.Thread | None = None
         self._rows: list[Job] = []  # the batch's rows, in cache order
         self._next: list[int] = []  # each row's token to feed at the next step
         self._solos: dict[Job, Generator[int, None, None]] = {}
-        self._thread: threading.Thread | None = None
-        self._aborting = False
         # A daemon thread killed inside a torch op at interpreter exit aborts the process.
         atexit.register(_abort_at_exit, weakref.ref(self))
 
@@ -132,13 +135,13 @@ class Scheduler:
             while self._wait_for_work():
                 try:
                     self._iterate()
-                except Exception as exc:  # a failed forward: its rows fail, the scheduler lives on
+                except Exception as exc:  # a failed step: its rows fail, the scheduler lives on
                     logger.exception("generation step failed")
-                    self._end_all(exc)
+                    self._end([*self._rows, *self._solos], exc)
 
     def _wait_for_work(self) -> bool:
         if self._aborting:
-            self._end_all(None)
+            self._end([*self._rows, *self._solos, *self._waiting], None)
         with self._cond:
             idle = False
             while not (self._waiting or self._rows or self._solos):
@@ -153,10 +156,10 @@ class Scheduler:
         while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
             self._admit(jobs)
         self._sweep()
+        self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
         if self._rows:
             assert self._batch is not None
-            logits = self._batch.step(self._next)
-            self._next = self._emit(self._rows, logits)
+            self._next = self._emit(self._rows, self._batch.step(self._next))
         for job, tokens in self._solos.items():
             if not job.ended():
                 job.push(next(tokens))
@@ -165,24 +168,28 @@ class Scheduler:
         with self._cond:
             room = self.max_batch - len(self._rows) - len(self._solos)
             taken = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-        for job in (j for j in taken if not j.wanted()):  # cancelled while waiting: no prefill
-            self._finish(job)
+        self._end([j for j in taken if not j.wanted()], None)  # cancelled while waiting: no prefill
         return [j for j in taken if j.wanted()]
 
     def _admit(self, jobs: list[Job]) -> None:
         now = time.perf_counter()
         for job in jobs:
             job.admitted = now
-        if self._batch is not None and jobs:
-            for job in jobs:
-                job.sampler.observe(job.prompt_ids)  # transformers' repetition penalty counts the prompt
-            logits = self._batch.join([j.prompt_ids for j in jobs])
-            self._rows += jobs
-            self._next += self._emit(jobs, logits)
+            if self._batch is None:
+                self._solos[job] = self._solo.tokens(job.prompt_ids, job.sampler)
+                job.push(next(self._solos[job]))
+        if self._batch is None:
             return
         for job in jobs:
-            self._solos[job] = self._solo.tokens(job.prompt_ids, job.sampler)
-            job.push(next(self._solos[job]))
+            job.sampler.observe(job.prompt_ids)  # transformers' repetition penalty counts the prompt
+        try:
+            logits = self._batch.join([j.prompt_ids for j in jobs])
+        except Exception as exc:  # e.g. out of memory: the newcomers fail, the running rows go on
+            logger.exception("prefill of %d requests failed", len(jobs))
+            self._end(jobs, exc)
+            return
+        self._rows += jobs
+        self._next += self._emit(jobs, logits)
 
     def _emit(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
         """Each row's next token, chosen by its own sampler and pushed to its consumer."""
@@ -197,38 +204,27 @@ class Scheduler:
         return tokens
 
     def _sweep(self) -> None:
-        """Rows that ended leave the batch (and their consumers get the end marker)."""
-        if any(job.ended() for job in self._rows):
-            keep = [i for i, job in enumerate(self._rows) if not job.ended()]
-            for job in self._rows:
-                if job.ended():
-                    self._finish(job)
-            assert self._batch is not None
-            self._batch.keep(keep)
+        """Requests that ended leave (and their consumers get the end marker)."""
+        self._end([job for job in (*self._rows, *self._solos) if job.ended()], None)
+
+    def _end(self, jobs: list[Job], item: BaseException | None) -> None:
+        """`jobs` leave the scheduler; their consumers get `item` (None: the end of the row)."""
+        if not jobs:
+            return
+        ending = set(jobs)
+        with self._cond:
+            self._waiting = deque(j for j in self._waiting if j not in ending)
+            self._in_flight -= len(ending)
+        if any(job in ending for job in self._rows):
+            keep = [i for i, job in enumerate(self._rows) if job not in ending]
             self._rows = [self._rows[i] for i in keep]
             self._next = [self._next[i] for i in keep]
-        for job in [j for j in self._solos if j.ended()]:
-            self._solos.pop(job).close()
-            self._finish(job)
-
-    def _finish(self, job: Job) -> None:
-        job._out.put(None)
-        with self._cond:
-            self._in_flight -= 1
-
-    def _end_all(self, item: Exception | None) -> None:
-        """Every request ends now, running or waiting, with `item`: an error, or None (cancelled)."""
-        with self._cond:
-            jobs = [*self._rows, *self._solos, *(self._waiting if item is None else ())]
-            self._waiting = self._waiting if item is not None else deque()
-            self._in_flight -= len(jobs)
-        for job in jobs:
-            job._out.put(item)
-        for tokens in self._solos.values():
-            tokens.close()
-        self._rows, self._next, self._solos = [], [], {}
-        if self._batch is not None:
-            self._batch.keep([])
+            assert self._batch is not None
+            self._batch.keep(keep)
+        for job in ending:
+            if job in self._solos:
+                self._solos.pop(job).close()
+            job.end(item)
 
 
 class _Batch:

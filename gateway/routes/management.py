@@ -42,6 +42,7 @@ async def load(state: State, data: LoadRequest) -> dict[str, Any]:
     return {
         "id": w.model_id, "state": w.status, "device": w.device, "quantization": w.quantization,
         "model_type": w.model_type, "task": w.task, "memory_bytes": w.memory_bytes, "load_seconds": w.load_seconds,
+        "pid": w.pid,
     }
 
 

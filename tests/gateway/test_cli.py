@@ -120,6 +120,8 @@ def test_load_unload_and_default_change_the_server(dukat: Dukat, http: httpx.Cli
 def test_error_exits_nonzero_with_the_openai_message(
     dukat: Dukat, http: httpx.Client, command: str, args: list[str], status: int
 ) -> None:
+    if args[0] in ps(http):  # loaded, a load on another device would be a conflict (409) instead
+        http.post("/api/models/unload", json={"model": args[0]})
     result = dukat_cli(dukat, command, *args)
     assert result.returncode != 0 and result.stdout == "", result
     # The same request over HTTP: the CLI says exactly what the API said.

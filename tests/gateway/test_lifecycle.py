@@ -152,7 +152,7 @@ def test_load_starts_a_worker_process_and_unload_ends_it(http: httpx.Client, duk
     worker = host_worker(http, UNLOAD_ME)
     assert worker is not None and worker["status"] == "loaded" and worker["address"]
     pid = worker["pid"]
-    assert row["pid"] == pid
+    assert row["pid"] == pid == body["pid"]
     assert psutil.pid_exists(pid) and not process_gone(pid)
     assert "worker.model_worker" in psutil.Process(pid).cmdline()
     assert worker_processes(dukat, UNLOAD_ME) == [pid]
@@ -201,6 +201,7 @@ def test_concurrent_loads_of_one_model_start_one_worker(http: httpx.Client, duka
         assert {r.json()["state"] for r in results} == {"loaded"}
         worker = host_worker(http, UNLOAD_ME)
         assert worker is not None
+        assert {r.json()["pid"] for r in results} == {worker["pid"]}
         assert worker_processes(dukat, UNLOAD_ME) == [worker["pid"]]
     finally:
         unload(http, UNLOAD_ME)
@@ -338,6 +339,7 @@ def test_device_not_on_this_machine_is_a_400_naming_it(http: httpx.Client, devic
     ensure_unloaded(http, UNLOAD_ME)
     error = assert_openai_error(load(http, UNLOAD_ME, device=device), 400, "device_unavailable")
     assert device in error["message"] and error["param"] == "device"
+    assert all(name in error["message"] for name in offered), "it says what there is instead"
     assert UNLOAD_ME not in ps(http)
 
 

@@ -189,6 +189,25 @@ def test_unload_model_ends_the_worker_process(seed: Seed) -> None:
         seed.manager.unload_model(TINY_REPO)
 
 
+def test_local_host_that_died_is_started_again_by_the_next_call(seed: Seed) -> None:
+    seed.manager.download_model(TINY_REPO)
+    seed.manager.load_model(TINY_REPO, quantization="none")
+    [host] = host_processes(seed.root)
+    worker_pid = loaded(seed)[TINY_REPO]["pid"]
+
+    host.kill()
+    wait_for(lambda: gone(host.pid), 5, "the host dies")
+    wait_for(lambda: gone(worker_pid), 5, "its worker dies with it (no orphan holding memory)")
+
+    response, metadata = seed.manager.generate("Hello", max_new_tokens=4)  # loads the default again
+    assert isinstance(response, str)
+    assert metadata["model"] == TINY_REPO and metadata["completion_tokens"] > 0
+    [new_host] = host_processes(seed.root)
+    assert new_host.pid != host.pid
+    assert loaded(seed)[TINY_REPO]["pid"] != worker_pid
+    seed.manager.unload_model(TINY_REPO)
+
+
 def test_close_stops_the_local_host_and_its_workers(
     session_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
