@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +29,9 @@ from shared.wire import Delta, Error, Generate, Result, encode_frame, from_worke
 def chat_body(model: str, prompt: str, max_tokens: int, *, stream: bool = False) -> dict[str, Any]:
     """The OpenAI request every benchmark sends: one user message, greedy."""
     body: dict[str, Any] = {
-        "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
         "temperature": 0,
     }
     if stream:
@@ -134,8 +137,13 @@ async def http_generate(client: httpx.AsyncClient, body: dict[str, Any]) -> Time
     r.raise_for_status()
     data = r.json()
     usage = data["usage"]
-    return Timed(total, total, data["choices"][0]["message"]["content"] or "", usage["completion_tokens"],
-                 usage["prompt_tokens"])
+    return Timed(
+        total,
+        total,
+        data["choices"][0]["message"]["content"] or "",
+        usage["completion_tokens"],
+        usage["prompt_tokens"],
+    )
 
 
 async def http_stream(client: httpx.AsyncClient, body: dict[str, Any]) -> Timed:
@@ -224,8 +232,13 @@ class Probe:
         total = time.perf_counter() - started
         data = json.loads(b"".join(parts))
         usage = data["usage"]
-        return Timed(total, total, data["choices"][0]["message"]["content"] or "", usage["completion_tokens"],
-                     usage["prompt_tokens"])
+        return Timed(
+            total,
+            total,
+            data["choices"][0]["message"]["content"] or "",
+            usage["completion_tokens"],
+            usage["prompt_tokens"],
+        )
 
     async def stream(self, body: dict[str, Any]) -> Timed:
         started = time.perf_counter()
@@ -274,10 +287,14 @@ end
 
 
 @dataclass
-class WrkResult:
+class LoadResult:
+    """A fixed-duration load run: requests done, latency percentiles (µs) and the client's CPU."""
+
+    tool: str
     requests: int
     seconds: float
     errors: int
+    client_cpu_s: float
     latency_us: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -285,24 +302,77 @@ class WrkResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def wrk_available() -> bool:
-    return shutil.which("wrk") is not None
+def run_load(url: str, body: dict[str, Any], *, connections: int, seconds: float) -> LoadResult:
+    """POST `body` to /v1/chat/completions over `connections` keep-alive connections for `seconds`:
+    with wrk where it is installed (`make bench` installs it), else with httpx (whose own CPU per
+    request is then the likely limit; the gateway's CPU per request stays a fair figure)."""
+    if shutil.which("wrk"):
+        return _wrk(url, body, connections=connections, seconds=seconds)
+    return asyncio.run(_httpx_load(url, body, connections=connections, seconds=seconds))
 
 
-def run_wrk(
-    url: str, body: dict[str, Any], *, connections: int, seconds: float, threads: int = 1
-) -> WrkResult:
-    """wrk POSTing `body` to /v1/chat/completions over `connections` keep-alive connections."""
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _wrk(url: str, body: dict[str, Any], *, connections: int, seconds: float) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="dukat-wrk-") as tmp:
         body_path = Path(tmp) / "body.json"
         body_path.write_text(json.dumps(body))
         script = Path(tmp) / "post.lua"
         script.write_text(_WRK_SCRIPT % {"body": body_path})
-        cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s",
-               "-s", str(script), f"{url}/v1/chat/completions"]
+        cmd = [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            f"{url}/v1/chat/completions",
+        ]
+        cpu = _children_cpu()
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+        cpu = _children_cpu() - cpu
     line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
     data = json.loads(line.removeprefix("WRK_JSON "))
     errors = sum(int(data[k]) for k in ("connect", "read", "write", "status", "timeout"))
     latency = {k: float(data[k]) for k in ("p50_us", "p90_us", "p99_us", "max_us", "mean_us")}
-    return WrkResult(int(data["requests"]), data["duration_us"] / 1e6, errors, latency)
+    return LoadResult("wrk", int(data["requests"]), data["duration_us"] / 1e6, errors, cpu, latency)
+
+
+async def _httpx_load(url: str, body: dict[str, Any], *, connections: int, seconds: float) -> LoadResult:
+    latencies: list[float] = []
+    errors = 0
+    async with http_client(url, connections) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                r = await client.post("/v1/chat/completions", json=body)
+                latencies.append(time.perf_counter() - started)
+                errors += r.status_code != 200
+
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(loop() for _ in range(connections)))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    us = sorted(x * 1e6 for x in latencies)
+
+    def q(p: float) -> float:
+        return us[min(len(us) - 1, int(len(us) * p / 100))] if us else float("nan")
+
+    latency = {
+        "p50_us": q(50),
+        "p90_us": q(90),
+        "p99_us": q(99),
+        "max_us": us[-1] if us else float("nan"),
+        "mean_us": sum(us) / len(us) if us else float("nan"),
+    }
+    return LoadResult("httpx", len(latencies), elapsed, errors, cpu, latency)

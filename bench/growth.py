@@ -1,10 +1,11 @@
 """5. Growth: the gateway's routing cost with 100 configured models and 10 loaded, against one.
 
-The one-client, whole-reply overhead of benchmark 1 (probe against direct, alternating; max_tokens=1)
-is measured on the main model with one model configured and loaded, then again after 99 more entries were added
-to the config file (their folders present: hard links of the smallest tiny Llama) and 9 of them
-loaded (9 more worker processes, one torch thread each), then once more back at one model. The
-baseline is the mean of the two one-model medians, so drift during the run shows up as their spread.
+The one-client, whole-reply overhead of benchmark 1 (probe against direct, alternating;
+max_tokens=1) is measured on the main model with one model configured and loaded; then again after
+99 more entries were added to the config file (their folders present: hard links of the smallest
+tiny Llama) and 9 of them loaded (9 more worker processes, one torch thread each); then once more
+back at one model. The baseline is the mean of the two one-model medians, so drift during the run
+shows up as their spread.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def run(ctx: Context, report: Report) -> None:
     ratio = many["added_median_ms"] / base if base > 0 else float("inf")
     raw["ratio"] = ratio
     report.add(
-        "growth", f"added median, {raw['configured']} configured + {len(loaded)} loaded / 1 model",
+        "growth",
+        f"added median, {raw['configured']} configured + {len(loaded)} loaded / 1 model",
         f"<= {TARGET:.2f}",
         f"x{ratio:.2f} ({many['added_median_ms']:.2f} vs {one_a['added_median_ms']:.2f}, "
         f"{one_b['added_median_ms']:.2f} ms)",

@@ -72,8 +72,12 @@ def summary_ms(values_s: Sequence[float]) -> dict[str, float]:
     """Median, p90, p99, mean and count of latencies given in seconds, in milliseconds."""
     ms = [v * 1000 for v in values_s]
     return {
-        "n": len(ms), "median_ms": median(ms), "p90_ms": pct(ms, 90), "p99_ms": pct(ms, 99),
-        "mean_ms": statistics.fmean(ms) if ms else float("nan"), "min_ms": min(ms, default=float("nan")),
+        "n": len(ms),
+        "median_ms": median(ms),
+        "p90_ms": pct(ms, 90),
+        "p99_ms": pct(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
+        "min_ms": min(ms, default=float("nan")),
     }
 
 
@@ -126,8 +130,13 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "bench_process": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads()},
-        "served_env": {k: SERVE_ENV[k] for k in ("OMP_NUM_THREADS", "DUKAT_WORKER_THREADS", "DUKAT_LOG_LEVEL")},
+        "bench_process": {
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "served_env": {
+            k: SERVE_ENV[k] for k in ("OMP_NUM_THREADS", "DUKAT_WORKER_THREADS", "DUKAT_LOG_LEVEL")
+        },
     }
 
 
@@ -151,7 +160,12 @@ def place_model(source: Path, models_dir: Path, model_id: str) -> Path:
 
 
 def config_entry(description: str) -> dict[str, Any]:
-    return {"description": description, "quantization": "none", "default_parameters": {}, "model_type": "llama"}
+    return {
+        "description": description,
+        "quantization": "none",
+        "default_parameters": {},
+        "model_type": "llama",
+    }
 
 
 def write_config(config_path: Path, entries: dict[str, dict[str, Any]], default: str | None) -> None:
@@ -197,7 +211,9 @@ class Served:
 
     def load(self, model_id: str) -> dict[str, Any]:
         assert self.http is not None
-        r = self.http.post("/api/models/load", json={"model": model_id, "quantization": "none", "device": "cpu"})
+        r = self.http.post(
+            "/api/models/load", json={"model": model_id, "quantization": "none", "device": "cpu"}
+        )
         r.raise_for_status()
         result: dict[str, Any] = r.json()
         return result
@@ -305,6 +321,8 @@ class CpuMeter:
         wall, busy, ours = (now - then for now, then in zip(self.mark(), mark, strict=True))
         cores = os.cpu_count() or 1
         return {
-            "wall_s": wall, "machine_busy_cpu_s": busy, "ours_cpu_s": ours,
+            "wall_s": wall,
+            "machine_busy_cpu_s": busy,
+            "ours_cpu_s": ours,
             "others_share": max(0.0, busy - ours) / (wall * cores) if wall > 0 else 0.0,
         }

@@ -64,16 +64,22 @@ def cycle(served: Served, model: str) -> dict[str, Any]:
     while not _gone(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     return {
-        "load_s": load_s, "worker_pid": pid, "exited_when_unload_returned": exited_at_return,
-        "exited": _gone(pid), "tree_rss_loaded": loaded_rss,
-        "host_rss_after": served.host_process().memory_info().rss, "tree_rss_after": served.tree_rss(),
+        "load_s": load_s,
+        "worker_pid": pid,
+        "exited_when_unload_returned": exited_at_return,
+        "exited": _gone(pid),
+        "tree_rss_loaded": loaded_rss,
+        "host_rss_after": served.host_process().memory_info().rss,
+        "tree_rss_after": served.tree_rss(),
     }
 
 
 def run(ctx: Context, report: Report) -> None:
     served = ctx.served
     raw: dict[str, Any] = report.raw.setdefault("lifecycle", {})
-    raw["bare_includes"] = "interpreter start, import torch + transformers, tokenizer and model from_pretrained"
+    raw["bare_includes"] = (
+        "interpreter start, import torch + transformers, tokenizer and model from_pretrained"
+    )
     raw["warmup"] = cycle(served, MAIN_MODEL)  # also brings torch's files into the page cache
     host_rss0 = served.host_process().memory_info().rss
     tree_rss0 = served.tree_rss()
@@ -89,15 +95,23 @@ def run(ctx: Context, report: Report) -> None:
     load_s = median([c["load_s"] for c in cycles])
     limit = 1.2 * bare_s + 1.0
     b = "lifecycle"
-    report.add(b, "load through the gateway vs bare from_pretrained", "<= 1.2 x bare + 1 s",
-               f"{load_s:.2f} s vs bare {bare_s:.2f} s (x{load_s / bare_s:.2f}; limit {limit:.2f} s)", load_s <= limit)
+    report.add(
+        b,
+        "load through the gateway vs bare from_pretrained",
+        "<= 1.2 x bare + 1 s",
+        f"{load_s:.2f} s vs bare {bare_s:.2f} s (x{load_s / bare_s:.2f}; limit {limit:.2f} s)",
+        load_s <= limit,
+    )
     exited = all(c["exited"] for c in cycles)
-    report.add(b, "worker process exited after unload", "yes",
-               "yes" if exited else "no", exited)
+    report.add(b, "worker process exited after unload", "yes", "yes" if exited else "no", exited)
     host_ratio = max(c["host_rss_after"] for c in cycles) / host_rss0
     tree_ratio = max(c["tree_rss_after"] for c in cycles) / tree_rss0
-    report.add(b, "worker host RSS after unload / baseline", f"<= {RSS_TOLERANCE:.2f}",
-               f"x{host_ratio:.3f} ({host_rss0 / 2**20:.0f} MiB baseline); whole tree x{tree_ratio:.3f}, "
-               f"loaded x{max(c['tree_rss_loaded'] for c in cycles) / tree_rss0:.2f}",
-               host_ratio <= RSS_TOLERANCE)
+    report.add(
+        b,
+        "worker host RSS after unload / baseline",
+        f"<= {RSS_TOLERANCE:.2f}",
+        f"x{host_ratio:.3f} ({host_rss0 / 2**20:.0f} MiB baseline); whole tree x{tree_ratio:.3f}, "
+        f"loaded x{max(c['tree_rss_loaded'] for c in cycles) / tree_rss0:.2f}",
+        host_ratio <= RSS_TOLERANCE,
+    )
     served.load(MAIN_MODEL)  # the other benchmarks use it

@@ -38,7 +38,9 @@ def table(report: Report, others: dict[str, float]) -> str:
         flag = "*" if others.get(r.bench, 0.0) > NOISY else ""
         rows.append((r.bench + flag, r.name, r.target, r.measured, result))
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -109,13 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(header(info))
     print(table(report, others))
-    print("\nCPU used by other processes during each benchmark (share of the whole machine): "
-          + ", ".join(f"{k} {v:.0%}" for k, v in others.items()))
+    print(
+        "\nCPU used by other processes during each benchmark (share of the whole machine): "
+        + ", ".join(f"{k} {v:.0%}" for k, v in others.items())
+    )
     if any(v > NOISY for v in others.values()):
         print(f"* ran while other processes used more than {NOISY:.0%} of the machine: figures are skewed")
     failed = sum(1 for r in report.rows if r.passed is False)
-    print(f"{len(report.rows)} rows, {failed} missed targets, {errors} benchmark errors; {total:.0f} s; "
-          f"raw figures in {out}")
+    print(
+        f"{len(report.rows)} rows, {failed} missed targets, {errors} benchmark errors; {total:.0f} s; "
+        f"raw figures in {out}"
+    )
     return 1 if errors else 0
 
 

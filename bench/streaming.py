@@ -57,9 +57,12 @@ def in_process(path: Path, tokens: int) -> dict[str, Any]:
     assert out is not None
     new = out.shape[1] - inputs.shape[1]
     return {
-        "prompt_tokens": len(ids), "tokens": new, "seconds": times,
-        "tokens_per_s": new / median(times), "torch_threads": torch.get_num_threads(),
-        "text": tokenizer.decode(out[0, inputs.shape[1]:], skip_special_tokens=True),
+        "prompt_tokens": len(ids),
+        "tokens": new,
+        "seconds": times,
+        "tokens_per_s": new / median(times),
+        "torch_threads": torch.get_num_threads(),
+        "text": tokenizer.decode(out[0, inputs.shape[1] :], skip_special_tokens=True),
     }
 
 
@@ -67,7 +70,7 @@ async def through_gateway(url: str) -> dict[str, Any]:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=300)
-    runs = []
+    runs: list[dict[str, Any]] = []
     try:
         for _ in range(RUNS + 1):
             started = time.perf_counter()
@@ -75,8 +78,12 @@ async def through_gateway(url: str) -> dict[str, Any]:
             parts: list[str] = []
             usage = None
             stream = await client.chat.completions.create(
-                model=MAIN_MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS,
-                temperature=0, stream=True, stream_options={"include_usage": True},
+                model=MAIN_MODEL,
+                messages=[{"role": "user", "content": PROMPT}],
+                max_tokens=TOKENS,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
             )
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -86,13 +93,22 @@ async def through_gateway(url: str) -> dict[str, Any]:
                     usage = chunk.usage
             elapsed = time.perf_counter() - started
             assert usage is not None
-            runs.append({"seconds": elapsed, "first_s": first, "tokens": usage.completion_tokens,
-                         "prompt_tokens": usage.prompt_tokens, "text": "".join(parts)})
+            runs.append(
+                {
+                    "seconds": elapsed,
+                    "first_s": first,
+                    "tokens": usage.completion_tokens,
+                    "prompt_tokens": usage.prompt_tokens,
+                    "text": "".join(parts),
+                }
+            )
     finally:
         await client.close()
     measured = runs[1:]
     return {
-        "runs": measured, "tokens": measured[0]["tokens"], "prompt_tokens": measured[0]["prompt_tokens"],
+        "runs": measured,
+        "tokens": measured[0]["tokens"],
+        "prompt_tokens": measured[0]["prompt_tokens"],
         "tokens_per_s": median([r["tokens"] / r["seconds"] for r in measured]),
         "ttft_s": median([r["first_s"] for r in measured]),
     }
@@ -105,7 +121,8 @@ async def direct(address: str) -> dict[str, Any]:
     async with DirectClient(address) as client:
         runs = [await client.stream(request) for _ in range(RUNS + 1)][1:]
     return {
-        "runs": [r.__dict__ for r in runs], "tokens": runs[0].completion_tokens,
+        "runs": [r.__dict__ for r in runs],
+        "tokens": runs[0].completion_tokens,
         "tokens_per_s": median([r.completion_tokens / r.total_s for r in runs]),
         "ttft_s": median([r.first_s for r in runs]),
     }
@@ -116,13 +133,26 @@ def run(ctx: Context, report: Report) -> None:
     wire = asyncio.run(direct(ctx.served.worker_address(MAIN_MODEL)))
     base = in_process(ctx.main_path, gw["tokens"])
     ratio = gw["tokens_per_s"] / base["tokens_per_s"]
-    report.raw["streaming"] = {"gateway": gw, "direct_wire": wire, "in_process_generate": base, "ratio": ratio}
+    report.raw["streaming"] = {
+        "gateway": gw,
+        "direct_wire": wire,
+        "in_process_generate": base,
+        "ratio": ratio,
+    }
     same_prompt = gw["prompt_tokens"] == base["prompt_tokens"]
-    report.add("streaming", f"one stream tok/s through gateway (SSE) / in-process generate, {gw['tokens']} tokens",
-               f">= {TARGET}",
-               f"x{ratio:.2f} ({gw['tokens_per_s']:.0f} vs {base['tokens_per_s']:.0f} tok/s"
-               f"{'' if same_prompt else '; PROMPT LENGTHS DIFFER'})",
-               ratio >= TARGET and same_prompt)
-    report.add("streaming", "  split: gateway / direct wire, direct wire / in-process generate", "report",
-               f"x{gw['tokens_per_s'] / wire['tokens_per_s']:.2f}, x{wire['tokens_per_s'] / base['tokens_per_s']:.2f}"
-               f" (direct wire {wire['tokens_per_s']:.0f} tok/s)", None)
+    report.add(
+        "streaming",
+        f"one stream tok/s through gateway (SSE) / in-process generate, {gw['tokens']} tokens",
+        f">= {TARGET}",
+        f"x{ratio:.2f} ({gw['tokens_per_s']:.0f} vs {base['tokens_per_s']:.0f} tok/s"
+        f"{'' if same_prompt else '; PROMPT LENGTHS DIFFER'})",
+        ratio >= TARGET and same_prompt,
+    )
+    report.add(
+        "streaming",
+        "  split: gateway / direct wire, direct wire / in-process generate",
+        "report",
+        f"x{gw['tokens_per_s'] / wire['tokens_per_s']:.2f}, "
+        f"x{wire['tokens_per_s'] / base['tokens_per_s']:.2f} (direct wire {wire['tokens_per_s']:.0f} tok/s)",
+        None,
+    )

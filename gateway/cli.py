@@ -68,7 +68,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if job.status == "failed":
         raise SystemExit(f"error ({job.error_code}): {job.error}")
     revision = f" (revision {args.revision})" if args.revision else ""
-    print(f"pulled {args.model}{revision}: {job.files_done} files, {job.downloaded_bytes / 2**20:.1f} MiB")
+    where = f" into {job.path}" if job.path else ""
+    print(f"pulled {args.model}{revision}: {job.files_done} files, {job.downloaded_bytes / 2**20:.1f} MiB{where}")
     return 0
 
 
@@ -125,6 +126,15 @@ def cmd_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_url() -> str:
+    try:
+        settings = load_settings()
+    except SettingsError:
+        return "http://127.0.0.1:8000"
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dukat", description="Dukat: a self-hosted, OpenAI-compatible model gateway.",
@@ -146,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, func: Any, help_: str, model: bool = True) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
-        c.add_argument("--url", default="http://127.0.0.1:8000", help="the Dukat server")
+        c.add_argument("--url", default=_default_url(), help="the Dukat server (default: DUKAT_HOST:DUKAT_PORT)")
         if model:
             c.add_argument("model")
         c.set_defaults(func=func)

@@ -26,6 +26,7 @@ from shared.errors import (
     ModelLoadFailedError,
     ModelNotFoundError,
     ModelNotLoadedError,
+    NotFoundError,
     NoCapacityError,
     WorkerFailedError,
 )
@@ -208,7 +209,8 @@ class ModelManager:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
         if model_id in self.config.read().models:
             return
-        entry = ModelEntry(description="", quantization=quantization or self.settings.default_quantization)
+        # No quantization recorded for a plain download: the setting's default decides at load time.
+        entry = ModelEntry(description="", quantization=quantization)  # type: ignore[arg-type]
         self.config.set_entry(model_id, entry)
 
     # ---- async API (the gateway's routes) -----------------------------------------------------
@@ -259,7 +261,7 @@ class ModelManager:
     async def aunload_model(self, model_id: str) -> None:
         found = await self._find(model_id, fresh=True)
         if found is None:
-            raise ModelNotLoadedError(f"model {model_id!r} is not loaded", param="model")
+            raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
         try:
             await self._host(found[0].url).unload(model_id)
         finally:

@@ -185,6 +185,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--max-pending", type=int, default=80)
+    # Requests generated together (DUKAT_MAX_BATCH); the engine queues --max-queue more
+    # (DUKAT_MAX_QUEUE; default: what --max-pending leaves) and refuses the rest.
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-queue", type=int, default=None)
     return p.parse_args(argv)
 
 
@@ -202,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             model_type=get_model_type(args.model_type),
             quantization=args.quantization,
             device=local_device,
+            max_batch=args.max_batch,
+            max_queue=max(1, args.max_pending - args.max_batch) if args.max_queue is None else args.max_queue,
         )
     except BaseException as exc:
         log.exception("loading %s failed", args.model_id)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from shared.errors import DukatError, ModelLoadFailedError, ModelNotLoadedError, error_from_code
+from shared.errors import DukatError, ModelLoadFailedError, NotFoundError, error_from_code
 from shared.host_api import WorkerState
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Supervisor:
     async def unload(self, model_id: str) -> None:
         worker = self._workers.get(model_id)
         if worker is None:
-            raise ModelNotLoadedError(f"model {model_id!r} is not loaded", param="model")
+            raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
         worker.state.status = "stopping"
         if not worker.ready.done():
             # A load waiting on this worker must get an answer, not wait on a future nobody sets.

@@ -67,6 +67,8 @@ class DownloadJob(Struct, kw_only=True):
     files_total: int = 0
     error: str | None = None
     error_code: str | None = None
+    # Where the model lies on its worker host, once done.
+    path: str | None = None
 
 
 def download_job(job: host_api.DownloadJob) -> DownloadJob:
@@ -82,4 +84,5 @@ def download_job(job: host_api.DownloadJob) -> DownloadJob:
         files_total=job.files_total,
         error=job.error,
         error_code=job.error_code,
+        path=job.path,
     )

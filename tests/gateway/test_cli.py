@@ -111,7 +111,7 @@ def test_load_unload_and_default_change_the_server(dukat: Dukat, http: httpx.Cli
     ("command", "args", "status"),
     [
         ("load", ["dukat-test/not-on-the-hub"], 404),
-        ("unload", ["nobody/loaded-this"], 503),
+        ("unload", ["nobody/loaded-this"], 404),
         ("default", ["nope/nothing"], 404),
         ("load", [UNLOAD_ME, "--device", "cuda:9"], 400),
     ],

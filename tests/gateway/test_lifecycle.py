@@ -169,9 +169,9 @@ def test_load_starts_a_worker_process_and_unload_ends_it(http: httpx.Client, duk
 
 
 @pytest.mark.parametrize("model_id", [UNLOAD_ME, "nobody/never-heard-of"])
-def test_unload_of_a_model_not_loaded_is_an_openai_503(http: httpx.Client, model_id: str) -> None:
+def test_unload_of_a_model_not_loaded_is_an_openai_404(http: httpx.Client, model_id: str) -> None:
     ensure_unloaded(http, model_id)
-    error = assert_openai_error(unload(http, model_id), 503, "model_not_loaded")
+    error = assert_openai_error(unload(http, model_id), 404, "not_found")
     assert model_id in error["message"] and error["param"] == "model"
 
 
