@@ -26,7 +26,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway worker shared tests bench augment_adam
 	$(BIN)/mypy gateway worker shared augment_adam
 
+# wrk is the load generator of the throughput rows; installed when apt-get can (root), else the
+# bench falls back to httpx (and says so in the table).
 bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; }; }; } || \
+		echo "wrk is not installed: the throughput rows use httpx instead"
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.run
 
 clean:

@@ -4,6 +4,9 @@ Each of 16 different prompts is first streamed alone (one after another), then a
 16 connections (httpx, SSE), greedy. Aggregate tokens/s is every stream's tokens over the wall time
 from the first request to the last `[DONE]`; a lone stream's tokens/s and time to first token are
 the medians of the alone runs. Each concurrent stream's text must equal its alone text.
+
+The 16 concurrent streams are also sent straight to the worker's wire (one multiplexed connection,
+as the gateway keeps): that split row tells the worker's scheduler from the gateway.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from bench.clients import Timed, chat_body, http_client, http_stream
+from bench.clients import DirectClient, Timed, chat_body, http_client, http_stream, wire_request
 from bench.harness import MAIN_MODEL, Context, Report, median
 
 STREAMS = 16
@@ -39,7 +42,14 @@ TARGET_SPEEDUP = 6.0
 TARGET_TTFT = 5.0
 
 
-async def measure(url: str) -> dict[str, Any]:
+async def direct_together(address: str) -> tuple[list[Timed], float]:
+    async with DirectClient(address) as client:
+        started = time.perf_counter()
+        together = await asyncio.gather(*(client.stream(wire_request(p, TOKENS)) for p in PROMPTS[:STREAMS]))
+        return list(together), time.perf_counter() - started
+
+
+async def measure(url: str, address: str) -> dict[str, Any]:
     bodies = [chat_body(MAIN_MODEL, p, TOKENS, stream=True) for p in PROMPTS[:STREAMS]]
     async with http_client(url, connections=STREAMS) as client:
         await http_stream(client, bodies[0])  # warm-up
@@ -47,6 +57,7 @@ async def measure(url: str) -> dict[str, Any]:
         started = time.perf_counter()
         together: list[Timed] = await asyncio.gather(*(http_stream(client, b) for b in bodies))
         wall = time.perf_counter() - started
+    direct, direct_wall = await direct_together(address)
     lone_tps = median([t.completion_tokens / t.total_s for t in alone])
     lone_ttft = median([t.first_s for t in alone])
     total_tokens = sum(t.completion_tokens for t in together)
@@ -63,11 +74,15 @@ async def measure(url: str) -> dict[str, Any]:
         "slowest_ttft_s": max(t.first_s for t in together),
         "ttft_ratio": max(t.first_s for t in together) / lone_ttft,
         "same_text": [a.text == b.text for a, b in zip(alone, together, strict=True)],
+        "direct_together": [t.__dict__ for t in direct],
+        "direct_aggregate_tokens_per_s": sum(t.completion_tokens for t in direct) / direct_wall,
+        "direct_slowest_ttft_s": max(t.first_s for t in direct),
+        "direct_same_text": [a.text == b.text for a, b in zip(alone, direct, strict=True)],
     }
 
 
 def run(ctx: Context, report: Report) -> None:
-    m = asyncio.run(measure(ctx.served.url))
+    m = asyncio.run(measure(ctx.served.url, ctx.served.worker_address(MAIN_MODEL)))
     report.raw["batching"] = m
     b = "batching"
     report.add(
@@ -91,4 +106,13 @@ def run(ctx: Context, report: Report) -> None:
         f"<= {TARGET_TTFT:g}",
         f"x{m['ttft_ratio']:.1f} ({m['slowest_ttft_s'] * 1000:.0f} vs {m['lone_ttft_s'] * 1000:.0f} ms)",
         m["ttft_ratio"] <= TARGET_TTFT,
+    )
+    report.add(
+        b,
+        "  split: same 16 straight to the worker: aggregate / lone, slowest TTFT / lone",
+        "report",
+        f"x{m['direct_aggregate_tokens_per_s'] / m['lone_tokens_per_s']:.2f}, "
+        f"x{m['direct_slowest_ttft_s'] / m['lone_ttft_s']:.1f} ({m['direct_slowest_ttft_s'] * 1000:.0f} ms); "
+        f"same text {sum(m['direct_same_text'])}/{STREAMS}",
+        None,
     )

@@ -40,6 +40,7 @@ CLIENTS = 64
 THROUGHPUT_SECONDS = 5.0
 THROUGHPUT_MODEL = "bench/small-00"
 THROUGHPUT_PROMPT = "Hi"
+DRAIN_S = 0.5
 
 
 async def paired(
@@ -174,8 +175,11 @@ def throughput(ctx: Context) -> dict[str, Any]:
             "worker": served.worker_process(THROUGHPUT_MODEL),
         }
         body = chat_body(THROUGHPUT_MODEL, THROUGHPUT_PROMPT, 1)
-        run_load(served.url, body, connections=CLIENTS, seconds=1.0)  # warm-up
         direct = asyncio.run(direct_load(address, CLIENTS, THROUGHPUT_SECONDS))
+        run_load(served.url, body, connections=CLIENTS, seconds=1.0)  # warm-up
+        # A load generator stops with requests in flight; let the worker finish them, or they count
+        # against its queue limit (429) in the next run.
+        time.sleep(DRAIN_S)
         before = {name: cpu_seconds(p) for name, p in procs.items()}
         load = run_load(served.url, body, connections=CLIENTS, seconds=THROUGHPUT_SECONDS)
         used = {name: cpu_seconds(p) - before[name] for name, p in procs.items()}
@@ -259,12 +263,14 @@ def run(ctx: Context, report: Report) -> None:
     raw["throughput"] = tp = throughput(ctx)
     gw = tp["gateway"]
     cpu = gw["cpu_ms_per_request"]
+    errors = f"; {gw['errors']} ERRORS" if gw["errors"] else ""
     report.add(
         b,
         "proxied req/s per gateway process = 1 / its CPU per request",
         ">= 2000",
-        f"{tp['gateway_capacity_rps']:.0f} req/s ({cpu['gateway']:.3f} ms CPU/req at {gw['rps']:.0f} req/s)",
-        tp["gateway_capacity_rps"] >= 2000,
+        f"{tp['gateway_capacity_rps']:.0f} req/s ({cpu['gateway']:.3f} ms CPU/req "
+        f"at {gw['rps']:.0f} req/s{errors})",
+        tp["gateway_capacity_rps"] >= 2000 and not gw["errors"],
     )
     report.add(
         b,

@@ -4,7 +4,12 @@ Baseline: `model.generate` in this process (greedy, one torch thread) on the sam
 same prompt ids, producing as many tokens as the gateway's stream did (min = max new tokens, so an
 end-of-sequence token cannot make it shorter); timed around the call, prefill included.
 Through the gateway: the openai SDK's AsyncOpenAI streaming the chat completion (SSE), timed from
-the call to the end of the stream; tokens from the usage chunk.
+the call to the end of the stream; tokens from the usage chunk. The same stream straight from the
+worker's wire splits a gap between the gateway and the worker's engine.
+
+The three paths alternate, one run each per round after a warm-up round, so load from elsewhere
+hits them alike; each figure is the median of its rounds. The gateway's and this process's CPU per
+streamed token are recorded (the client, the gateway and the worker share two cores).
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.clients import DirectClient, wire_request
-from bench.harness import MAIN_MODEL, Context, Report, median
+from bench.clients import DirectClient, Timed, wire_request
+from bench.harness import MAIN_MODEL, Context, Report, cpu_seconds, median
 
 PROMPT = "Write a short poem about the sea, the wind and the ships that sail at night."
 TOKENS = 64
-RUNS = 3
+ROUNDS = 5
 TARGET = 0.9
 
 
@@ -35,124 +40,137 @@ def prompt_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
-def in_process(path: Path, tokens: int) -> dict[str, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class InProcess:
+    """The baseline: the same weights in this process, `generate` greedy on one torch thread."""
 
-    torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = prompt_ids(tokenizer)
-    inputs = torch.tensor([ids])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False, "pad_token_id": pad}
-    times = []
-    out = None
-    for i in range(RUNS + 1):
+    def __init__(self, path: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(1)
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.ids = prompt_ids(self.tokenizer)
+
+    def run(self, tokens: int) -> Timed:
+        torch = self.torch
+        inputs = torch.tensor([self.ids])
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         started = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), **kwargs)
-        if i:  # the first is warm-up
-            times.append(time.perf_counter() - started)
-    assert out is not None
-    new = out.shape[1] - inputs.shape[1]
-    return {
-        "prompt_tokens": len(ids),
-        "tokens": new,
-        "seconds": times,
-        "tokens_per_s": new / median(times),
-        "torch_threads": torch.get_num_threads(),
-        "text": tokenizer.decode(out[0, inputs.shape[1] :], skip_special_tokens=True),
-    }
+            out = self.model.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        elapsed = time.perf_counter() - started
+        new = out.shape[1] - inputs.shape[1]
+        text = tok.decode(out[0, inputs.shape[1] :], skip_special_tokens=True)
+        return Timed(0.0, elapsed, text, new, len(self.ids))
 
 
-async def through_gateway(url: str) -> dict[str, Any]:
+async def sdk_stream(client: Any) -> Timed:
+    """One chat stream through the gateway with the openai SDK."""
+    started = time.perf_counter()
+    first = 0.0
+    parts: list[str] = []
+    usage = None
+    stream = await client.chat.completions.create(
+        model=MAIN_MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter() - started
+            parts.append(chunk.choices[0].delta.content)
+        if chunk.usage:
+            usage = chunk.usage
+    assert usage is not None, "no usage chunk"
+    return Timed(
+        first, time.perf_counter() - started, "".join(parts), usage.completion_tokens, usage.prompt_tokens
+    )
+
+
+async def rounds(ctx: Context, base: InProcess) -> dict[str, list[Timed] | float]:
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=300)
-    runs: list[dict[str, Any]] = []
+    served = ctx.served
+    request = wire_request(PROMPT, TOKENS)
+    gw_proc = served.gateway_process
+    gateway: list[Timed] = []
+    direct: list[Timed] = []
+    local: list[Timed] = []
+    gw_cpu = client_cpu = 0.0
+    client = AsyncOpenAI(base_url=f"{served.url}/v1", api_key="bench", max_retries=0, timeout=300)
     try:
-        for _ in range(RUNS + 1):
-            started = time.perf_counter()
-            first = 0.0
-            parts: list[str] = []
-            usage = None
-            stream = await client.chat.completions.create(
-                model=MAIN_MODEL,
-                messages=[{"role": "user", "content": PROMPT}],
-                max_tokens=TOKENS,
-                temperature=0,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    first = first or time.perf_counter() - started
-                    parts.append(chunk.choices[0].delta.content)
-                if chunk.usage:
-                    usage = chunk.usage
-            elapsed = time.perf_counter() - started
-            assert usage is not None
-            runs.append(
-                {
-                    "seconds": elapsed,
-                    "first_s": first,
-                    "tokens": usage.completion_tokens,
-                    "prompt_tokens": usage.prompt_tokens,
-                    "text": "".join(parts),
-                }
-            )
+        async with DirectClient(served.worker_address(MAIN_MODEL)) as wire:
+            for i in range(ROUNDS + 1):
+                before = cpu_seconds(gw_proc), time.process_time()
+                g = await sdk_stream(client)
+                gw_cpu_run, client_cpu_run = cpu_seconds(gw_proc) - before[0], time.process_time() - before[1]
+                d = await wire.stream(request)
+                b = base.run(g.completion_tokens)
+                if i:  # round 0 is the warm-up
+                    gateway.append(g)
+                    direct.append(d)
+                    local.append(b)
+                    gw_cpu += gw_cpu_run
+                    client_cpu += client_cpu_run
     finally:
         await client.close()
-    measured = runs[1:]
+    tokens = sum(t.completion_tokens for t in gateway) or 1
     return {
-        "runs": measured,
-        "tokens": measured[0]["tokens"],
-        "prompt_tokens": measured[0]["prompt_tokens"],
-        "tokens_per_s": median([r["tokens"] / r["seconds"] for r in measured]),
-        "ttft_s": median([r["first_s"] for r in measured]),
+        "gateway": gateway,
+        "direct": direct,
+        "local": local,
+        "gateway_cpu_ms_per_token": gw_cpu / tokens * 1000,
+        "client_cpu_ms_per_token": client_cpu / tokens * 1000,
     }
 
 
-async def direct(address: str) -> dict[str, Any]:
-    """The same stream straight from the model worker's wire: splits a shortfall between the worker
-    (engine against `generate`) and the gateway."""
-    request = wire_request(PROMPT, TOKENS)
-    async with DirectClient(address) as client:
-        runs = [await client.stream(request) for _ in range(RUNS + 1)][1:]
-    return {
-        "runs": [r.__dict__ for r in runs],
-        "tokens": runs[0].completion_tokens,
-        "tokens_per_s": median([r.completion_tokens / r.total_s for r in runs]),
-        "ttft_s": median([r.first_s for r in runs]),
-    }
+def _tps(runs: list[Timed]) -> float:
+    return median([t.completion_tokens / t.total_s for t in runs])
 
 
 def run(ctx: Context, report: Report) -> None:
-    gw = asyncio.run(through_gateway(ctx.served.url))
-    wire = asyncio.run(direct(ctx.served.worker_address(MAIN_MODEL)))
-    base = in_process(ctx.main_path, gw["tokens"])
-    ratio = gw["tokens_per_s"] / base["tokens_per_s"]
+    base = InProcess(ctx.main_path)
+    r = asyncio.run(rounds(ctx, base))
+    gateway, direct, local = r["gateway"], r["direct"], r["local"]
+    assert isinstance(gateway, list) and isinstance(direct, list) and isinstance(local, list)
+    gw_tps, wire_tps, local_tps = _tps(gateway), _tps(direct), _tps(local)
+    ratio = gw_tps / local_tps
+    same_prompt = gateway[0].prompt_tokens == local[0].prompt_tokens
     report.raw["streaming"] = {
-        "gateway": gw,
-        "direct_wire": wire,
-        "in_process_generate": base,
+        "gateway": [t.__dict__ for t in gateway],
+        "direct_wire": [t.__dict__ for t in direct],
+        "in_process_generate": [t.__dict__ for t in local],
+        "tokens_per_s": {"gateway": gw_tps, "direct_wire": wire_tps, "in_process_generate": local_tps},
+        "gateway_cpu_ms_per_token": r["gateway_cpu_ms_per_token"],
+        "client_cpu_ms_per_token": r["client_cpu_ms_per_token"],
         "ratio": ratio,
     }
-    same_prompt = gw["prompt_tokens"] == base["prompt_tokens"]
     report.add(
         "streaming",
-        f"one stream tok/s through gateway (SSE) / in-process generate, {gw['tokens']} tokens",
+        f"one stream tok/s, gateway (SSE) / in-process generate, {gateway[0].completion_tokens} tokens",
         f">= {TARGET}",
-        f"x{ratio:.2f} ({gw['tokens_per_s']:.0f} vs {base['tokens_per_s']:.0f} tok/s"
-        f"{'' if same_prompt else '; PROMPT LENGTHS DIFFER'})",
+        f"x{ratio:.2f} ({gw_tps:.0f} vs {local_tps:.0f} tok/s{'' if same_prompt else '; PROMPTS DIFFER'})",
         ratio >= TARGET and same_prompt,
     )
     report.add(
         "streaming",
         "  split: gateway / direct wire, direct wire / in-process generate",
         "report",
-        f"x{gw['tokens_per_s'] / wire['tokens_per_s']:.2f}, "
-        f"x{wire['tokens_per_s'] / base['tokens_per_s']:.2f} (direct wire {wire['tokens_per_s']:.0f} tok/s)",
+        f"x{gw_tps / wire_tps:.2f}, x{wire_tps / local_tps:.2f} (direct wire {wire_tps:.0f} tok/s); "
+        f"CPU ms/token: gateway {r['gateway_cpu_ms_per_token']:.2f}, "
+        f"openai SDK client {r['client_cpu_ms_per_token']:.2f}",
         None,
     )

@@ -10,9 +10,9 @@ its lone ones (checked once, at start) run each request on its own cache, still 
 scheduler ("solo" rows).
 
 The scheduler only makes token ids: each request's consumer thread (the engine's stream) reads them
-from its queue and does detokenization, stop strings and cancel, then sets `done` so its row leaves.
-Capacity is explicit: at most `max_batch` rows of at most the context length each (the KV cache's
-bound), and `max_queue` more waiting; beyond that `submit` raises OverloadedError.
+from its queue and does detokenization, stop strings and cancel, then calls `finish` so its row
+leaves. Capacity is explicit: at most `max_batch` rows of at most the context length each (the KV
+cache's bound), and `max_queue` more waiting; beyond that `submit` raises OverloadedError.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from shared.errors import ModelNotLoadedError, OverloadedError
+from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
 from worker.sampling import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Job:
     admitted: float = 0.0  # perf_counter when it got a row (0 while waiting)
     produced: int = 0
     stopped: bool = False  # it made an end-of-sequence token: nothing comes after it
+    counted: bool = True  # it holds a place in the scheduler (under the scheduler's lock)
     _out: queue.SimpleQueue[_Item] = field(default_factory=queue.SimpleQueue)
 
     def next_token(self) -> int | None:
@@ -76,7 +77,7 @@ class Job:
         self._out.put(token)
         self.stopped = token in self.stop_ids
 
-    def end(self, item: BaseException | None = None) -> None:
+    def end(self, item: BaseException | None) -> None:
         self._out.put(item)
 
 
@@ -85,12 +86,12 @@ class Scheduler:
 
     def __init__(self, model: Any, *, max_batch: int, max_queue: int, seq2seq: bool, pad_id: int) -> None:
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.peak_rows = 0  # the most requests one step has advanced, for tests and logs
-        self._solo = SoloStepper(model, seq2seq=seq2seq)
+        self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
+        self._solo = _Solo(model, seq2seq=seq2seq)
         self._batch = None if seq2seq or not batches_exactly(model, pad_id) else _Batch(model, pad_id)
         self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
-        self._in_flight = 0  # waiting + running
+        self._in_flight = 0  # waiting + running, until their consumer or the scheduler is done
         self._closing = self._aborting = False
         self._thread: threading.Thread | None = None
         self._rows: list[Job] = []  # the batch's rows, in cache order
@@ -119,6 +120,12 @@ class Scheduler:
                 self._thread.start()
             self._cond.notify()
 
+    def finish(self, job: Job) -> None:
+        """The consumer is done with `job`: its place is free now, its row leaves at the next step."""
+        job.done.set()
+        with self._cond:
+            self._uncount([job])
+
     def close(self, *, abort: bool = False) -> None:
         """Refuse new requests and stop the thread once the admitted and waiting ones finished
         (or, with `abort`, at once: they end as cancelled)."""
@@ -131,13 +138,19 @@ class Scheduler:
             thread.join()
 
     def _loop(self) -> None:
-        with torch.inference_mode():  # the samplers' tensors are inference tensors too
-            while self._wait_for_work():
-                try:
-                    self._iterate()
-                except Exception as exc:  # a failed step: its rows fail, the scheduler lives on
-                    logger.exception("generation step failed")
-                    self._end([*self._rows, *self._solos], exc)
+        try:
+            with torch.inference_mode():  # the samplers' tensors are inference tensors too
+                while self._wait_for_work():
+                    try:
+                        self._iterate()
+                    except Exception as exc:  # a failed step: its rows fail, the scheduler lives on
+                        logger.exception("generation step failed")
+                        self._end([*self._rows, *self._solos], exc)
+        except BaseException:  # the thread dies: nobody may wait on it forever
+            with self._cond:
+                self._thread = None
+            self._end([*self._rows, *self._solos, *self._waiting], InternalError("the scheduler stopped"))
+            raise
 
     def _wait_for_work(self) -> bool:
         if self._aborting:
@@ -214,7 +227,7 @@ class Scheduler:
         ending = set(jobs)
         with self._cond:
             self._waiting = deque(j for j in self._waiting if j not in ending)
-            self._in_flight -= len(ending)
+            self._uncount(ending)
         if any(job in ending for job in self._rows):
             keep = [i for i, job in enumerate(self._rows) if job not in ending]
             self._rows = [self._rows[i] for i in keep]
@@ -226,6 +239,12 @@ class Scheduler:
                 self._solos.pop(job).close()
             job.end(item)
 
+    def _uncount(self, jobs: Iterable[Job]) -> None:
+        """Under the lock: `jobs` stop holding places (each once, whoever ends it first)."""
+        for job in jobs:
+            self._in_flight -= job.counted
+            job.counted = False
+
 
 class _Batch:
     """The batched rows' KV cache, left-padded to one width, with their mask and next positions."""
@@ -233,12 +252,9 @@ class _Batch:
     def __init__(self, model: Any, pad_id: int) -> None:
         self._model = model
         self._pad_id = pad_id
-        self._device = next(model.parameters()).device
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._device, self._cache_kw, self._keep = _calling(model)
         # Bloom has none: its ALiBi positions come from the attention mask.
-        self._takes_positions = "position_ids" in params
+        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
         self.cache: Any = None
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self._device)
         self.positions = torch.zeros(0, dtype=torch.long, device=self._device)
@@ -315,8 +331,16 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return F.pad(t, pad)
 
 
-def _cache_of(out: Any) -> Any:
+def _calling(model: Any) -> tuple[torch.device, str, dict[str, int]]:
+    """How to call `model`: its device, its cache argument's name, and "only the last logits"."""
+    params = inspect.signature(model.forward).parameters
     # transformers 5 renamed past_key_values to cache; keep both working.
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return next(model.parameters()).device, cache_kw, last_only
+
+
+def _cache_of(out: Any) -> Any:
     return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 
@@ -346,16 +370,13 @@ def batches_exactly(model: Any, pad_id: int) -> bool:
     return True
 
 
-class SoloStepper:
+class _Solo:
     """One sequence on its own cache: prefill, then one decode step per token."""
 
     def __init__(self, model: Any, *, seq2seq: bool) -> None:
         self._model = model
         self._seq2seq = seq2seq
-        self._device = next(model.parameters()).device
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._device, self._cache_kw, self._keep = _calling(model)
 
     def tokens(self, prompt_ids: list[int], sampler: TokenSampler) -> Generator[int, None, None]:
         """Endless next tokens; the caller decides when to stop (and closes the iterator).

@@ -15,11 +15,12 @@ format's fallback rendering; a raw `prompt` with a `system_prompt` is the seed's
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ from worker.detokenize import IncrementalDetokenizer
 from worker.embedding import Embedder
 from worker.loading import Loaded, Quantization, load_model
 from worker.sampling import TokenSampler, resolve_params
+
+logger = logging.getLogger(__name__)
 
 # The settings' defaults (DUKAT_MAX_BATCH, DUKAT_MAX_QUEUE).
 DEFAULT_MAX_BATCH = 16
@@ -111,13 +114,7 @@ class Engine:
         self._scheduler = (
             None
             if model_type.task is Task.EMBEDDING
-            else Scheduler(
-                loaded.model,
-                max_batch=max_batch,
-                max_queue=max_queue,
-                seq2seq=model_type.task is Task.SEQ2SEQ,
-                pad_id=_pad_id(loaded.tokenizer),
-            )
+            else _scheduler(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
         )
 
     @classmethod
@@ -178,9 +175,8 @@ class Engine:
             cancel=cancel,
         )
         self._scheduler.submit(job)
-        stream = self._run(loaded, plan, job, started)
-        weakref.finalize(stream, job.done.set)  # a stream dropped before its first item
-        return stream
+        end = partial(self._scheduler.finish, job)
+        return _Stream(self._run(loaded, plan, job, end, started), end)
 
     def embed(self, req: EmbedRequest) -> EmbedResult:
         self._require_loaded()
@@ -247,7 +243,7 @@ class Engine:
         return req.prompt, False
 
     def _run(
-        self, loaded: Loaded, plan: _Plan, job: Job, started: float
+        self, loaded: Loaded, plan: _Plan, job: Job, end: Callable[[], None], started: float
     ) -> Generator[str | GenerateResult, None, None]:
         """The scheduler's tokens for `job` as text: the old single-request loop, reading a queue."""
         scanner = scanner_for(self._model_type, plan.params.stop, chat=plan.chat)
@@ -273,13 +269,54 @@ class Engine:
                     finish = "stop"
                     break
         finally:
-            job.done.set()  # the row leaves the batch at the next step
+            end()  # its place is free now, its row leaves the batch at the next step
         if tail := scanner.feed(detok.finish()) + scanner.finish():
             yield tail
         if scanner.stopped and finish == "length":
             finish = "stop"
         acquired = job.admitted or time.perf_counter()  # never admitted: cancelled while waiting
         yield _result(scanner, finish, len(plan.prompt_ids), count, started, acquired, first)
+
+
+class _Stream(Generator[str | GenerateResult, None, None]):
+    """What `stream` returns: a generator whose close, or loss, cancels its request even before
+    the first item (a plain generator closed before it started runs none of its code)."""
+
+    def __init__(self, items: Generator[str | GenerateResult, None, None], end: Callable[[], None]) -> None:
+        self._items = items
+        self._end = end
+
+    def send(self, value: None) -> str | GenerateResult:
+        return self._items.send(value)
+
+    def throw(self, *args: Any) -> str | GenerateResult:
+        return self._items.throw(*args)
+
+    def close(self) -> None:
+        self._end()
+        self._items.close()
+
+    def __del__(self) -> None:
+        self._end()
+
+
+def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int) -> Scheduler:
+    scheduler = Scheduler(
+        loaded.model,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        seq2seq=model_type.task is Task.SEQ2SEQ,
+        pad_id=_pad_id(loaded.tokenizer),
+    )
+    # The KV cache grows with use, bounded by these settings (not sized from free memory).
+    logger.info(
+        "%s generation: up to %d requests of at most %d tokens at once, %d more queued",
+        "batched" if scheduler.batched else "unbatched (one cache per request)",
+        max_batch,
+        loaded.context_length,
+        max_queue,
+    )
+    return scheduler
 
 
 def _result(

@@ -245,6 +245,18 @@ def test_requests_beyond_the_batch_and_the_queue_are_refused(engine_for: EngineF
             time.sleep(0.01)
 
 
+def test_closing_a_stream_before_its_first_item_frees_its_place(engine_for: EngineFor) -> None:
+    engine = engine_for("llama", max_batch=1, max_queue=1)
+    long = _raw("Once upon a time", temperature=0, max_new_tokens=480)
+    whole_run = engine.generate(long).timings.total_s
+    running = engine.stream(long)
+    waiting = engine.stream(_raw("Hi", temperature=0, max_new_tokens=3))
+    running.close()  # never started: a plain generator would run none of its code
+    *_, result = list(waiting)
+    assert isinstance(result, GenerateResult) and result.completion_tokens == 3
+    assert result.timings.queue_s < whole_run / 2  # it did not wait for the closed one's 480 tokens
+
+
 def test_close_lets_running_requests_finish_then_refuses(engine_for: EngineFor) -> None:
     engine = engine_for("gpt2")
     expected = engine.generate(_raw("Hi", temperature=0, max_new_tokens=50)).text
