@@ -203,12 +203,13 @@ class Probe:
 
     async def _head(self) -> dict[str, str]:
         assert self._reader is not None
-        status = await self._reader.readline()
-        if not status.startswith(b"HTTP/1.1 200"):
+        head = await self._reader.readuntil(b"\r\n\r\n")  # one await for the whole head
+        status, *lines = head.decode("latin-1").split("\r\n")
+        if not status.startswith("HTTP/1.1 200"):
             raise RuntimeError(f"gateway answered {status!r}")
         headers: dict[str, str] = {}
-        while (line := await self._reader.readline()) not in (b"\r\n", b""):
-            key, _, value = line.decode("latin-1").partition(":")
+        for line in filter(None, lines):
+            key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
         return headers
 

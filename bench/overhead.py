@@ -45,21 +45,29 @@ DRAIN_S = 0.5
 
 async def paired(
     direct: Callable[[], Awaitable[Timed]], gateway: Callable[[], Awaitable[Timed]], n: int
-) -> tuple[list[Timed], list[Timed]]:
-    """`n` requests on each path, back to back, alternating which goes first."""
+) -> tuple[list[Timed], list[Timed], dict[str, float]]:
+    """`n` requests on each path, back to back, alternating which goes first; also this process's
+    CPU per request on each path (what each client costs)."""
     for _ in range(WARMUP):
         await direct()
         await gateway()
     d: list[Timed] = []
     g: list[Timed] = []
+    cpu = {"direct": 0.0, "gateway": 0.0}
+
+    async def timed(path: str, call: Callable[[], Awaitable[Timed]], out: list[Timed]) -> None:
+        started = time.process_time()
+        out.append(await call())
+        cpu[path] += time.process_time() - started
+
     for i in range(n):
         if i % 2:
-            d.append(await direct())
-            g.append(await gateway())
+            await timed("direct", direct, d)
+            await timed("gateway", gateway, g)
         else:
-            g.append(await gateway())
-            d.append(await direct())
-    return d, g
+            await timed("gateway", gateway, g)
+            await timed("direct", direct, d)
+    return d, g, {f"{k}_client_cpu_ms": v / n * 1000 for k, v in cpu.items()}
 
 
 def added(direct: list[float], gateway: list[float]) -> dict[str, Any]:
@@ -88,11 +96,12 @@ async def one_client(
     request = wire_request(PROMPT, tokens)
     async with DirectClient(address) as d, Probe(url) as p:
         if stream:
-            ds, gs = await paired(lambda: d.stream(request), lambda: p.stream(body), n)
+            ds, gs, cpu = await paired(lambda: d.stream(request), lambda: p.stream(body), n)
         else:
-            ds, gs = await paired(lambda: d.generate(request), lambda: p.generate(body), n)
+            ds, gs, cpu = await paired(lambda: d.generate(request), lambda: p.generate(body), n)
     key = "first_s" if stream else "total_s"
     out = added([getattr(t, key) for t in ds], [getattr(t, key) for t in gs])
+    out.update(cpu)
     out["texts_equal"] = all(a.text == b.text for a, b in zip(ds, gs, strict=True))
     return out
 
@@ -103,11 +112,11 @@ async def httpx_one_client(url: str, address: str, n: int) -> dict[str, Any]:
     stream_body = chat_body(MAIN_MODEL, PROMPT, ONE_CLIENT_TOKENS, stream=True)
     request = wire_request(PROMPT, ONE_CLIENT_TOKENS)
     async with DirectClient(address) as d, http_client(url) as h:
-        ds, gs = await paired(lambda: d.generate(request), lambda: http_generate(h, body), n)
-        dss, gss = await paired(lambda: d.stream(request), lambda: http_stream(h, stream_body), n)
+        ds, gs, cpu = await paired(lambda: d.generate(request), lambda: http_generate(h, body), n)
+        dss, gss, scpu = await paired(lambda: d.stream(request), lambda: http_stream(h, stream_body), n)
     return {
-        "non_stream": added([t.total_s for t in ds], [t.total_s for t in gs]),
-        "stream_ttft": added([t.first_s for t in dss], [t.first_s for t in gss]),
+        "non_stream": added([t.total_s for t in ds], [t.total_s for t in gs]) | cpu,
+        "stream_ttft": added([t.first_s for t in dss], [t.first_s for t in gss]) | scpu,
     }
 
 
@@ -229,6 +238,14 @@ def _report_one_client(report: Report, ns: dict[str, Any], st: dict[str, Any]) -
         )
     same = ns["texts_equal"] and st["texts_equal"]
     report.add(b, "same text direct and through the gateway", "all", "yes" if same else "no", same)
+    report.add(
+        b,
+        "  client CPU per request: direct wire client / HTTP probe",
+        "report",
+        f"{ns['direct_client_cpu_ms']:.2f} / {ns['gateway_client_cpu_ms']:.2f} ms whole, "
+        f"{st['direct_client_cpu_ms']:.2f} / {st['gateway_client_cpu_ms']:.2f} ms stream",
+        None,
+    )
 
 
 def run(ctx: Context, report: Report) -> None:
@@ -256,7 +273,7 @@ def run(ctx: Context, report: Report) -> None:
         "cross-check: httpx client, added median whole / TTFT",
         "report",
         f"{hx['non_stream']['added_median_ms']:+.2f} / {hx['stream_ttft']['added_median_ms']:+.2f} ms "
-        "(httpx's own CPU included)",
+        f"(httpx's own CPU: {hx['non_stream']['gateway_client_cpu_ms']:.2f} ms/req)",
         None,
     )
 

@@ -70,7 +70,7 @@ class InProcess:
             )
         elapsed = time.perf_counter() - started
         new = out.shape[1] - inputs.shape[1]
-        text = tok.decode(out[0, inputs.shape[1] :], skip_special_tokens=True)
+        text = str(tok.decode(out[0, inputs.shape[1] :], skip_special_tokens=True))
         return Timed(0.0, elapsed, text, new, len(self.ids))
 
 

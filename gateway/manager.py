@@ -58,7 +58,7 @@ class _LoopResources:
         self.workers: dict[str, WorkerConnection] = {}
         self.states: list[HostState] = []
         self.states_at = 0.0
-        self.load_lock = asyncio.Lock()
+        self.refresh: asyncio.Future[list[HostState]] | None = None
 
 
 class _LoopThread:
@@ -104,6 +104,7 @@ class ModelManager:
         self._host_start = threading.Lock()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopResources] = {}
         self._sync: _LoopThread | None = None
+        self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
         atexit.register(self.close)
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -159,14 +160,26 @@ class ModelManager:
         return conn
 
     async def host_states(self, *, fresh: bool = False) -> list[HostState]:
-        """Every reachable host's state, cached for a second (hosts are the truth, this is a view)."""
+        """Every reachable host's state, cached for a second (hosts are the truth, this is a view).
+
+        One refresh at a time: requests arriving while one is in flight wait for it rather than
+        each asking every host again.
+        """
         await self.start()
         res = self._res()
-        if not fresh and time.monotonic() - res.states_at < _STATE_TTL_S:
+        if fresh:  # after a change: a refresh already in flight may predate it
+            return await self._refresh_states(res)
+        if time.monotonic() - res.states_at < _STATE_TTL_S:
             return res.states
-        results = await asyncio.gather(*(self._host(u).state() for u in self._host_urls), return_exceptions=True)
+        if res.refresh is None or res.refresh.done():
+            res.refresh = asyncio.ensure_future(self._refresh_states(res))
+        return await asyncio.shield(res.refresh)
+
+    async def _refresh_states(self, res: _LoopResources) -> list[HostState]:
+        urls = list(self._host_urls)
+        results = await asyncio.gather(*(self._host(u).state() for u in urls), return_exceptions=True)
         states = []
-        for url, result in zip(self._host_urls, results, strict=True):
+        for url, result in zip(urls, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("worker host %s unreachable: %s", url, result)
             else:
@@ -191,23 +204,30 @@ class ModelManager:
     def resolve_id(self, model_id: str | None) -> str:
         if model_id:
             return model_id
-        default = self.config.read().default_model or self.settings.default_model
+        default = self.config.view().default_model or self.settings.default_model
         if not default:
             raise InvalidRequestError("no model given and no default model is set", param="model")
         return default
 
     def defaults_for(self, model_id: str) -> SamplingParams | None:
-        entry = self.config.read().models.get(model_id)
-        return params_from_mapping(entry.default_parameters) if entry else None
+        """The config's default_parameters of `model_id`, converted once per version of the file."""
+        config = self.config.view()
+        if self._defaults[0] is not config:
+            self._defaults = (config, {})
+        cache = self._defaults[1]
+        if model_id not in cache:
+            entry = config.models.get(model_id)
+            cache[model_id] = params_from_mapping(entry.default_parameters) if entry else None
+        return cache[model_id]
 
     async def is_known(self, model_id: str) -> bool:
-        if model_id in self.config.read().models or Path(model_id, "config.json").is_file():
+        if model_id in self.config.view().models or Path(model_id, "config.json").is_file():
             return True
         return any(m.model_id == model_id for m in await self.alocal_models())
 
     def _register(self, model_id: str, quantization: str | None = None) -> None:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
-        if model_id in self.config.read().models:
+        if model_id in self.config.view().models:
             return
         # No quantization recorded for a plain download: the setting's default decides at load time.
         entry = ModelEntry(description="", quantization=quantization)  # type: ignore[arg-type]
