@@ -31,7 +31,10 @@ _NOTHING = object()
 
 
 def encode_event(item: Any) -> bytes:
-    """One `data:` event holding `item` (a msgspec Struct or builtins) as JSON."""
+    """One `data:` event holding `item` (a msgspec Struct or builtins) as JSON; a tuple of items is
+    several events in one write (chunks that are ready together go out together)."""
+    if isinstance(item, tuple):
+        return b"".join(encode_event(i) for i in item)
     return b"data: " + _encoder.encode(item) + b"\n\n"
 
 

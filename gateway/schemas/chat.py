@@ -219,7 +219,7 @@ class ChatChunks:
 
 async def chat_stream(
     events: AsyncIterable[ChoiceEvent], chunks: ChatChunks
-) -> AsyncIterator[ChatCompletionChunk]:
+) -> AsyncIterator[ChatCompletionChunk | tuple[ChatCompletionChunk, ...]]:
     """OpenAI's chunk sequence for interleaved choice events.
 
     A choice's role chunk goes out at its first event, not before: a request failing before any
@@ -228,13 +228,17 @@ async def chat_stream(
     results: dict[int, GenerateResult] = {}
     started: set[int] = set()
     async for index, event in events:
+        # A choice's role chunk rides with its first event: one write, not two.
+        head: tuple[ChatCompletionChunk, ...] = ()
         if index not in started:
             started.add(index)
-            yield chunks.role(index)
+            head = (chunks.role(index),)
         if isinstance(event, GenerateResult):
             results[index] = event
-            yield chunks.finish(event.finish_reason, index)
+            yield (*head, chunks.finish(event.finish_reason, index))
         elif event:
-            yield chunks.content(event, index)
+            yield (*head, chunks.content(event, index))
+        elif head:
+            yield head
     if chunks.include_usage:
         yield chunks.usage([results[i] for i in sorted(results)])

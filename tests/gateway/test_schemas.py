@@ -53,8 +53,9 @@ def to_json(obj: object) -> object:
     return msgspec.json.decode(msgspec.json.encode(obj))
 
 
-async def collect(chunks: AsyncIterator[msgspec.Struct]) -> list[object]:
-    return [to_json(c) async for c in chunks]
+async def collect(chunks: AsyncIterator[Any]) -> list[object]:
+    """Every chunk in order; a tuple is several chunks sent in one write."""
+    return [to_json(c) async for item in chunks for c in (item if isinstance(item, tuple) else (item,))]
 
 
 async def events(*items: ChoiceEvent) -> AsyncIterator[ChoiceEvent]:
