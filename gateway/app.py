@@ -21,9 +21,20 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 ROUTES = [
-    chat.chat_completions, completions.completions, embeddings.embeddings, models.list_models, models.get_model,
-    management.available, management.loaded, management.hosts, management.pull, management.download,
-    management.load, management.unload, management.set_default, management.health,
+    chat.chat_completions,
+    completions.completions,
+    embeddings.embeddings,
+    models.list_models,
+    models.get_model,
+    management.available,
+    management.loaded,
+    management.hosts,
+    management.pull,
+    management.download,
+    management.load,
+    management.unload,
+    management.set_default,
+    management.health,
 ]
 
 
@@ -34,7 +45,9 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await manager.start()
         if settings.preload:
-            results = await asyncio.gather(*(manager.aload_model(m) for m in settings.preload), return_exceptions=True)
+            results = await asyncio.gather(
+                *(manager.aload_model(m) for m in settings.preload), return_exceptions=True
+            )
             for model_id, result in zip(settings.preload, results, strict=True):
                 if isinstance(result, BaseException):
                     log.error("preloading %s failed: %s", model_id, result)
@@ -51,9 +64,12 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
         exception_handlers=exception_handlers(),
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
         openapi_config=OpenAPIConfig(
-            title="Dukat", version="0.1.0", path="/docs", render_plugins=[SwaggerRenderPlugin(path="/")],
+            title="Dukat",
+            version="0.1.0",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
     )
     # Outside litestar's router, so unknown routes get a request id and auth too.
-    app.asgi_handler = GatewayMiddleware(app.asgi_handler, settings.api_keys)
+    app.asgi_handler = GatewayMiddleware(app.asgi_handler, settings.api_keys)  # type: ignore[assignment]
     return app

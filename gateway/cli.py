@@ -39,8 +39,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import run_server
 
     overrides = {
-        "host": args.host, "port": args.port, "models_dir": args.models_dir, "config_path": args.config,
-        "default_model": args.default_model, "device_map": args.device_map,
+        "host": args.host,
+        "port": args.port,
+        "models_dir": args.models_dir,
+        "config_path": args.config,
+        "default_model": args.default_model,
+        "device_map": args.device_map,
     }
     return run_server(overrides={k: v for k, v in overrides.items() if v is not None}, demo=args.demo)
 
@@ -69,7 +73,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise SystemExit(f"error ({job.error_code}): {job.error}")
     revision = f" (revision {args.revision})" if args.revision else ""
     where = f" into {job.path}" if job.path else ""
-    print(f"pulled {args.model}{revision}: {job.files_done} files, {job.downloaded_bytes / 2**20:.1f} MiB{where}")
+    size = f"{job.downloaded_bytes / 2**20:.1f} MiB"
+    print(f"pulled {args.model}{revision}: {job.files_done} files, {size}{where}")
     return 0
 
 
@@ -137,7 +142,8 @@ def _default_url() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="dukat", description="Dukat: a self-hosted, OpenAI-compatible model gateway.",
+        prog="dukat",
+        description="Dukat: a self-hosted, OpenAI-compatible model gateway.",
         epilog="Settings (environment): " + ", ".join(setting_names()),
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -156,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, func: Any, help_: str, model: bool = True) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
-        c.add_argument("--url", default=_default_url(), help="the Dukat server (default: DUKAT_HOST:DUKAT_PORT)")
+        c.add_argument(
+            "--url", default=_default_url(), help="the Dukat server (default: DUKAT_HOST:DUKAT_PORT)"
+        )
         if model:
             c.add_argument("model")
         c.set_defaults(func=func)

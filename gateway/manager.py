@@ -26,8 +26,8 @@ from shared.errors import (
     ModelLoadFailedError,
     ModelNotFoundError,
     ModelNotLoadedError,
-    NotFoundError,
     NoCapacityError,
+    NotFoundError,
     WorkerFailedError,
 )
 from shared.generation import (
@@ -237,7 +237,9 @@ class ModelManager:
 
     async def alocal_models(self) -> list[LocalModelInfo]:
         hosts = await self.host_states()
-        lists = await asyncio.gather(*(self._host(h.url).local_models() for h in hosts), return_exceptions=True)
+        lists = await asyncio.gather(
+            *(self._host(h.url).local_models() for h in hosts), return_exceptions=True
+        )
         seen: dict[str, LocalModelInfo] = {}
         for result in lists:
             if not isinstance(result, BaseException):
@@ -253,7 +255,7 @@ class ModelManager:
         if host is None:
             offered = ", ".join(sorted({d.name for h in hosts for d in h.devices})) or "none"
             raise DeviceUnavailableError(
-                f"no worker host offers device {device!r} (offered: {offered}; or use \"auto\")", param="device"
+                f'no worker host offers device {device!r} (offered: {offered}; or use "auto")', param="device"
             )
         return host
 
@@ -268,7 +270,9 @@ class ModelManager:
         device = device or self.settings.device_map
         host = found[0] if found else await self._pick_host(model_id, device)
         cmd = LoadCommand(
-            model_id=model_id, quantization=quant, device=device,  # type: ignore[arg-type]
+            model_id=model_id,
+            quantization=quant,  # type: ignore[arg-type]
+            device=device,
             model_type=entry.model_type if entry else None,
         )
         try:
@@ -309,7 +313,10 @@ class ModelManager:
         return job
 
     async def adownload_model(
-        self, model_id: str, revision: str | None = None, progress: Callable[[DownloadJob], None] | None = None
+        self,
+        model_id: str,
+        revision: str | None = None,
+        progress: Callable[[DownloadJob], None] | None = None,
     ) -> DownloadJob:
         job = await self.astart_download(model_id, revision)
         while job.status in ("queued", "running"):
@@ -342,7 +349,9 @@ class ModelManager:
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
         return mid, await self.aload_model(mid)
 
-    async def agenerate_request(self, model_id: str | None, request: GenerateRequest) -> tuple[str, GenerateResult]:
+    async def agenerate_request(
+        self, model_id: str | None, request: GenerateRequest
+    ) -> tuple[str, GenerateResult]:
         mid, worker = await self.ready_worker(model_id)
         try:
             return mid, await self._worker(worker.address or "").generate(request, self.defaults_for(mid))
@@ -369,11 +378,15 @@ class ModelManager:
         max_new_tokens: int | None = None,
         **params: Any,
     ) -> tuple[str, dict[str, Any]]:
-        sampling = params_from_mapping({"temperature": temperature, "max_new_tokens": max_new_tokens, **params})
+        sampling = params_from_mapping(
+            {"temperature": temperature, "max_new_tokens": max_new_tokens, **params}
+        )
         messages = [Message(role="user", content=prompt)]
         if system_prompt:
             messages.insert(0, Message(role="system", content=system_prompt))
-        mid, result = await self.agenerate_request(model_id, GenerateRequest(messages=messages, params=sampling))
+        mid, result = await self.agenerate_request(
+            model_id, GenerateRequest(messages=messages, params=sampling)
+        )
         return result.text, _metadata(mid, result)
 
     async def aset_default_model(self, model_id: str) -> None:
@@ -389,28 +402,40 @@ class ModelManager:
         out = []
         for mid in sorted(set(config.models) | set(local)):
             entry, disk, worker = config.models.get(mid), local.get(mid), loaded.get(mid)
-            out.append({
-                "id": mid,
-                "description": entry.description if entry else "",
-                "model_type": (entry.model_type if entry else None) or (disk.model_type if disk else None),
-                "quantization": entry.quantization if entry else self.settings.default_quantization,
-                "default_parameters": dict(entry.default_parameters) if entry else {},
-                "downloaded": disk is not None,
-                "size_bytes": disk.size_bytes if disk else 0,
-                "state": worker.status if worker else "available",
-                "device": worker.device if worker else None,
-                "task": worker.task if worker else None,
-                "default": mid == default,
-            })
+            out.append(
+                {
+                    "id": mid,
+                    "description": entry.description if entry else "",
+                    "model_type": (entry.model_type if entry else None)
+                    or (disk.model_type if disk else None),
+                    "quantization": entry.quantization if entry else self.settings.default_quantization,
+                    "default_parameters": dict(entry.default_parameters) if entry else {},
+                    "downloaded": disk is not None,
+                    "size_bytes": disk.size_bytes if disk else 0,
+                    "state": worker.status if worker else "available",
+                    "device": worker.device if worker else None,
+                    "task": worker.task if worker else None,
+                    "default": mid == default,
+                }
+            )
         return out
 
     async def alist_loaded_models(self) -> list[dict[str, Any]]:
         return [
             {
-                "id": w.model_id, "state": w.status, "device": w.device, "quantization": w.quantization,
-                "model_type": w.model_type, "task": w.task, "memory_bytes": w.memory_bytes,
-                "load_seconds": w.load_seconds, "host": h.url, "pid": w.pid, "error": w.error,
-                "error_code": w.error_code, "log_tail": w.log_tail if w.status == "failed" else [],
+                "id": w.model_id,
+                "state": w.status,
+                "device": w.device,
+                "quantization": w.quantization,
+                "model_type": w.model_type,
+                "task": w.task,
+                "memory_bytes": w.memory_bytes,
+                "load_seconds": w.load_seconds,
+                "host": h.url,
+                "pid": w.pid,
+                "error": w.error,
+                "error_code": w.error_code,
+                "log_tail": w.log_tail if w.status == "failed" else [],
             }
             for h in await self.host_states(fresh=True)
             for w in h.models
@@ -426,9 +451,16 @@ class ModelManager:
             job = self._run(self.adownload_model(model_id, revision, progress=bar.update))
         return job.path or ""
 
-    def load_model(self, model_id: str, quantization: str | None = None, device: str | None = None) -> dict[str, Any]:
+    def load_model(
+        self, model_id: str, quantization: str | None = None, device: str | None = None
+    ) -> dict[str, Any]:
         state = self._run(self.aload_model(model_id, quantization, device))
-        return {"id": state.model_id, "state": state.status, "device": state.device, "quantization": state.quantization}
+        return {
+            "id": state.model_id,
+            "state": state.status,
+            "device": state.device,
+            "quantization": state.quantization,
+        }
 
     def unload_model(self, model_id: str) -> bool:
         self._run(self.aunload_model(model_id))
@@ -443,7 +475,9 @@ class ModelManager:
         max_new_tokens: int | None = None,
         **params: Any,
     ) -> tuple[str, dict[str, Any]]:
-        return self._run(self.agenerate(prompt, model_id, system_prompt, temperature, max_new_tokens, **params))
+        return self._run(
+            self.agenerate(prompt, model_id, system_prompt, temperature, max_new_tokens, **params)
+        )
 
     def list_available_models(self) -> list[dict[str, Any]]:
         return self._run(self.alist_available_models())

@@ -19,8 +19,8 @@ log = logging.getLogger("gateway.access")
 _PROTECTED = ("/v1/", "/api/")
 
 
-def request_id_of(scope: dict[str, Any]) -> str:
-    return scope.get("dukat_request_id", "")
+def request_id_of(scope: Any) -> str:
+    return str(scope.get("dukat_request_id", ""))
 
 
 class GatewayMiddleware:
@@ -46,21 +46,32 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            if self.api_keys and scope["path"].startswith(_PROTECTED) and headers.get(b"authorization") not in self.api_keys:
+            if (
+                self.api_keys
+                and scope["path"].startswith(_PROTECTED)
+                and headers.get(b"authorization") not in self.api_keys
+            ):
                 await _reject(send_with_id, AuthenticationError("Incorrect or missing API key"))
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
             log.info(
-                "%s %s %s %.1fms rid=%s", scope["method"], scope["path"], status,
-                (time.perf_counter() - started) * 1000, rid,
+                "%s %s %s %.1fms rid=%s",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+                rid,
             )
 
 
 async def _reject(send: Any, err: AuthenticationError) -> None:
     body = msgspec.json.encode(err.body())
-    await send({
-        "type": "http.response.start", "status": err.status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -21,7 +21,9 @@ def place(model_id: str, hosts: list[HostState], *, device: str = "auto") -> Hos
 
     Hosts are keyed by URL (stable across host restarts, unlike host_id).
     """
-    candidates = [h for h in hosts if h.devices and (device == "auto" or any(d.name == device for d in h.devices))]
+    candidates = [
+        h for h in hosts if h.devices and (device == "auto" or any(d.name == device for d in h.devices))
+    ]
     if not candidates:
         return None
     return max(candidates, key=lambda h: _score(model_id, h.url))

@@ -18,14 +18,18 @@ READY = "DUKAT_GATEWAY_READY"
 
 def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     settings = load_settings(overrides=overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per host call would drown the access log
     if demo:
         from gateway.demo import prepare_demo, usage_text
 
         Path(settings.models_dir).mkdir(parents=True, exist_ok=True)
         preload = prepare_demo(Path(settings.models_dir), Path(settings.config_path))
-        settings = msgspec.structs.replace(settings, preload=tuple(dict.fromkeys([*settings.preload, *preload])))
+        settings = msgspec.structs.replace(
+            settings, preload=tuple(dict.fromkeys([*settings.preload, *preload]))
+        )
     sock = bind_socket(settings.host, settings.port)
     port = sock.getsockname()[1]
     if demo:

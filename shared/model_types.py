@@ -103,7 +103,9 @@ MODEL_TYPES: dict[str, ModelType] = {
             trailing_markers=("</s>",),
             hf_model_types=("t5", "mt5"),
         ),
-        ModelType(name="bert", task=Task.EMBEDDING, prompt_format=PromptFormat.PLAIN, hf_model_types=("bert",)),
+        ModelType(
+            name="bert", task=Task.EMBEDDING, prompt_format=PromptFormat.PLAIN, hf_model_types=("bert",)
+        ),
         ModelType(
             name="roberta",
             task=Task.EMBEDDING,
@@ -178,7 +180,7 @@ def infer_model_type(
     if hf_model_type and from_config is None:
         raise UnsupportedModelTypeError(
             f"{model_id!r} has architecture {hf_model_type!r}, which Dukat does not support; "
-            f"supported types: {known} (set \"model_type\" in the config file if it is one of them)",
+            f'supported types: {known} (set "model_type" in the config file if it is one of them)',
             param="model_type",
         )
     from_id = type_from_id(model_id)
@@ -186,7 +188,7 @@ def infer_model_type(
         if from_id is None:
             raise UnsupportedModelTypeError(
                 f"cannot tell the model type of {model_id!r} (no config.json model_type); set "
-                f"\"model_type\" in the config file to one of: {known}",
+                f'"model_type" in the config file to one of: {known}',
                 param="model_type",
             )
         return from_id

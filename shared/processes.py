@@ -20,7 +20,9 @@ class ChildProcess:
     Its other output is kept (the last lines) so a failed start can say why.
     """
 
-    def __init__(self, module: str, args: list[str], *, ready_prefix: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, module: str, args: list[str], *, ready_prefix: str, env: dict[str, str] | None = None
+    ) -> None:
         self.module = module
         self.args = args
         self.ready_prefix = ready_prefix
@@ -32,8 +34,12 @@ class ChildProcess:
     def start(self, timeout: float = 60.0) -> str:
         """Start and wait until `/health` answers; returns the base URL."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=self.env, start_new_session=True,
+            [sys.executable, "-m", self.module, *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            start_new_session=True,
         )
         ready = threading.Event()
         threading.Thread(target=self._pump, args=(ready,), daemon=True).start()

@@ -74,7 +74,9 @@ class WorkerConnection:
         writer = await self._connect()
         writer.write(encode_frame(frame))
 
-    async def _request(self, make: type[Generate] | type[Embed] | type[Ping], **kw: object) -> tuple[int, asyncio.Queue]:
+    async def _request(
+        self, make: type[Generate] | type[Embed] | type[Ping], **kw: object
+    ) -> tuple[int, asyncio.Queue]:
         rid = next(self._ids)
         queue: asyncio.Queue[FromWorker | object] = asyncio.Queue()
         self._queues[rid] = queue
@@ -102,7 +104,9 @@ class WorkerConnection:
         finally:
             self._queues.pop(rid, None)
 
-    async def generate(self, request: GenerateRequest, defaults: SamplingParams | None = None) -> GenerateResult:
+    async def generate(
+        self, request: GenerateRequest, defaults: SamplingParams | None = None
+    ) -> GenerateResult:
         rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=False)
         done = False
         try:

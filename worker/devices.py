@@ -18,14 +18,19 @@ def cuda_devices() -> list[DeviceState]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=index,memory.total,memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     devices = []
     for line in out.strip().splitlines():
         index, total, free = (part.strip() for part in line.split(","))
-        devices.append(DeviceState(name=f"cuda:{index}", total_memory=int(total) << 20, free_memory=int(free) << 20))
+        devices.append(
+            DeviceState(name=f"cuda:{index}", total_memory=int(total) << 20, free_memory=int(free) << 20)
+        )
     return devices
 
 

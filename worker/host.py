@@ -22,7 +22,15 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from shared.errors import DeviceUnavailableError, DukatError, InternalError, error_for_status
-from shared.host_api import DownloadCommand, DownloadJob, HostState, LoadCommand, LocalModelInfo, UnloadCommand, WorkerState
+from shared.host_api import (
+    DownloadCommand,
+    DownloadJob,
+    HostState,
+    LoadCommand,
+    LocalModelInfo,
+    UnloadCommand,
+    WorkerState,
+)
 from shared.model_types import infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
@@ -46,8 +54,11 @@ class Host:
         self.jobs = DownloadJobs(settings.models_dir)
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
         self.supervisor = Supervisor(
-            bind=settings.host_bind, advertise=advertise, threads=settings.worker_threads,
-            max_pending=settings.max_queue + settings.max_batch, stop_timeout_s=settings.stop_timeout_s,
+            bind=settings.host_bind,
+            advertise=advertise,
+            threads=settings.worker_threads,
+            max_pending=settings.max_queue + settings.max_batch,
+            stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
         )
 
@@ -56,7 +67,9 @@ class Host:
         workers = self.supervisor.states()
         for device in devices:
             device.models = [w.model_id for w in workers if w.device == device.name]
-        return HostState(host_id=self.host_id, url=self.url, devices=devices, models=workers, downloads=self.jobs.list())
+        return HostState(
+            host_id=self.host_id, url=self.url, devices=devices, models=workers, downloads=self.jobs.list()
+        )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
         existing = self.supervisor.state(cmd.model_id)
@@ -73,14 +86,20 @@ class Host:
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
-        model_type = infer_model_type(cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type)
+        model_type = infer_model_type(
+            cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type
+        )
         spec = WorkerSpec(cmd.model_id, str(path), model_type.name, cmd.quantization, device)
         return await self.supervisor.load(spec)
 
     def local_models(self) -> list[LocalModelInfo]:
         return [
             LocalModelInfo(
-                model_id=m.id, path=str(m.path), model_type=m.model_type, size_bytes=m.size_bytes, error=m.error
+                model_id=m.id,
+                path=str(m.path),
+                model_type=m.model_type,
+                size_bytes=m.size_bytes,
+                error=m.error,
             )
             for m in list_local_models(self.settings.models_dir)
         ]
@@ -175,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices")
     args = p.parse_args(argv)
     settings = load_settings(overrides={k: v for k, v in vars(args).items() if v is not None})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     for noisy in ("httpx", "httpx2"):  # one line per hub request would drown the host's own log
         logging.getLogger(noisy).setLevel(logging.WARNING)
     sock = bind_socket(settings.host_bind, settings.host_port)

@@ -129,7 +129,9 @@ class WorkerServer:
         finally:
             cancels.pop(rid, None)
 
-    async def _run(self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter) -> None:
+    async def _run(
+        self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter
+    ) -> None:
         loop = asyncio.get_running_loop()
         rid = frame.id
         if isinstance(frame, Embed):
@@ -145,7 +147,11 @@ class WorkerServer:
 
         def pump() -> None:
             for item in self.engine.stream(frame.request, frame.defaults, cancel):
-                out = Result(id=rid, result=item) if isinstance(item, GenerateResult) else Delta(id=rid, text=item)
+                out = (
+                    Result(id=rid, result=item)
+                    if isinstance(item, GenerateResult)
+                    else Delta(id=rid, text=item)
+                )
                 loop.call_soon_threadsafe(writer.write, encode_frame(out))
 
         await loop.run_in_executor(self.executor, pump)

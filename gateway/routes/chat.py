@@ -7,7 +7,13 @@ from litestar.datastructures import State
 
 from gateway.middleware import request_id_of
 from gateway.routes.choices import generate_all, stream_all
-from gateway.schemas import ChatChunks, ChatCompletionRequest, ChatCompletionResponse, chat_response, chat_stream
+from gateway.schemas import (
+    ChatChunks,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    chat_response,
+    chat_stream,
+)
 from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest
 
@@ -17,7 +23,9 @@ async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
 ) -> ChatCompletionResponse | EventStream:
     rid = request_id_of(request.scope)
-    requests = [GenerateRequest(messages=data.messages, params=p, request_id=rid) for p in data.choice_params()]
+    requests = [
+        GenerateRequest(messages=data.messages, params=p, request_id=rid) for p in data.choice_params()
+    ]
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)
         chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage)

@@ -7,13 +7,21 @@ from litestar.datastructures import State
 
 from gateway.middleware import request_id_of
 from gateway.routes.choices import generate_all, stream_all
-from gateway.schemas import CompletionChunks, CompletionRequest, CompletionResponse, completion_response, completion_stream
+from gateway.schemas import (
+    CompletionChunks,
+    CompletionRequest,
+    CompletionResponse,
+    completion_response,
+    completion_stream,
+)
 from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest
 
 
 @post("/v1/completions", status_code=200, summary="Create a completion (OpenAI, legacy)")
-async def completions(request: Request, state: State, data: CompletionRequest) -> CompletionResponse | EventStream:
+async def completions(
+    request: Request, state: State, data: CompletionRequest
+) -> CompletionResponse | EventStream:
     rid = request_id_of(request.scope)
     prompts, params = data.prompts(), data.choice_params()
     # Prompt-major order, n samples per prompt: choice index = prompt * n + sample.

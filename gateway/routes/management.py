@@ -7,7 +7,14 @@ from typing import Any
 from litestar import get, post
 from litestar.datastructures import State
 
-from gateway.schemas import DownloadJob, DownloadRequest, LoadRequest, SetDefaultRequest, UnloadRequest, download_job
+from gateway.schemas import (
+    DownloadJob,
+    DownloadRequest,
+    LoadRequest,
+    SetDefaultRequest,
+    UnloadRequest,
+    download_job,
+)
 from shared.host_api import HostState
 
 
@@ -40,8 +47,14 @@ async def download(state: State, job_id: str) -> DownloadJob:
 async def load(state: State, data: LoadRequest) -> dict[str, Any]:
     w = await state.manager.aload_model(data.model, data.quantization, data.device)
     return {
-        "id": w.model_id, "state": w.status, "device": w.device, "quantization": w.quantization,
-        "model_type": w.model_type, "task": w.task, "memory_bytes": w.memory_bytes, "load_seconds": w.load_seconds,
+        "id": w.model_id,
+        "state": w.status,
+        "device": w.device,
+        "quantization": w.quantization,
+        "model_type": w.model_type,
+        "task": w.task,
+        "memory_bytes": w.memory_bytes,
+        "load_seconds": w.load_seconds,
         "pid": w.pid,
     }
 
