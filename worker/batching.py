@@ -83,7 +83,8 @@ class Scheduler:
     def __init__(self, model: Any, *, max_batch: int, max_queue: int, seq2seq: bool, pad_id: int) -> None:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
-        self._solo = _Solo(model, seq2seq=seq2seq)
+        self._suppress = _suppressed_ids(model)
+        self._solo = _Solo(model, seq2seq=seq2seq, suppress=self._suppress)
         self._batch = None if seq2seq or not batches_exactly(model, pad_id) else _Batch(model, pad_id)
         self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
@@ -202,6 +203,8 @@ class Scheduler:
 
     def _emit(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
         """Each row's next token, chosen by its own sampler and pushed to its consumer."""
+        if self._suppress is not None:
+            logits[:, self._suppress] = float("-inf")
         greedy = logits.argmax(-1).tolist()  # one op for every plain greedy row
         tokens = []
         for job, best, row in zip(jobs, greedy, logits, strict=True):
@@ -371,9 +374,10 @@ def batches_exactly(model: Any, pad_id: int) -> bool:
 class _Solo:
     """One sequence on its own cache: prefill, then one decode step per token."""
 
-    def __init__(self, model: Any, *, seq2seq: bool) -> None:
+    def __init__(self, model: Any, *, seq2seq: bool, suppress: torch.Tensor | None = None) -> None:
         self._model = model
         self._seq2seq = seq2seq
+        self._suppress = suppress
         self._device, self._cache_kw, self._keep = _calling(model)
 
     def tokens(self, prompt_ids: list[int], sampler: TokenSampler) -> Generator[int, None, None]:
@@ -389,7 +393,10 @@ class _Solo:
             sampler.observe(prompt_ids)  # transformers' repetition penalty counts the prompt
             out = self._model(input_ids=ids, use_cache=True, **self._keep)
         while True:
-            token = sampler.choose(out.logits[0, -1])
+            logits = out.logits[0, -1]
+            if self._suppress is not None:
+                logits[self._suppress] = float("-inf")
+            token = sampler.choose(logits)
             sampler.observe(token)
             yield token
             step = {"decoder_input_ids" if self._seq2seq else "input_ids": self._column(token)}
@@ -407,3 +414,11 @@ def _decoder_start(model: Any) -> int:
         if start is not None:
             return int(start)
     return int(model.config.pad_token_id or 0)
+
+
+def _suppressed_ids(model: Any) -> torch.Tensor | None:
+    """The generation config's `suppress_tokens`: ids never to be generated (as `generate` honours)."""
+    ids = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
+    if not ids:
+        return None
+    return torch.tensor(sorted(set(ids)), dtype=torch.long, device=next(model.parameters()).device)

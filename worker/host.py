@@ -57,7 +57,8 @@ class Host:
             bind=settings.host_bind,
             advertise=advertise,
             threads=settings.worker_threads,
-            max_pending=settings.max_queue + settings.max_batch,
+            max_batch=settings.max_batch,
+            max_queue=settings.max_queue,
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
         )

@@ -49,13 +49,14 @@ class _Worker:
 
 class Supervisor:
     def __init__(
-        self, *, bind: str, advertise: str, threads: int, max_pending: int, stop_timeout_s: float,
-        load_timeout_s: float,
+        self, *, bind: str, advertise: str, threads: int, max_batch: int, max_queue: int,
+        stop_timeout_s: float, load_timeout_s: float,
     ) -> None:
         self.bind = bind
         self.advertise = advertise
         self.threads = threads
-        self.max_pending = max_pending
+        self.max_batch = max_batch
+        self.max_queue = max_queue
         self.stop_timeout_s = stop_timeout_s
         self.load_timeout_s = load_timeout_s
         self._workers: dict[str, _Worker] = {}
@@ -92,7 +93,8 @@ class Supervisor:
         cmd = [
             sys.executable, "-m", "worker.model_worker", "--model-id", spec.model_id, "--path", spec.path,
             "--model-type", spec.model_type, "--quantization", spec.quantization, "--device", spec.device,
-            "--bind", self.bind, "--threads", str(self.threads), "--max-pending", str(self.max_pending),
+            "--bind", self.bind, "--threads", str(self.threads), "--max-batch", str(self.max_batch),
+            "--max-queue", str(self.max_queue), "--max-pending", str(self.max_batch + self.max_queue),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from augment_adam.ai_agent.models import ModelManager
-from shared.errors import ConflictError, ModelNotFoundError, ModelNotLoadedError
+from shared.errors import ConflictError, ModelNotFoundError, NotFoundError
 from tests.gateway.conftest import TEST_ENV
 from tests.support.hub_fixtures import TINY_REPO
 from tests.support.hub_server import HubServer
@@ -185,7 +185,7 @@ def test_unload_model_ends_the_worker_process(seed: Seed) -> None:
     assert seed.manager.unload_model(TINY_REPO) is True
     assert TINY_REPO not in loaded(seed)
     wait_for(lambda: gone(pid), 5, f"worker {pid} exits")
-    with pytest.raises(ModelNotLoadedError):
+    with pytest.raises(NotFoundError):
         seed.manager.unload_model(TINY_REPO)
 
 

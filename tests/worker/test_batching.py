@@ -3,6 +3,7 @@ with their own sampling, stops, lengths, seeds and cancels; the queue is bounded
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -266,3 +267,21 @@ def test_close_lets_running_requests_finish_then_refuses(engine_for: EngineFor) 
     assert str(first) + "".join(str(i) for i in stream if isinstance(i, str)) == expected
     with pytest.raises(ModelNotLoadedError):
         engine.generate(_raw("Hi", max_new_tokens=3))
+
+
+def test_suppressed_tokens_of_the_generation_config_are_never_generated(tiny_model_dir: Any) -> None:
+    """`suppress_tokens` (the demo model blocks lone bytes with it) holds greedy and sampled, batched."""
+    probe = Engine.load(tiny_model_dir("llama"), model_type=get_model_type("llama"), quantization="none")
+    loaded = probe._loaded
+    assert loaded is not None
+    allowed = {loaded.tokenizer.convert_tokens_to_ids(t) for t in ("Ġthe", "Ġand")}
+    assert None not in allowed and loaded.tokenizer.unk_token_id not in allowed
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    loaded.model.generation_config.suppress_tokens = [i for i in range(vocab) if i not in allowed]
+    engine = Engine(loaded, get_model_type("llama"))  # reads the generation config at start
+    for temperature in (0.0, 1.0):
+        params = SamplingParams(max_new_tokens=8, temperature=temperature, seed=3)
+        result = engine.generate(GenerateRequest(prompt="The", params=params))
+        assert result.completion_tokens == 8
+        assert re.fullmatch(r"( (the|and))+", result.text), result.text
+    engine.close()
