@@ -423,16 +423,8 @@ class ModelManager:
     async def alist_loaded_models(self) -> list[dict[str, Any]]:
         return [
             {
-                "id": w.model_id,
-                "state": w.status,
-                "device": w.device,
-                "quantization": w.quantization,
-                "model_type": w.model_type,
-                "task": w.task,
-                "memory_bytes": w.memory_bytes,
-                "load_seconds": w.load_seconds,
+                **worker_view(w),
                 "host": h.url,
-                "pid": w.pid,
                 "error": w.error,
                 "error_code": w.error_code,
                 "log_tail": w.log_tail if w.status == "failed" else [],
@@ -454,13 +446,7 @@ class ModelManager:
     def load_model(
         self, model_id: str, quantization: str | None = None, device: str | None = None
     ) -> dict[str, Any]:
-        state = self._run(self.aload_model(model_id, quantization, device))
-        return {
-            "id": state.model_id,
-            "state": state.status,
-            "device": state.device,
-            "quantization": state.quantization,
-        }
+        return worker_view(self._run(self.aload_model(model_id, quantization, device)))
 
     def unload_model(self, model_id: str) -> bool:
         self._run(self.aunload_model(model_id))
@@ -530,6 +516,21 @@ def _check_same_load(worker: WorkerState, quantization: str | None, device: str 
             "unload it first to load it differently",
             param=next(reversed(wrong)),
         )
+
+
+def worker_view(w: WorkerState) -> dict[str, Any]:
+    """A model worker as the management API and the seed's `load_model` show it."""
+    return {
+        "id": w.model_id,
+        "state": w.status,
+        "device": w.device,
+        "quantization": w.quantization,
+        "model_type": w.model_type,
+        "task": w.task,
+        "memory_bytes": w.memory_bytes,
+        "load_seconds": w.load_seconds,
+        "pid": w.pid,
+    }
 
 
 def _metadata(model_id: str, result: GenerateResult) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 from litestar import get, post
 from litestar.datastructures import State
 
+from gateway.manager import worker_view
 from gateway.schemas import (
     DownloadJob,
     DownloadRequest,
@@ -45,18 +46,7 @@ async def download(state: State, job_id: str) -> DownloadJob:
 
 @post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
 async def load(state: State, data: LoadRequest) -> dict[str, Any]:
-    w = await state.manager.aload_model(data.model, data.quantization, data.device)
-    return {
-        "id": w.model_id,
-        "state": w.status,
-        "device": w.device,
-        "quantization": w.quantization,
-        "model_type": w.model_type,
-        "task": w.task,
-        "memory_bytes": w.memory_bytes,
-        "load_seconds": w.load_seconds,
-        "pid": w.pid,
-    }
+    return worker_view(await state.manager.aload_model(data.model, data.quantization, data.device))
 
 
 @post("/api/models/unload", status_code=200, summary="Stop a model's worker process")

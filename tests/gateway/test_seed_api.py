@@ -26,8 +26,14 @@ from tests.support.hub_fixtures import TINY_REPO
 from tests.support.hub_server import HubServer
 
 METADATA_KEYS = {
-    "model", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
-    "time_to_first_token_s", "generation_time_s", "tokens_per_second",
+    "model",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "time_to_first_token_s",
+    "generation_time_s",
+    "tokens_per_second",
 }
 
 
@@ -61,7 +67,8 @@ def host_processes(root: Path) -> list[psutil.Process]:
     """The worker host(s) this test's manager started (children of this process, by models_dir)."""
     models_dir = str(root / "models")
     return [
-        p for p in psutil.Process().children()
+        p
+        for p in psutil.Process().children()
         if "worker.host" in p.cmdline() and models_dir in p.cmdline() and not gone(p.pid)
     ]
 
@@ -77,8 +84,10 @@ def seed(session_hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> It
         for name in [n for n in os.environ if n.startswith("DUKAT_") and n != "DUKAT_WORKER_THREADS"]:
             mp.delenv(name)
         manager = ModelManager(
-            models_dir=str(root / "models"), config_path=str(root / "config.json"),
-            default_model=TINY_REPO, device_map="auto",
+            models_dir=str(root / "models"),
+            config_path=str(root / "config.json"),
+            default_model=TINY_REPO,
+            device_map="auto",
         )
         try:
             yield Seed(manager, root)
@@ -113,7 +122,13 @@ def test_download_of_a_missing_repo_raises_model_not_found(seed: Seed) -> None:
 def test_load_then_generate_with_the_default_model(seed: Seed) -> None:
     seed.manager.download_model(TINY_REPO)
     info = seed.manager.load_model(TINY_REPO, quantization="none")
-    assert info == {"id": TINY_REPO, "state": "loaded", "device": "cpu", "quantization": "none"}
+    assert {k: info[k] for k in ("id", "state", "device", "quantization")} == {
+        "id": TINY_REPO,
+        "state": "loaded",
+        "device": "cpu",
+        "quantization": "none",
+    }
+    assert info["memory_bytes"] > 0 and info["pid"]
 
     response, metadata = seed.manager.generate(
         prompt="Hello", system_prompt="You are helpful", temperature=0.7, max_new_tokens=16
