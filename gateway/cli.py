@@ -50,9 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_host(args: argparse.Namespace) -> int:
-    from worker.host import main as host_main
+    from worker.host import run_host
 
-    return host_main(args.rest)
+    return run_host(args)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device-map")
     s.add_argument("--demo", action="store_true", help="serve the offline demo chat and embedding models")
     s.set_defaults(func=cmd_serve)
-    h = sub.add_parser("host", help="run a worker host (flags: --bind --port --models-dir --devices)")
-    h.add_argument("rest", nargs=argparse.REMAINDER)
+    from worker.host import host_arguments
+
+    h = sub.add_parser("host", help="run a worker host", parents=[host_arguments()])
     h.set_defaults(func=cmd_host)
 
     def client_cmd(name: str, func: Any, help_: str, model: bool = True) -> argparse.ArgumentParser:

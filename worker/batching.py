@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,10 @@ _LINGER_S = 2.0
 
 @dataclass(eq=False, kw_only=True)
 class Job:
-    """One generation request inside the scheduler; the consumer reads `next_token()`."""
+    """One generation request inside the scheduler. The consumer either reads `next_token()` from
+    its own thread, or (`on_item` set) is called with each item on the scheduler thread, and its
+    `on_step` once after every scheduler iteration that gave it something (one hand-off per step
+    for all the rows that share an `on_step`, rather than one thread wake-up per token per row)."""
 
     prompt_ids: list[int]
     sampler: TokenSampler
@@ -53,6 +56,8 @@ class Job:
     produced: int = 0
     stopped: bool = False  # it made an end-of-sequence token: nothing comes after it
     counted: bool = True  # it holds a place in the scheduler (under the scheduler's lock)
+    on_item: Callable[[_Item], None] | None = None
+    on_step: Callable[[], None] | None = None
     _out: queue.SimpleQueue[_Item] = field(default_factory=queue.SimpleQueue)
 
     def next_token(self) -> int | None:
@@ -70,11 +75,17 @@ class Job:
 
     def push(self, token: int) -> None:
         self.produced += 1
-        self._out.put(token)
         self.stopped = token in self.stop_ids
+        if self.on_item is not None:
+            self.on_item(token)
+        else:
+            self._out.put(token)
 
     def end(self, item: BaseException | None) -> None:
-        self._out.put(item)
+        if self.on_item is not None:
+            self.on_item(item)
+        else:
+            self._out.put(item)
 
 
 class Scheduler:
@@ -94,6 +105,7 @@ class Scheduler:
         self._rows: list[Job] = []  # the batch's rows, in cache order
         self._next: list[int] = []  # each row's token to feed at the next step
         self._solos: dict[Job, Generator[int, None, None]] = {}
+        self._stepped: set[Callable[[], None]] = set()  # the `on_step`s owed a call (scheduler thread)
         # A daemon thread killed inside a torch op at interpreter exit aborts the process.
         atexit.register(_abort_at_exit, weakref.ref(self))
 
@@ -143,15 +155,18 @@ class Scheduler:
                     except Exception as exc:  # a failed step: its rows fail, the scheduler lives on
                         logger.exception("generation step failed")
                         self._end([*self._rows, *self._solos], exc)
+                    self._flush()
         except BaseException:  # the thread dies: nobody may wait on it forever
             with self._cond:
                 self._thread = None
             self._end([*self._rows, *self._solos, *self._waiting], InternalError("the scheduler stopped"))
+            self._flush()
             raise
 
     def _wait_for_work(self) -> bool:
         if self._aborting:
             self._end([*self._rows, *self._solos, *self._waiting], None)
+            self._flush()
         with self._cond:
             idle = False
             while not (self._waiting or self._rows or self._solos):
@@ -173,6 +188,7 @@ class Scheduler:
         for job, tokens in self._solos.items():
             if not job.ended():
                 job.push(next(tokens))
+                self._owe_step(job)
 
     def _take(self) -> list[Job]:
         with self._cond:
@@ -188,6 +204,7 @@ class Scheduler:
             if self._batch is None:
                 self._solos[job] = self._solo.tokens(job.prompt_ids, job.sampler)
                 job.push(next(self._solos[job]))
+                self._owe_step(job)
         if self._batch is None:
             return
         for job in jobs:
@@ -207,13 +224,28 @@ class Scheduler:
             logits[:, self._suppress] = float("-inf")
         greedy = logits.argmax(-1).tolist()  # one op for every plain greedy row
         tokens = []
-        for job, best, row in zip(jobs, greedy, logits, strict=True):
+        for i, (job, best) in enumerate(zip(jobs, greedy, strict=True)):
             sampler = job.sampler
-            token = best if sampler.plain_greedy else sampler.choose(row)
+            token = best if sampler.plain_greedy else sampler.choose(logits[i])
             sampler.observe(token)
             job.push(token)
+            if job.on_step is not None:
+                self._stepped.add(job.on_step)
             tokens.append(token)
         return tokens
+
+    def _owe_step(self, job: Job) -> None:
+        if job.on_step is not None:
+            self._stepped.add(job.on_step)
+
+    def _flush(self) -> None:
+        """Each consumer's `on_step`, once (bound methods of one object are equal: one call)."""
+        stepped, self._stepped = self._stepped, set()
+        for on_step in stepped:
+            try:
+                on_step()
+            except Exception:  # one consumer's hand-off must not fail the others' step
+                logger.exception("a consumer's step hand-off failed")
 
     def _sweep(self) -> None:
         """Requests that ended leave (and their consumers get the end marker)."""
@@ -237,6 +269,7 @@ class Scheduler:
             if job in self._solos:
                 self._solos.pop(job).close()
             job.end(item)
+            self._owe_step(job)
 
     def _uncount(self, jobs: Iterable[Job]) -> None:
         """Under the lock: `jobs` stop holding places (each once, whoever ends it first)."""

@@ -178,6 +178,79 @@ class Engine:
         end = partial(self._scheduler.finish, job)
         return _Stream(self._run(loaded, plan, job, end, started), end)
 
+    def start(
+        self,
+        req: GenerateRequest,
+        defaults: SamplingParams | None = None,
+        cancel: threading.Event | None = None,
+        *,
+        on_text: Callable[[str], None],
+        on_done: Callable[[GenerateResult | BaseException], None],
+        on_step: Callable[[], None],
+    ) -> None:
+        """`stream` without a consumer thread: the same items, pushed from the scheduler's thread.
+
+        `on_text` gets each text delta, then `on_done` the GenerateResult (or the request's failure);
+        `on_step` is called after every scheduler iteration that called the others, once per
+        distinct `on_step` (pass one object's bound method for many requests to get one call for
+        all of them). The callbacks run on the scheduler thread: they must be quick and not raise.
+        Request errors raise here, before anything is called; `cancel` cancels the request.
+        """
+        started = time.perf_counter()
+        loaded = self._require_loaded()
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise UnsupportedTaskError(
+                f"{self._model_type.name} is an embedding model; it cannot generate text "
+                "(use /v1/embeddings)",
+                param="model",
+            )
+        plan = self._plan(loaded, req, defaults)
+        job = Job(
+            prompt_ids=plan.prompt_ids,
+            sampler=TokenSampler(plan.params, device=loaded.device),
+            max_new_tokens=plan.max_new_tokens,
+            stop_ids=plan.stop_ids,
+            cancel=cancel,
+            on_step=on_step,
+        )
+        reply = _Reply(self._model_type, loaded.tokenizer, plan, job, started)
+
+        def on_item(item: int | BaseException | None) -> None:
+            if reply.over:
+                return  # the end marker after this consumer finished (or a late failure)
+            try:
+                if isinstance(item, BaseException):
+                    reply.over = True
+                    scheduler.finish(job)
+                    on_done(item)
+                    return
+                if job.cancel is not None and job.cancel.is_set():
+                    reply.finish, reply.over = "cancelled", True
+                elif text := reply.feed(item):
+                    on_text(text)
+                if reply.over:
+                    scheduler.finish(job)  # its place is free now, its row leaves at the next step
+                    tail, result = reply.close()
+                    if tail:
+                        on_text(tail)
+                    on_done(result)
+            except Exception as exc:  # e.g. a decoder error: this request fails, not the step
+                if not reply.over:
+                    reply.over = True
+                    scheduler.finish(job)
+                on_done(exc)
+
+        job.on_item = on_item
+        if reply.over:  # nothing to generate (max_new_tokens 0)
+            tail, result = reply.close()
+            if tail:
+                on_text(tail)
+            on_done(result)
+            on_step()
+            return
+        scheduler.submit(job)
+
     def embed(self, req: EmbedRequest) -> EmbedResult:
         self._require_loaded()
         if self._embedder is None:
@@ -245,37 +318,59 @@ class Engine:
     def _run(
         self, loaded: Loaded, plan: _Plan, job: Job, end: Callable[[], None], started: float
     ) -> Generator[str | GenerateResult, None, None]:
-        """The scheduler's tokens for `job` as text: the old single-request loop, reading a queue."""
-        scanner = scanner_for(self._model_type, plan.params.stop, chat=plan.chat)
-        detok = IncrementalDetokenizer(loaded.tokenizer)
-        count, first, finish = 0, 0.0, "length"
+        """The scheduler's tokens for `job` as text, read from its queue on the caller's thread."""
+        reply = _Reply(self._model_type, loaded.tokenizer, plan, job, started)
         try:
-            while count < plan.max_new_tokens:
+            while not reply.over:
                 if job.cancel is not None and job.cancel.is_set():
-                    finish = "cancelled"
+                    reply.finish = "cancelled"
                     break
-                token = job.next_token()
-                if token is None:  # the scheduler saw the cancel first
-                    finish = "cancelled"
-                    break
-                count += 1
-                first = first or time.perf_counter()
-                if token in plan.stop_ids:
-                    finish = "stop"
-                    break
-                if text := scanner.feed(detok.feed(token)):
+                if text := reply.feed(job.next_token()):
                     yield text
-                if scanner.stopped:
-                    finish = "stop"
-                    break
         finally:
             end()  # its place is free now, its row leaves the batch at the next step
-        if tail := scanner.feed(detok.finish()) + scanner.finish():
+        tail, result = reply.close()
+        if tail:
             yield tail
-        if scanner.stopped and finish == "length":
-            finish = "stop"
-        acquired = job.admitted or time.perf_counter()  # never admitted: cancelled while waiting
-        yield _result(scanner, finish, len(plan.prompt_ids), count, started, acquired, first)
+        yield result
+
+
+class _Reply:
+    """One request's tokens turned into text: detokenization, stop strings, finish reason and
+    timings. Fed by `Engine.stream`'s loop (its own thread) or by `Engine.start` (the scheduler's)."""
+
+    def __init__(self, model_type: ModelType, tokenizer: Any, plan: _Plan, job: Job, started: float) -> None:
+        self.scanner = scanner_for(model_type, plan.params.stop, chat=plan.chat)
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.plan, self.job, self.started = plan, job, started
+        self.count, self.first, self.finish = 0, 0.0, "length"
+        self.over = plan.max_new_tokens <= 0  # no more tokens wanted
+
+    def feed(self, token: int | None) -> str:
+        """The text `token` adds (None: the scheduler ended the row, i.e. a cancel); sets `over`."""
+        if token is None:  # the scheduler saw the cancel first
+            self.finish, self.over = "cancelled", True
+            return ""
+        self.count += 1
+        self.first = self.first or time.perf_counter()
+        if token in self.plan.stop_ids:
+            self.finish, self.over = "stop", True
+            return ""
+        text = self.scanner.feed(self.detok.feed(token))
+        if self.scanner.stopped:
+            self.finish, self.over = "stop", True
+        elif self.count >= self.plan.max_new_tokens:
+            self.over = True
+        return text
+
+    def close(self) -> tuple[str, GenerateResult]:
+        """What is still held back, and the result."""
+        scanner = self.scanner
+        tail = scanner.feed(self.detok.finish()) + scanner.finish()
+        finish = "stop" if scanner.stopped and self.finish == "length" else self.finish
+        acquired = self.job.admitted or time.perf_counter()  # never admitted: cancelled while waiting
+        prompt_tokens = len(self.plan.prompt_ids)
+        return tail, _result(scanner, finish, prompt_tokens, self.count, self.started, acquired, self.first)
 
 
 class _Stream(Generator[str | GenerateResult, None, None]):

@@ -187,14 +187,29 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
     )
 
 
+HOST_FLAGS = ("host_bind", "host_port", "models_dir", "devices")
+
+
+def host_arguments() -> argparse.ArgumentParser:
+    """The flags of `dukat host` (a parent parser: `python -m worker.host` and the CLI share it)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--bind", dest="host_bind", help="bind address (DUKAT_HOST_BIND)")
+    p.add_argument("--port", dest="host_port", type=int, help="port, 0 for any (DUKAT_HOST_PORT)")
+    p.add_argument("--models-dir", dest="models_dir", help="DUKAT_MODELS_DIR")
+    p.add_argument("--devices", help="auto, cpu or cuda:N,... (DUKAT_DEVICES)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dukat host", description="Run a Dukat worker host.")
-    p.add_argument("--bind", dest="host_bind")
-    p.add_argument("--port", dest="host_port", type=int)
-    p.add_argument("--models-dir", dest="models_dir")
-    p.add_argument("--devices")
-    args = p.parse_args(argv)
-    settings = load_settings(overrides={k: v for k, v in vars(args).items() if v is not None})
+    p = argparse.ArgumentParser(
+        prog="dukat host", description="Run a Dukat worker host.", parents=[host_arguments()]
+    )
+    return run_host(p.parse_args(argv))
+
+
+def run_host(args: argparse.Namespace) -> int:
+    flags = {k: getattr(args, k) for k in HOST_FLAGS if getattr(args, k, None) is not None}
+    settings = load_settings(overrides=flags)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import DukatError, InternalError, OverloadedError
@@ -81,6 +82,7 @@ class WorkerServer:
         self.pending = 0
         # The engine batches internally; threads only carry blocking calls off the loop.
         self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
+        self.outbox: _Outbox | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cancels: dict[int, threading.Event] = {}
@@ -138,23 +140,90 @@ class WorkerServer:
             embedded = await loop.run_in_executor(self.executor, self.engine.embed, frame.request)
             writer.write(encode_frame(Embedding(id=rid, result=embedded)))
             return
-        if not frame.stream:
-            result = await loop.run_in_executor(
-                self.executor, self.engine.generate, frame.request, frame.defaults, cancel
-            )
-            writer.write(encode_frame(Result(id=rid, result=result)))
-            return
+        # The scheduler's thread makes the frames; each of its steps hands them all to the loop
+        # at once (no thread per stream, no wake-up per token).
+        outbox = self._outbox(loop)
+        done: asyncio.Future[BaseException | None] = loop.create_future()
+        stream = frame.stream
 
-        def pump() -> None:
-            for item in self.engine.stream(frame.request, frame.defaults, cancel):
-                out = (
-                    Result(id=rid, result=item)
-                    if isinstance(item, GenerateResult)
-                    else Delta(id=rid, text=item)
-                )
-                loop.call_soon_threadsafe(writer.write, encode_frame(out))
+        def on_text(text: str) -> None:
+            if stream:
+                outbox.add(writer, encode_frame(Delta(id=rid, text=text)))
 
-        await loop.run_in_executor(self.executor, pump)
+        def on_done(item: GenerateResult | BaseException) -> None:
+            if isinstance(item, GenerateResult):
+                outbox.add(writer, encode_frame(Result(id=rid, result=item)))
+                outbox.resolve(done, None)
+            else:
+                outbox.resolve(done, item)
+
+        start = partial(
+            self.engine.start,
+            frame.request,
+            frame.defaults,
+            cancel,
+            on_text=on_text,
+            on_done=on_done,
+            on_step=outbox.flush,
+        )
+        try:
+            # Planning (templating, tokenizing a possibly long prompt) stays off the loop.
+            await loop.run_in_executor(self.executor, start)
+            failure = await done
+        except asyncio.CancelledError:  # nobody waits for this reply any more
+            cancel.set()
+            raise
+        if failure is not None:
+            raise failure
+
+    def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
+        if self.outbox is None or self.outbox.loop is not loop:
+            self.outbox = _Outbox(loop)
+        return self.outbox
+
+
+class _Outbox:
+    """Frames made on the scheduler's thread, handed to the event loop once per scheduler step:
+    one callback for all the step's requests, one write per connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._frames: dict[asyncio.StreamWriter, list[bytes]] = {}
+        self._done: list[tuple[asyncio.Future[BaseException | None], BaseException | None]] = []
+
+    def add(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
+        with self._lock:
+            if (frames := self._frames.get(writer)) is None:
+                self._frames[writer] = [frame]
+            else:
+                frames.append(frame)
+
+    def resolve(self, future: asyncio.Future[BaseException | None], value: BaseException | None) -> None:
+        """Once this step's frames are written, `future` gets `value`."""
+        with self._lock:
+            self._done.append((future, value))
+
+    def flush(self) -> None:
+        with self._lock:
+            frames, done = self._frames, self._done
+            if not frames and not done:
+                return
+            self._frames, self._done = {}, []
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read them
+            self.loop.call_soon_threadsafe(_deliver, frames, done)
+
+
+def _deliver(
+    frames: dict[asyncio.StreamWriter, list[bytes]],
+    done: list[tuple[asyncio.Future[BaseException | None], BaseException | None]],
+) -> None:
+    for writer, parts in frames.items():
+        if not writer.is_closing():
+            writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
+    for future, value in done:
+        if not future.done():
+            future.set_result(value)
 
 
 def _fail(exc: BaseException, model_id: str) -> None:

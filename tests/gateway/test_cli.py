@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from shared.processes import ChildProcess
 from tests.gateway.conftest import DEFAULT_MODEL, SERVED, TEST_ENV, Dukat
 from tests.support.hub_fixtures import TINY_REPO
 
@@ -139,3 +141,18 @@ def test_server_that_is_not_there_is_a_clear_error(dukat: Dukat) -> None:
     result = dukat_cli(dukat, "list", url="http://127.0.0.1:9")
     assert result.returncode != 0
     assert "cannot reach Dukat at http://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dukat_host_takes_its_flags_and_answers_its_state(tmp_path: Path) -> None:
+    host = ChildProcess(
+        "gateway.cli",
+        ["host", "--bind", "127.0.0.1", "--port", "0", "--models-dir", str(tmp_path), "--devices", "cpu"],
+        ready_prefix="DUKAT_HOST_READY",
+    )
+    url = host.start(timeout=60)
+    try:
+        state = httpx.get(f"{url}/state", timeout=10).json()
+        assert [d["name"] for d in state["devices"]] == ["cpu"] and state["models"] == []
+    finally:
+        host.stop()
+    assert not host.alive()

@@ -133,3 +133,76 @@ def test_any_id_sequence_joins_to_the_full_decode(tokenizers: dict[str, Any], pi
     for tokenizer in tokenizers.values():
         deltas, tail = _stream_ids(tokenizer, picks)
         assert "".join(deltas) + tail == tokenizer.decode(picks, skip_special_tokens=True)
+
+
+class _Pushed:
+    """What `Engine.start` pushed for one request, from the scheduler's thread."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.done: GenerateResult | BaseException | None = None
+        self.steps = 0
+        self.finished = threading.Event()
+
+    def on_text(self, text: str) -> None:
+        assert not self.finished.is_set()
+        self.texts.append(text)
+
+    def on_done(self, item: GenerateResult | BaseException) -> None:
+        assert not self.finished.is_set()
+        self.done = item
+        self.finished.set()
+
+    def on_step(self) -> None:
+        self.steps += 1
+
+
+def _start(engine: Engine, request: GenerateRequest, cancel: threading.Event | None = None) -> _Pushed:
+    pushed = _Pushed()
+    engine.start(
+        request, None, cancel, on_text=pushed.on_text, on_done=pushed.on_done, on_step=pushed.on_step
+    )
+    return pushed
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
+@pytest.mark.parametrize("chat", [True, False])
+def test_pushed_replies_equal_the_pulled_stream(engine_for: EngineFor, family: str, chat: bool) -> None:
+    engine = engine_for(family)
+    requests = [_request(chat, temperature=1.0, seed=s, max_new_tokens=40, stop=["e t"]) for s in range(4)]
+    expected = [_split(list(engine.stream(r))) for r in requests]
+    pushed = [_start(engine, r) for r in requests]  # all at once: one batch
+    for p, (deltas, whole) in zip(pushed, expected, strict=True):
+        assert p.finished.wait(timeout=30)
+        assert isinstance(p.done, GenerateResult)
+        assert p.texts == deltas
+        assert p.done.text == whole.text == "".join(p.texts)
+        assert p.done.finish_reason == whole.finish_reason
+        assert p.done.completion_tokens == whole.completion_tokens
+        assert p.steps >= 1
+
+
+def test_pushed_request_is_cancelled_and_frees_its_place(engine_for: EngineFor) -> None:
+    engine = engine_for("llama")
+    cancel = threading.Event()
+    pushed = _start(engine, _request(False, temperature=0, max_new_tokens=400), cancel)
+    cancel.set()
+    assert pushed.finished.wait(timeout=30)
+    assert isinstance(pushed.done, GenerateResult)
+    assert pushed.done.finish_reason == "cancelled"
+    assert engine.generate(_request(False, max_new_tokens=3)).completion_tokens >= 1
+
+
+def test_pushed_request_errors_raise_before_anything_is_pushed(engine_for: EngineFor) -> None:
+    from shared.errors import ContextLengthExceededError
+
+    engine = engine_for("llama")
+    pushed = _Pushed()
+    with pytest.raises(ContextLengthExceededError):
+        engine.start(
+            GenerateRequest(prompt="word " * 5000, params=SamplingParams(max_new_tokens=4)),
+            on_text=pushed.on_text,
+            on_done=pushed.on_done,
+            on_step=pushed.on_step,
+        )
+    assert pushed.done is None and not pushed.texts
