@@ -7,7 +7,8 @@ Rows join (a batched prefill of the newcomers, padded and concatenated onto the 
 (index_select, then the pad columns all rows share are trimmed) between steps. Encoder-decoder
 models, and models whose batched logits differ from their lone ones (checked at start), run each
 request on its own cache, still interleaved ("solo" rows). The scheduler only makes token ids; each
-request's consumer (the engine's stream) turns them into text. Capacity is explicit: `max_batch`
+request's consumer turns them into text: the engine's stream on its caller's thread, or (the model
+worker) callbacks on this thread, handed on once per step for all rows. Capacity is explicit: `max_batch`
 rows of at most the context length (the KV cache's bound) and `max_queue` waiting; then OverloadedError.
 """
 
@@ -180,6 +181,7 @@ class Scheduler:
         self._sweep()
         while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
             self._admit(jobs)
+            self._flush()  # their first tokens go out now, not after the next prefill or step
         self._sweep()
         self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
         if self._rows:
