@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import AsyncIterator
 
 from shared.errors import WorkerFailedError
@@ -31,6 +32,7 @@ from shared.wire import (
     read_frame,
 )
 
+log = logging.getLogger(__name__)
 _CLOSED = object()
 
 
@@ -63,8 +65,10 @@ class WorkerConnection:
                 queue = self._queues.get(frame.id)
                 if queue is not None:
                     queue.put_nowait(frame)
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
+        except Exception:
+            log.exception("unreadable frame from the model worker at %s; dropping the connection", self.address)
         finally:
             self._writer = None
             for queue in self._queues.values():

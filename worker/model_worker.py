@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import DukatError, InternalError, OverloadedError
+from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError
 from shared.generation import GenerateResult
 from shared.wire import (
     Cancel,
@@ -75,11 +75,13 @@ def pin_device(device: str, threads: int) -> str:
 class WorkerServer:
     """Serves one engine to any number of connections; requests are multiplexed by id."""
 
-    def __init__(self, engine: Engine, info: WorkerInfo, *, max_pending: int) -> None:
+    def __init__(self, engine: Engine, info: WorkerInfo, *, max_pending: int, drain_s: float = 0.0) -> None:
         self.engine = engine
         self.info = info
         self.max_pending = max_pending
         self.pending = 0
+        self.drain_s = drain_s
+        self.draining = False
         # The engine batches internally; threads only carry blocking calls off the loop.
         self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
         self.outbox: _Outbox | None = None
@@ -101,8 +103,10 @@ class WorkerServer:
                         task = asyncio.create_task(self._serve(frame, cancels, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
+        except Exception:
+            log.exception("unreadable frame from the gateway; dropping its connection")
         finally:
             # The gateway went away: nobody will read these results.
             for event in cancels.values():
@@ -114,6 +118,8 @@ class WorkerServer:
     ) -> None:
         rid = frame.id
         try:
+            if self.draining:
+                raise ModelNotLoadedError(f"model {self.info.model_id!r} is being unloaded", param="model")
             if self.pending >= self.max_pending:
                 raise OverloadedError(
                     f"model {self.info.model_id!r} has {self.pending} requests in flight; retry later"
@@ -246,6 +252,12 @@ async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with listener:
         await stop.wait()
+        # Unload: refuse new requests, let the ones in flight finish (the host SIGKILLs after its
+        # stop timeout anyway), so an unload under load fails no request that had started.
+        server.draining = True
+        deadline = loop.time() + server.drain_s
+        while server.pending and loop.time() < deadline:
+            await asyncio.sleep(0.01)
     log.info("worker for %s stopping", server.info.model_id)
 
 
@@ -259,6 +271,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--drain-s", type=float, default=5.0, help="on SIGTERM, wait this long for requests in flight"
+    )
     p.add_argument("--max-pending", type=int, default=80)
     # Requests generated together (DUKAT_MAX_BATCH); the engine queues --max-queue more
     # (DUKAT_MAX_QUEUE; default: what --max-pending leaves) and refuses the rest.
@@ -301,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         load_seconds=e.load_seconds,
         pid=os.getpid(),
     )
-    server = WorkerServer(engine, info, max_pending=args.max_pending)
+    server = WorkerServer(engine, info, max_pending=args.max_pending, drain_s=args.drain_s)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server, args.bind, args.port))
     engine.close()

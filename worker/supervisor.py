@@ -49,8 +49,15 @@ class _Worker:
 
 class Supervisor:
     def __init__(
-        self, *, bind: str, advertise: str, threads: int, max_batch: int, max_queue: int,
-        stop_timeout_s: float, load_timeout_s: float,
+        self,
+        *,
+        bind: str,
+        advertise: str,
+        threads: int,
+        max_batch: int,
+        max_queue: int,
+        stop_timeout_s: float,
+        load_timeout_s: float,
     ) -> None:
         self.bind = bind
         self.advertise = advertise
@@ -80,8 +87,12 @@ class Supervisor:
 
     def _start(self, spec: WorkerSpec) -> _Worker:
         state = WorkerState(
-            model_id=spec.model_id, status="loading", device=spec.device, quantization=spec.quantization,
-            model_type=spec.model_type, started_at=time.time(),
+            model_id=spec.model_id,
+            status="loading",
+            device=spec.device,
+            quantization=spec.quantization,
+            model_type=spec.model_type,
+            started_at=time.time(),
         )
         worker = _Worker(spec=spec, state=state)
         self._workers[spec.model_id] = worker
@@ -91,15 +102,40 @@ class Supervisor:
     async def _run(self, worker: _Worker) -> None:
         spec = worker.spec
         cmd = [
-            sys.executable, "-m", "worker.model_worker", "--model-id", spec.model_id, "--path", spec.path,
-            "--model-type", spec.model_type, "--quantization", spec.quantization, "--device", spec.device,
-            "--bind", self.bind, "--threads", str(self.threads), "--max-batch", str(self.max_batch),
-            "--max-queue", str(self.max_queue), "--max-pending", str(self.max_batch + self.max_queue),
+            sys.executable,
+            "-m",
+            "worker.model_worker",
+            "--model-id",
+            spec.model_id,
+            "--path",
+            spec.path,
+            "--model-type",
+            spec.model_type,
+            "--quantization",
+            spec.quantization,
+            "--device",
+            spec.device,
+            "--bind",
+            self.bind,
+            "--threads",
+            str(self.threads),
+            "--max-batch",
+            str(self.max_batch),
+            "--max-queue",
+            str(self.max_queue),
+            "--max-pending",
+            str(self.max_batch + self.max_queue),
+            # Requests in flight may finish before the SIGKILL that follows SIGTERM after stop_timeout_s.
+            "--drain-s",
+            str(max(0.0, self.stop_timeout_s - 1.0)),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             worker.process = await asyncio.create_subprocess_exec(
-                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+                *cmd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
                 start_new_session=True,
             )
         except OSError as exc:

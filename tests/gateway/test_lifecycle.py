@@ -207,6 +207,32 @@ def test_concurrent_loads_of_one_model_start_one_worker(http: httpx.Client, duka
         unload(http, UNLOAD_ME)
 
 
+def test_unload_lets_a_stream_in_flight_finish(http: httpx.Client, dukat: Dukat) -> None:
+    """SIGTERM drains: a stream that started before the unload ends normally, then the worker exits."""
+    ensure_unloaded(http, UNLOAD_ME)
+    assert load(http, UNLOAD_ME).status_code == 200
+    pid = host_worker(http, UNLOAD_ME)["pid"]  # type: ignore[index]
+    body = {
+        "model": UNLOAD_ME, "messages": [{"role": "user", "content": "go"}], "stream": True,
+        "max_tokens": 400, "temperature": 1.0, "seed": 1,
+    }
+    unloaded: list[httpx.Response] = []
+    events: list[str] = []
+    with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and not unloaded:
+                unloading = threading.Thread(target=lambda: unloaded.append(unload(http, UNLOAD_ME)))
+                unloading.start()
+            events.append(line)
+    unloading.join(30)
+    data = [e.removeprefix("data: ") for e in events if e.startswith("data: ")]
+    assert data[-1] == "[DONE]" and not any('"error"' in d for d in data)
+    last = json.loads(data[-2])
+    assert last["choices"][0]["finish_reason"] in ("length", "stop")
+    assert unloaded and unloaded[0].status_code == 200
+    wait_for(lambda: process_gone(pid), 10, f"worker {pid} exits after the drain")
+
+
 def test_unload_while_loading_answers_the_waiting_load(http: httpx.Client, dukat: Dukat) -> None:
     ensure_unloaded(http, UNLOAD_ME)
     results: list[httpx.Response] = []
