@@ -159,6 +159,20 @@ class Engine:
         item. Closing the stream (or dropping it) cancels the request.
         """
         started = time.perf_counter()
+        loaded, plan, job = self._job(req, defaults, cancel)
+        assert self._scheduler is not None
+        self._scheduler.submit(job)
+        end = partial(self._scheduler.finish, job)
+        return _Stream(self._run(loaded, plan, job, end, started), end)
+
+    def _job(
+        self,
+        req: GenerateRequest,
+        defaults: SamplingParams | None,
+        cancel: threading.Event | None,
+        on_step: Callable[[], None] | None = None,
+    ) -> tuple[Loaded, _Plan, Job]:
+        """The request checked and planned as a scheduler job; request errors raise here."""
         loaded = self._require_loaded()
         if self._scheduler is None:
             raise UnsupportedTaskError(
@@ -173,10 +187,9 @@ class Engine:
             max_new_tokens=plan.max_new_tokens,
             stop_ids=plan.stop_ids,
             cancel=cancel,
+            on_step=on_step,
         )
-        self._scheduler.submit(job)
-        end = partial(self._scheduler.finish, job)
-        return _Stream(self._run(loaded, plan, job, end, started), end)
+        return loaded, plan, job
 
     def start(
         self,
@@ -197,23 +210,9 @@ class Engine:
         Request errors raise here, before anything is called; `cancel` cancels the request.
         """
         started = time.perf_counter()
-        loaded = self._require_loaded()
+        loaded, plan, job = self._job(req, defaults, cancel, on_step=on_step)
         scheduler = self._scheduler
-        if scheduler is None:
-            raise UnsupportedTaskError(
-                f"{self._model_type.name} is an embedding model; it cannot generate text "
-                "(use /v1/embeddings)",
-                param="model",
-            )
-        plan = self._plan(loaded, req, defaults)
-        job = Job(
-            prompt_ids=plan.prompt_ids,
-            sampler=TokenSampler(plan.params, device=loaded.device),
-            max_new_tokens=plan.max_new_tokens,
-            stop_ids=plan.stop_ids,
-            cancel=cancel,
-            on_step=on_step,
-        )
+        assert scheduler is not None
         reply = _Reply(self._model_type, loaded.tokenizer, plan, job, started)
 
         def on_item(item: int | BaseException | None) -> None:
