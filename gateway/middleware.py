@@ -6,6 +6,7 @@ headers and wraps `send` to add `X-Request-Id`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -27,13 +28,19 @@ class GatewayMiddleware:
     def __init__(self, app: Any, api_keys: tuple[str, ...]) -> None:
         self.app = app
         self.api_keys = {f"Bearer {k}".encode() for k in api_keys}
+        # Unique across replicas and restarts without a random draw per request.
+        self._prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or f"req-{secrets.token_hex(8)}"
+        rid = (
+            headers.get(b"x-request-id", b"").decode("latin-1")[:128]
+            or f"req-{self._prefix}{next(self._ids):x}"
+        )
         scope["dukat_request_id"] = rid
         started = time.perf_counter()
         status = 0
@@ -55,14 +62,15 @@ class GatewayMiddleware:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "%s %s %s %.1fms rid=%s",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-                rid,
-            )
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "%s %s %s %.1fms rid=%s",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                    rid,
+                )
 
 
 async def _reject(send: Any, err: AuthenticationError) -> None:

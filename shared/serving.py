@@ -24,6 +24,8 @@ def serve(app: Any, sock: socket.socket, *, ready_prefix: str, log_level: str = 
     config = uvicorn.Config(
         app, loop="uvloop", http="httptools", lifespan="on",
         log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
+        # Nothing here reads client addresses or advertises the server: skip that work per request.
+        proxy_headers=False, server_header=False,
     )
     server = uvicorn.Server(config)
     print(f"{ready_prefix} {sock.getsockname()[1]}", flush=True)

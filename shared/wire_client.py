@@ -68,7 +68,7 @@ class WorkerConnection:
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         except Exception:
-            log.exception("unreadable frame from the model worker at %s; dropping the connection", self.address)
+            log.exception("unreadable frame from the worker at %s; dropping the connection", self.address)
         finally:
             self._writer = None
             for queue in self._queues.values():
