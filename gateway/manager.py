@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -188,6 +188,15 @@ class ModelManager:
         res.states, res.states_at = states, time.monotonic()
         return states
 
+    @contextlib.contextmanager
+    def _seeing_failures(self) -> Iterator[None]:
+        """A worker that failed mid-request is news: the next request asks the hosts again."""
+        try:
+            yield
+        except WorkerFailedError:
+            self._invalidate()
+            raise
+
     def _invalidate(self) -> None:
         with contextlib.suppress(RuntimeError):
             self._res().states_at = 0.0
@@ -353,11 +362,8 @@ class ModelManager:
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, GenerateResult]:
         mid, worker = await self.ready_worker(model_id)
-        try:
+        with self._seeing_failures():
             return mid, await self._worker(worker.address or "").generate(request, self.defaults_for(mid))
-        except WorkerFailedError:
-            self._invalidate()
-            raise
 
     async def astream_request(
         self, model_id: str | None, request: GenerateRequest
@@ -367,7 +373,8 @@ class ModelManager:
 
     async def aembed(self, model_id: str | None, inputs: list[str | list[int]]) -> tuple[str, EmbedResult]:
         mid, worker = await self.ready_worker(model_id)
-        return mid, await self._worker(worker.address or "").embed(EmbedRequest(inputs=inputs))
+        with self._seeing_failures():
+            return mid, await self._worker(worker.address or "").embed(EmbedRequest(inputs=inputs))
 
     async def agenerate(
         self,
