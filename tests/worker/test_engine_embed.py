@@ -11,23 +11,8 @@ import pytest
 from shared.errors import ContextLengthExceededError, InvalidRequestError
 from shared.generation import EmbedRequest
 from shared.model_types import get_model_type
+from tests.worker.conftest import EngineFor
 from worker.engine import Engine
-
-EngineFor = Callable[[str], Engine]
-
-
-@pytest.fixture(scope="module")
-def engine_for(tiny_model_dir: Callable[[str], Path]) -> EngineFor:
-    engines: dict[str, Engine] = {}
-
-    def get(family: str) -> Engine:
-        if family not in engines:
-            engines[family] = Engine.load(
-                tiny_model_dir(family), model_type=get_model_type(family), quantization="none", device="cpu"
-            )
-        return engines[family]
-
-    return get
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

@@ -4,36 +4,17 @@ lengths, context limits, cancel and task errors."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
 
 from shared.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedTaskError
 from shared.generation import EmbedRequest, GenerateRequest, GenerateResult, Message, SamplingParams
-from shared.model_types import get_model_type
-from worker.engine import Engine
+from tests.worker.conftest import EngineFor
 
 CHAT_FAMILIES = ["llama", "tinyllama", "mistral", "gemma", "gpt2", "gpt_neox", "gptj", "gpt_neo", "falcon",
                  "bloom", "opt"]  # fmt: skip
 PROMPT = "The quick brown fox"
-EngineFor = Callable[[str], Engine]
-
-
-@pytest.fixture(scope="module")
-def engine_for(tiny_model_dir: Callable[[str], Path]) -> EngineFor:
-    """`engine_for("llama")` -> an unquantized CPU engine, loaded once per module."""
-    engines: dict[str, Engine] = {}
-
-    def get(family: str) -> Engine:
-        if family not in engines:
-            engines[family] = Engine.load(
-                tiny_model_dir(family), model_type=get_model_type(family), quantization="none", device="cpu"
-            )
-        return engines[family]
-
-    return get
 
 
 def _chat(text: str = "What is the capital of France?", **params: object) -> GenerateRequest:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,26 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.generation import GenerateRequest, GenerateResult, Message, SamplingParams
-from shared.model_types import get_model_type
+from tests.worker.conftest import EngineFor
 from worker.detokenize import IncrementalDetokenizer
 from worker.engine import Engine
 
-EngineFor = Callable[[str], Engine]
 MULTIBYTE = "Tokyo is 東京, café au lait, naïve Zoë in Köln: 😀👋 costs 5 € or £4 — Ελληνικά, русский."
-
-
-@pytest.fixture(scope="module")
-def engine_for(tiny_model_dir: Callable[[str], Path]) -> EngineFor:
-    engines: dict[str, Engine] = {}
-
-    def get(family: str) -> Engine:
-        if family not in engines:
-            engines[family] = Engine.load(
-                tiny_model_dir(family), model_type=get_model_type(family), quantization="none", device="cpu"
-            )
-        return engines[family]
-
-    return get
 
 
 def _split(items: list[str | GenerateResult]) -> tuple[list[str], GenerateResult]:
