@@ -272,7 +272,8 @@ class ModelManager:
         self, model_id: str, quantization: str | None = None, device: str | None = None
     ) -> WorkerState:
         entry = self.config.read().models.get(model_id)
-        quant = quantization or (entry.quantization if entry else None) or self.settings.default_quantization
+        # None: the host picks the default for the model's type (it knows the type; we may not).
+        quant = quantization or (entry.quantization if entry else None)
         found = await self._find(model_id, fresh=True)
         if found and found[1].status in ("loading", "loaded"):
             _check_same_load(found[1], quantization, device)

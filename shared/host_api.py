@@ -17,7 +17,9 @@ DownloadStatus = Literal["queued", "running", "done", "failed"]
 
 class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     model_id: str
-    quantization: Quantization = "4bit"
+    # None: the host's default for the model's type (DUKAT_DEFAULT_QUANTIZATION, or "none" for a type
+    # bitsandbytes cannot quantize).
+    quantization: Quantization | None = None
     # "auto" lets the host pick its device with the most free memory.
     device: str = "auto"
     # The config file's override of the inferred type.

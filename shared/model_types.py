@@ -36,6 +36,8 @@ class ModelType(Struct, frozen=True, kw_only=True):
     trailing_markers: tuple[str, ...] = ()
     # transformers `config.json` model_type values of this family.
     hf_model_types: tuple[str, ...] = ()
+    # Whether bitsandbytes can quantize it (transformers 5 skips Falcon's own FalconLinear layers).
+    quantizable: bool = True
 
 
 MODEL_TYPES: dict[str, ModelType] = {
@@ -81,6 +83,7 @@ MODEL_TYPES: dict[str, ModelType] = {
             prompt_format=PromptFormat.PLAIN,
             trailing_markers=("<|endoftext|>",),
             hf_model_types=("falcon",),
+            quantizable=False,
         ),
         ModelType(
             name="bloom",
@@ -134,6 +137,13 @@ _ID_RULES: tuple[tuple[str, str], ...] = (
 )
 
 _HF_TO_TYPE = {hf: t.name for t in MODEL_TYPES.values() for hf in t.hf_model_types}
+
+
+def default_quantization(model_type: ModelType, configured: str) -> str:
+    """The quantization a load gets when neither the request nor the config file names one: the
+    configured default, or "none" for a type bitsandbytes cannot quantize (asked explicitly, that
+    type's 4bit/8bit stays a clear error at load)."""
+    return configured if model_type.quantizable else "none"
 
 
 def get_model_type(name: str) -> ModelType:

@@ -31,7 +31,7 @@ from shared.host_api import (
     UnloadCommand,
     WorkerState,
 )
-from shared.model_types import infer_model_type
+from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
 from worker.catalog import list_local_models
@@ -90,7 +90,9 @@ class Host:
         model_type = infer_model_type(
             cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type
         )
-        spec = WorkerSpec(cmd.model_id, str(path), model_type.name, cmd.quantization, device)
+        default = default_quantization(model_type, self.settings.default_quantization)
+        quantization = cmd.quantization or default
+        spec = WorkerSpec(cmd.model_id, str(path), model_type.name, quantization, device)
         return await self.supervisor.load(spec)
 
     def local_models(self) -> list[LocalModelInfo]:

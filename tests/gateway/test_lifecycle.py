@@ -379,3 +379,20 @@ def test_hosts_report_devices_and_workers(http: httpx.Client) -> None:
         assert device["name"] == "cpu" or device["name"].startswith("cuda:")
         assert 0 < device["free_memory"] <= device["total_memory"]
     json.dumps(host)  # plain JSON all the way down
+
+
+def test_a_type_bitsandbytes_cannot_quantize_loads_unquantized_by_default_and_refuses_4bit(
+    http: httpx.Client, dukat: Dukat, forget: Callable[[str], None], tiny_model_dir: Callable[[str], Path]
+) -> None:
+    """Falcon's layers are not bitsandbytes-replaceable: the default 4bit would fail every load."""
+    model_id = "tiny/falcon-default"
+    dest = dukat.models_dir / model_id
+    if not dest.exists():
+        shutil.copytree(tiny_model_dir("falcon"), dest)
+    ConfigStore(dukat.config_path).set_entry(model_id, ModelEntry(description="no quantization set"))
+    forget(model_id)
+    refused = load(http, model_id, quantization="4bit")
+    assert_openai_error(refused, 400, "quantization_unsupported")
+    loaded = load(http, model_id)
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["quantization"] == "none"

@@ -145,3 +145,10 @@ def test_google_bert_id_is_bert() -> None:
 def test_unknown_architecture_is_an_error_not_the_ids_guess() -> None:
     with pytest.raises(UnsupportedModelTypeError, match="electra"):
         infer_model_type("google/electra-small", hf_model_type="electra")
+
+
+def test_default_quantization_is_none_only_for_types_bitsandbytes_cannot_take() -> None:
+    from shared.model_types import MODEL_TYPES, default_quantization
+
+    assert default_quantization(MODEL_TYPES["falcon"], "4bit") == "none"
+    assert {default_quantization(t, "8bit") for n, t in MODEL_TYPES.items() if n != "falcon"} == {"8bit"}
