@@ -92,7 +92,14 @@ class Host:
         )
         default = default_quantization(model_type, self.settings.default_quantization)
         quantization = cmd.quantization or default
-        spec = WorkerSpec(cmd.model_id, str(path), model_type.name, quantization, device)
+        spec = WorkerSpec(
+            cmd.model_id,
+            str(path),
+            model_type.name,
+            quantization,
+            device,
+            quantization_is_default=cmd.quantization is None,
+        )
         return await self.supervisor.load(spec)
 
     def local_models(self) -> list[LocalModelInfo]:

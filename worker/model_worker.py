@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError
+from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError, QuantizationError
 from shared.generation import GenerateResult
 from shared.wire import (
     Cancel,
@@ -277,6 +277,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-pending", type=int, default=80)
     # Requests generated together (DUKAT_MAX_BATCH); the engine queues --max-queue more
     # (DUKAT_MAX_QUEUE; default: what --max-pending leaves) and refuses the rest.
+    p.add_argument(
+        "--quantization-is-default",
+        action="store_true",
+        help="nobody asked for --quantization: fall back to none if the model can't take it",
+    )
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-queue", type=int, default=None)
     return p.parse_args(argv)
@@ -291,14 +296,22 @@ def main(argv: list[str] | None = None) -> int:
         from shared.model_types import get_model_type
         from worker.engine import Engine
 
-        engine = Engine.load(
+        load = partial(
+            Engine.load,
             args.path,
             model_type=get_model_type(args.model_type),
-            quantization=args.quantization,
             device=local_device,
             max_batch=args.max_batch,
             max_queue=max(1, args.max_pending - args.max_batch) if args.max_queue is None else args.max_queue,
         )
+        try:
+            engine = load(quantization=args.quantization)
+        except QuantizationError as exc:
+            if not args.quantization_is_default or args.quantization == "none":
+                raise
+            # Nobody asked for it: a model the default can't quantize still loads, unquantized.
+            log.warning("%s; loading %s unquantized instead", exc.message, args.model_id)
+            engine = load(quantization="none")
     except BaseException as exc:
         log.exception("loading %s failed", args.model_id)
         _fail(exc, args.model_id)

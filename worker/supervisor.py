@@ -34,6 +34,8 @@ class WorkerSpec:
     model_type: str
     quantization: str
     device: str
+    # The quantization is the default, not asked for: the worker may fall back to none.
+    quantization_is_default: bool = False
 
 
 @dataclass
@@ -128,6 +130,7 @@ class Supervisor:
             # Requests in flight may finish before the SIGKILL that follows SIGTERM after stop_timeout_s.
             "--drain-s",
             str(max(0.0, self.stop_timeout_s - 1.0)),
+            *(["--quantization-is-default"] if spec.quantization_is_default else []),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:

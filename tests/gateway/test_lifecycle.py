@@ -23,6 +23,7 @@ import pytest
 
 from shared.model_config import ConfigStore, ModelEntry
 from tests.gateway.conftest import Dukat
+from tests.support.odd_models import save_llama_with_hidden_48
 
 UNLOAD_ME = "tiny/unload-me"
 KILL_ME = "tiny/kill-me"
@@ -396,3 +397,19 @@ def test_a_type_bitsandbytes_cannot_quantize_loads_unquantized_by_default_and_re
     loaded = load(http, model_id)
     assert loaded.status_code == 200, loaded.text
     assert loaded.json()["quantization"] == "none"
+
+
+def test_default_4bit_falls_back_to_none_for_shapes_it_cannot_take_but_an_explicit_4bit_is_a_400(
+    http: httpx.Client, dukat: Dukat, forget: Callable[[str], None]
+) -> None:
+    model_id = "tiny/llama-hidden-48"
+    dest = dukat.models_dir / model_id
+    if not dest.exists():
+        save_llama_with_hidden_48(dest)
+    ConfigStore(dukat.config_path).set_entry(model_id, ModelEntry(description="no quantization set"))
+    forget(model_id)
+    assert_openai_error(load(http, model_id, quantization="4bit"), 400, "quantization_unsupported")
+    ensure_unloaded(http, model_id)
+    answered = chat(http, model_id)  # auto-load with the default (4bit): it falls back, and answers
+    assert answered.status_code == 200, answered.text
+    assert ps(http)[model_id]["quantization"] == "none"

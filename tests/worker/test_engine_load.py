@@ -11,6 +11,7 @@ import torch
 from shared.errors import DeviceUnavailableError, ModelLoadFailedError, QuantizationError
 from shared.generation import GenerateRequest, Message, SamplingParams
 from shared.model_types import Task, get_model_type
+from tests.support.odd_models import save_llama_with_hidden_48
 from worker.engine import Engine
 from worker.loading import load_model, resolve_device
 
@@ -80,31 +81,8 @@ def test_embedding_model_takes_8bit(tiny_model_dir: Callable[[str], Path]) -> No
     assert loaded.quantization == "8bit"
 
 
-def _save_llama_with_hidden_48(dest: Path) -> Path:
-    """A Llama whose Linear layers have in_features 48: fine for fp32 and 8-bit, not for CPU 4-bit."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from worker.tiny_models import build_tokenizer
-
-    tokenizer = build_tokenizer("llama")
-    config = LlamaConfig(
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=1,
-        num_attention_heads=3,
-        num_key_value_heads=1,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return dest
-
-
 def test_4bit_on_cpu_with_layers_not_a_multiple_of_64_fails_at_load(tmp_path: Path) -> None:
-    path = _save_llama_with_hidden_48(tmp_path / "llama48")
+    path = save_llama_with_hidden_48(tmp_path / "llama48")
     with pytest.raises(QuantizationError, match="multiple of 64") as caught:
         load_model(path, model_type=get_model_type("llama"), quantization="4bit", device="cpu")
     assert caught.value.param == "quantization"
