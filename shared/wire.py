@@ -19,8 +19,9 @@ _HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
 
 
-class WorkerInfo(Struct, kw_only=True, forbid_unknown_fields=True):
-    model_id: str
+class EngineInfo(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What a loaded model is, as the engine reports it."""
+
     model_type: str
     task: str
     device: str
@@ -29,6 +30,12 @@ class WorkerInfo(Struct, kw_only=True, forbid_unknown_fields=True):
     memory_bytes: int
     context_length: int
     load_seconds: float
+
+
+class WorkerInfo(EngineInfo, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The engine's facts plus the worker process's: its model id and pid (a Pong's payload)."""
+
+    model_id: str
     pid: int
 
 

@@ -24,8 +24,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from msgspec import Struct
-
 from shared.cleaning import StopScanner, scanner_for, stop_strings
 from shared.errors import (
     ContextLengthExceededError,
@@ -43,6 +41,7 @@ from shared.generation import (
 )
 from shared.model_types import ModelType, Task
 from shared.prompts import render_fallback, seed_prompt, template_messages
+from shared.wire import EngineInfo
 from worker.batching import Job, Scheduler
 from worker.detokenize import IncrementalDetokenizer
 from worker.embedding import Embedder
@@ -54,17 +53,6 @@ logger = logging.getLogger(__name__)
 # The settings' defaults (DUKAT_MAX_BATCH, DUKAT_MAX_QUEUE).
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
-
-
-class EngineInfo(Struct, kw_only=True, frozen=True):
-    model_type: str
-    task: str
-    device: str
-    quantization: str
-    dtype: str
-    memory_bytes: int
-    context_length: int
-    load_seconds: float
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError, QuantizationError
 from shared.generation import GenerateResult
 from shared.wire import (
@@ -317,18 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         _fail(exc, args.model_id)
         return 1
     e = engine.info
-    info = WorkerInfo(
-        model_id=args.model_id,
-        model_type=e.model_type,
-        task=str(e.task),
-        device=args.device,
-        quantization=e.quantization,
-        dtype=str(e.dtype),
-        memory_bytes=e.memory_bytes,
-        context_length=e.context_length,
-        load_seconds=e.load_seconds,
-        pid=os.getpid(),
-    )
+    # The host's device name (cuda:N), not the one this process sees (always cuda:0).
+    engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
+    info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
     server = WorkerServer(engine, info, max_pending=args.max_pending, drain_s=args.drain_s)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server, args.bind, args.port))
