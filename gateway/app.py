@@ -12,10 +12,12 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from gateway.disconnect import CancelOnDisconnect
 from gateway.errors import exception_handlers
 from gateway.manager import ModelManager
 from gateway.middleware import GatewayMiddleware
 from gateway.routes import chat, completions, embeddings, management, models
+from gateway.sse import StreamControl
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
 
     app = Litestar(
         route_handlers=ROUTES,
-        state=State({"manager": manager}),
+        state=State({"manager": manager, "streams": StreamControl(settings.sse_keepalive_s)}),
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
@@ -71,5 +73,6 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
         ),
     )
     # Outside litestar's router, so unknown routes get a request id and auth too.
-    app.asgi_handler = GatewayMiddleware(app.asgi_handler, settings.api_keys)  # type: ignore[assignment]
+    handler = CancelOnDisconnect(app.asgi_handler)
+    app.asgi_handler = GatewayMiddleware(handler, settings.api_keys)  # type: ignore[assignment]
     return app

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from shared.errors import (
     NoCapacityError,
     NotFoundError,
     WorkerFailedError,
+    WorkerUnreachableError,
 )
 from shared.generation import (
     EmbedRequest,
@@ -156,7 +157,10 @@ class ModelManager:
         res = self._res()
         conn = res.workers.get(address)
         if conn is None:
-            conn = res.workers[address] = WorkerConnection(address)
+            s = self.settings
+            conn = res.workers[address] = WorkerConnection(
+                address, request_timeout_s=s.request_timeout_s, first_token_timeout_s=s.first_token_timeout_s
+            )
         return conn
 
     async def host_states(self, *, fresh: bool = False) -> list[HostState]:
@@ -236,8 +240,8 @@ class ModelManager:
 
     def _register(self, model_id: str, quantization: str | None = None) -> None:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
-        if model_id in self.config.view().models:
-            return
+        if model_id in self.config.view().models or self.config.problem:
+            return  # a broken file refuses writes; the model works without its entry
         # No quantization recorded for a plain download: the setting's default decides at load time.
         entry = ModelEntry(description="", quantization=quantization)  # type: ignore[arg-type]
         self.config.set_entry(model_id, entry)
@@ -348,7 +352,7 @@ class ModelManager:
         found = await self._find(mid)
         if found and found[1].status == "loaded":
             return mid, found[1]
-        if found and found[1].status == "failed":
+        if found and found[1].status == "failed" and not self.settings.auto_load:
             w = found[1]
             raise ModelLoadFailedError(
                 f"model {mid!r} failed: {w.error}; load it again with POST /api/models/load", param="model"
@@ -359,23 +363,63 @@ class ModelManager:
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
         return mid, await self.aload_model(mid)
 
+    async def _replacement(self, model_id: str, gone: WorkerState) -> WorkerState:
+        """The worker serving `model_id` now that `gone` cannot be reached: the one its host restarts
+        (waiting for its load), or a fresh load. The host notices a death at once; a worker it
+        still reports after a while is alive, and unreachable for another reason."""
+        for _ in range(20):
+            found = await self._find(model_id, fresh=True)
+            if found is None or found[1].status != "loaded" or found[1].address != gone.address:
+                return (await self.ready_worker(model_id))[1]
+            await asyncio.sleep(0.1)
+        raise WorkerUnreachableError(f"the model worker of {model_id!r} at {gone.address} cannot be reached")
+
+    async def _on_worker(
+        self, model_id: str | None, call: Callable[[WorkerConnection], Awaitable[T]]
+    ) -> tuple[str, T]:
+        """`call` on the model's worker; once more on its replacement when it cannot be reached (it
+        died between requests: the request never got there)."""
+        mid, worker = await self.ready_worker(model_id)
+        with self._seeing_failures():
+            try:
+                return mid, await call(self._worker(worker.address or ""))
+            except WorkerUnreachableError:
+                worker = await self._replacement(mid, worker)
+            return mid, await call(self._worker(worker.address or ""))
+
     async def agenerate_request(
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, GenerateResult]:
-        mid, worker = await self.ready_worker(model_id)
-        with self._seeing_failures():
-            return mid, await self._worker(worker.address or "").generate(request, self.defaults_for(mid))
+        defaults = self.defaults_for(self.resolve_id(model_id))
+        return await self._on_worker(model_id, lambda conn: conn.generate(request, defaults))
 
     async def astream_request(
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, AsyncIterator[str | GenerateResult]]:
         mid, worker = await self.ready_worker(model_id)
-        return mid, self._worker(worker.address or "").stream(request, self.defaults_for(mid))
+        return mid, self._stream(mid, worker, request)
+
+    async def _stream(
+        self, mid: str, worker: WorkerState, request: GenerateRequest
+    ) -> AsyncIterator[str | GenerateResult]:
+        defaults = self.defaults_for(mid)
+        stream = self._worker(worker.address or "").stream(request, defaults)
+        try:
+            with self._seeing_failures():
+                try:
+                    first = await anext(stream)
+                except WorkerUnreachableError:  # nothing was sent: the replacement may have it
+                    worker = await self._replacement(mid, worker)
+                    stream = self._worker(worker.address or "").stream(request, defaults)
+                    first = await anext(stream)
+                yield first
+                async for item in stream:
+                    yield item
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
     async def aembed(self, model_id: str | None, inputs: list[str | list[int]]) -> tuple[str, EmbedResult]:
-        mid, worker = await self.ready_worker(model_id)
-        with self._seeing_failures():
-            return mid, await self._worker(worker.address or "").embed(EmbedRequest(inputs=inputs))
+        return await self._on_worker(model_id, lambda conn: conn.embed(EmbedRequest(inputs=inputs)))
 
     async def agenerate(
         self,

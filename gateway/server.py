@@ -34,5 +34,9 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     port = sock.getsockname()[1]
     if demo:
         print(usage_text(f"http://{settings.host}:{port}"), flush=True)
-    serve(create_app(settings), sock, ready_prefix=READY, log_level=settings.log_level)
+    app = create_app(settings)
+    serve(
+        app, sock, ready_prefix=READY, log_level=settings.log_level,
+        grace_s=settings.shutdown_timeout_s, on_grace_over=app.state.streams.close_all,
+    )
     return 0

@@ -164,6 +164,12 @@ class WorkerFailedError(DukatError):
     code = "worker_failed"
 
 
+class WorkerUnreachableError(WorkerFailedError):
+    """No connection to the model worker: the request never reached it (safe to send elsewhere)."""
+
+    code = "worker_unreachable"
+
+
 class ModelNotLoadedError(DukatError):
     status = 503
     type = "server_error"

@@ -61,6 +61,13 @@ class Ping(Struct, tag="ping", kw_only=True, forbid_unknown_fields=True):
 
 
 # Worker → gateway.
+class Accepted(Struct, tag="accepted", kw_only=True, forbid_unknown_fields=True):
+    """The worker has the request: if the connection drops before this, it never got it (and
+    another worker may take it); after, it was in flight."""
+
+    id: int
+
+
 class Delta(Struct, tag="delta", kw_only=True, forbid_unknown_fields=True):
     id: int
     text: str
@@ -76,9 +83,18 @@ class Embedding(Struct, tag="embedding", kw_only=True, forbid_unknown_fields=Tru
     result: EmbedResult
 
 
+class WorkerLoad(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The worker's own counters, as of a Pong."""
+
+    in_flight: int = 0  # requests accepted and not finished (queued or generating)
+    finished: int = 0  # since start, cancelled ones included
+    cancelled: int = 0  # since start: the caller went away (disconnect, deadline)
+
+
 class Pong(Struct, tag="pong", kw_only=True, forbid_unknown_fields=True):
     id: int
     info: WorkerInfo
+    load: WorkerLoad = WorkerLoad()
 
 
 class Error(Struct, tag="error", kw_only=True, forbid_unknown_fields=True):
@@ -96,7 +112,7 @@ class Error(Struct, tag="error", kw_only=True, forbid_unknown_fields=True):
 
 
 ToWorker = Generate | Embed | Cancel | Ping
-FromWorker = Delta | Result | Embedding | Pong | Error
+FromWorker = Accepted | Delta | Result | Embedding | Pong | Error
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

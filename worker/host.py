@@ -38,7 +38,7 @@ from worker.catalog import list_local_models
 from worker.devices import offered_devices, pick_device
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
-from worker.supervisor import Supervisor, WorkerSpec
+from worker.supervisor import Healing, Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"
@@ -61,6 +61,13 @@ class Host:
             max_queue=settings.max_queue,
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
+            healing=Healing(
+                restarts=settings.worker_restarts,
+                window_s=settings.worker_restart_window_s,
+                backoff_s=settings.worker_restart_backoff_s,
+                ping_interval_s=settings.worker_ping_interval_s,
+                ping_timeout_s=settings.worker_ping_timeout_s,
+            ),
         )
 
     def state(self) -> HostState:

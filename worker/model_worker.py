@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError, QuantizationError
-from shared.generation import GenerateResult
+from shared.generation import EmbedRequest, EmbedResult, GenerateResult
 from shared.wire import (
+    Accepted,
     Cancel,
     Delta,
     Embed,
@@ -36,6 +37,7 @@ from shared.wire import (
     Pong,
     Result,
     WorkerInfo,
+    WorkerLoad,
     encode_frame,
     read_frame,
     to_worker_decoder,
@@ -82,10 +84,14 @@ class WorkerServer:
         self.info = info
         self.max_pending = max_pending
         self.pending = 0
+        self.finished = 0
+        self.cancelled = 0  # finished because the caller went away
         self.drain_s = drain_s
         self.draining = False
         # The engine batches internally; threads only carry blocking calls off the loop.
         self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
+        # The engine embeds one batch at a time anyway; queued here, a cancelled one is skipped.
+        self.embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self.outbox: _Outbox | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -99,8 +105,9 @@ class WorkerServer:
                         if rid in cancels:
                             cancels[rid].set()
                     case Ping(id=rid):
-                        writer.write(encode_frame(Pong(id=rid, info=self.info)))
+                        writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
                     case Generate() | Embed():
+                        writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
                         task = asyncio.create_task(self._serve(frame, cancels, writer))
                         tasks.add(task)
@@ -131,6 +138,8 @@ class WorkerServer:
                 await self._run(frame, cancels[rid], writer)
             finally:
                 self.pending -= 1
+                self.finished += 1
+                self.cancelled += cancels[rid].is_set()
         except DukatError as exc:
             writer.write(encode_frame(Error.of(rid, exc)))
         except Exception as exc:
@@ -145,8 +154,9 @@ class WorkerServer:
         loop = asyncio.get_running_loop()
         rid = frame.id
         if isinstance(frame, Embed):
-            embedded = await loop.run_in_executor(self.executor, self.engine.embed, frame.request)
-            writer.write(encode_frame(Embedding(id=rid, result=embedded)))
+            embedded = await loop.run_in_executor(self.embedder, self._embed, frame.request, cancel)
+            if embedded is not None:
+                writer.write(encode_frame(Embedding(id=rid, result=embedded)))
             return
         # The scheduler's thread makes the frames; each of its steps hands them all to the loop
         # at once (no thread per stream, no wake-up per token).
@@ -183,6 +193,13 @@ class WorkerServer:
             raise
         if failure is not None:
             raise failure
+
+    def _embed(self, request: EmbedRequest, cancel: threading.Event) -> EmbedResult | None:
+        # Cancelled while it waited for a thread: nobody reads the vectors, don't make them.
+        return None if cancel.is_set() else self.engine.embed(request)
+
+    def load(self) -> WorkerLoad:
+        return WorkerLoad(in_flight=self.pending, finished=self.finished, cancelled=self.cancelled)
 
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
         if self.outbox is None or self.outbox.loop is not loop:

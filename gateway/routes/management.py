@@ -21,7 +21,9 @@ from shared.host_api import HostState
 
 @get("/api/models", summary="Models available: the config file and every host's models_dir")
 async def available(state: State) -> dict[str, Any]:
-    return {"object": "list", "data": await state.manager.alist_available_models()}
+    models = await state.manager.alist_available_models()
+    # Set while an edit has broken the config file (the last good one stays in force).
+    return {"object": "list", "data": models, "config_error": state.manager.config.problem}
 
 
 @get("/api/ps", summary="Models loaded, with device, quantization and memory")

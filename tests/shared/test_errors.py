@@ -45,6 +45,7 @@ TABLE: dict[type[DukatError], tuple[int, str, str]] = {
     e.InternalError: (500, "server_error", "internal_error"),
     e.HubUnreachableError: (502, "server_error", "hub_unreachable"),
     e.WorkerFailedError: (502, "server_error", "worker_failed"),
+    e.WorkerUnreachableError: (502, "server_error", "worker_unreachable"),
     e.ModelNotLoadedError: (503, "server_error", "model_not_loaded"),
     e.ModelLoadFailedError: (503, "server_error", "model_load_failed"),
     e.NoCapacityError: (503, "server_error", "no_capacity"),
