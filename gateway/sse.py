@@ -22,7 +22,7 @@ import msgspec
 from litestar import Request
 from litestar.response import Stream
 
-from shared.errors import DukatError, ErrorBody, ErrorDetail, InternalError, ModelNotLoadedError
+from shared.errors import DukatError, ErrorBody, ErrorDetail, InternalError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ async def _events(
                     if item is _END:
                         break
                     if item is _SHUTDOWN:
-                        raise ModelNotLoadedError("the server is shutting down; retry the request")
+                        raise ShuttingDownError("the server is shutting down; retry the request")
                     if isinstance(item, Exception):
                         raise item
                     yield encode_event(item)

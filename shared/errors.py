@@ -183,6 +183,15 @@ class ModelLoadFailedError(DukatError):
     code = "model_load_failed"
 
 
+class ShuttingDownError(DukatError):
+    """The server is stopping: what was still running when its grace period ended."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+    retry_after = 1
+
+
 class NoCapacityError(DukatError):
     """No worker host has a device with room for the model."""
 

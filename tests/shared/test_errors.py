@@ -49,6 +49,7 @@ TABLE: dict[type[DukatError], tuple[int, str, str]] = {
     e.ModelNotLoadedError: (503, "server_error", "model_not_loaded"),
     e.ModelLoadFailedError: (503, "server_error", "model_load_failed"),
     e.NoCapacityError: (503, "server_error", "no_capacity"),
+    e.ShuttingDownError: (503, "server_error", "shutting_down"),
     e.TimeoutError_: (504, "server_error", "timeout"),
 }
 
