@@ -45,11 +45,22 @@ class Generate(Struct, tag="generate", kw_only=True, forbid_unknown_fields=True)
     request: GenerateRequest
     defaults: SamplingParams | None = None
     stream: bool = False
+    # The id of an Admit on this connection whose place this takes (None: admitted on its own).
+    ticket: int | None = None
 
 
 class Embed(Struct, tag="embed", kw_only=True, forbid_unknown_fields=True):
     id: int
     request: EmbedRequest
+
+
+class Admit(Struct, tag="admit", kw_only=True, forbid_unknown_fields=True):
+    """Reserve `count` places for one request's generations (its n choices, its prompts): all or
+    none. The answer is `Admitted` or an `overloaded` Error; each Generate naming this frame's id
+    as its `ticket` takes one place. A Cancel of the id gives back the places not taken."""
+
+    id: int
+    count: int
 
 
 class Cancel(Struct, tag="cancel", kw_only=True, forbid_unknown_fields=True):
@@ -61,6 +72,10 @@ class Ping(Struct, tag="ping", kw_only=True, forbid_unknown_fields=True):
 
 
 # Worker → gateway.
+class Admitted(Struct, tag="admitted", kw_only=True, forbid_unknown_fields=True):
+    id: int
+
+
 class Accepted(Struct, tag="accepted", kw_only=True, forbid_unknown_fields=True):
     """The worker has the request: if the connection drops before this, it never got it (and
     another worker may take it); after, it was in flight."""
@@ -102,17 +117,20 @@ class Error(Struct, tag="error", kw_only=True, forbid_unknown_fields=True):
     code: str
     message: str
     param: str | None = None
+    retry_after: int | None = None
 
     @classmethod
     def of(cls, request_id: int, exc: DukatError) -> Error:
-        return cls(id=request_id, code=exc.code, message=exc.message, param=exc.param)
+        return cls(
+            id=request_id, code=exc.code, message=exc.message, param=exc.param, retry_after=exc.retry_after
+        )
 
     def exception(self) -> DukatError:
-        return error_from_code(self.code, self.message, self.param)
+        return error_from_code(self.code, self.message, self.param, self.retry_after)
 
 
-ToWorker = Generate | Embed | Cancel | Ping
-FromWorker = Accepted | Delta | Result | Embedding | Pong | Error
+ToWorker = Generate | Embed | Admit | Cancel | Ping
+FromWorker = Admitted | Accepted | Delta | Result | Embedding | Pong | Error
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

@@ -17,16 +17,19 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError, QuantizationError
+from shared.errors import DukatError, InternalError, ModelNotLoadedError, QuantizationError
 from shared.generation import EmbedRequest, EmbedResult, GenerateResult
 from shared.wire import (
     Accepted,
+    Admit,
+    Admitted,
     Cancel,
     Delta,
     Embed,
@@ -42,6 +45,7 @@ from shared.wire import (
     read_frame,
     to_worker_decoder,
 )
+from worker.admission import Admission
 
 if TYPE_CHECKING:
     from worker.engine import Engine
@@ -79,11 +83,12 @@ def pin_device(device: str, threads: int) -> str:
 class WorkerServer:
     """Serves one engine to any number of connections; requests are multiplexed by id."""
 
-    def __init__(self, engine: Engine, info: WorkerInfo, *, max_pending: int, drain_s: float = 0.0) -> None:
+    def __init__(
+        self, engine: Engine, info: WorkerInfo, *, max_pending: int, max_batch: int, drain_s: float = 0.0
+    ) -> None:
         self.engine = engine
         self.info = info
-        self.max_pending = max_pending
-        self.pending = 0
+        self.places = Admission(info.model_id, max_pending=max_pending, max_batch=max_batch)
         self.finished = 0
         self.cancelled = 0  # finished because the caller went away
         self.drain_s = drain_s
@@ -96,6 +101,7 @@ class WorkerServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cancels: dict[int, threading.Event] = {}
+        tickets: dict[int, int] = {}  # admitted groups of this connection: places not taken yet
         tasks: set[asyncio.Task[None]] = set()
         try:
             while (payload := await read_frame(reader)) is not None:
@@ -104,12 +110,16 @@ class WorkerServer:
                     case Cancel(id=rid):
                         if rid in cancels:
                             cancels[rid].set()
+                        self.places.give_back(tickets.pop(rid, 0))
+                    case Admit(id=rid, count=count):
+                        writer.write(encode_frame(self._admit(rid, count, tickets)))
                     case Ping(id=rid):
                         writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
                     case Generate() | Embed():
                         writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
-                        task = asyncio.create_task(self._serve(frame, cancels, writer))
+                        reserved = _take_ticket(frame, tickets)
+                        task = asyncio.create_task(self._serve(frame, reserved, cancels, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -120,24 +130,43 @@ class WorkerServer:
             # The gateway went away: nobody will read these results.
             for event in cancels.values():
                 event.set()
+            self.places.give_back(sum(tickets.values()))
             writer.close()
 
+    def _admit(self, rid: int, count: int, tickets: dict[int, int]) -> Admitted | Error:
+        try:
+            self._refuse_while_draining()
+            self.places.reserve(count)
+        except DukatError as exc:
+            return Error.of(rid, exc)
+        tickets[rid] = count
+        return Admitted(id=rid)
+
+    def _refuse_while_draining(self) -> None:
+        if self.draining:
+            raise ModelNotLoadedError(f"model {self.info.model_id!r} is being unloaded", param="model")
+
+    @property
+    def pending(self) -> int:
+        return self.places.pending
+
     async def _serve(
-        self, frame: Generate | Embed, cancels: dict[int, threading.Event], writer: asyncio.StreamWriter
+        self,
+        frame: Generate | Embed,
+        reserved: bool,
+        cancels: dict[int, threading.Event],
+        writer: asyncio.StreamWriter,
     ) -> None:
         rid = frame.id
         try:
-            if self.draining:
-                raise ModelNotLoadedError(f"model {self.info.model_id!r} is being unloaded", param="model")
-            if self.pending >= self.max_pending:
-                raise OverloadedError(
-                    f"model {self.info.model_id!r} has {self.pending} requests in flight; retry later"
-                )
-            self.pending += 1
+            if not reserved:
+                self._refuse_while_draining()  # a group admitted before the unload may finish
+            self.places.take(reserved=reserved)
+            started = time.monotonic()
             try:
                 await self._run(frame, cancels[rid], writer)
             finally:
-                self.pending -= 1
+                self.places.done(time.monotonic() - started)
                 self.finished += 1
                 self.cancelled += cancels[rid].is_set()
         except DukatError as exc:
@@ -251,6 +280,17 @@ def _deliver(
             future.set_result(value)
 
 
+def _take_ticket(frame: Generate | Embed, tickets: dict[int, int]) -> bool:
+    """Whether `frame` takes a place its group was admitted with."""
+    ticket = frame.ticket if isinstance(frame, Generate) else None
+    if ticket is None or not tickets.get(ticket):
+        return False
+    tickets[ticket] -= 1
+    if not tickets[ticket]:
+        del tickets[ticket]
+    return True
+
+
 def _fail(exc: BaseException, model_id: str) -> None:
     if isinstance(exc, DukatError):
         body: dict[str, Any] = {"code": exc.code, "message": exc.message, "param": exc.param}
@@ -339,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     # The host's device name (cuda:N), not the one this process sees (always cuda:0).
     engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
     info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
-    server = WorkerServer(engine, info, max_pending=args.max_pending, drain_s=args.drain_s)
+    server = WorkerServer(
+        engine, info, max_pending=args.max_pending, max_batch=args.max_batch, drain_s=args.drain_s
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server, args.bind, args.port))
     engine.close()
