@@ -146,7 +146,9 @@ async def test_closing_a_client_stream_early_leaves_the_worker_serving(conn: Wor
     assert (await conn.generate(_request(3))).completion_tokens == 3
 
 
-async def test_request_errors_come_back_as_error_frames(conn: WorkerConnection, worker: tuple[str, int]) -> None:
+async def test_request_errors_come_back_as_error_frames(
+    conn: WorkerConnection, worker: tuple[str, int]
+) -> None:
     with pytest.raises(ContextLengthExceededError, match="maximum context length is 512") as too_long:
         await conn.generate(_request(4, prompt="word " * 2000))
     assert (too_long.value.status, too_long.value.param) == (400, "prompt")
