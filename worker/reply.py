@@ -14,7 +14,7 @@ from shared.cleaning import StopScanner, scanner_for
 from shared.generation import GenerateResult, SamplingParams, Timings
 from shared.model_types import ModelType
 from worker.batching import Job
-from worker.detokenize import IncrementalDetokenizer
+from worker.detokenize import detokenizer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +66,7 @@ class Reply:
 
     def __init__(self, model_type: ModelType, tokenizer: Any, plan: Plan, started: float) -> None:
         self.scanner = scanner_for(model_type, plan.params.stop, chat=plan.chat)
-        self.detok = IncrementalDetokenizer(tokenizer)
+        self.detok = detokenizer(tokenizer)
         self.plan, self.started = plan, started
         self.count, self.first, self.finish = 0, 0.0, "length"
         self.over = plan.max_new_tokens <= 0  # no more tokens wanted
