@@ -18,6 +18,8 @@ from shared.errors import TimeoutError_, WorkerFailedError, WorkerUnreachableErr
 from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
 from shared.wire import (
     Accepted,
+    Admit,
+    Admitted,
     Cancel,
     Delta,
     Embed,
@@ -95,7 +97,7 @@ class WorkerConnection:
         writer.write(encode_frame(frame))
 
     async def _request(
-        self, make: type[Generate] | type[Embed] | type[Ping], **kw: object
+        self, make: type[Generate] | type[Embed] | type[Ping] | type[Admit], **kw: object
     ) -> tuple[int, asyncio.Queue]:
         rid = next(self._ids)
         queue: asyncio.Queue[FromWorker | object] = asyncio.Queue()
@@ -143,11 +145,29 @@ class WorkerConnection:
         finally:
             self._forget(rid)
 
+    async def admit(self, count: int) -> int:
+        """Reserve places for `count` generations of one request, all or none (OverloadedError,
+        with the worker's Retry-After). Returns the ticket each of them passes; `release` it after."""
+        rid, queue = await self._request(Admit, count=count)
+        try:
+            frame = await self._next(rid, queue, self._deadline(self.first_token_timeout_s))
+            assert isinstance(frame, Admitted)
+            return rid
+        finally:
+            self._forget(rid)
+
+    def release(self, ticket: int) -> None:
+        """Give back the places of `ticket` its generations did not take."""
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(encode_frame(Cancel(id=ticket)))
+
     async def generate(
-        self, request: GenerateRequest, defaults: SamplingParams | None = None
+        self, request: GenerateRequest, defaults: SamplingParams | None = None, ticket: int | None = None
     ) -> GenerateResult:
         deadline = self._deadline(self.request_timeout_s)
-        rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=False)
+        rid, queue = await self._request(
+            Generate, request=request, defaults=defaults, stream=False, ticket=ticket
+        )
         done = False
         try:
             frame = await self._next(rid, queue, deadline)
@@ -158,12 +178,14 @@ class WorkerConnection:
             await self._finish(rid, done)
 
     async def stream(
-        self, request: GenerateRequest, defaults: SamplingParams | None = None
+        self, request: GenerateRequest, defaults: SamplingParams | None = None, ticket: int | None = None
     ) -> AsyncIterator[str | GenerateResult]:
         """Text deltas, then the final result. Closing the iterator early cancels the generation."""
         deadline = self._deadline(self.request_timeout_s)
         first = self._deadline(self.first_token_timeout_s)
-        rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=True)
+        rid, queue = await self._request(
+            Generate, request=request, defaults=defaults, stream=True, ticket=ticket
+        )
         done = False
         try:
             while True:

@@ -20,6 +20,9 @@ from shared.generation import EmbedRequest, GenerateRequest, GenerateResult, Sam
 from shared.model_types import get_model_type
 from shared.wire import (
     MAX_FRAME,
+    Accepted,
+    Admit,
+    Admitted,
     Cancel,
     Delta,
     Error,
@@ -125,6 +128,7 @@ async def test_a_cancel_in_mid_stream_stops_the_generation(worker: tuple[str, in
     raw = await _Raw.open(worker[0])
     try:
         raw.writer.write(encode_frame(Generate(id=7, request=_request(400), stream=True)))
+        assert await raw.next() == Accepted(id=7)  # it has the request
         assert isinstance(await raw.next(), Delta)
         raw.writer.write(encode_frame(Cancel(id=7)))
         while isinstance(frame := await raw.next(), Delta):
@@ -158,11 +162,46 @@ async def test_request_errors_come_back_as_error_frames(
     raw = await _Raw.open(worker[0])  # the frame itself: the request's id, the table's code
     try:
         raw.writer.write(encode_frame(Generate(id=41, request=GenerateRequest(params=SamplingParams()))))
+        assert await raw.next() == Accepted(id=41)
         frame = await raw.next()
         assert isinstance(frame, Error)
         assert (frame.id, frame.code, frame.param) == (41, "invalid_request", "messages")
     finally:
         raw.close()
+
+
+async def test_a_group_is_admitted_whole_or_refused_whole(worker: tuple[str, int]) -> None:
+    """Places for n choices are reserved at once (the worker's default: 16 + 64 queued); while
+    they are held, a request on its own is refused with a Retry-After; given back, it is served."""
+    raw = await _Raw.open(worker[0])
+    try:
+        raw.writer.write(encode_frame(Admit(id=1, count=81)))
+        too_many = await raw.next()
+        assert isinstance(too_many, Error) and (too_many.code, too_many.param) == ("invalid_request", "n")
+        raw.writer.write(encode_frame(Admit(id=2, count=79)))
+        assert await raw.next() == Admitted(id=2)
+        raw.writer.write(encode_frame(Admit(id=3, count=2)))  # 79 + 2 > 80: none of the two
+        refused = await raw.next()
+        assert isinstance(refused, Error) and refused.code == "overloaded" and refused.retry_after
+        raw.writer.write(encode_frame(Generate(id=4, request=_request(2), ticket=2)))  # one of the 79
+        assert await raw.next() == Accepted(id=4)
+        assert isinstance(await raw.next(), Result)
+        raw.writer.write(encode_frame(Generate(id=5, request=_request(2))))  # on its own: the 80th place
+        assert await raw.next() == Accepted(id=5)
+        assert isinstance(await raw.next(), Result)
+        raw.writer.write(encode_frame(Admit(id=6, count=3)))  # 78 still held: 78 + 3 > 80
+        assert isinstance(await raw.next(), Error)
+        raw.writer.write(encode_frame(Cancel(id=2)))  # the group gives back the 78 it did not take
+        raw.writer.write(encode_frame(Admit(id=7, count=80)))
+        assert await raw.next() == Admitted(id=7)
+    finally:
+        raw.close()  # a closed connection gives back its places too
+    fresh = WorkerConnection(worker[0])
+    try:
+        assert (await fresh.pong()).load.in_flight == 0
+        assert (await fresh.generate(_request(2))).completion_tokens == 2
+    finally:
+        await fresh.close()
 
 
 async def test_a_frame_over_the_size_limit_drops_only_its_connection(worker: tuple[str, int]) -> None:
