@@ -46,6 +46,7 @@ from shared.wire import (
     to_worker_decoder,
 )
 from worker.admission import Admission
+from worker.outbox import Outbox
 
 if TYPE_CHECKING:
     from worker.engine import Engine
@@ -97,7 +98,7 @@ class WorkerServer:
         self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
         # The engine embeds one batch at a time anyway; queued here, a cancelled one is skipped.
         self.embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
-        self.outbox: _Outbox | None = None
+        self.outbox: Outbox | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cancels: dict[int, threading.Event] = {}
@@ -230,54 +231,10 @@ class WorkerServer:
     def load(self) -> WorkerLoad:
         return WorkerLoad(in_flight=self.pending, finished=self.finished, cancelled=self.cancelled)
 
-    def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
+    def _outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
         if self.outbox is None or self.outbox.loop is not loop:
-            self.outbox = _Outbox(loop)
+            self.outbox = Outbox(loop)
         return self.outbox
-
-
-class _Outbox:
-    """Frames made on the scheduler's thread, handed to the event loop once per scheduler step:
-    one callback for all the step's requests, one write per connection."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._frames: dict[asyncio.StreamWriter, list[bytes]] = {}
-        self._done: list[tuple[asyncio.Future[BaseException | None], BaseException | None]] = []
-
-    def add(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
-        with self._lock:
-            if (frames := self._frames.get(writer)) is None:
-                self._frames[writer] = [frame]
-            else:
-                frames.append(frame)
-
-    def resolve(self, future: asyncio.Future[BaseException | None], value: BaseException | None) -> None:
-        """Once this step's frames are written, `future` gets `value`."""
-        with self._lock:
-            self._done.append((future, value))
-
-    def flush(self) -> None:
-        with self._lock:
-            frames, done = self._frames, self._done
-            if not frames and not done:
-                return
-            self._frames, self._done = {}, []
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read them
-            self.loop.call_soon_threadsafe(_deliver, frames, done)
-
-
-def _deliver(
-    frames: dict[asyncio.StreamWriter, list[bytes]],
-    done: list[tuple[asyncio.Future[BaseException | None], BaseException | None]],
-) -> None:
-    for writer, parts in frames.items():
-        if not writer.is_closing():
-            writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
-    for future, value in done:
-        if not future.done():
-            future.set_result(value)
 
 
 def _take_ticket(frame: Generate | Embed, tickets: dict[int, int]) -> bool:
