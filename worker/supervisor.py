@@ -144,6 +144,7 @@ class Supervisor:
                 "model worker for %r %s; restart %d in %.1f s; last log lines:\n%s",
                 name, reason, s.restarts, delay, tail,
             )
+            worker.logs.append(f"--- restart {s.restarts}: the worker {reason} ---")
             await asyncio.sleep(delay)
 
     def _restart_delay(self, worker: _Worker) -> float | None:
