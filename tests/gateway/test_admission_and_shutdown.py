@@ -1,9 +1,15 @@
-"""A gateway that gets SIGTERM (a Kubernetes rolling update; Ctrl-C takes the same path): it stops
-accepting, lets the requests in flight finish for DUKAT_SHUTDOWN_TIMEOUT_S, then ends the streams
-still open with an error event and [DONE], and exits, its worker host and workers with it."""
+"""A small worker queue (2 running + 2 queued), then the gateway's SIGTERM, on one `dukat serve`.
+
+- Admission: a request's n choices are admitted together or refused together before any work
+  starts, with a Retry-After from the queue; clients that honour it are all served in the end.
+- SIGTERM (a Kubernetes rolling update; Ctrl-C takes the same path): the gateway stops accepting,
+  lets the requests in flight finish for DUKAT_SHUTDOWN_TIMEOUT_S, then ends the streams still open
+  with an error event and [DONE], and exits, its worker host and workers with it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,11 +17,15 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from shared.processes import ChildProcess
+from shared.wire import WorkerLoad
+from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
 from tests.gateway.test_lifecycle import process_gone, wait_for
 
@@ -37,6 +47,8 @@ def gateway(
         "DUKAT_SHUTDOWN_TIMEOUT_S": str(GRACE_S),
         "DUKAT_SSE_KEEPALIVE_S": "0.5",
         "DUKAT_STOP_TIMEOUT_S": "2",
+        "DUKAT_MAX_BATCH": "2",
+        "DUKAT_MAX_QUEUE": "2",
     }
     proc = ChildProcess(
         "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],
@@ -77,9 +89,62 @@ class Stream(threading.Thread):
         return [line.removeprefix("data: ") for line in self.lines if line.startswith("data: ")]
 
 
-def worker_pids(url: str) -> dict[str, int]:
+def workers(url: str) -> dict[str, dict[str, Any]]:
     hosts = httpx.get(f"{url}/api/hosts", timeout=30).json()
-    return {w["model_id"]: w["pid"] for h in hosts for w in h["models"]}
+    return {w["model_id"]: w for h in hosts for w in h["models"]}
+
+
+def worker_pids(url: str) -> dict[str, int]:
+    return {model_id: w["pid"] for model_id, w in workers(url).items()}
+
+
+async def worker_load(address: str) -> WorkerLoad:
+    conn = WorkerConnection(address)
+    try:
+        return (await asyncio.wait_for(conn.pong(), 10)).load
+    finally:
+        await conn.close()
+
+
+def test_n4_requests_on_a_small_queue_are_admitted_whole_and_all_served_with_backoff(
+    gateway: tuple[str, ChildProcess],
+) -> None:
+    """Six clients at once, each asking for 4 choices of a worker with 4 places: one request at a
+    time fits; the others get 429 with a Retry-After and retry (the openai SDK honours it)."""
+    url, _ = gateway
+    address = workers(url)[QUICK]["address"]
+    before = asyncio.run(worker_load(address))
+    refused: list[httpx.Response] = []
+
+    def note(response: httpx.Response) -> None:
+        if response.status_code == 429:
+            refused.append(response)
+
+    async def clients() -> list[Any]:
+        http = httpx.AsyncClient(event_hooks={"response": [_async(note)]})
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=30, http_client=http)
+        async with client:
+            return await asyncio.gather(*(
+                client.chat.completions.create(
+                    model=QUICK, messages=[{"role": "user", "content": f"hello {i}"}], n=4, max_tokens=6,
+                )
+                for i in range(6)
+            ))
+
+    completions = asyncio.run(clients())
+    assert [len(c.choices) for c in completions] == [4] * 6
+    assert refused, "a worker with 4 places cannot take 6 requests of 4 at once"
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    after = asyncio.run(worker_load(address))
+    # Nothing was started and thrown away: exactly the 24 choices ran, none was cancelled.
+    assert (after.finished - before.finished, after.cancelled - before.cancelled) == (24, 0)
+
+
+def _async(hook: Callable[[httpx.Response], None]) -> Callable[[httpx.Response], Any]:
+    async def call(response: httpx.Response) -> None:
+        hook(response)
+
+    return call
 
 
 def test_sigterm_lets_streams_in_flight_finish_then_ends_the_rest_with_an_error_and_done(
