@@ -18,7 +18,6 @@ import msgspec
 from gateway.hosts import HostDirectory
 from gateway.schemas.models import CREATED, LoadedModel, Model, owner_of
 from shared.errors import (
-    ConflictError,
     InvalidRequestError,
     ModelLoadFailedError,
     ModelNotFoundError,
@@ -131,25 +130,24 @@ class AsyncModelManager:
     async def load_model(
         self, model_id: str, quantization: str | None = None, device: str | None = None
     ) -> LoadedModel:
+        """Load `model_id` on the host that has it, else on the one placement picks. Whether this
+        is a repeat (joined) or a conflict is the host's call: it is the one that knows."""
         entry = self.config.read().models.get(model_id)
-        # None: the host picks the default for the model's type (it knows the type; we may not).
-        quant = quantization or (entry.quantization if entry else None)
-        found = await self.hosts.find(model_id, fresh=True)
-        if found and found[1].status in ("loading", "loaded"):
-            _check_same_load(found[1], quantization, device)
-        device = device or self.settings.device_map
-        host = found[0] if found else await self.hosts.pick(model_id, device)
         cmd = LoadCommand(
             model_id=model_id,
-            quantization=quant,  # type: ignore[arg-type]
+            quantization=quantization,  # type: ignore[arg-type]
             device=device,
+            default_quantization=entry.quantization if entry else None,
+            default_device=self.settings.device_map,
             model_type=entry.model_type if entry else None,
         )
+        found = await self.hosts.find(model_id, fresh=True)
+        host = found[0] if found else await self.hosts.pick(model_id, device or cmd.default_device)
         try:
             state = await self.hosts.client(host.url).load(cmd)
         finally:
             self.hosts.invalidate()
-        self._register(model_id, quant)
+        self._register(model_id, quantization or cmd.default_quantization)
         return loaded_model(state, host.url)
 
     async def unload_model(self, model_id: str) -> None:
@@ -282,19 +280,3 @@ def loaded_model(worker: WorkerState, host_url: str) -> LoadedModel:
     if worker.status != "failed":
         fields["log_tail"] = []
     return LoadedModel(**fields, host=host_url)
-
-
-def _check_same_load(worker: WorkerState, quantization: str | None, device: str | None) -> None:
-    """A load of a model that is loading or loaded is idempotent, unless it asks for something else
-    explicitly: then it is a conflict, never the old worker passed off as the new one."""
-    wrong: dict[str, str] = {}
-    if device not in (None, "auto") and device != worker.device:
-        wrong["device"] = f"device {worker.device!r}, not {device!r}"
-    if quantization is not None and quantization != worker.quantization:
-        wrong["quantization"] = f"quantization {worker.quantization!r}, not {quantization!r}"
-    if wrong:
-        raise ConflictError(
-            f"model {worker.model_id!r} is already {worker.status} with {' and '.join(wrong.values())}; "
-            "unload it first to load it differently",
-            param=next(reversed(wrong)),
-        )

@@ -16,12 +16,17 @@ DownloadStatus = Literal["queued", "running", "done", "failed"]
 
 
 class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A load. `quantization` and `device` are what the caller asked for (None: not asked); a model
+    already loading or loaded is joined, unless what was asked differs from it (a conflict)."""
+
     model_id: str
-    # None: the host's default for the model's type (DUKAT_DEFAULT_QUANTIZATION, or "none" for a type
-    # bitsandbytes cannot quantize).
     quantization: Quantization | None = None
-    # "auto" lets the host pick its device with the most free memory.
-    device: str = "auto"
+    device: str | None = None
+    # What a load that asks for none gets: the config file's quantization (None: the host's default
+    # for the model's type, DUKAT_DEFAULT_QUANTIZATION or "none" for a type bitsandbytes cannot
+    # quantize) and the gateway's device map ("auto": the host's device with the most free memory).
+    default_quantization: Quantization | None = None
+    default_device: str = "auto"
     # The config file's override of the inferred type.
     model_type: str | None = None
     revision: str | None = None
