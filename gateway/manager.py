@@ -34,7 +34,7 @@ from shared.generation import (
     SamplingParams,
     params_from_mapping,
 )
-from shared.host_api import DownloadCommand, DownloadJob, LoadCommand, LocalModelInfo, WorkerState
+from shared.host_api import DownloadCommand, DownloadJob, LoadCommand, LocalModel, WorkerState
 from shared.model_config import ConfigStore, ModelEntry
 from shared.settings import Settings
 from shared.wire_client import WorkerConnection
@@ -103,7 +103,7 @@ class AsyncModelManager:
     async def is_known(self, model_id: str) -> bool:
         if model_id in self.config.view().models or Path(model_id, "config.json").is_file():
             return True
-        return any(m.model_id == model_id for m in await self.local_models())
+        return any(m.id == model_id for m in await self.local_models())
 
     def _register(self, model_id: str, quantization: str | None = None) -> None:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
@@ -113,16 +113,16 @@ class AsyncModelManager:
         entry = ModelEntry(description="", quantization=quantization)  # type: ignore[arg-type]
         self.config.set_entry(model_id, entry)
 
-    async def local_models(self) -> list[LocalModelInfo]:
+    async def local_models(self) -> list[LocalModel]:
         hosts = await self.hosts.states()
         lists = await asyncio.gather(
             *(self.hosts.client(h.url).local_models() for h in hosts), return_exceptions=True
         )
-        seen: dict[str, LocalModelInfo] = {}
+        seen: dict[str, LocalModel] = {}
         for result in lists:
             if not isinstance(result, BaseException):
                 for m in result:
-                    seen.setdefault(m.model_id, m)
+                    seen.setdefault(m.id, m)
         return list(seen.values())
 
     # ---- load and unload --------------------------------------------------------------------
@@ -246,7 +246,7 @@ class AsyncModelManager:
         """Every model of the config file and of the hosts' models_dir, with where it stands."""
         config = self.config.read()
         default = config.default_model or self.settings.default_model  # what a request without a model gets
-        local = {m.model_id: m for m in await self.local_models()}
+        local = {m.id: m for m in await self.local_models()}
         loaded = {w.model_id: w for h in await self.hosts.states() for w in h.models}
         out = []
         for mid in sorted(set(config.models) | set(local)):

@@ -27,7 +27,7 @@ from shared.host_api import (
     DownloadJob,
     HostState,
     LoadCommand,
-    LocalModelInfo,
+    LocalModel,
     UnloadCommand,
     WorkerState,
 )
@@ -103,17 +103,8 @@ class Host:
             quantization_is_default=quantization is None,
         )
 
-    def local_models(self) -> list[LocalModelInfo]:
-        return [
-            LocalModelInfo(
-                model_id=m.id,
-                path=str(m.path),
-                model_type=m.model_type,
-                size_bytes=m.size_bytes,
-                error=m.error,
-            )
-            for m in list_local_models(self.settings.models_dir)
-        ]
+    def local_models(self) -> list[LocalModel]:
+        return list_local_models(self.settings.models_dir)
 
 
 def _hf_model_type(path: Path) -> str | None:
@@ -141,7 +132,7 @@ async def host_state(state: State) -> HostState:
 
 
 @get("/models/local")
-async def local_models(state: State) -> list[LocalModelInfo]:
+async def local_models(state: State) -> list[LocalModel]:
     return state.host.local_models()
 
 

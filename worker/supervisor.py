@@ -23,9 +23,13 @@ import msgspec
 
 from shared.errors import ConflictError, DukatError, ModelLoadFailedError, NotFoundError, error_from_code
 from shared.host_api import WorkerState
+from shared.wire import WorkerInfo
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 40
+# What the worker's engine says about the loaded model, taken into its state as reported. Not its
+# device: the worker sees its one GPU as cuda:0, the host knows which one it is.
+_ENGINE_FACTS = sorted(set(WorkerInfo.__struct_fields__) & set(WorkerState.__struct_fields__) - {"device"})
 
 
 @dataclass
@@ -215,14 +219,11 @@ class Supervisor:
         # Ready means it answers: one ping over the real wire, which also brings the model's facts.
         from shared.wire_client import ping
 
-        address = f"{self.advertise}:{port}"
-        info = await ping(address)
-        s = worker.state
-        s.address, s.status = address, "loaded"
-        s.model_type, s.task = info.model_type, info.task
-        s.memory_bytes, s.context_length = info.memory_bytes, info.context_length
-        s.load_seconds = info.load_seconds
-        s.quantization = info.quantization
+        info = await ping(f"{self.advertise}:{port}")
+        facts = {name: getattr(info, name) for name in _ENGINE_FACTS}
+        worker.state = msgspec.structs.replace(
+            worker.state, **facts, address=f"{self.advertise}:{port}", status="loaded"
+        )
         if not worker.ready.done():
             worker.ready.set_result(None)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import msgspec
 from msgspec import Struct
 
 from shared import host_api
-from shared.host_api import DownloadStatus, WorkerState, WorkerStatus
+from shared.host_api import WorkerState, WorkerStatus
 from shared.settings import Quantization
 
 CREATED = 1_700_000_000  # models have no creation time here; OpenAI requires one
@@ -91,33 +92,11 @@ class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
 
 
-class DownloadJob(Struct, kw_only=True):
-    id: str
-    model: str
-    status: DownloadStatus
-    revision: str | None = None
-    downloaded_bytes: int = 0
-    total_bytes: int = 0
-    files_done: int = 0
-    files_total: int = 0
-    error: str | None = None
-    error_code: str | None = None
-    # Where the model lies on its worker host, once done.
-    path: str | None = None
+class DownloadJob(host_api.DownloadJob, kw_only=True, rename={"model_id": "model"}):
+    """A host's download job as the management API shows it: `model`, as in the request."""
+
+    model_id: str
 
 
 def download_job(job: host_api.DownloadJob) -> DownloadJob:
-    """A host's download job as the management API shows it."""
-    return DownloadJob(
-        id=job.id,
-        model=job.model_id,
-        status=job.status,
-        revision=job.revision,
-        downloaded_bytes=job.downloaded_bytes,
-        total_bytes=job.total_bytes,
-        files_done=job.files_done,
-        files_total=job.files_total,
-        error=job.error,
-        error_code=job.error_code,
-        path=job.path,
-    )
+    return DownloadJob(**msgspec.structs.asdict(job))
