@@ -219,11 +219,12 @@ class Supervisor:
         # Ready means it answers: one ping over the real wire, which also brings the model's facts.
         from shared.wire_client import ping
 
-        info = await ping(f"{self.advertise}:{port}")
-        facts = {name: getattr(info, name) for name in _ENGINE_FACTS}
-        worker.state = msgspec.structs.replace(
-            worker.state, **facts, address=f"{self.advertise}:{port}", status="loaded"
-        )
+        address = f"{self.advertise}:{port}"
+        info = await ping(address)
+        s = worker.state
+        s.address, s.status = address, "loaded"
+        for name in _ENGINE_FACTS:
+            setattr(s, name, getattr(info, name))
         if not worker.ready.done():
             worker.ready.set_result(None)
 
