@@ -14,7 +14,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 
-from shared.errors import TimeoutError_, WorkerFailedError, WorkerUnreachableError
+from shared.errors import RequestTimeoutError, WorkerFailedError, WorkerUnreachableError
 from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
 from shared.wire import (
     Accepted,
@@ -123,7 +123,7 @@ class WorkerConnection:
             async with asyncio.timeout_at(deadline):
                 frame = await queue.get()
         except TimeoutError:
-            raise TimeoutError_(f"model worker at {self.address} did not answer in time") from None
+            raise RequestTimeoutError(f"model worker at {self.address} did not answer in time") from None
         if frame is _CLOSED:
             if rid not in self._accepted:
                 raise WorkerUnreachableError(f"model worker at {self.address} closed the connection")

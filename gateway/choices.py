@@ -1,36 +1,39 @@
 """Running the n choices (and, for completions, the prompts) of one request on a model worker.
 
-A request's generations run at most `max_batch` at a time: a large `n` (or a long prompt list)
-then queues behind itself instead of overflowing the worker's queue with a 429 no retry can fix.
-When one fails, the others are cancelled (their workers stop generating) and its error is raised.
+A request's generations are admitted together or refused together before any work starts: the
+worker reserves their places at once (else a 429 whose Retry-After comes from its queue), then runs
+them `max_batch` at a time. When one fails, the others are cancelled (their workers stop generating)
+and its error is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from gateway.manager import ModelManager
+from gateway.manager import AsyncModelManager
 from gateway.schemas import ChoiceEvent
-from shared.generation import GenerateRequest, GenerateResult
+from shared.generation import GenerateRequest, GenerateResult, SamplingParams
+from shared.wire_client import WorkerConnection
 
 
 async def generate_all(
-    manager: ModelManager, model: str | None, requests: list[GenerateRequest]
+    manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
 ) -> tuple[str, list[GenerateResult]]:
     """Every request's result, in order; they run concurrently so the worker can batch them."""
     if len(requests) == 1:
-        mid, result = await manager.agenerate_request(model, requests[0])
+        mid, result = await manager.generate_request(model, requests[0])
         return mid, [result]
-    mid, _ = await manager.ready_worker(model)  # load once, not n times concurrently
-    slots = asyncio.Semaphore(manager.settings.max_batch)
 
-    async def one(request: GenerateRequest) -> GenerateResult:
-        async with slots:
-            return (await manager.agenerate_request(mid, request))[1]
+    async def group(conn: WorkerConnection, defaults: SamplingParams | None) -> list[GenerateResult]:
+        ticket = await conn.admit(len(requests))
+        try:
+            return await _all_or_none([conn.generate(r, defaults, ticket) for r in requests])
+        finally:
+            conn.release(ticket)
 
-    return mid, await _all_or_none([one(r) for r in requests])
+    return await manager.on_worker(model, group)
 
 
 async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[GenerateResult]:
@@ -45,15 +48,21 @@ async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[Gene
 
 
 async def stream_all(
-    manager: ModelManager, model: str | None, requests: list[GenerateRequest]
+    manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
 ) -> tuple[str, AsyncIterator[ChoiceEvent]]:
     """The interleaved events `(choice index, delta | final result)` of every request."""
     if len(requests) == 1:
-        mid, stream = await manager.astream_request(model, requests[0])
+        mid, stream = await manager.stream_request(model, requests[0])
         return mid, _indexed(0, stream)
-    mid, _ = await manager.ready_worker(model)
-    streams = [(await manager.astream_request(mid, r))[1] for r in requests]
-    return mid, _merged(streams, manager.settings.max_batch)
+
+    async def admit(
+        conn: WorkerConnection, defaults: SamplingParams | None
+    ) -> tuple[WorkerConnection, SamplingParams | None, int]:
+        return conn, defaults, await conn.admit(len(requests))  # before the stream: a refusal is a 429
+
+    mid, (conn, defaults, ticket) = await manager.on_worker(model, admit)
+    streams = [conn.stream(r, defaults, ticket) for r in requests]
+    return mid, _merged(streams, lambda: conn.release(ticket))
 
 
 async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> AsyncIterator[ChoiceEvent]:
@@ -65,16 +74,14 @@ async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> A
 
 
 async def _merged(
-    streams: list[AsyncIterator[str | GenerateResult]], at_once: int
+    streams: list[AsyncIterator[str | GenerateResult]], release: Callable[[], None]
 ) -> AsyncIterator[ChoiceEvent]:
     queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
-    slots = asyncio.Semaphore(at_once)
 
     async def pump(index: int, stream: AsyncIterator[str | GenerateResult]) -> None:
         try:
-            async with slots:  # a stream sends its request on its first iteration
-                async for event in _indexed(index, stream):
-                    await queue.put(event)
+            async for event in _indexed(index, stream):
+                await queue.put(event)
             await queue.put(None)
         except Exception as exc:
             await queue.put(exc)
@@ -95,3 +102,4 @@ async def _merged(
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, return_exceptions=True)
+        release()  # the places of streams that never started
