@@ -1,9 +1,10 @@
 """Running the n choices (and, for completions, the prompts) of one request on a model worker.
 
 A request's generations are admitted together or refused together before any work starts: the
-worker reserves their places at once (else a 429 whose Retry-After comes from its queue), then runs
-them `max_batch` at a time. When one fails, the others are cancelled (their workers stop generating)
-and its error is raised.
+worker gives the group its places at once (else a 429 whose Retry-After comes from its queue), and
+the group keeps them to its end; a group larger than the worker runs in waves of those places.
+When one generation fails, the others are cancelled (their workers stop generating) and its error
+is raised.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ async def generate_all(
         return mid, [result]
 
     async def group(conn: WorkerConnection, defaults: SamplingParams | None) -> list[GenerateResult]:
-        ticket = await conn.admit(len(requests))
+        ticket, places = await conn.admit(len(requests))
+        slots = asyncio.Semaphore(places)
+
+        async def one(request: GenerateRequest) -> GenerateResult:
+            async with slots:
+                return await conn.generate(request, defaults, ticket)
+
         try:
-            return await _all_or_none([conn.generate(r, defaults, ticket) for r in requests])
+            return await _all_or_none([one(r) for r in requests])
         finally:
             conn.release(ticket)
 
@@ -57,12 +64,12 @@ async def stream_all(
 
     async def admit(
         conn: WorkerConnection, defaults: SamplingParams | None
-    ) -> tuple[WorkerConnection, SamplingParams | None, int]:
+    ) -> tuple[WorkerConnection, SamplingParams | None, tuple[int, int]]:
         return conn, defaults, await conn.admit(len(requests))  # before the stream: a refusal is a 429
 
-    mid, (conn, defaults, ticket) = await manager.on_worker(model, admit)
+    mid, (conn, defaults, (ticket, places)) = await manager.on_worker(model, admit)
     streams = [conn.stream(r, defaults, ticket) for r in requests]
-    return mid, _merged(streams, lambda: conn.release(ticket))
+    return mid, _merged(streams, places, lambda: conn.release(ticket))
 
 
 async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> AsyncIterator[ChoiceEvent]:
@@ -74,14 +81,16 @@ async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> A
 
 
 async def _merged(
-    streams: list[AsyncIterator[str | GenerateResult]], release: Callable[[], None]
+    streams: list[AsyncIterator[str | GenerateResult]], at_once: int, release: Callable[[], None]
 ) -> AsyncIterator[ChoiceEvent]:
     queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(at_once)
 
     async def pump(index: int, stream: AsyncIterator[str | GenerateResult]) -> None:
         try:
-            async for event in _indexed(index, stream):
-                await queue.put(event)
+            async with slots:  # a stream sends its request on its first iteration
+                async for event in _indexed(index, stream):
+                    await queue.put(event)
             await queue.put(None)
         except Exception as exc:
             await queue.put(exc)

@@ -55,9 +55,9 @@ class Embed(Struct, tag="embed", kw_only=True, forbid_unknown_fields=True):
 
 
 class Admit(Struct, tag="admit", kw_only=True, forbid_unknown_fields=True):
-    """Reserve `count` places for one request's generations (its n choices, its prompts): all or
-    none. The answer is `Admitted` or an `overloaded` Error; each Generate naming this frame's id
-    as its `ticket` takes one place. A Cancel of the id gives back the places not taken."""
+    """Admit one request's `count` generations (its n choices, its prompts) together: the answer is
+    `Admitted` with the places they hold, or an `overloaded` Error. Each Generate naming this
+    frame's id as its `ticket` runs in one of those places. A Cancel of the id gives them back."""
 
     id: int
     count: int
@@ -74,6 +74,9 @@ class Ping(Struct, tag="ping", kw_only=True, forbid_unknown_fields=True):
 # Worker → gateway.
 class Admitted(Struct, tag="admitted", kw_only=True, forbid_unknown_fields=True):
     id: int
+    # Places the group holds until its last generation started: all it asked for, or every place
+    # of the worker for a larger group (send at most this many at a time).
+    places: int
 
 
 class Accepted(Struct, tag="accepted", kw_only=True, forbid_unknown_fields=True):

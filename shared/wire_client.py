@@ -145,14 +145,15 @@ class WorkerConnection:
         finally:
             self._forget(rid)
 
-    async def admit(self, count: int) -> int:
-        """Reserve places for `count` generations of one request, all or none (OverloadedError,
-        with the worker's Retry-After). Returns the ticket each of them passes; `release` it after."""
+    async def admit(self, count: int) -> tuple[int, int]:
+        """Admit `count` generations of one request together, or none (OverloadedError, with the
+        worker's Retry-After). Returns the ticket each of them passes and how many may run at once;
+        `release` the ticket after."""
         rid, queue = await self._request(Admit, count=count)
         try:
             frame = await self._next(rid, queue, self._deadline(self.first_token_timeout_s))
             assert isinstance(frame, Admitted)
-            return rid
+            return rid, frame.places
         finally:
             self._forget(rid)
 

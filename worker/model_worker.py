@@ -45,7 +45,7 @@ from shared.wire import (
     read_frame,
     to_worker_decoder,
 )
-from worker.admission import Admission
+from worker.admission import Admission, Ticket
 from worker.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class WorkerServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cancels: dict[int, threading.Event] = {}
-        tickets: dict[int, int] = {}  # admitted groups of this connection: places not taken yet
+        tickets: dict[int, Ticket] = {}  # groups admitted on this connection, by their Admit's id
         tasks: set[asyncio.Task[None]] = set()
         try:
             while (payload := await read_frame(reader)) is not None:
@@ -111,7 +111,8 @@ class WorkerServer:
                     case Cancel(id=rid):
                         if rid in cancels:
                             cancels[rid].set()
-                        self.places.give_back(tickets.pop(rid, 0))
+                        if rid in tickets:
+                            self.places.give_back(tickets.pop(rid))
                     case Admit(id=rid, count=count):
                         writer.write(encode_frame(self._admit(rid, count, tickets)))
                     case Ping(id=rid):
@@ -119,8 +120,8 @@ class WorkerServer:
                     case Generate() | Embed():
                         writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
-                        reserved = _take_ticket(frame, tickets)
-                        task = asyncio.create_task(self._serve(frame, reserved, cancels, writer))
+                        ticket = _ticket_of(frame, tickets)
+                        task = asyncio.create_task(self._serve(frame, ticket, cancels, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -131,17 +132,17 @@ class WorkerServer:
             # The gateway went away: nobody will read these results.
             for event in cancels.values():
                 event.set()
-            self.places.give_back(sum(tickets.values()))
+            for ticket in tickets.values():
+                self.places.give_back(ticket)
             writer.close()
 
-    def _admit(self, rid: int, count: int, tickets: dict[int, int]) -> Admitted | Error:
+    def _admit(self, rid: int, count: int, tickets: dict[int, Ticket]) -> Admitted | Error:
         try:
             self._refuse_while_draining()
-            self.places.reserve(count)
+            ticket = tickets[rid] = self.places.admit(count)
         except DukatError as exc:
             return Error.of(rid, exc)
-        tickets[rid] = count
-        return Admitted(id=rid)
+        return Admitted(id=rid, places=ticket.unused)
 
     def _refuse_while_draining(self) -> None:
         if self.draining:
@@ -154,20 +155,20 @@ class WorkerServer:
     async def _serve(
         self,
         frame: Generate | Embed,
-        reserved: bool,
+        ticket: Ticket | None,
         cancels: dict[int, threading.Event],
         writer: asyncio.StreamWriter,
     ) -> None:
         rid = frame.id
         try:
-            if not reserved:
+            if ticket is None:
                 self._refuse_while_draining()  # a group admitted before the unload may finish
-            self.places.take(reserved=reserved)
+            self.places.take(ticket)
             started = time.monotonic()
             try:
                 await self._run(frame, cancels[rid], writer)
             finally:
-                self.places.done(time.monotonic() - started)
+                self.places.done(time.monotonic() - started, ticket)
                 self.finished += 1
                 self.cancelled += cancels[rid].is_set()
         except DukatError as exc:
@@ -237,15 +238,16 @@ class WorkerServer:
         return self.outbox
 
 
-def _take_ticket(frame: Generate | Embed, tickets: dict[int, int]) -> bool:
-    """Whether `frame` takes a place its group was admitted with."""
-    ticket = frame.ticket if isinstance(frame, Generate) else None
-    if ticket is None or not tickets.get(ticket):
-        return False
-    tickets[ticket] -= 1
-    if not tickets[ticket]:
-        del tickets[ticket]
-    return True
+def _ticket_of(frame: Generate | Embed, tickets: dict[int, Ticket]) -> Ticket | None:
+    """The group whose held place `frame` takes (None: it needs a free place of its own)."""
+    if not isinstance(frame, Generate) or frame.ticket is None:
+        return None
+    ticket = tickets.get(frame.ticket)
+    if ticket is None or ticket.unused <= 0:
+        return None
+    if ticket.left <= 1:
+        del tickets[frame.ticket]  # its last generation: nothing more will name it
+    return ticket
 
 
 def _fail(exc: BaseException, model_id: str) -> None:

@@ -171,29 +171,31 @@ async def test_request_errors_come_back_as_error_frames(
 
 
 async def test_a_group_is_admitted_whole_or_refused_whole(worker: tuple[str, int]) -> None:
-    """Places for n choices are reserved at once (the worker's default: 16 + 64 queued); while
-    they are held, a request on its own is refused with a Retry-After; given back, it is served."""
+    """A request's generations get their places at once (the worker's default: 16 + 64 queued) and
+    keep them; while they are held, others are refused with a Retry-After; given back, served."""
     raw = await _Raw.open(worker[0])
     try:
-        raw.writer.write(encode_frame(Admit(id=1, count=81)))
-        too_many = await raw.next()
-        assert isinstance(too_many, Error) and (too_many.code, too_many.param) == ("invalid_request", "n")
-        raw.writer.write(encode_frame(Admit(id=2, count=79)))
-        assert await raw.next() == Admitted(id=2)
-        raw.writer.write(encode_frame(Admit(id=3, count=2)))  # 79 + 2 > 80: none of the two
+        raw.writer.write(encode_frame(Admit(id=1, count=100)))  # larger than the worker: all of it
+        assert await raw.next() == Admitted(id=1, places=80)
+        raw.writer.write(encode_frame(Admit(id=2, count=1)))
         refused = await raw.next()
         assert isinstance(refused, Error) and refused.code == "overloaded" and refused.retry_after
-        raw.writer.write(encode_frame(Generate(id=4, request=_request(2), ticket=2)))  # one of the 79
-        assert await raw.next() == Accepted(id=4)
-        assert isinstance(await raw.next(), Result)
-        raw.writer.write(encode_frame(Generate(id=5, request=_request(2))))  # on its own: the 80th place
+        raw.writer.write(encode_frame(Cancel(id=1)))  # the group gives its places back
+        raw.writer.write(encode_frame(Admit(id=3, count=79)))
+        assert await raw.next() == Admitted(id=3, places=79)
+        raw.writer.write(encode_frame(Admit(id=4, count=2)))  # 79 + 2 > 80: none of the two
+        assert isinstance(await raw.next(), Error)
+        raw.writer.write(encode_frame(Generate(id=5, request=_request(2), ticket=3)))  # one of the 79
         assert await raw.next() == Accepted(id=5)
         assert isinstance(await raw.next(), Result)
-        raw.writer.write(encode_frame(Admit(id=6, count=3)))  # 78 still held: 78 + 3 > 80
+        raw.writer.write(encode_frame(Generate(id=6, request=_request(2))))  # on its own: the 80th place
+        assert await raw.next() == Accepted(id=6)
+        assert isinstance(await raw.next(), Result)
+        raw.writer.write(encode_frame(Admit(id=7, count=2)))  # the 79 stay with their group
         assert isinstance(await raw.next(), Error)
-        raw.writer.write(encode_frame(Cancel(id=2)))  # the group gives back the 78 it did not take
-        raw.writer.write(encode_frame(Admit(id=7, count=80)))
-        assert await raw.next() == Admitted(id=7)
+        raw.writer.write(encode_frame(Cancel(id=3)))
+        raw.writer.write(encode_frame(Admit(id=8, count=80)))
+        assert await raw.next() == Admitted(id=8, places=80)
     finally:
         raw.close()  # a closed connection gives back its places too
     fresh = WorkerConnection(worker[0])
