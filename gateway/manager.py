@@ -284,6 +284,7 @@ class ModelManager:
             quantization=quant,  # type: ignore[arg-type]
             device=device,
             model_type=entry.model_type if entry else None,
+            gguf_file=entry.gguf_file if entry else None,
         )
         try:
             state = await self._host(host.url).load(cmd)
@@ -304,9 +305,12 @@ class ModelManager:
         if conn is not None:
             await conn.close()
 
-    async def astart_download(self, model_id: str, revision: str | None = None) -> DownloadJob:
+    async def astart_download(
+        self, model_id: str, revision: str | None = None, file: str | None = None
+    ) -> DownloadJob:
         host = await self._pick_host(model_id, "auto")
-        job = await self._host(host.url).start_download(DownloadCommand(model_id=model_id, revision=revision))
+        cmd = DownloadCommand(model_id=model_id, revision=revision, file=file)
+        job = await self._host(host.url).start_download(cmd)
         job.id = f"{self._host_urls.index(host.url)}.{job.id}" if len(self._host_urls) > 1 else job.id
         return job
 

@@ -50,6 +50,8 @@ class UnloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 class DownloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
     revision: str | None = None
+    # One file of the repo (a .gguf of a GGUF repo) instead of the transformers model files.
+    file: str | None = None
 
 
 class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -61,6 +63,7 @@ class DownloadJob(Struct, kw_only=True):
     model: str
     status: DownloadStatus
     revision: str | None = None
+    file: str | None = None
     downloaded_bytes: int = 0
     total_bytes: int = 0
     files_done: int = 0
@@ -78,6 +81,7 @@ def download_job(job: host_api.DownloadJob) -> DownloadJob:
         model=job.model_id,
         status=job.status,
         revision=job.revision,
+        file=job.file,
         downloaded_bytes=job.downloaded_bytes,
         total_bytes=job.total_bytes,
         files_done=job.files_done,
