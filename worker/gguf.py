@@ -6,7 +6,8 @@ ONCE into a `save_pretrained` folder beside it, `.<name>.gguf.converted/` (hidde
 the GGUF's folder, not the cache), and every later load reads that folder in seconds. The folder
 records the size and modification time of the file it came from and is rebuilt when they change.
 A file lock beside the file makes two loads at once convert once. 4bit/8bit/none then apply to the
-converted folder as to any model.
+converted folder as to any model. A `chat_template.jinja` beside the .gguf is the model's chat
+template (a base model's GGUF has none; it overrides the file's own).
 
 Importing this module is cheap (no torch, no transformers): the worker host reads a GGUF's
 architecture here to pick the model type before any worker starts. Conversion runs in the model
@@ -42,6 +43,7 @@ from shared.errors import (
 log = logging.getLogger(__name__)
 
 SUFFIX = ".gguf"
+TEMPLATE_NAME = "chat_template.jinja"  # transformers' file name for a folder's chat template
 _STAMP = ".dukat-gguf.json"
 _FORMAT = 1  # bump when the converted folder's layout changes: old caches are rebuilt
 _LOCK_TIMEOUT_S = 1800.0  # a conversion of a large model on a slow disk
@@ -176,14 +178,13 @@ def prepare(gguf: Path, *, progress: Progress | None = None, show_bars: bool = F
     from GGUF are an UnsupportedModelTypeError (400).
     """
     gguf = Path(gguf).resolve()
-    if is_converted(gguf):
-        return converted_folder(gguf)
     report = progress or (lambda line: log.info("%s", line))
     try:
         lock = filelock.FileLock(str(gguf.parent / f".{gguf.name}.lock"), timeout=_LOCK_TIMEOUT_S)
         with lock:
             if not is_converted(gguf):  # another load may have converted it while we waited
                 _convert(gguf, report, show_bars)
+            _sync_template(gguf)
     except filelock.Timeout as exc:
         raise ModelLoadFailedError(f"another process is still converting {gguf.name}") from exc
     except PermissionError as exc:
@@ -220,12 +221,27 @@ def _convert(gguf: Path, report: Progress, show_bars: bool) -> None:
         _save_plain(model, tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _STAMP).write_text(json.dumps(_stamp(gguf)))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users of models_dir
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(f"converted {gguf.name} in {time.perf_counter() - started:.0f} s into {final}")
+
+
+def _sync_template(gguf: Path) -> None:
+    """A `chat_template.jinja` beside the .gguf wins over the file's own template (a base model has
+    none); copied into the converted folder when it differs, so editing it needs no conversion."""
+    beside, inside = gguf.parent / TEMPLATE_NAME, converted_folder(gguf) / TEMPLATE_NAME
+    try:
+        text = beside.read_text()
+    except FileNotFoundError:
+        return
+    if not inside.is_file() or inside.read_text() != text:
+        tmp = inside.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, inside)
 
 
 def _save_plain(model: Any, folder: Path) -> None:

@@ -147,3 +147,17 @@ def test_pull_one_file_of_a_gguf_repo(hub_server: HubServer, tmp_path: Path) -> 
 def test_pulling_a_gguf_repo_without_file_says_how(hub_server: HubServer, tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModelTypeError, match=r"holds GGUF files.*--file tiny-llama-"):
         download_model(GGUF_REPO, tmp_path, endpoint=hub_server.url)
+
+
+def test_a_chat_template_beside_the_file_becomes_the_models_template(gguf_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    folder = gguf.prepare(gguf_path)
+    assert AutoTokenizer.from_pretrained(folder).chat_template is None  # the file itself has none
+    template = "{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}A:"
+    (gguf_path.parent / "chat_template.jinja").write_text(template)
+    gguf.prepare(gguf_path)  # no second conversion: the template is copied in
+    rendered = AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False
+    )
+    assert rendered == "Q: Hi\nA:"
