@@ -33,13 +33,22 @@ from typing import Any
 from bench.completions import InProcess, one_vs_generate, streams_vs_one
 from bench.harness import RESULTS, SERVE_ENV, Served, write_config
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 LLAMA, GEMMA = "gpu-check/llama-1b", "gpu-check/gemma3-shaped"
 # TinyLlama-1.1B's shape; on the CPU fallback a small one (the point there is that the script runs).
 LLAMA_GPU = {"hidden": 2048, "layers": 22, "intermediate": 5632, "heads": 32}
 LLAMA_CPU = {"hidden": 256, "layers": 4, "intermediate": 512, "heads": 8}
 TOKENS = 64
-ENV = {**SERVE_ENV, "DUKAT_DEVICE_MAP": "auto", "DUKAT_DEVICES": "auto", "OMP_NUM_THREADS": "4",
-       "DUKAT_WORKER_THREADS": "4", "DUKAT_MAX_BATCH": "64", "DUKAT_MAX_QUEUE": "64"}
+# CPU threads of each process: a few feed a GPU; on the CPU fallback one (spinning OpenMP threads of
+# several processes on few cores slow everything down).
+THREADS = 4 if torch_cuda_available() else 1
+ENV = {**SERVE_ENV, "DUKAT_DEVICE_MAP": "auto", "DUKAT_DEVICES": "auto", "OMP_NUM_THREADS": str(THREADS),
+       "DUKAT_WORKER_THREADS": str(THREADS), "DUKAT_MAX_BATCH": "64", "DUKAT_MAX_QUEUE": "64"}
 Check = dict[str, Any]
 
 
@@ -160,7 +169,7 @@ def check_quantization(served: Served, path: Path) -> Check:
 def check_streams(served: Served, model: str, path: Path, device: str, counts: list[int]) -> Check:
     served.load(model, quantization="none", device=device)
     try:
-        base = InProcess(path, device="cuda:0" if device.startswith("cuda") else "cpu")
+        base = InProcess(path, device="cuda:0" if device.startswith("cuda") else "cpu", threads=THREADS)
         one = asyncio.run(one_vs_generate(served.url, model, base, tokens=TOKENS, rounds=3))
         del base
         multi = asyncio.run(streams_vs_one(served.url, model, counts, tokens=TOKENS))
