@@ -33,6 +33,7 @@ from typing import Any
 from bench.completions import InProcess, one_vs_generate, streams_vs_one
 from bench.harness import RESULTS, SERVE_ENV, Served, write_config
 
+
 def torch_cuda_available() -> bool:
     import torch
 
