@@ -140,6 +140,7 @@ class AsyncModelManager:
             default_quantization=entry.quantization if entry else None,
             default_device=self.settings.device_map,
             model_type=entry.model_type if entry else None,
+            gguf_file=entry.gguf_file if entry else None,
         )
         found = await self.hosts.find(model_id, fresh=True)
         host = found[0] if found else await self.hosts.pick(model_id, device or cmd.default_device)
@@ -181,9 +182,11 @@ class AsyncModelManager:
 
     # ---- downloads ----------------------------------------------------------------------------
 
-    async def start_download(self, model_id: str, revision: str | None = None) -> DownloadJob:
+    async def start_download(
+        self, model_id: str, revision: str | None = None, file: str | None = None
+    ) -> DownloadJob:
         host = await self.hosts.pick(model_id, "auto")
-        cmd = DownloadCommand(model_id=model_id, revision=revision)
+        cmd = DownloadCommand(model_id=model_id, revision=revision, file=file)
         job = await self.hosts.client(host.url).start_download(cmd)
         job.id = self.hosts.job_id(host.url, job.id)
         return job

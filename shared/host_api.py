@@ -30,6 +30,8 @@ class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     # The config file's override of the inferred type.
     model_type: str | None = None
     revision: str | None = None
+    # The config entry's `gguf_file`: which .gguf of the model's folder to load (or an absolute path).
+    gguf_file: str | None = None
 
 
 class UnloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -39,6 +41,8 @@ class UnloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
 class DownloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     model_id: str
     revision: str | None = None
+    # One file of the repo (a .gguf) instead of the transformers files.
+    file: str | None = None
 
 
 class DownloadCounts(Struct, kw_only=True):
@@ -55,6 +59,7 @@ class DownloadJob(DownloadCounts, kw_only=True):
     model_id: str
     status: DownloadStatus
     revision: str | None = None
+    file: str | None = None
     path: str | None = None
     error: str | None = None
     error_code: str | None = None

@@ -34,10 +34,12 @@ from shared.host_api import (
 from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
-from worker.catalog import list_local_models
+from worker.catalog import list_local_models, local_gguf
 from worker.devices import offered_devices, pick_device
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
+from worker.gguf import SUFFIX as GGUF_SUFFIX
+from worker.gguf import hf_model_type as gguf_model_type
 from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,9 @@ class Host:
             raise DeviceUnavailableError(
                 f"device {asked!r} is not available on this host (offered: {offered})", param="device"
             )
-        path = resolve_model_path(cmd.model_id, self.settings.models_dir)
+        models_dir = self.settings.models_dir
+        path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
+        path = path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
@@ -108,6 +112,8 @@ class Host:
 
 
 def _hf_model_type(path: Path) -> str | None:
+    if path.suffix == GGUF_SUFFIX:  # from its header: the worker converts it at load
+        return gguf_model_type(path)
     try:
         return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
@@ -149,7 +155,7 @@ async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
 
 @post("/downloads", status_code=202)
 async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
-    return state.host.jobs.start(data.model_id, data.revision)
+    return state.host.jobs.start(data.model_id, data.revision, data.file)
 
 
 @get("/downloads/{job_id:str}")

@@ -38,7 +38,7 @@ async def hosts(state: State) -> list[HostState]:
 
 @post("/api/models/pull", status_code=202, summary="Start downloading a model (follow the job)")
 async def pull(state: State, data: DownloadRequest) -> DownloadJob:
-    return download_job(await state.manager.start_download(data.model, data.revision))
+    return download_job(await state.manager.start_download(data.model, data.revision, data.file))
 
 
 @get("/api/downloads/{job_id:str}", summary="A download job's progress")
