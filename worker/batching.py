@@ -5,8 +5,9 @@ The scheduler decides who runs: admission (bounded: `max_batch` rows of at most 
 `max_queue` waiting, then OverloadedError), joins between steps (newcomers first, so a prefill
 decides their first token's wait), leaves (stops, lengths, cancels, a consumer that went away) and
 failures (a failed step fails its rows, the thread lives on). The cache mechanics are
-worker/kv_cache.py's: rows of one left-padded batch where the model batches exactly, else each
-request on its own cache ("solo" rows), still interleaved. `_emit` is the one sampling step of
+worker/kv_cache.py's: rows of one left-padded batch where the model batches (exactly, or for
+8-bit within a documented bound), else each request on its own cache ("solo" rows), still
+interleaved. `_emit` is the one sampling step of
 every row, batched or solo: each row's own sampler picks its token from its logits. Tokens go to
 each request's consumer as callbacks on this thread (the engine turns them into text), then one
 `on_step` per consumer and step hands them on.
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
-from worker.kv_cache import PaddedBatch, Solo, batches_exactly
+from worker.kv_cache import PaddedBatch, Solo, can_batch
 from worker.sampling import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Scheduler:
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
         self._model, self._seq2seq = model, seq2seq
         self._suppress = _suppressed_ids(model)
-        self._batch = None if seq2seq or not batches_exactly(model, pad_id) else PaddedBatch(model, pad_id)
+        self._batch = None if seq2seq or not can_batch(model, pad_id) else PaddedBatch(model, pad_id)
         self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
         self._in_flight = 0  # waiting + running, until their consumer or the scheduler is done

@@ -37,7 +37,10 @@ def test_every_generating_family_answers_chat_messages(engine_for: EngineFor, fa
     assert result.timings.total_s >= result.timings.first_token_s > 0
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma", "opt", "bloom", "t5"])
+GREEDY_PARITY = ["llama", "gpt2", "gemma", "opt", "bloom", "t5", "gemma3", "mistral_sliding"]
+
+
+@pytest.mark.parametrize("family", GREEDY_PARITY)
 @pytest.mark.parametrize("repetition_penalty", [1.0, 1.3])
 def test_temperature_zero_equals_transformers_greedy(
     engine_for: EngineFor, family: str, repetition_penalty: float
