@@ -11,6 +11,12 @@ interleaved. `_emit` is the one sampling step of
 every row, batched or solo: each row's own sampler picks its token from its logits. Tokens go to
 each request's consumer as callbacks on this thread (the engine turns them into text), then one
 `on_step` per consumer and step hands them on.
+
+Why not transformers' continuous batching (`generate_batch`, paged attention): measured in process
+on 2 CPU cores, 16 greedy prompts x 64 tokens, it made 181 tok/s on the bench's tiny Llama and 184
+on a Gemma 3-shaped one, where this scheduler made 1260 and 1011; it also sizes its cache from
+free memory unless told, and has no per-request generator. Prefills are compute-bound here: the
+slowest first token of many requests that arrive together is bounded by their prefills' total.
 """
 
 from __future__ import annotations
