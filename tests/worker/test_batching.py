@@ -19,6 +19,7 @@ from shared.errors import ModelNotLoadedError, OverloadedError
 from shared.generation import GenerateRequest, GenerateResult, Message, SamplingParams
 from shared.model_types import get_model_type
 from tests.worker.conftest import tiny_model
+from worker.batching import prefill_groups
 from worker.engine import Engine
 from worker.kv_cache import PaddedBatch, is_int8
 from worker.loading import load_model
@@ -317,3 +318,18 @@ def test_8bit_rows_batch_within_the_documented_bound(engine_for: EngineFor, tiny
                 moved_by_batching = float((got[row] - want[0]).abs().max())
                 moved_by_8bit = float((want[0] - exact[0]).abs().max())
                 assert 0 < moved_by_batching < moved_by_8bit
+
+
+@pytest.mark.parametrize(
+    ("lengths", "groups"),
+    [
+        ([30, 28, 33, 31], [[1, 0, 3, 2]]),  # similar lengths: one prefill
+        ([400, 12, 10, 11], [[2, 3, 1], [0]]),  # the long prompt pads nobody: it goes last, alone
+        ([5], [[0]]),
+        ([], []),
+        ([10, 20, 20, 40], [[0], [1, 2], [3]]),
+    ],
+)
+def test_prefills_are_grouped_by_length_shortest_first(lengths: list[int], groups: list[list[int]]) -> None:
+    assert prefill_groups(lengths) == groups
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
