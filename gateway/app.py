@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from gateway.auth import KeyGuard
 from gateway.errors import exception_handlers
 from gateway.manager import ModelManager
 from gateway.middleware import GatewayMiddleware
@@ -62,6 +63,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
         state=State({"manager": manager}),
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
+        guards=[KeyGuard(settings)],  # on the route dispatched to: `//v1/models` is `/v1/models`
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
         openapi_config=OpenAPIConfig(
             title="Dukat",
@@ -70,6 +72,6 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
     )
-    # Outside litestar's router, so unknown routes get a request id and auth too.
-    app.asgi_handler = GatewayMiddleware(app.asgi_handler, settings.api_keys)  # type: ignore[assignment]
+    # Outside litestar's router, so unknown routes get a request id and a log line too.
+    app.asgi_handler = GatewayMiddleware(app.asgi_handler)  # type: ignore[assignment]
     return app

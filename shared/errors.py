@@ -97,6 +97,14 @@ class AuthenticationError(DukatError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(DukatError):
+    """A valid key without the right role (an inference key on an admin route)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFoundError(DukatError):
     status = 404
     type = "invalid_request_error"

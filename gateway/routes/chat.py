@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.middleware import request_id_of
 from gateway.routes.choices import generate_all, stream_all
 from gateway.schemas import (
@@ -18,7 +19,7 @@ from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest
 
 
-@post("/v1/chat/completions", status_code=200, summary="Create a chat completion (OpenAI)")
+@post("/v1/chat/completions", status_code=200, opt=INFERENCE, summary="Create a chat completion (OpenAI)")
 async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
 ) -> ChatCompletionResponse | EventStream:

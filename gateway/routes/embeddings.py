@@ -5,10 +5,11 @@ from __future__ import annotations
 from litestar import post
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
 
 
-@post("/v1/embeddings", status_code=200, summary="Create embeddings (OpenAI)")
+@post("/v1/embeddings", status_code=200, opt=INFERENCE, summary="Create embeddings (OpenAI)")
 async def embeddings(state: State, data: EmbeddingRequest) -> EmbeddingResponse:
     model, result = await state.manager.aembed(data.model, data.inputs())
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)

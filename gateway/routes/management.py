@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import get, post
+from litestar import Request, get, post
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE, is_admin, without_internals
 from gateway.manager import worker_view
 from gateway.schemas import (
     DownloadJob,
@@ -19,14 +20,17 @@ from gateway.schemas import (
 from shared.host_api import HostState
 
 
-@get("/api/models", summary="Models available: the config file and every host's models_dir")
+@get("/api/models", opt=INFERENCE, summary="Models available: the config file and every host's models_dir")
 async def available(state: State) -> dict[str, Any]:
     return {"object": "list", "data": await state.manager.alist_available_models()}
 
 
-@get("/api/ps", summary="Models loaded, with device, quantization and memory")
-async def loaded(state: State) -> dict[str, Any]:
-    return {"object": "list", "data": await state.manager.alist_loaded_models()}
+@get("/api/ps", opt=INFERENCE, summary="Models loaded, with device, quantization and memory")
+async def loaded(request: Request, state: State) -> dict[str, Any]:
+    rows = await state.manager.alist_loaded_models()
+    if not is_admin(request.scope):
+        rows = [without_internals(row) for row in rows]
+    return {"object": "list", "data": rows}
 
 
 @get("/api/hosts", summary="Every worker host's devices, models and downloads")

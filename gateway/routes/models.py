@@ -7,6 +7,7 @@ from typing import Any
 from litestar import get
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.schemas import Model, ModelList
 from shared.errors import ModelNotFoundError
 
@@ -22,12 +23,12 @@ def _model(row: dict[str, Any]) -> Model:
     )
 
 
-@get("/v1/models", summary="List models (OpenAI)")
+@get("/v1/models", opt=INFERENCE, summary="List models (OpenAI)")
 async def list_models(state: State) -> ModelList:
     return ModelList(data=[_model(row) for row in await state.manager.alist_available_models()])
 
 
-@get("/v1/models/{model_id:path}", summary="Retrieve a model (OpenAI)")
+@get("/v1/models/{model_id:path}", opt=INFERENCE, summary="Retrieve a model (OpenAI)")
 async def get_model(state: State, model_id: str) -> Model:
     model_id = model_id.lstrip("/")
     for row in await state.manager.alist_available_models():
