@@ -14,6 +14,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from gateway.auth import KeyGuard
 from gateway.errors import exception_handlers
+from gateway.limits import LimitedRequest
 from gateway.manager import ModelManager
 from gateway.middleware import GatewayMiddleware
 from gateway.routes import chat, completions, embeddings, management, models
@@ -60,7 +61,8 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
 
     app = Litestar(
         route_handlers=ROUTES,
-        state=State({"manager": manager}),
+        state=State({"manager": manager, "settings": settings}),
+        request_class=LimitedRequest,  # JSON nested deeper than DUKAT_MAX_JSON_DEPTH is a 400
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         guards=[KeyGuard(settings)],  # on the route dispatched to: `//v1/models` is `/v1/models`

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -59,7 +60,7 @@ class HostClient:
         return await self._call("POST", "/downloads", DownloadJob, cmd)
 
     async def download(self, job_id: str) -> DownloadJob:
-        return await self._call("GET", f"/downloads/{job_id}", DownloadJob)
+        return await self._call("GET", f"/downloads/{quote(job_id, safe='')}", DownloadJob)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class DownloadJobs:
-    def __init__(self, models_dir: Path, *, keep: int = 100) -> None:
+    def __init__(self, models_dir: Path, *, keep: int = 100, max_bytes: int | None = None) -> None:
         self.models_dir = models_dir
+        self.max_bytes = max_bytes
         self.keep = keep
         self._jobs: dict[str, DownloadJob] = {}
         self._done: dict[str, asyncio.Future[Path]] = {}
@@ -63,7 +64,8 @@ class DownloadJobs:
         job.status = "running"
         try:
             path = await asyncio.to_thread(
-                download_model, job.model_id, self.models_dir, revision=job.revision, progress=on_progress
+                download_model, job.model_id, self.models_dir, revision=job.revision, progress=on_progress,
+                max_bytes=self.max_bytes,
             )
         except DukatError as exc:
             job.status, job.error, job.error_code = "failed", exc.message, exc.code

@@ -15,11 +15,13 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.params import Parameter
 
 from shared.errors import DeviceUnavailableError, DukatError, InternalError, error_for_status
 from shared.host_api import (
@@ -42,6 +44,7 @@ from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"
+HOST_JOB_ID = r"^dl-[0-9a-f]{12}$"
 
 
 class Host:
@@ -51,7 +54,7 @@ class Host:
         self.settings = settings
         self.url = url
         self.host_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.jobs = DownloadJobs(settings.models_dir)
+        self.jobs = DownloadJobs(settings.models_dir, max_bytes=settings.max_model_bytes)
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
         self.supervisor = Supervisor(
             bind=settings.host_bind,
@@ -161,7 +164,7 @@ async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
 
 
 @get("/downloads/{job_id:str}")
-async def get_download(state: State, job_id: str) -> DownloadJob:
+async def get_download(state: State, job_id: Annotated[str, Parameter(pattern=HOST_JOB_ID)]) -> DownloadJob:
     return state.host.jobs.get(job_id)
 
 

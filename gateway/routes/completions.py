@@ -6,6 +6,7 @@ from litestar import Request, post
 from litestar.datastructures import State
 
 from gateway.auth import INFERENCE
+from gateway.limits import check_generations, check_model, check_prompt_chars
 from gateway.middleware import request_id_of
 from gateway.routes.choices import generate_all, stream_all
 from gateway.schemas import (
@@ -25,6 +26,11 @@ async def completions(
 ) -> CompletionResponse | EventStream:
     rid = request_id_of(request.scope)
     prompts, params = data.prompts(), data.choice_params()
+    settings = state.manager.settings
+    check_model(state.manager, data.model)
+    check_generations(settings, len(prompts), data.choices)
+    for prompt in prompts:
+        check_prompt_chars(settings, (prompt,), "prompt")
     # Prompt-major order, n samples per prompt: choice index = prompt * n + sample.
     requests = [GenerateRequest(prompt=p, params=s, request_id=rid) for p in prompts for s in params]
     echo = prompts if data.echo else None

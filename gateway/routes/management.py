@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import Parameter
 
 from gateway.auth import INFERENCE, is_admin, without_internals
+from gateway.limits import check_loadable, check_model, check_pull, check_revision
 from gateway.manager import worker_view
 from gateway.schemas import (
     DownloadJob,
@@ -17,7 +19,7 @@ from gateway.schemas import (
     UnloadRequest,
     download_job,
 )
-from shared.host_api import HostState
+from shared.host_api import JOB_ID_PATTERN, HostState
 
 
 @get("/api/models", opt=INFERENCE, summary="Models available: the config file and every host's models_dir")
@@ -40,27 +42,32 @@ async def hosts(state: State) -> list[HostState]:
 
 @post("/api/models/pull", status_code=202, summary="Start downloading a model (follow the job)")
 async def pull(state: State, data: DownloadRequest) -> DownloadJob:
+    check_pull(state.manager.settings, data.model)
+    check_revision(data.revision)
     return download_job(await state.manager.astart_download(data.model, data.revision))
 
 
 @get("/api/downloads/{job_id:str}", summary="A download job's progress")
-async def download(state: State, job_id: str) -> DownloadJob:
+async def download(state: State, job_id: Annotated[str, Parameter(pattern=JOB_ID_PATTERN)]) -> DownloadJob:
     return download_job(await state.manager.adownload_job(job_id))
 
 
 @post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
 async def load(state: State, data: LoadRequest) -> dict[str, Any]:
+    await check_loadable(state.manager, data.model)
     return worker_view(await state.manager.aload_model(data.model, data.quantization, data.device))
 
 
 @post("/api/models/unload", status_code=200, summary="Stop a model's worker process")
 async def unload(state: State, data: UnloadRequest) -> dict[str, Any]:
+    check_model(state.manager, data.model)
     await state.manager.aunload_model(data.model)
     return {"id": data.model, "state": "unloaded"}
 
 
 @post("/api/models/default", status_code=200, summary="Set the default model (saved in the config file)")
 async def set_default(state: State, data: SetDefaultRequest) -> dict[str, Any]:
+    check_model(state.manager, data.model)
     await state.manager.aset_default_model(data.model)
     return {"default_model": data.model}
 

@@ -7,9 +7,9 @@ forbid unknown fields so a typo is a 400, not a silently ignored option.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from shared import host_api
 from shared.host_api import DownloadStatus
@@ -36,24 +36,29 @@ class ModelList(Struct, kw_only=True):
     data: list[Model]
 
 
+# Ids are checked further where they enter (gateway/limits.py): their length limit is a setting.
+ModelId = Annotated[str, Meta(min_length=1)]
+Device = Annotated[str, Meta(pattern=r"^(auto|cpu|cuda:[0-9]{1,3})$")]
+
+
 class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
     quantization: Quantization | None = None
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
-    device: str | None = None
+    device: Device | None = None
 
 
 class UnloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
 
 
 class DownloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
     revision: str | None = None
 
 
 class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
 
 
 class DownloadJob(Struct, kw_only=True):
