@@ -8,7 +8,6 @@ everything else needs an admin key. With no key set at all, everything is open (
 
 from __future__ import annotations
 
-import hmac
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from shared.errors import AuthenticationError, PermissionDeniedError
 from shared.settings import Settings
+from shared.tokens import bearer_token, token_in
 
 Access = Literal["open", "inference", "admin"]
 # A route handler's `opt`: open to inference keys (admin keys may call everything).
@@ -39,24 +39,6 @@ def route_access(handler: BaseRouteHandler, path_template: str) -> Access:
     return "admin"
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header (the scheme in any case)."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
-
-
-def _matches(token: str, keys: tuple[bytes, ...]) -> bool:
-    """Constant time in the token and over every key: no early exit tells which one came close."""
-    given = token.encode("utf-8", "surrogateescape")
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(given, key)
-    return found
-
-
 class KeyGuard:
     """A litestar guard (`Litestar(guards=[KeyGuard(settings)])`): 401 without a valid key, 403 for an
     inference key on an admin route."""
@@ -68,10 +50,8 @@ class KeyGuard:
 
     def role(self, authorization: str | None) -> Literal["admin", "inference"] | None:
         token = bearer_token(authorization)
-        if token is None:
-            return None
         # Both compares always run, so timing does not tell the roles apart either.
-        admin, inference = _matches(token, self.admin_keys), _matches(token, self.inference_keys)
+        admin, inference = token_in(token, self.admin_keys), token_in(token, self.inference_keys)
         return "admin" if admin else "inference" if inference else None
 
     def __call__(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

@@ -15,15 +15,23 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
-from shared.errors import DeviceUnavailableError, DukatError, InternalError, error_for_status
+from shared.errors import (
+    AuthenticationError,
+    DeviceUnavailableError,
+    DukatError,
+    InternalError,
+    error_for_status,
+)
 from shared.host_api import (
     DownloadCommand,
     DownloadJob,
@@ -36,6 +44,7 @@ from shared.host_api import (
 from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
+from shared.tokens import bearer_token, token_in
 from worker.catalog import list_local_models
 from worker.devices import offered_devices, pick_device
 from worker.download_jobs import DownloadJobs
@@ -64,6 +73,7 @@ class Host:
             max_queue=settings.max_queue,
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
+            token=settings.internal_token,
         )
 
     def state(self) -> HostState:
@@ -132,7 +142,7 @@ def _own_address() -> str:
         return "127.0.0.1"
 
 
-@get("/health")
+@get("/health", opt={"open": True})
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -179,6 +189,19 @@ def _error_response(_: Request, exc: Exception) -> Response[bytes]:
     return Response(msgspec.json.encode(err.body()), status_code=err.status, media_type="application/json")
 
 
+def internal_guard(token: str | None) -> Any:
+    """A litestar guard: with an internal token set, every route but /health wants it (deny by default)."""
+    keys = (token.encode(),) if token else ()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if not keys or handler.opt.get("open") is True:
+            return
+        if not token_in(bearer_token(connection.headers.get("authorization")), keys):
+            raise AuthenticationError("this worker host wants the internal token (DUKAT_INTERNAL_TOKEN)")
+
+    return guard
+
+
 def create_host_app(settings: Settings, url: str) -> Litestar:
     host = Host(settings, url)
 
@@ -194,6 +217,7 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
         state=State({"host": host}),
         lifespan=[lifespan],
         exception_handlers={Exception: _error_response},
+        guards=[internal_guard(settings.internal_token)],
         logging_config=None,
         openapi_config=None,
     )
