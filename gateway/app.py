@@ -17,6 +17,7 @@ from gateway.errors import exception_handlers
 from gateway.limits import LimitedRequest
 from gateway.manager import ModelManager
 from gateway.middleware import GatewayMiddleware
+from gateway.openapi import publish_truthful_openapi
 from gateway.routes import chat, completions, embeddings, management, models
 from shared.settings import Settings
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
     )
+    publish_truthful_openapi(app, settings)
     # Outside litestar's router, so unknown routes get a request id and a log line too.
     app.asgi_handler = GatewayMiddleware(app.asgi_handler)  # type: ignore[assignment]
     return app

@@ -10,10 +10,12 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
+import msgspec
 from litestar import Request
 
-from shared.errors import InvalidRequestError, PullNotAllowedError
-from shared.model_ids import check_model_id
+from gateway.errors import request_validation_error
+from shared.errors import InvalidRequestError, ModelNotFoundError, PullNotAllowedError
+from shared.model_ids import check_model_id, is_hub_id
 from shared.settings import Settings
 
 # A JSON string (escapes included, unrolled so it never backtracks) or a bracket.
@@ -41,17 +43,31 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
 
 
 class LimitedRequest(Request[Any, Any, Any]):
-    """litestar's Request whose JSON body is refused when nested deeper than DUKAT_MAX_JSON_DEPTH:
-    msgspec's decoder would hit Python's recursion limit (a 500) a few hundred levels down."""
+    """litestar's Request, decoding a JSON body as the OpenAPI document says, and no more leniently.
+
+    A body nested deeper than DUKAT_MAX_JSON_DEPTH is a 400 before decoding (msgspec's decoder
+    would hit Python's recursion limit, a 500, a few hundred levels down). A body for a typed `data`
+    is decoded strictly into its Struct here (litestar's own conversion is lax: `"echo": 0` or
+    `"n": "2"` would pass); litestar then takes the Struct as it is.
+    """
 
     async def json(self) -> Any:
+        body = await self.body()
         limit = self.app.state["settings"].max_json_depth
-        if json_depth_exceeds(await self.body(), limit):
+        if json_depth_exceeds(body, limit):
             raise InvalidRequestError(
                 f"the request body nests JSON arrays/objects more than {limit} levels deep "
                 "(DUKAT_MAX_JSON_DEPTH)"
             )
-        return await super().json()
+        data = self.route_handler.parsed_fn_signature.parameters.get("data")
+        if data is None or not body:
+            return await super().json()
+        try:
+            return msgspec.json.decode(body, type=data.annotation)
+        except msgspec.ValidationError as exc:
+            raise request_validation_error(exc) from None
+        except msgspec.DecodeError:
+            return await super().json()  # not JSON (or not UTF-8): litestar's own 400 says so
 
 
 def check_model(manager: Any, model_id: str | None) -> None:
@@ -109,9 +125,10 @@ def check_revision(revision: str | None) -> None:
 def check_pull(settings: Settings, model_id: str) -> None:
     """A hub repo id an admin may pull (DUKAT_PULL_ALLOW): `org/name`, matching an allowed pattern."""
     check_model_id(model_id, max_length=settings.max_model_id_length)
-    if model_id.count("/") > 1 or len(model_id) > 96:
+    if not is_hub_id(model_id):
         raise InvalidRequestError(
-            f"{model_id!r} is not a hub model id like 'org/name' (at most 96 characters)", param="model"
+            f"{model_id!r} is not a hub model id like 'org/name' (each part at most 96 characters)",
+            param="model",
         )
     if not any(fnmatchcase(model_id, pattern) for pattern in settings.pull_allow):
         allowed = ", ".join(settings.pull_allow) or "none"
@@ -128,4 +145,9 @@ async def check_loadable(manager: Any, model_id: str) -> None:
         return
     if any(m.model_id == model_id for m in await manager.alocal_models()):
         return
+    if not is_hub_id(model_id):
+        raise ModelNotFoundError(
+            f"model {model_id!r} is not in the config file, not under models_dir, and not a hub id to pull",
+            param="model",
+        )
     check_pull(manager.settings, model_id)

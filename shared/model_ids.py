@@ -19,6 +19,11 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The longest file name Linux (and most file systems) take.
 MAX_SEGMENT_BYTES = 255
+# A hub repo id as Dukat pulls it: `name` or `org/name`, each at most 96 characters.
+HUB_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9_][A-Za-z0-9._-]{0,95})?$"
+_HUB_ID = re.compile(HUB_ID_PATTERN)
+# A client's model id (what `check_model_id` lets through, config entries aside), for the OpenAPI document.
+MODEL_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}(/[A-Za-z0-9_][A-Za-z0-9._-]{0,254})*$"
 _EXPLICIT_PATH_PREFIXES = ("/", "~", "./", "../", ".\\", "..\\")
 
 
@@ -26,6 +31,10 @@ def is_explicit_path(model_id: str) -> bool:
     """Whether `model_id` is written as a file system path (only the operator's config and the Python
     API may name those; a bare `org/name` is looked up under `models_dir`, never in the cwd)."""
     return model_id.startswith(_EXPLICIT_PATH_PREFIXES) or model_id in (".", "..")
+
+
+def is_hub_id(model_id: str) -> bool:
+    return _HUB_ID.fullmatch(model_id) is not None
 
 
 def check_model_id(model_id: str, *, max_length: int, allowed: Container[str] = ()) -> str:
@@ -54,8 +63,6 @@ def _problem(model_id: str, max_length: int) -> str | None:
     segments = model_id.split("/")
     if "" in segments:
         return "empty path segment (a leading, trailing or double '/')"
-    if ".." in model_id:
-        return "'..' is not allowed"
     for segment in segments:
         if len(segment.encode()) > MAX_SEGMENT_BYTES:
             return f"a segment is longer than {MAX_SEGMENT_BYTES} bytes"

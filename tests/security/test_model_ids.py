@@ -11,9 +11,9 @@ from shared.model_ids import check_model_id, is_explicit_path
 GOOD = ["gpt2", "org/name", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "tiny/t5", "a_b.c-d", "_x/y"]
 BAD = {
     "": "empty",
-    "../etc": "'..'",
-    "a/../../etc": "'..'",
-    "a..b": "'..'",
+    "../etc": "segment '..'",
+    "a/../../etc": "segment '..'",
+    "a/..": "segment '..'",
     "/etc/passwd": "not a path",
     "~root/models": "not a path",
     "~/models": "not a path",
