@@ -65,9 +65,25 @@ class LimitedRequest(Request[Any, Any, Any]):
         try:
             return msgspec.json.decode(body, type=data.annotation)
         except msgspec.ValidationError as exc:
-            raise request_validation_error(exc) from None
+            error = exc
         except msgspec.DecodeError:
             return await super().json()  # not JSON (or not UTF-8): litestar's own 400 says so
+        # JSON Schema counts 2.0 as an integer: take integral numbers where integers are expected.
+        try:
+            return msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation)
+        except msgspec.ValidationError:
+            raise request_validation_error(error) from None
+
+
+def _integral(value: Any) -> Any:
+    """`value` with every float that is a whole number (within int64) as an int."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
 
 
 def check_model(manager: Any, model_id: str | None) -> None:

@@ -21,6 +21,7 @@ CHAT_MODEL = "tiny/tinyllama"
 EMBED_MODEL = "tiny/bert"
 MAX_MODEL_BYTES = 8 * 2**20  # the hub's BIG_REPO (24 MiB) is over it, its tiny repos are not
 PULL_ALLOW = "dukat-test/*"
+MAX_GENERATIONS = 4  # prompts x n; small, so fuzzed requests stay quick (schemathesis_hooks.py knows it)
 
 
 @dataclass
@@ -56,9 +57,10 @@ def locked(
         "DUKAT_STOP_TIMEOUT_S": "5",
         "DUKAT_API_KEYS": f"other-key,{INFERENCE_KEY}",
         "DUKAT_ADMIN_KEYS": ADMIN_KEY,
-        "DUKAT_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "DUKAT_PULL_ALLOW": PULL_ALLOW,
         "DUKAT_MAX_MODEL_BYTES": str(MAX_MODEL_BYTES),
+        "DUKAT_MAX_GENERATIONS": str(MAX_GENERATIONS),
+        "DUKAT_PRELOAD": f"{CHAT_MODEL},{EMBED_MODEL}",
     }
     proc = ChildProcess(
         "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],
