@@ -11,9 +11,11 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
+import msgspec
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from gateway.schemas import LoadedModel
 from shared.errors import AuthenticationError, PermissionDeniedError
 from shared.settings import Settings
 from shared.tokens import bearer_token, token_in
@@ -76,9 +78,6 @@ def is_admin(scope: Any) -> bool:
     return bool(scope.get(ADMIN_SCOPE_KEY, False))
 
 
-# What only admins see of a loaded model: its process, its host's internal URL, its log (paths).
-_INTERNAL_FIELDS = frozenset({"pid", "host", "log_tail", "address", "path"})
-
-
-def without_internals(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in _INTERNAL_FIELDS}
+def without_internals(row: LoadedModel) -> LoadedModel:
+    """A loaded model as a non-admin sees it: no pid, no worker or host address, no log lines (paths)."""
+    return msgspec.structs.replace(row, pid=None, address=None, host=None, log_tail=[])

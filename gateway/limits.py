@@ -159,7 +159,7 @@ async def check_loadable(manager: Any, model_id: str) -> None:
     check_model(manager, model_id)
     if model_id in manager.config.view().models:
         return
-    if any(m.model_id == model_id for m in await manager.alocal_models()):
+    if any(m.id == model_id for m in await manager.local_models()):
         return
     if not is_hub_id(model_id):
         raise ModelNotFoundError(

@@ -41,7 +41,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from msgspec import Struct
 from tqdm import tqdm
 
 from shared.errors import (
@@ -54,6 +53,7 @@ from shared.errors import (
     ModelTooLargeError,
     UnsupportedModelTypeError,
 )
+from shared.host_api import DownloadCounts
 from shared.model_ids import is_explicit_path
 from worker.catalog import MARKER_NAME, DownloadMarker, is_model_folder, read_marker
 
@@ -74,12 +74,10 @@ _WEIGHT_GROUPS = (
 )
 
 
-class DownloadProgress(Struct, kw_only=True, frozen=True):
+class DownloadProgress(DownloadCounts, kw_only=True):
+    """One report of a download in progress: its counts, and the file it is at."""
+
     model_id: str
-    downloaded_bytes: int
-    total_bytes: int
-    files_done: int
-    files_total: int
     current_file: str | None = None
     done: bool = False
 

@@ -6,9 +6,9 @@ from litestar import Request, post
 from litestar.datastructures import State
 
 from gateway.auth import INFERENCE
+from gateway.choices import generate_all, stream_all
 from gateway.limits import check_generations, check_model, check_prompt_chars
 from gateway.middleware import request_id_of
-from gateway.routes.choices import generate_all, stream_all
 from gateway.schemas import (
     ChatChunks,
     ChatCompletionRequest,

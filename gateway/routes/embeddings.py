@@ -15,5 +15,5 @@ async def embeddings(state: State, data: EmbeddingRequest) -> EmbeddingResponse:
     check_model(state.manager, data.model)
     inputs = data.inputs()
     check_embedding_inputs(state.manager.settings, inputs)
-    model, result = await state.manager.aembed(data.model, inputs)
+    model, result = await state.manager.embed(data.model, inputs)
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)
