@@ -155,9 +155,11 @@ def test_an_inference_key_sees_no_pids_urls_or_paths(
     assert chat.status_code == 200, chat.text
     seen = {row["id"]: row for row in inference.get("/api/ps").json()["data"]}
     assert seen[CHAT_MODEL]["state"] == "loaded"
-    assert not {"pid", "host", "log_tail"} & set(seen[CHAT_MODEL])
+    row = seen[CHAT_MODEL]
+    assert row["pid"] is row["host"] is row["address"] is None and row["log_tail"] == []
     full = {row["id"]: row for row in admin.get("/api/ps").json()["data"]}
     assert full[CHAT_MODEL]["pid"] and full[CHAT_MODEL]["host"].startswith("http://")
+    assert full[CHAT_MODEL]["address"]
 
 
 def test_bearer_token_parsing() -> None:
