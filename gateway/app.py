@@ -12,9 +12,12 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from gateway.auth import KeyGuard
 from gateway.errors import exception_handlers
+from gateway.limits import LimitedRequest
 from gateway.manager import AsyncModelManager
 from gateway.middleware import GatewayMiddleware
+from gateway.openapi import publish_truthful_openapi
 from gateway.routes import chat, completions, embeddings, management, models
 from shared.settings import Settings
 
@@ -58,9 +61,11 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
 
     app = Litestar(
         route_handlers=ROUTES,
-        state=State({"manager": manager}),
+        state=State({"manager": manager, "settings": settings}),
+        request_class=LimitedRequest,  # JSON nested deeper than DUKAT_MAX_JSON_DEPTH is a 400
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
+        guards=[KeyGuard(settings)],  # on the route dispatched to: `//v1/models` is `/v1/models`
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
         openapi_config=OpenAPIConfig(
             title="Dukat",
@@ -69,6 +74,7 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
     )
-    # Outside litestar's router, so unknown routes get a request id and auth too.
-    app.asgi_handler = GatewayMiddleware(app.asgi_handler, settings.api_keys)  # type: ignore[assignment]
+    publish_truthful_openapi(app, settings)
+    # Outside litestar's router, so unknown routes get a request id and a log line too.
+    app.asgi_handler = GatewayMiddleware(app.asgi_handler)  # type: ignore[assignment]
     return app

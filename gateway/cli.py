@@ -14,9 +14,17 @@ from shared.errors import DukatError, SettingsError
 from shared.settings import load_settings, setting_names
 
 
-def _client(args: argparse.Namespace) -> httpx.Client:
+def client_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else DUKAT_API_KEY, else (on the server's own machine) its first admin or inference key."""
+    if getattr(args, "api_key", None):
+        return str(args.api_key)
     settings = load_settings()
-    headers = {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
+    return settings.api_key or next(iter(settings.admin_keys + settings.api_keys), None)
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    key = client_key(args)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=None)
 
 
@@ -166,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(
             "--url", default=_default_url(), help="the Dukat server (default: DUKAT_HOST:DUKAT_PORT)"
         )
+        c.add_argument("--api-key", help="bearer key sent to the server (DUKAT_API_KEY)")
         if model:
             c.add_argument("model")
         c.set_defaults(func=func)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -17,15 +18,19 @@ from shared.host_api import (
     UnloadCommand,
     WorkerState,
 )
+from shared.tokens import bearer_header
 
 T = TypeVar("T")
 
 
 class HostClient:
-    def __init__(self, url: str, *, timeout: float = 30.0, load_timeout: float = 900.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 30.0, load_timeout: float = 900.0, token: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.load_timeout = load_timeout
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        # The internal token (DUKAT_INTERNAL_TOKEN) on every call.
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=bearer_header(token))
 
     async def _call(
         self, method: str, path: str, out: type[T], body: Any = None, timeout: float | None = None
@@ -59,7 +64,7 @@ class HostClient:
         return await self._call("POST", "/downloads", DownloadJob, cmd)
 
     async def download(self, job_id: str) -> DownloadJob:
-        return await self._call("GET", f"/downloads/{job_id}", DownloadJob)
+        return await self._call("GET", f"/downloads/{quote(job_id, safe='')}", DownloadJob)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -36,6 +36,7 @@ from shared.generation import (
 )
 from shared.host_api import DownloadCommand, DownloadJob, LoadCommand, LocalModel, WorkerState
 from shared.model_config import ConfigStore, ModelEntry
+from shared.model_ids import is_explicit_path
 from shared.settings import Settings
 from shared.wire_client import WorkerConnection
 
@@ -67,7 +68,7 @@ class AsyncModelManager:
     def _worker(self, address: str) -> WorkerConnection:
         conn = self._workers.get(address)
         if conn is None:
-            conn = self._workers[address] = WorkerConnection(address)
+            conn = self._workers[address] = WorkerConnection(address, token=self.hosts.token)
         return conn
 
     @contextlib.contextmanager
@@ -101,7 +102,10 @@ class AsyncModelManager:
         return cache[model_id]
 
     async def is_known(self, model_id: str) -> bool:
-        if model_id in self.config.view().models or Path(model_id, "config.json").is_file():
+        # A folder only when written as a path (the Python API's callers; the HTTP routes let clients
+        # name paths only when the config lists them): a bare name is never looked up in the cwd.
+        folder = Path(model_id).expanduser() if is_explicit_path(model_id) else None
+        if model_id in self.config.view().models or (folder and (folder / "config.json").is_file()):
             return True
         return any(m.id == model_id for m in await self.local_models())
 

@@ -11,6 +11,10 @@ from msgspec import Struct
 
 from shared.settings import Quantization
 
+# A download job's id as a host makes it (`dl-` and 12 hex digits), with the gateway's `<host index>.`
+# in front when it has several hosts.
+JOB_ID_PATTERN = r"^([0-9]{1,4}\.)?dl-[0-9a-f]{12}$"
+
 WorkerStatus = Literal["loading", "loaded", "failed", "stopping"]
 DownloadStatus = Literal["queued", "running", "done", "failed"]
 

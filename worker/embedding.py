@@ -50,6 +50,10 @@ class Embedder:
                     param="input",
                 )
             ids = [*self._prefix, *item, *self._suffix]
+        if not ids:  # an empty string with a tokenizer that adds no special tokens: nothing to pool
+            raise InvalidRequestError(
+                f"input[{index}] is empty for this model (zero tokens); send some text", param="input"
+            )
         if len(ids) > self._context_length:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {self._context_length} tokens, however you "

@@ -15,13 +15,23 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
 
-from shared.errors import DeviceUnavailableError, DukatError, InternalError, error_for_status
+from shared.errors import (
+    AuthenticationError,
+    DeviceUnavailableError,
+    DukatError,
+    InternalError,
+    error_for_status,
+)
 from shared.host_api import (
     DownloadCommand,
     DownloadJob,
@@ -34,6 +44,7 @@ from shared.host_api import (
 from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
+from shared.tokens import bearer_token, token_in
 from worker.catalog import list_local_models, local_gguf
 from worker.devices import offered_devices, pick_device
 from worker.download_jobs import DownloadJobs
@@ -44,6 +55,7 @@ from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"
+HOST_JOB_ID = r"^dl-[0-9a-f]{12}$"
 
 
 class Host:
@@ -53,7 +65,7 @@ class Host:
         self.settings = settings
         self.url = url
         self.host_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.jobs = DownloadJobs(settings.models_dir)
+        self.jobs = DownloadJobs(settings.models_dir, max_bytes=settings.max_model_bytes)
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
         self.supervisor = Supervisor(
             bind=settings.host_bind,
@@ -63,6 +75,7 @@ class Host:
             max_queue=settings.max_queue,
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
+            token=settings.internal_token,
         )
 
     def state(self) -> HostState:
@@ -127,7 +140,7 @@ def _own_address() -> str:
         return "127.0.0.1"
 
 
-@get("/health")
+@get("/health", opt={"open": True})
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -159,7 +172,7 @@ async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
 
 
 @get("/downloads/{job_id:str}")
-async def get_download(state: State, job_id: str) -> DownloadJob:
+async def get_download(state: State, job_id: Annotated[str, Parameter(pattern=HOST_JOB_ID)]) -> DownloadJob:
     return state.host.jobs.get(job_id)
 
 
@@ -172,6 +185,19 @@ def _error_response(_: Request, exc: Exception) -> Response[bytes]:
         log.exception("host error", exc_info=exc)
         err = InternalError(f"host error: {type(exc).__name__}")
     return Response(msgspec.json.encode(err.body()), status_code=err.status, media_type="application/json")
+
+
+def internal_guard(token: str | None) -> Any:
+    """A litestar guard: with an internal token set, every route but /health wants it (deny by default)."""
+    keys = (token.encode(),) if token else ()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if not keys or handler.opt.get("open") is True:
+            return
+        if not token_in(bearer_token(connection.headers.get("authorization")), keys):
+            raise AuthenticationError("this worker host wants the internal token (DUKAT_INTERNAL_TOKEN)")
+
+    return guard
 
 
 def create_host_app(settings: Settings, url: str) -> Litestar:
@@ -189,6 +215,7 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
         state=State({"host": host}),
         lifespan=[lifespan],
         exception_handlers={Exception: _error_response},
+        guards=[internal_guard(settings.internal_token)],
         logging_config=None,
         openapi_config=None,
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
+from gateway.limits import check_generations, check_model, check_prompt_chars
 from gateway.middleware import request_id_of
 from gateway.schemas import (
     CompletionChunks,
@@ -18,12 +20,17 @@ from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest
 
 
-@post("/v1/completions", status_code=200, summary="Create a completion (OpenAI, legacy)")
+@post("/v1/completions", status_code=200, opt=INFERENCE, summary="Create a completion (OpenAI, legacy)")
 async def completions(
     request: Request, state: State, data: CompletionRequest
 ) -> CompletionResponse | EventStream:
     rid = request_id_of(request.scope)
     prompts, params = data.prompts(), data.choice_params()
+    settings = state.manager.settings
+    check_model(state.manager, data.model)
+    check_generations(settings, len(prompts), data.choices)
+    for prompt in prompts:
+        check_prompt_chars(settings, (prompt,), "prompt")
     # Prompt-major order, n samples per prompt: choice index = prompt * n + sample.
     requests = [GenerateRequest(prompt=p, params=s, request_id=rid) for p in prompts for s in params]
     echo = prompts if data.echo else None
