@@ -80,7 +80,7 @@ def generic_tools_prompt(tools: Sequence[dict[str, Any]]) -> str:
 def generic_call_text(calls: Sequence[ToolCall]) -> str:
     """An assistant turn's calls as the generic format writes them (for history rendering)."""
     blocks = [
-        f'{_HERMES_OPEN}\n{json.dumps({"name": c.function.name, "arguments": arguments_value(c.function)})}'
+        f"{_HERMES_OPEN}\n{json.dumps({'name': c.function.name, 'arguments': arguments_value(c.function)})}"
         f"\n{_HERMES_CLOSE}"
         for c in calls
     ]
@@ -222,7 +222,8 @@ def _call_of(item: Any) -> ToolCall | None:
 
 def _json_values(text: str) -> list[Any]:
     """The JSON values written one after another in `text` (separators `;`, `,` or space)."""
-    decoder, values, i = json.JSONDecoder(), [], 0
+    decoder, i = json.JSONDecoder(), 0
+    values: list[Any] = []
     while i < len(text):
         while i < len(text) and text[i] in " \t\r\n;,":
             i += 1
