@@ -59,7 +59,8 @@ class SamplingParams(Struct, kw_only=True, omit_defaults=True):
     top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
     top_k: Annotated[int, Meta(ge=0)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
-    max_new_tokens: Annotated[int, Meta(ge=1)] | None = None
+    # 0: nothing generated (completions' echo with max_tokens 0 scores the prompt only).
+    max_new_tokens: Annotated[int, Meta(ge=0)] | None = None
     stop: list[str] | None = None
     seed: int | None = None
     # vLLM's extensions: at least `min_tokens` before an end (EOS or stop ids); `ignore_eos` keeps
@@ -169,6 +170,8 @@ class GenerateResult(Struct, kw_only=True):
     timings: Timings = msgspec.field(default_factory=Timings)
     tool_calls: list[ToolCall] | None = None
     logprobs: list[TokenLogprob] | None = None
+    # With `echo`: the prompt as text, and its tokens' logprobs when logprobs were asked for.
+    prompt_text: str | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
 
 

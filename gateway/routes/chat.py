@@ -15,7 +15,6 @@ from gateway.schemas import (
     chat_stream,
 )
 from gateway.sse import EventStream, sse_stream
-from shared.generation import GenerateRequest
 
 
 @post("/v1/chat/completions", status_code=200, summary="Create a chat completion (OpenAI)")
@@ -23,12 +22,11 @@ async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
 ) -> ChatCompletionResponse | EventStream:
     rid = request_id_of(request.scope)
-    requests = [
-        GenerateRequest(messages=data.messages, params=p, request_id=rid) for p in data.choice_params()
-    ]
+    requests = data.generate_requests(rid)
+    legacy = data.legacy_functions
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)
-        chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage)
+        chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage, legacy=legacy)
         return await sse_stream(chat_stream(events, chunks))
     model, results = await generate_all(state.manager, data.model, requests)
-    return chat_response(results, model, rid)
+    return chat_response(results, model, rid, legacy=legacy)
