@@ -52,7 +52,8 @@ class Grammars:
         specials = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
         # Special tokens decode to nothing (or end the turn): never inside a constrained output.
         self.banned = torch.tensor(sorted(i for i in specials - stop_ids if i < vocab_size), dtype=torch.long)
-        self.closer = _Closer(info.decoded_vocab, specials, vocab_size)
+        self.vocab: list[bytes] = list(info.decoded_vocab)  # each id's bytes (logprobs use them too)
+        self.closer = _Closer(self.vocab, specials, vocab_size)
 
     def compile(self, constraint: Constraint) -> xg.CompiledGrammar:
         """The compiled grammar (cached per constraint); a 400 naming what xgrammar can't take."""
