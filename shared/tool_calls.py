@@ -66,14 +66,12 @@ def template_supports_tools(chat_template: str | None) -> bool:
 
 
 def generic_tools_prompt(tools: Sequence[dict[str, Any]]) -> str:
-    """The system text that offers `tools` to a model whose template can't (Hermes' wording)."""
+    """The system text that offers `tools` to a model whose template can't (Hermes' format, short:
+    it costs context on every request)."""
     listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
     return (
-        "You may call one or more functions to assist with the user query. The functions:\n"
-        f"<tools>\n{listing}\n</tools>\n"
-        "To call a function, reply with a JSON object holding its name and arguments inside "
-        "<tool_call></tool_call> tags, one block per call:\n"
-        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        f"You can call these functions:\n<tools>\n{listing}\n</tools>\n"
+        'To call one, reply <tool_call>{"name": <name>, "arguments": <arguments object>}</tool_call>'
     )
 
 
@@ -123,8 +121,8 @@ def parse_forced(text: str, parsing: ToolParsing, name: str | None) -> list[Tool
 class ToolCallScanner:
     """Splits a streamed reply into content deltas and tool-call text (see the module doc)."""
 
-    def __init__(self, fmt: ToolFormat, parsing: ToolParsing) -> None:
-        self.fmt, self.parsing = fmt, parsing
+    def __init__(self, fmt: ToolFormat, parsing: ToolParsing, name: str | None = None) -> None:
+        self.fmt, self.parsing, self.name = fmt, parsing, name
         self._capturing = parsing in ("calls", "arguments")
         self._openers = _OPENERS[fmt]
         self._held = ""
@@ -168,7 +166,7 @@ class ToolCallScanner:
         if not self.active:
             return "", []
         if self.parsing in ("calls", "arguments"):
-            return "", parse_forced(self._captured, self.parsing, None)
+            return "", parse_forced(self._captured, self.parsing, self.name)
         tail, self._held = self._held, ""
         if not self._capturing:
             self.content += tail

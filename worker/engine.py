@@ -268,6 +268,7 @@ class Engine:
             stop_ids=eos | _special_stop_ids(tokenizer, stops) | frozenset(params.stop_token_ids or ()),
             tool_format=self._tool_format,
             tool_parsing=parsing,
+            tool_name=req.tools.name if req.tools is not None else None,
             # Formats whose call markers are special tokens keep them in the text while parsing.
             skip_special=params.skip_special_tokens is not False
             and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS),

@@ -12,9 +12,10 @@ The token budget: a mask alone lets a weak model write a string until `max_token
 with broken JSON. Each row therefore knows `need`, the number of tokens the closing policy
 (`_Closer`: take the jump-forward string, else the cheapest closer `} ] " 0 ,` ..., else the first
 allowed token) takes from the current state to a point where the grammar may end. It holds
-`need <= remaining` as an invariant: a sampled token that would break it is taken back and the
-closing policy's token used instead, so a strict output always ends complete. A grammar whose
-`need` at the start exceeds the budget is a 400 before anything runs.
+`need < remaining` as an invariant (the last token is the end of sequence): a sampled token that
+would break it is taken back and the closing policy's token used instead, so a strict output always
+ends complete, with finish reason "stop". A grammar whose `need` at the start can't fit the budget
+is a 400 before anything runs.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ class Grammars:
     def row(self, constraint: Constraint, budget: int) -> RowGrammar:
         """A row's matcher; a 400 when the shortest output the grammar allows can't fit `budget`."""
         row = RowGrammar(self, self.compile(constraint))
-        if row.need > budget:
+        if row.need + 1 > budget:
             raise InvalidRequestError(
-                f"the shortest output the {_what(constraint)} allows needs {row.need} tokens, "
+                f"the shortest output the {_what(constraint)} allows needs {row.need + 1} tokens "
+                "(its end of sequence included), "
                 f"but at most {budget} may be generated; raise max_tokens",
                 param="max_tokens",
             )
@@ -130,8 +132,9 @@ class RowGrammar:
         return bool(self.matcher.is_terminated())
 
     def forced(self, remaining: int) -> int | None:
-        """The token the closing policy dictates when the budget leaves no choice, else None."""
-        if self.need < remaining:
+        """The token the closing policy dictates when the budget leaves no choice, else None.
+        The last token of the budget is kept for the end of sequence (a finish reason "stop")."""
+        if self.need < remaining - 1:
             return None
         return self._grammars.closer.next(self.matcher)
 
@@ -144,11 +147,11 @@ class RowGrammar:
         if self.ended:
             return token
         self._unchecked += 1
-        if remaining - 1 >= self.need + self._jump * self._unchecked and self._steps % _REFRESH:
+        if remaining - 2 >= self.need + self._jump * self._unchecked and self._steps % _REFRESH:
             return token  # far from the end: `need` can't have caught up with the budget yet
         self._unchecked = 0
         need = self._grammars.closer.need(self.matcher, limit=remaining)
-        if need <= remaining - 1:
+        if need <= remaining - 2:
             self.need = need
             return token
         self.matcher.rollback(1)

@@ -30,6 +30,7 @@ class Plan:
     stop_ids: frozenset[int]  # end-of-sequence ids and special tokens that are stop strings
     tool_format: ToolFormat = ToolFormat.GENERIC
     tool_parsing: ToolParsing = "none"
+    tool_name: str | None = None  # the function of a named tool_choice
     skip_special: bool = True
     vocab: list[bytes] | None = None  # each id's bytes, when logprobs are wanted
     # Completions' echo: the prompt's text and its tokens' logprobs.
@@ -75,7 +76,7 @@ class Reply:
 
     def __init__(self, model_type: ModelType, tokenizer: Any, plan: Plan, started: float) -> None:
         self.scanner = scanner_for(model_type, plan.params.stop, chat=plan.chat)
-        self.tools = ToolCallScanner(plan.tool_format, plan.tool_parsing)
+        self.tools = ToolCallScanner(plan.tool_format, plan.tool_parsing, plan.tool_name)
         self.detok = detokenizer(tokenizer, skip_special_tokens=plan.skip_special)
         self.plan, self.started = plan, started
         self.count, self.first, self.finish = 0, 0.0, "length"
