@@ -15,7 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from gateway.errors import exception_handlers
 from gateway.manager import ModelManager
 from gateway.middleware import GatewayMiddleware
-from gateway.routes import chat, completions, embeddings, management, models
+from gateway.routes import chat, completions, embeddings, management, models, responses
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 ROUTES = [
     chat.chat_completions,
     completions.completions,
+    responses.create_response,
+    responses.retrieve_response,
     embeddings.embeddings,
     models.list_models,
     models.get_model,
