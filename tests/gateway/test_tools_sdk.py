@@ -236,3 +236,27 @@ def test_vllm_extensions_change_generation(client: openai.OpenAI) -> None:
         model=CHAT, messages=ASK, max_tokens=8, extra_body={"structured_outputs": {"choice": ["yes", "no"]}}
     )
     assert choice.choices[0].message.content in ("yes", "no")
+
+
+# A Hermes-format call written by the model (forced here with vLLM's regex extension, since random
+# weights never write one): tool_choice auto must find it, streamed and not, after the text before it.
+HERMES_REPLY = r'Checking\. <tool_call>\n\{"name": "get_time", "arguments": \{\}\}\n</tool_call>'
+
+
+def test_auto_tool_choice_reads_the_models_own_call_format(client: openai.OpenAI) -> None:
+    kwargs: dict[str, Any] = {
+        "model": HERMES,
+        "messages": ASK,
+        "tools": TOOLS[1:],
+        "max_tokens": 64,
+        "extra_body": {"structured_outputs": {"regex": HERMES_REPLY}},
+    }
+    whole = client.chat.completions.create(**kwargs)
+    message = whole.choices[0].message
+    assert whole.choices[0].finish_reason == "tool_calls" and message.content == "Checking. "
+    assert [(c.function.name, c.function.arguments) for c in message.tool_calls or []] == [("get_time", "{}")]
+    chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert text == "Checking. " and calls[0].function.name == "get_time" and calls[0].id.startswith("call_")
+    assert "<tool_call>" not in text
