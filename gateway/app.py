@@ -18,7 +18,7 @@ from gateway.limits import LimitedRequest
 from gateway.manager import AsyncModelManager
 from gateway.middleware import GatewayMiddleware
 from gateway.openapi import publish_truthful_openapi
-from gateway.routes import chat, completions, embeddings, management, models
+from gateway.routes import chat, completions, embeddings, management, models, responses
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 ROUTES = [
     chat.chat_completions,
     completions.completions,
+    responses.create_response,
+    responses.retrieve_response,
     embeddings.embeddings,
     models.list_models,
     models.get_model,
