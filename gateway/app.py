@@ -9,9 +9,8 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from gateway.docs_page import assets_router, openapi_config
 from gateway.errors import exception_handlers
 from gateway.manager import ModelManager
 from gateway.middleware import GatewayMiddleware
@@ -58,17 +57,12 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
             await asyncio.to_thread(manager.close)
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, assets_router()],
         state=State({"manager": manager}),
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
-        openapi_config=OpenAPIConfig(
-            title="Dukat",
-            version="0.1.0",
-            path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
-        ),
+        openapi_config=openapi_config(title="Dukat", version="0.1.0"),
     )
     # Outside litestar's router, so unknown routes get a request id and auth too.
     app.asgi_handler = GatewayMiddleware(app.asgi_handler, settings.api_keys)  # type: ignore[assignment]
