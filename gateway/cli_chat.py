@@ -7,6 +7,7 @@ multi-turn chat: each answer streams as it is generated, the conversation is kep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -51,6 +52,8 @@ def answer(api: Api, body: dict[str, Any]) -> str:
 
 
 def chat(api: Api, args: argparse.Namespace, request: dict[str, Any]) -> None:
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
     messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
     print("Send a message (/? for help, /bye to leave)", file=sys.stderr)
     while True:

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -111,7 +112,7 @@ def _show_lines(d: dict[str, Any]) -> list[str]:
 
 
 def cmd_show(api: Api, args: argparse.Namespace) -> None:
-    details = api.call("GET", f"/api/models/{args.model}")
+    details = api.call("GET", f"/api/models/{quote(args.model, safe='/')}")
     if args.json:
         print_json(details)
     else:
