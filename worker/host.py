@@ -30,7 +30,7 @@ from shared.host_api import (
     DownloadJob,
     HostState,
     LoadCommand,
-    LocalModelInfo,
+    LocalModel,
     ModelDetails,
     UnloadCommand,
     WorkerState,
@@ -78,15 +78,18 @@ class Host:
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
-        existing = self.supervisor.state(cmd.model_id)
-        if existing is not None and existing.status in ("loading", "loaded"):
-            return await self.supervisor.load(WorkerSpec(cmd.model_id, "", "", "", existing.device))
+        return await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, lambda: self._spec(cmd))
+
+    async def _spec(self, cmd: LoadCommand) -> WorkerSpec:
+        """What a new worker of `cmd` runs: its device, files (downloaded first if missing), type and
+        quantization."""
         devices = offered_devices(self.settings.devices)
-        device = pick_device(devices, cmd.device)
+        asked = cmd.device or cmd.default_device
+        device = pick_device(devices, asked)
         if device is None:
             offered = ", ".join(d.name for d in devices) or "none"
             raise DeviceUnavailableError(
-                f"device {cmd.device!r} is not available on this host (offered: {offered})", param="device"
+                f"device {asked!r} is not available on this host (offered: {offered})", param="device"
             )
         path = resolve_model_path(cmd.model_id, self.settings.models_dir)
         if path is None:
@@ -95,17 +98,15 @@ class Host:
         model_type = infer_model_type(
             cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type
         )
-        default = default_quantization(model_type, self.settings.default_quantization)
-        quantization = cmd.quantization or default
-        spec = WorkerSpec(
+        quantization = cmd.quantization or cmd.default_quantization
+        return WorkerSpec(
             cmd.model_id,
             str(path),
             model_type.name,
-            quantization,
+            quantization or default_quantization(model_type, self.settings.default_quantization),
             device,
-            quantization_is_default=cmd.quantization is None,
+            quantization_is_default=quantization is None,
         )
-        return await self.supervisor.load(spec)
 
     async def delete(self, model_id: str) -> Deleted:
         worker = self.supervisor.state(model_id)
@@ -119,17 +120,8 @@ class Host:
         freed = await asyncio.to_thread(model_files.delete, self.settings.models_dir, model_id)
         return Deleted(model_id=model_id, freed_bytes=freed)
 
-    def local_models(self) -> list[LocalModelInfo]:
-        return [
-            LocalModelInfo(
-                model_id=m.id,
-                path=str(m.path),
-                model_type=m.model_type,
-                size_bytes=m.size_bytes,
-                error=m.error,
-            )
-            for m in list_local_models(self.settings.models_dir)
-        ]
+    def local_models(self) -> list[LocalModel]:
+        return list_local_models(self.settings.models_dir)
 
 
 def _hf_model_type(path: Path) -> str | None:
@@ -157,7 +149,7 @@ async def host_state(state: State) -> HostState:
 
 
 @get("/models/local")
-async def local_models(state: State) -> list[LocalModelInfo]:
+async def local_models(state: State) -> list[LocalModel]:
     return state.host.local_models()
 
 

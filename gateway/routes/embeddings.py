@@ -13,5 +13,5 @@ from shared.token_ids import check_client_ids
 async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> EmbeddingResponse:
     inputs = data.inputs()
     check_client_ids(inputs, request.headers.get("user-agent"))
-    model, result = await state.manager.aembed(data.model, inputs)
+    model, result = await state.manager.embed(data.model, inputs)
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)
