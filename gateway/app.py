@@ -14,7 +14,7 @@ from gateway.docs_page import assets_router, openapi_config
 from gateway.errors import exception_handlers
 from gateway.manager import AsyncModelManager
 from gateway.middleware import GatewayMiddleware
-from gateway.routes import chat, completions, embeddings, management, models
+from gateway.routes import chat, completions, embeddings, management, model_admin, models
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ ROUTES = [
     management.unload,
     management.set_default,
     management.health,
+    model_admin.show,
+    model_admin.delete,
 ]
 
 

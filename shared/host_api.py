@@ -116,7 +116,7 @@ class ModelDetails(Struct, kw_only=True):
     """One model folder on a host, as `dukat show` tells it (read from its files, not loaded)."""
 
     model_id: str
-    path: str
+    path: str | None = None  # None: not on this host
     model_type: str | None = None
     architecture: str | None = None
     parameters: int | None = None  # counted from the safetensors headers
