@@ -27,6 +27,7 @@ from shared.wire import (
     Error,
     FromWorker,
     Generate,
+    Hello,
     Ping,
     Pong,
     Result,
@@ -45,11 +46,13 @@ class WorkerConnection:
     def __init__(
         self,
         address: str,
+        token: str | None = None,
         *,
         request_timeout_s: float | None = None,
         first_token_timeout_s: float | None = None,
     ) -> None:
         self.address = address
+        self.token = token
         self.request_timeout_s = request_timeout_s
         self.first_token_timeout_s = first_token_timeout_s
         self._ids = itertools.count(1)
@@ -68,6 +71,8 @@ class WorkerConnection:
                 reader, writer = await asyncio.open_connection(host, int(port))
             except OSError as exc:
                 raise WorkerUnreachableError(f"cannot reach model worker at {self.address}: {exc}") from None
+            if self.token:
+                writer.write(encode_frame(Hello(token=self.token)))
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read(reader))
             return writer
@@ -236,9 +241,9 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-async def ping(address: str, timeout: float = 30.0) -> WorkerInfo:
+async def ping(address: str, timeout: float = 30.0, token: str | None = None) -> WorkerInfo:
     """One-shot readiness probe: the worker answers over its real wire."""
-    conn = WorkerConnection(address)
+    conn = WorkerConnection(address, token)
     try:
         return await asyncio.wait_for(conn.ping(), timeout)
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shared.errors import DukatError, InternalError, ModelNotLoadedError, QuantizationError
+from shared.errors import DukatError, InternalError, ModelNotLoadedError, QuantizationError, WorkerFailedError
 from shared.generation import EmbedRequest, EmbedResult, GenerateResult
 from shared.wire import (
     Accepted,
@@ -36,6 +37,7 @@ from shared.wire import (
     Embedding,
     Error,
     Generate,
+    Hello,
     Ping,
     Pong,
     Result,
@@ -85,9 +87,17 @@ class WorkerServer:
     """Serves one engine to any number of connections; requests are multiplexed by id."""
 
     def __init__(
-        self, engine: Engine, info: WorkerInfo, *, max_pending: int, max_batch: int, drain_s: float = 0.0
+        self,
+        engine: Engine,
+        info: WorkerInfo,
+        *,
+        max_pending: int,
+        max_batch: int,
+        drain_s: float = 0.0,
+        token: str | None = None,
     ) -> None:
         self.engine = engine
+        self.token = token.encode() if token else None
         self.info = info
         self.places = Admission(info.model_id, max_pending=max_pending, max_batch=max_batch)
         self.finished = 0
@@ -105,6 +115,8 @@ class WorkerServer:
         tickets: dict[int, Ticket] = {}  # groups admitted on this connection, by their Admit's id
         tasks: set[asyncio.Task[None]] = set()
         try:
+            if self.token is not None and not await self._welcome(reader, writer):
+                return
             while (payload := await read_frame(reader)) is not None:
                 frame = to_worker_decoder.decode(payload)
                 match frame:
@@ -117,6 +129,8 @@ class WorkerServer:
                         writer.write(encode_frame(self._admit(rid, count, tickets)))
                     case Ping(id=rid):
                         writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
+                    case Hello():
+                        pass
                     case Generate() | Embed():
                         writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
@@ -135,6 +149,18 @@ class WorkerServer:
             for ticket in tickets.values():
                 self.places.give_back(ticket)
             writer.close()
+
+    async def _welcome(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """The connection's first frame must be a Hello with the internal token."""
+        payload = await read_frame(reader)
+        frame = to_worker_decoder.decode(payload) if payload is not None else None
+        given = frame.token.encode() if isinstance(frame, Hello) else b""
+        if hmac.compare_digest(given, self.token or b""):
+            return True
+        log.warning("a connection without the internal token; closing it")
+        error = WorkerFailedError("the model worker refused a connection without the internal token")
+        writer.write(encode_frame(Error.of(getattr(frame, "id", 0), error)))
+        return False
 
     def _admit(self, rid: int, count: int, tickets: dict[int, Ticket]) -> Admitted | Error:
         try:
@@ -338,8 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     # The host's device name (cuda:N), not the one this process sees (always cuda:0).
     engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
     info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
+    from shared.settings import load_settings
+
+    token = load_settings().internal_token  # inherited from the host's environment, never on argv
     server = WorkerServer(
-        engine, info, max_pending=args.max_pending, max_batch=args.max_batch, drain_s=args.drain_s
+        engine,
+        info,
+        max_pending=args.max_pending,
+        max_batch=args.max_batch,
+        drain_s=args.drain_s,
+        token=token,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server, args.bind, args.port))

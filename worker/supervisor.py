@@ -82,8 +82,11 @@ class Supervisor:
         stop_timeout_s: float,
         load_timeout_s: float,
         healing: Healing,
+        token: str | None = None,
     ) -> None:
         self.bind = bind
+        # The internal token: handed to each worker in its environment, sent on every connection.
+        self.token = token
         self.advertise = advertise
         self.threads = threads
         self.max_batch = max_batch
@@ -197,7 +200,7 @@ class Supervisor:
                 *self._command(spec),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=self._env(),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -230,6 +233,12 @@ class Supervisor:
         if worker.state.status != "loaded":
             return None
         return worker.hung or f"exited with code {code}"
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.token:
+            env["DUKAT_INTERNAL_TOKEN"] = self.token
+        return env
 
     def _command(self, spec: WorkerSpec) -> list[str]:
         return [
@@ -295,7 +304,7 @@ class Supervisor:
             line = raw.decode(errors="replace").strip()
             if line.startswith("DUKAT_WORKER_READY "):
                 port = int(line.split()[1])
-                conn = WorkerConnection(f"{self.advertise}:{port}")
+                conn = WorkerConnection(f"{self.advertise}:{port}", self.token)
                 try:
                     await self._ready(worker, conn)
                 except Exception as exc:  # it said ready but does not answer: a failed load, not a hang
@@ -342,7 +351,9 @@ class Supervisor:
         async for raw in process.stderr:
             line = raw.decode(errors="replace").rstrip()
             worker.logs.append(line)
-            log.debug("[%s] %s", worker.spec.model_id, line)
+            # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
+            level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
+            log.log(level, "[%s] %s", worker.spec.model_id, line)
 
     async def unload(self, model_id: str) -> None:
         worker = self._workers.get(model_id)
