@@ -31,6 +31,7 @@ from tests.gateway.test_lifecycle import process_gone, wait_for
 
 STUCK, QUICK = "tiny/stuck", "tiny/quick"
 GRACE_S = 2
+TOKEN = "admission-test-internal-token"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def gateway(
     write_models(models_dir, tiny_model_dir, {STUCK: "llama", QUICK: "llama"})
     env = {
         **TEST_ENV,
+        "DUKAT_INTERNAL_TOKEN": TOKEN,  # the tests read the workers' own counters over their wire
         "DUKAT_LOG_LEVEL": "warning",
         "DUKAT_PRELOAD": f"{STUCK},{QUICK}",
         "DUKAT_SHUTDOWN_TIMEOUT_S": str(GRACE_S),
@@ -99,7 +101,7 @@ def worker_pids(url: str) -> dict[str, int]:
 
 
 async def worker_load(address: str) -> WorkerLoad:
-    conn = WorkerConnection(address)
+    conn = WorkerConnection(address, TOKEN)
     try:
         return (await asyncio.wait_for(conn.pong(), 10)).load
     finally:

@@ -34,6 +34,7 @@ EMBEDDER = "tiny/embedder"
 SERVED = {VICTIM: "llama", EMBEDDER: "bert"}
 PING_TIMEOUT_S = 3.0
 RESTARTS = 3  # per window: the crash and hang tests above the last one spend them
+TOKEN = "faults-test-internal-token"
 LONG = {"max_tokens": 400, "temperature": 1.0, "seed": 3}
 
 
@@ -76,6 +77,7 @@ def served(
     config_path = write_models(models_dir, tiny_model_dir, SERVED)
     env = {
         **TEST_ENV,
+        "DUKAT_INTERNAL_TOKEN": TOKEN,  # the tests read the workers' own counters over their wire
         "DUKAT_LOG_LEVEL": "warning",
         "DUKAT_PRELOAD": VICTIM,
         "DUKAT_WORKER_PING_INTERVAL_S": "0.5",
@@ -125,7 +127,7 @@ def report(what: str, seconds: float) -> None:
 
 async def worker_load(address: str) -> WorkerLoad:
     """The worker's own counters, asked over its wire."""
-    conn = WorkerConnection(address)
+    conn = WorkerConnection(address, TOKEN)
     try:
         return (await asyncio.wait_for(conn.pong(), 10)).load
     finally:
