@@ -8,7 +8,7 @@ ignored option.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -23,6 +23,9 @@ CREATED = 1_700_000_000  # models have no creation time here; OpenAI requires on
 def owner_of(model_id: str) -> str:
     """OpenAI's `owned_by`: the hub organisation of the id, else Dukat."""
     return model_id.split("/")[0] if "/" in model_id else "dukat"
+
+# A default parameter's value in the config file (sampling fields: numbers, strings, stop lists).
+ParamValue = str | int | float | bool | list[str] | None
 
 
 class Model(Struct, kw_only=True):
@@ -39,7 +42,7 @@ class Model(Struct, kw_only=True):
     description: str | None = None
     default: bool = False
     # From the config file and the hosts' models_dir.
-    default_parameters: dict[str, Any] = {}
+    default_parameters: dict[str, ParamValue] = {}
     downloaded: bool = False
     size_bytes: int = 0
 
