@@ -25,6 +25,7 @@ import msgspec
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError, QuantizationError
 from shared.generation import GenerateResult
+from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready
 from shared.wire import (
     Cancel,
     Delta,
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
     from worker.engine import Engine
 
 log = logging.getLogger("worker.model_worker")
-READY = "DUKAT_WORKER_READY"
-FAILED = "DUKAT_WORKER_FAILED"
 
 
 def die_with_parent() -> None:
@@ -241,13 +240,13 @@ def _fail(exc: BaseException, model_id: str) -> None:
         # A library's own error ("header too large") says nothing about which model it was.
         message = f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}"
         body = {"code": "model_load_failed", "message": message, "param": None}
-    print(f"{FAILED} {json.dumps(body)}", flush=True)
+    print(f"{WORKER_FAILED} {json.dumps(body)}", flush=True)
 
 
 async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:
     listener = await asyncio.start_server(server.handle, bind, port)
     actual = listener.sockets[0].getsockname()[1]
-    print(f"{READY} {actual}", flush=True)
+    announce_ready(WORKER_READY, actual)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
