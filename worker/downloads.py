@@ -16,8 +16,6 @@ cut when the call failed starts over (huggingface_hub deletes partial files).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
@@ -49,6 +47,7 @@ from shared.errors import (
     ModelNotFoundError,
     UnsupportedModelTypeError,
 )
+from shared.files import atomic_write
 from shared.host_api import DownloadCounts
 from worker.catalog import MARKER_NAME, DownloadMarker, is_model_folder, read_marker
 
@@ -207,16 +206,7 @@ def _begin(dest: Path, marker: DownloadMarker) -> None:
 
 
 def _write_marker(dest: Path, marker: DownloadMarker) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f"{MARKER_NAME}.", dir=dest)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.encode(marker))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest / MARKER_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(dest / MARKER_NAME, msgspec.json.encode(marker))
 
 
 class _Tracker:
