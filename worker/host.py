@@ -31,6 +31,7 @@ from shared.host_api import (
     UnloadCommand,
     WorkerState,
 )
+from shared.logs import setup_logging
 from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
@@ -211,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_host(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in HOST_FLAGS if getattr(args, k, None) is not None}
     settings = load_settings(overrides=flags)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    for noisy in ("httpx", "httpx2"):  # one line per hub request would drown the host's own log
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(settings.log_level)
     sock = bind_socket(settings.host_bind, settings.host_port)
     port = sock.getsockname()[1]
     app = create_host_app(settings, f"http://{settings.host_bind}:{port}")

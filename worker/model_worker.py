@@ -25,7 +25,9 @@ import msgspec
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError, QuantizationError
 from shared.generation import GenerateResult
+from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready
+from shared.settings import load_settings
 from shared.wire import (
     Cancel,
     Delta,
@@ -290,7 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(load_settings().log_level)  # the host's environment, so its DUKAT_LOG_LEVEL
     die_with_parent()
     local_device = pin_device(args.device, args.threads)
     try:
