@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from shared.errors import DukatError, SettingsError
-from shared.settings import load_settings, setting_names
+from shared.settings import QUANTIZATIONS, load_settings, setting_names
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "models_dir": args.models_dir,
-        "config_path": args.config,
+        "config_path": args.config_path,
         "default_model": args.default_model,
         "device_map": args.device_map,
     }
@@ -64,9 +64,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
     body = {"model": args.model, "revision": args.revision}
     job = msgspec.convert(_call(args, "POST", "/api/models/pull", body), DownloadJob)
     with DownloadBar(args.model, enabled=sys.stderr.isatty() or args.progress) as bar:
+        poll_s = load_settings().download_poll_s
         while job.status in ("queued", "running"):
             bar.update(job)
-            time.sleep(0.25)
+            time.sleep(poll_s)
             job = msgspec.convert(_call(args, "GET", f"/api/downloads/{job.id}"), DownloadJob)
         bar.update(job)
     if job.status == "failed":
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--models-dir")
-    s.add_argument("--config")
+    s.add_argument("--config-path", "--config", dest="config_path", help="DUKAT_CONFIG_PATH")
     s.add_argument("--default-model")
     s.add_argument("--device-map")
     s.add_argument("--demo", action="store_true", help="serve the offline demo chat and embedding models")
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("list", cmd_list, "models available (config file and models_dir)", model=False)
     client_cmd("ps", cmd_ps, "models loaded, with device and memory", model=False)
     load = client_cmd("load", cmd_load, "load a model into a worker process")
-    load.add_argument("--quantization", choices=["4bit", "8bit", "none"])
+    load.add_argument("--quantization", choices=QUANTIZATIONS)
     load.add_argument("--device", help="auto, cpu or cuda:N")
     client_cmd("unload", cmd_unload, "stop a model's worker process (frees its memory)")
     client_cmd("default", cmd_default, "set the default model (saved in the config file)")

@@ -40,7 +40,6 @@ from shared.settings import Settings
 from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
-_DOWNLOAD_POLL_S = 0.2
 
 
 class AsyncModelManager:
@@ -207,7 +206,7 @@ class AsyncModelManager:
         while job.status in ("queued", "running"):
             if progress:
                 progress(job)
-            await asyncio.sleep(_DOWNLOAD_POLL_S)
+            await asyncio.sleep(self.settings.download_poll_s)
             job = await self.download_job(job.id)
         if progress:
             progress(job)

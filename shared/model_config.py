@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import filelock
 import msgspec
@@ -29,9 +29,8 @@ from shared.errors import DukatError, InternalError, InvalidConfigError
 from shared.files import atomic_write
 from shared.generation import SamplingParams, params_from_mapping
 from shared.model_types import get_model_type
-from shared.settings import Quantization
+from shared.settings import QUANTIZATIONS, Quantization
 
-QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 LOCK_TIMEOUT_S = 60.0
 
 

@@ -10,16 +10,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from shared.errors import DeviceUnavailableError, ModelLoadFailedError, QuantizationError
 from shared.model_types import ModelType, Task
+from shared.settings import Quantization
 
 logger = logging.getLogger(__name__)
 
-Quantization = Literal["4bit", "8bit", "none"]
 
 # bitsandbytes' 4-bit CPU kernel (taken when the CPU has AVX512-BF16) repacks weights in blocks
 # of 64 inputs x 32 outputs; other shapes load fine and then fail at the first forward.

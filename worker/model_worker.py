@@ -27,7 +27,7 @@ from shared.errors import DukatError, InternalError, ModelNotLoadedError, Overlo
 from shared.generation import GenerateResult
 from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready
-from shared.settings import load_settings
+from shared.settings import QUANTIZATIONS, Settings, load_settings
 from shared.wire import (
     Cancel,
     Delta,
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from worker.engine import Engine
 
 log = logging.getLogger("worker.model_worker")
+DEFAULTS = Settings()  # the registry's defaults; the host passes each value it set
 
 
 def die_with_parent() -> None:
@@ -269,7 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-id", required=True)
     p.add_argument("--path", required=True)
     p.add_argument("--model-type", required=True)
-    p.add_argument("--quantization", default="4bit", choices=["4bit", "8bit", "none"])
+    p.add_argument("--quantization", required=True, choices=QUANTIZATIONS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -277,7 +278,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--drain-s", type=float, default=5.0, help="on SIGTERM, wait this long for requests in flight"
     )
-    p.add_argument("--max-pending", type=int, default=80)
+    p.add_argument("--max-pending", type=int, default=DEFAULTS.max_batch + DEFAULTS.max_queue)
     # Requests generated together (DUKAT_MAX_BATCH); the engine queues --max-queue more
     # (DUKAT_MAX_QUEUE; default: what --max-pending leaves) and refuses the rest.
     p.add_argument(
@@ -285,7 +286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="nobody asked for --quantization: fall back to none if the model can't take it",
     )
-    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
     p.add_argument("--max-queue", type=int, default=None)
     return p.parse_args(argv)
 
