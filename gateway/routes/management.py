@@ -9,6 +9,7 @@ from gateway.schemas import (
     DefaultModel,
     DownloadJob,
     DownloadRequest,
+    Health,
     LoadedModel,
     LoadedModelList,
     LoadRequest,
@@ -64,5 +65,5 @@ async def set_default(state: State, data: SetDefaultRequest) -> DefaultModel:
 
 
 @get("/health", summary="Liveness: the gateway answers")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health() -> Health:
+    return Health()

@@ -72,6 +72,10 @@ class DefaultModel(Struct, kw_only=True):
     default_model: str
 
 
+class Health(Struct, kw_only=True):
+    status: Literal["ok"] = "ok"
+
+
 class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
     quantization: Quantization | None = None

@@ -193,12 +193,14 @@ def test_unload_lets_a_stream_in_flight_finish(http: httpx.Client, dukat: Dukat)
     }
     unloaded: list[httpx.Response] = []
     events: list[str] = []
+    unloading: threading.Thread | None = None  # one unload, at the first event
     with http.stream("POST", "/v1/chat/completions", json=body) as resp:
         for line in resp.iter_lines():
-            if line.startswith("data: ") and not unloaded:
+            if line.startswith("data: ") and unloading is None:
                 unloading = threading.Thread(target=lambda: unloaded.append(unload(http, UNLOAD_ME)))
                 unloading.start()
             events.append(line)
+    assert unloading is not None
     unloading.join(30)
     data = [e.removeprefix("data: ") for e in events if e.startswith("data: ")]
     assert data[-1] == "[DONE]" and not any('"error"' in d for d in data)

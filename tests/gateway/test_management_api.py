@@ -232,6 +232,7 @@ MANAGEMENT_ROUTES = [
     ("post", "/api/models/default"),
     ("post", "/api/models/pull"),
     ("get", "/api/downloads/{job_id}"),
+    ("get", "/health"),
 ]
 
 
