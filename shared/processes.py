@@ -4,7 +4,9 @@ child for sure (its whole process group), and `ChildProcess`, a child Python mod
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +58,15 @@ def _wait_until(done: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(_EXIT_POLL_S)
     return True
+
+
+log = logging.getLogger(__name__)
+_LOUD = re.compile(r"\b(ERROR|CRITICAL|Traceback)\b")
+
+
+def _level_of(line: str) -> int:
+    """A child's line carries no level: errors and tracebacks stay visible, the rest is info."""
+    return logging.ERROR if _LOUD.search(line) else logging.INFO
 
 
 class ChildProcess:
@@ -111,7 +122,9 @@ class ChildProcess:
                 ready.set()
                 continue
             self.lines.append(line)
-            print(line, file=sys.stderr, flush=True)
+            # Through logging, never straight to the terminal: `dukat serve` shows these lines (its
+            # logging writes to stderr), a Python program using the seed's API decides for itself.
+            log.log(_level_of(line), "%s: %s", self.module, line)
         ready.set()
 
     def alive(self) -> bool:
