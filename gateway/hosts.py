@@ -24,7 +24,6 @@ from shared.processes import ChildProcess
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-_STATE_TTL_S = 1.0
 
 
 class HostDirectory:
@@ -59,10 +58,10 @@ class HostDirectory:
                 log.info("started a local worker host at %s", url)
 
     def _spawn_local(self) -> tuple[ChildProcess, str]:
-        args = ["--bind", "127.0.0.1", "--port", "0", "--models-dir", str(self.settings.models_dir)]
+        args = ["--host-bind", "127.0.0.1", "--host-port", "0", "--models-dir", str(self.settings.models_dir)]
         env = {"DUKAT_INTERNAL_TOKEN": self.token} if self.token else None
         child = ChildProcess("worker.host", args, ready_prefix="DUKAT_HOST_READY", env=env)
-        url = child.start(timeout=120)
+        url = child.start(timeout=self.settings.host_start_timeout_s)
         atexit.register(child.stop)  # no host (nor its workers) outlives an interpreter that forgot close()
         return child, url
 
@@ -100,7 +99,7 @@ class HostDirectory:
         await self.start()
         if fresh:  # after a change: a refresh already in flight may predate it
             return await self._refresh_states()
-        if time.monotonic() - self._states_at < _STATE_TTL_S:
+        if time.monotonic() - self._states_at < self.settings.host_state_ttl_s:
             return self._states
         if self._refresh is None or self._refresh.done():
             self._refresh = asyncio.ensure_future(self._refresh_states())

@@ -45,7 +45,6 @@ from shared.settings import Quantization, Settings
 from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
-_DOWNLOAD_POLL_S = 0.2
 
 
 class AsyncModelManager:
@@ -223,7 +222,7 @@ class AsyncModelManager:
         while job.status in ("queued", "running"):
             if progress:
                 progress(job)
-            await asyncio.sleep(_DOWNLOAD_POLL_S)
+            await asyncio.sleep(self.settings.download_poll_s)
             job = await self.download_job(job.id)
         if progress:
             progress(job)

@@ -18,21 +18,20 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import filelock
 import msgspec
 from msgspec import Struct, field
 
 from shared.errors import DukatError, InternalError, InvalidConfigError
+from shared.files import atomic_write
 from shared.generation import SamplingParams, params_from_mapping
 from shared.model_types import get_model_type
-from shared.settings import Quantization
+from shared.settings import QUANTIZATIONS, Quantization
 
-QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 LOCK_TIMEOUT_S = 60.0
 
 
@@ -251,7 +250,7 @@ class ConfigStore:
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"refusing to write {exc.message}", param=exc.param) from None
         if data != old:
-            _atomic_write(self.path, data)
+            atomic_write(self.path, data)
         key = self._stat_key()
         self._cache = (key, config) if key is not None else None
         return copy.deepcopy(config)
@@ -262,33 +261,3 @@ class ConfigStore:
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, `os.replace`, fsync the folder: old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _mode_for(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _mode_for(path: Path) -> int:
-    # Keep the user's permissions; a new file gets 0o644 rather than mkstemp's 0o600.
-    try:
-        return os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        return 0o644

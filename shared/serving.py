@@ -8,6 +8,8 @@ from typing import Any
 
 import uvicorn
 
+from shared.processes import announce_ready
+
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -33,6 +35,6 @@ def serve(app: Any, sock: socket.socket, *, ready_prefix: str, log_level: str = 
         proxy_headers=False, server_header=False,
     )
     server = uvicorn.Server(config)
-    print(f"{ready_prefix} {sock.getsockname()[1]}", flush=True)
+    announce_ready(ready_prefix, sock.getsockname()[1])
     server.run(sockets=[sock])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -18,6 +18,7 @@ from msgspec import Meta, Struct
 from shared.errors import SettingsError
 
 Quantization = Literal["4bit", "8bit", "none"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
 
 class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -36,6 +37,12 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     # Comma-separated worker host URLs; empty means: start a local worker host.
     worker_hosts: tuple[str, ...] = ()
+    # Seconds a gateway reuses the hosts' state before asking them again (a load or unload asks at once).
+    host_state_ttl_s: Annotated[float, Meta(ge=0)] = 1.0
+    # Seconds to wait for the local worker host (started when no worker_hosts are set) to answer.
+    host_start_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
+    # Seconds between polls of a download job followed to its end (the seed's download_model, `dukat pull`).
+    download_poll_s: Annotated[float, Meta(gt=0)] = 0.2
     # Bind address of a worker host (`dukat host`).
     host_bind: str = "127.0.0.1"
     host_port: Annotated[int, Meta(ge=0, le=65535)] = 8100

@@ -39,6 +39,7 @@ from shared.errors import (
     ModelNotFoundError,
     UnsupportedModelTypeError,
 )
+from shared.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +240,7 @@ def _sync_template(gguf: Path) -> None:
     except FileNotFoundError:
         return
     if not inside.is_file() or inside.read_text() != text:
-        tmp = inside.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, inside)
+        atomic_write(inside, text.encode())
 
 
 def _save_plain(model: Any, folder: Path) -> None:

@@ -46,6 +46,7 @@ from shared.host_api import (
     UnloadCommand,
     WorkerState,
 )
+from shared.logs import setup_logging
 from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
@@ -258,8 +259,11 @@ HOST_FLAGS = ("host_bind", "host_port", "models_dir", "devices")
 def host_arguments() -> argparse.ArgumentParser:
     """The flags of `dukat host` (a parent parser: `python -m worker.host` and the CLI share it)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--bind", dest="host_bind", help="bind address (DUKAT_HOST_BIND)")
-    p.add_argument("--port", dest="host_port", type=int, help="port, 0 for any (DUKAT_HOST_PORT)")
+    # Named like their settings; --bind and --port are the old names, kept.
+    p.add_argument("--host-bind", "--bind", dest="host_bind", help="bind address (DUKAT_HOST_BIND)")
+    p.add_argument(
+        "--host-port", "--port", dest="host_port", type=int, help="port, 0 for any (DUKAT_HOST_PORT)"
+    )
     p.add_argument("--models-dir", dest="models_dir", help="DUKAT_MODELS_DIR")
     p.add_argument("--devices", help="auto, cpu or cuda:N,... (DUKAT_DEVICES)")
     return p
@@ -275,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_host(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in HOST_FLAGS if getattr(args, k, None) is not None}
     settings = load_settings(overrides=flags)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    for noisy in ("httpx", "httpx2"):  # one line per hub request would drown the host's own log
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(settings.log_level)
     sock = bind_socket(settings.host_bind, settings.host_port)
     port = sock.getsockname()[1]
     app = create_host_app(settings, f"http://{settings.host_bind}:{port}")

@@ -33,6 +33,9 @@ from shared.errors import (
     WorkerFailedError,
 )
 from shared.generation import GenerateResult
+from shared.logs import setup_logging
+from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready
+from shared.settings import QUANTIZATIONS, Settings, load_settings
 from shared.wire import (
     Cancel,
     Delta,
@@ -54,8 +57,7 @@ if TYPE_CHECKING:
     from worker.engine import Engine
 
 log = logging.getLogger("worker.model_worker")
-READY = "DUKAT_WORKER_READY"
-FAILED = "DUKAT_WORKER_FAILED"
+DEFAULTS = Settings()  # the registry's defaults; the host passes each value it set
 
 
 def die_with_parent() -> None:
@@ -270,13 +272,13 @@ def _fail(exc: BaseException, model_id: str) -> None:
         # A library's own error ("header too large") says nothing about which model it was.
         message = f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}"
         body = {"code": "model_load_failed", "message": message, "param": None}
-    print(f"{FAILED} {json.dumps(body)}", flush=True)
+    print(f"{WORKER_FAILED} {json.dumps(body)}", flush=True)
 
 
 async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:
     listener = await asyncio.start_server(server.handle, bind, port)
     actual = listener.sockets[0].getsockname()[1]
-    print(f"{READY} {actual}", flush=True)
+    announce_ready(WORKER_READY, actual)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -297,7 +299,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-id", required=True)
     p.add_argument("--path", required=True)
     p.add_argument("--model-type", required=True)
-    p.add_argument("--quantization", default="4bit", choices=["4bit", "8bit", "none"])
+    p.add_argument("--quantization", required=True, choices=QUANTIZATIONS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -305,7 +307,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--drain-s", type=float, default=5.0, help="on SIGTERM, wait this long for requests in flight"
     )
-    p.add_argument("--max-pending", type=int, default=80)
+    p.add_argument("--max-pending", type=int, default=DEFAULTS.max_batch + DEFAULTS.max_queue)
     # Requests generated together (DUKAT_MAX_BATCH); the engine queues --max-queue more
     # (DUKAT_MAX_QUEUE; default: what --max-pending leaves) and refuses the rest.
     p.add_argument(
@@ -313,14 +315,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="nobody asked for --quantization: fall back to none if the model can't take it",
     )
-    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
     p.add_argument("--max-queue", type=int, default=None)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(load_settings().log_level)  # the host's environment, so its DUKAT_LOG_LEVEL
     die_with_parent()
     local_device = pin_device(args.device, args.threads)
     try:
@@ -351,7 +353,6 @@ def main(argv: list[str] | None = None) -> int:
     # The host's device name (cuda:N), not the one this process sees (always cuda:0).
     engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
     info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
-    from shared.settings import load_settings
 
     token = load_settings().internal_token  # inherited from the host's environment, never on argv
     server = WorkerServer(engine, info, max_pending=args.max_pending, drain_s=args.drain_s, token=token)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +21,7 @@ import msgspec
 
 from shared.errors import ConflictError, DukatError, ModelLoadFailedError, NotFoundError, error_from_code
 from shared.host_api import WorkerState
+from shared.processes import WORKER_FAILED, WORKER_READY, ready_port, terminate
 from shared.wire import WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -204,8 +203,7 @@ class Supervisor:
         assert worker.process and worker.process.stdout
         async for raw in worker.process.stdout:
             line = raw.decode(errors="replace").strip()
-            if line.startswith("DUKAT_WORKER_READY "):
-                port = int(line.split()[1])
+            if (port := ready_port(line, WORKER_READY)) is not None:
                 try:
                     await self._ready(worker, port)
                 except Exception as exc:  # it said ready but does not answer: a failed load, not a hang
@@ -213,7 +211,7 @@ class Supervisor:
                     message = f"model worker for {worker.spec.model_id!r} does not answer: {what}"
                     self._failed(worker, ModelLoadFailedError(message), settle=False)
                 return
-            if line.startswith("DUKAT_WORKER_FAILED "):
+            if line.startswith(WORKER_FAILED + " "):
                 body = json.loads(line.partition(" ")[2])
                 err = error_from_code(body.get("code"), body.get("message", "load failed"), body.get("param"))
                 self._failed(worker, err, settle=False)
@@ -274,17 +272,11 @@ class Supervisor:
             del self._workers[model_id]
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
-        """SIGTERM, wait, then SIGKILL: a worker never outlives its unload."""
-        if process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), self.stop_timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        """SIGTERM, wait, then SIGKILL, to the worker's whole process group: a worker (nor anything
+        it started) never outlives its unload."""
+        exited = lambda: process.returncode is not None  # noqa: E731 - set by this loop, read by the thread
+        await asyncio.to_thread(terminate, process.pid, exited, self.stop_timeout_s)
+        await process.wait()
 
     async def close(self) -> None:
         await asyncio.gather(*(self.unload(m) for m in list(self._workers)), return_exceptions=True)

@@ -18,6 +18,7 @@ from gateway.schemas import (
     DefaultModel,
     DownloadJob,
     DownloadRequest,
+    Health,
     LoadedModel,
     LoadedModelList,
     LoadRequest,
@@ -50,9 +51,9 @@ async def hosts(state: State) -> list[HostState]:
 
 @post("/api/models/pull", status_code=202, summary="Start downloading a model (follow the job)")
 async def pull(state: State, data: DownloadRequest) -> DownloadJob:
-    check_pull(state.manager.settings, data.model)
+    check_pull(state.manager.settings, data.model_id)
     check_revision(data.revision)
-    return download_job(await state.manager.start_download(data.model, data.revision, data.file))
+    return download_job(await state.manager.start_download(data.model_id, data.revision, data.file))
 
 
 @get("/api/downloads/{job_id:str}", summary="A download job's progress")
@@ -68,9 +69,9 @@ async def load(state: State, data: LoadRequest) -> LoadedModel:
 
 @post("/api/models/unload", status_code=200, summary="Stop a model's worker process")
 async def unload(state: State, data: UnloadRequest) -> Unloaded:
-    check_model(state.manager, data.model)
-    await state.manager.unload_model(data.model)
-    return Unloaded(id=data.model)
+    check_model(state.manager, data.model_id)
+    await state.manager.unload_model(data.model_id)
+    return Unloaded(id=data.model_id)
 
 
 @post("/api/models/default", status_code=200, summary="Set the default model (saved in the config file)")
@@ -81,5 +82,5 @@ async def set_default(state: State, data: SetDefaultRequest) -> DefaultModel:
 
 
 @get("/health", summary="Liveness: the gateway answers")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health() -> Health:
+    return Health()

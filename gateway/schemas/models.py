@@ -80,6 +80,10 @@ class DefaultModel(Struct, kw_only=True):
     default_model: str
 
 
+class Health(Struct, kw_only=True):
+    status: Literal["ok"] = "ok"
+
+
 class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: ModelId
     quantization: Quantization | None = None
@@ -87,15 +91,16 @@ class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     device: Device | None = None
 
 
-class UnloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: ModelId
+class UnloadRequest(host_api.UnloadCommand, kw_only=True, rename={"model_id": "model"}):
+    """The host's command, named for the public API."""
+
+    model_id: ModelId
 
 
-class DownloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: ModelId
-    revision: str | None = None
-    # One file of the repo (a .gguf of a GGUF repo) instead of the transformers model files.
-    file: str | None = None
+class DownloadRequest(host_api.DownloadCommand, kw_only=True, rename={"model_id": "model"}):
+    """The host's command (model, revision, one file), named for the public API."""
+
+    model_id: ModelId
 
 
 class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.gateway.conftest import Dukat
-from tests.support.openapi_check import validate
+from tests.support.checks import error_of
 
 CHAT = "tiny/tinyllama"
 EMBED = "tiny/bert"
@@ -30,23 +30,6 @@ def client(dukat: Dukat) -> Iterator[openai.OpenAI]:
 def http(dukat: Dukat) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=dukat.url, timeout=120) as c:
         yield c
-
-
-def error_of(response: Any, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    """The `error` object of an OpenAI error response, checked: status, JSON, the four keys, schema."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    validate(body, "ErrorResponse")
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    if code is not None:
-        assert error["code"] == code
-    if param is not None:
-        assert error["param"] == param
-    return error
 
 
 def sdk_error(
