@@ -1,4 +1,4 @@
-"""The gateway's app factory: routes, error handlers, middleware and the ModelManager's lifespan."""
+"""The gateway's app factory: routes, error handlers, middleware and the model manager's lifespan."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from gateway.errors import exception_handlers
-from gateway.manager import ModelManager
+from gateway.manager import AsyncModelManager
 from gateway.middleware import GatewayMiddleware
 from gateway.routes import chat, completions, embeddings, management, models
 from shared.settings import Settings
@@ -38,15 +38,15 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings, manager: ModelManager | None = None) -> Litestar:
-    manager = manager or ModelManager(settings=settings)
+def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> Litestar:
+    manager = manager or AsyncModelManager(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await manager.start()
         if settings.preload:
             results = await asyncio.gather(
-                *(manager.aload_model(m) for m in settings.preload), return_exceptions=True
+                *(manager.load_model(m) for m in settings.preload), return_exceptions=True
             )
             for model_id, result in zip(settings.preload, results, strict=True):
                 if isinstance(result, BaseException):
@@ -54,8 +54,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
         try:
             yield
         finally:
-            await manager.aclose()
-            await asyncio.to_thread(manager.close)
+            await manager.close()
 
     app = Litestar(
         route_handlers=ROUTES,

@@ -61,7 +61,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from gateway.progress import DownloadBar
     from gateway.schemas import DownloadJob  # the management API's job (`model`, not the host's `model_id`)
 
-    body = {"model": args.model, "revision": args.revision}
+    body = {"model": args.model, "revision": args.revision, "file": args.file}
     job = msgspec.convert(_call(args, "POST", "/api/models/pull", body), DownloadJob)
     with DownloadBar(args.model, enabled=sys.stderr.isatty() or args.progress) as bar:
         while job.status in ("queued", "running"):
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pull = client_cmd("pull", cmd_pull, "download a model into models_dir, with a progress bar")
     pull.add_argument("--revision")
+    pull.add_argument("--file", help="one file of the repo, e.g. a .gguf of a GGUF repo")
     pull.add_argument("--progress", action="store_true", help="show the bar even when not on a terminal")
     client_cmd("list", cmd_list, "models available (config file and models_dir)", model=False)
     client_cmd("ps", cmd_ps, "models loaded, with device and memory", model=False)

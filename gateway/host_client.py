@@ -13,7 +13,7 @@ from shared.host_api import (
     DownloadJob,
     HostState,
     LoadCommand,
-    LocalModelInfo,
+    LocalModel,
     UnloadCommand,
     WorkerState,
 )
@@ -46,8 +46,8 @@ class HostClient:
     async def state(self) -> HostState:
         return await self._call("GET", "/state", HostState)
 
-    async def local_models(self) -> list[LocalModelInfo]:
-        return await self._call("GET", "/models/local", list[LocalModelInfo])
+    async def local_models(self) -> list[LocalModel]:
+        return await self._call("GET", "/models/local", list[LocalModel])
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
         return await self._call("POST", "/models/load", WorkerState, cmd, timeout=self.load_timeout)

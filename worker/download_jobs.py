@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from shared.errors import DukatError, NotFoundError
-from shared.host_api import DownloadJob
+from shared.host_api import DownloadCounts, DownloadJob
 from worker.downloads import DownloadProgress, download_model
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,14 @@ class DownloadJobs:
         except KeyError:
             raise NotFoundError(f"no download job {job_id!r}", param="job_id") from None
 
-    def start(self, model_id: str, revision: str | None = None) -> DownloadJob:
+    def start(self, model_id: str, revision: str | None = None, file: str | None = None) -> DownloadJob:
         for job in self._jobs.values():
-            if job.model_id == model_id and job.revision == revision and job.status in ("queued", "running"):
+            same = job.model_id == model_id and job.revision == revision and job.file == file
+            if same and job.status in ("queued", "running"):
                 return job
         job = DownloadJob(
-            id=f"dl-{uuid.uuid4().hex[:12]}", model_id=model_id, revision=revision, status="queued",
-            started_at=time.time(),
+            id=f"dl-{uuid.uuid4().hex[:12]}", model_id=model_id, revision=revision, file=file,
+            status="queued", started_at=time.time(),
         )
         self._jobs[job.id] = job
         done = asyncio.ensure_future(self._run(job))
@@ -63,7 +64,8 @@ class DownloadJobs:
         job.status = "running"
         try:
             path = await asyncio.to_thread(
-                download_model, job.model_id, self.models_dir, revision=job.revision, progress=on_progress
+                download_model, job.model_id, self.models_dir, revision=job.revision, file=job.file,
+                progress=on_progress,
             )
         except DukatError as exc:
             job.status, job.error, job.error_code = "failed", exc.message, exc.code
@@ -79,8 +81,8 @@ class DownloadJobs:
 
     @staticmethod
     def _update(job: DownloadJob, p: DownloadProgress) -> None:
-        job.downloaded_bytes, job.total_bytes = p.downloaded_bytes, p.total_bytes
-        job.files_done, job.files_total = p.files_done, p.files_total
+        for name in DownloadCounts.__struct_fields__:  # the counts are one record, shared by both
+            setattr(job, name, getattr(p, name))
 
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.status in ("done", "failed")]

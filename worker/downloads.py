@@ -39,7 +39,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from msgspec import Struct
 from tqdm import tqdm
 
 from shared.errors import (
@@ -50,6 +49,7 @@ from shared.errors import (
     ModelNotFoundError,
     UnsupportedModelTypeError,
 )
+from shared.host_api import DownloadCounts
 from worker.catalog import MARKER_NAME, DownloadMarker, is_model_folder, read_marker
 
 _SUPPORT_FILES = frozenset({
@@ -69,12 +69,10 @@ _WEIGHT_GROUPS = (
 )
 
 
-class DownloadProgress(Struct, kw_only=True, frozen=True):
+class DownloadProgress(DownloadCounts, kw_only=True):
+    """One report of a download in progress: its counts, and the file it is at."""
+
     model_id: str
-    downloaded_bytes: int
-    total_bytes: int
-    files_done: int
-    files_total: int
     current_file: str | None = None
     done: bool = False
 
@@ -91,6 +89,7 @@ def download_model(
     endpoint: str | None = None,
     progress: ProgressCallback | None = None,
     show_progress_bar: bool = False,
+    file: str | None = None,
 ) -> Path:
     """The folder of `model_id` under `models_dir`, downloaded or brought up to date.
 
@@ -98,6 +97,7 @@ def download_model(
     (read by huggingface_hub), `endpoint` to `HF_ENDPOINT`. `progress` is called in this thread as
     bytes arrive. Raises ModelNotFoundError, GatedModelError, HubUnreachableError,
     UnsupportedModelTypeError (a repo without transformers weights) or InvalidRequestError (bad id).
+    `file` fetches that one file of the repo instead (a .gguf), beside the ones already there.
     """
     local = _local_folder(model_id)
     if local is not None:
@@ -111,14 +111,18 @@ def download_model(
             model_id, revision=revision, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
         )
         sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
-        files = _checked_selection(model_id, sizes)
+        if file:
+            files = _one_file(model_id, sizes, file, read_marker(dest))
+        else:
+            files = _checked_selection(model_id, sizes)
         marker = DownloadMarker(
             repo_id=model_id, revision=revision or "main", commit=str(info.sha), files=files, complete=False
         )
         _begin(dest, marker)
-        tracker = _Tracker(model_id, {f: sizes[f] for f in files}, progress, show_progress_bar)
+        fetch = [file] if file else files
+        tracker = _Tracker(model_id, {f: sizes[f] for f in fetch}, progress, show_progress_bar)
         try:
-            for name in files:
+            for name in fetch:
                 tracker.start(name)
                 hf_hub_download(
                     model_id, name, revision=marker.commit, local_dir=dest, endpoint=endpoint, token=token,
@@ -167,6 +171,13 @@ def _checked_selection(model_id: str, sizes: dict[str, int]) -> list[str]:
     files = select_files(sizes)
     has_weights = any(f.endswith((".safetensors", ".bin")) for f in files)
     if "config.json" not in files or not has_weights:
+        ggufs = sorted(n for n in sizes if n.endswith(".gguf"))
+        if ggufs:
+            raise UnsupportedModelTypeError(
+                f"{model_id!r} holds GGUF files, not a transformers model: pull one with "
+                f"`dukat pull {model_id} --file {ggufs[0]}` (its .gguf files: {', '.join(ggufs[:8])})",
+                param="model",
+            )
         sample = ", ".join(sorted(sizes)[:8]) or "none"
         raise UnsupportedModelTypeError(
             f"{model_id!r} has no config.json and safetensors/.bin weights that transformers can load "
@@ -174,6 +185,17 @@ def _checked_selection(model_id: str, sizes: dict[str, int]) -> list[str]:
             param="model",
         )
     return files
+
+
+def _one_file(model_id: str, sizes: dict[str, int], file: str, old: DownloadMarker | None) -> list[str]:
+    """The marker's files for a one-file pull: those pulled before (kept, not stale) and `file`."""
+    if file not in sizes:
+        ggufs = ", ".join(sorted(n for n in sizes if n.endswith(".gguf"))) or "none"
+        raise ModelNotFoundError(
+            f"{model_id!r} has no file {file!r} (its .gguf files: {ggufs})", param="file"
+        )
+    kept = [f for f in old.files if f in sizes] if old is not None else []
+    return [*dict.fromkeys([*kept, file])]
 
 
 def _local_folder(model_id: str) -> Path | None:

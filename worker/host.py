@@ -27,17 +27,19 @@ from shared.host_api import (
     DownloadJob,
     HostState,
     LoadCommand,
-    LocalModelInfo,
+    LocalModel,
     UnloadCommand,
     WorkerState,
 )
 from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
-from worker.catalog import list_local_models
+from worker.catalog import list_local_models, local_gguf
 from worker.devices import offered_devices, pick_device
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
+from worker.gguf import SUFFIX as GGUF_SUFFIX
+from worker.gguf import hf_model_type as gguf_model_type
 from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -73,49 +75,45 @@ class Host:
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
-        existing = self.supervisor.state(cmd.model_id)
-        if existing is not None and existing.status in ("loading", "loaded"):
-            return await self.supervisor.load(WorkerSpec(cmd.model_id, "", "", "", existing.device))
+        return await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, lambda: self._spec(cmd))
+
+    async def _spec(self, cmd: LoadCommand) -> WorkerSpec:
+        """What a new worker of `cmd` runs: its device, files (downloaded first if missing), type and
+        quantization."""
         devices = offered_devices(self.settings.devices)
-        device = pick_device(devices, cmd.device)
+        asked = cmd.device or cmd.default_device
+        device = pick_device(devices, asked)
         if device is None:
             offered = ", ".join(d.name for d in devices) or "none"
             raise DeviceUnavailableError(
-                f"device {cmd.device!r} is not available on this host (offered: {offered})", param="device"
+                f"device {asked!r} is not available on this host (offered: {offered})", param="device"
             )
-        path = resolve_model_path(cmd.model_id, self.settings.models_dir)
+        models_dir = self.settings.models_dir
+        path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
+        path = path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
         model_type = infer_model_type(
             cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type
         )
-        default = default_quantization(model_type, self.settings.default_quantization)
-        quantization = cmd.quantization or default
-        spec = WorkerSpec(
+        quantization = cmd.quantization or cmd.default_quantization
+        return WorkerSpec(
             cmd.model_id,
             str(path),
             model_type.name,
-            quantization,
+            quantization or default_quantization(model_type, self.settings.default_quantization),
             device,
-            quantization_is_default=cmd.quantization is None,
+            quantization_is_default=quantization is None,
         )
-        return await self.supervisor.load(spec)
 
-    def local_models(self) -> list[LocalModelInfo]:
-        return [
-            LocalModelInfo(
-                model_id=m.id,
-                path=str(m.path),
-                model_type=m.model_type,
-                size_bytes=m.size_bytes,
-                error=m.error,
-            )
-            for m in list_local_models(self.settings.models_dir)
-        ]
+    def local_models(self) -> list[LocalModel]:
+        return list_local_models(self.settings.models_dir)
 
 
 def _hf_model_type(path: Path) -> str | None:
+    if path.suffix == GGUF_SUFFIX:  # from its header: the worker converts it at load
+        return gguf_model_type(path)
     try:
         return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
@@ -140,7 +138,7 @@ async def host_state(state: State) -> HostState:
 
 
 @get("/models/local")
-async def local_models(state: State) -> list[LocalModelInfo]:
+async def local_models(state: State) -> list[LocalModel]:
     return state.host.local_models()
 
 
@@ -157,7 +155,7 @@ async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
 
 @post("/downloads", status_code=202)
 async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
-    return state.host.jobs.start(data.model_id, data.revision)
+    return state.host.jobs.start(data.model_id, data.revision, data.file)
 
 
 @get("/downloads/{job_id:str}")

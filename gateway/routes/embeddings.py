@@ -10,5 +10,5 @@ from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_respo
 
 @post("/v1/embeddings", status_code=200, summary="Create embeddings (OpenAI)")
 async def embeddings(state: State, data: EmbeddingRequest) -> EmbeddingResponse:
-    model, result = await state.manager.aembed(data.model, data.inputs())
+    model, result = await state.manager.embed(data.model, data.inputs())
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)
