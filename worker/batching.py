@@ -35,7 +35,9 @@ from typing import Any
 import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
+from worker.grammar import Grammars, RowGrammar
 from worker.kv_cache import PaddedBatch, Solo, can_batch
+from worker.logprobs import LogprobRecord, record_logprobs
 from worker.sampling import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -66,12 +68,20 @@ class Job:
     last: int = -1  # the latest token: what the next step feeds
     stopped: bool = False  # it made an end-of-sequence token: nothing comes after it
     counted: bool = True  # it holds a place in the scheduler (under the scheduler's lock)
+    # Constrained decoding (with the engine's Grammars that made it), vLLM's min_tokens (the
+    # stop ids are masked until then), logprobs with this many alternatives (one record per token).
+    grammar: RowGrammar | None = None
+    grammars: Grammars | None = None
+    min_tokens: int = 0
+    logprobs: int | None = None
+    logprob_records: list[LogprobRecord] = field(default_factory=list)
 
     def wanted(self) -> bool:
         return not self.done.is_set() and not (self.cancel is not None and self.cancel.is_set())
 
     def ended(self) -> bool:
-        return self.stopped or self.produced >= self.max_new_tokens or not self.wanted()
+        over = self.stopped or self.produced >= self.max_new_tokens or not self.wanted()
+        return over or (self.grammar is not None and self.grammar.ended)
 
     def push(self, token: int) -> None:
         self.produced += 1
@@ -220,10 +230,20 @@ class Scheduler:
         its row of `logits` [rows, vocab], and pushed to its consumer."""
         if self._suppress is not None:
             logits[:, self._suppress] = float("-inf")
+        _mask_rows(jobs, logits)
         greedy = logits.argmax(-1).tolist()  # one op for every plain greedy row
         for i, (job, best) in enumerate(zip(jobs, greedy, strict=True)):
-            sampler = job.sampler
-            token = best if sampler.plain_greedy else sampler.choose(logits[i])
+            sampler, grammar = job.sampler, job.grammar
+            remaining = job.max_new_tokens - job.produced
+            token = grammar.forced(remaining) if grammar is not None else None
+            if token is not None:
+                grammar.take(token)  # type: ignore[union-attr]
+            else:
+                token = best if sampler.plain_greedy else sampler.choose(logits[i])
+                if grammar is not None:
+                    token = grammar.accept(token, remaining)
+            if job.logprobs is not None:
+                job.logprob_records.append(record_logprobs(logits[i], token, job.logprobs))
             sampler.observe(token)
             job.push(token)
             self._owe_step(job)
@@ -297,6 +317,18 @@ def prefill_groups(lengths: list[int], *, waste: float = 0.25, slack: int = 64) 
 def _abort_at_exit(ref: weakref.ref[Scheduler]) -> None:
     if (scheduler := ref()) is not None:
         scheduler.close(abort=True)
+
+
+def _mask_rows(jobs: list[Job], logits: torch.Tensor) -> None:
+    """Per-row masks, in place: each constrained row to its grammar, stop ids off before min_tokens."""
+    constrained = [(i, job.grammar) for i, job in enumerate(jobs) if job.grammar is not None]
+    if constrained:
+        grammars = next(job.grammars for job in jobs if job.grammars is not None)
+        assert grammars is not None
+        grammars.mask(logits, constrained)
+    for i, job in enumerate(jobs):
+        if job.produced < job.min_tokens and job.stop_ids and job.grammar is None:
+            logits[i, sorted(job.stop_ids)] = float("-inf")
 
 
 def _suppressed_ids(model: Any) -> torch.Tensor | None:

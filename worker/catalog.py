@@ -42,11 +42,15 @@ class DownloadMarker(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def list_local_models(models_dir: Path) -> list[LocalModel]:
-    """Every model folder under `models_dir`, sorted by id; a broken one is listed with its error."""
+    """Every model folder under `models_dir`, sorted by id; a broken one is listed with its error.
+
+    A download that has not finished (failed, cut, or still running) is not a model: not listed.
+    """
     root = Path(models_dir)
     if not root.is_dir():
         return []
-    return [_describe(root, folder) for folder in _model_folders(root, depth=1)]
+    models = (_describe(root, folder) for folder in _model_folders(root, depth=1))
+    return [m for m in models if m.complete]
 
 
 def is_model_folder(folder: Path) -> bool:

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class DownloadJobs:
-    def __init__(self, models_dir: Path, *, keep: int = 100) -> None:
+    def __init__(self, models_dir: Path, *, keep: int = 100, max_bytes: int | None = None) -> None:
         self.models_dir = models_dir
+        self.max_bytes = max_bytes
         self.keep = keep
         self._jobs: dict[str, DownloadJob] = {}
         self._done: dict[str, asyncio.Future[Path]] = {}
@@ -65,7 +66,7 @@ class DownloadJobs:
         try:
             path = await asyncio.to_thread(
                 download_model, job.model_id, self.models_dir, revision=job.revision, file=job.file,
-                progress=on_progress,
+                progress=on_progress, max_bytes=self.max_bytes,
             )
         except DukatError as exc:
             job.status, job.error, job.error_code = "failed", exc.message, exc.code
