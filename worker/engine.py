@@ -198,6 +198,7 @@ class Engine:
         )
         reply.job, reply.end = job, partial(scheduler.finish, job)
         if reply.over:  # nothing to generate (max_new_tokens 0)
+            job.counted = False  # it never holds a place: ending it frees none
             reply.conclude(on_text, on_done)
             if on_step is not None:
                 on_step()
