@@ -278,10 +278,13 @@ class Engine:
         )
 
     def _grammars_for(self, loaded: Loaded) -> Grammars:
-        if self._grammars is None:
-            vocab_size = max(int(getattr(loaded.model.config, "vocab_size", 0) or 0), len(loaded.tokenizer))
-            self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
-        return self._grammars
+        """The model's grammar machinery (token bytes too), built once at first need."""
+        with self._lock:
+            if self._grammars is None:
+                configured = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
+                vocab_size = max(configured, len(loaded.tokenizer))
+                self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
+            return self._grammars
 
     def _prompt_text(self, tokenizer: Any, req: GenerateRequest) -> tuple[str, bool]:
         fmt = self._model_type.prompt_format

@@ -95,25 +95,20 @@ class Grammars:
             index = torch.tensor(indices, dtype=torch.long, device=logits.device)
             logits[index[:, None], self.banned.to(logits.device)[None, :]] = float("-inf")
 
-    @staticmethod
-    def _no_compile(kind: str) -> None:
-        raise ValueError(f"unknown constraint kind {kind!r}")
-
     def _compile_uncached(
         self, kind: str, schema: str | None, regex: str | None, choices: tuple[str, ...]
     ) -> xg.CompiledGrammar:
-        if kind == "json":
-            if schema is None:  # json_object: any object
-                return self._compiler.compile_json_schema(
-                    '{"type": "object"}', any_whitespace=False, strict_mode=False
-                )
+        if kind == "json" and schema is None:  # json_object: any object
+            return self._compiler.compile_json_schema(
+                '{"type": "object"}', any_whitespace=False, strict_mode=False
+            )
+        if kind == "json" and schema is not None:
             return self._compiler.compile_json_schema(schema, any_whitespace=False)
         if kind == "regex" and regex is not None:
             return self._compiler.compile_regex(regex)
         if kind == "choice" and choices:
             return self._compiler.compile_grammar("root ::= " + " | ".join(json.dumps(c) for c in choices))
-        self._no_compile(kind)
-        raise AssertionError
+        raise ValueError(f"a {kind} constraint needs its {'regex' if kind == 'regex' else 'choices'}")
 
 
 class RowGrammar:
