@@ -70,8 +70,15 @@ class Grammars:
             ) from exc
 
     def row(self, constraint: Constraint, budget: int) -> RowGrammar:
-        """A row's matcher; a 400 when the shortest output the grammar allows can't fit `budget`."""
-        row = RowGrammar(self, self.compile(constraint))
+        """A row's matcher; a 400 when the shortest output the grammar allows can't fit `budget`.
+        A non-strict JSON schema the engine can't compile falls back to any JSON object."""
+        try:
+            compiled = self.compile(constraint)
+        except InvalidRequestError:
+            if constraint.strict or constraint.kind != "json":
+                raise
+            compiled = self.compile(Constraint(kind="json"))  # best effort: any JSON object
+        row = RowGrammar(self, compiled)
         if row.need + 1 > budget:
             raise InvalidRequestError(
                 f"the shortest output the {_what(constraint)} allows needs {row.need + 1} tokens "
