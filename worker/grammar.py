@@ -144,8 +144,9 @@ class RowGrammar:
         """Take `token` (sampled from the masked logits) unless it leaves too little budget to end;
         then the closing policy's token instead. Returns the token taken."""
         self._steps += 1
-        if not self.matcher.accept_token(token):
-            raise AssertionError(f"token {token} was outside the grammar's mask")
+        if not self.matcher.accept_token(token):  # only when every allowed token had -inf logits
+            token = self._grammars.closer.next(self.matcher)
+            self.matcher.accept_token(token)
         if self.ended:
             return token
         self._unchecked += 1
