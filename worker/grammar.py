@@ -98,9 +98,15 @@ class Grammars:
         xg.apply_token_bitmask_inplace(logits[:, :width], bitmask.to(logits.device), indices=indices)
         if logits.shape[-1] > width:
             logits[indices, width:] = float("-inf")
+        index = torch.tensor(indices, dtype=torch.long, device=logits.device)
         if len(self.banned):
-            index = torch.tensor(indices, dtype=torch.long, device=logits.device)
             logits[index[:, None], self.banned.to(logits.device)[None, :]] = float("-inf")
+        dead = index[torch.isneginf(logits[index]).all(dim=-1)]
+        if len(dead):  # the model gave every allowed token -inf: choose uniformly among them
+            logits[dead] = 0.0
+            allowed = bitmask.to(logits.device)
+            xg.apply_token_bitmask_inplace(logits[:, :width], allowed, indices=dead.tolist())
+            logits[dead, width:] = float("-inf")
 
     def _compile_uncached(
         self, kind: str, schema: str | None, regex: str | None, choices: tuple[str, ...]
