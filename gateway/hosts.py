@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import secrets
 import time
 
 from gateway.host_client import HostClient
@@ -30,6 +31,9 @@ class HostDirectory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.urls: list[str] = list(settings.worker_hosts)
+        # The internal token on every host call and worker connection; a local host without a
+        # configured one gets one drawn here, so no other local process can drive it.
+        self.token = settings.internal_token or (None if settings.worker_hosts else secrets.token_urlsafe(32))
         self._local: ChildProcess | None = None
         self._starting = asyncio.Lock()
         self._clients: dict[str, HostClient] = {}
@@ -56,7 +60,8 @@ class HostDirectory:
 
     def _spawn_local(self) -> tuple[ChildProcess, str]:
         args = ["--bind", "127.0.0.1", "--port", "0", "--models-dir", str(self.settings.models_dir)]
-        child = ChildProcess("worker.host", args, ready_prefix="DUKAT_HOST_READY")
+        env = {"DUKAT_INTERNAL_TOKEN": self.token} if self.token else None
+        child = ChildProcess("worker.host", args, ready_prefix="DUKAT_HOST_READY", env=env)
         url = child.start(timeout=120)
         atexit.register(child.stop)  # no host (nor its workers) outlives an interpreter that forgot close()
         return child, url
@@ -82,7 +87,8 @@ class HostDirectory:
     def client(self, url: str) -> HostClient:
         client = self._clients.get(url)
         if client is None:
-            client = self._clients[url] = HostClient(url, load_timeout=self.settings.load_timeout_s + 60)
+            timeout = self.settings.load_timeout_s + 60
+            client = self._clients[url] = HostClient(url, load_timeout=timeout, token=self.token)
         return client
 
     async def states(self, *, fresh: bool = False) -> list[HostState]:

@@ -3,13 +3,21 @@ together, one token per iteration.
 
 The scheduler decides who runs: admission (bounded: `max_batch` rows of at most the context length,
 `max_queue` waiting, then OverloadedError), joins between steps (newcomers first, so a prefill
-decides their first token's wait), leaves (stops, lengths, cancels, a consumer that went away) and
-failures (a failed step fails its rows, the thread lives on). The cache mechanics are
-worker/kv_cache.py's: rows of one left-padded batch where the model batches exactly, else each
-request on its own cache ("solo" rows), still interleaved. `_emit` is the one sampling step of
-every row, batched or solo: each row's own sampler picks its token from its logits. Tokens go to
-each request's consumer as callbacks on this thread (the engine turns them into text), then one
-`on_step` per consumer and step hands them on.
+decides their first token's wait; grouped by prompt length, shortest first, so that no prefill
+pads short prompts to a long one's width), leaves (stops, lengths, cancels, a consumer that went
+away) and failures (a failed step fails its rows, the thread lives on). The cache mechanics are
+worker/kv_cache.py's: rows of one left-padded batch where the model batches (exactly, or for
+8-bit within a documented bound), else each request on its own cache ("solo" rows), still
+interleaved. `_emit` is the one sampling step of every row, batched or solo: each row's own
+sampler picks its token from its logits. Tokens go to each request's consumer as callbacks on
+this thread (the engine turns them into text), then one `on_step` per consumer and step hands
+them on.
+
+Why not transformers' continuous batching (`generate_batch`, paged attention): measured in process
+on 2 CPU cores, 16 greedy prompts x 64 tokens, it made 181 tok/s on the bench's tiny Llama and 184
+on a Gemma 3-shaped one, where this scheduler made 1260 and 1011; it also sizes its cache from
+free memory unless told, and has no per-request generator. Prefills are compute-bound here: the
+slowest first token of many requests that arrive together is bounded by their prefills' total.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
 from worker.grammar import Grammars, RowGrammar
-from worker.kv_cache import PaddedBatch, Solo, batches_exactly
+from worker.kv_cache import PaddedBatch, Solo, can_batch
 from worker.logprobs import LogprobRecord, record_logprobs
 from worker.sampling import TokenSampler
 
@@ -90,7 +98,7 @@ class Scheduler:
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
         self._model, self._seq2seq = model, seq2seq
         self._suppress = _suppressed_ids(model)
-        self._batch = None if seq2seq or not batches_exactly(model, pad_id) else PaddedBatch(model, pad_id)
+        self._batch = None if seq2seq or not can_batch(model, pad_id) else PaddedBatch(model, pad_id)
         self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
         self._in_flight = 0  # waiting + running, until their consumer or the scheduler is done
@@ -172,8 +180,9 @@ class Scheduler:
     def _iterate(self) -> None:
         self._sweep()
         while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
-            self._admit(jobs)
-            self._flush()  # their first tokens go out now, not after the next prefill or step
+            for group in prefill_groups([len(job.prompt_ids) for job in jobs]):
+                self._admit([jobs[i] for i in group])
+                self._flush()  # their first tokens go out now, not after the next prefill or step
         self._sweep()
         self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
         if self._rows:
@@ -279,6 +288,28 @@ class Scheduler:
         for job in jobs:
             self._in_flight -= job.counted
             job.counted = False
+
+
+def prefill_groups(lengths: list[int], *, waste: float = 0.25) -> list[list[int]]:
+    """The newcomers' prefills: indexes into `lengths` in groups, shortest prompts first, a group
+    growing while its left padding stays under `waste` of its real tokens.
+
+    A batched prefill costs its width times its rows, and every row's first token waits for all of
+    it: one long prompt among short ones would multiply the short ones' work and wait. Shortest
+    first also gives the most first tokens soonest; the last one still waits for every prefill.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        n = lengths[i]  # the widest so far: the group's width
+        if groups and n * (len(groups[-1]) + 1) <= (1 + waste) * (real + n):
+            groups[-1].append(i)
+            real += n
+        else:
+            groups.append([i])
+            real = n
+    return groups
 
 
 def _abort_at_exit(ref: weakref.ref[Scheduler]) -> None:

@@ -7,6 +7,7 @@ Run as `python -m worker.host` (or `dukat host`); `dukat serve` starts one besid
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import socket
@@ -15,33 +16,52 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
 
-from shared.errors import DeviceUnavailableError, DukatError, InternalError, error_for_status
+from shared.errors import (
+    AuthenticationError,
+    ConflictError,
+    DeviceUnavailableError,
+    DukatError,
+    InternalError,
+    error_for_status,
+)
 from shared.host_api import (
+    DeleteCommand,
+    Deleted,
     DownloadCommand,
     DownloadJob,
     HostState,
     LoadCommand,
     LocalModel,
+    ModelDetails,
     UnloadCommand,
     WorkerState,
 )
 from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
-from worker.catalog import list_local_models
+from shared.tokens import bearer_token, token_in
+from worker import model_files
+from worker.catalog import list_local_models, local_gguf
 from worker.devices import offered_devices, pick_device
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
+from worker.gguf import SUFFIX as GGUF_SUFFIX
+from worker.gguf import hf_model_type as gguf_model_type
 from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"
+HOST_JOB_ID = r"^dl-[0-9a-f]{12}$"
 
 
 class Host:
@@ -51,7 +71,7 @@ class Host:
         self.settings = settings
         self.url = url
         self.host_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.jobs = DownloadJobs(settings.models_dir)
+        self.jobs = DownloadJobs(settings.models_dir, max_bytes=settings.max_model_bytes)
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
         self.supervisor = Supervisor(
             bind=settings.host_bind,
@@ -61,6 +81,7 @@ class Host:
             max_queue=settings.max_queue,
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
+            token=settings.internal_token,
         )
 
     def state(self) -> HostState:
@@ -86,7 +107,9 @@ class Host:
             raise DeviceUnavailableError(
                 f"device {asked!r} is not available on this host (offered: {offered})", param="device"
             )
-        path = resolve_model_path(cmd.model_id, self.settings.models_dir)
+        models_dir = self.settings.models_dir
+        path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
+        path = path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
@@ -103,11 +126,25 @@ class Host:
             quantization_is_default=quantization is None,
         )
 
+    async def delete(self, model_id: str) -> Deleted:
+        worker = self.supervisor.state(model_id)
+        if worker is not None and worker.status in ("loading", "loaded", "stopping"):
+            raise ConflictError(
+                f"model {model_id!r} is {worker.status} on this host; unload it first (dukat stop)",
+                param="model",
+            )
+        if any(j.model_id == model_id and j.status in ("queued", "running") for j in self.jobs.list()):
+            raise ConflictError(f"model {model_id!r} is downloading; delete it once that ends", param="model")
+        freed = await asyncio.to_thread(model_files.delete, self.settings.models_dir, model_id)
+        return Deleted(model_id=model_id, freed_bytes=freed)
+
     def local_models(self) -> list[LocalModel]:
         return list_local_models(self.settings.models_dir)
 
 
 def _hf_model_type(path: Path) -> str | None:
+    if path.suffix == GGUF_SUFFIX:  # from its header: the worker converts it at load
+        return gguf_model_type(path)
     try:
         return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
@@ -121,7 +158,7 @@ def _own_address() -> str:
         return "127.0.0.1"
 
 
-@get("/health")
+@get("/health", opt={"open": True})
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -147,13 +184,23 @@ async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
     return {"model_id": data.model_id, "status": "unloaded"}
 
 
+@get("/models/details")
+async def model_details(state: State, model_id: str) -> ModelDetails:
+    return await asyncio.to_thread(model_files.describe, state.host.settings.models_dir, model_id)
+
+
+@post("/models/delete", status_code=200)
+async def delete_model(state: State, data: DeleteCommand) -> Deleted:
+    return await state.host.delete(data.model_id)
+
+
 @post("/downloads", status_code=202)
 async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
-    return state.host.jobs.start(data.model_id, data.revision)
+    return state.host.jobs.start(data.model_id, data.revision, data.file)
 
 
 @get("/downloads/{job_id:str}")
-async def get_download(state: State, job_id: str) -> DownloadJob:
+async def get_download(state: State, job_id: Annotated[str, Parameter(pattern=HOST_JOB_ID)]) -> DownloadJob:
     return state.host.jobs.get(job_id)
 
 
@@ -168,6 +215,19 @@ def _error_response(_: Request, exc: Exception) -> Response[bytes]:
     return Response(msgspec.json.encode(err.body()), status_code=err.status, media_type="application/json")
 
 
+def internal_guard(token: str | None) -> Any:
+    """A litestar guard: with an internal token set, every route but /health wants it (deny by default)."""
+    keys = (token.encode(),) if token else ()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if not keys or handler.opt.get("open") is True:
+            return
+        if not token_in(bearer_token(connection.headers.get("authorization")), keys):
+            raise AuthenticationError("this worker host wants the internal token (DUKAT_INTERNAL_TOKEN)")
+
+    return guard
+
+
 def create_host_app(settings: Settings, url: str) -> Litestar:
     host = Host(settings, url)
 
@@ -179,10 +239,14 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
             await host.supervisor.close()
 
     return Litestar(
-        route_handlers=[health, host_state, local_models, load, unload, start_download, get_download],
+        route_handlers=[
+            health, host_state, local_models, load, unload, model_details, delete_model,
+            start_download, get_download,
+        ],
         state=State({"host": host}),
         lifespan=[lifespan],
         exception_handlers={Exception: _error_response},
+        guards=[internal_guard(settings.internal_token)],
         logging_config=None,
         openapi_config=None,
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
+from gateway.limits import check_generations, check_model, check_prompt_chars
 from gateway.middleware import request_id_of
 from gateway.schemas import (
     ChatChunks,
@@ -15,13 +17,18 @@ from gateway.schemas import (
     chat_stream,
 )
 from gateway.sse import EventStream, sse_stream
+from shared.generation import message_text
 
 
-@post("/v1/chat/completions", status_code=200, summary="Create a chat completion (OpenAI)")
+@post("/v1/chat/completions", status_code=200, opt=INFERENCE, summary="Create a chat completion (OpenAI)")
 async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
 ) -> ChatCompletionResponse | EventStream:
     rid = request_id_of(request.scope)
+    settings = state.manager.settings
+    check_model(state.manager, data.model)
+    check_generations(settings, 1, data.choices)
+    check_prompt_chars(settings, (message_text(m) for m in data.messages), "messages")
     requests = data.generate_requests(rid)
     legacy = data.legacy_functions
     if data.stream:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
+from gateway.limits import check_generations, check_model, check_prompt_chars
 from gateway.middleware import request_id_of
 from gateway.schemas import (
     CompletionChunks,
@@ -17,11 +19,16 @@ from gateway.schemas import (
 from gateway.sse import EventStream, sse_stream
 
 
-@post("/v1/completions", status_code=200, summary="Create a completion (OpenAI, legacy)")
+@post("/v1/completions", status_code=200, opt=INFERENCE, summary="Create a completion (OpenAI, legacy)")
 async def completions(
     request: Request, state: State, data: CompletionRequest
 ) -> CompletionResponse | EventStream:
     rid = request_id_of(request.scope)
+    prompts = data.prompts()
+    settings = state.manager.settings
+    check_model(state.manager, data.model)
+    check_generations(settings, len(prompts), data.choices)
+    check_prompt_chars(settings, (p for p in prompts if isinstance(p, str)), "prompt")
     requests = data.generate_requests(rid)
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)
