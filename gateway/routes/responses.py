@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Request, get, post
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
 from gateway.middleware import request_id_of
 from gateway.schemas.common import now
@@ -21,7 +22,7 @@ from gateway.sse import EventStream, sse_stream
 from shared.errors import InvalidRequestError
 
 
-@post("/v1/responses", status_code=200, summary="Create a model response (OpenAI Responses API)")
+@post("/v1/responses", status_code=200, opt=INFERENCE, summary="Create a model response (OpenAI)")
 async def create_response(
     request: Request, state: State, data: CreateResponseRequest
 ) -> ResponseObject | EventStream:
@@ -34,7 +35,7 @@ async def create_response(
     return finished(response_shell(data, model, rid, now()), result, output_items(result))
 
 
-@get("/v1/responses/{response_id:str}", summary="Retrieve a model response (not kept: a 400)")
+@get("/v1/responses/{response_id:str}", opt=INFERENCE, summary="Retrieve a model response (not kept: a 400)")
 async def retrieve_response(response_id: str) -> ResponseObject:
     raise InvalidRequestError(
         f"response {response_id!r} was not stored: " + STATELESS.format(what="retrieving a response"),
