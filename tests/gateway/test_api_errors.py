@@ -198,7 +198,7 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     ),
     "top_k_past_int64": (CHAT_PATH, chat_body(top_k=2**66), "top_k"),
     "completion_seed_past_int64": (COMPLETIONS_PATH, {"model": CHAT, "prompt": "hi", "seed": 2**70}, "seed"),
-    "completion_token_id_past_vocabulary": (COMPLETIONS_PATH, {"model": CHAT, "prompt": [1, 10**9]}, "prompt"),
+    "completion_token_past_vocabulary": (COMPLETIONS_PATH, {"model": CHAT, "prompt": [1, 10**9]}, "prompt"),
     "completion_empty_prompt_list": (COMPLETIONS_PATH, {"model": CHAT, "prompt": []}, "prompt"),
     "completion_missing_prompt": (COMPLETIONS_PATH, {"model": CHAT}, "prompt"),
     "embedding_token_id_past_int64": (EMBEDDINGS_PATH, embed_body(input=[[2**70]]), "input[0][0]"),
