@@ -253,6 +253,7 @@ class Engine:
         stops = stop_strings(self._model_type, params.stop, chat=chat)
         # vLLM's ignore_eos (not for a constrained output: its grammar's end is an end of sequence).
         eos = frozenset() if params.ignore_eos and req.constraint is None else self._eos_ids
+        extra_stops = _in_vocabulary(params.stop_token_ids, tokenizer)
         parsing = req.tools.parsing if req.tools is not None else "none"
         wants_vocab = req.logprobs is not None
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
@@ -265,7 +266,7 @@ class Engine:
             params=params,
             max_new_tokens=min(requested, room),
             chat=chat,
-            stop_ids=eos | _special_stop_ids(tokenizer, stops) | frozenset(params.stop_token_ids or ()),
+            stop_ids=eos | _special_stop_ids(tokenizer, stops) | extra_stops,
             tool_format=self._tool_format,
             tool_parsing=parsing,
             tool_name=req.tools.name if req.tools is not None else None,
@@ -360,6 +361,12 @@ def _checked_ids(ids: list[int], vocab_size: int) -> list[int]:
     if not ids:
         raise InvalidRequestError("the prompt is empty", param="prompt")
     return ids
+
+
+def _in_vocabulary(ids: list[int] | None, tokenizer: Any) -> frozenset[int]:
+    """vLLM's stop_token_ids that the model can produce (others could never stop anything)."""
+    size = len(tokenizer)
+    return frozenset(i for i in ids or () if 0 <= i < size)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
