@@ -61,6 +61,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/models/unload"): (400, 404, 413, 502),
     ("post", "/api/models/default"): (400, 404, 413),
     ("get", "/health"): (),
+    ("get", "/api/models/{model_id}"): (400, 404, 502),
+    ("post", "/api/models/delete"): (400, 404, 409, 413, 502),
 }
 # The chunks of a stream, per route (an event's `data`).
 _CHUNKS: dict[tuple[str, str], Any] = {

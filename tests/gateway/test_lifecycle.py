@@ -358,7 +358,13 @@ def test_quantized_load_reports_quantization_and_uses_less_memory(
     assert len(worker_processes(dukat, model_id)) == 1
 
 
-@pytest.mark.parametrize("device", ["cuda:0", "cuda:7", "tpu"])
+def test_a_name_that_is_no_device_is_a_400_naming_the_field(http: httpx.Client) -> None:
+    error = assert_openai_error(load(http, UNLOAD_ME, device="tpu"), 400, "invalid_request")
+    assert error["param"] == "device" and "cuda:" in error["message"], "it says what a device looks like"
+    assert UNLOAD_ME not in ps(http)
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cuda:7"])
 def test_device_not_on_this_machine_is_a_400_naming_it(http: httpx.Client, device: str) -> None:
     offered = {d["name"] for host in http.get("/api/hosts").json() for d in host["devices"]}
     if device in offered:
