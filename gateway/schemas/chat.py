@@ -86,9 +86,10 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
 
     def generate_requests(self, request_id: str) -> list[GenerateRequest]:
         """One GenerateRequest per choice: the messages, the tools and constraint, logprobs."""
-        tools, choice = (
-            (self.tools, self.tool_choice) if self.tools else legacy_tools(self.functions, self.function_call)
-        )
+        if self.legacy_functions:
+            tools, choice = legacy_tools(self.functions, self.function_call)
+        else:
+            tools, choice = self.tools, self.tool_choice
         use, forced = tool_plan(tools, choice, self.parallel_tool_calls)
         formatted = self.response_format.constraint() if self.response_format is not None else None
         constraint = forced or formatted or self.extension_constraint()
