@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-real gpu-check clean
+.PHONY: install run test lint bench bench-real gpu-check clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ install: $(STAMP)
 run: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dukat serve --demo
 
-test: $(STAMP)
+# A headless browser for the /docs page test (tests/support/browser.py); installed when apt-get can
+# (root), else that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
+		echo "chromium is not installed: the /docs browser test will skip"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)

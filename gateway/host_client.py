@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 import msgspec
 
 from shared.errors import DukatError, WorkerFailedError, error_from_code
 from shared.host_api import (
+    DeleteCommand,
+    Deleted,
     DownloadCommand,
     DownloadJob,
     HostState,
     LoadCommand,
-    LocalModelInfo,
+    LocalModel,
+    ModelDetails,
     UnloadCommand,
     WorkerState,
 )
+from shared.tokens import bearer_header
 
 T = TypeVar("T")
 
 
 class HostClient:
-    def __init__(self, url: str, *, timeout: float = 30.0, load_timeout: float = 900.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 30.0, load_timeout: float = 900.0, token: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.load_timeout = load_timeout
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        # The internal token (DUKAT_INTERNAL_TOKEN) on every call.
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=bearer_header(token))
 
     async def _call(
         self, method: str, path: str, out: type[T], body: Any = None, timeout: float | None = None
@@ -46,8 +54,8 @@ class HostClient:
     async def state(self) -> HostState:
         return await self._call("GET", "/state", HostState)
 
-    async def local_models(self) -> list[LocalModelInfo]:
-        return await self._call("GET", "/models/local", list[LocalModelInfo])
+    async def local_models(self) -> list[LocalModel]:
+        return await self._call("GET", "/models/local", list[LocalModel])
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
         return await self._call("POST", "/models/load", WorkerState, cmd, timeout=self.load_timeout)
@@ -55,11 +63,17 @@ class HostClient:
     async def unload(self, model_id: str) -> None:
         await self._call("POST", "/models/unload", dict, UnloadCommand(model_id=model_id))
 
+    async def details(self, model_id: str) -> ModelDetails:
+        return await self._call("GET", f"/models/details?{urlencode({'model_id': model_id})}", ModelDetails)
+
+    async def delete(self, model_id: str) -> Deleted:
+        return await self._call("POST", "/models/delete", Deleted, DeleteCommand(model_id=model_id))
+
     async def start_download(self, cmd: DownloadCommand) -> DownloadJob:
         return await self._call("POST", "/downloads", DownloadJob, cmd)
 
     async def download(self, job_id: str) -> DownloadJob:
-        return await self._call("GET", f"/downloads/{job_id}", DownloadJob)
+        return await self._call("GET", f"/downloads/{quote(job_id, safe='')}", DownloadJob)
 
     async def close(self) -> None:
         await self._http.aclose()

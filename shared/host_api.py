@@ -11,17 +11,26 @@ from msgspec import Struct
 
 from shared.settings import Quantization
 
+# A download job's id as a host makes it (`dl-` and 12 hex digits), with the gateway's `<host index>.`
+# in front when it has several hosts.
+JOB_ID_PATTERN = r"^([0-9]{1,4}\.)?dl-[0-9a-f]{12}$"
+
 WorkerStatus = Literal["loading", "loaded", "failed", "stopping"]
 DownloadStatus = Literal["queued", "running", "done", "failed"]
 
 
 class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A load. `quantization` and `device` are what the caller asked for (None: not asked); a model
+    already loading or loaded is joined, unless what was asked differs from it (a conflict)."""
+
     model_id: str
-    # None: the host's default for the model's type (DUKAT_DEFAULT_QUANTIZATION, or "none" for a type
-    # bitsandbytes cannot quantize).
     quantization: Quantization | None = None
-    # "auto" lets the host pick its device with the most free memory.
-    device: str = "auto"
+    device: str | None = None
+    # What a load that asks for none gets: the config file's quantization (None: the host's default
+    # for the model's type, DUKAT_DEFAULT_QUANTIZATION or "none" for a type bitsandbytes cannot
+    # quantize) and the gateway's device map ("auto": the host's device with the most free memory).
+    default_quantization: Quantization | None = None
+    default_device: str = "auto"
     # The config file's override of the inferred type.
     model_type: str | None = None
     revision: str | None = None
@@ -40,16 +49,21 @@ class DownloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     file: str | None = None
 
 
-class DownloadJob(Struct, kw_only=True):
+class DownloadCounts(Struct, kw_only=True):
+    """How far a download is: what the downloader reports and its job shows."""
+
+    downloaded_bytes: int = 0
+    total_bytes: int = 0
+    files_done: int = 0
+    files_total: int = 0
+
+
+class DownloadJob(DownloadCounts, kw_only=True):
     id: str
     model_id: str
     status: DownloadStatus
     revision: str | None = None
     file: str | None = None
-    downloaded_bytes: int = 0
-    total_bytes: int = 0
-    files_done: int = 0
-    files_total: int = 0
     path: str | None = None
     error: str | None = None
     error_code: str | None = None
@@ -92,9 +106,42 @@ class HostState(Struct, kw_only=True):
     downloads: list[DownloadJob] = []
 
 
-class LocalModelInfo(Struct, kw_only=True):
-    model_id: str
+class LocalModel(Struct, kw_only=True):
+    """A model folder under a host's models_dir (a download or a `save_pretrained` put there by hand)."""
+
+    id: str  # path relative to models_dir; the hub id for downloads
     path: str
-    model_type: str | None
+    model_type: str | None  # a Dukat model type name; None when it cannot be told (see `error`)
     size_bytes: int
+    has_tokenizer: bool
+    has_chat_template: bool
+    downloaded: bool = False
+    revision: str | None = None
+    complete: bool = True
     error: str | None = None
+
+
+class ModelDetails(Struct, kw_only=True):
+    """One model folder on a host, as `dukat show` tells it (read from its files, not loaded)."""
+
+    model_id: str
+    path: str | None = None  # None: not on this host
+    model_type: str | None = None
+    architecture: str | None = None
+    parameters: int | None = None  # counted from the safetensors headers
+    context_length: int | None = None
+    dtype: str | None = None
+    chat_template: str | None = None
+    license: str | None = None
+    size_bytes: int = 0
+    revision: str | None = None
+    error: str | None = None
+
+
+class DeleteCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    model_id: str
+
+
+class Deleted(Struct, kw_only=True):
+    model_id: str
+    freed_bytes: int

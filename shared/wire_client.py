@@ -22,6 +22,7 @@ from shared.wire import (
     Error,
     FromWorker,
     Generate,
+    Hello,
     Ping,
     Pong,
     Result,
@@ -37,8 +38,9 @@ _CLOSED = object()
 
 
 class WorkerConnection:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
+        self.token = token
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[FromWorker | object]] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -54,6 +56,8 @@ class WorkerConnection:
                 reader, writer = await asyncio.open_connection(host, int(port))
             except OSError as exc:
                 raise WorkerFailedError(f"cannot reach model worker at {self.address}: {exc}") from None
+            if self.token:
+                writer.write(encode_frame(Hello(token=self.token)))
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read(reader))
             return writer
@@ -167,9 +171,9 @@ class WorkerConnection:
                 await self._reader_task
 
 
-async def ping(address: str, timeout: float = 30.0) -> WorkerInfo:
+async def ping(address: str, timeout: float = 30.0, token: str | None = None) -> WorkerInfo:
     """One-shot readiness probe: the worker answers over its real wire."""
-    conn = WorkerConnection(address)
+    conn = WorkerConnection(address, token)
     try:
         return await asyncio.wait_for(conn.ping(), timeout)
     finally:

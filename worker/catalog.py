@@ -19,6 +19,7 @@ import msgspec
 from msgspec import Struct
 
 from shared.errors import DukatError, UnsupportedModelTypeError
+from shared.host_api import LocalModel
 from shared.model_types import infer_model_type
 from worker import gguf
 
@@ -40,25 +41,16 @@ class DownloadMarker(Struct, kw_only=True, forbid_unknown_fields=True):
     complete: bool  # False from the start of a download until its last file is in place
 
 
-class LocalModel(Struct, kw_only=True):
-    id: str  # path relative to models_dir; the hub id for downloads
-    path: str
-    model_type: str | None  # a Dukat model type name; None when it cannot be told (see `error`)
-    size_bytes: int
-    has_tokenizer: bool
-    has_chat_template: bool
-    downloaded: bool = False
-    revision: str | None = None
-    complete: bool = True
-    error: str | None = None
-
-
 def list_local_models(models_dir: Path) -> list[LocalModel]:
-    """Every model folder under `models_dir`, sorted by id; a broken one is listed with its error."""
+    """Every model folder under `models_dir`, sorted by id; a broken one is listed with its error.
+
+    A download that has not finished (failed, cut, or still running) is not a model: not listed.
+    """
     root = Path(models_dir)
     if not root.is_dir():
         return []
-    return [_describe(root, folder) for folder in _model_folders(root, depth=1)]
+    models = (_describe(root, folder) for folder in _model_folders(root, depth=1))
+    return [m for m in models if m.complete]
 
 
 def is_model_folder(folder: Path) -> bool:

@@ -12,15 +12,16 @@ import uuid
 from pathlib import Path
 
 from shared.errors import DukatError, NotFoundError
-from shared.host_api import DownloadJob
+from shared.host_api import DownloadCounts, DownloadJob
 from worker.downloads import DownloadProgress, download_model
 
 log = logging.getLogger(__name__)
 
 
 class DownloadJobs:
-    def __init__(self, models_dir: Path, *, keep: int = 100) -> None:
+    def __init__(self, models_dir: Path, *, keep: int = 100, max_bytes: int | None = None) -> None:
         self.models_dir = models_dir
+        self.max_bytes = max_bytes
         self.keep = keep
         self._jobs: dict[str, DownloadJob] = {}
         self._done: dict[str, asyncio.Future[Path]] = {}
@@ -65,7 +66,7 @@ class DownloadJobs:
         try:
             path = await asyncio.to_thread(
                 download_model, job.model_id, self.models_dir, revision=job.revision, file=job.file,
-                progress=on_progress,
+                progress=on_progress, max_bytes=self.max_bytes,
             )
         except DukatError as exc:
             job.status, job.error, job.error_code = "failed", exc.message, exc.code
@@ -81,8 +82,8 @@ class DownloadJobs:
 
     @staticmethod
     def _update(job: DownloadJob, p: DownloadProgress) -> None:
-        job.downloaded_bytes, job.total_bytes = p.downloaded_bytes, p.total_bytes
-        job.files_done, job.files_total = p.files_done, p.files_total
+        for name in DownloadCounts.__struct_fields__:  # the counts are one record, shared by both
+            setattr(job, name, getattr(p, name))
 
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.status in ("done", "failed")]

@@ -7,6 +7,7 @@ Run as `python -m worker.host` (or `dukat host`); `dukat serve` starts one besid
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import socket
@@ -15,25 +16,41 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
 
-from shared.errors import DeviceUnavailableError, DukatError, InternalError, error_for_status
+from shared.errors import (
+    AuthenticationError,
+    ConflictError,
+    DeviceUnavailableError,
+    DukatError,
+    InternalError,
+    error_for_status,
+)
 from shared.host_api import (
+    DeleteCommand,
+    Deleted,
     DownloadCommand,
     DownloadJob,
     HostState,
     LoadCommand,
-    LocalModelInfo,
+    LocalModel,
+    ModelDetails,
     UnloadCommand,
     WorkerState,
 )
 from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
+from shared.tokens import bearer_token, token_in
+from worker import model_files
 from worker.catalog import list_local_models, local_gguf
 from worker.devices import offered_devices, pick_device
 from worker.download_jobs import DownloadJobs
@@ -44,6 +61,7 @@ from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"
+HOST_JOB_ID = r"^dl-[0-9a-f]{12}$"
 
 
 class Host:
@@ -53,7 +71,7 @@ class Host:
         self.settings = settings
         self.url = url
         self.host_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.jobs = DownloadJobs(settings.models_dir)
+        self.jobs = DownloadJobs(settings.models_dir, max_bytes=settings.max_model_bytes)
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
         self.supervisor = Supervisor(
             bind=settings.host_bind,
@@ -63,6 +81,7 @@ class Host:
             max_queue=settings.max_queue,
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
+            token=settings.internal_token,
         )
 
     def state(self) -> HostState:
@@ -75,15 +94,18 @@ class Host:
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
-        existing = self.supervisor.state(cmd.model_id)
-        if existing is not None and existing.status in ("loading", "loaded"):
-            return await self.supervisor.load(WorkerSpec(cmd.model_id, "", "", "", existing.device))
+        return await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, lambda: self._spec(cmd))
+
+    async def _spec(self, cmd: LoadCommand) -> WorkerSpec:
+        """What a new worker of `cmd` runs: its device, files (downloaded first if missing), type and
+        quantization."""
         devices = offered_devices(self.settings.devices)
-        device = pick_device(devices, cmd.device)
+        asked = cmd.device or cmd.default_device
+        device = pick_device(devices, asked)
         if device is None:
             offered = ", ".join(d.name for d in devices) or "none"
             raise DeviceUnavailableError(
-                f"device {cmd.device!r} is not available on this host (offered: {offered})", param="device"
+                f"device {asked!r} is not available on this host (offered: {offered})", param="device"
             )
         models_dir = self.settings.models_dir
         path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
@@ -94,29 +116,30 @@ class Host:
         model_type = infer_model_type(
             cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type
         )
-        default = default_quantization(model_type, self.settings.default_quantization)
-        quantization = cmd.quantization or default
-        spec = WorkerSpec(
+        quantization = cmd.quantization or cmd.default_quantization
+        return WorkerSpec(
             cmd.model_id,
             str(path),
             model_type.name,
-            quantization,
+            quantization or default_quantization(model_type, self.settings.default_quantization),
             device,
-            quantization_is_default=cmd.quantization is None,
+            quantization_is_default=quantization is None,
         )
-        return await self.supervisor.load(spec)
 
-    def local_models(self) -> list[LocalModelInfo]:
-        return [
-            LocalModelInfo(
-                model_id=m.id,
-                path=str(m.path),
-                model_type=m.model_type,
-                size_bytes=m.size_bytes,
-                error=m.error,
+    async def delete(self, model_id: str) -> Deleted:
+        worker = self.supervisor.state(model_id)
+        if worker is not None and worker.status in ("loading", "loaded", "stopping"):
+            raise ConflictError(
+                f"model {model_id!r} is {worker.status} on this host; unload it first (dukat stop)",
+                param="model",
             )
-            for m in list_local_models(self.settings.models_dir)
-        ]
+        if any(j.model_id == model_id and j.status in ("queued", "running") for j in self.jobs.list()):
+            raise ConflictError(f"model {model_id!r} is downloading; delete it once that ends", param="model")
+        freed = await asyncio.to_thread(model_files.delete, self.settings.models_dir, model_id)
+        return Deleted(model_id=model_id, freed_bytes=freed)
+
+    def local_models(self) -> list[LocalModel]:
+        return list_local_models(self.settings.models_dir)
 
 
 def _hf_model_type(path: Path) -> str | None:
@@ -135,7 +158,7 @@ def _own_address() -> str:
         return "127.0.0.1"
 
 
-@get("/health")
+@get("/health", opt={"open": True})
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -146,7 +169,7 @@ async def host_state(state: State) -> HostState:
 
 
 @get("/models/local")
-async def local_models(state: State) -> list[LocalModelInfo]:
+async def local_models(state: State) -> list[LocalModel]:
     return state.host.local_models()
 
 
@@ -161,13 +184,23 @@ async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
     return {"model_id": data.model_id, "status": "unloaded"}
 
 
+@get("/models/details")
+async def model_details(state: State, model_id: str) -> ModelDetails:
+    return await asyncio.to_thread(model_files.describe, state.host.settings.models_dir, model_id)
+
+
+@post("/models/delete", status_code=200)
+async def delete_model(state: State, data: DeleteCommand) -> Deleted:
+    return await state.host.delete(data.model_id)
+
+
 @post("/downloads", status_code=202)
 async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
     return state.host.jobs.start(data.model_id, data.revision, data.file)
 
 
 @get("/downloads/{job_id:str}")
-async def get_download(state: State, job_id: str) -> DownloadJob:
+async def get_download(state: State, job_id: Annotated[str, Parameter(pattern=HOST_JOB_ID)]) -> DownloadJob:
     return state.host.jobs.get(job_id)
 
 
@@ -182,6 +215,19 @@ def _error_response(_: Request, exc: Exception) -> Response[bytes]:
     return Response(msgspec.json.encode(err.body()), status_code=err.status, media_type="application/json")
 
 
+def internal_guard(token: str | None) -> Any:
+    """A litestar guard: with an internal token set, every route but /health wants it (deny by default)."""
+    keys = (token.encode(),) if token else ()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if not keys or handler.opt.get("open") is True:
+            return
+        if not token_in(bearer_token(connection.headers.get("authorization")), keys):
+            raise AuthenticationError("this worker host wants the internal token (DUKAT_INTERNAL_TOKEN)")
+
+    return guard
+
+
 def create_host_app(settings: Settings, url: str) -> Litestar:
     host = Host(settings, url)
 
@@ -193,10 +239,14 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
             await host.supervisor.close()
 
     return Litestar(
-        route_handlers=[health, host_state, local_models, load, unload, start_download, get_download],
+        route_handlers=[
+            health, host_state, local_models, load, unload, model_details, delete_model,
+            start_download, get_download,
+        ],
         state=State({"host": host}),
         lifespan=[lifespan],
         exception_handlers={Exception: _error_response},
+        guards=[internal_guard(settings.internal_token)],
         logging_config=None,
         openapi_config=None,
     )
