@@ -11,6 +11,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 
 from gateway.auth import KeyGuard
+from gateway.disconnect import CancelOnDisconnect
 from gateway.docs_page import assets_router, openapi_config
 from gateway.errors import exception_handlers
 from gateway.limits import LimitedRequest
@@ -18,6 +19,7 @@ from gateway.manager import AsyncModelManager
 from gateway.middleware import GatewayMiddleware
 from gateway.openapi import publish_truthful_openapi
 from gateway.routes import chat, completions, embeddings, management, model_admin, models, responses
+from gateway.sse import StreamControl
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,9 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
 
     app = Litestar(
         route_handlers=[*ROUTES, assets_router()],
-        state=State({"manager": manager, "settings": settings}),
+        state=State(
+            {"manager": manager, "settings": settings, "streams": StreamControl(settings.sse_keepalive_s)}
+        ),
         request_class=LimitedRequest,  # JSON nested deeper than DUKAT_MAX_JSON_DEPTH is a 400
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
@@ -74,5 +78,5 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
     )
     publish_truthful_openapi(app, settings)
     # Outside litestar's router, so unknown routes get a request id and a log line too.
-    app.asgi_handler = GatewayMiddleware(app.asgi_handler)  # type: ignore[assignment]
+    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler))  # type: ignore[assignment]
     return app

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import get_args
+from typing import TypeVar, get_args
 
 import msgspec
 
@@ -27,6 +27,7 @@ from shared.errors import (
     UnsupportedModelTypeError,
     UnsupportedTaskError,
     WorkerFailedError,
+    WorkerUnreachableError,
     error_from_code,
 )
 from shared.generation import (
@@ -45,6 +46,7 @@ from shared.settings import Quantization, Settings
 from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AsyncModelManager:
@@ -71,7 +73,13 @@ class AsyncModelManager:
     def _worker(self, address: str) -> WorkerConnection:
         conn = self._workers.get(address)
         if conn is None:
-            conn = self._workers[address] = WorkerConnection(address, token=self.hosts.token)
+            s = self.settings
+            conn = self._workers[address] = WorkerConnection(
+                address,
+                token=self.hosts.token,
+                request_timeout_s=s.request_timeout_s,
+                first_token_timeout_s=s.first_token_timeout_s,
+            )
         return conn
 
     @contextlib.contextmanager
@@ -114,8 +122,8 @@ class AsyncModelManager:
 
     def _register(self, model_id: str, quantization: str | None = None) -> None:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
-        if model_id in self.config.view().models:
-            return
+        if model_id in self.config.view().models or self.config.problem:
+            return  # a broken file refuses writes; the model works without its entry
         # No quantization recorded for a plain download: the setting's default decides at load time.
         entry = ModelEntry(description="", quantization=quantization)  # type: ignore[arg-type]
         self.config.set_entry(model_id, entry)
@@ -181,7 +189,7 @@ class AsyncModelManager:
         found = await self.hosts.find(mid)
         if found and found[1].status == "loaded":
             return mid, found[1]
-        if found and found[1].status == "failed":
+        if found and found[1].status == "failed" and not self.settings.auto_load:
             w = found[1]
             raise ModelLoadFailedError(
                 f"model {mid!r} failed: {w.error}; load it again with POST /api/models/load", param="model"
@@ -232,23 +240,65 @@ class AsyncModelManager:
 
     # ---- serving ------------------------------------------------------------------------------
 
+    async def on_worker(
+        self,
+        model_id: str | None,
+        call: Callable[[WorkerConnection, SamplingParams | None], Awaitable[T]],
+    ) -> tuple[str, T]:
+        """`call(connection, the model's default parameters)` on the model's worker; once more on
+        its replacement when it cannot be reached (it died between requests: nothing got there)."""
+        mid, worker = await self.ready_worker(model_id)
+        defaults = self.defaults_for(mid)
+        with self._seeing_failures():
+            try:
+                return mid, await call(self._worker(worker.address or ""), defaults)
+            except WorkerUnreachableError:
+                worker = await self._replacement(mid, worker)
+            return mid, await call(self._worker(worker.address or ""), defaults)
+
+    async def _replacement(self, model_id: str, gone: WorkerState) -> WorkerState:
+        """The worker serving `model_id` now that `gone` cannot be reached: the one its host restarts
+        (waiting for its load), or a fresh load. The host notices a death at once; a worker it
+        still reports after a while is alive, and unreachable for another reason."""
+        for _ in range(20):
+            found = await self.hosts.find(model_id, fresh=True)
+            if found is None or found[1].status != "loaded" or found[1].address != gone.address:
+                return (await self.ready_worker(model_id))[1]
+            await asyncio.sleep(0.1)
+        raise WorkerUnreachableError(f"the model worker of {model_id!r} at {gone.address} cannot be reached")
+
     async def generate_request(
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, GenerateResult]:
-        mid, worker = await self.ready_worker(model_id)
-        with self._seeing_failures():
-            return mid, await self._worker(worker.address or "").generate(request, self.defaults_for(mid))
+        return await self.on_worker(model_id, lambda conn, defaults: conn.generate(request, defaults))
 
     async def stream_request(
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, AsyncIterator[str | GenerateResult]]:
         mid, worker = await self.ready_worker(model_id)
-        return mid, self._worker(worker.address or "").stream(request, self.defaults_for(mid))
+        return mid, self._stream(mid, worker, request)
+
+    async def _stream(
+        self, mid: str, worker: WorkerState, request: GenerateRequest
+    ) -> AsyncIterator[str | GenerateResult]:
+        defaults = self.defaults_for(mid)
+        stream = self._worker(worker.address or "").stream(request, defaults)
+        try:
+            with self._seeing_failures():
+                try:
+                    first = await anext(stream)
+                except WorkerUnreachableError:  # nothing was sent: the replacement may have it
+                    worker = await self._replacement(mid, worker)
+                    stream = self._worker(worker.address or "").stream(request, defaults)
+                    first = await anext(stream)
+                yield first
+                async for item in stream:
+                    yield item
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
     async def embed(self, model_id: str | None, inputs: list[str | list[int]]) -> tuple[str, EmbedResult]:
-        mid, worker = await self.ready_worker(model_id)
-        with self._seeing_failures():
-            return mid, await self._worker(worker.address or "").embed(EmbedRequest(inputs=inputs))
+        return await self.on_worker(model_id, lambda conn, _: conn.embed(EmbedRequest(inputs=inputs)))
 
     # ---- the default model and listings -------------------------------------------------------
 

@@ -89,6 +89,13 @@ class WorkerState(Struct, kw_only=True):
     error_code: str | None = None
     # The worker's last log lines, to tell why it failed.
     log_tail: list[str] = []
+    # Times the host restarted this worker after it died or hung, and why it last did.
+    restarts: int = 0
+    last_restart_reason: str | None = None
+    # The worker's own counters as of its last ping: requests queued or generating, and totals.
+    in_flight: int = 0
+    finished: int = 0
+    cancelled: int = 0
 
 
 class DeviceState(Struct, kw_only=True):

@@ -74,6 +74,24 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     load_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     # Seconds between SIGTERM and SIGKILL when stopping a worker.
     stop_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    # A worker that dies after it loaded is restarted: at most this many times per window, the
+    # first after the backoff, each next one after twice the last; then it is `failed`.
+    worker_restarts: Annotated[int, Meta(ge=0)] = 3
+    worker_restart_window_s: Annotated[float, Meta(gt=0)] = 300.0
+    worker_restart_backoff_s: Annotated[float, Meta(ge=0)] = 1.0
+    # The host pings each worker this often; one that does not answer within the timeout is hung:
+    # it is killed and restarted.
+    worker_ping_interval_s: Annotated[float, Meta(gt=0)] = 5.0
+    worker_ping_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    # Deadlines of every request on a worker, whatever the worker does: the whole request, and
+    # the first streamed token.
+    request_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+    first_token_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
+    # A stream silent this long gets a `: keep-alive` comment (proxies cut idle connections).
+    sse_keepalive_s: Annotated[float, Meta(gt=0)] = 15.0
+    # On SIGTERM/Ctrl-C, requests in flight get this long to finish; streams still open then end
+    # with an error event and [DONE].
+    shutdown_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
     # Requests queued per model worker beyond the running batch; more are refused with 429.
     max_queue: Annotated[int, Meta(ge=1)] = 64
     # Concurrent sequences a model worker batches together.

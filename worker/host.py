@@ -58,7 +58,7 @@ from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
 from worker.gguf import SUFFIX as GGUF_SUFFIX
 from worker.gguf import hf_model_type as gguf_model_type
-from worker.supervisor import Supervisor, WorkerSpec
+from worker.supervisor import Healing, Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"
@@ -83,6 +83,13 @@ class Host:
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
             token=settings.internal_token,
+            healing=Healing(
+                restarts=settings.worker_restarts,
+                window_s=settings.worker_restart_window_s,
+                backoff_s=settings.worker_restart_backoff_s,
+                ping_interval_s=settings.worker_ping_interval_s,
+                ping_timeout_s=settings.worker_ping_timeout_s,
+            ),
         )
 
     def state(self) -> HostState:

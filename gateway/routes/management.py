@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from gateway.auth import INFERENCE, is_admin, without_internals
 from gateway.limits import check_loadable, check_model, check_pull, check_revision
 from gateway.schemas import (
+    AvailableModelList,
     DefaultModel,
     DownloadJob,
     DownloadRequest,
@@ -22,7 +23,6 @@ from gateway.schemas import (
     LoadedModel,
     LoadedModelList,
     LoadRequest,
-    ModelList,
     SetDefaultRequest,
     Unloaded,
     UnloadRequest,
@@ -32,8 +32,9 @@ from shared.host_api import JOB_ID_PATTERN, HostState
 
 
 @get("/api/models", opt=INFERENCE, summary="Models available: the config file and every host's models_dir")
-async def available(state: State) -> ModelList:
-    return ModelList(data=await state.manager.available_models())
+async def available(state: State) -> AvailableModelList:
+    models = await state.manager.available_models()
+    return AvailableModelList(data=models, config_error=state.manager.config.problem)
 
 
 @get("/api/ps", opt=INFERENCE, summary="Models loaded, with device, quantization and memory")

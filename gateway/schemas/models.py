@@ -52,6 +52,13 @@ class ModelList(Struct, kw_only=True):
     data: list[Model]
 
 
+class AvailableModelList(ModelList, kw_only=True):
+    """`/api/models`: the list, and what is wrong with the config file while an edit has broken it
+    (the last good config stays in force meanwhile)."""
+
+    config_error: str | None = None
+
+
 # Ids are checked further where they enter (gateway/limits.py): their length limit is a setting.
 ModelId = Annotated[str, Meta(min_length=1)]
 Device = Annotated[str, Meta(pattern=r"^(auto|cpu|cuda:[0-9]{1,3})$")]

@@ -191,6 +191,16 @@ def test_commands_run_the_gateway_and_the_hosts(chart: helm.Chart) -> None:
     assert host["ports"] == [{"name": "http", "containerPort": 8100, "protocol": "TCP"}]
 
 
+@pytest.mark.parametrize(("grace", "timeout"), [(None, "25"), (120, "115"), (3, "1")])
+def test_the_gateways_shutdown_timeout_follows_its_termination_grace_period(
+    chart: helm.Chart, grace: int | None, timeout: str
+) -> None:
+    values = {} if grace is None else {"gateway": {"terminationGracePeriodSeconds": grace}}
+    spec = pod_spec(render(chart, values), "Deployment")
+    assert spec["terminationGracePeriodSeconds"] == (grace or 30)
+    assert env_of(spec["containers"][0])["DUKAT_SHUTDOWN_TIMEOUT_S"]["value"] == timeout
+
+
 # ---- GPUs -----------------------------------------------------------------------------------------
 
 

@@ -213,7 +213,7 @@ the secret name is empty. Secrets are referenced, never written into the pod spe
 Names the chart sets itself, and secrets, are refused. */}}
 {{- define "dukat.extraEnv" -}}
 {{- $reserved := list "DUKAT_API_KEYS" "DUKAT_ADMIN_KEYS" "DUKAT_INTERNAL_TOKEN" "HF_TOKEN" "DUKAT_WORKER_HOSTS" "DUKAT_MODELS_DIR" "DUKAT_CONFIG_PATH"
-  "DUKAT_HOST" "DUKAT_PORT" "DUKAT_HOST_BIND" "DUKAT_HOST_PORT" "DUKAT_DEVICES" -}}
+  "DUKAT_HOST" "DUKAT_PORT" "DUKAT_HOST_BIND" "DUKAT_HOST_PORT" "DUKAT_DEVICES" "DUKAT_SHUTDOWN_TIMEOUT_S" -}}
 {{- range $name, $value := index . 0 }}
 {{- if has $name $reserved }}
 {{- fail (printf "%s.%s is set by the chart (secrets through auth and huggingface)" (index $ 1) $name) }}
