@@ -177,6 +177,12 @@ class ModelLoadFailedError(DukatError):
     code = "model_load_failed"
 
 
+class ModelOutOfMemoryError(ModelLoadFailedError):
+    """A load ran out of device memory (or the kernel's OOM killer ended the worker)."""
+
+    code = "out_of_memory"
+
+
 class NoCapacityError(DukatError):
     """No worker host has a device with room for the model."""
 

@@ -80,6 +80,8 @@ class GenerateRequest(Struct, kw_only=True):
     system_prompt: str | None = None
     params: SamplingParams = msgspec.field(default_factory=SamplingParams)
     request_id: str = ""
+    # Seconds the model stays loaded after this request (negative: forever); None: its default.
+    keep_alive: float | None = None
 
 
 class Timings(Struct, kw_only=True):
@@ -101,6 +103,7 @@ class EmbedRequest(Struct, kw_only=True):
     # Strings, or token-id arrays (OpenAI lets clients send pre-tokenized input).
     inputs: list[str | list[int]]
     request_id: str = ""
+    keep_alive: float | None = None
 
 
 class EmbedResult(Struct, kw_only=True):

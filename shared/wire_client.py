@@ -99,14 +99,18 @@ class WorkerConnection:
             raise frame.exception()
         return frame  # type: ignore[return-value]
 
-    async def ping(self) -> WorkerInfo:
+    async def pong(self) -> Pong:
+        """The worker's answer to a ping: its facts and its counters."""
         rid, queue = await self._request(Ping)
         try:
             frame = await self._next(queue)
             assert isinstance(frame, Pong)
-            return frame.info
+            return frame
         finally:
             self._queues.pop(rid, None)
+
+    async def ping(self) -> WorkerInfo:
+        return (await self.pong()).info
 
     async def generate(
         self, request: GenerateRequest, defaults: SamplingParams | None = None

@@ -7,6 +7,7 @@ Run as `python -m worker.host` (or `dukat host`); `dukat serve` starts one besid
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import socket
@@ -21,23 +22,28 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from shared.errors import DeviceUnavailableError, DukatError, InternalError, error_for_status
+from shared.errors import DukatError, InternalError, error_for_status
 from shared.host_api import (
     DownloadCommand,
     DownloadJob,
+    EstimateCommand,
     HostState,
     LoadCommand,
+    LoadEstimate,
     LocalModelInfo,
     UnloadCommand,
     WorkerState,
 )
-from shared.model_types import default_quantization, infer_model_type
+from shared.keep_alive import describe, parse_keep_alive
+from shared.model_types import ModelType, default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
-from shared.settings import Settings, load_settings
+from shared.settings import Quantization, Settings, load_settings
+from worker import room
 from worker.catalog import list_local_models
-from worker.devices import offered_devices, pick_device
+from worker.devices import offered_devices
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
+from worker.keepalive import KeepAlive
 from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -62,45 +68,87 @@ class Host:
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
         )
+        self.keep_alive_s = parse_keep_alive(settings.keep_alive)
+        self.keep_alive = KeepAlive(self.supervisor, self.unload, period_s=settings.usage_poll_s)
+        self._placing = asyncio.Lock()
 
     def state(self) -> HostState:
-        devices = offered_devices(self.settings.devices)
         workers = self.supervisor.states()
+        budget = self.settings.host_memory_bytes
+        devices = room.offered(offered_devices(self.settings.devices), workers, budget)
         for device in devices:
             device.models = [w.model_id for w in workers if w.device == device.name]
         return HostState(
-            host_id=self.host_id, url=self.url, devices=devices, models=workers, downloads=self.jobs.list()
+            host_id=self.host_id,
+            url=self.url,
+            devices=devices,
+            models=workers,
+            downloads=self.jobs.list(),
+            max_loaded_models=self.settings.max_loaded_models,
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
         existing = self.supervisor.state(cmd.model_id)
         if existing is not None and existing.status in ("loading", "loaded"):
             return await self.supervisor.load(WorkerSpec(cmd.model_id, "", "", "", existing.device))
-        devices = offered_devices(self.settings.devices)
-        device = pick_device(devices, cmd.device)
-        if device is None:
-            offered = ", ".join(d.name for d in devices) or "none"
-            raise DeviceUnavailableError(
-                f"device {cmd.device!r} is not available on this host (offered: {offered})", param="device"
-            )
+        if cmd.device != "auto":
+            room.choose(self.state(), cmd.model_id, cmd.device, {})  # unknown device: 400 before a pull
         path = resolve_model_path(cmd.model_id, self.settings.models_dir)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
-        model_type = infer_model_type(
-            cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type
+        model_type, quantization = self._kind(cmd, path)
+        need = room.estimate(path, quantization, self.settings).bytes_by_kind
+        async with self._placing:  # one decision at a time: each sees the others' reservations
+            device, victims = room.choose(self.state(), cmd.model_id, cmd.device, need)
+            for victim in victims:
+                why = f"evicted (least recently used, idle {victim.idle_s:.1f}s) for {cmd.model_id}"
+                await self.unload(victim.model_id, why, cmd.request_id)
+            keep_alive = cmd.keep_alive_s if cmd.keep_alive_s is not None else self.keep_alive_s
+            spec = WorkerSpec(
+                cmd.model_id,
+                str(path),
+                model_type.name,
+                quantization,
+                device,
+                quantization_is_default=cmd.quantization is None,
+                estimated_bytes=need[room.kind_of(device)],
+                keep_alive_s=keep_alive,
+            )
+            loading = asyncio.ensure_future(self.supervisor.load(spec))
+            await asyncio.sleep(0)  # the supervisor has registered the worker (and its reservation)
+        try:
+            state = await loading
+        except DukatError as exc:
+            log.warning("load failed model=%s device=%s code=%s rid=%s: %s",
+                        cmd.model_id, device, exc.code, cmd.request_id, exc.message)
+            raise
+        log.info(
+            "loaded model=%s device=%s quantization=%s seconds=%.1f memory=%d estimate=%d "
+            "keep_alive=%s rid=%s",
+            cmd.model_id, device, state.quantization, state.load_seconds, state.memory_bytes,
+            spec.estimated_bytes, describe(keep_alive), cmd.request_id,
         )
+        return state
+
+    def _kind(self, cmd: LoadCommand | EstimateCommand, path: Path) -> tuple[ModelType, Quantization]:
+        """The model's type and the quantization it loads with."""
+        hf_type = _hf_model_type(path)
+        model_type = infer_model_type(cmd.model_id, hf_model_type=hf_type, override=cmd.model_type)
         default = default_quantization(model_type, self.settings.default_quantization)
-        quantization = cmd.quantization or default
-        spec = WorkerSpec(
-            cmd.model_id,
-            str(path),
-            model_type.name,
-            quantization,
-            device,
-            quantization_is_default=cmd.quantization is None,
-        )
-        return await self.supervisor.load(spec)
+        return model_type, cmd.quantization or default  # type: ignore[return-value]
+
+    def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
+        path = resolve_model_path(cmd.model_id, self.settings.models_dir)
+        if path is None:
+            return LoadEstimate()
+        return room.estimate(path, self._kind(cmd, path)[1], self.settings)
+
+    async def unload(self, model_id: str, reason: str, request_id: str = "") -> None:
+        worker = self.supervisor.state(model_id)
+        await self.supervisor.unload(model_id)
+        device = worker.device if worker else None
+        log.info("unloaded model=%s device=%s reason=%s rid=%s", model_id, device, reason, request_id)
 
     def local_models(self) -> list[LocalModelInfo]:
         return [
@@ -151,8 +199,13 @@ async def load(state: State, data: LoadCommand) -> WorkerState:
 
 @post("/models/unload", status_code=200)
 async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
-    await state.host.supervisor.unload(data.model_id)
+    await state.host.unload(data.model_id, "asked", data.request_id)
     return {"model_id": data.model_id, "status": "unloaded"}
+
+
+@post("/models/estimate", status_code=200)
+async def estimate(state: State, data: EstimateCommand) -> LoadEstimate:
+    return state.host.estimate(data)
 
 
 @post("/downloads", status_code=202)
@@ -181,13 +234,18 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        keep_alive = asyncio.create_task(host.keep_alive.run())
         try:
             yield
         finally:
+            keep_alive.cancel()
+            await asyncio.gather(keep_alive, return_exceptions=True)
             await host.supervisor.close()
 
     return Litestar(
-        route_handlers=[health, host_state, local_models, load, unload, start_download, get_download],
+        route_handlers=[
+            health, host_state, local_models, load, unload, estimate, start_download, get_download
+        ],
         state=State({"host": host}),
         lifespan=[lifespan],
         exception_handlers={Exception: _error_response},

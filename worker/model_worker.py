@@ -17,13 +17,21 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shared.errors import DukatError, InternalError, ModelNotLoadedError, OverloadedError, QuantizationError
+from shared.errors import (
+    DukatError,
+    InternalError,
+    ModelNotLoadedError,
+    ModelOutOfMemoryError,
+    OverloadedError,
+    QuantizationError,
+)
 from shared.generation import GenerateResult
 from shared.wire import (
     Cancel,
@@ -36,6 +44,7 @@ from shared.wire import (
     Pong,
     Result,
     WorkerInfo,
+    WorkerLoad,
     encode_frame,
     read_frame,
     to_worker_decoder,
@@ -84,6 +93,10 @@ class WorkerServer:
         self.pending = 0
         self.drain_s = drain_s
         self.draining = False
+        # Usage, reported in every Pong: the host unloads idle workers (keep-alive) and evicts by it.
+        self.finished = 0
+        self.last_done = time.monotonic()
+        self.keep_alive: float | None = None
         # The engine batches internally; threads only carry blocking calls off the loop.
         self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
         self.outbox: _Outbox | None = None
@@ -99,7 +112,7 @@ class WorkerServer:
                         if rid in cancels:
                             cancels[rid].set()
                     case Ping(id=rid):
-                        writer.write(encode_frame(Pong(id=rid, info=self.info)))
+                        writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
                     case Generate() | Embed():
                         cancels[frame.id] = threading.Event()
                         task = asyncio.create_task(self._serve(frame, cancels, writer))
@@ -127,10 +140,13 @@ class WorkerServer:
                     f"model {self.info.model_id!r} has {self.pending} requests in flight; retry later"
                 )
             self.pending += 1
+            self.keep_alive = frame.request.keep_alive  # Ollama: each request sets it (None: default)
             try:
                 await self._run(frame, cancels[rid], writer)
             finally:
                 self.pending -= 1
+                self.finished += 1
+                self.last_done = time.monotonic()
         except DukatError as exc:
             writer.write(encode_frame(Error.of(rid, exc)))
         except Exception as exc:
@@ -138,6 +154,12 @@ class WorkerServer:
             writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
         finally:
             cancels.pop(rid, None)
+
+    def load(self) -> WorkerLoad:
+        idle = 0.0 if self.pending else time.monotonic() - self.last_done
+        return WorkerLoad(
+            in_flight=self.pending, finished=self.finished, idle_s=idle, keep_alive_s=self.keep_alive
+        )
 
     async def _run(
         self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter
@@ -235,13 +257,24 @@ def _deliver(
 
 
 def _fail(exc: BaseException, model_id: str) -> None:
-    if isinstance(exc, DukatError):
-        body: dict[str, Any] = {"code": exc.code, "message": exc.message, "param": exc.param}
+    if _out_of_memory(exc):
+        message = f"loading model {model_id!r} ran out of memory: {type(exc).__name__}: {exc}"
+        body: dict[str, Any] = {"code": ModelOutOfMemoryError.code, "message": message, "param": None}
+    elif isinstance(exc, DukatError):
+        body = {"code": exc.code, "message": exc.message, "param": exc.param}
     else:
         # A library's own error ("header too large") says nothing about which model it was.
         message = f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}"
         body = {"code": "model_load_failed", "message": message, "param": None}
     print(f"{FAILED} {json.dumps(body)}", flush=True)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(exc, oom)
 
 
 async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:

@@ -22,6 +22,7 @@ import msgspec
 
 from shared.errors import DukatError, ModelLoadFailedError, NotFoundError, error_from_code
 from shared.host_api import WorkerState
+from shared.wire import WorkerLoad
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 40
@@ -36,6 +37,9 @@ class WorkerSpec:
     device: str
     # The quantization is the default, not asked for: the worker may fall back to none.
     quantization_is_default: bool = False
+    # Memory set aside for it, and its keep-alive when requests give none (negative: forever).
+    estimated_bytes: int = 0
+    keep_alive_s: float | None = None
 
 
 @dataclass
@@ -95,6 +99,9 @@ class Supervisor:
             quantization=spec.quantization,
             model_type=spec.model_type,
             started_at=time.time(),
+            estimated_bytes=spec.estimated_bytes,
+            keep_alive_s=spec.keep_alive_s,
+            last_used_at=time.time(),
         )
         worker = _Worker(spec=spec, state=state)
         self._workers[spec.model_id] = worker
@@ -221,6 +228,16 @@ class Supervisor:
             line = raw.decode(errors="replace").rstrip()
             worker.logs.append(line)
             log.debug("[%s] %s", worker.spec.model_id, line)
+
+    def observe(self, model_id: str, load: WorkerLoad) -> None:
+        """A loaded worker's counters from its Pong; the last request's keep_alive wins over the load's."""
+        worker = self._workers.get(model_id)
+        if worker is None or worker.state.status != "loaded":
+            return
+        s = worker.state
+        s.in_flight, s.finished, s.idle_s = load.in_flight, load.finished, load.idle_s
+        s.last_used_at = time.time() - load.idle_s
+        s.keep_alive_s = worker.spec.keep_alive_s if load.keep_alive_s is None else load.keep_alive_s
 
     async def unload(self, model_id: str) -> None:
         worker = self._workers.get(model_id)
