@@ -91,6 +91,8 @@ class WorkerState(Struct, kw_only=True):
     estimated_bytes: int = 0
     # The keep-alive in force (negative: forever, i.e. pinned): the last request's, else the load's.
     keep_alive_s: float | None = None
+    # Times the host restarted this worker after it died or hung.
+    restarts: int = 0
     # The worker's own counters as of the host's last ping.
     in_flight: int = 0
     finished: int = 0

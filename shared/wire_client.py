@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 
-from shared.errors import WorkerFailedError
+from shared.errors import OverloadedError, WorkerFailedError
 from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
 from shared.wire import (
     Cancel,
@@ -36,9 +38,18 @@ log = logging.getLogger(__name__)
 _CLOSED = object()
 
 
+class RequestObserver(Protocol):
+    """Told about each request as it ends (the gateway's metrics); must be quick and not raise."""
+
+    def finished(self, result: GenerateResult, elapsed_s: float, first_token_s: float | None) -> None: ...
+    def embedded(self, prompt_tokens: int, elapsed_s: float) -> None: ...
+    def rejected(self) -> None: ...
+
+
 class WorkerConnection:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, observer: RequestObserver | None = None) -> None:
         self.address = address
+        self.observer = observer
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[FromWorker | object]] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -91,11 +102,18 @@ class WorkerConnection:
             raise
         return rid, queue
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent on this connection and not answered yet."""
+        return len(self._queues)
+
     async def _next(self, queue: asyncio.Queue[FromWorker | object]) -> FromWorker:
         frame = await queue.get()
         if frame is _CLOSED:
             raise WorkerFailedError(f"model worker at {self.address} closed the connection")
         if isinstance(frame, Error):
+            if frame.code == OverloadedError.code and self.observer is not None:
+                self.observer.rejected()
             raise frame.exception()
         return frame  # type: ignore[return-value]
 
@@ -115,12 +133,15 @@ class WorkerConnection:
     async def generate(
         self, request: GenerateRequest, defaults: SamplingParams | None = None
     ) -> GenerateResult:
+        started = time.perf_counter()
         rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=False)
         done = False
         try:
             frame = await self._next(queue)
             done = True
             assert isinstance(frame, Result)
+            if self.observer is not None:
+                self.observer.finished(frame.result, time.perf_counter() - started, None)
             return frame.result
         finally:
             await self._finish(rid, done)
@@ -129,15 +150,22 @@ class WorkerConnection:
         self, request: GenerateRequest, defaults: SamplingParams | None = None
     ) -> AsyncIterator[str | GenerateResult]:
         """Text deltas, then the final result. Closing the iterator early cancels the generation."""
+        started = time.perf_counter()
+        first: float | None = None
         rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=True)
         done = False
         try:
             while True:
                 frame = await self._next(queue)
                 if isinstance(frame, Delta):
+                    if first is None:
+                        first = time.perf_counter() - started
                     yield frame.text
                 elif isinstance(frame, Result):
                     done = True
+                    if self.observer is not None:
+                        elapsed = time.perf_counter() - started
+                        self.observer.finished(frame.result, elapsed, elapsed if first is None else first)
                     yield frame.result
                     return
         except WorkerFailedError:
@@ -147,10 +175,13 @@ class WorkerConnection:
             await self._finish(rid, done)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
+        started = time.perf_counter()
         rid, queue = await self._request(Embed, request=request)
         try:
             frame = await self._next(queue)
             assert isinstance(frame, Embedding)
+            if self.observer is not None:
+                self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
             return frame.result
         finally:
             self._queues.pop(rid, None)
