@@ -14,6 +14,7 @@ from gateway.schemas import (
     chat_response,
     chat_stream,
 )
+from gateway.schemas.common import keep_alive_seconds
 from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest
 
@@ -23,8 +24,10 @@ async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
 ) -> ChatCompletionResponse | EventStream:
     rid = request_id_of(request.scope)
+    keep_alive = keep_alive_seconds(data.keep_alive)
     requests = [
-        GenerateRequest(messages=data.messages, params=p, request_id=rid) for p in data.choice_params()
+        GenerateRequest(messages=data.messages, params=p, request_id=rid, keep_alive=keep_alive)
+        for p in data.choice_params()
     ]
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)

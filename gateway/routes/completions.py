@@ -14,6 +14,7 @@ from gateway.schemas import (
     completion_response,
     completion_stream,
 )
+from gateway.schemas.common import keep_alive_seconds
 from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest
 
@@ -25,7 +26,12 @@ async def completions(
     rid = request_id_of(request.scope)
     prompts, params = data.prompts(), data.choice_params()
     # Prompt-major order, n samples per prompt: choice index = prompt * n + sample.
-    requests = [GenerateRequest(prompt=p, params=s, request_id=rid) for p in prompts for s in params]
+    keep_alive = keep_alive_seconds(data.keep_alive)
+    requests = [
+        GenerateRequest(prompt=p, params=s, request_id=rid, keep_alive=keep_alive)
+        for p in prompts
+        for s in params
+    ]
     echo = prompts if data.echo else None
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)

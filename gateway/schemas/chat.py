@@ -14,6 +14,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from gateway.schemas.common import (
     ChoiceCount,
     ChoiceEvent,
+    KeepAlive,
     MaxTokens,
     OpenAIFinishReason,
     Penalty,
@@ -59,6 +60,8 @@ class ChatCompletionRequest(Struct, kw_only=True):
     # vLLM extensions.
     top_k: TopK | None = None
     repetition_penalty: RepetitionPenalty | None = None
+    # Ollama's extension: how long the model stays loaded after this request.
+    keep_alive: KeepAlive = None
     # Decoded only to refuse them clearly: answering free text instead breaks the client later.
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None

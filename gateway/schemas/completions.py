@@ -14,6 +14,7 @@ from msgspec import UNSET, Struct, UnsetType
 from gateway.schemas.common import (
     ChoiceCount,
     ChoiceEvent,
+    KeepAlive,
     MaxTokens,
     OpenAIFinishReason,
     Penalty,
@@ -62,6 +63,8 @@ class CompletionRequest(Struct, kw_only=True):
     # vLLM extensions.
     top_k: TopK | None = None
     repetition_penalty: RepetitionPenalty | None = None
+    # Ollama's extension: how long the model stays loaded after this request.
+    keep_alive: KeepAlive = None
 
     @property
     def choices(self) -> int:
