@@ -2,9 +2,11 @@
 
 Generation is our own token loop (prefill, then one decode step per token over the KV cache,
 sampling with a per-request generator), driven for all concurrent requests at once by the
-continuous batching scheduler (worker/batching.py). The scheduler makes token ids; each request's
-stream turns them into text here (detokenization, stop strings, cancel, timings). Streaming and
-whole replies are the same path: `generate` consumes `stream`, so the two agree by construction.
+continuous batching scheduler (worker/batching.py). The scheduler makes token ids; `start` turns
+each request's ids into text on the scheduler's thread (detokenization, stop strings, cancel,
+timings) and pushes it to callbacks: that is what the model worker serves. `stream` (an iterator
+on the caller's thread) and `generate` (the whole reply) are `start` with a queue as the consumer,
+so every caller runs the one path the server runs.
 
 Prompts: chat `messages` go through the tokenizer's chat template when it has one, else the
 format's fallback rendering; a raw `prompt` with a `system_prompt` is the seed's
@@ -16,15 +18,15 @@ format's fallback rendering; a raw `prompt` with a `system_prompt` is the seed's
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from shared.cleaning import StopScanner, scanner_for, stop_strings
+from shared.cleaning import stop_strings
 from shared.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -37,15 +39,14 @@ from shared.generation import (
     GenerateRequest,
     GenerateResult,
     SamplingParams,
-    Timings,
 )
 from shared.model_types import ModelType, Task
 from shared.prompts import render_fallback, seed_prompt, template_messages
 from shared.wire import EngineInfo
 from worker.batching import Job, Scheduler
-from worker.detokenize import IncrementalDetokenizer
 from worker.embedding import Embedder
 from worker.loading import Loaded, Quantization, load_model
+from worker.reply import Plan, Reply, TextStream, deliver
 from worker.sampling import TokenSampler, resolve_params
 
 logger = logging.getLogger(__name__)
@@ -53,17 +54,6 @@ logger = logging.getLogger(__name__)
 # The settings' defaults (DUKAT_MAX_BATCH, DUKAT_MAX_QUEUE).
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Plan:
-    """One generation request, checked and tokenized, ready to run."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    max_new_tokens: int
-    chat: bool  # chat cleaning (implied stops, role echo, strip) or raw completion
-    stop_ids: frozenset[int]  # end-of-sequence ids and special tokens that are stop strings
 
 
 class Engine:
@@ -140,44 +130,16 @@ class Engine:
         req: GenerateRequest,
         defaults: SamplingParams | None = None,
         cancel: threading.Event | None = None,
-    ) -> Generator[str | GenerateResult, None, None]:
-        """Text deltas, then one GenerateResult whose text is the deltas joined.
+    ) -> TextStream:
+        """Text deltas, then one GenerateResult whose text is the deltas joined: `start`'s items,
+        read on the caller's thread.
 
         Request errors (task, prompt, context length, a full queue) raise here, before the first
-        item. Closing the stream (or dropping it) cancels the request.
+        item. Closing the stream (or dropping it) ends the request.
         """
-        started = time.perf_counter()
-        loaded, plan, job = self._job(req, defaults, cancel)
-        assert self._scheduler is not None
-        self._scheduler.submit(job)
-        end = partial(self._scheduler.finish, job)
-        return _Stream(self._run(loaded, plan, job, end, started), end)
-
-    def _job(
-        self,
-        req: GenerateRequest,
-        defaults: SamplingParams | None,
-        cancel: threading.Event | None,
-        on_step: Callable[[], None] | None = None,
-    ) -> tuple[Loaded, _Plan, Job]:
-        """The request checked and planned as a scheduler job; request errors raise here."""
-        loaded = self._require_loaded()
-        if self._scheduler is None:
-            raise UnsupportedTaskError(
-                f"{self._model_type.name} is an embedding model; it cannot generate text "
-                "(use /v1/embeddings)",
-                param="model",
-            )
-        plan = self._plan(loaded, req, defaults)
-        job = Job(
-            prompt_ids=plan.prompt_ids,
-            sampler=TokenSampler(plan.params, device=loaded.device),
-            max_new_tokens=plan.max_new_tokens,
-            stop_ids=plan.stop_ids,
-            cancel=cancel,
-            on_step=on_step,
-        )
-        return loaded, plan, job
+        items: queue.SimpleQueue[str | GenerateResult | BaseException] = queue.SimpleQueue()
+        end = self.start(req, defaults, cancel, on_text=items.put, on_done=items.put)
+        return TextStream(items, end)
 
     def start(
         self,
@@ -187,9 +149,10 @@ class Engine:
         *,
         on_text: Callable[[str], None],
         on_done: Callable[[GenerateResult | BaseException], None],
-        on_step: Callable[[], None],
-    ) -> None:
-        """`stream` without a consumer thread: the same items, pushed from the scheduler's thread.
+        on_step: Callable[[], None] | None = None,
+    ) -> Callable[[], None]:
+        """Generate, pushing the items from the scheduler's thread; returns what ends the request
+        (its place is free at once, its row leaves at the next step: a consumer that went away).
 
         `on_text` gets each text delta, then `on_done` the GenerateResult (or the request's failure);
         `on_step` is called after every scheduler iteration that called the others, once per
@@ -198,45 +161,33 @@ class Engine:
         Request errors raise here, before anything is called; `cancel` cancels the request.
         """
         started = time.perf_counter()
-        loaded, plan, job = self._job(req, defaults, cancel, on_step=on_step)
+        loaded = self._require_loaded()
         scheduler = self._scheduler
-        assert scheduler is not None
-        reply = _Reply(self._model_type, loaded.tokenizer, plan, job, started)
-
-        def on_item(item: int | BaseException | None) -> None:
-            if reply.over:
-                return  # the end marker after this consumer finished (or a late failure)
-            try:
-                if isinstance(item, BaseException):
-                    reply.over = True
-                    scheduler.finish(job)
-                    on_done(item)
-                    return
-                if job.cancel is not None and job.cancel.is_set():
-                    reply.finish, reply.over = "cancelled", True
-                elif text := reply.feed(item):
-                    on_text(text)
-                if reply.over:
-                    scheduler.finish(job)  # its place is free now, its row leaves at the next step
-                    tail, result = reply.close()
-                    if tail:
-                        on_text(tail)
-                    on_done(result)
-            except Exception as exc:  # e.g. a decoder error: this request fails, not the step
-                if not reply.over:
-                    reply.over = True
-                    scheduler.finish(job)
-                on_done(exc)
-
-        job.on_item = on_item
+        if scheduler is None:
+            raise UnsupportedTaskError(
+                f"{self._model_type.name} is an embedding model; it cannot generate text "
+                "(use /v1/embeddings)",
+                param="model",
+            )
+        plan = self._plan(loaded, req, defaults)
+        reply = Reply(self._model_type, loaded.tokenizer, plan, started)
+        job = Job(
+            prompt_ids=plan.prompt_ids,
+            sampler=TokenSampler(plan.params, device=loaded.device),
+            max_new_tokens=plan.max_new_tokens,
+            stop_ids=plan.stop_ids,
+            on_item=partial(deliver, reply, on_text, on_done),
+            on_step=on_step,
+            cancel=cancel,
+        )
+        reply.job, reply.end = job, partial(scheduler.finish, job)
         if reply.over:  # nothing to generate (max_new_tokens 0)
-            tail, result = reply.close()
-            if tail:
-                on_text(tail)
-            on_done(result)
-            on_step()
-            return
-        scheduler.submit(job)
+            reply.conclude(on_text, on_done)
+            if on_step is not None:
+                on_step()
+        else:
+            scheduler.submit(job)
+        return reply.end
 
     def embed(self, req: EmbedRequest) -> EmbedResult:
         self._require_loaded()
@@ -263,7 +214,7 @@ class Engine:
             raise ModelNotLoadedError("the model of this engine was closed")
         return self._loaded
 
-    def _plan(self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None) -> _Plan:
+    def _plan(self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None) -> Plan:
         text, chat = self._prompt_text(loaded.tokenizer, req)
         ids = _tokenize(loaded.tokenizer, text)
         params = resolve_params(req.params, defaults)
@@ -280,7 +231,7 @@ class Engine:
         # Encoder-decoder models spend the context on the input only; the output has its own.
         room = context if self._model_type.task is Task.SEQ2SEQ else context - len(ids)
         stops = stop_strings(self._model_type, params.stop, chat=chat)
-        return _Plan(
+        return Plan(
             prompt_ids=ids,
             params=params,
             max_new_tokens=min(requested, room),
@@ -302,85 +253,6 @@ class Engine:
             return seed_prompt(req.prompt, req.system_prompt, fmt), True
         return req.prompt, False
 
-    def _run(
-        self, loaded: Loaded, plan: _Plan, job: Job, end: Callable[[], None], started: float
-    ) -> Generator[str | GenerateResult, None, None]:
-        """The scheduler's tokens for `job` as text, read from its queue on the caller's thread."""
-        reply = _Reply(self._model_type, loaded.tokenizer, plan, job, started)
-        try:
-            while not reply.over:
-                if job.cancel is not None and job.cancel.is_set():
-                    reply.finish = "cancelled"
-                    break
-                if text := reply.feed(job.next_token()):
-                    yield text
-        finally:
-            end()  # its place is free now, its row leaves the batch at the next step
-        tail, result = reply.close()
-        if tail:
-            yield tail
-        yield result
-
-
-class _Reply:
-    """One request's tokens turned into text: detokenization, stop strings, finish reason and
-    timings. Fed by `Engine.stream`'s loop (its own thread) or by `Engine.start` (the scheduler's)."""
-
-    def __init__(self, model_type: ModelType, tokenizer: Any, plan: _Plan, job: Job, started: float) -> None:
-        self.scanner = scanner_for(model_type, plan.params.stop, chat=plan.chat)
-        self.detok = IncrementalDetokenizer(tokenizer)
-        self.plan, self.job, self.started = plan, job, started
-        self.count, self.first, self.finish = 0, 0.0, "length"
-        self.over = plan.max_new_tokens <= 0  # no more tokens wanted
-
-    def feed(self, token: int | None) -> str:
-        """The text `token` adds (None: the scheduler ended the row, i.e. a cancel); sets `over`."""
-        if token is None:  # the scheduler saw the cancel first
-            self.finish, self.over = "cancelled", True
-            return ""
-        self.count += 1
-        self.first = self.first or time.perf_counter()
-        if token in self.plan.stop_ids:
-            self.finish, self.over = "stop", True
-            return ""
-        text = self.scanner.feed(self.detok.feed(token))
-        if self.scanner.stopped:
-            self.finish, self.over = "stop", True
-        elif self.count >= self.plan.max_new_tokens:
-            self.over = True
-        return text
-
-    def close(self) -> tuple[str, GenerateResult]:
-        """What is still held back, and the result."""
-        scanner = self.scanner
-        tail = scanner.feed(self.detok.finish()) + scanner.finish()
-        finish = "stop" if scanner.stopped and self.finish == "length" else self.finish
-        acquired = self.job.admitted or time.perf_counter()  # never admitted: cancelled while waiting
-        prompt_tokens = len(self.plan.prompt_ids)
-        return tail, _result(scanner, finish, prompt_tokens, self.count, self.started, acquired, self.first)
-
-
-class _Stream(Generator[str | GenerateResult, None, None]):
-    """What `stream` returns: a generator whose close, or loss, cancels its request even before
-    the first item (a plain generator closed before it started runs none of its code)."""
-
-    def __init__(self, items: Generator[str | GenerateResult, None, None], end: Callable[[], None]) -> None:
-        self._items = items
-        self._end = end
-
-    def send(self, value: None) -> str | GenerateResult:
-        return self._items.send(value)
-
-    def throw(self, *args: Any) -> str | GenerateResult:
-        return self._items.throw(*args)
-
-    def close(self) -> None:
-        self._end()
-        self._items.close()
-
-    def __del__(self) -> None:
-        self._end()
-
 
 def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int) -> Scheduler:
     scheduler = Scheduler(
@@ -399,30 +271,6 @@ def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_que
         max_queue,
     )
     return scheduler
-
-
-def _result(
-    scanner: StopScanner,
-    finish: Any,
-    prompt_tokens: int,
-    count: int,
-    started: float,
-    acquired: float,
-    first: float,
-) -> GenerateResult:
-    end = time.perf_counter()
-    return GenerateResult(
-        text=scanner.text,
-        finish_reason=finish,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=count,
-        timings=Timings(
-            queue_s=acquired - started,
-            first_token_s=(first - started) if first else 0.0,
-            total_s=end - started,
-            tokens_per_s=count / (end - acquired) if end > acquired else 0.0,
-        ),
-    )
 
 
 def _apply_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shared.generation import GenerateRequest, GenerateResult, Message, SamplingParams
 from tests.worker.conftest import EngineFor
-from worker.detokenize import IncrementalDetokenizer
+from worker.detokenize import IncrementalDetokenizer, StreamDetokenizer, detokenizer
 from worker.engine import Engine
 
 MULTIBYTE = "Tokyo is 東京, café au lait, naïve Zoë in Köln: 😀👋 costs 5 € or £4 — Ελληνικά, русский."
@@ -80,20 +80,25 @@ def tokenizers(engine_for: EngineFor) -> dict[str, Any]:
     return {f: engine_for(f)._loaded.tokenizer for f in ("llama", "gpt2", "t5", "gemma")}  # type: ignore[union-attr]
 
 
-def _stream_ids(tokenizer: Any, ids: list[int]) -> tuple[list[str], str]:
-    detok = IncrementalDetokenizer(tokenizer)
+def _stream_ids(tokenizer: Any, ids: list[int], *, fallback: bool = False) -> tuple[list[str], str]:
+    detok = IncrementalDetokenizer(tokenizer) if fallback else detokenizer(tokenizer)
     deltas = [detok.feed(i) for i in ids]
     return deltas, detok.finish()
 
 
+def test_fast_tokenizers_stream_through_tokenizers_decode_stream(tokenizers: dict[str, Any]) -> None:
+    assert all(isinstance(detokenizer(t), StreamDetokenizer) for t in tokenizers.values())
+
+
+@pytest.mark.parametrize("fallback", [False, True])
 @pytest.mark.parametrize("family", ["llama", "gpt2", "t5", "gemma"])
 def test_multibyte_text_streams_without_replacement_characters(
-    tokenizers: dict[str, Any], family: str
+    tokenizers: dict[str, Any], family: str, fallback: bool
 ) -> None:
     tokenizer = tokenizers[family]
     ids = tokenizer(MULTIBYTE, add_special_tokens=False).input_ids
     assert len(ids) > len(MULTIBYTE.encode()) // 3  # byte pieces: characters span several tokens
-    deltas, tail = _stream_ids(tokenizer, ids)
+    deltas, tail = _stream_ids(tokenizer, ids, fallback=fallback)
     assert "".join(deltas) == MULTIBYTE and tail == ""
     assert not any("\ufffd" in d for d in deltas)
     assert sum(1 for d in deltas if d == "") > 0  # some tokens completed no character and were held
@@ -104,9 +109,10 @@ def test_multibyte_text_streams_without_replacement_characters(
 def test_any_text_round_trips_through_the_detokenizer(tokenizers: dict[str, Any], text: str) -> None:
     for tokenizer in tokenizers.values():
         ids = tokenizer(text, add_special_tokens=False).input_ids
-        deltas, tail = _stream_ids(tokenizer, ids)
-        assert "".join(deltas) + tail == tokenizer.decode(ids, skip_special_tokens=True)
-        assert not any("\ufffd" in d for d in deltas)
+        for fallback in (False, True):
+            deltas, tail = _stream_ids(tokenizer, ids, fallback=fallback)
+            assert "".join(deltas) + tail == tokenizer.decode(ids, skip_special_tokens=True)
+            assert not any("\ufffd" in d for d in deltas)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -114,8 +120,9 @@ def test_any_text_round_trips_through_the_detokenizer(tokenizers: dict[str, Any]
 def test_any_id_sequence_joins_to_the_full_decode(tokenizers: dict[str, Any], picks: list[int]) -> None:
     # Random ids make invalid UTF-8 and special tokens too; the deltas still join to the full decode.
     for tokenizer in tokenizers.values():
-        deltas, tail = _stream_ids(tokenizer, picks)
-        assert "".join(deltas) + tail == tokenizer.decode(picks, skip_special_tokens=True)
+        for fallback in (False, True):
+            deltas, tail = _stream_ids(tokenizer, picks, fallback=fallback)
+            assert "".join(deltas) + tail == tokenizer.decode(picks, skip_special_tokens=True)
 
 
 class _Pushed:

@@ -1,0 +1,184 @@
+"""The KV-cache mechanics of generation: rows that share one left-padded cache, sequences on a
+cache of their own, and the load-time check of which of the two a model can take.
+
+`PaddedBatch`: the rows' KV cache is left-padded to a common width, with an attention mask (zeros
+on pads) and per-row position ids, so each row computes what it would alone. Rows join (a batched
+prefill of the newcomers, padded and concatenated onto the cache) and leave (index_select, then the
+pad columns all rows share are trimmed). `Solo`: one sequence on its own cache (encoder-decoder
+models, and models whose batched logits differ from their lone ones). Both return logits; choosing
+tokens is the scheduler's job.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class PaddedBatch:
+    """The batched rows' KV cache, left-padded to one width, with their mask and next positions."""
+
+    def __init__(self, model: Any, pad_id: int) -> None:
+        self._model = model
+        self._pad_id = pad_id
+        self._device, self._cache_kw, self._keep = calling(model)
+        # Bloom has none: its ALiBi positions come from the attention mask.
+        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        self.cache: Any = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self._device)
+        self.positions = torch.zeros(0, dtype=torch.long, device=self._device)
+        self._padded = False
+
+    def join(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill `prompts` together; their rows join the batch. Returns their last logits [k, vocab]."""
+        width = max(len(p) for p in prompts)
+        ids = [[self._pad_id] * (width - len(p)) + p for p in prompts]
+        mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+        mask_t = torch.tensor(mask, dtype=torch.long, device=self._device)
+        positions = (mask_t.cumsum(-1) - 1).clamp(min=0)
+        out = self._forward(torch.tensor(ids, device=self._device), mask_t, positions, cache=None)
+        self._merge(cache_of(out), mask_t, positions[:, -1] + 1)
+        return out.logits[:, -1]
+
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        """Feed each row its next token; returns the logits after it [rows, vocab]."""
+        ones = torch.ones(len(tokens), 1, dtype=torch.long, device=self._device)
+        self.mask = torch.cat([self.mask, ones], dim=1)
+        ids = torch.tensor(tokens, device=self._device)[:, None]
+        out = self._forward(ids, self.mask, self.positions[:, None], cache=self.cache)
+        self.cache = cache_of(out)
+        self.positions = self.positions + 1
+        return out.logits[:, -1]
+
+    def keep(self, rows: list[int]) -> None:
+        """Only `rows` stay; then drop the leading columns that are padding in every row."""
+        if not rows:
+            self.cache, self.mask, self.positions = None, self.mask[:0, :0], self.positions[:0]
+            return
+        index = torch.tensor(rows, device=self._device)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        lead = int(self.mask.any(dim=0).int().argmax())  # first column where some row is real
+        self.mask = self.mask[:, lead:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, lead:]
+            layer.values = layer.values[index, :, lead:]
+        self._padded = bool((self.mask == 0).any())
+
+    def _merge(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        if self.cache is None:
+            self.cache, self.mask, self.positions = cache, mask, positions
+        else:
+            width = max(self.mask.shape[1], mask.shape[1])
+            self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)])
+            self.positions = torch.cat([self.positions, positions])
+            for mine, new in zip(self.cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(new.keys, width, 2)])
+                mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(new.values, width, 2)])
+        self._padded = bool((self.mask == 0).any())
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
+        kwargs: dict[str, Any] = {**self._keep, "use_cache": True}
+        if self._padded or cache is None:
+            kwargs["attention_mask"] = mask  # without pads, no mask: the plain causal path is faster
+        if self._takes_positions:
+            kwargs["position_ids"] = positions
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        return self._model(input_ids=ids, **kwargs)
+
+
+class Solo:
+    """One sequence on its own cache: `prefill`, then one `step` per token. Runs under the
+    caller's inference mode."""
+
+    def __init__(self, model: Any, prompt_ids: list[int], *, seq2seq: bool) -> None:
+        self._model = model
+        self._seq2seq = seq2seq
+        self._device, self._cache_kw, self._keep = calling(model)
+        self._prompt = prompt_ids
+        self._inputs: dict[str, Any] = {}
+        self._cache: Any = None
+
+    def prefill(self) -> torch.Tensor:
+        """The logits of the first new token [1, vocab]."""
+        ids = torch.tensor([self._prompt], dtype=torch.long, device=self._device)
+        if self._seq2seq:
+            self._inputs = {"encoder_outputs": self._model.get_encoder()(input_ids=ids)}
+            start = self._column(_decoder_start(self._model))
+            out = self._model(**self._inputs, decoder_input_ids=start, use_cache=True)
+        else:
+            out = self._model(input_ids=ids, use_cache=True, **self._keep)
+        self._cache = cache_of(out)
+        return out.logits[:, -1]
+
+    def step(self, token: int) -> torch.Tensor:
+        """Feed `token`; the logits of the one after it [1, vocab]."""
+        step = {"decoder_input_ids" if self._seq2seq else "input_ids": self._column(token)}
+        out = self._model(
+            **self._inputs, **step, **{self._cache_kw: self._cache}, use_cache=True, **self._keep
+        )
+        self._cache = cache_of(out)
+        return out.logits[:, -1]
+
+    def _column(self, token: int) -> torch.Tensor:
+        return torch.tensor([[token]], dtype=torch.long, device=self._device)
+
+
+def batches_exactly(model: Any, pad_id: int) -> bool:
+    """Whether left-padded batched rows give a model the logits they give alone, up to rounding.
+
+    Needs a cache whose layers are plain DynamicLayers (sliding-window or static layers keep other
+    state) and a model that honours the mask and position ids. LLM.int8 (8-bit) fails it: its
+    outlier columns depend on the whole batch.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    prompts, nexts = [[5, 6, 7, 8, 9], [10, 11]], [12, 13]
+    with torch.inference_mode():
+        batch = PaddedBatch(model, pad_id)
+        together = [batch.join(prompts), batch.step(nexts)]
+        if any(type(layer) is not DynamicLayer for layer in batch.cache.layers):
+            return False
+        for row, (prompt, token) in enumerate(zip(prompts, nexts, strict=True)):
+            alone = PaddedBatch(model, pad_id)
+            expected = [alone.join([prompt]), alone.step([token])]
+            for got, want in zip(together, expected, strict=True):
+                # Rounding differs with the batch shape (~eps); a mask or position error is O(1).
+                tolerance = max(1e-3, 8 * torch.finfo(want.dtype).eps) * (float(want.abs().max()) + 1e-6)
+                if float((got[row] - want[0]).abs().max()) > tolerance:
+                    return False
+    return True
+
+
+def calling(model: Any) -> tuple[torch.device, str, dict[str, int]]:
+    """How to call `model`: its device, its cache argument's name, and "only the last logits"."""
+    params = inspect.signature(model.forward).parameters
+    # transformers 5 renamed past_key_values to cache; keep both working.
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return next(model.parameters()).device, cache_kw, last_only
+
+
+def cache_of(out: Any) -> Any:
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    pad = [0, 0] * (t.dim() - dim - 1) + [missing, 0]  # F.pad lists dims from the last one
+    return F.pad(t, pad)
+
+
+def _decoder_start(model: Any) -> int:
+    for config in (getattr(model, "generation_config", None), model.config):
+        start = getattr(config, "decoder_start_token_id", None)
+        if start is not None:
+            return int(start)
+    return int(model.config.pad_token_id or 0)
