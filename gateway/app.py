@@ -14,8 +14,9 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from gateway.errors import exception_handlers
 from gateway.manager import ModelManager
+from gateway.metrics import GatewayMetrics
 from gateway.middleware import GatewayMiddleware
-from gateway.routes import chat, completions, embeddings, management, models
+from gateway.routes import chat, completions, embeddings, health, management, models
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,31 +36,43 @@ ROUTES = [
     management.unload,
     management.set_default,
     management.health,
+    health.live,
+    health.ready,
+    health.metrics,
 ]
 
 
 def create_app(settings: Settings, manager: ModelManager | None = None) -> Litestar:
-    manager = manager or ModelManager(settings=settings)
+    metrics = GatewayMetrics()
+    manager = manager or ModelManager(settings=settings, metrics=metrics)
+    state = State({"manager": manager, "metrics": metrics, "preloaded": not settings.preload})
+
+    async def preload() -> None:
+        results = await asyncio.gather(
+            *(manager.aload_model(m) for m in settings.preload), return_exceptions=True
+        )
+        for model_id, result in zip(settings.preload, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("preloading %s failed: %s", model_id, result)
+        state.preloaded = True  # readiness: done, failed ones included (they say why in /api/ps)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await manager.start()
-        if settings.preload:
-            results = await asyncio.gather(
-                *(manager.aload_model(m) for m in settings.preload), return_exceptions=True
-            )
-            for model_id, result in zip(settings.preload, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("preloading %s failed: %s", model_id, result)
+        # In the background: the gateway answers (live, not ready) while models load.
+        preloading = asyncio.ensure_future(preload()) if settings.preload else None
         try:
             yield
         finally:
+            if preloading is not None:
+                preloading.cancel()
+                await asyncio.gather(preloading, return_exceptions=True)
             await manager.aclose()
             await asyncio.to_thread(manager.close)
 
     app = Litestar(
         route_handlers=ROUTES,
-        state=State({"manager": manager}),
+        state=state,
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it

@@ -11,8 +11,10 @@ from shared.errors import DukatError, WorkerFailedError, error_from_code
 from shared.host_api import (
     DownloadCommand,
     DownloadJob,
+    EstimateCommand,
     HostState,
     LoadCommand,
+    LoadEstimate,
     LocalModelInfo,
     UnloadCommand,
     WorkerState,
@@ -22,9 +24,12 @@ T = TypeVar("T")
 
 
 class HostClient:
-    def __init__(self, url: str, *, timeout: float = 30.0, load_timeout: float = 900.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 30.0, load_timeout: float = 900.0, state_timeout: float = 2.0
+    ) -> None:
         self.url = url.rstrip("/")
         self.load_timeout = load_timeout
+        self.state_timeout = state_timeout  # a host slower than this to say its state counts as down
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
 
     async def _call(
@@ -44,7 +49,10 @@ class HostClient:
         return msgspec.json.decode(resp.content, type=out)
 
     async def state(self) -> HostState:
-        return await self._call("GET", "/state", HostState)
+        return await self._call("GET", "/state", HostState, timeout=self.state_timeout)
+
+    async def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
+        return await self._call("POST", "/models/estimate", LoadEstimate, cmd)
 
     async def local_models(self) -> list[LocalModelInfo]:
         return await self._call("GET", "/models/local", list[LocalModelInfo])
@@ -52,8 +60,9 @@ class HostClient:
     async def load(self, cmd: LoadCommand) -> WorkerState:
         return await self._call("POST", "/models/load", WorkerState, cmd, timeout=self.load_timeout)
 
-    async def unload(self, model_id: str) -> None:
-        await self._call("POST", "/models/unload", dict, UnloadCommand(model_id=model_id))
+    async def unload(self, model_id: str, request_id: str = "") -> None:
+        cmd = UnloadCommand(model_id=model_id, request_id=request_id)
+        await self._call("POST", "/models/unload", dict, cmd)
 
     async def start_download(self, cmd: DownloadCommand) -> DownloadJob:
         return await self._call("POST", "/downloads", DownloadJob, cmd)

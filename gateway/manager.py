@@ -17,11 +17,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway import replicas
 from gateway.host_client import HostClient
-from gateway.placement import place
+from gateway.metrics import GatewayMetrics
+from gateway.placement import Need, no_room_message, offering, place
 from shared.errors import (
     ConflictError,
     DeviceUnavailableError,
+    DukatError,
     InvalidRequestError,
     ModelLoadFailedError,
     ModelNotFoundError,
@@ -39,7 +42,16 @@ from shared.generation import (
     SamplingParams,
     params_from_mapping,
 )
-from shared.host_api import DownloadCommand, DownloadJob, HostState, LoadCommand, LocalModelInfo, WorkerState
+from shared.host_api import (
+    DownloadCommand,
+    DownloadJob,
+    EstimateCommand,
+    HostState,
+    LoadCommand,
+    LocalModelInfo,
+    WorkerState,
+)
+from shared.keep_alive import parse_keep_alive
 from shared.model_config import ConfigStore, ModelEntry
 from shared.processes import ChildProcess
 from shared.settings import Settings, load_settings
@@ -56,6 +68,7 @@ class _LoopResources:
     def __init__(self) -> None:
         self.hosts: dict[str, HostClient] = {}
         self.workers: dict[str, WorkerConnection] = {}
+        self.replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
         self.states: list[HostState] = []
         self.states_at = 0.0
         self.refresh: asyncio.Future[list[HostState]] | None = None
@@ -87,6 +100,7 @@ class ModelManager:
         *,
         hosts: list[str] | None = None,
         settings: Settings | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         overrides: dict[str, Any] = {"models_dir": str(models_dir), "device_map": device_map}
         if config_path is not None:
@@ -105,6 +119,7 @@ class ModelManager:
         self._loops: dict[asyncio.AbstractEventLoop, _LoopResources] = {}
         self._sync: _LoopThread | None = None
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
+        self.metrics = metrics
         atexit.register(self.close)
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -149,15 +164,34 @@ class ModelManager:
         res = self._res()
         client = res.hosts.get(url)
         if client is None:
-            client = res.hosts[url] = HostClient(url, load_timeout=self.settings.load_timeout_s + 60)
+            s = self.settings
+            client = res.hosts[url] = HostClient(
+                url, load_timeout=s.load_timeout_s + 60, state_timeout=s.host_state_timeout_s
+            )
         return client
 
-    def _worker(self, address: str) -> WorkerConnection:
+    def _worker(self, worker: WorkerState) -> WorkerConnection:
         res = self._res()
+        address = worker.address or ""
         conn = res.workers.get(address)
         if conn is None:
-            conn = res.workers[address] = WorkerConnection(address)
+            observer = self.metrics.for_model(worker.model_id) if self.metrics else None
+            conn = res.workers[address] = WorkerConnection(address, observer=observer)
         return conn
+
+    @property
+    def host_urls(self) -> list[str]:
+        return list(self._host_urls)
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests this gateway has on each model's workers (its event loop's connections)."""
+        counts: dict[str, int] = {}
+        models = {w.address: w.model_id for h in self._res().states for w in h.models}
+        for address, conn in self._res().workers.items():
+            model_id = models.get(address)
+            if model_id is not None:
+                counts[model_id] = counts.get(model_id, 0) + conn.in_flight
+        return counts
 
     async def host_states(self, *, fresh: bool = False) -> list[HostState]:
         """Every reachable host's state, cached for a second (hosts are the truth, this is a view).
@@ -202,11 +236,14 @@ class ModelManager:
             self._res().states_at = 0.0
 
     async def _find(self, model_id: str, *, fresh: bool = False) -> tuple[HostState, WorkerState] | None:
-        for host in await self.host_states(fresh=fresh):
-            for worker in host.models:
-                if worker.model_id == model_id:
-                    return host, worker
-        return None
+        found = await self._find_all(model_id, fresh=fresh)
+        return found[0] if found else None
+
+    async def _find_all(self, model_id: str, *, fresh: bool = False) -> list[tuple[HostState, WorkerState]]:
+        """Every replica of `model_id` (in any status), host by host."""
+        return [
+            (h, w) for h in await self.host_states(fresh=fresh) for w in h.models if w.model_id == model_id
+        ]
 
     # ---- models and the config file --------------------------------------------------------
 
@@ -256,53 +293,101 @@ class ModelManager:
                     seen.setdefault(m.model_id, m)
         return list(seen.values())
 
-    async def _pick_host(self, model_id: str, device: str) -> HostState:
+    async def _pick_host(
+        self, model_id: str, device: str, need: Need | None = None, avoid: frozenset[str] = frozenset()
+    ) -> HostState:
         hosts = await self.host_states(fresh=True)
         if not hosts:
             raise NoCapacityError("no worker host is reachable")
-        host = place(model_id, hosts, device=device)
-        if host is None:
+        if not offering(hosts, device):
             offered = ", ".join(sorted({d.name for h in hosts for d in h.devices})) or "none"
             raise DeviceUnavailableError(
                 f'no worker host offers device {device!r} (offered: {offered}; or use "auto")', param="device"
             )
+        host = place(model_id, hosts, device=device, need=need, avoid=avoid)
+        if host is None:
+            raise NoCapacityError(no_room_message(model_id, hosts, need or {}, device))
         return host
 
+    async def _need(self, model_id: str, quantization: str | None, model_type: str | None) -> Need:
+        """Bytes a load of `model_id` would take, by device kind, as a host estimates it from the files
+        (empty when no host has them yet: the host that downloads them checks again)."""
+        cmd = EstimateCommand(model_id=model_id, quantization=quantization, model_type=model_type)  # type: ignore[arg-type]
+        for host in await self.host_states():
+            with contextlib.suppress(DukatError):
+                estimate = await self._host(host.url).estimate(cmd)
+                if estimate.bytes_by_kind:
+                    return estimate.bytes_by_kind
+        return {}
+
     async def aload_model(
-        self, model_id: str, quantization: str | None = None, device: str | None = None
+        self,
+        model_id: str,
+        quantization: str | None = None,
+        device: str | None = None,
+        *,
+        replicas: int | None = None,
+        request_id: str = "",
     ) -> WorkerState:
+        """Load `model_id` (its `replicas`, default: the config file's, else one); the first replica's
+        state. Placement is memory-aware: a host with room, else one where idle models can go."""
         entry = self.config.read().models.get(model_id)
         # None: the host picks the default for the model's type (it knows the type; we may not).
         quant = quantization or (entry.quantization if entry else None)
-        found = await self._find(model_id, fresh=True)
-        if found and found[1].status in ("loading", "loaded"):
-            _check_same_load(found[1], quantization, device)
+        found = [
+            f for f in await self._find_all(model_id, fresh=True) if f[1].status in ("loading", "loaded")
+        ]
+        for _, worker in found:
+            _check_same_load(worker, quantization, device)
+        wanted = replicas or (entry.replicas if entry and entry.replicas else 1)
         device = device or self.settings.device_map
-        host = found[0] if found else await self._pick_host(model_id, device)
-        cmd = LoadCommand(
-            model_id=model_id,
-            quantization=quant,  # type: ignore[arg-type]
-            device=device,
-            model_type=entry.model_type if entry else None,
-        )
+        model_type = entry.model_type if entry else None
+        keep_alive = parse_keep_alive(entry.keep_alive) if entry and entry.keep_alive is not None else None
+        cmd = LoadCommand(model_id=model_id, quantization=quant, device=device, model_type=model_type,  # type: ignore[arg-type]
+                          keep_alive_s=keep_alive, request_id=request_id)  # fmt: skip
+        loads = [self._load_on(found[0][0], cmd)] if found else []
+        missing = wanted - len(found)
+        if missing > 0:
+            need = await self._need(model_id, quant, model_type)
+            avoid = frozenset(h.url for h, _ in found)
+            for _ in range(missing):
+                try:
+                    host = await self._pick_host(model_id, device, need, avoid)
+                except NoCapacityError:
+                    if loads:  # fewer replicas than asked: serve with what fits
+                        break
+                    raise
+                avoid |= {host.url}
+                loads.append(self._load_on(host, cmd))
+        results = await asyncio.gather(*loads, return_exceptions=True)
+        states = [r for r in results if isinstance(r, WorkerState)]
+        if not states:
+            raise next(r for r in results if isinstance(r, BaseException))
+        self._register(model_id, quant)
+        return states[0]
+
+    async def _load_on(self, host: HostState, cmd: LoadCommand) -> WorkerState:
+        asked_at = time.time()
         try:
             state = await self._host(host.url).load(cmd)
         finally:
             self._invalidate()
-        self._register(model_id, quant)
+        if self.metrics is not None and state.started_at >= asked_at - 1.0:  # a load, not a repeat
+            self.metrics.load_duration.labels(cmd.model_id).observe(state.load_seconds)
         return state
 
     async def aunload_model(self, model_id: str) -> None:
         found = await self._find(model_id, fresh=True)
         if found is None:
             raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
-        try:
-            await self._host(found[0].url).unload(model_id)
-        finally:
-            self._invalidate()
-        conn = self._res().workers.pop(found[1].address or "", None)
-        if conn is not None:
-            await conn.close()
+        for host, worker in await self._find_all(model_id):
+            try:
+                await self._host(host.url).unload(model_id)
+            finally:
+                self._invalidate()
+            conn = self._res().workers.pop(worker.address or "", None)
+            if conn is not None:
+                await conn.close()
 
     async def astart_download(self, model_id: str, revision: str | None = None) -> DownloadJob:
         host = await self._pick_host(model_id, "auto")
@@ -343,39 +428,75 @@ class ModelManager:
         return job
 
     async def ready_worker(self, model_id: str | None) -> tuple[str, WorkerState]:
-        """The loaded worker of `model_id` (or the default), loading it first when allowed."""
+        """A loaded worker of `model_id` (or the default), loading it first when allowed."""
+        mid, workers = await self.ready_workers(model_id)
+        return mid, workers[0]
+
+    async def ready_workers(
+        self, model_id: str | None, request_id: str = ""
+    ) -> tuple[str, list[WorkerState]]:
+        """The loaded replicas of `model_id` (or the default), loading one first when allowed; missing
+        replicas (fewer than the config file asks, a host lost) are loaded in the background."""
         mid = self.resolve_id(model_id)
-        found = await self._find(mid)
-        if found and found[1].status == "loaded":
-            return mid, found[1]
-        if found and found[1].status == "failed":
-            w = found[1]
+        found = [w for _, w in await self._find_all(mid)]
+        loaded = [w for w in found if w.status == "loaded"]
+        if loaded:
+            self._replicate(mid, len(found), request_id)
+            return mid, loaded
+        failed = next((w for w in found if w.status == "failed"), None)
+        if failed is not None and len(found) == 1:
             raise ModelLoadFailedError(
-                f"model {mid!r} failed: {w.error}; load it again with POST /api/models/load", param="model"
+                f"model {mid!r} failed: {failed.error}; load it again with POST /api/models/load",
+                param="model",
             )
-        if found is None and not await self.is_known(mid):
+        if not found and not await self.is_known(mid):
             raise ModelNotFoundError(f"The model {mid!r} does not exist", param="model")
-        if found is None and not self.settings.auto_load:
+        if not found and not self.settings.auto_load:
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
-        return mid, await self.aload_model(mid)
+        waiting = self.metrics.waiting.labels(mid) if self.metrics else None
+        if waiting is not None:
+            waiting.inc()
+        try:
+            return mid, [await self.aload_model(mid, request_id=request_id)]
+        finally:
+            if waiting is not None:
+                waiting.dec()
+
+    def _replicate(self, model_id: str, have: int, request_id: str) -> None:
+        entry = self.config.view().models.get(model_id)
+        if not entry or not entry.replicas or have >= entry.replicas:
+            return
+        res = self._res()
+        task = res.replicating.get(model_id)
+        if task is None or task.done():
+            res.replicating[model_id] = asyncio.ensure_future(self._load_missing(model_id, request_id))
+
+    async def _load_missing(self, model_id: str, request_id: str) -> None:
+        try:
+            await self.aload_model(model_id, request_id=request_id)
+        except DukatError as exc:
+            log.warning("loading more replicas of %s failed: %s rid=%s", model_id, exc.message, request_id)
 
     async def agenerate_request(
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, GenerateResult]:
-        mid, worker = await self.ready_worker(model_id)
+        mid, workers = await self.ready_workers(model_id, request.request_id)
         with self._seeing_failures():
-            return mid, await self._worker(worker.address or "").generate(request, self.defaults_for(mid))
+            return mid, await replicas.generate(workers, self._worker, request, self.defaults_for(mid))
 
     async def astream_request(
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, AsyncIterator[str | GenerateResult]]:
-        mid, worker = await self.ready_worker(model_id)
-        return mid, self._worker(worker.address or "").stream(request, self.defaults_for(mid))
+        mid, workers = await self.ready_workers(model_id, request.request_id)
+        return mid, replicas.stream(workers, self._worker, request, self.defaults_for(mid))
 
-    async def aembed(self, model_id: str | None, inputs: list[str | list[int]]) -> tuple[str, EmbedResult]:
-        mid, worker = await self.ready_worker(model_id)
+    async def aembed(
+        self, model_id: str | None, inputs: list[str | list[int]], keep_alive: float | None = None
+    ) -> tuple[str, EmbedResult]:
+        mid, workers = await self.ready_workers(model_id)
+        request = EmbedRequest(inputs=inputs, keep_alive=keep_alive)
         with self._seeing_failures():
-            return mid, await self._worker(worker.address or "").embed(EmbedRequest(inputs=inputs))
+            return mid, await replicas.embed(workers, self._worker, request)
 
     async def agenerate(
         self,

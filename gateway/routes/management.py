@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import get, post
+from litestar import Request, get, post
 from litestar.datastructures import State
 
 from gateway.manager import worker_view
+from gateway.middleware import request_id_of
 from gateway.schemas import (
     DownloadJob,
     DownloadRequest,
@@ -45,8 +46,12 @@ async def download(state: State, job_id: str) -> DownloadJob:
 
 
 @post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
-async def load(state: State, data: LoadRequest) -> dict[str, Any]:
-    return worker_view(await state.manager.aload_model(data.model, data.quantization, data.device))
+async def load(request: Request, state: State, data: LoadRequest) -> dict[str, Any]:
+    rid = request_id_of(request.scope)
+    worker = await state.manager.aload_model(
+        data.model, data.quantization, data.device, replicas=data.replicas, request_id=rid
+    )
+    return worker_view(worker)
 
 
 @post("/api/models/unload", status_code=200, summary="Stop a model's worker process")

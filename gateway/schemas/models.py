@@ -7,9 +7,9 @@ forbid unknown fields so a typo is a 400, not a silently ignored option.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from shared import host_api
 from shared.host_api import DownloadStatus
@@ -41,6 +41,8 @@ class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     quantization: Quantization | None = None
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
     device: str | None = None
+    # Workers to serve it, each on another host where there are several; None: the config file's, else 1.
+    replicas: Annotated[int, Meta(ge=1, le=64)] | None = None
 
 
 class UnloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
