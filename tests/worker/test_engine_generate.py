@@ -160,19 +160,26 @@ def test_cancel_from_another_thread_stops_generation(engine_for: EngineFor) -> N
 def test_cancel_stops_within_one_token(engine_for: EngineFor) -> None:
     engine = engine_for("llama")
     cancel = threading.Event()
-    stream = engine.stream(_raw(temperature=0, max_new_tokens=200), cancel=cancel)
-    first = next(stream)
-    assert isinstance(first, str)
-    setter = threading.Thread(target=cancel.set)
-    setter.start()
-    setter.join()
-    *tail, result = list(stream)
+    texts: list[str] = []
+    done: list[GenerateResult | BaseException] = []
+    finished = threading.Event()
+
+    def on_text(text: str) -> None:
+        texts.append(text)
+        cancel.set()  # on the scheduler thread, at the first delta: no scheduling race with a reader
+
+    def on_done(item: GenerateResult | BaseException) -> None:
+        done.append(item)
+        finished.set()
+
+    engine.start(_raw(temperature=0, max_new_tokens=200), cancel=cancel, on_text=on_text, on_done=on_done)
+    assert finished.wait(60)
+    result = done[0]
     assert isinstance(result, GenerateResult)
     assert result.finish_reason == "cancelled"
-    assert all(isinstance(item, str) for item in tail)
     # No token after the one that produced the first delta: the same text as a run that length-stops there.
     uncancelled = engine.generate(_raw(temperature=0, max_new_tokens=result.completion_tokens))
-    assert uncancelled.text == result.text == first + "".join(str(t) for t in tail)
+    assert uncancelled.text == result.text == "".join(texts)
     assert result.completion_tokens <= 3
 
 
