@@ -40,7 +40,7 @@ from shared.serving import bind_socket, serve
 from shared.settings import Quantization, Settings, load_settings
 from worker import room
 from worker.catalog import list_local_models
-from worker.devices import offered_devices
+from worker.devices import Gpus, offered_devices
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
 from worker.keepalive import KeepAlive
@@ -58,6 +58,7 @@ class Host:
         self.url = url
         self.host_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.jobs = DownloadJobs(settings.models_dir)
+        self.gpus = Gpus()
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
         self.supervisor = Supervisor(
             bind=settings.host_bind,
@@ -75,7 +76,7 @@ class Host:
     def state(self) -> HostState:
         workers = self.supervisor.states()
         budget = self.settings.host_memory_bytes
-        devices = room.offered(offered_devices(self.settings.devices), workers, budget)
+        devices = room.offered(offered_devices(self.settings.devices, self.gpus), workers, budget)
         for device in devices:
             device.models = [w.model_id for w in workers if w.device == device.name]
         return HostState(
@@ -241,6 +242,7 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
             keep_alive.cancel()
             await asyncio.gather(keep_alive, return_exceptions=True)
             await host.supervisor.close()
+            host.gpus.close()
 
     return Litestar(
         route_handlers=[
