@@ -8,7 +8,7 @@ __all__ = ["ModelManager"]
 def __getattr__(name: str) -> Any:
     # Lazy: `python -m gateway.cli` should not pay for the manager's imports before it needs them.
     if name == "ModelManager":
-        from gateway.manager import ModelManager
+        from gateway.seed_api import ModelManager
 
         return ModelManager
     raise AttributeError(name)

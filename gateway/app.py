@@ -1,4 +1,4 @@
-"""The gateway's app factory: routes, error handlers, middleware and the ModelManager's lifespan."""
+"""The gateway's app factory: routes, error handlers, middleware and the model manager's lifespan."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from gateway.errors import exception_handlers
-from gateway.manager import ModelManager
+from gateway.manager import AsyncModelManager
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import GatewayMiddleware
 from gateway.routes import chat, completions, embeddings, health, management, models
@@ -42,14 +42,14 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings, manager: ModelManager | None = None) -> Litestar:
+def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> Litestar:
     metrics = GatewayMetrics()
-    manager = manager or ModelManager(settings=settings, metrics=metrics)
+    manager = manager or AsyncModelManager(settings, metrics=metrics)
     state = State({"manager": manager, "metrics": metrics, "preloaded": not settings.preload})
 
     async def preload() -> None:
         results = await asyncio.gather(
-            *(manager.aload_model(m) for m in settings.preload), return_exceptions=True
+            *(manager.load_model(m) for m in settings.preload), return_exceptions=True
         )
         for model_id, result in zip(settings.preload, results, strict=True):
             if isinstance(result, BaseException):
@@ -67,8 +67,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> Lites
             if preloading is not None:
                 preloading.cancel()
                 await asyncio.gather(preloading, return_exceptions=True)
-            await manager.aclose()
-            await asyncio.to_thread(manager.close)
+            await manager.close()
 
     app = Litestar(
         route_handlers=ROUTES,

@@ -17,36 +17,11 @@ from litestar.exceptions import HTTPException, SerializationException, Validatio
 from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
 
-from shared.errors import (
-    AuthenticationError,
-    ConflictError,
-    DukatError,
-    ErrorBody,
-    ErrorDetail,
-    InvalidRequestError,
-    MethodNotAllowedError,
-    NotFoundError,
-    OverloadedError,
-)
+from shared.errors import DukatError, ErrorBody, ErrorDetail, InvalidRequestError, error_for_status
 
 logger = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
-
-# litestar's HTTP errors by status → the table's class whose type/code they take.
-_TABLE_BY_STATUS: dict[int, type[DukatError]] = {
-    401: AuthenticationError,
-    404: NotFoundError,
-    405: MethodNotAllowedError,
-    409: ConflictError,
-    429: OverloadedError,
-}
-# Statuses with no class in the table: (type, code).
-_OTHER_BY_STATUS: dict[int, tuple[str, str]] = {
-    403: ("permission_error", "forbidden"),
-    413: ("invalid_request_error", "request_too_large"),
-    415: ("invalid_request_error", "unsupported_media_type"),
-}
 
 _INTERNAL_MESSAGE = "The server had an error while processing your request; the server log has the details."
 
@@ -130,10 +105,7 @@ def _http_detail(request: Request[Any, Any, Any], exc: HTTPException) -> ErrorDe
         message = f"method {request.method} is not allowed for {request.url.path}"
     else:
         message = exc.detail
-    if cls := _TABLE_BY_STATUS.get(status):
-        return ErrorDetail(message=message, type=cls.type, code=cls.code)
-    kind, code = _OTHER_BY_STATUS.get(status, ("invalid_request_error", InvalidRequestError.code))
-    return ErrorDetail(message=message, type=kind, code=code)
+    return error_for_status(status, message).detail()
 
 
 def _undecodable_body_handler(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[bytes]:

@@ -15,7 +15,7 @@ from shared.host_api import (
     HostState,
     LoadCommand,
     LoadEstimate,
-    LocalModelInfo,
+    LocalModel,
     UnloadCommand,
     WorkerState,
 )
@@ -54,8 +54,8 @@ class HostClient:
     async def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
         return await self._call("POST", "/models/estimate", LoadEstimate, cmd)
 
-    async def local_models(self) -> list[LocalModelInfo]:
-        return await self._call("GET", "/models/local", list[LocalModelInfo])
+    async def local_models(self) -> list[LocalModel]:
+        return await self._call("GET", "/models/local", list[LocalModel])
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
         return await self._call("POST", "/models/load", WorkerState, cmd, timeout=self.load_timeout)

@@ -97,6 +97,14 @@ class AuthenticationError(DukatError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(DukatError):
+    """A valid key without the right role (an inference key on an admin route)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFoundError(DukatError):
     status = 404
     type = "invalid_request_error"
@@ -119,10 +127,16 @@ class MethodNotAllowedError(DukatError):
     code = "method_not_allowed"
 
 
-class PayloadTooLargeError(DukatError):
+class RequestTooLargeError(DukatError):
     status = 413
     type = "invalid_request_error"
-    code = "payload_too_large"
+    code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(DukatError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class ConflictError(DukatError):
@@ -136,14 +150,6 @@ class OverloadedError(DukatError):
     type = "rate_limit_error"
     code = "overloaded"
     retry_after = 1
-
-
-class CancelledError(DukatError):
-    """The client went away or cancelled; nobody reads the body, but it is logged."""
-
-    status = 499
-    type = "invalid_request_error"
-    code = "cancelled"
 
 
 class InternalError(DukatError):
@@ -192,10 +198,15 @@ class NoCapacityError(DukatError):
     retry_after = 5
 
 
-class TimeoutError_(DukatError):
+class RequestTimeoutError(DukatError):
+    """A model worker did not answer in time."""
+
     status = 504
     type = "server_error"
     code = "timeout"
+
+
+TimeoutError_ = RequestTimeoutError  # the old name, for branches that still import it; remove after
 
 
 def _all_subclasses(cls: type[DukatError]) -> list[type[DukatError]]:
@@ -215,14 +226,21 @@ def error_from_code(code: str | None, message: str, param: str | None = None) ->
     return cls(message, param=param)
 
 
+# A framework's own HTTP errors (unknown route, wrong method, body too large, ...) by status. The one
+# status -> error map: the gateway's handlers and the worker host's both use it.
+ERRORS_BY_STATUS: dict[int, type[DukatError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    409: ConflictError,
+    413: RequestTooLargeError,
+    415: UnsupportedMediaTypeError,
+    429: OverloadedError,
+}
+
+
 def error_for_status(status: int, message: str) -> DukatError:
-    """A framework's own HTTP error (unknown route, wrong method, bad body) as a table entry."""
-    if status == 404:
-        return NotFoundError(message)
-    if status == 405:
-        return MethodNotAllowedError(message)
-    if status == 413:
-        return PayloadTooLargeError(message)
-    if 400 <= status < 500:
-        return InvalidRequestError(message)
-    return InternalError(message)
+    """A framework's HTTP error as the table's entry for its status (any other 4xx: a 400)."""
+    cls = ERRORS_BY_STATUS.get(status) or (InvalidRequestError if 400 <= status < 500 else InternalError)
+    return cls(message)

@@ -16,12 +16,17 @@ DownloadStatus = Literal["queued", "running", "done", "failed"]
 
 
 class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A load. `quantization` and `device` are what the caller asked for (None: not asked); a model
+    already loading or loaded is joined, unless what was asked differs from it (a conflict)."""
+
     model_id: str
-    # None: the host's default for the model's type (DUKAT_DEFAULT_QUANTIZATION, or "none" for a type
-    # bitsandbytes cannot quantize).
     quantization: Quantization | None = None
-    # "auto" lets the host pick its device with the most free memory.
-    device: str = "auto"
+    device: str | None = None
+    # What a load that asks for none gets: the config file's quantization (None: the host's default
+    # for the model's type, DUKAT_DEFAULT_QUANTIZATION or "none" for a type bitsandbytes cannot
+    # quantize) and the gateway's device map ("auto": the host's device with the most free memory).
+    default_quantization: Quantization | None = None
+    default_device: str = "auto"
     # The config file's override of the inferred type.
     model_type: str | None = None
     revision: str | None = None
@@ -53,15 +58,20 @@ class DownloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     revision: str | None = None
 
 
-class DownloadJob(Struct, kw_only=True):
-    id: str
-    model_id: str
-    status: DownloadStatus
-    revision: str | None = None
+class DownloadCounts(Struct, kw_only=True):
+    """How far a download is: what the downloader reports and its job shows."""
+
     downloaded_bytes: int = 0
     total_bytes: int = 0
     files_done: int = 0
     files_total: int = 0
+
+
+class DownloadJob(DownloadCounts, kw_only=True):
+    id: str
+    model_id: str
+    status: DownloadStatus
+    revision: str | None = None
     path: str | None = None
     error: str | None = None
     error_code: str | None = None
@@ -119,9 +129,16 @@ class HostState(Struct, kw_only=True):
     max_loaded_models: int = 0
 
 
-class LocalModelInfo(Struct, kw_only=True):
-    model_id: str
+class LocalModel(Struct, kw_only=True):
+    """A model folder under a host's models_dir (a download or a `save_pretrained` put there by hand)."""
+
+    id: str  # path relative to models_dir; the hub id for downloads
     path: str
-    model_type: str | None
+    model_type: str | None  # a Dukat model type name; None when it cannot be told (see `error`)
     size_bytes: int
+    has_tokenizer: bool
+    has_chat_template: bool
+    downloaded: bool = False
+    revision: str | None = None
+    complete: bool = True
     error: str | None = None

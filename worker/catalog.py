@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Struct
 
 from shared.errors import UnsupportedModelTypeError
+from shared.host_api import LocalModel
 from shared.model_types import infer_model_type
 
 # Written by `worker.downloads` into every folder it downloads.
@@ -36,19 +37,6 @@ class DownloadMarker(Struct, kw_only=True, forbid_unknown_fields=True):
     commit: str  # what it resolved to
     files: list[str]
     complete: bool  # False from the start of a download until its last file is in place
-
-
-class LocalModel(Struct, kw_only=True):
-    id: str  # path relative to models_dir; the hub id for downloads
-    path: str
-    model_type: str | None  # a Dukat model type name; None when it cannot be told (see `error`)
-    size_bytes: int
-    has_tokenizer: bool
-    has_chat_template: bool
-    downloaded: bool = False
-    revision: str | None = None
-    complete: bool = True
-    error: str | None = None
 
 
 def list_local_models(models_dir: Path) -> list[LocalModel]:

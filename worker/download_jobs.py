@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from shared.errors import DukatError, NotFoundError
-from shared.host_api import DownloadJob
+from shared.host_api import DownloadCounts, DownloadJob
 from worker.downloads import DownloadProgress, download_model
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ class DownloadJobs:
 
     @staticmethod
     def _update(job: DownloadJob, p: DownloadProgress) -> None:
-        job.downloaded_bytes, job.total_bytes = p.downloaded_bytes, p.total_bytes
-        job.files_done, job.files_total = p.files_done, p.files_total
+        for name in DownloadCounts.__struct_fields__:  # the counts are one record, shared by both
+            setattr(job, name, getattr(p, name))
 
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.status in ("done", "failed")]

@@ -39,7 +39,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from msgspec import Struct
 from tqdm import tqdm
 
 from shared.errors import (
@@ -50,6 +49,7 @@ from shared.errors import (
     ModelNotFoundError,
     UnsupportedModelTypeError,
 )
+from shared.host_api import DownloadCounts
 from worker.catalog import MARKER_NAME, DownloadMarker, is_model_folder, read_marker
 
 _SUPPORT_FILES = frozenset({
@@ -69,12 +69,10 @@ _WEIGHT_GROUPS = (
 )
 
 
-class DownloadProgress(Struct, kw_only=True, frozen=True):
+class DownloadProgress(DownloadCounts, kw_only=True):
+    """One report of a download in progress: its counts, and the file it is at."""
+
     model_id: str
-    downloaded_bytes: int
-    total_bytes: int
-    files_done: int
-    files_total: int
     current_file: str | None = None
     done: bool = False
 

@@ -12,9 +12,11 @@ import json
 import logging
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -30,7 +32,7 @@ from shared.host_api import (
     HostState,
     LoadCommand,
     LoadEstimate,
-    LocalModelInfo,
+    LocalModel,
     UnloadCommand,
     WorkerState,
 )
@@ -89,61 +91,67 @@ class Host:
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
-        existing = self.supervisor.state(cmd.model_id)
-        if existing is not None and existing.status in ("loading", "loaded"):
-            return await self.supervisor.load(WorkerSpec(cmd.model_id, "", "", "", existing.device))
-        if cmd.device != "auto":
-            room.choose(self.state(), cmd.model_id, cmd.device, {})  # unknown device: 400 before a pull
+        # An unknown device is a 400 before any download.
+        room.check_device(offered_devices(self.settings.devices, self.gpus), cmd.device or cmd.default_device)
+        asked_at = time.time()
+        try:
+            prepare = partial(self._spec, cmd)
+            state = await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, prepare)
+        except DukatError as exc:
+            log.warning(
+                "load failed model=%s code=%s rid=%s: %s", cmd.model_id, exc.code, cmd.request_id, exc.message
+            )
+            raise
+        if state.started_at >= asked_at:  # this call started the worker (others joined it)
+            log.info(
+                "loaded model=%s device=%s quantization=%s seconds=%.1f memory=%d estimate=%d "
+                "keep_alive=%s rid=%s",
+                cmd.model_id, state.device, state.quantization, state.load_seconds, state.memory_bytes,
+                state.estimated_bytes, describe(state.keep_alive_s), cmd.request_id,
+            )  # fmt: skip
+        return state
+
+    async def _spec(self, cmd: LoadCommand) -> WorkerSpec:
+        """What a new worker of `cmd` runs: its files (downloaded first if missing), type, quantization,
+        and a device with room for its estimated memory (idle models evicted to make it)."""
         path = resolve_model_path(cmd.model_id, self.settings.models_dir)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
-        model_type, quantization = self._kind(cmd, path)
+        model_type, quantization = self._kind(cmd.model_id, cmd.model_type, path)
+        asked = cmd.quantization or cmd.default_quantization
+        quantization = asked or quantization
         need = room.estimate(path, quantization, self.settings).bytes_by_kind
-        async with self._placing:  # one decision at a time: each sees the others' reservations
-            device, victims = room.choose(self.state(), cmd.model_id, cmd.device, need)
+        # One decision at a time: each sees the others' reservations. The supervisor starts the
+        # worker (its reservation) right after this returns, without yielding to the loop.
+        async with self._placing:
+            device, victims = room.choose(self.state(), cmd.model_id, cmd.device or cmd.default_device, need)
             for victim in victims:
                 why = f"evicted (least recently used, idle {victim.idle_s:.1f}s) for {cmd.model_id}"
                 await self.unload(victim.model_id, why, cmd.request_id)
-            keep_alive = cmd.keep_alive_s if cmd.keep_alive_s is not None else self.keep_alive_s
-            spec = WorkerSpec(
-                cmd.model_id,
-                str(path),
-                model_type.name,
-                quantization,
-                device,
-                quantization_is_default=cmd.quantization is None,
-                estimated_bytes=need[room.kind_of(device)],
-                keep_alive_s=keep_alive,
-            )
-            loading = asyncio.ensure_future(self.supervisor.load(spec))
-            await asyncio.sleep(0)  # the supervisor has registered the worker (and its reservation)
-        try:
-            state = await loading
-        except DukatError as exc:
-            log.warning("load failed model=%s device=%s code=%s rid=%s: %s",
-                        cmd.model_id, device, exc.code, cmd.request_id, exc.message)
-            raise
-        log.info(
-            "loaded model=%s device=%s quantization=%s seconds=%.1f memory=%d estimate=%d "
-            "keep_alive=%s rid=%s",
-            cmd.model_id, device, state.quantization, state.load_seconds, state.memory_bytes,
-            spec.estimated_bytes, describe(keep_alive), cmd.request_id,
+        return WorkerSpec(
+            cmd.model_id,
+            str(path),
+            model_type.name,
+            quantization,
+            device,
+            quantization_is_default=asked is None,
+            estimated_bytes=need[room.kind_of(device)],
+            keep_alive_s=cmd.keep_alive_s if cmd.keep_alive_s is not None else self.keep_alive_s,
         )
-        return state
 
-    def _kind(self, cmd: LoadCommand | EstimateCommand, path: Path) -> tuple[ModelType, Quantization]:
-        """The model's type and the quantization it loads with."""
-        hf_type = _hf_model_type(path)
-        model_type = infer_model_type(cmd.model_id, hf_model_type=hf_type, override=cmd.model_type)
+    def _kind(self, model_id: str, override: str | None, path: Path) -> tuple[ModelType, Quantization]:
+        """The model's type and the quantization a load that asks for none gets."""
+        model_type = infer_model_type(model_id, hf_model_type=_hf_model_type(path), override=override)
         default = default_quantization(model_type, self.settings.default_quantization)
-        return model_type, cmd.quantization or default  # type: ignore[return-value]
+        return model_type, default  # type: ignore[return-value]
 
     def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
         path = resolve_model_path(cmd.model_id, self.settings.models_dir)
         if path is None:
             return LoadEstimate()
-        return room.estimate(path, self._kind(cmd, path)[1], self.settings)
+        quantization = cmd.quantization or self._kind(cmd.model_id, cmd.model_type, path)[1]
+        return room.estimate(path, quantization, self.settings)
 
     async def unload(self, model_id: str, reason: str, request_id: str = "") -> None:
         worker = self.supervisor.state(model_id)
@@ -151,17 +159,8 @@ class Host:
         device = worker.device if worker else None
         log.info("unloaded model=%s device=%s reason=%s rid=%s", model_id, device, reason, request_id)
 
-    def local_models(self) -> list[LocalModelInfo]:
-        return [
-            LocalModelInfo(
-                model_id=m.id,
-                path=str(m.path),
-                model_type=m.model_type,
-                size_bytes=m.size_bytes,
-                error=m.error,
-            )
-            for m in list_local_models(self.settings.models_dir)
-        ]
+    def local_models(self) -> list[LocalModel]:
+        return list_local_models(self.settings.models_dir)
 
 
 def _hf_model_type(path: Path) -> str | None:
@@ -189,7 +188,7 @@ async def host_state(state: State) -> HostState:
 
 
 @get("/models/local")
-async def local_models(state: State) -> list[LocalModelInfo]:
+async def local_models(state: State) -> list[LocalModel]:
     return state.host.local_models()
 
 

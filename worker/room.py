@@ -45,6 +45,17 @@ def offered(devices: list[DeviceState], workers: list[WorkerState], budget: int)
     return out
 
 
+def check_device(devices: list[DeviceState], requested: str) -> list[DeviceState]:
+    """The devices `requested` names ("auto": all); DeviceUnavailableError when this host has none."""
+    matching = [d for d in devices if requested in ("auto", d.name)]
+    if not matching:
+        offered_names = ", ".join(d.name for d in devices) or "none"
+        raise DeviceUnavailableError(
+            f"device {requested!r} is not available on this host (offered: {offered_names})", param="device"
+        )
+    return matching
+
+
 def choose(
     host: HostState, model_id: str, requested: str, need: dict[str, int]
 ) -> tuple[str, list[WorkerState]]:
@@ -53,12 +64,7 @@ def choose(
     Raises DeviceUnavailableError for a device this host does not offer, NoCapacityError (needed vs
     free bytes) when no device has room even after evicting every idle model.
     """
-    devices = [d for d in host.devices if requested in ("auto", d.name)]
-    if not devices:
-        offered_names = ", ".join(d.name for d in host.devices) or "none"
-        raise DeviceUnavailableError(
-            f"device {requested!r} is not available on this host (offered: {offered_names})", param="device"
-        )
+    devices = check_device(host.devices, requested)
     # Most free memory first; the name breaks ties, so the answer only depends on the state.
     ranked = sorted(devices, key=lambda d: (-d.free_memory, d.name))
     for device in ranked:

@@ -1,6 +1,6 @@
 """Spawns, watches and stops model worker processes: one per loaded model.
 
-A load is idempotent: a second load of a model that is loading or loaded waits for the first. A
+A load is idempotent: a second load of a model that is loading or loaded joins the first. A
 worker that exits on its own is reported `failed` with its last log lines. Unload means the process
 exits (SIGTERM, then SIGKILL after a timeout), so its memory is really given back.
 """
@@ -16,16 +16,20 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
 
-from shared.errors import DukatError, ModelLoadFailedError, NotFoundError, error_from_code
+from shared.errors import ConflictError, DukatError, ModelLoadFailedError, NotFoundError, error_from_code
 from shared.host_api import WorkerState
-from shared.wire import WorkerLoad
+from shared.wire import WorkerInfo, WorkerLoad
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 40
+# What the worker's engine says about the loaded model, taken into its state as reported. Not its
+# device: the worker sees its one GPU as cuda:0, the host knows which one it is.
+_ENGINE_FACTS = sorted(set(WorkerInfo.__struct_fields__) & set(WorkerState.__struct_fields__) - {"device"})
 
 
 @dataclass
@@ -81,15 +85,39 @@ class Supervisor:
         w = self._workers.get(model_id)
         return msgspec.structs.replace(w.state, log_tail=list(w.logs)) if w else None
 
-    async def load(self, spec: WorkerSpec) -> WorkerState:
-        """Start a worker for `spec` unless one is loading or loaded; wait until it answers."""
+    async def load(
+        self,
+        model_id: str,
+        quantization: str | None,
+        device: str | None,
+        prepare: Callable[[], Awaitable[WorkerSpec]],
+    ) -> WorkerState:
+        """The worker of `model_id`, once it answers.
+
+        The one place that decides whether a load is a repeat: a worker loading or loaded is joined
+        (unless the load asks for another `quantization` or `device`: a conflict). Otherwise
+        `prepare` makes the spec (it may download first) and a new worker starts.
+        """
+        worker = self._joinable(model_id, quantization, device)
+        if worker is None:
+            spec = await prepare()
+            # `prepare` may have waited on a download: a load that came meanwhile may have started one.
+            worker = self._joinable(model_id, quantization, device) or await self._restart(spec)
+        await asyncio.shield(worker.ready)
+        return self.state(model_id)  # type: ignore[return-value]
+
+    def _joinable(self, model_id: str, quantization: str | None, device: str | None) -> _Worker | None:
+        worker = self._workers.get(model_id)
+        if worker is None or worker.state.status not in ("loading", "loaded"):
+            return None
+        _check_same_load(worker.state, quantization, device)
+        return worker
+
+    async def _restart(self, spec: WorkerSpec) -> _Worker:
         current = self._workers.get(spec.model_id)
-        if current is None or current.state.status in ("failed", "stopping"):
-            if current is not None and current.state.status == "stopping":
-                await self.unload(spec.model_id)
-            current = self._start(spec)
-        await asyncio.shield(current.ready)
-        return self.state(spec.model_id)  # type: ignore[return-value]
+        if current is not None and current.state.status == "stopping":
+            await self.unload(spec.model_id)
+        return self._start(spec)
 
     def _start(self, spec: WorkerSpec) -> _Worker:
         state = WorkerState(
@@ -201,10 +229,8 @@ class Supervisor:
         info = await ping(address)
         s = worker.state
         s.address, s.status = address, "loaded"
-        s.model_type, s.task = info.model_type, info.task
-        s.memory_bytes, s.context_length = info.memory_bytes, info.context_length
-        s.load_seconds = info.load_seconds
-        s.quantization = info.quantization
+        for name in _ENGINE_FACTS:
+            setattr(s, name, getattr(info, name))
         if not worker.ready.done():
             worker.ready.set_result(None)
 
@@ -271,3 +297,19 @@ class Supervisor:
 
     async def close(self) -> None:
         await asyncio.gather(*(self.unload(m) for m in list(self._workers)), return_exceptions=True)
+
+
+def _check_same_load(worker: WorkerState, quantization: str | None, device: str | None) -> None:
+    """A load of a model that is loading or loaded is idempotent, unless it asks for something else
+    explicitly: then it is a conflict, never the old worker passed off as the new one."""
+    wrong: dict[str, str] = {}
+    if device not in (None, "auto") and device != worker.device:
+        wrong["device"] = f"device {worker.device!r}, not {device!r}"
+    if quantization is not None and quantization != worker.quantization:
+        wrong["quantization"] = f"quantization {worker.quantization!r}, not {quantization!r}"
+    if wrong:
+        raise ConflictError(
+            f"model {worker.model_id!r} is already {worker.status} with {' and '.join(wrong.values())}; "
+            "unload it first to load it differently",
+            param=next(reversed(wrong)),
+        )

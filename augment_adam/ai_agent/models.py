@@ -1,5 +1,5 @@
 """`from augment_adam.ai_agent.models import ModelManager`: the seed's path to Dukat's ModelManager."""
 
-from gateway.manager import ModelManager
+from gateway.seed_api import ModelManager
 
 __all__ = ["ModelManager"]

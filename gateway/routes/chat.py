@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
+from gateway.choices import generate_all, stream_all
 from gateway.middleware import request_id_of
-from gateway.routes.choices import generate_all, stream_all
 from gateway.schemas import (
     ChatChunks,
     ChatCompletionRequest,

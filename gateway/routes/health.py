@@ -19,7 +19,7 @@ async def ready(state: State) -> Response[dict[str, str]]:
     reason = None
     if not state.preloaded:
         reason = "preloading models"
-    elif not await state.manager.host_states():
+    elif not await state.manager.hosts.states():
         reason = "no worker host answers"
     if reason is not None:
         return Response({"status": "not_ready", "reason": reason}, status_code=503)
@@ -29,6 +29,6 @@ async def ready(state: State) -> Response[dict[str, str]]:
 @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(state: State) -> Response[bytes]:
     manager = state.manager
-    hosts = await manager.host_states()
-    body = state.metrics.render(hosts, manager.host_urls, manager.in_flight())
+    hosts = await manager.hosts.states()
+    body = state.metrics.render(hosts, manager.hosts.urls, await manager.in_flight())
     return Response(body, media_type=CONTENT_TYPE)

@@ -1,19 +1,28 @@
 """`/v1/models` (OpenAI's Model objects plus Dukat's fields) and the management API's shapes.
 
 OpenAI's `Model` schema does not forbid extra properties and the openai SDK keeps unknown fields,
-so Dukat's own fields ride on the same object. Management requests are Dukat's own wire: they
-forbid unknown fields so a typo is a 400, not a silently ignored option.
+so Dukat's own fields ride on the same object, and `/api/models` lists the same objects. Management
+requests are Dukat's own wire: they forbid unknown fields so a typo is a 400, not a silently
+ignored option.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 from shared import host_api
-from shared.host_api import DownloadStatus
+from shared.host_api import WorkerState, WorkerStatus
 from shared.settings import Quantization
+
+CREATED = 1_700_000_000  # models have no creation time here; OpenAI requires one
+
+
+def owner_of(model_id: str) -> str:
+    """OpenAI's `owned_by`: the hub organisation of the id, else Dukat."""
+    return model_id.split("/")[0] if "/" in model_id else "dukat"
 
 
 class Model(Struct, kw_only=True):
@@ -29,11 +38,38 @@ class Model(Struct, kw_only=True):
     task: str | None = None
     description: str | None = None
     default: bool = False
+    # From the config file and the hosts' models_dir.
+    default_parameters: dict[str, Any] = {}
+    downloaded: bool = False
+    size_bytes: int = 0
 
 
 class ModelList(Struct, kw_only=True):
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class LoadedModel(WorkerState, kw_only=True, rename={"model_id": "id", "status": "state"}):
+    """A model worker as `/api/ps` and load show it: the host's record, named for the public API."""
+
+    model_id: str
+    status: WorkerStatus
+    # The worker host it runs on.
+    host: str | None = None
+
+
+class LoadedModelList(Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[LoadedModel]
+
+
+class Unloaded(Struct, kw_only=True):
+    id: str
+    state: Literal["unloaded"] = "unloaded"
+
+
+class DefaultModel(Struct, kw_only=True):
+    default_model: str
 
 
 class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -58,33 +94,11 @@ class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
 
 
-class DownloadJob(Struct, kw_only=True):
-    id: str
-    model: str
-    status: DownloadStatus
-    revision: str | None = None
-    downloaded_bytes: int = 0
-    total_bytes: int = 0
-    files_done: int = 0
-    files_total: int = 0
-    error: str | None = None
-    error_code: str | None = None
-    # Where the model lies on its worker host, once done.
-    path: str | None = None
+class DownloadJob(host_api.DownloadJob, kw_only=True, rename={"model_id": "model"}):
+    """A host's download job as the management API shows it: `model`, as in the request."""
+
+    model_id: str
 
 
 def download_job(job: host_api.DownloadJob) -> DownloadJob:
-    """A host's download job as the management API shows it."""
-    return DownloadJob(
-        id=job.id,
-        model=job.model_id,
-        status=job.status,
-        revision=job.revision,
-        downloaded_bytes=job.downloaded_bytes,
-        total_bytes=job.total_bytes,
-        files_done=job.files_done,
-        files_total=job.files_total,
-        error=job.error,
-        error_code=job.error_code,
-        path=job.path,
-    )
+    return DownloadJob(**msgspec.structs.asdict(job))

@@ -226,3 +226,50 @@ def test_load_with_a_bad_value_is_a_400_naming_the_field(http: httpx.Client, fie
     resp = http.post("/api/models/load", json={"model": "tiny/gpt2", field: value})
     error = assert_openai_error(resp, 400, "invalid_request")
     assert error["param"] == field
+
+
+# ---- the OpenAPI document ---------------------------------------------------------------------
+
+MANAGEMENT_ROUTES = [
+    ("get", "/api/models"),
+    ("get", "/api/ps"),
+    ("get", "/api/hosts"),
+    ("post", "/api/models/load"),
+    ("post", "/api/models/unload"),
+    ("post", "/api/models/default"),
+    ("post", "/api/models/pull"),
+    ("get", "/api/downloads/{job_id}"),
+]
+
+
+def bare_objects(schema: dict[str, Any], components: dict[str, Any], where: str, seen: set[str]) -> list[str]:
+    """Where `schema` (following $refs) has an object with neither properties nor a value type."""
+    if ref := schema.get("$ref"):
+        name = ref.rpartition("/")[2]
+        if name in seen:
+            return []
+        seen.add(name)
+        return bare_objects(components[name], components, name, seen)
+    found = []
+    if schema.get("type") == "object" and "properties" not in schema and "additionalProperties" not in schema:
+        found.append(where)
+    for key, sub in schema.get("properties", {}).items():
+        found += bare_objects(sub, components, f"{where}.{key}", seen)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            found += bare_objects(schema[key], components, f"{where}[]", seen)
+    for sub in schema.get("oneOf", []) + schema.get("anyOf", []):
+        found += bare_objects(sub, components, where, seen)
+    return found
+
+
+def test_openapi_documents_every_management_response_with_a_real_schema(http: httpx.Client) -> None:
+    doc = http.get("/docs/openapi.json").json()
+    components = doc["components"]["schemas"]
+    for method, path in MANAGEMENT_ROUTES:
+        responses = doc["paths"][path][method]["responses"]
+        [ok] = [r for status, r in responses.items() if status.startswith("2")]
+        schema = ok["content"]["application/json"]["schema"]
+        assert bare_objects(schema, components, f"{method} {path}", set()) == [], schema
+        target = components[schema["$ref"].rpartition("/")[2]] if "$ref" in schema else schema
+        assert target.get("properties") or target.get("items"), (path, target)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import msgspec
 import pytest
 
 from shared import errors as e
-from shared.errors import ERRORS_BY_CODE, DukatError, ErrorBody, error_from_code
+from shared.errors import (
+    ERRORS_BY_CODE,
+    ERRORS_BY_STATUS,
+    DukatError,
+    ErrorBody,
+    error_for_status,
+    error_from_code,
+)
 from tests.support import openapi_check
 
 
@@ -23,43 +33,44 @@ def all_error_classes() -> list[type[DukatError]]:
 CLASSES = all_error_classes()
 CONCRETE = [c for c in CLASSES if c is not DukatError]
 
-# (status, OpenAI type, code) per class: the table the gateway's handlers and clients rely on.
-TABLE: dict[type[DukatError], tuple[int, str, str]] = {
-    e.InvalidRequestError: (400, "invalid_request_error", "invalid_request"),
-    e.ContextLengthExceededError: (400, "invalid_request_error", "context_length_exceeded"),
-    e.UnsupportedTaskError: (400, "invalid_request_error", "unsupported_task"),
-    e.UnsupportedModelTypeError: (400, "invalid_request_error", "unsupported_model_type"),
-    e.QuantizationError: (400, "invalid_request_error", "quantization_unsupported"),
-    e.DeviceUnavailableError: (400, "invalid_request_error", "device_unavailable"),
-    e.AuthenticationError: (401, "authentication_error", "invalid_api_key"),
-    e.GatedModelError: (403, "permission_error", "gated_model"),
-    e.NotFoundError: (404, "invalid_request_error", "not_found"),
-    e.ModelNotFoundError: (404, "invalid_request_error", "model_not_found"),
-    e.MethodNotAllowedError: (405, "invalid_request_error", "method_not_allowed"),
-    e.ConflictError: (409, "invalid_request_error", "conflict"),
-    e.PayloadTooLargeError: (413, "invalid_request_error", "payload_too_large"),
-    e.OverloadedError: (429, "rate_limit_error", "overloaded"),
-    e.CancelledError: (499, "invalid_request_error", "cancelled"),
-    e.InvalidConfigError: (500, "server_error", "invalid_config"),
-    e.SettingsError: (500, "server_error", "invalid_settings"),
-    e.InternalError: (500, "server_error", "internal_error"),
-    e.HubUnreachableError: (502, "server_error", "hub_unreachable"),
-    e.WorkerFailedError: (502, "server_error", "worker_failed"),
-    e.ModelNotLoadedError: (503, "server_error", "model_not_loaded"),
-    e.ModelLoadFailedError: (503, "server_error", "model_load_failed"),
-    e.NoCapacityError: (503, "server_error", "no_capacity"),
-    e.TimeoutError_: (504, "server_error", "timeout"),
-}
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_the_table_covers_every_error_class() -> None:
-    # A new error class needs its row above: the table is the contract clients see.
-    assert set(TABLE) == set(CONCRETE)
+def readme_error_table() -> dict[int, set[str]]:
+    """The README's error table: status -> the codes its row lists."""
+    rows: dict[int, set[str]] = {}
+    for line in README.read_text().splitlines():
+        if found := re.match(r"^\| (\d{3}) \| (.*?) \|", line):
+            rows.setdefault(int(found[1]), set()).update(re.findall(r"`([a-z_]+)`", found[2]))
+    return rows
+
+
+def test_the_readme_documents_every_error_status_and_code() -> None:
+    # The table users read is the one the code raises: a new class needs its row there.
+    documented = readme_error_table()
+    for cls in CONCRETE:
+        assert cls.code in documented.get(cls.status, set()), f"README lacks {cls.status} `{cls.code}`"
+    raised = {(c.status, c.code) for c in CONCRETE}
+    assert {(s, c) for s, codes in documented.items() for c in codes} <= raised
 
 
 @pytest.mark.parametrize("cls", CONCRETE, ids=lambda c: c.__name__)
-def test_each_class_fixes_status_type_and_code(cls: type[DukatError]) -> None:
-    assert (cls.status, cls.type, cls.code) == TABLE[cls]
+def test_client_errors_are_never_typed_as_server_errors(cls: type[DukatError]) -> None:
+    assert 400 <= cls.status < 600
+    assert (cls.type == "server_error") == (cls.status >= 500), cls
+
+
+@pytest.mark.parametrize("status", sorted(ERRORS_BY_STATUS))
+def test_a_framework_status_becomes_the_table_entry_of_that_status(status: int) -> None:
+    error = error_for_status(status, "from the framework")
+    assert (error.status, error.message) == (status, "from the framework")
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(400, "invalid_request"), (418, "invalid_request"), (503, "internal_error")]
+)
+def test_a_status_without_an_entry_is_a_400_or_a_500(status: int, code: str) -> None:
+    assert error_for_status(status, "x").code == code
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

@@ -11,24 +11,24 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 
-from gateway.manager import ModelManager
+from gateway.manager import AsyncModelManager
 from gateway.schemas import ChoiceEvent
 from shared.generation import GenerateRequest, GenerateResult
 
 
 async def generate_all(
-    manager: ModelManager, model: str | None, requests: list[GenerateRequest]
+    manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
 ) -> tuple[str, list[GenerateResult]]:
     """Every request's result, in order; they run concurrently so the worker can batch them."""
     if len(requests) == 1:
-        mid, result = await manager.agenerate_request(model, requests[0])
+        mid, result = await manager.generate_request(model, requests[0])
         return mid, [result]
     mid, _ = await manager.ready_worker(model)  # load once, not n times concurrently
     slots = asyncio.Semaphore(manager.settings.max_batch)
 
     async def one(request: GenerateRequest) -> GenerateResult:
         async with slots:
-            return (await manager.agenerate_request(mid, request))[1]
+            return (await manager.generate_request(mid, request))[1]
 
     return mid, await _all_or_none([one(r) for r in requests])
 
@@ -45,14 +45,14 @@ async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[Gene
 
 
 async def stream_all(
-    manager: ModelManager, model: str | None, requests: list[GenerateRequest]
+    manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
 ) -> tuple[str, AsyncIterator[ChoiceEvent]]:
     """The interleaved events `(choice index, delta | final result)` of every request."""
     if len(requests) == 1:
-        mid, stream = await manager.astream_request(model, requests[0])
+        mid, stream = await manager.stream_request(model, requests[0])
         return mid, _indexed(0, stream)
     mid, _ = await manager.ready_worker(model)
-    streams = [(await manager.astream_request(mid, r))[1] for r in requests]
+    streams = [(await manager.stream_request(mid, r))[1] for r in requests]
     return mid, _merged(streams, manager.settings.max_batch)
 
 
