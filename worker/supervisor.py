@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from shared.errors import ConflictError, DukatError, ModelLoadFailedError, NotFoundError, error_from_code
+from shared.errors import (
+    ConflictError,
+    DukatError,
+    ModelLoadFailedError,
+    ModelOutOfMemoryError,
+    NotFoundError,
+    error_from_code,
+)
 from shared.host_api import WorkerState
 from shared.wire import WorkerInfo, WorkerLoad
 
@@ -219,7 +226,7 @@ class Supervisor:
                 err = error_from_code(body.get("code"), body.get("message", "load failed"), body.get("param"))
                 self._failed(worker, err, settle=False)
                 return
-        self._failed(worker, ModelLoadFailedError("model worker exited while loading"), settle=False)
+        self._failed(worker, _died_loading(worker.spec.model_id, await worker.process.wait()), settle=False)
 
     async def _ready(self, worker: _Worker, port: int) -> None:
         # Ready means it answers: one ping over the real wire, which also brings the model's facts.
@@ -313,3 +320,10 @@ def _check_same_load(worker: WorkerState, quantization: str | None, device: str 
             "unload it first to load it differently",
             param=next(reversed(wrong)),
         )
+
+
+def _died_loading(model_id: str, code: int) -> DukatError:
+    if code == -signal.SIGKILL:  # what the kernel's OOM killer does to a load that outgrows RAM
+        message = f"model worker for {model_id!r} was killed (SIGKILL) while loading: likely out of memory"
+        return ModelOutOfMemoryError(message)
+    return ModelLoadFailedError(f"model worker exited while loading (code {code})")
