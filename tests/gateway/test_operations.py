@@ -258,6 +258,26 @@ def test_a_short_keep_alive_from_the_config_file_unloads_an_idle_model(clean: Cl
     assert pinned["keep_alive_s"] == -1 and pinned["idle_s"] > 3.0
 
 
+def test_a_worker_killed_while_loading_is_reported_out_of_memory(clean: Cluster) -> None:
+    g1 = clean.gateways[0]
+    answers: list[httpx.Response] = []
+    loading = threading.Thread(
+        target=lambda: answers.append(g1.post("/api/models/load", json={"model": MODELS[2]}))
+    )
+    loading.start()
+    try:
+        (worker,) = wait_for(
+            lambda: [w for w in workers(g1).get(MODELS[2], []) if w["pid"]], 30, "a worker pid"
+        )
+        assert worker["status"] == "loading"
+        os.kill(worker["pid"], signal.SIGKILL)  # as the kernel's OOM killer does
+    finally:
+        loading.join(60)
+    error = answers[0].json()["error"]
+    assert answers[0].status_code == 503 and error["code"] == "out_of_memory", error
+    assert "killed" in error["message"]
+
+
 # ---- replicas and lost hosts ------------------------------------------------------------------------
 
 
