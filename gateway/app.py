@@ -9,14 +9,16 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from gateway.auth import KeyGuard
+from gateway.docs_page import assets_router, openapi_config
 from gateway.errors import exception_handlers
+from gateway.limits import LimitedRequest
 from gateway.manager import AsyncModelManager
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import GatewayMiddleware
-from gateway.routes import chat, completions, embeddings, health, management, models
+from gateway.openapi import publish_truthful_openapi
+from gateway.routes import chat, completions, embeddings, health, management, model_admin, models, responses
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 ROUTES = [
     chat.chat_completions,
     completions.completions,
+    responses.create_response,
+    responses.retrieve_response,
     embeddings.embeddings,
     models.list_models,
     models.get_model,
@@ -36,6 +40,8 @@ ROUTES = [
     management.unload,
     management.set_default,
     management.health,
+    model_admin.show,
+    model_admin.delete,
     health.live,
     health.ready,
     health.metrics,
@@ -70,18 +76,16 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
             await manager.close()
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, assets_router()],
         state=state,
+        request_class=LimitedRequest,  # JSON nested deeper than DUKAT_MAX_JSON_DEPTH is a 400
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
+        guards=[KeyGuard(settings)],  # on the route dispatched to: `//v1/models` is `/v1/models`
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
-        openapi_config=OpenAPIConfig(
-            title="Dukat",
-            version="0.1.0",
-            path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
-        ),
+        openapi_config=openapi_config(title="Dukat", version="0.1.0"),
     )
-    # Outside litestar's router, so unknown routes get a request id and auth too.
-    app.asgi_handler = GatewayMiddleware(app.asgi_handler, settings.api_keys)  # type: ignore[assignment]
+    publish_truthful_openapi(app, settings)
+    # Outside litestar's router, so unknown routes get a request id and a log line too.
+    app.asgi_handler = GatewayMiddleware(app.asgi_handler)  # type: ignore[assignment]
     return app

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 import msgspec
 
 from shared.errors import DukatError, WorkerFailedError, error_from_code
 from shared.host_api import (
+    DeleteCommand,
+    Deleted,
     DownloadCommand,
     DownloadJob,
     EstimateCommand,
@@ -16,21 +19,30 @@ from shared.host_api import (
     LoadCommand,
     LoadEstimate,
     LocalModel,
+    ModelDetails,
     UnloadCommand,
     WorkerState,
 )
+from shared.tokens import bearer_header
 
 T = TypeVar("T")
 
 
 class HostClient:
     def __init__(
-        self, url: str, *, timeout: float = 30.0, load_timeout: float = 900.0, state_timeout: float = 2.0
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        load_timeout: float = 900.0,
+        state_timeout: float = 2.0,
+        token: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.load_timeout = load_timeout
         self.state_timeout = state_timeout  # a host slower than this to say its state counts as down
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        # The internal token (DUKAT_INTERNAL_TOKEN) on every call.
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=bearer_header(token))
 
     async def _call(
         self, method: str, path: str, out: type[T], body: Any = None, timeout: float | None = None
@@ -64,11 +76,17 @@ class HostClient:
         cmd = UnloadCommand(model_id=model_id, request_id=request_id)
         await self._call("POST", "/models/unload", dict, cmd)
 
+    async def details(self, model_id: str) -> ModelDetails:
+        return await self._call("GET", f"/models/details?{urlencode({'model_id': model_id})}", ModelDetails)
+
+    async def delete(self, model_id: str) -> Deleted:
+        return await self._call("POST", "/models/delete", Deleted, DeleteCommand(model_id=model_id))
+
     async def start_download(self, cmd: DownloadCommand) -> DownloadJob:
         return await self._call("POST", "/downloads", DownloadJob, cmd)
 
     async def download(self, job_id: str) -> DownloadJob:
-        return await self._call("GET", f"/downloads/{job_id}", DownloadJob)
+        return await self._call("GET", f"/downloads/{quote(job_id, safe='')}", DownloadJob)
 
     async def close(self) -> None:
         await self._http.aclose()

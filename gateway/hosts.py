@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import secrets
 import time
 
 from gateway.host_client import HostClient
@@ -31,6 +32,9 @@ class HostDirectory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.urls: list[str] = list(settings.worker_hosts)
+        # The internal token on every host call and worker connection; a local host without a
+        # configured one gets one drawn here, so no other local process can drive it.
+        self.token = settings.internal_token or (None if settings.worker_hosts else secrets.token_urlsafe(32))
         self._local: ChildProcess | None = None
         self._starting = asyncio.Lock()
         self._clients: dict[str, HostClient] = {}
@@ -57,7 +61,8 @@ class HostDirectory:
 
     def _spawn_local(self) -> tuple[ChildProcess, str]:
         args = ["--bind", "127.0.0.1", "--port", "0", "--models-dir", str(self.settings.models_dir)]
-        child = ChildProcess("worker.host", args, ready_prefix="DUKAT_HOST_READY")
+        env = {"DUKAT_INTERNAL_TOKEN": self.token} if self.token else None
+        child = ChildProcess("worker.host", args, ready_prefix="DUKAT_HOST_READY", env=env)
         url = child.start(timeout=120)
         atexit.register(child.stop)  # no host (nor its workers) outlives an interpreter that forgot close()
         return child, url
@@ -84,9 +89,8 @@ class HostDirectory:
         client = self._clients.get(url)
         if client is None:
             s = self.settings
-            client = self._clients[url] = HostClient(
-                url, load_timeout=s.load_timeout_s + 60, state_timeout=s.host_state_timeout_s
-            )
+            timeouts = {"load_timeout": s.load_timeout_s + 60, "state_timeout": s.host_state_timeout_s}
+            client = self._clients[url] = HostClient(url, token=self.token, **timeouts)
         return client
 
     async def states(self, *, fresh: bool = False) -> list[HostState]:

@@ -13,21 +13,24 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 
 from gateway import replicas
 from gateway.hosts import HostDirectory
 from gateway.metrics import GatewayMetrics
+from gateway.model_admin import not_here, shown_quantization
 from gateway.schemas.models import CREATED, LoadedModel, Model, owner_of
 from shared.errors import (
     DukatError,
     InvalidRequestError,
     ModelLoadFailedError,
-    ModelNotFoundError,
     ModelNotLoadedError,
     NoCapacityError,
     NotFoundError,
+    UnsupportedModelTypeError,
+    UnsupportedTaskError,
     WorkerFailedError,
     error_from_code,
 )
@@ -49,7 +52,9 @@ from shared.host_api import (
 )
 from shared.keep_alive import parse_keep_alive
 from shared.model_config import ConfigStore, ModelEntry
-from shared.settings import Settings
+from shared.model_ids import is_explicit_path
+from shared.model_types import Task, get_model_type
+from shared.settings import Quantization, Settings
 from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
@@ -84,7 +89,8 @@ class AsyncModelManager:
         conn = self._workers.get(address)
         if conn is None:
             observer = self.metrics.for_model(worker.model_id) if self.metrics else None
-            conn = self._workers[address] = WorkerConnection(address, observer=observer)
+            conn = WorkerConnection(address, token=self.hosts.token, observer=observer)
+            self._workers[address] = conn
         return conn
 
     async def in_flight(self) -> dict[str, int]:
@@ -128,7 +134,10 @@ class AsyncModelManager:
         return cache[model_id]
 
     async def is_known(self, model_id: str) -> bool:
-        if model_id in self.config.view().models or Path(model_id, "config.json").is_file():
+        # A folder only when written as a path (the Python API's callers; the HTTP routes let clients
+        # name paths only when the config lists them): a bare name is never looked up in the cwd.
+        folder = Path(model_id).expanduser() if is_explicit_path(model_id) else None
+        if model_id in self.config.view().models or (folder and (folder / "config.json").is_file()):
             return True
         return any(m.id == model_id for m in await self.local_models())
 
@@ -166,6 +175,11 @@ class AsyncModelManager:
         """Load `model_id`: `replicas` workers (default: the config file's, else one), each on another
         host, placed where there is room for its estimated memory. Whether a load joins a worker
         already there, or is a conflict, is the host's call: it is the one that knows."""
+        if quantization is not None and quantization not in get_args(Quantization):
+            # The Python API's check; over HTTP the request schema says the same first.
+            raise InvalidRequestError(
+                f"quantization must be '4bit', '8bit' or 'none', not {quantization!r}", param="quantization"
+            )
         entry = self.config.read().models.get(model_id)
         keep_alive = parse_keep_alive(entry.keep_alive) if entry and entry.keep_alive is not None else None
         cmd = LoadCommand(
@@ -177,6 +191,7 @@ class AsyncModelManager:
             model_type=entry.model_type if entry else None,
             keep_alive_s=keep_alive,
             request_id=request_id,
+            gguf_file=entry.gguf_file if entry else None,
         )
         found = [
             h for h, w in await self.hosts.find_all(model_id, fresh=True) if w.status in ("loading", "loaded")
@@ -185,7 +200,9 @@ class AsyncModelManager:
         hosts = found[: max(wanted, 1)]
         if len(hosts) < wanted:
             quant = cmd.quantization or cmd.default_quantization
-            asked = EstimateCommand(model_id=model_id, quantization=quant, model_type=cmd.model_type)
+            asked = EstimateCommand(
+                model_id=model_id, quantization=quant, model_type=cmd.model_type, gguf_file=cmd.gguf_file
+            )
             need = await self.hosts.need(asked)
             avoid = frozenset(h.url for h in found)
             while len(hosts) < wanted:
@@ -250,7 +267,7 @@ class AsyncModelManager:
                 param="model",
             )
         if not found and not await self.is_known(mid):
-            raise ModelNotFoundError(f"The model {mid!r} does not exist", param="model")
+            raise not_here(mid)
         if not found and not self.settings.auto_load:
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
         waiting = self.metrics.waiting.labels(mid) if self.metrics else None
@@ -280,9 +297,11 @@ class AsyncModelManager:
 
     # ---- downloads ----------------------------------------------------------------------------
 
-    async def start_download(self, model_id: str, revision: str | None = None) -> DownloadJob:
+    async def start_download(
+        self, model_id: str, revision: str | None = None, file: str | None = None
+    ) -> DownloadJob:
         host = await self.hosts.pick(model_id, "auto")
-        cmd = DownloadCommand(model_id=model_id, revision=revision)
+        cmd = DownloadCommand(model_id=model_id, revision=revision, file=file)
         job = await self.hosts.client(host.url).start_download(cmd)
         job.id = self.hosts.job_id(host.url, job.id)
         return job
@@ -341,8 +360,22 @@ class AsyncModelManager:
 
     async def set_default_model(self, model_id: str) -> None:
         if not await self.is_known(model_id):
-            raise ModelNotFoundError(f"The model {model_id!r} does not exist", param="model")
+            raise not_here(model_id)
+        await self._check_can_chat(model_id)
         self.config.set_default_model(model_id)
+
+    async def _check_can_chat(self, model_id: str) -> None:
+        """The default model answers requests that name no model: chats and completions."""
+        entry = self.config.read().models.get(model_id)
+        disk = next((m for m in await self.local_models() if m.id == model_id), None)
+        name = (entry.model_type if entry else None) or (disk.model_type if disk else None)
+        with contextlib.suppress(UnsupportedModelTypeError):
+            if name and get_model_type(name).task == Task.EMBEDDING:
+                raise UnsupportedTaskError(
+                    f"model {model_id!r} is an embedding model ({name}); the default model must chat: "
+                    "pick a chat model",
+                    param="model",
+                )
 
     async def available_models(self) -> list[Model]:
         """Every model of the config file and of the hosts' models_dir, with where it stands."""
@@ -353,14 +386,15 @@ class AsyncModelManager:
         out = []
         for mid in sorted(set(config.models) | set(local)):
             entry, disk, worker = config.models.get(mid), local.get(mid), loaded.get(mid)
+            model_type = (entry.model_type if entry else None) or (disk.model_type if disk else None)
             out.append(
                 Model(
                     id=mid,
                     created=CREATED,
                     owned_by=owner_of(mid),
                     description=entry.description if entry else "",
-                    model_type=(entry.model_type if entry else None) or (disk.model_type if disk else None),
-                    quantization=entry.quantization if entry else self.settings.default_quantization,
+                    model_type=model_type,
+                    quantization=shown_quantization(entry, worker, model_type, self.settings),
                     default_parameters=dict(entry.default_parameters) if entry else {},
                     downloaded=disk is not None,
                     size_bytes=disk.size_bytes if disk else 0,

@@ -63,6 +63,12 @@ class UnsupportedTaskError(InvalidRequestError):
     code = "unsupported_task"
 
 
+class ModelTooLargeError(InvalidRequestError):
+    """A pull bigger than DUKAT_MAX_MODEL_BYTES."""
+
+    code = "model_too_large"
+
+
 class UnsupportedModelTypeError(InvalidRequestError):
     code = "unsupported_model_type"
 
@@ -103,6 +109,12 @@ class PermissionDeniedError(DukatError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class PullNotAllowedError(PermissionDeniedError):
+    """A hub repo DUKAT_PULL_ALLOW does not match."""
+
+    code = "pull_not_allowed"
 
 
 class NotFoundError(DukatError):
@@ -156,6 +168,14 @@ class InternalError(DukatError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+class InsufficientStorageError(DukatError):
+    """A pull that would not fit in the free space of models_dir's file system."""
+
+    status = 507
+    type = "server_error"
+    code = "insufficient_storage"
 
 
 class HubUnreachableError(DukatError):

@@ -11,6 +11,10 @@ from msgspec import Struct
 
 from shared.settings import Quantization
 
+# A download job's id as a host makes it (`dl-` and 12 hex digits), with the gateway's `<host index>.`
+# in front when it has several hosts.
+JOB_ID_PATTERN = r"^([0-9]{1,4}\.)?dl-[0-9a-f]{12}$"
+
 WorkerStatus = Literal["loading", "loaded", "failed", "stopping"]
 DownloadStatus = Literal["queued", "running", "done", "failed"]
 
@@ -33,12 +37,15 @@ class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     # Seconds the model stays loaded when idle (negative: forever); None: the host's DUKAT_KEEP_ALIVE.
     keep_alive_s: float | None = None
     request_id: str = ""  # of the request that caused the load, for the host's log line
+    # The config entry's `gguf_file`: which .gguf of the model's folder to load (or an absolute path).
+    gguf_file: str | None = None
 
 
 class EstimateCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     model_id: str
     quantization: Quantization | None = None
     model_type: str | None = None
+    gguf_file: str | None = None
 
 
 class LoadEstimate(Struct, kw_only=True):
@@ -56,6 +63,8 @@ class UnloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
 class DownloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     model_id: str
     revision: str | None = None
+    # One file of the repo (a .gguf) instead of the transformers files.
+    file: str | None = None
 
 
 class DownloadCounts(Struct, kw_only=True):
@@ -72,6 +81,7 @@ class DownloadJob(DownloadCounts, kw_only=True):
     model_id: str
     status: DownloadStatus
     revision: str | None = None
+    file: str | None = None
     path: str | None = None
     error: str | None = None
     error_code: str | None = None
@@ -142,3 +152,29 @@ class LocalModel(Struct, kw_only=True):
     revision: str | None = None
     complete: bool = True
     error: str | None = None
+
+
+class ModelDetails(Struct, kw_only=True):
+    """One model folder on a host, as `dukat show` tells it (read from its files, not loaded)."""
+
+    model_id: str
+    path: str | None = None  # None: not on this host
+    model_type: str | None = None
+    architecture: str | None = None
+    parameters: int | None = None  # counted from the safetensors headers
+    context_length: int | None = None
+    dtype: str | None = None
+    chat_template: str | None = None
+    license: str | None = None
+    size_bytes: int = 0
+    revision: str | None = None
+    error: str | None = None
+
+
+class DeleteCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    model_id: str
+
+
+class Deleted(Struct, kw_only=True):
+    model_id: str
+    freed_bytes: int

@@ -3,7 +3,8 @@
 The seed's format, exactly:
 
     {"models": {"<id>": {"description": str, "quantization": "4bit" | "8bit" | "none",
-                         "default_parameters": {"temperature": ..., ...}, "model_type": str}},
+                         "default_parameters": {"temperature": ..., ...}, "model_type": str,
+                         "gguf_file": str (Dukat's addition, optional)}},
      "default_model": "<id>" | null}
 
 Keys a user added that Dukat does not know (top level, in entries, in default_parameters) are
@@ -43,6 +44,8 @@ class ModelEntry(Struct, kw_only=True):
     # Kept as written (unknown keys included); `sampling_params()` is the validated view.
     default_parameters: dict[str, Any] = field(default_factory=dict)
     model_type: str | None = None
+    # Which .gguf file of the model's folder to load (or an absolute path); see worker/gguf.py.
+    gguf_file: str | None = None
     # How long the model stays loaded when idle (Ollama's keep_alive: "5m", seconds, 0, -1 = forever);
     # None: DUKAT_KEEP_ALIVE.
     keep_alive: str | float | None = None
@@ -63,7 +66,7 @@ class ModelConfig(Struct, kw_only=True):
 
 
 _ENTRY_FIELDS = (
-    "description", "quantization", "default_parameters", "model_type", "keep_alive", "replicas"
+    "description", "quantization", "default_parameters", "model_type", "gguf_file", "keep_alive", "replicas"
 )  # fmt: skip
 _TOP_FIELDS = ("models", "default_model")
 
@@ -152,6 +155,8 @@ def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
     raw["default_parameters"] = entry.default_parameters
     if entry.model_type is not None:
         raw["model_type"] = entry.model_type
+    if entry.gguf_file is not None:
+        raw["gguf_file"] = entry.gguf_file
     for key in ("keep_alive", "replicas"):
         if getattr(entry, key) is not None:
             raw[key] = getattr(entry, key)

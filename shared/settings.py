@@ -42,8 +42,26 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     host_port: Annotated[int, Meta(ge=0, le=65535)] = 8100
     # Devices a worker host offers: "auto" (every CUDA device, else cpu) or a comma list.
     devices: tuple[str, ...] = ("auto",)
-    # API keys accepted by the gateway (comma-separated); empty means no auth.
+    # Inference keys: OpenAI routes and read-only listings (comma-separated). No keys at all: no auth.
     api_keys: tuple[str, ...] = ()
+    # Admin keys: everything above plus the management routes that change state, and /api/hosts.
+    admin_keys: tuple[str, ...] = ()
+    # The key the CLI's client commands send (DUKAT_API_KEY or --api-key).
+    api_key: str | None = None
+    # Shared secret between gateway, worker hosts and model workers; None: `dukat serve` draws one
+    # for its local host, a standalone host accepts anyone.
+    internal_token: str | None = None
+    # Hub repo ids an admin may pull: glob patterns (comma-separated), matched case-sensitively.
+    pull_allow: tuple[str, ...] = ("*",)
+    # A pull larger than this (bytes, the files Dukat fetches) is refused before the first byte.
+    max_model_bytes: Annotated[int, Meta(ge=0)] = 100 * 2**30
+    # Request limits: JSON nesting, generations (prompts x n), embedding inputs, characters per prompt,
+    # model id length. Each refusal is a 400 naming the limit.
+    max_json_depth: Annotated[int, Meta(ge=2, le=1000)] = 64
+    max_generations: Annotated[int, Meta(ge=1)] = 256
+    max_embedding_inputs: Annotated[int, Meta(ge=1)] = 2048
+    max_prompt_chars: Annotated[int, Meta(ge=1)] = 1_000_000
+    max_model_id_length: Annotated[int, Meta(ge=8, le=4096)] = 256
     # Torch threads per model worker (0 = torch's default).
     worker_threads: Annotated[int, Meta(ge=0)] = 0
     # Seconds to wait for a model worker to become ready after spawn.

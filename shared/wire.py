@@ -40,6 +40,14 @@ class WorkerInfo(EngineInfo, kw_only=True, frozen=True, forbid_unknown_fields=Tr
 
 
 # Gateway → worker.
+class Hello(Struct, tag="hello", kw_only=True, forbid_unknown_fields=True):
+    """A connection's first frame when the worker has an internal token: the token, or the worker
+    closes the connection (DUKAT_INTERNAL_TOKEN)."""
+
+    id: int = 0
+    token: str
+
+
 class Generate(Struct, tag="generate", kw_only=True, forbid_unknown_fields=True):
     id: int
     request: GenerateRequest
@@ -107,7 +115,7 @@ class Error(Struct, tag="error", kw_only=True, forbid_unknown_fields=True):
         return error_from_code(self.code, self.message, self.param)
 
 
-ToWorker = Generate | Embed | Cancel | Ping
+ToWorker = Hello | Generate | Embed | Cancel | Ping
 FromWorker = Delta | Result | Embedding | Pong | Error
 
 _encoder = msgspec.msgpack.Encoder()

@@ -24,6 +24,7 @@ from shared.wire import (
     Error,
     FromWorker,
     Generate,
+    Hello,
     Ping,
     Pong,
     Result,
@@ -47,8 +48,11 @@ class RequestObserver(Protocol):
 
 
 class WorkerConnection:
-    def __init__(self, address: str, *, observer: RequestObserver | None = None) -> None:
+    def __init__(
+        self, address: str, token: str | None = None, *, observer: RequestObserver | None = None
+    ) -> None:
         self.address = address
+        self.token = token
         self.observer = observer
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[FromWorker | object]] = {}
@@ -65,6 +69,8 @@ class WorkerConnection:
                 reader, writer = await asyncio.open_connection(host, int(port))
             except OSError as exc:
                 raise WorkerFailedError(f"cannot reach model worker at {self.address}: {exc}") from None
+            if self.token:
+                writer.write(encode_frame(Hello(token=self.token)))
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read(reader))
             return writer
@@ -202,9 +208,9 @@ class WorkerConnection:
                 await self._reader_task
 
 
-async def ping(address: str, timeout: float = 30.0) -> WorkerInfo:
+async def ping(address: str, timeout: float = 30.0, token: str | None = None) -> WorkerInfo:
     """One-shot readiness probe: the worker answers over its real wire."""
-    conn = WorkerConnection(address)
+    conn = WorkerConnection(address, token)
     try:
         return await asyncio.wait_for(conn.ping(), timeout)
     finally:

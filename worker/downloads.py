@@ -16,7 +16,9 @@ cut when the call failed starts over (huggingface_hub deletes partial files).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -45,11 +47,14 @@ from shared.errors import (
     DukatError,
     GatedModelError,
     HubUnreachableError,
+    InsufficientStorageError,
     InvalidRequestError,
     ModelNotFoundError,
+    ModelTooLargeError,
     UnsupportedModelTypeError,
 )
 from shared.host_api import DownloadCounts
+from shared.model_ids import is_explicit_path
 from worker.catalog import MARKER_NAME, DownloadMarker, is_model_folder, read_marker
 
 _SUPPORT_FILES = frozenset({
@@ -89,13 +94,17 @@ def download_model(
     endpoint: str | None = None,
     progress: ProgressCallback | None = None,
     show_progress_bar: bool = False,
+    file: str | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
     """The folder of `model_id` under `models_dir`, downloaded or brought up to date.
 
     A local model folder given as `model_id` is returned as is. `token` defaults to `HF_TOKEN`
     (read by huggingface_hub), `endpoint` to `HF_ENDPOINT`. `progress` is called in this thread as
     bytes arrive. Raises ModelNotFoundError, GatedModelError, HubUnreachableError,
-    UnsupportedModelTypeError (a repo without transformers weights) or InvalidRequestError (bad id).
+    UnsupportedModelTypeError (a repo without transformers weights) or InvalidRequestError (bad id);
+    ModelTooLargeError (over `max_bytes`) and InsufficientStorageError before the first byte.
+    `file` fetches that one file of the repo instead (a .gguf), beside the ones already there.
     """
     local = _local_folder(model_id)
     if local is not None:
@@ -109,14 +118,20 @@ def download_model(
             model_id, revision=revision, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
         )
         sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
-        files = _checked_selection(model_id, sizes)
+        if file:
+            files = _one_file(model_id, sizes, file, read_marker(dest))
+        else:
+            files = _checked_selection(model_id, sizes)
+        wanted = {f: sizes[f] for f in files}
+        check_room(model_id, sum(wanted.values()), _bytes_present(dest, wanted), _free_bytes(dest), max_bytes)
         marker = DownloadMarker(
             repo_id=model_id, revision=revision or "main", commit=str(info.sha), files=files, complete=False
         )
         _begin(dest, marker)
-        tracker = _Tracker(model_id, {f: sizes[f] for f in files}, progress, show_progress_bar)
+        fetch = [file] if file else files
+        tracker = _Tracker(model_id, {f: sizes[f] for f in fetch}, progress, show_progress_bar)
         try:
-            for name in files:
+            for name in fetch:
                 tracker.start(name)
                 hf_hub_download(
                     model_id, name, revision=marker.commit, local_dir=dest, endpoint=endpoint, token=token,
@@ -128,6 +143,37 @@ def download_model(
         finally:
             tracker.close()
     return dest
+
+
+def check_room(model_id: str, total: int, present: int, free: int, max_bytes: int | None) -> None:
+    """Refuse a pull of `total` bytes over the cap, or whose missing part does not fit in `free`."""
+    if max_bytes is not None and total > max_bytes:
+        raise ModelTooLargeError(
+            f"model {model_id!r} is {total} bytes, more than the limit of {max_bytes} bytes "
+            "(DUKAT_MAX_MODEL_BYTES)",
+            param="model",
+        )
+    if total - present > free:
+        raise InsufficientStorageError(
+            f"model {model_id!r} needs {total - present} more bytes, but only {free} bytes are free "
+            "where models_dir lies"
+        )
+
+
+def _bytes_present(dest: Path, sizes: dict[str, int]) -> int:
+    """Bytes of the wanted files already complete in `dest` (a resumed or updated download)."""
+    present = 0
+    for name, size in sizes.items():
+        with contextlib.suppress(OSError):
+            present += size if (dest / name).stat().st_size == size else 0
+    return present
+
+
+def _free_bytes(dest: Path) -> int:
+    folder = dest
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 def resolve_model_path(model_id: str, models_dir: Path) -> Path | None:
@@ -165,6 +211,13 @@ def _checked_selection(model_id: str, sizes: dict[str, int]) -> list[str]:
     files = select_files(sizes)
     has_weights = any(f.endswith((".safetensors", ".bin")) for f in files)
     if "config.json" not in files or not has_weights:
+        ggufs = sorted(n for n in sizes if n.endswith(".gguf"))
+        if ggufs:
+            raise UnsupportedModelTypeError(
+                f"{model_id!r} holds GGUF files, not a transformers model: pull one with "
+                f"`dukat pull {model_id} --file {ggufs[0]}` (its .gguf files: {', '.join(ggufs[:8])})",
+                param="model",
+            )
         sample = ", ".join(sorted(sizes)[:8]) or "none"
         raise UnsupportedModelTypeError(
             f"{model_id!r} has no config.json and safetensors/.bin weights that transformers can load "
@@ -174,8 +227,22 @@ def _checked_selection(model_id: str, sizes: dict[str, int]) -> list[str]:
     return files
 
 
+def _one_file(model_id: str, sizes: dict[str, int], file: str, old: DownloadMarker | None) -> list[str]:
+    """The marker's files for a one-file pull: those pulled before (kept, not stale) and `file`."""
+    if file not in sizes:
+        ggufs = ", ".join(sorted(n for n in sizes if n.endswith(".gguf"))) or "none"
+        raise ModelNotFoundError(
+            f"{model_id!r} has no file {file!r} (its .gguf files: {ggufs})", param="file"
+        )
+    kept = [f for f in old.files if f in sizes] if old is not None else []
+    return [*dict.fromkeys([*kept, file])]
+
+
 def _local_folder(model_id: str) -> Path | None:
-    # Like transformers: an existing folder wins over a hub id of the same spelling.
+    # Only an id written as a path (`/…`, `~…`, `./…`) is one: a bare `org/name` is never looked up in
+    # the working directory. The gateway lets clients name such paths only when the config lists them.
+    if not is_explicit_path(model_id):
+        return None
     path = Path(model_id).expanduser()
     return path.resolve() if is_model_folder(path) else None
 

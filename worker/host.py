@@ -18,14 +18,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
 
-from shared.errors import DukatError, InternalError, error_for_status
+from shared.errors import (
+    AuthenticationError,
+    ConflictError,
+    DukatError,
+    InternalError,
+    error_for_status,
+)
 from shared.host_api import (
+    DeleteCommand,
+    Deleted,
     DownloadCommand,
     DownloadJob,
     EstimateCommand,
@@ -33,6 +45,7 @@ from shared.host_api import (
     LoadCommand,
     LoadEstimate,
     LocalModel,
+    ModelDetails,
     UnloadCommand,
     WorkerState,
 )
@@ -40,16 +53,20 @@ from shared.keep_alive import describe, parse_keep_alive
 from shared.model_types import ModelType, default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Quantization, Settings, load_settings
-from worker import room
-from worker.catalog import list_local_models
+from shared.tokens import bearer_token, token_in
+from worker import model_files, room
+from worker.catalog import list_local_models, local_gguf
 from worker.devices import Gpus, offered_devices
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
+from worker.gguf import SUFFIX as GGUF_SUFFIX
+from worker.gguf import hf_model_type as gguf_model_type
 from worker.keepalive import KeepAlive
 from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"
+HOST_JOB_ID = r"^dl-[0-9a-f]{12}$"
 
 
 class Host:
@@ -59,7 +76,7 @@ class Host:
         self.settings = settings
         self.url = url
         self.host_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.jobs = DownloadJobs(settings.models_dir)
+        self.jobs = DownloadJobs(settings.models_dir, max_bytes=settings.max_model_bytes)
         self.gpus = Gpus()
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
         self.supervisor = Supervisor(
@@ -70,9 +87,12 @@ class Host:
             max_queue=settings.max_queue,
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
+            token=settings.internal_token,
         )
         self.keep_alive_s = parse_keep_alive(settings.keep_alive)
-        self.keep_alive = KeepAlive(self.supervisor, self.unload, period_s=settings.usage_poll_s)
+        self.keep_alive = KeepAlive(
+            self.supervisor, self.unload, period_s=settings.usage_poll_s, token=settings.internal_token
+        )
         self._placing = asyncio.Lock()
 
     def state(self) -> HostState:
@@ -114,7 +134,9 @@ class Host:
     async def _spec(self, cmd: LoadCommand) -> WorkerSpec:
         """What a new worker of `cmd` runs: its files (downloaded first if missing), type, quantization,
         and a device with room for its estimated memory (idle models evicted to make it)."""
-        path = resolve_model_path(cmd.model_id, self.settings.models_dir)
+        models_dir = self.settings.models_dir
+        path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
+        path = path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
@@ -147,7 +169,9 @@ class Host:
         return model_type, default  # type: ignore[return-value]
 
     def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
-        path = resolve_model_path(cmd.model_id, self.settings.models_dir)
+        models_dir = self.settings.models_dir
+        path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
+        path = path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
         if path is None:
             return LoadEstimate()
         quantization = cmd.quantization or self._kind(cmd.model_id, cmd.model_type, path)[1]
@@ -159,11 +183,25 @@ class Host:
         device = worker.device if worker else None
         log.info("unloaded model=%s device=%s reason=%s rid=%s", model_id, device, reason, request_id)
 
+    async def delete(self, model_id: str) -> Deleted:
+        worker = self.supervisor.state(model_id)
+        if worker is not None and worker.status in ("loading", "loaded", "stopping"):
+            raise ConflictError(
+                f"model {model_id!r} is {worker.status} on this host; unload it first (dukat stop)",
+                param="model",
+            )
+        if any(j.model_id == model_id and j.status in ("queued", "running") for j in self.jobs.list()):
+            raise ConflictError(f"model {model_id!r} is downloading; delete it once that ends", param="model")
+        freed = await asyncio.to_thread(model_files.delete, self.settings.models_dir, model_id)
+        return Deleted(model_id=model_id, freed_bytes=freed)
+
     def local_models(self) -> list[LocalModel]:
         return list_local_models(self.settings.models_dir)
 
 
 def _hf_model_type(path: Path) -> str | None:
+    if path.suffix == GGUF_SUFFIX:  # from its header: the worker converts it at load
+        return gguf_model_type(path)
     try:
         return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
@@ -177,7 +215,7 @@ def _own_address() -> str:
         return "127.0.0.1"
 
 
-@get("/health")
+@get("/health", opt={"open": True})
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -208,13 +246,23 @@ async def estimate(state: State, data: EstimateCommand) -> LoadEstimate:
     return state.host.estimate(data)
 
 
+@get("/models/details")
+async def model_details(state: State, model_id: str) -> ModelDetails:
+    return await asyncio.to_thread(model_files.describe, state.host.settings.models_dir, model_id)
+
+
+@post("/models/delete", status_code=200)
+async def delete_model(state: State, data: DeleteCommand) -> Deleted:
+    return await state.host.delete(data.model_id)
+
+
 @post("/downloads", status_code=202)
 async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
-    return state.host.jobs.start(data.model_id, data.revision)
+    return state.host.jobs.start(data.model_id, data.revision, data.file)
 
 
 @get("/downloads/{job_id:str}")
-async def get_download(state: State, job_id: str) -> DownloadJob:
+async def get_download(state: State, job_id: Annotated[str, Parameter(pattern=HOST_JOB_ID)]) -> DownloadJob:
     return state.host.jobs.get(job_id)
 
 
@@ -227,6 +275,19 @@ def _error_response(_: Request, exc: Exception) -> Response[bytes]:
         log.exception("host error", exc_info=exc)
         err = InternalError(f"host error: {type(exc).__name__}")
     return Response(msgspec.json.encode(err.body()), status_code=err.status, media_type="application/json")
+
+
+def internal_guard(token: str | None) -> Any:
+    """A litestar guard: with an internal token set, every route but /health wants it (deny by default)."""
+    keys = (token.encode(),) if token else ()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if not keys or handler.opt.get("open") is True:
+            return
+        if not token_in(bearer_token(connection.headers.get("authorization")), keys):
+            raise AuthenticationError("this worker host wants the internal token (DUKAT_INTERNAL_TOKEN)")
+
+    return guard
 
 
 def create_host_app(settings: Settings, url: str) -> Litestar:
@@ -245,11 +306,13 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            health, host_state, local_models, load, unload, estimate, start_download, get_download
+            health, host_state, local_models, load, unload, estimate, model_details, delete_model,
+            start_download, get_download,
         ],
         state=State({"host": host}),
         lifespan=[lifespan],
         exception_handlers={Exception: _error_response},
+        guards=[internal_guard(settings.internal_token)],
         logging_config=None,
         openapi_config=None,
     )

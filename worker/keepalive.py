@@ -27,10 +27,12 @@ class KeepAlive:
         unload: Callable[[str, str], Awaitable[None]],
         *,
         period_s: float,
+        token: str | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.unload = unload  # (model id, reason): the host's unload, which logs the line
         self.period_s = period_s
+        self.token = token  # the internal token the workers ask of every connection
         self._conns: dict[str, WorkerConnection] = {}
 
     async def run(self) -> None:
@@ -57,7 +59,7 @@ class KeepAlive:
     async def _observe(self, model_id: str, address: str) -> None:
         conn = self._conns.get(address)
         if conn is None:
-            conn = self._conns[address] = WorkerConnection(address)
+            conn = self._conns[address] = WorkerConnection(address, self.token)
         try:
             pong = await asyncio.wait_for(conn.pong(), self.period_s * 5)
         except (DukatError, TimeoutError):

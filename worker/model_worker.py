@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from shared.errors import (
     ModelOutOfMemoryError,
     OverloadedError,
     QuantizationError,
+    WorkerFailedError,
 )
 from shared.generation import GenerateResult
 from shared.wire import (
@@ -40,6 +42,7 @@ from shared.wire import (
     Embedding,
     Error,
     Generate,
+    Hello,
     Ping,
     Pong,
     Result,
@@ -86,8 +89,12 @@ def pin_device(device: str, threads: int) -> str:
 class WorkerServer:
     """Serves one engine to any number of connections; requests are multiplexed by id."""
 
-    def __init__(self, engine: Engine, info: WorkerInfo, *, max_pending: int, drain_s: float = 0.0) -> None:
+    def __init__(
+        self, engine: Engine, info: WorkerInfo, *, max_pending: int, drain_s: float = 0.0,
+        token: str | None = None,
+    ) -> None:
         self.engine = engine
+        self.token = token.encode() if token else None
         self.info = info
         self.max_pending = max_pending
         self.pending = 0
@@ -105,6 +112,8 @@ class WorkerServer:
         cancels: dict[int, threading.Event] = {}
         tasks: set[asyncio.Task[None]] = set()
         try:
+            if self.token is not None and not await self._welcome(reader, writer):
+                return
             while (payload := await read_frame(reader)) is not None:
                 frame = to_worker_decoder.decode(payload)
                 match frame:
@@ -113,6 +122,8 @@ class WorkerServer:
                             cancels[rid].set()
                     case Ping(id=rid):
                         writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
+                    case Hello():
+                        pass
                     case Generate() | Embed():
                         cancels[frame.id] = threading.Event()
                         task = asyncio.create_task(self._serve(frame, cancels, writer))
@@ -127,6 +138,18 @@ class WorkerServer:
             for event in cancels.values():
                 event.set()
             writer.close()
+
+    async def _welcome(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """The connection's first frame must be a Hello with the internal token."""
+        payload = await read_frame(reader)
+        frame = to_worker_decoder.decode(payload) if payload is not None else None
+        given = frame.token.encode() if isinstance(frame, Hello) else b""
+        if hmac.compare_digest(given, self.token or b""):
+            return True
+        log.warning("a connection without the internal token; closing it")
+        error = WorkerFailedError("the model worker refused a connection without the internal token")
+        writer.write(encode_frame(Error.of(getattr(frame, "id", 0), error)))
+        return False
 
     async def _serve(
         self, frame: Generate | Embed, cancels: dict[int, threading.Event], writer: asyncio.StreamWriter
@@ -355,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     # The host's device name (cuda:N), not the one this process sees (always cuda:0).
     engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
     info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
-    server = WorkerServer(engine, info, max_pending=args.max_pending, drain_s=args.drain_s)
+    from shared.settings import load_settings
+
+    token = load_settings().internal_token  # inherited from the host's environment, never on argv
+    server = WorkerServer(engine, info, max_pending=args.max_pending, drain_s=args.drain_s, token=token)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server, args.bind, args.port))
     engine.close()

@@ -75,8 +75,11 @@ class Supervisor:
         max_queue: int,
         stop_timeout_s: float,
         load_timeout_s: float,
+        token: str | None = None,
     ) -> None:
         self.bind = bind
+        # The internal token: handed to each worker in its environment, sent on every connection.
+        self.token = token
         self.advertise = advertise
         self.threads = threads
         self.max_batch = max_batch
@@ -175,6 +178,8 @@ class Supervisor:
             *(["--quantization-is-default"] if spec.quantization_is_default else []),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.token:
+            env["DUKAT_INTERNAL_TOKEN"] = self.token
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 *cmd,
@@ -233,7 +238,7 @@ class Supervisor:
         from shared.wire_client import ping
 
         address = f"{self.advertise}:{port}"
-        info = await ping(address)
+        info = await ping(address, token=self.token)
         s = worker.state
         s.address, s.status = address, "loaded"
         for name in _ENGINE_FACTS:
@@ -260,7 +265,9 @@ class Supervisor:
         async for raw in worker.process.stderr:
             line = raw.decode(errors="replace").rstrip()
             worker.logs.append(line)
-            log.debug("[%s] %s", worker.spec.model_id, line)
+            # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
+            level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
+            log.log(level, "[%s] %s", worker.spec.model_id, line)
 
     def observe(self, model_id: str, load: WorkerLoad) -> None:
         """A loaded worker's counters from its Pong; the last request's keep_alive wins over the load's."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
+from gateway.limits import check_generations, check_model, check_prompt_chars
 from gateway.middleware import request_id_of
 from gateway.schemas import (
     ChatChunks,
@@ -14,24 +16,24 @@ from gateway.schemas import (
     chat_response,
     chat_stream,
 )
-from gateway.schemas.common import keep_alive_seconds
 from gateway.sse import EventStream, sse_stream
-from shared.generation import GenerateRequest
+from shared.generation import message_text
 
 
-@post("/v1/chat/completions", status_code=200, summary="Create a chat completion (OpenAI)")
+@post("/v1/chat/completions", status_code=200, opt=INFERENCE, summary="Create a chat completion (OpenAI)")
 async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
 ) -> ChatCompletionResponse | EventStream:
     rid = request_id_of(request.scope)
-    keep_alive = keep_alive_seconds(data.keep_alive)
-    requests = [
-        GenerateRequest(messages=data.messages, params=p, request_id=rid, keep_alive=keep_alive)
-        for p in data.choice_params()
-    ]
+    settings = state.manager.settings
+    check_model(state.manager, data.model)
+    check_generations(settings, 1, data.choices)
+    check_prompt_chars(settings, (message_text(m) for m in data.messages), "messages")
+    requests = data.generate_requests(rid)
+    legacy = data.legacy_functions
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)
-        chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage)
+        chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage, legacy=legacy)
         return await sse_stream(chat_stream(events, chunks))
     model, results = await generate_all(state.manager, data.model, requests)
-    return chat_response(results, model, rid)
+    return chat_response(results, model, rid, legacy=legacy)

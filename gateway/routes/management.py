@@ -1,10 +1,19 @@
-"""Dukat's management API: pull (a background job), load, unload, default, listing, hosts."""
+"""Dukat's management API: pull (a background job), load, unload, default, listing, hosts.
+
+Listings are open to inference keys (without pids, addresses and logs); every route that changes
+state, and /api/hosts, needs an admin key (gateway/auth.py).
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import Parameter
 
+from gateway.auth import INFERENCE, is_admin, without_internals
+from gateway.limits import check_loadable, check_model, check_pull, check_revision
 from gateway.middleware import request_id_of
 from gateway.schemas import (
     DefaultModel,
@@ -19,17 +28,20 @@ from gateway.schemas import (
     UnloadRequest,
     download_job,
 )
-from shared.host_api import HostState
+from shared.host_api import JOB_ID_PATTERN, HostState
 
 
-@get("/api/models", summary="Models available: the config file and every host's models_dir")
+@get("/api/models", opt=INFERENCE, summary="Models available: the config file and every host's models_dir")
 async def available(state: State) -> ModelList:
     return ModelList(data=await state.manager.available_models())
 
 
-@get("/api/ps", summary="Models loaded, with device, quantization and memory")
-async def loaded(state: State) -> LoadedModelList:
-    return LoadedModelList(data=await state.manager.loaded_models())
+@get("/api/ps", opt=INFERENCE, summary="Models loaded, with device, quantization and memory")
+async def loaded(request: Request, state: State) -> LoadedModelList:
+    rows = await state.manager.loaded_models()
+    if not is_admin(request.scope):
+        rows = [without_internals(row) for row in rows]
+    return LoadedModelList(data=rows)
 
 
 @get("/api/hosts", summary="Every worker host's devices, models and downloads")
@@ -39,16 +51,19 @@ async def hosts(state: State) -> list[HostState]:
 
 @post("/api/models/pull", status_code=202, summary="Start downloading a model (follow the job)")
 async def pull(state: State, data: DownloadRequest) -> DownloadJob:
-    return download_job(await state.manager.start_download(data.model, data.revision))
+    check_pull(state.manager.settings, data.model)
+    check_revision(data.revision)
+    return download_job(await state.manager.start_download(data.model, data.revision, data.file))
 
 
 @get("/api/downloads/{job_id:str}", summary="A download job's progress")
-async def download(state: State, job_id: str) -> DownloadJob:
+async def download(state: State, job_id: Annotated[str, Parameter(pattern=JOB_ID_PATTERN)]) -> DownloadJob:
     return download_job(await state.manager.download_job(job_id))
 
 
 @post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
 async def load(request: Request, state: State, data: LoadRequest) -> LoadedModel:
+    await check_loadable(state.manager, data.model)
     rid = request_id_of(request.scope)
     return await state.manager.load_model(
         data.model, data.quantization, data.device, replicas=data.replicas, request_id=rid
@@ -57,12 +72,14 @@ async def load(request: Request, state: State, data: LoadRequest) -> LoadedModel
 
 @post("/api/models/unload", status_code=200, summary="Stop a model's worker process")
 async def unload(state: State, data: UnloadRequest) -> Unloaded:
+    check_model(state.manager, data.model)
     await state.manager.unload_model(data.model)
     return Unloaded(id=data.model)
 
 
 @post("/api/models/default", status_code=200, summary="Set the default model (saved in the config file)")
 async def set_default(state: State, data: SetDefaultRequest) -> DefaultModel:
+    check_model(state.manager, data.model)
     await state.manager.set_default_model(data.model)
     return DefaultModel(default_model=data.model)
 

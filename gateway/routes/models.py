@@ -5,16 +5,17 @@ from __future__ import annotations
 from litestar import get
 from litestar.datastructures import State
 
+from gateway.auth import INFERENCE
 from gateway.schemas import Model, ModelList
 from shared.errors import ModelNotFoundError
 
 
-@get("/v1/models", summary="List models (OpenAI)")
+@get("/v1/models", opt=INFERENCE, summary="List models (OpenAI)")
 async def list_models(state: State) -> ModelList:
     return ModelList(data=await state.manager.available_models())
 
 
-@get("/v1/models/{model_id:path}", summary="Retrieve a model (OpenAI)")
+@get("/v1/models/{model_id:path}", opt=INFERENCE, summary="Retrieve a model (OpenAI)")
 async def get_model(state: State, model_id: str) -> Model:
     model_id = model_id.lstrip("/")
     for model in await state.manager.available_models():

@@ -33,7 +33,7 @@ Stop = str | list[str] | None
 # Ollama's keep_alive extension: "5m", "1h", seconds, 0 (unload after this request), -1 (forever).
 KeepAlive = str | float | None
 
-OpenAIFinishReason = Literal["stop", "length"]
+OpenAIFinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 # What a stream of generations yields: (choice index, text delta | the choice's final result).
 ChoiceEvent = tuple[int, str | GenerateResult]
@@ -80,7 +80,9 @@ def per_choice_params(base: SamplingParams, n: int) -> list[SamplingParams]:
 
 def openai_finish_reason(reason: FinishReason) -> OpenAIFinishReason:
     """OpenAI's enum has no "cancelled": a generation cut short by a cancel ends like a stop sequence."""
-    return "length" if reason == "length" else "stop"
+    if reason == "length":
+        return "length"
+    return "tool_calls" if reason == "tool_calls" else "stop"
 
 
 def usage_of(results: Sequence[GenerateResult], n: int = 1) -> Usage:

@@ -49,6 +49,11 @@ class ModelList(Struct, kw_only=True):
     data: list[Model]
 
 
+# Ids are checked further where they enter (gateway/limits.py): their length limit is a setting.
+ModelId = Annotated[str, Meta(min_length=1)]
+Device = Annotated[str, Meta(pattern=r"^(auto|cpu|cuda:[0-9]{1,3})$")]
+
+
 class LoadedModel(WorkerState, kw_only=True, rename={"model_id": "id", "status": "state"}):
     """A model worker as `/api/ps` and load show it: the host's record, named for the public API."""
 
@@ -73,25 +78,27 @@ class DefaultModel(Struct, kw_only=True):
 
 
 class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
     quantization: Quantization | None = None
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
-    device: str | None = None
+    device: Device | None = None
     # Workers to serve it, each on another host where there are several; None: the config file's, else 1.
     replicas: Annotated[int, Meta(ge=1, le=64)] | None = None
 
 
 class UnloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
 
 
 class DownloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
     revision: str | None = None
+    # One file of the repo (a .gguf of a GGUF repo) instead of the transformers model files.
+    file: str | None = None
 
 
 class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
 
 
 class DownloadJob(host_api.DownloadJob, kw_only=True, rename={"model_id": "model"}):

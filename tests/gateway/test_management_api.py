@@ -159,7 +159,8 @@ def test_pull_of_something_the_hub_does_not_have_fails_the_job(
 
 
 def test_unknown_download_job_is_a_404(http: httpx.Client) -> None:
-    assert_openai_error(http.get("/api/downloads/dl-nope"), 404, "not_found")
+    assert_openai_error(http.get("/api/downloads/dl-000000000000"), 404, "not_found")
+    assert_openai_error(http.get("/api/downloads/dl-nope"), 400, "invalid_request")  # not a job id
 
 
 # ---- the default model ------------------------------------------------------------------------

@@ -25,6 +25,8 @@ RELEASE, NAMESPACE = "dukat", "ai"
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 
 API_KEYS = ["sk-test-one", "sk-test-two"]
+ADMIN_KEYS = ["sk-admin-one"]
+INTERNAL_TOKEN = "internal-test-token-value"
 HF_TOKEN = "hf_test_token_value"
 
 # Everything optional switched on: GPUs, autoscaling, an Ingress, the chart's own Secrets, a config.
@@ -48,7 +50,8 @@ FULL_VALUES: dict[str, Any] = {
         },
         "env": {"DUKAT_AUTO_LOAD": False},
     },
-    "auth": {"apiKeys": API_KEYS},
+    "auth": {"apiKeys": API_KEYS, "adminKeys": ADMIN_KEYS},
+    "internalToken": {"value": INTERNAL_TOKEN},
     "huggingface": {"token": HF_TOKEN},
     "models": {
         "dir": "/data/models",
@@ -69,6 +72,7 @@ FULL_VALUES: dict[str, Any] = {
 # The user's own Secrets and claim: the chart makes none of them.
 EXISTING_VALUES: dict[str, Any] = {
     "auth": {"existingSecret": "my-api-keys", "secretKey": "keys"},
+    "internalToken": {"existingSecret": "my-internal", "secretKey": "token"},
     "huggingface": {"existingSecret": "my-hf", "secretKey": "token"},
     "persistence": {"existingClaim": "shared-models"},
 }
@@ -139,9 +143,11 @@ def test_optional_objects_appear_only_when_asked(chart: helm.Chart) -> None:
     kinds = sorted(o["kind"] for o in render(chart, {}))
     assert kinds == [
         "Deployment",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "PodDisruptionBudget",
+        "Secret",  # the internal token: always
         "Service",
         "Service",
         "ServiceAccount",
@@ -291,14 +297,16 @@ def test_secrets_are_referenced_never_inlined(
         assert secrets == {}
     # No secret value anywhere outside the Secrets, encoded or not.
     rest = yaml.safe_dump_all([o for o in objects if o["kind"] != "Secret"])
-    for secret in [*API_KEYS, HF_TOKEN]:
+    for secret in [*API_KEYS, *ADMIN_KEYS, INTERNAL_TOKEN, HF_TOKEN]:
         assert secret not in rest
         assert base64.b64encode(secret.encode()).decode() not in rest
 
 
 def test_no_auth_secret_by_default(chart: helm.Chart) -> None:
     objects = render(chart, {})
-    assert [o for o in objects if o["kind"] == "Secret"] == []
+    [secret] = [o for o in objects if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "dukat-internal-token"  # drawn at install
+    assert len(base64.b64decode(secret["data"]["internal-token"])) == 48
     assert "DUKAT_API_KEYS" not in env_of(pod_spec(objects, "Deployment")["containers"][0])
     assert "HF_TOKEN" not in env_of(pod_spec(objects, "StatefulSet")["containers"][0])
 
@@ -307,6 +315,9 @@ def test_no_auth_secret_by_default(chart: helm.Chart) -> None:
     ("component", "var"),
     [
         ("gateway", "DUKAT_API_KEYS"),
+        ("gateway", "DUKAT_ADMIN_KEYS"),
+        ("gateway", "DUKAT_INTERNAL_TOKEN"),
+        ("workerHost", "DUKAT_INTERNAL_TOKEN"),
         ("workerHost", "HF_TOKEN"),
         ("gateway", "DUKAT_WORKER_HOSTS"),
         ("workerHost", "DUKAT_HOST_PORT"),
@@ -317,6 +328,51 @@ def test_secrets_and_chart_settings_cannot_be_passed_as_plain_env(
 ) -> None:
     with pytest.raises(helm.HelmError, match="is set by the chart"):
         render(chart, {component: {"env": {var: "plain-text"}}})
+
+
+@pytest.mark.parametrize(
+    ("name", "admin_ref", "token_ref"),
+    [
+        ("full", ("dukat-api-keys", "admin-keys", False), ("dukat-internal-token", "internal-token")),
+        ("existing", ("my-api-keys", "admin-keys", True), ("my-internal", "token")),
+    ],
+)
+def test_admin_keys_and_the_internal_token_come_from_secrets(
+    chart: helm.Chart, name: str, admin_ref: tuple[str, str, bool], token_ref: tuple[str, str]
+) -> None:
+    objects = render(chart, RENDERS[name])
+    gateway = env_of(pod_spec(objects, "Deployment")["containers"][0])
+    host = env_of(pod_spec(objects, "StatefulSet")["containers"][0])
+    admin = gateway["DUKAT_ADMIN_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert (admin["name"], admin["key"], admin.get("optional", False)) == admin_ref
+    assert "DUKAT_ADMIN_KEYS" not in host
+    for env in (gateway, host):  # the same token on both sides
+        ref = env["DUKAT_INTERNAL_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == token_ref
+    if name == "full":
+        secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+        admin_keys = secrets["dukat-api-keys"]["data"]["admin-keys"]
+        assert base64.b64decode(admin_keys).decode() == ",".join(ADMIN_KEYS)
+        token = secrets["dukat-internal-token"]["data"]["internal-token"]
+        assert base64.b64decode(token).decode() == INTERNAL_TOKEN
+
+
+@pytest.mark.parametrize("name", list(RENDERS))
+def test_only_gateway_pods_reach_the_worker_hosts(chart: helm.Chart, name: str) -> None:
+    objects = render(chart, RENDERS[name])
+    policy = one(objects, "NetworkPolicy")["spec"]
+    host_labels = one(objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    gateway_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selected = policy["podSelector"]["matchLabels"]
+    assert selected.items() <= host_labels.items() and not selected.items() <= gateway_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    allowed = source["podSelector"]["matchLabels"]
+    assert allowed.items() <= gateway_labels.items() and not allowed.items() <= host_labels.items()
+    assert "ports" not in rule  # the host API and its model workers' ephemeral ports
+    off = render(chart, {"networkPolicy": {"enabled": False}})
+    assert not [o for o in off if o["kind"] == "NetworkPolicy"]
 
 
 def test_changed_secrets_roll_the_pods(chart: helm.Chart) -> None:

@@ -18,8 +18,10 @@ import pytest
 from shared.errors import (
     GatedModelError,
     HubUnreachableError,
+    InsufficientStorageError,
     InvalidRequestError,
     ModelNotFoundError,
+    ModelTooLargeError,
     UnsupportedModelTypeError,
 )
 from tests.support.hub_fixtures import (
@@ -34,7 +36,7 @@ from tests.support.hub_fixtures import (
 )
 from tests.support.hub_server import HubServer, RepoSource
 from worker.catalog import MARKER_NAME, list_local_models, read_marker
-from worker.downloads import DownloadProgress, download_model, resolve_model_path, select_files
+from worker.downloads import DownloadProgress, check_room, download_model, resolve_model_path, select_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 10 * 1024 * 1024  # huggingface_hub's read chunk: resumes restart from a multiple of it
@@ -162,7 +164,7 @@ def test_interrupted_download_is_completed_by_a_second_call(
     with pytest.raises(HubUnreachableError, match=re.escape(hub_server.url)):
         download_model(BIG_REPO, tmp_path, endpoint=hub_server.url)
     assert resolve_model_path(BIG_REPO, tmp_path) is None
-    assert [(m.id, m.complete) for m in list_local_models(tmp_path)] == [(BIG_REPO, False)]
+    assert list_local_models(tmp_path) == []  # a cut download is not a model
 
     hub_server.clear_drops()
     hub_server.reset_stats()
@@ -286,3 +288,21 @@ def test_transformers_from_pretrained_works_against_the_hub(
     # It probed optional files (answered 404 EntryNotFound) and listed the template folder.
     assert hub_server.requests("HEAD", "/chat_template.jinja")
     assert hub_server.requests("GET", "/tree/main/additional_chat_templates")
+
+
+def test_a_model_over_the_size_cap_is_refused_before_the_first_byte(
+    hub_server: HubServer, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelTooLargeError, match=r"more than the limit of 1048576 bytes") as info:
+        download_model(BIG_REPO, tmp_path, endpoint=hub_server.url, max_bytes=2**20)
+    assert info.value.status == 400 and str(BIG_WEIGHTS_SIZE)[:4] in info.value.message
+    assert hub_server.requests(contains="/resolve/") == []  # no file asked for
+    assert not (tmp_path / BIG_REPO).exists() and list_local_models(tmp_path) == []
+    assert download_model(TINY_REPO, tmp_path, endpoint=hub_server.url, max_bytes=2**20).is_dir()
+
+
+def test_a_pull_that_does_not_fit_the_free_space_names_both_numbers() -> None:
+    with pytest.raises(InsufficientStorageError, match="needs 900 more bytes, but only 500 bytes") as info:
+        check_room("org/m", total=1000, present=100, free=500, max_bytes=None)
+    assert info.value.status == 507
+    check_room("org/m", total=1000, present=600, free=500, max_bytes=1000)  # the rest fits

@@ -93,3 +93,21 @@ def test_8bit_embedding_model_embeds_close_to_full_precision(tiny_model_dir: Cal
     int8 = Engine.load(path, model_type=get_model_type("bert"), quantization="8bit", device="cpu")
     request = EmbedRequest(inputs=["The weather is sunny."])
     assert _cosine(full.embed(request).vectors[0], int8.embed(request).vectors[0]) > 0.9
+
+
+def test_empty_string_with_a_tokenizer_adding_no_special_tokens_is_a_400(
+    tiny_model_dir: Callable[[str], Path],
+) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from worker.embedding import Embedder
+
+    path = tiny_model_dir("bert")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.backend_tokenizer.post_processor = None  # no [CLS]/[SEP]: "" becomes zero tokens
+    assert tokenizer("", add_special_tokens=True).input_ids == []
+    embedder = Embedder(AutoModel.from_pretrained(path), tokenizer, context_length=512)
+    assert len(embedder.embed(EmbedRequest(inputs=["some text"])).vectors) == 1
+    with pytest.raises(InvalidRequestError, match=r"input\[1\] is empty") as caught:
+        embedder.embed(EmbedRequest(inputs=["some text", ""]))
+    assert caught.value.param == "input"

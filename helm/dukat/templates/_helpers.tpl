@@ -110,9 +110,35 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "dukat.apiKeysSecretName" -}}
 {{- if .Values.auth.existingSecret -}}
 {{- .Values.auth.existingSecret -}}
-{{- else if .Values.auth.apiKeys -}}
+{{- else if or .Values.auth.apiKeys .Values.auth.adminKeys -}}
 {{- printf "%s-api-keys" (include "dukat.fullname" .) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The internal token's Secret: the user's, or the chart's (always: the hosts refuse anyone without it). */}}
+{{- define "dukat.internalTokenSecretName" -}}
+{{- default (printf "%s-internal-token" (include "dukat.fullname" .)) .Values.internalToken.existingSecret -}}
+{{- end -}}
+
+{{/* The chart's internal token: the value given, else the one already in the cluster, else a new one. */}}
+{{- define "dukat.internalToken" -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "dukat.internalTokenSecretName" .) -}}
+{{- if .Values.internalToken.value -}}
+{{- .Values.internalToken.value -}}
+{{- else if and $existing $existing.data (hasKey $existing.data .Values.internalToken.secretKey) -}}
+{{- index $existing.data .Values.internalToken.secretKey | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 48 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* DUKAT_INTERNAL_TOKEN from its Secret, for the gateway and the worker hosts. */}}
+{{- define "dukat.internalTokenEnv" -}}
+- name: DUKAT_INTERNAL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "dukat.internalTokenSecretName" . }}
+      key: {{ .Values.internalToken.secretKey }}
 {{- end -}}
 
 {{- define "dukat.hfTokenSecretName" -}}
@@ -186,7 +212,7 @@ the secret name is empty. Secrets are referenced, never written into the pod spe
 {{/* A values map of extra env: `include "dukat.extraEnv" (list .Values.gateway.env "gateway.env")`.
 Names the chart sets itself, and secrets, are refused. */}}
 {{- define "dukat.extraEnv" -}}
-{{- $reserved := list "DUKAT_API_KEYS" "HF_TOKEN" "DUKAT_WORKER_HOSTS" "DUKAT_MODELS_DIR" "DUKAT_CONFIG_PATH"
+{{- $reserved := list "DUKAT_API_KEYS" "DUKAT_ADMIN_KEYS" "DUKAT_INTERNAL_TOKEN" "HF_TOKEN" "DUKAT_WORKER_HOSTS" "DUKAT_MODELS_DIR" "DUKAT_CONFIG_PATH"
   "DUKAT_HOST" "DUKAT_PORT" "DUKAT_HOST_BIND" "DUKAT_HOST_PORT" "DUKAT_DEVICES" -}}
 {{- range $name, $value := index . 0 }}
 {{- if has $name $reserved }}

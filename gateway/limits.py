@@ -1,0 +1,169 @@
+"""What one request may ask, checked before any work: JSON nesting, model ids, generations (prompts x
+n), embedding inputs, characters per prompt, pulls. Each limit is a setting (shared/settings.py);
+each refusal a 400 (or 403 for the pull policy) naming the limit and its setting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from typing import Any
+
+import msgspec
+from litestar import Request
+
+from gateway.errors import request_validation_error
+from shared.errors import InvalidRequestError, ModelNotFoundError, PullNotAllowedError
+from shared.model_ids import check_model_id, is_hub_id
+from shared.settings import Settings
+
+# A JSON string (escapes included, unrolled so it never backtracks) or a bracket.
+_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_OPEN = frozenset(b"[{")
+_CLOSE = frozenset(b"]}")
+# Hub revisions: branch, tag or commit names (`refs/pr/1` has slashes).
+_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}")
+
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """Whether `body` nests arrays/objects deeper than `limit` (brackets inside strings don't count)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # the usual case, at C speed
+    depth = 0
+    for token in _JSON_TOKENS.finditer(body):
+        first = token.group()[0]
+        if first in _OPEN:
+            depth += 1
+            if depth > limit:
+                return True
+        elif first in _CLOSE:
+            depth -= 1
+    return False
+
+
+class LimitedRequest(Request[Any, Any, Any]):
+    """litestar's Request, decoding a JSON body as the OpenAPI document says, and no more leniently.
+
+    A body nested deeper than DUKAT_MAX_JSON_DEPTH is a 400 before decoding (msgspec's decoder
+    would hit Python's recursion limit, a 500, a few hundred levels down). A body for a typed `data`
+    is decoded strictly into its Struct here (litestar's own conversion is lax: `"echo": 0` or
+    `"n": "2"` would pass); litestar then takes the Struct as it is.
+    """
+
+    async def json(self) -> Any:
+        body = await self.body()
+        limit = self.app.state["settings"].max_json_depth
+        if json_depth_exceeds(body, limit):
+            raise InvalidRequestError(
+                f"the request body nests JSON arrays/objects more than {limit} levels deep "
+                "(DUKAT_MAX_JSON_DEPTH)"
+            )
+        data = self.route_handler.parsed_fn_signature.parameters.get("data")
+        if data is None or not body:
+            return await super().json()
+        try:
+            return msgspec.json.decode(body, type=data.annotation)
+        except msgspec.ValidationError as exc:
+            error = exc
+        except msgspec.DecodeError:
+            return await super().json()  # not JSON (or not UTF-8): litestar's own 400 says so
+        # JSON Schema counts 2.0 as an integer: take integral numbers where integers are expected.
+        try:
+            return msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation)
+        except msgspec.ValidationError:
+            raise request_validation_error(error) from None
+
+
+def _integral(value: Any) -> Any:
+    """`value` with every float that is a whole number (within int64) as an int."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
+
+
+def check_model(manager: Any, model_id: str | None) -> None:
+    """A client's model id: a config entry as written, else a name (never a path); None: the default."""
+    if model_id is not None:
+        allowed = manager.config.view().models
+        check_model_id(model_id, max_length=manager.settings.max_model_id_length, allowed=allowed)
+
+
+def check_generations(settings: Settings, prompts: int, n: int) -> None:
+    if prompts * n > settings.max_generations:
+        raise InvalidRequestError(
+            f"{prompts} prompt(s) x n={n} is {prompts * n} generations; the limit per request is "
+            f"{settings.max_generations} (DUKAT_MAX_GENERATIONS)",
+            param="n" if prompts == 1 else "prompt",
+        )
+
+
+def check_prompt_chars(settings: Settings, texts: Iterable[str], param: str) -> None:
+    """Before tokenizing: a prompt far beyond any context length costs CPU-seconds to tokenize."""
+    limit = settings.max_prompt_chars
+    size = sum(len(t) for t in texts)
+    if size > limit:
+        raise InvalidRequestError(
+            f"the prompt is {size} characters; the limit is {limit} (DUKAT_MAX_PROMPT_CHARS)", param=param
+        )
+
+
+def check_embedding_inputs(settings: Settings, inputs: list[str] | list[list[int]]) -> None:
+    if len(inputs) > settings.max_embedding_inputs:
+        raise InvalidRequestError(
+            f"{len(inputs)} inputs; the limit per request is {settings.max_embedding_inputs} "
+            "(DUKAT_MAX_EMBEDDING_INPUTS)",
+            param="input",
+        )
+    for text in inputs:
+        if isinstance(text, str):
+            check_prompt_chars(settings, (text,), "input")
+        elif len(text) > settings.max_prompt_chars:
+            raise InvalidRequestError(
+                f"a token-id input has {len(text)} ids; the limit is {settings.max_prompt_chars} "
+                "(DUKAT_MAX_PROMPT_CHARS)",
+                param="input",
+            )
+
+
+def check_revision(revision: str | None) -> None:
+    if revision is not None and (not _REVISION.fullmatch(revision) or ".." in revision):
+        raise InvalidRequestError(
+            "revision must be a branch, tag or commit name (letters, digits, '.', '_', '-', '/')",
+            param="revision",
+        )
+
+
+def check_pull(settings: Settings, model_id: str) -> None:
+    """A hub repo id an admin may pull (DUKAT_PULL_ALLOW): `org/name`, matching an allowed pattern."""
+    check_model_id(model_id, max_length=settings.max_model_id_length)
+    if not is_hub_id(model_id):
+        raise InvalidRequestError(
+            f"{model_id!r} is not a hub model id like 'org/name' (each part at most 96 characters)",
+            param="model",
+        )
+    if not any(fnmatchcase(model_id, pattern) for pattern in settings.pull_allow):
+        allowed = ", ".join(settings.pull_allow) or "none"
+        raise PullNotAllowedError(
+            f"pulling {model_id!r} is not allowed here (DUKAT_PULL_ALLOW: {allowed})", param="model"
+        )
+
+
+async def check_loadable(manager: Any, model_id: str) -> None:
+    """An admin's load: a config entry, a folder under models_dir, or a hub repo the pull policy allows
+    (the host downloads what it does not have)."""
+    check_model(manager, model_id)
+    if model_id in manager.config.view().models:
+        return
+    if any(m.id == model_id for m in await manager.local_models()):
+        return
+    if not is_hub_id(model_id):
+        raise ModelNotFoundError(
+            f"model {model_id!r} is not in the config file, not under models_dir, and not a hub id to pull",
+            param="model",
+        )
+    check_pull(manager.settings, model_id)

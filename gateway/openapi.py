@@ -1,0 +1,266 @@
+"""The OpenAPI document (`/docs/openapi.json`) as the server behaves.
+
+litestar's generated document drifts from the server: it documents errors as its own
+`{status_code, detail, extra}`, drops lower bounds of 0, knows nothing of SSE or of the keys. Here
+the request and response schemas come from msgspec (the decoder the server runs, so bounds and
+`additionalProperties: false` are the enforced ones), each route lists the error statuses it can
+answer with OpenAI's error body, streams are documented as `text/event-stream`, the limits from
+the settings become `maximum`/`maxItems`/`maxLength`, and `securitySchemes` appear when keys are on.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Union, get_args, get_origin
+
+import msgspec
+from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
+from litestar.handlers import HTTPRouteHandler
+
+from gateway.auth import route_access
+from gateway.schemas import ChatCompletionChunk, CompletionResponse
+from gateway.schemas.common import INT64_MAX
+from gateway.sse import EventStream
+from shared.errors import ErrorBody
+from shared.model_ids import HUB_ID_PATTERN, MODEL_ID_PATTERN
+from shared.settings import Settings
+
+REF = "#/components/schemas/{name}"
+_ERROR = {"$ref": REF.format(name="ErrorBody")}
+_REASONS = {
+    400: "Invalid request (the message and `param` say which field and why)",
+    401: "Missing or wrong API key",
+    403: "The key's role may not call this route, or the policy refuses (pull allowlist, gated model)",
+    404: "Unknown model, route or job",
+    409: "The model is already loaded differently",
+    413: "Request body too large",
+    429: "The model worker's queue is full (Retry-After)",
+    500: "A bug (logged with its traceback)",
+    502: "A worker process or the hub failed",
+    503: "The model failed to load, is not loaded, or no host has room (Retry-After)",
+    504: "Timed out",
+    507: "Not enough free space for the model",
+}
+_REACHES_A_MODEL = (404, 429, 502, 503, 504)
+# What each route can answer besides its success (keys add 401, admin routes 403).
+ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("post", "/v1/chat/completions"): (400, 413, *_REACHES_A_MODEL),
+    ("post", "/v1/completions"): (400, 413, *_REACHES_A_MODEL),
+    ("post", "/v1/embeddings"): (400, 413, *_REACHES_A_MODEL),
+    ("get", "/v1/models"): (),
+    ("get", "/v1/models/{model_id}"): (404,),
+    ("get", "/api/models"): (),
+    ("get", "/api/ps"): (),
+    ("get", "/api/hosts"): (),
+    ("post", "/api/models/pull"): (400, 403, 413, 502, 503),
+    ("get", "/api/downloads/{job_id}"): (400, 404, 502),
+    ("post", "/api/models/load"): (400, 403, 404, 409, 413, 502, 503, 504, 507),
+    ("post", "/api/models/unload"): (400, 404, 413, 502),
+    ("post", "/api/models/default"): (400, 404, 413),
+    ("get", "/health"): (),
+}
+# The chunks of a stream, per route (an event's `data`).
+_CHUNKS: dict[tuple[str, str], Any] = {
+    ("post", "/v1/chat/completions"): ChatCompletionChunk,
+    ("post", "/v1/completions"): CompletionResponse,
+}
+
+
+def _sse(chunk: dict[str, Any]) -> dict[str, Any]:
+    """An event stream whose every event (OpenAPI 3.1: `schema` is one event) has a `data` line:
+    a JSON chunk, an error body (a failure after the first chunk), or `[DONE]` last."""
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [chunk, _ERROR]},
+    }
+    data = {"anyOf": [{"const": "[DONE]"}, json_data]}
+    return {
+        "schema": {"type": "object", "required": ["data"], "properties": {"data": data}},
+        "description": "With `stream: true`: Server-Sent Events, `data: <chunk>` then `data: [DONE]`.",
+    }
+
+
+def publish_truthful_openapi(app: Litestar, settings: Settings) -> None:
+    """Rewrite the document litestar built (it is cached and served as is)."""
+    document = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    documented = {(m, path) for path, item in document["paths"].items() for m in item}
+    handlers = {key: h for key, h in _handlers(app).items() if key in documented}
+    wanted: list[Any] = [ErrorBody]
+    for found in handlers.values():
+        wanted += [t for t in (_body_type(found), _json_type(found)) if t is not None]
+    wanted += list(_CHUNKS.values())
+    schemas, components = msgspec.json.schema_components(wanted, ref_template=REF)
+    by_type = {id(t): s for t, s in zip(wanted, schemas, strict=True)}
+    document.setdefault("components", {})["schemas"] = components
+    keys_on = bool(settings.api_keys or settings.admin_keys)
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if (method, path) in handlers:
+                _rewrite(operation, handlers[(method, path)], (method, path), by_type, keys_on)
+    if keys_on:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+    _apply_limits(components, settings)
+    _apply_refusals(components)
+    _model_id_path_parameter(document, settings)
+
+
+def _handlers(app: Litestar) -> dict[tuple[str, str], HTTPRouteHandler]:
+    found = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if isinstance(handler, HTTPRouteHandler) and handler.include_in_schema:
+                for method in handler.http_methods:
+                    found[(method.lower(), _openapi_path(route.path))] = handler
+    return found
+
+
+def _openapi_path(path: str) -> str:
+    # litestar's `{model_id:path}` is OpenAPI's `{model_id}`.
+    parts = [p.split(":")[0] + "}" if p.startswith("{") else p for p in path.split("/")]
+    return "/".join(parts)
+
+
+def _body_type(handler: HTTPRouteHandler) -> Any:
+    data = handler.parsed_fn_signature.parameters.get("data")
+    return data.annotation if data is not None else None
+
+
+def _json_type(handler: HTTPRouteHandler) -> Any:
+    """The JSON success type: the return annotation without its event stream alternative."""
+    annotation = handler.parsed_fn_signature.return_type.annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        kept = [a for a in get_args(annotation) if a is not EventStream]
+        return kept[0] if len(kept) == 1 else Union[tuple(kept)]  # noqa: UP007
+    return None if annotation is EventStream else annotation
+
+
+def _streams(handler: HTTPRouteHandler) -> bool:
+    return EventStream in get_args(handler.parsed_fn_signature.return_type.annotation)
+
+
+def _rewrite(
+    operation: dict[str, Any],
+    handler: HTTPRouteHandler,
+    key: tuple[str, str],
+    by_type: dict[int, Any],
+    keys_on: bool,
+) -> None:
+    body = _body_type(handler)
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": by_type[id(body)]}},
+        }
+    success = str(handler.status_code)
+    content: dict[str, Any] = {"application/json": {"schema": by_type[id(_json_type(handler))]}}
+    if _streams(handler):
+        content["text/event-stream"] = _sse(by_type[id(_CHUNKS[key])])
+    description = operation.get("responses", {}).get(success, {}).get("description", "OK")
+    responses: dict[str, Any] = {success: {"description": description, "content": content}}
+    access = route_access(handler, key[1])
+    statuses = set(ERRORS.get(key, (400, 404))) | {500}
+    if keys_on and access != "open":
+        statuses.add(401)
+        if access == "admin":
+            statuses.add(403)
+    for status in sorted(statuses):
+        responses[str(status)] = {
+            "description": _REASONS[status],
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+    operation["responses"] = responses
+    if access == "open":
+        operation["security"] = []
+
+
+def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
+    """The settings' limits as schema bounds, where one field carries them."""
+    n_max = min(128, settings.max_generations)
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        _bound(components, name, "n", "integer", maximum=n_max)
+    _bound(components, "CompletionRequest", "best_of", "integer", maximum=n_max)
+    text = {"type": "string", "maxLength": settings.max_prompt_chars}
+    prompts = {"type": "array", "minItems": 1, "maxItems": settings.max_generations, "items": text}
+    if "CompletionRequest" in components:  # token-id prompts are refused
+        components["CompletionRequest"]["properties"]["prompt"] = {"anyOf": [text, prompts]}
+    if "EmbeddingRequest" in components:
+        # Strings or token-id arrays, never mixed; no empty list, no empty array.
+        token = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
+        ids = {"type": "array", "minItems": 1, "maxItems": settings.max_prompt_chars, "items": token}
+        many = {"minItems": 1, "maxItems": settings.max_embedding_inputs, "type": "array"}
+        components["EmbeddingRequest"]["properties"]["input"] = {
+            "anyOf": [text, {**many, "items": text}, ids, {**many, "items": ids}]
+        }
+    _model_ids(components, settings)
+
+
+# Bodies naming a model (shared/model_ids.py; an id the config file lists is taken as written, even
+# a path, but the document describes what any client may send).
+_MODEL_BODIES = (
+    "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "LoadRequest", "UnloadRequest",
+    "SetDefaultRequest",
+)
+
+
+def _model_ids(components: dict[str, Any], settings: Settings) -> None:
+    for name in _MODEL_BODIES:
+        _bound(components, name, "model", "string", maxLength=settings.max_model_id_length)
+        _bound(components, name, "model", "string", pattern=MODEL_ID_PATTERN)
+    _bound(components, "DownloadRequest", "model", "string", pattern=HUB_ID_PATTERN, maxLength=193)
+
+
+def _model_id_path_parameter(document: dict[str, Any], settings: Settings) -> None:
+    operation = document["paths"].get("/v1/models/{model_id}", {}).get("get", {})
+    for parameter in operation.get("parameters", []):
+        if parameter["name"] == "model_id":
+            parameter["schema"] = {
+                "type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": settings.max_model_id_length,
+            }
+
+
+def _apply_refusals(components: dict[str, Any]) -> None:
+    """What the decoders take only to refuse with a clear message (a 400 naming the field) is left out
+    of the document: it is not an accepted value. Keep in step with the `check()`s of the schemas and
+    with shared/prompts.py."""
+    message = components.get("Message")
+    if message is not None:
+        # No role "tool" (Dukat calls no tools); content required except on an assistant turn.
+        props = message["properties"]
+        roles = [r for r in props["role"]["enum"] if r != "tool"]
+        speaking = [r for r in roles if r != "assistant"]
+        props["role"] = {"enum": roles}
+        message["anyOf"] = [
+            {"properties": {"role": {"const": "assistant"}}},
+            {"properties": {"role": {"enum": speaking}, "content": {"not": {"type": "null"}}},
+             "required": ["content"]},
+        ]
+    if "TextPart" in components:
+        components["TextPart"]["properties"]["type"] = {"const": "text", "default": "text"}
+    chat = components.get("ChatCompletionRequest", {}).get("properties", {})
+    if chat:
+        chat["logprobs"] = {"anyOf": [{"const": False}, {"type": "null"}], "default": None}
+        chat["response_format"] = {
+            "anyOf": [{"type": "object", "properties": {"type": {"const": "text"}}}, {"type": "null"}],
+            "default": None,
+        }
+        components["ChatCompletionRequest"]["anyOf"] = [
+            {"properties": {"tools": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}},
+            {"properties": {"tool_choice": {"const": "none"}}, "required": ["tool_choice"]},
+        ]
+    completion = components.get("CompletionRequest", {}).get("properties", {})
+    if completion:
+        empty = {"type": "string", "maxLength": 0}  # a suffix is refused; "" is no suffix
+        completion["suffix"] = {"anyOf": [empty, {"type": "null"}], "default": None}
+        completion["logprobs"] = {"type": "null", "default": None}
+
+
+def _bound(components: dict[str, Any], name: str, field: str, kind: str, **bounds: int | str) -> None:
+    schema = components.get(name, {}).get("properties", {}).get(field)
+    if schema is None:
+        return
+    for alternative in schema.get("anyOf", [schema]):
+        if alternative.get("type") == kind:
+            alternative.update(bounds)

@@ -1,0 +1,92 @@
+"""One locked-down `dukat serve` shared by the security tests: inference and admin keys, an internal
+token, a pull allowlist and size cap, a tiny chat model and a tiny embedding model, a local hub."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.processes import ChildProcess
+from tests.gateway.conftest import TEST_ENV, write_models
+from tests.support.hub_server import HubServer, RepoSource
+
+INFERENCE_KEY = "sk-infer-test"
+ADMIN_KEY = "sk-admin-test"
+INTERNAL_TOKEN = "internal-test-token"
+CHAT_MODEL = "tiny/tinyllama"
+EMBED_MODEL = "tiny/bert"
+MAX_MODEL_BYTES = 8 * 2**20  # the hub's BIG_REPO (24 MiB) is over it, its tiny repos are not
+PULL_ALLOW = "dukat-test/*"
+MAX_GENERATIONS = 4  # prompts x n; small, so fuzzed requests stay quick (schemathesis_hooks.py knows it)
+
+
+@dataclass
+class Locked:
+    url: str
+    models_dir: Path
+    process: ChildProcess
+    hub: HubServer
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def locked_hub(hub_repos: dict[str, RepoSource]) -> Iterator[HubServer]:
+    with HubServer(hub_repos) as hub:
+        yield hub
+
+
+@pytest.fixture(scope="session")
+def locked(
+    tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory, locked_hub: HubServer
+) -> Iterator[Locked]:
+    models_dir = tmp_path_factory.mktemp("locked") / "models"
+    models_dir.mkdir()
+    write_models(models_dir, tiny_model_dir, {CHAT_MODEL: "tinyllama", EMBED_MODEL: "bert"})
+    env = {
+        **TEST_ENV,
+        "HF_ENDPOINT": locked_hub.url,
+        "HF_HOME": str(models_dir.parent / "hf-home"),
+        "DUKAT_LOG_LEVEL": "warning",
+        "DUKAT_STOP_TIMEOUT_S": "5",
+        "DUKAT_API_KEYS": f"other-key,{INFERENCE_KEY}",
+        "DUKAT_ADMIN_KEYS": ADMIN_KEY,
+        "DUKAT_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "DUKAT_PULL_ALLOW": PULL_ALLOW,
+        "DUKAT_MAX_MODEL_BYTES": str(MAX_MODEL_BYTES),
+        "DUKAT_MAX_GENERATIONS": str(MAX_GENERATIONS),
+        "DUKAT_PRELOAD": f"{CHAT_MODEL},{EMBED_MODEL}",
+    }
+    proc = ChildProcess(
+        "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],
+        ready_prefix="DUKAT_GATEWAY_READY", env=env,
+    )
+    url = proc.start(timeout=120)
+    try:
+        yield Locked(url=url, models_dir=models_dir, process=proc, hub=locked_hub)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(locked: Locked) -> Iterator[httpx.Client]:
+    with locked.client(ADMIN_KEY) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def inference(locked: Locked) -> Iterator[httpx.Client]:
+    with locked.client(INFERENCE_KEY) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def anonymous(locked: Locked) -> Iterator[httpx.Client]:
+    with locked.client() as client:
+        yield client
