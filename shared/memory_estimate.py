@@ -80,22 +80,41 @@ def _config(path: Path) -> dict[str, object]:
 
 
 def _parameters(path: Path) -> tuple[int, int]:
-    """(quantizable, kept in compute dtype) parameter counts of the folder's weights."""
+    """(quantizable, kept in compute dtype) parameter counts of the folder's weights (or of a .gguf
+    file: transformers dequantizes GGUF weights on load, so they count like any others)."""
     quantized = plain = 0
-    files = sorted(path.glob("*.safetensors"))
-    for file in files:
-        for name, count in _safetensors_shapes(file):
-            if any(part in name for part in _UNQUANTIZED):
-                plain += count
-            else:
-                quantized += count
-    if files:
+    ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else [path]
+    shapes = [s for file in sorted(path.glob("*.safetensors")) for s in _safetensors_shapes(file)]
+    if not shapes:
+        shapes = [s for file in ggufs for s in _gguf_shapes(file)]
+    for name, count in shapes:
+        if any(part in name for part in _UNQUANTIZED):
+            plain += count
+        else:
+            quantized += count
+    if quantized or plain:
         return quantized, plain
+    return _fallback(path)
+
+
+def _fallback(path: Path) -> tuple[int, int]:
     # .bin / .pt / .gguf: no cheap shape list; assume fp32 storage (an over-estimate for fp16 files,
     # and GGUF weights are dequantized on load anyway, so their in-memory size is larger still).
+    if path.is_file():
+        return path.stat().st_size * 2, 0
     size = sum(f.stat().st_size for p in ("*.bin", "*.pt", "*.pth") for f in path.glob(p))
     gguf = sum(f.stat().st_size for f in path.glob("*.gguf"))
     return size // 4 + gguf * 2, 0
+
+
+def _gguf_shapes(file: Path) -> list[tuple[str, int]]:
+    """(tensor name, element count) of a .gguf file's tensors (its header; the data is not read)."""
+    try:
+        from gguf import GGUFReader
+
+        return [(t.name, int(t.n_elements)) for t in GGUFReader(file).tensors]
+    except Exception:  # not installed, or not a GGUF file we can read: the size stands in
+        return []
 
 
 def _safetensors_shapes(file: Path) -> list[tuple[str, int]]:

@@ -113,3 +113,17 @@ def test_keep_alive_expires_only_idle_models_past_their_time() -> None:
         worker("busy", used=0, keep_alive_s=0.0, idle_s=0.0, in_flight=1),
     ]
     assert [w.model_id for w in expired(models)] == ["past", "zero"]
+
+
+def test_a_gguf_file_is_estimated_from_its_tensor_list(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from tests.support.tiny_gguf import write_tiny_llama_gguf
+
+    source = tiny_model_dir("llama")
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_llama_gguf(source, gguf)
+    from_gguf = estimate_memory(gguf, "none", "cpu", kv_tokens=0)
+    from_safetensors = estimate_memory(source, "none", "cpu", kv_tokens=0)
+    assert from_gguf.parameters == from_safetensors.parameters  # dequantized on load: every weight counts
+    assert from_gguf.weights_bytes == from_safetensors.weights_bytes
