@@ -5,25 +5,31 @@ from __future__ import annotations
 
 from litestar import Response, get
 from litestar.datastructures import State
+from msgspec import Struct
 
 from gateway.metrics import CONTENT_TYPE
 
 
+class Probe(Struct, kw_only=True, omit_defaults=True):
+    status: str  # "ok", "ready" or "not_ready"
+    reason: str | None = None  # why not ready
+
+
 @get("/health/live", summary="Liveness: the gateway's event loop answers")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
+async def live() -> Probe:
+    return Probe(status="ok")
 
 
-@get("/health/ready", summary="Readiness: a worker host answers and the preload list is loaded")
-async def ready(state: State) -> Response[dict[str, str]]:
+@get("/health/ready", summary="Readiness: a worker host answers and the preload list is loaded (else 503)")
+async def ready(state: State) -> Probe:
     reason = None
     if not state.preloaded:
         reason = "preloading models"
     elif not await state.manager.hosts.states():
         reason = "no worker host answers"
     if reason is not None:
-        return Response({"status": "not_ready", "reason": reason}, status_code=503)
-    return Response({"status": "ready"}, status_code=200)
+        return Response(Probe(status="not_ready", reason=reason), status_code=503)  # type: ignore[return-value]
+    return Probe(status="ready")
 
 
 @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
