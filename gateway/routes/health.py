@@ -8,11 +8,11 @@ from litestar.datastructures import State
 from msgspec import Struct
 
 from gateway.metrics import CONTENT_TYPE
+from shared.errors import ModelNotLoadedError, NoCapacityError
 
 
-class Probe(Struct, kw_only=True, omit_defaults=True):
-    status: str  # "ok", "ready" or "not_ready"
-    reason: str | None = None  # why not ready
+class Probe(Struct, kw_only=True):
+    status: str  # "ok" (live) or "ready"
 
 
 @get("/health/live", summary="Liveness: the gateway's event loop answers")
@@ -22,13 +22,10 @@ async def live() -> Probe:
 
 @get("/health/ready", summary="Readiness: a worker host answers and the preload list is loaded (else 503)")
 async def ready(state: State) -> Probe:
-    reason = None
     if not state.preloaded:
-        reason = "preloading models"
-    elif not await state.manager.hosts.states():
-        reason = "no worker host answers"
-    if reason is not None:
-        return Response(Probe(status="not_ready", reason=reason), status_code=503)  # type: ignore[return-value]
+        raise ModelNotLoadedError("not ready: the preload list is still loading")
+    if not await state.manager.hosts.states():
+        raise NoCapacityError("not ready: no worker host answers")
     return Probe(status="ready")
 
 

@@ -185,7 +185,8 @@ def test_gateways_are_live_and_ready_once_a_host_answers(cluster: Cluster) -> No
         url = lonely.start(timeout=60)
         assert httpx.get(f"{url}/health/live").status_code == 200
         resp = httpx.get(f"{url}/health/ready")
-        assert resp.status_code == 503 and resp.json()["reason"] == "no worker host answers", resp.text
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["message"] == "not ready: no worker host answers"
     finally:
         lonely.stop()
 
