@@ -51,7 +51,8 @@ ROUTES = [
 def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> Litestar:
     metrics = GatewayMetrics()
     manager = manager or AsyncModelManager(settings, metrics=metrics)
-    state = State({"manager": manager, "metrics": metrics, "preloaded": not settings.preload})
+    preloaded = not settings.preload
+    state = State({"manager": manager, "settings": settings, "metrics": metrics, "preloaded": preloaded})
 
     async def preload() -> None:
         results = await asyncio.gather(
