@@ -87,5 +87,5 @@ def no_room_message(model_id: str, host: HostState, devices: list[DeviceState], 
     slots = f"; {loaded_count(host)} of at most {limit} models loaded" if limit else ""
     return (
         f"no room for model {model_id!r} on host {host.url} ({'; '.join(parts)}{slots}), "
-        "and no idle model to evict: unload a model or set a longer wait"
+        "and no idle model can be evicted (pinned ones and busy ones stay): unload a model first"
     )
