@@ -39,7 +39,7 @@ _REASONS = {
     429: "The model worker's queue is full (Retry-After)",
     500: "A bug (logged with its traceback)",
     502: "A worker process or the hub failed",
-    503: "The model failed to load, is not loaded, or no host has room (Retry-After)",
+    503: "The model failed to load, is not loaded, or no host has room (Retry-After); not ready",
     504: "Timed out",
     507: "Not enough free space for the model",
 }
@@ -63,6 +63,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/health"): (),
     ("get", "/api/models/{model_id}"): (400, 404, 502),
     ("post", "/api/models/delete"): (400, 404, 409, 413, 502),
+    ("get", "/health/live"): (),
+    ("get", "/health/ready"): (503,),
 }
 # The chunks of a stream, per route (an event's `data`).
 _CHUNKS: dict[tuple[str, str], Any] = {

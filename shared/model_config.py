@@ -23,15 +23,16 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import filelock
 import msgspec
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 from shared.errors import DukatError, InternalError, InvalidConfigError
 from shared.files import atomic_write
 from shared.generation import SamplingParams, params_from_mapping
+from shared.keep_alive import parse_keep_alive
 from shared.model_types import get_model_type
 from shared.settings import QUANTIZATIONS, Quantization
 
@@ -50,6 +51,11 @@ class ModelEntry(Struct, kw_only=True):
     model_type: str | None = None
     # Which .gguf file of the model's folder to load (or an absolute path); see worker/gguf.py.
     gguf_file: str | None = None
+    # How long the model stays loaded when idle (Ollama's keep_alive: "5m", seconds, 0, -1 = forever);
+    # None: DUKAT_KEEP_ALIVE.
+    keep_alive: str | float | None = None
+    # Workers serving the model, each on another host where there are several; None: one.
+    replicas: Annotated[int, Meta(ge=1)] | None = None
     # Keys of the entry Dukat does not know, written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -64,7 +70,9 @@ class ModelConfig(Struct, kw_only=True):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_ENTRY_FIELDS = ("description", "quantization", "default_parameters", "model_type", "gguf_file")
+_ENTRY_FIELDS = (
+    "description", "quantization", "default_parameters", "model_type", "gguf_file", "keep_alive", "replicas"
+)  # fmt: skip
 _TOP_FIELDS = ("models", "default_model")
 
 
@@ -138,6 +146,11 @@ def _check_entry(where: str, entry: ModelEntry) -> None:
             get_model_type(entry.model_type)
         except DukatError as exc:
             raise _FieldError(f"{where}.model_type", exc.message) from None
+    if entry.keep_alive is not None:
+        try:
+            parse_keep_alive(entry.keep_alive)
+        except ValueError as exc:
+            raise _FieldError(f"{where}.keep_alive", str(exc)) from None
 
 
 def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
@@ -149,6 +162,9 @@ def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
         raw["model_type"] = entry.model_type
     if entry.gguf_file is not None:
         raw["gguf_file"] = entry.gguf_file
+    for key in ("keep_alive", "replicas"):
+        if getattr(entry, key) is not None:
+            raw[key] = getattr(entry, key)
     return {**raw, **{k: v for k, v in entry.extra.items() if k not in _ENTRY_FIELDS}}
 
 

@@ -29,6 +29,7 @@ from shared.errors import (
     DukatError,
     InternalError,
     ModelNotLoadedError,
+    ModelOutOfMemoryError,
     QuantizationError,
     WorkerFailedError,
 )
@@ -112,6 +113,9 @@ class WorkerServer:
         self.cancelled = 0  # finished because the caller went away
         self.drain_s = drain_s
         self.draining = False
+        # Usage, reported in every Pong: the host unloads idle workers (keep-alive) and evicts by it.
+        self.last_done = time.monotonic()
+        self.keep_alive: float | None = None
         # The engine batches internally; threads only carry blocking calls off the loop.
         self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
         # The engine embeds one batch at a time anyway; queued here, a cancelled one is skipped.
@@ -198,6 +202,7 @@ class WorkerServer:
             if ticket is None:
                 self._refuse_while_draining()  # a group admitted before the unload may finish
             self.places.take(ticket)
+            self.keep_alive = frame.request.keep_alive  # Ollama: each request sets it (None: default)
             started = time.monotonic()
             try:
                 await self._run(frame, cancels[rid], writer)
@@ -205,6 +210,7 @@ class WorkerServer:
                 self.places.done(time.monotonic() - started, ticket)
                 self.finished += 1
                 self.cancelled += cancels[rid].is_set()
+                self.last_done = time.monotonic()
         except DukatError as exc:
             writer.write(encode_frame(Error.of(rid, exc)))
         except Exception as exc:
@@ -212,6 +218,16 @@ class WorkerServer:
             writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
         finally:
             cancels.pop(rid, None)
+
+    def load(self) -> WorkerLoad:
+        idle = 0.0 if self.pending else time.monotonic() - self.last_done
+        return WorkerLoad(
+            in_flight=self.pending,
+            finished=self.finished,
+            cancelled=self.cancelled,
+            idle_s=idle,
+            keep_alive_s=self.keep_alive,
+        )
 
     async def _run(
         self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter
@@ -263,9 +279,6 @@ class WorkerServer:
         # Cancelled while it waited for a thread: nobody reads the vectors, don't make them.
         return None if cancel.is_set() else self.engine.embed(request)
 
-    def load(self) -> WorkerLoad:
-        return WorkerLoad(in_flight=self.pending, finished=self.finished, cancelled=self.cancelled)
-
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
         if self.outbox is None or self.outbox.loop is not loop:
             self.outbox = Outbox(loop)
@@ -285,13 +298,24 @@ def _ticket_of(frame: Generate | Embed, tickets: dict[int, Ticket]) -> Ticket | 
 
 
 def _fail(exc: BaseException, model_id: str) -> None:
-    if isinstance(exc, DukatError):
-        body: dict[str, Any] = {"code": exc.code, "message": exc.message, "param": exc.param}
+    if _out_of_memory(exc):
+        message = f"loading model {model_id!r} ran out of memory: {type(exc).__name__}: {exc}"
+        body: dict[str, Any] = {"code": ModelOutOfMemoryError.code, "message": message, "param": None}
+    elif isinstance(exc, DukatError):
+        body = {"code": exc.code, "message": exc.message, "param": exc.param}
     else:
         # A library's own error ("header too large") says nothing about which model it was.
         message = f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}"
         body = {"code": "model_load_failed", "message": message, "param": None}
     print(f"{WORKER_FAILED} {json.dumps(body)}", flush=True)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(exc, oom)
 
 
 async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:

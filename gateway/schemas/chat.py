@@ -18,6 +18,7 @@ from gateway.schemas.common import (
     OpenAIFinishReason,
     TopLogprobs,
     Usage,
+    keep_alive_seconds,
     now,
     openai_finish_reason,
     reject_if,
@@ -94,11 +95,13 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
         formatted = self.response_format.constraint() if self.response_format is not None else None
         constraint = forced or formatted or self.extension_constraint()
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        keep_alive = keep_alive_seconds(self.keep_alive)
         return [
             GenerateRequest(
                 messages=self.messages,
                 params=p,
                 request_id=request_id,
+                keep_alive=keep_alive,
                 tools=use,
                 constraint=constraint,
                 logprobs=logprobs,

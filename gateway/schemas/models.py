@@ -96,6 +96,8 @@ class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     quantization: Quantization | None = None
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
     device: Device | None = None
+    # Workers to serve it, each on another host where there are several; None: the config file's, else 1.
+    replicas: Annotated[int, Meta(ge=1, le=64)] | None = None
 
 
 class UnloadRequest(host_api.UnloadCommand, kw_only=True, rename={"model_id": "model"}):
