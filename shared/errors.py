@@ -221,6 +221,12 @@ class ShuttingDownError(DukatError):
     retry_after = 1
 
 
+class ModelOutOfMemoryError(ModelLoadFailedError):
+    """A load ran out of device memory (or the kernel's OOM killer ended the worker)."""
+
+    code = "out_of_memory"
+
+
 class NoCapacityError(DukatError):
     """No worker host has a device with room for the model."""
 

@@ -21,22 +21,22 @@ import copy
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any
 
 import filelock
 import msgspec
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 from shared.errors import DukatError, InternalError, InvalidConfigError
+from shared.files import atomic_write
 from shared.generation import SamplingParams, params_from_mapping
+from shared.keep_alive import parse_keep_alive
 from shared.model_types import get_model_type
-from shared.settings import Quantization
+from shared.settings import QUANTIZATIONS, Quantization
 
 log = logging.getLogger(__name__)
-QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 # How errors that may reach a client name the file (its path is the operator's business).
 _CLIENT_NAME = "file"
 LOCK_TIMEOUT_S = 60.0
@@ -51,6 +51,11 @@ class ModelEntry(Struct, kw_only=True):
     model_type: str | None = None
     # Which .gguf file of the model's folder to load (or an absolute path); see worker/gguf.py.
     gguf_file: str | None = None
+    # How long the model stays loaded when idle (Ollama's keep_alive: "5m", seconds, 0, -1 = forever);
+    # None: DUKAT_KEEP_ALIVE.
+    keep_alive: str | float | None = None
+    # Workers serving the model, each on another host where there are several; None: one.
+    replicas: Annotated[int, Meta(ge=1)] | None = None
     # Keys of the entry Dukat does not know, written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -65,7 +70,9 @@ class ModelConfig(Struct, kw_only=True):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_ENTRY_FIELDS = ("description", "quantization", "default_parameters", "model_type", "gguf_file")
+_ENTRY_FIELDS = (
+    "description", "quantization", "default_parameters", "model_type", "gguf_file", "keep_alive", "replicas"
+)  # fmt: skip
 _TOP_FIELDS = ("models", "default_model")
 
 
@@ -139,6 +146,11 @@ def _check_entry(where: str, entry: ModelEntry) -> None:
             get_model_type(entry.model_type)
         except DukatError as exc:
             raise _FieldError(f"{where}.model_type", exc.message) from None
+    if entry.keep_alive is not None:
+        try:
+            parse_keep_alive(entry.keep_alive)
+        except ValueError as exc:
+            raise _FieldError(f"{where}.keep_alive", str(exc)) from None
 
 
 def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
@@ -150,6 +162,9 @@ def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
         raw["model_type"] = entry.model_type
     if entry.gguf_file is not None:
         raw["gguf_file"] = entry.gguf_file
+    for key in ("keep_alive", "replicas"):
+        if getattr(entry, key) is not None:
+            raw[key] = getattr(entry, key)
     return {**raw, **{k: v for k, v in entry.extra.items() if k not in _ENTRY_FIELDS}}
 
 
@@ -283,7 +298,7 @@ class ConfigStore:
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"refusing to write {exc.message}", param=exc.param) from None
         if data != old:
-            _atomic_write(self.path, data)
+            atomic_write(self.path, data)
         key = self._stat_key()
         self._cache = (key, config) if key is not None else None
         self._broken = None
@@ -295,33 +310,3 @@ class ConfigStore:
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, `os.replace`, fsync the folder: old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _mode_for(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _mode_for(path: Path) -> int:
-    # Keep the user's permissions; a new file gets 0o644 rather than mkstemp's 0o600.
-    try:
-        return os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        return 0o644

@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from shared.processes import announce_ready
+
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +57,7 @@ def serve(
         proxy_headers=False, server_header=False,
     )
     server = _Server(config, grace_s, on_grace_over)
-    print(f"{ready_prefix} {sock.getsockname()[1]}", flush=True)
+    announce_ready(ready_prefix, sock.getsockname()[1])
     server.run(sockets=[sock])
 
 

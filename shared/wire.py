@@ -110,11 +110,15 @@ class Embedding(Struct, tag="embedding", kw_only=True, forbid_unknown_fields=Tru
 
 
 class WorkerLoad(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """The worker's own counters, as of a Pong."""
+    """The worker's own counters, as of a Pong (its host's keep-alive and eviction read them)."""
 
     in_flight: int = 0  # requests accepted and not finished (queued or generating)
     finished: int = 0  # since start, cancelled ones included
     cancelled: int = 0  # since start: the caller went away (disconnect, deadline)
+    # Seconds since its last request ended (0 while one is in flight).
+    idle_s: float = 0.0
+    # The last request's keep_alive in seconds (negative: forever); None when it gave none.
+    keep_alive_s: float | None = None
 
 
 class Pong(Struct, tag="pong", kw_only=True, forbid_unknown_fields=True):

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 
-from shared.errors import RequestTimeoutError, WorkerFailedError, WorkerUnreachableError
+from shared.errors import OverloadedError, RequestTimeoutError, WorkerFailedError, WorkerUnreachableError
 from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
 from shared.wire import (
     Accepted,
@@ -42,6 +44,14 @@ log = logging.getLogger(__name__)
 _CLOSED = object()
 
 
+class RequestObserver(Protocol):
+    """Told about each request as it ends (the gateway's metrics); must be quick and not raise."""
+
+    def finished(self, result: GenerateResult, elapsed_s: float, first_token_s: float | None) -> None: ...
+    def embedded(self, prompt_tokens: int, elapsed_s: float) -> None: ...
+    def rejected(self) -> None: ...
+
+
 class WorkerConnection:
     def __init__(
         self,
@@ -50,11 +60,13 @@ class WorkerConnection:
         *,
         request_timeout_s: float | None = None,
         first_token_timeout_s: float | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.address = address
         self.token = token
         self.request_timeout_s = request_timeout_s
         self.first_token_timeout_s = first_token_timeout_s
+        self.observer = observer
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[FromWorker | object]] = {}
         self._accepted: set[int] = set()  # requests the worker said it has
@@ -114,6 +126,11 @@ class WorkerConnection:
             raise
         return rid, queue
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent on this connection and not answered yet."""
+        return len(self._queues)
+
     def _forget(self, rid: int) -> None:
         self._queues.pop(rid, None)
         self._accepted.discard(rid)
@@ -134,11 +151,10 @@ class WorkerConnection:
                 raise WorkerUnreachableError(f"model worker at {self.address} closed the connection")
             raise WorkerFailedError(f"model worker at {self.address} closed the connection")
         if isinstance(frame, Error):
+            if frame.code == OverloadedError.code and self.observer is not None:
+                self.observer.rejected()
             raise frame.exception()
         return frame  # type: ignore[return-value]
-
-    async def ping(self) -> WorkerInfo:
-        return (await self.pong()).info
 
     async def pong(self) -> Pong:
         """The worker's answer to a ping: its facts and its counters."""
@@ -167,10 +183,14 @@ class WorkerConnection:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(encode_frame(Cancel(id=ticket)))
 
+    async def ping(self) -> WorkerInfo:
+        return (await self.pong()).info
+
     async def generate(
         self, request: GenerateRequest, defaults: SamplingParams | None = None, ticket: int | None = None
     ) -> GenerateResult:
         deadline = self._deadline(self.request_timeout_s)
+        started = time.perf_counter()
         rid, queue = await self._request(
             Generate, request=request, defaults=defaults, stream=False, ticket=ticket
         )
@@ -179,6 +199,8 @@ class WorkerConnection:
             frame = await self._next(rid, queue, deadline)
             done = True
             assert isinstance(frame, Result)
+            if self.observer is not None:
+                self.observer.finished(frame.result, time.perf_counter() - started, None)
             return frame.result
         finally:
             await self._finish(rid, done)
@@ -189,6 +211,8 @@ class WorkerConnection:
         """Text deltas, then the final result. Closing the iterator early cancels the generation."""
         deadline = self._deadline(self.request_timeout_s)
         first = self._deadline(self.first_token_timeout_s)
+        started = time.perf_counter()
+        first_token_s: float | None = None
         rid, queue = await self._request(
             Generate, request=request, defaults=defaults, stream=True, ticket=ticket
         )
@@ -198,9 +222,15 @@ class WorkerConnection:
                 frame = await self._next(rid, queue, _earliest(deadline, first))
                 first = None
                 if isinstance(frame, Delta):
+                    if first_token_s is None:
+                        first_token_s = time.perf_counter() - started
                     yield frame.text
                 elif isinstance(frame, Result):
                     done = True
+                    if self.observer is not None:
+                        elapsed = time.perf_counter() - started
+                        ttft = first_token_s if first_token_s is not None else elapsed
+                        self.observer.finished(frame.result, elapsed, ttft)
                     yield frame.result
                     return
         except WorkerFailedError:
@@ -211,12 +241,15 @@ class WorkerConnection:
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         deadline = self._deadline(self.request_timeout_s)
+        started = time.perf_counter()
         rid, queue = await self._request(Embed, request=request)
         done = False
         try:
             frame = await self._next(rid, queue, deadline)
             done = True
             assert isinstance(frame, Embedding)
+            if self.observer is not None:
+                self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
             return frame.result
         finally:
             await self._finish(rid, done)

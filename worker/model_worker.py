@@ -25,8 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shared.errors import DukatError, InternalError, ModelNotLoadedError, QuantizationError, WorkerFailedError
+from shared.errors import (
+    DukatError,
+    InternalError,
+    ModelNotLoadedError,
+    ModelOutOfMemoryError,
+    QuantizationError,
+    WorkerFailedError,
+)
 from shared.generation import EmbedRequest, EmbedResult, GenerateResult
+from shared.logs import setup_logging
+from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready
+from shared.settings import QUANTIZATIONS, Settings, load_settings
 from shared.wire import (
     Accepted,
     Admit,
@@ -54,8 +64,7 @@ if TYPE_CHECKING:
     from worker.engine import Engine
 
 log = logging.getLogger("worker.model_worker")
-READY = "DUKAT_WORKER_READY"
-FAILED = "DUKAT_WORKER_FAILED"
+DEFAULTS = Settings()  # the registry's defaults; the host passes each value it set
 
 
 def die_with_parent() -> None:
@@ -104,6 +113,9 @@ class WorkerServer:
         self.cancelled = 0  # finished because the caller went away
         self.drain_s = drain_s
         self.draining = False
+        # Usage, reported in every Pong: the host unloads idle workers (keep-alive) and evicts by it.
+        self.last_done = time.monotonic()
+        self.keep_alive: float | None = None
         # The engine batches internally; threads only carry blocking calls off the loop.
         self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
         # The engine embeds one batch at a time anyway; queued here, a cancelled one is skipped.
@@ -190,6 +202,7 @@ class WorkerServer:
             if ticket is None:
                 self._refuse_while_draining()  # a group admitted before the unload may finish
             self.places.take(ticket)
+            self.keep_alive = frame.request.keep_alive  # Ollama: each request sets it (None: default)
             started = time.monotonic()
             try:
                 await self._run(frame, cancels[rid], writer)
@@ -197,6 +210,7 @@ class WorkerServer:
                 self.places.done(time.monotonic() - started, ticket)
                 self.finished += 1
                 self.cancelled += cancels[rid].is_set()
+                self.last_done = time.monotonic()
         except DukatError as exc:
             writer.write(encode_frame(Error.of(rid, exc)))
         except Exception as exc:
@@ -204,6 +218,16 @@ class WorkerServer:
             writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
         finally:
             cancels.pop(rid, None)
+
+    def load(self) -> WorkerLoad:
+        idle = 0.0 if self.pending else time.monotonic() - self.last_done
+        return WorkerLoad(
+            in_flight=self.pending,
+            finished=self.finished,
+            cancelled=self.cancelled,
+            idle_s=idle,
+            keep_alive_s=self.keep_alive,
+        )
 
     async def _run(
         self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter
@@ -255,9 +279,6 @@ class WorkerServer:
         # Cancelled while it waited for a thread: nobody reads the vectors, don't make them.
         return None if cancel.is_set() else self.engine.embed(request)
 
-    def load(self) -> WorkerLoad:
-        return WorkerLoad(in_flight=self.pending, finished=self.finished, cancelled=self.cancelled)
-
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
         if self.outbox is None or self.outbox.loop is not loop:
             self.outbox = Outbox(loop)
@@ -277,19 +298,30 @@ def _ticket_of(frame: Generate | Embed, tickets: dict[int, Ticket]) -> Ticket | 
 
 
 def _fail(exc: BaseException, model_id: str) -> None:
-    if isinstance(exc, DukatError):
-        body: dict[str, Any] = {"code": exc.code, "message": exc.message, "param": exc.param}
+    if _out_of_memory(exc):
+        message = f"loading model {model_id!r} ran out of memory: {type(exc).__name__}: {exc}"
+        body: dict[str, Any] = {"code": ModelOutOfMemoryError.code, "message": message, "param": None}
+    elif isinstance(exc, DukatError):
+        body = {"code": exc.code, "message": exc.message, "param": exc.param}
     else:
         # A library's own error ("header too large") says nothing about which model it was.
         message = f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}"
         body = {"code": "model_load_failed", "message": message, "param": None}
-    print(f"{FAILED} {json.dumps(body)}", flush=True)
+    print(f"{WORKER_FAILED} {json.dumps(body)}", flush=True)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(exc, oom)
 
 
 async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:
     listener = await asyncio.start_server(server.handle, bind, port)
     actual = listener.sockets[0].getsockname()[1]
-    print(f"{READY} {actual}", flush=True)
+    announce_ready(WORKER_READY, actual)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -310,7 +342,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-id", required=True)
     p.add_argument("--path", required=True)
     p.add_argument("--model-type", required=True)
-    p.add_argument("--quantization", default="4bit", choices=["4bit", "8bit", "none"])
+    p.add_argument("--quantization", required=True, choices=QUANTIZATIONS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -318,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--drain-s", type=float, default=5.0, help="on SIGTERM, wait this long for requests in flight"
     )
-    p.add_argument("--max-pending", type=int, default=80)
+    p.add_argument("--max-pending", type=int, default=DEFAULTS.max_batch + DEFAULTS.max_queue)
     # Requests generated together (DUKAT_MAX_BATCH); the engine queues --max-queue more
     # (DUKAT_MAX_QUEUE; default: what --max-pending leaves) and refuses the rest.
     p.add_argument(
@@ -326,14 +358,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="nobody asked for --quantization: fall back to none if the model can't take it",
     )
-    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
     p.add_argument("--max-queue", type=int, default=None)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(load_settings().log_level)  # the host's environment, so its DUKAT_LOG_LEVEL
     die_with_parent()
     local_device = pin_device(args.device, args.threads)
     try:
@@ -364,7 +396,6 @@ def main(argv: list[str] | None = None) -> int:
     # The host's device name (cuda:N), not the one this process sees (always cuda:0).
     engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
     info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
-    from shared.settings import load_settings
 
     token = load_settings().internal_token  # inherited from the host's environment, never on argv
     server = WorkerServer(

@@ -23,9 +23,17 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from shared.errors import ConflictError, DukatError, ModelLoadFailedError, NotFoundError, error_from_code
+from shared.errors import (
+    ConflictError,
+    DukatError,
+    ModelLoadFailedError,
+    ModelOutOfMemoryError,
+    NotFoundError,
+    error_from_code,
+)
 from shared.host_api import WorkerState
-from shared.wire import WorkerInfo
+from shared.processes import WORKER_FAILED, WORKER_READY, ready_port, terminate
+from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,9 @@ class WorkerSpec:
     device: str
     # The quantization is the default, not asked for: the worker may fall back to none.
     quantization_is_default: bool = False
+    # Memory set aside for it, and its keep-alive when requests give none (negative: forever).
+    estimated_bytes: int = 0
+    keep_alive_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,6 +156,9 @@ class Supervisor:
             quantization=spec.quantization,
             model_type=spec.model_type,
             started_at=time.time(),
+            estimated_bytes=spec.estimated_bytes,
+            keep_alive_s=spec.keep_alive_s,
+            last_used_at=time.time(),
         )
         worker = _Worker(spec=spec, state=state)
         self._workers[spec.model_id] = worker
@@ -292,8 +306,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 return
-            s, load = worker.state, pong.load
-            s.in_flight, s.finished, s.cancelled = load.in_flight, load.finished, load.cancelled
+            self.observe(worker.spec.model_id, pong.load)
 
     async def _handshake(
         self, worker: _Worker, process: asyncio.subprocess.Process
@@ -302,8 +315,7 @@ class Supervisor:
         assert process.stdout
         async for raw in process.stdout:
             line = raw.decode(errors="replace").strip()
-            if line.startswith("DUKAT_WORKER_READY "):
-                port = int(line.split()[1])
+            if (port := ready_port(line, WORKER_READY)) is not None:
                 conn = WorkerConnection(f"{self.advertise}:{port}", self.token)
                 try:
                     await self._ready(worker, conn)
@@ -314,12 +326,12 @@ class Supervisor:
                     self._failed(worker, ModelLoadFailedError(message), settle=False)
                     return None
                 return conn
-            if line.startswith("DUKAT_WORKER_FAILED "):
+            if line.startswith(WORKER_FAILED + " "):
                 body = json.loads(line.partition(" ")[2])
                 err = error_from_code(body.get("code"), body.get("message", "load failed"), body.get("param"))
                 self._failed(worker, err, settle=False)
                 return None
-        self._failed(worker, ModelLoadFailedError("model worker exited while loading"), settle=False)
+        self._failed(worker, _died_loading(worker.spec.model_id, await process.wait()), settle=False)
         return None
 
     async def _ready(self, worker: _Worker, conn: WorkerConnection) -> None:
@@ -355,6 +367,17 @@ class Supervisor:
             level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
             log.log(level, "[%s] %s", worker.spec.model_id, line)
 
+    def observe(self, model_id: str, load: WorkerLoad) -> None:
+        """A loaded worker's counters from its Pong; the last request's keep_alive wins over the load's."""
+        worker = self._workers.get(model_id)
+        if worker is None or worker.state.status != "loaded":
+            return
+        s = worker.state
+        s.in_flight, s.finished, s.cancelled = load.in_flight, load.finished, load.cancelled
+        s.idle_s = load.idle_s
+        s.last_used_at = time.time() - load.idle_s
+        s.keep_alive_s = worker.spec.keep_alive_s if load.keep_alive_s is None else load.keep_alive_s
+
     async def unload(self, model_id: str) -> None:
         worker = self._workers.get(model_id)
         if worker is None:
@@ -373,17 +396,11 @@ class Supervisor:
             del self._workers[model_id]
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
-        """SIGTERM, wait, then SIGKILL: a worker never outlives its unload."""
-        if process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), self.stop_timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        """SIGTERM, wait, then SIGKILL, to the worker's whole process group: a worker (nor anything
+        it started) never outlives its unload."""
+        exited = lambda: process.returncode is not None  # noqa: E731 - set by this loop, read by the thread
+        await asyncio.to_thread(terminate, process.pid, exited, self.stop_timeout_s)
+        await process.wait()
 
     async def close(self) -> None:
         await asyncio.gather(*(self.unload(m) for m in list(self._workers)), return_exceptions=True)
@@ -403,3 +420,10 @@ def _check_same_load(worker: WorkerState, quantization: str | None, device: str 
             "unload it first to load it differently",
             param=next(reversed(wrong)),
         )
+
+
+def _died_loading(model_id: str, code: int) -> DukatError:
+    if code == -signal.SIGKILL:  # what the kernel's OOM killer does to a load that outgrows RAM
+        message = f"model worker for {model_id!r} was killed (SIGKILL) while loading: likely out of memory"
+        return ModelOutOfMemoryError(message)
+    return ModelLoadFailedError(f"model worker exited while loading (code {code})")

@@ -18,6 +18,7 @@ import pytest
 from shared.errors import ContextLengthExceededError, RequestTimeoutError, UnsupportedTaskError
 from shared.generation import EmbedRequest, GenerateRequest, GenerateResult, SamplingParams
 from shared.model_types import get_model_type
+from shared.processes import WORKER_READY as READY
 from shared.wire import (
     MAX_FRAME,
     Accepted,
@@ -37,7 +38,6 @@ from shared.wire import (
 )
 from shared.wire_client import WorkerConnection
 from worker.engine import Engine
-from worker.model_worker import READY
 
 PROMPT = "Once upon a time"
 
