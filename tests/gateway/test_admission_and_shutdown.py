@@ -27,7 +27,7 @@ from shared.processes import ChildProcess
 from shared.wire import WorkerLoad
 from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
-from tests.gateway.test_lifecycle import process_gone, wait_for
+from tests.support.checks import process_gone, wait_for
 
 STUCK, QUICK = "tiny/stuck", "tiny/quick"
 GRACE_S = 2
@@ -58,6 +58,8 @@ def gateway(
     )
     url = proc.start(timeout=120)
     try:
+        # Preloads run in the background: ready once both models are loaded.
+        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=10).status_code == 200, 120, "ready")
         yield url, proc
     finally:
         proc.stop()
