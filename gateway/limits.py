@@ -73,6 +73,8 @@ class LimitedRequest(Request[Any, Any, Any]):
             return msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation)
         except msgspec.ValidationError:
             raise request_validation_error(error) from None
+        except msgspec.DecodeError as exc:  # the typed decode stopped at a bad value before the bad JSON
+            raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
 
 
 def _integral(value: Any) -> Any:
