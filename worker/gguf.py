@@ -39,6 +39,7 @@ from shared.errors import (
     ModelNotFoundError,
     UnsupportedModelTypeError,
 )
+from shared.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +246,7 @@ def _sync_template(gguf: Path) -> None:
     none); copied into the converted folder when it differs, so editing it needs no conversion."""
     if _template_in_sync(gguf):
         return
-    inside = converted_folder(gguf) / TEMPLATE_NAME
-    tmp = inside.with_suffix(".tmp")
-    tmp.write_bytes((gguf.parent / TEMPLATE_NAME).read_bytes())
-    os.replace(tmp, inside)
+    atomic_write(converted_folder(gguf) / TEMPLATE_NAME, (gguf.parent / TEMPLATE_NAME).read_bytes())
 
 
 def _save_plain(model: Any, folder: Path) -> None:
