@@ -21,6 +21,7 @@ from litestar.handlers import HTTPRouteHandler
 from gateway.auth import route_access
 from gateway.schemas import ChatCompletionChunk, CompletionResponse
 from gateway.schemas.common import INT64_MAX
+from gateway.schemas.response_events import ResponseEvent
 from gateway.sse import EventStream
 from shared.errors import ErrorBody
 from shared.model_ids import HUB_ID_PATTERN, MODEL_ID_PATTERN
@@ -48,6 +49,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/chat/completions"): (400, 413, *_REACHES_A_MODEL),
     ("post", "/v1/completions"): (400, 413, *_REACHES_A_MODEL),
     ("post", "/v1/embeddings"): (400, 413, *_REACHES_A_MODEL),
+    ("post", "/v1/responses"): (400, 413, *_REACHES_A_MODEL),
+    ("get", "/v1/responses/{response_id}"): (400,),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
@@ -59,11 +62,14 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/models/unload"): (400, 404, 413, 502),
     ("post", "/api/models/default"): (400, 404, 413),
     ("get", "/health"): (),
+    ("get", "/api/models/{model_id}"): (400, 404, 502),
+    ("post", "/api/models/delete"): (400, 404, 409, 413, 502),
 }
 # The chunks of a stream, per route (an event's `data`).
 _CHUNKS: dict[tuple[str, str], Any] = {
     ("post", "/v1/chat/completions"): ChatCompletionChunk,
     ("post", "/v1/completions"): CompletionResponse,
+    ("post", "/v1/responses"): ResponseEvent,
 }
 
 
