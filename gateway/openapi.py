@@ -35,6 +35,7 @@ _REASONS = {
     404: "Unknown model, route or job",
     409: "The model is already loaded differently",
     413: "Request body too large",
+    415: "The body is not sent as application/json",
     429: "The model worker's queue is full (Retry-After)",
     500: "A bug (logged with its traceback)",
     502: "A worker process or the hub failed",
@@ -45,19 +46,19 @@ _REASONS = {
 _REACHES_A_MODEL = (404, 429, 502, 503, 504)
 # What each route can answer besides its success (keys add 401, admin routes 403).
 ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/chat/completions"): (400, 413, *_REACHES_A_MODEL),
-    ("post", "/v1/completions"): (400, 413, *_REACHES_A_MODEL),
-    ("post", "/v1/embeddings"): (400, 413, *_REACHES_A_MODEL),
+    ("post", "/v1/chat/completions"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/completions"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/embeddings"): (400, 413, 415, *_REACHES_A_MODEL),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
     ("get", "/api/ps"): (),
     ("get", "/api/hosts"): (),
-    ("post", "/api/models/pull"): (400, 403, 413, 502, 503),
+    ("post", "/api/models/pull"): (400, 403, 413, 415, 502, 503),
     ("get", "/api/downloads/{job_id}"): (400, 404, 502),
-    ("post", "/api/models/load"): (400, 403, 404, 409, 413, 502, 503, 504, 507),
-    ("post", "/api/models/unload"): (400, 404, 413, 502),
-    ("post", "/api/models/default"): (400, 404, 413),
+    ("post", "/api/models/load"): (400, 403, 404, 409, 413, 415, 502, 503, 504, 507),
+    ("post", "/api/models/unload"): (400, 404, 413, 415, 502),
+    ("post", "/api/models/default"): (400, 404, 413, 415),
     ("get", "/health"): (),
 }
 # The chunks of a stream, per route (an event's `data`).
