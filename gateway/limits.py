@@ -80,7 +80,11 @@ class LimitedRequest(Request[Any, Any, Any]):
             return await super().json()  # not JSON (or not UTF-8): litestar's own 400 says so
         # JSON Schema counts 2.0 as an integer: take integral numbers where integers are expected.
         try:
-            return msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation)
+            loose = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return await super().json()  # typed decoding stopped at a bad field before the bad JSON
+        try:
+            return msgspec.convert(_integral(loose), data.annotation)
         except msgspec.ValidationError:
             raise request_validation_error(error) from None
 

@@ -105,6 +105,8 @@ def publish_truthful_openapi(app: Litestar, settings: Settings) -> None:
         document["security"] = [{"bearer": []}]
     _apply_limits(components, settings)
     _apply_refusals(components)
+    for schema in components.values():
+        _any_values(schema)
     _model_id_path_parameter(document, settings)
 
 
@@ -198,6 +200,7 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
     _model_ids(components, settings)
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda:[0-9]{1,3})$"
 # Bodies naming a model (shared/model_ids.py; an id the config file lists is taken as written, even
 # a path, but the document describes what any client may send).
 _MODEL_BODIES = (
@@ -211,6 +214,8 @@ def _model_ids(components: dict[str, Any], settings: Settings) -> None:
         _bound(components, name, "model", "string", maxLength=settings.max_model_id_length)
         _bound(components, name, "model", "string", pattern=MODEL_ID_PATTERN)
     _bound(components, "DownloadRequest", "model", "string", pattern=HUB_ID_PATTERN, maxLength=193)
+    # Any other device is a 400 `device_unavailable` naming what the hosts offer.
+    _bound(components, "LoadRequest", "device", "string", pattern=DEVICE_PATTERN)
 
 
 def _model_id_path_parameter(document: dict[str, Any], settings: Settings) -> None:
@@ -256,6 +261,18 @@ def _apply_refusals(components: dict[str, Any]) -> None:
         empty = {"type": "string", "maxLength": 0}  # a suffix is refused; "" is no suffix
         completion["suffix"] = {"anyOf": [empty, {"type": "null"}], "default": None}
         completion["logprobs"] = {"type": "null", "default": None}
+
+
+def _any_values(schema: Any) -> None:
+    """A free-form object (`dict[str, Any]`) says so: any JSON value under any key."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" and not {"properties", "additionalProperties"} & schema.keys():
+            schema["additionalProperties"] = {}
+        for value in schema.values():
+            _any_values(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _any_values(value)
 
 
 def _bound(components: dict[str, Any], name: str, field: str, kind: str, **bounds: int | str) -> None:

@@ -51,7 +51,6 @@ class ModelList(Struct, kw_only=True):
 
 # Ids are checked further where they enter (gateway/limits.py): their length limit is a setting.
 ModelId = Annotated[str, Meta(min_length=1)]
-Device = Annotated[str, Meta(pattern=r"^(auto|cpu|cuda:[0-9]{1,3})$")]
 
 
 class LoadedModel(WorkerState, kw_only=True, rename={"model_id": "id", "status": "state"}):
@@ -81,7 +80,7 @@ class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: ModelId
     quantization: Quantization | None = None
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
-    device: Device | None = None
+    device: str | None = None
 
 
 class UnloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):

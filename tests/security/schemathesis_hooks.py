@@ -6,6 +6,7 @@ check still runs on every case generated.
   `unsupported_task`; `dimensions` must be the model's own size; token ids must be in its vocabulary.
 - `/v1/completions`: prompts x n is capped (DUKAT_MAX_GENERATIONS); `best_of` must equal `n`.
 - The tiny test models have a 512-token context: longer prompts are a 400 `context_length_exceeded`.
+- The test machine offers no GPU: a load on `cuda:N` is a 400 `device_unavailable`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def filter_case(context: Any, case: Any) -> bool:
         n = body.get("n") or 1
         best_of = body.get("best_of")
         return count * n <= MAX_GENERATIONS and best_of in (None, n) and _text_size(prompts) <= PROMPT_CHARS
+    if path == "/api/models/load":  # no GPU here: a cuda device is a 400 naming what is offered
+        return not str(body.get("device") or "").startswith("cuda")
     if path == "/v1/chat/completions":
         return _text_size(body.get("messages")) <= PROMPT_CHARS
     return True
