@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-real gpu-check clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The first run assembles and converts the demo model (Gemma 3 270M, ~2-4 minutes on 2 cores, with
+# progress); later runs find it converted under models/ and start in seconds.
 run: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dukat serve --demo
 
-test: $(STAMP)
+# A headless browser for the /docs page test (tests/support/browser.py); installed when apt-get can
+# (root), else that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
+		echo "chromium is not installed: the /docs browser test will skip"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
@@ -34,6 +44,16 @@ bench: $(STAMP)
 		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; }; }; } || \
 		echo "wrk is not installed: the throughput rows use httpx instead"
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.run
+
+# The real model (Gemma 3 270M) through Dukat: load (first: converts the GGUF) and cached, memory per
+# quantization, one stream vs in-process generate, 8 and 16 streams vs one. ~6-10 minutes on 2 cores.
+bench-real: $(STAMP)
+	$(BIN)/python -m bench.real_model
+
+# What only a CUDA machine shows (pinning, bitsandbytes on CUDA, memory back after unload, streams):
+# offline, < 8 minutes, one JSON file (bench/results/gpu_check.json). Without CUDA: the CPU-safe part.
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -7,16 +7,23 @@ the medians of the alone runs. Each concurrent stream's text must equal its alon
 
 The 16 concurrent streams are also sent straight to the worker's wire (one multiplexed connection,
 as the gateway keeps): that split row tells the worker's scheduler from the gateway.
+
+The caches that used to fall back to one sequence at a time are measured on the engine in process
+(the same scheduler the worker runs, no gateway): a Gemma 3-shaped model (sliding-window layers
+and a full one, window 32, so 64 tokens cross it) and the main Llama in 8-bit (LLM.int8), each as
+16 concurrent greedy requests against the same 16 run one after another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.clients import DirectClient, Timed, chat_body, http_client, http_stream, wire_request
-from bench.harness import MAIN_MODEL, Context, Report, median
+from bench.harness import CACHE, MAIN_MODEL, MAIN_SHAPE, Context, Report, median
 
 STREAMS = 16
 TOKENS = 64
@@ -40,6 +47,8 @@ PROMPTS = [
 ]
 TARGET_SPEEDUP = 6.0
 TARGET_TTFT = 5.0
+TARGET_CACHE_SPEEDUP = 4.0
+GEMMA3_SHAPE: dict[str, Any] = {"hidden": 256, "layers": 4, "init_std": 0.5, "sliding_window": 32}
 
 
 async def direct_together(address: str) -> tuple[list[Timed], float]:
@@ -116,3 +125,62 @@ def run(ctx: Context, report: Report) -> None:
         f"same text {sum(m['direct_same_text'])}/{STREAMS}",
         None,
     )
+    run_caches(report)
+
+
+def engine_batching(path: Path, family: str, quantization: str) -> dict[str, Any]:
+    """16 greedy requests on one in-process engine: one after another, then all at once."""
+    from shared.generation import GenerateRequest, GenerateResult, SamplingParams
+    from shared.model_types import get_model_type
+    from worker.engine import Engine
+
+    engine = Engine.load(path, model_type=get_model_type(family), quantization=quantization, device="cpu")
+    requests = [
+        GenerateRequest(prompt=p, params=SamplingParams(temperature=0, max_new_tokens=TOKENS))
+        for p in PROMPTS[:STREAMS]
+    ]
+    try:
+        engine.generate(requests[0])  # warm-up
+        alone = [engine.generate(r) for r in requests]
+        together: list[GenerateResult | None] = [None] * STREAMS
+
+        def run(i: int) -> None:
+            together[i] = engine.generate(requests[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(STREAMS)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - started
+        batched = engine._scheduler is not None and engine._scheduler.batched
+    finally:
+        engine.close()
+    done = [r for r in together if r is not None]
+    lone_tps = median([r.completion_tokens / r.timings.total_s for r in alone])
+    return {
+        "batched": batched,
+        "lone_tokens_per_s": lone_tps,
+        "aggregate_tokens_per_s": sum(r.completion_tokens for r in done) / wall,
+        "speedup": sum(r.completion_tokens for r in done) / wall / lone_tps,
+        "same_text": sum(a.text == b.text for a, b in zip(alone, done, strict=True)),
+    }
+
+
+def run_caches(report: Report) -> None:
+    from worker.tiny_models import ensure_tiny_model
+
+    gemma3 = engine_batching(ensure_tiny_model("gemma", CACHE, **GEMMA3_SHAPE), "gemma", "none")
+    int8 = engine_batching(ensure_tiny_model("llama", CACHE, **MAIN_SHAPE), "llama", "8bit")
+    report.raw["batching_caches"] = {"gemma3": gemma3, "llama_8bit": int8}
+    rows = (("Gemma 3-shaped, sliding window", gemma3, TARGET_CACHE_SPEEDUP), ("8-bit", int8, None))
+    for name, m, target in rows:
+        report.add(
+            "batching",
+            f"engine, {name}: {STREAMS} streams / one; same text",
+            "report" if target is None else f">= {target:g}",
+            f"x{m['speedup']:.2f} ({m['aggregate_tokens_per_s']:.0f} vs {m['lone_tokens_per_s']:.0f} tok/s, "
+            f"{'batched' if m['batched'] else 'one at a time'}); same text {m['same_text']}/{STREAMS}",
+            None if target is None else m["speedup"] >= target and m["same_text"] == STREAMS,
+        )

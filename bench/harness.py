@@ -181,7 +181,8 @@ def write_config(config_path: Path, entries: dict[str, dict[str, Any]], default:
 class Served:
     """`dukat serve --port 0 --models-dir DIR` with a config file naming the models placed there."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        self.env = env or SERVE_ENV
         self.models_dir = root / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.models_dir / "config.json"
@@ -197,7 +198,7 @@ class Served:
 
     def start(self) -> None:
         args = ["serve", "--port", "0", "--models-dir", str(self.models_dir)]
-        self.process = ChildProcess("gateway.cli", args, ready_prefix="DUKAT_GATEWAY_READY", env=SERVE_ENV)
+        self.process = ChildProcess("gateway.cli", args, ready_prefix="DUKAT_GATEWAY_READY", env=self.env)
         self.url = self.process.start(timeout=120)
         self.http = httpx.Client(base_url=self.url, timeout=300)
 
@@ -209,10 +210,10 @@ class Served:
 
     # -- management API --
 
-    def load(self, model_id: str) -> dict[str, Any]:
+    def load(self, model_id: str, quantization: str = "none", device: str = "cpu") -> dict[str, Any]:
         assert self.http is not None
         r = self.http.post(
-            "/api/models/load", json={"model": model_id, "quantization": "none", "device": "cpu"}
+            "/api/models/load", json={"model": model_id, "quantization": quantization, "device": device}
         )
         r.raise_for_status()
         result: dict[str, Any] = r.json()

@@ -9,16 +9,15 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from gateway.auth import KeyGuard
+from gateway.docs_page import assets_router, openapi_config
 from gateway.errors import exception_handlers
 from gateway.limits import LimitedRequest
 from gateway.manager import AsyncModelManager
 from gateway.middleware import GatewayMiddleware
 from gateway.openapi import publish_truthful_openapi
-from gateway.routes import chat, completions, embeddings, management, models
+from gateway.routes import chat, completions, embeddings, management, model_admin, models, responses
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +25,8 @@ log = logging.getLogger(__name__)
 ROUTES = [
     chat.chat_completions,
     completions.completions,
+    responses.create_response,
+    responses.retrieve_response,
     embeddings.embeddings,
     models.list_models,
     models.get_model,
@@ -38,6 +39,8 @@ ROUTES = [
     management.unload,
     management.set_default,
     management.health,
+    model_admin.show,
+    model_admin.delete,
 ]
 
 
@@ -60,19 +63,14 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
             await manager.close()
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, assets_router()],
         state=State({"manager": manager, "settings": settings}),
         request_class=LimitedRequest,  # JSON nested deeper than DUKAT_MAX_JSON_DEPTH is a 400
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         guards=[KeyGuard(settings)],  # on the route dispatched to: `//v1/models` is `/v1/models`
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
-        openapi_config=OpenAPIConfig(
-            title="Dukat",
-            version="0.1.0",
-            path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
-        ),
+        openapi_config=openapi_config(title="Dukat", version="0.1.0"),
     )
     publish_truthful_openapi(app, settings)
     # Outside litestar's router, so unknown routes get a request id and a log line too.

@@ -1,46 +1,17 @@
-"""`dukat`: serve the gateway (with a local worker host), run a worker host, and manage models of a
-running server (pull, list, ps, load, unload, default)."""
+"""`dukat`: serve the gateway (with a local worker host), run a worker host, chat with a model
+(`dukat run`, gateway/cli_chat.py) and manage the models of a running server (gateway/cli_models.py)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
-import time
-from typing import Any
 
-import httpx
-
+from gateway.cli_chat import add_run_command
+from gateway.cli_client import Api, CliError
+from gateway.cli_models import add_model_commands
 from shared.errors import DukatError, SettingsError
-from shared.settings import load_settings, setting_names
-
-
-def client_key(args: argparse.Namespace) -> str | None:
-    """--api-key, else DUKAT_API_KEY, else (on the server's own machine) its first admin or inference key."""
-    if getattr(args, "api_key", None):
-        return str(args.api_key)
-    settings = load_settings()
-    return settings.api_key or next(iter(settings.admin_keys + settings.api_keys), None)
-
-
-def _client(args: argparse.Namespace) -> httpx.Client:
-    key = client_key(args)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=None)
-
-
-def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    with _client(args) as client:
-        try:
-            resp = client.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise SystemExit(f"error: cannot reach Dukat at {args.url}: {exc}") from None
-    if resp.status_code >= 400:
-        try:
-            message = resp.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = resp.text
-        raise SystemExit(f"error ({resp.status_code}): {message}")
-    return resp.json()
+from shared.settings import setting_names
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -61,91 +32,6 @@ def cmd_host(args: argparse.Namespace) -> int:
     from worker.host import run_host
 
     return run_host(args)
-
-
-def cmd_pull(args: argparse.Namespace) -> int:
-    import msgspec
-
-    from gateway.progress import DownloadBar
-    from gateway.schemas import DownloadJob  # the management API's job (`model`, not the host's `model_id`)
-
-    body = {"model": args.model, "revision": args.revision}
-    job = msgspec.convert(_call(args, "POST", "/api/models/pull", body), DownloadJob)
-    with DownloadBar(args.model, enabled=sys.stderr.isatty() or args.progress) as bar:
-        while job.status in ("queued", "running"):
-            bar.update(job)
-            time.sleep(0.25)
-            job = msgspec.convert(_call(args, "GET", f"/api/downloads/{job.id}"), DownloadJob)
-        bar.update(job)
-    if job.status == "failed":
-        raise SystemExit(f"error ({job.error_code}): {job.error}")
-    revision = f" (revision {args.revision})" if args.revision else ""
-    where = f" into {job.path}" if job.path else ""
-    size = f"{job.downloaded_bytes / 2**20:.1f} MiB"
-    print(f"pulled {args.model}{revision}: {job.files_done} files, {size}{where}")
-    return 0
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table()
-    for c in columns:
-        # Ids are what users copy into the next command: never cut them short.
-        table.add_column(c, no_wrap=c == "id", overflow="fold")
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    # Piped (not a terminal), rich would squeeze the table into 80 columns and cut ids with "…".
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 200))
-    console.print(table)
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    rows = _call(args, "GET", "/api/models")["data"]
-    for row in rows:
-        row["size"] = f"{row['size_bytes'] / 2**20:.1f} MiB" if row.get("size_bytes") else ""
-        row["default"] = "*" if row.get("default") else ""
-    _table(rows, ["id", "model_type", "quantization", "state", "size", "default", "description"])
-    return 0
-
-
-def cmd_ps(args: argparse.Namespace) -> int:
-    rows = _call(args, "GET", "/api/ps")["data"]
-    for row in rows:
-        row["memory"] = f"{row['memory_bytes'] / 2**20:.1f} MiB"
-    _table(rows, ["id", "state", "device", "quantization", "model_type", "memory", "error"])
-    return 0
-
-
-def cmd_load(args: argparse.Namespace) -> int:
-    body = {"model": args.model, "quantization": args.quantization, "device": args.device}
-    state = _call(args, "POST", "/api/models/load", {k: v for k, v in body.items() if v is not None})
-    print(f"loaded {state['id']} on {state['device']} ({state['quantization']})")
-    return 0
-
-
-def cmd_unload(args: argparse.Namespace) -> int:
-    _call(args, "POST", "/api/models/unload", {"model": args.model})
-    print(f"unloaded {args.model}")
-    return 0
-
-
-def cmd_default(args: argparse.Namespace) -> int:
-    _call(args, "POST", "/api/models/default", {"model": args.model})
-    print(f"default model: {args.model}")
-    return 0
-
-
-def _default_url() -> str:
-    try:
-        settings = load_settings()
-    except SettingsError:
-        return "http://127.0.0.1:8000"
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return f"http://{host}:{settings.port}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,37 +55,39 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("host", help="run a worker host", parents=[host_arguments()])
     h.set_defaults(func=cmd_host)
 
-    def client_cmd(name: str, func: Any, help_: str, model: bool = True) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_)
-        c.add_argument(
-            "--url", default=_default_url(), help="the Dukat server (default: DUKAT_HOST:DUKAT_PORT)"
-        )
-        c.add_argument("--api-key", help="bearer key sent to the server (DUKAT_API_KEY)")
-        if model:
-            c.add_argument("model")
-        c.set_defaults(func=func)
-        return c
-
-    pull = client_cmd("pull", cmd_pull, "download a model into models_dir, with a progress bar")
-    pull.add_argument("--revision")
-    pull.add_argument("--progress", action="store_true", help="show the bar even when not on a terminal")
-    client_cmd("list", cmd_list, "models available (config file and models_dir)", model=False)
-    client_cmd("ps", cmd_ps, "models loaded, with device and memory", model=False)
-    load = client_cmd("load", cmd_load, "load a model into a worker process")
-    load.add_argument("--quantization", choices=["4bit", "8bit", "none"])
-    load.add_argument("--device", help="auto, cpu or cuda:N")
-    client_cmd("unload", cmd_unload, "stop a model's worker process (frees its memory)")
-    client_cmd("default", cmd_default, "set the default model (saved in the config file)")
+    add_model_commands(sub)
+    add_run_command(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "prompt", None) is not None and not any(e.startswith("-") for e in extra):
+        args.prompt += extra  # `dukat run MODEL --url U words of the prompt`: the words after a flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if hasattr(args, "client"):
+            with Api(args.url, getattr(args, "api_key", None)) as api:
+                args.client(api, args)
+            return 0
         return int(args.func(args) or 0)
+    except CliError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
     except (SettingsError, DukatError) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        where = exc.filename or "the port"
+        print(f"error: {where} is already in use (is Dukat already running there?); "
+              "pick another port with --port", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

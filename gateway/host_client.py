@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import msgspec
 
 from shared.errors import DukatError, WorkerFailedError, error_from_code
 from shared.host_api import (
+    DeleteCommand,
+    Deleted,
     DownloadCommand,
     DownloadJob,
     HostState,
     LoadCommand,
     LocalModel,
+    ModelDetails,
     UnloadCommand,
     WorkerState,
 )
@@ -59,6 +62,12 @@ class HostClient:
 
     async def unload(self, model_id: str) -> None:
         await self._call("POST", "/models/unload", dict, UnloadCommand(model_id=model_id))
+
+    async def details(self, model_id: str) -> ModelDetails:
+        return await self._call("GET", f"/models/details?{urlencode({'model_id': model_id})}", ModelDetails)
+
+    async def delete(self, model_id: str) -> Deleted:
+        return await self._call("POST", "/models/delete", Deleted, DeleteCommand(model_id=model_id))
 
     async def start_download(self, cmd: DownloadCommand) -> DownloadJob:
         return await self._call("POST", "/downloads", DownloadJob, cmd)

@@ -12,17 +12,20 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 
 from gateway.hosts import HostDirectory
+from gateway.model_admin import not_here, shown_quantization
 from gateway.schemas.models import CREATED, LoadedModel, Model, owner_of
 from shared.errors import (
     InvalidRequestError,
     ModelLoadFailedError,
-    ModelNotFoundError,
     ModelNotLoadedError,
     NotFoundError,
+    UnsupportedModelTypeError,
+    UnsupportedTaskError,
     WorkerFailedError,
     error_from_code,
 )
@@ -37,7 +40,8 @@ from shared.generation import (
 from shared.host_api import DownloadCommand, DownloadJob, LoadCommand, LocalModel, WorkerState
 from shared.model_config import ConfigStore, ModelEntry
 from shared.model_ids import is_explicit_path
-from shared.settings import Settings
+from shared.model_types import Task, get_model_type
+from shared.settings import Quantization, Settings
 from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
@@ -136,6 +140,11 @@ class AsyncModelManager:
     ) -> LoadedModel:
         """Load `model_id` on the host that has it, else on the one placement picks. Whether this
         is a repeat (joined) or a conflict is the host's call: it is the one that knows."""
+        if quantization is not None and quantization not in get_args(Quantization):
+            # The Python API's check; over HTTP the request schema says the same first.
+            raise InvalidRequestError(
+                f"quantization must be '4bit', '8bit' or 'none', not {quantization!r}", param="quantization"
+            )
         entry = self.config.read().models.get(model_id)
         cmd = LoadCommand(
             model_id=model_id,
@@ -144,6 +153,7 @@ class AsyncModelManager:
             default_quantization=entry.quantization if entry else None,
             default_device=self.settings.device_map,
             model_type=entry.model_type if entry else None,
+            gguf_file=entry.gguf_file if entry else None,
         )
         found = await self.hosts.find(model_id, fresh=True)
         host = found[0] if found else await self.hosts.pick(model_id, device or cmd.default_device)
@@ -178,16 +188,18 @@ class AsyncModelManager:
                 f"model {mid!r} failed: {w.error}; load it again with POST /api/models/load", param="model"
             )
         if found is None and not await self.is_known(mid):
-            raise ModelNotFoundError(f"The model {mid!r} does not exist", param="model")
+            raise not_here(mid)
         if found is None and not self.settings.auto_load:
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
         return mid, await self.load_model(mid)
 
     # ---- downloads ----------------------------------------------------------------------------
 
-    async def start_download(self, model_id: str, revision: str | None = None) -> DownloadJob:
+    async def start_download(
+        self, model_id: str, revision: str | None = None, file: str | None = None
+    ) -> DownloadJob:
         host = await self.hosts.pick(model_id, "auto")
-        cmd = DownloadCommand(model_id=model_id, revision=revision)
+        cmd = DownloadCommand(model_id=model_id, revision=revision, file=file)
         job = await self.hosts.client(host.url).start_download(cmd)
         job.id = self.hosts.job_id(host.url, job.id)
         return job
@@ -243,8 +255,22 @@ class AsyncModelManager:
 
     async def set_default_model(self, model_id: str) -> None:
         if not await self.is_known(model_id):
-            raise ModelNotFoundError(f"The model {model_id!r} does not exist", param="model")
+            raise not_here(model_id)
+        await self._check_can_chat(model_id)
         self.config.set_default_model(model_id)
+
+    async def _check_can_chat(self, model_id: str) -> None:
+        """The default model answers requests that name no model: chats and completions."""
+        entry = self.config.read().models.get(model_id)
+        disk = next((m for m in await self.local_models() if m.id == model_id), None)
+        name = (entry.model_type if entry else None) or (disk.model_type if disk else None)
+        with contextlib.suppress(UnsupportedModelTypeError):
+            if name and get_model_type(name).task == Task.EMBEDDING:
+                raise UnsupportedTaskError(
+                    f"model {model_id!r} is an embedding model ({name}); the default model must chat: "
+                    "pick a chat model",
+                    param="model",
+                )
 
     async def available_models(self) -> list[Model]:
         """Every model of the config file and of the hosts' models_dir, with where it stands."""
@@ -255,14 +281,15 @@ class AsyncModelManager:
         out = []
         for mid in sorted(set(config.models) | set(local)):
             entry, disk, worker = config.models.get(mid), local.get(mid), loaded.get(mid)
+            model_type = (entry.model_type if entry else None) or (disk.model_type if disk else None)
             out.append(
                 Model(
                     id=mid,
                     created=CREATED,
                     owned_by=owner_of(mid),
                     description=entry.description if entry else "",
-                    model_type=(entry.model_type if entry else None) or (disk.model_type if disk else None),
-                    quantization=entry.quantization if entry else self.settings.default_quantization,
+                    model_type=model_type,
+                    quantization=shown_quantization(entry, worker, model_type, self.settings),
                     default_parameters=dict(entry.default_parameters) if entry else {},
                     downloaded=disk is not None,
                     size_bytes=disk.size_bytes if disk else 0,

@@ -49,6 +49,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/chat/completions"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/completions"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/embeddings"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/responses"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("get", "/v1/responses/{response_id}"): (400,),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
@@ -59,6 +61,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/models/load"): (400, 403, 404, 409, 413, 415, 502, 503, 504, 507),
     ("post", "/api/models/unload"): (400, 404, 413, 415, 502),
     ("post", "/api/models/default"): (400, 404, 413, 415),
+    ("get", "/api/models/{model_id}"): (400, 404, 502),
+    ("post", "/api/models/delete"): (400, 404, 409, 413, 415, 502),
     ("get", "/health"): (),
 }
 # The chunks of a stream, per route (an event's `data`).
@@ -66,6 +70,8 @@ _CHUNKS: dict[tuple[str, str], Any] = {
     ("post", "/v1/chat/completions"): ChatCompletionChunk,
     ("post", "/v1/completions"): CompletionResponse,
 }
+# The Responses API streams typed events (`response.created`, `response.output_text.delta`, ...).
+_RESPONSE_EVENT = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
 
 
 def _sse(chunk: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +166,8 @@ def _rewrite(
     success = str(handler.status_code)
     content: dict[str, Any] = {"application/json": {"schema": by_type[id(_json_type(handler))]}}
     if _streams(handler):
-        content["text/event-stream"] = _sse(by_type[id(_CHUNKS[key])])
+        chunk = by_type[id(_CHUNKS[key])] if key in _CHUNKS else _RESPONSE_EVENT
+        content["text/event-stream"] = _sse(chunk)
     description = operation.get("responses", {}).get(success, {}).get("description", "OK")
     responses: dict[str, Any] = {success: {"description": description, "content": content}}
     access = route_access(handler, key[1])
@@ -186,17 +193,18 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
         _bound(components, name, "n", "integer", maximum=n_max)
     _bound(components, "CompletionRequest", "best_of", "integer", maximum=n_max)
     text = {"type": "string", "maxLength": settings.max_prompt_chars}
-    prompts = {"type": "array", "minItems": 1, "maxItems": settings.max_generations, "items": text}
-    if "CompletionRequest" in components:  # token-id prompts are refused
-        components["CompletionRequest"]["properties"]["prompt"] = {"anyOf": [text, prompts]}
+    token = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
+    ids = {"type": "array", "minItems": 1, "maxItems": settings.max_prompt_chars, "items": token}
+
+    def texts_or_ids(most: int) -> dict[str, Any]:
+        """A text, texts, token ids or token-id lists: never mixed, no empty list, no empty ids."""
+        many = {"type": "array", "minItems": 1, "maxItems": most}
+        return {"anyOf": [text, {**many, "items": text}, ids, {**many, "items": ids}]}
+
+    if "CompletionRequest" in components:
+        components["CompletionRequest"]["properties"]["prompt"] = texts_or_ids(settings.max_generations)
     if "EmbeddingRequest" in components:
-        # Strings or token-id arrays, never mixed; no empty list, no empty array.
-        token = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
-        ids = {"type": "array", "minItems": 1, "maxItems": settings.max_prompt_chars, "items": token}
-        many = {"minItems": 1, "maxItems": settings.max_embedding_inputs, "type": "array"}
-        components["EmbeddingRequest"]["properties"]["input"] = {
-            "anyOf": [text, {**many, "items": text}, ids, {**many, "items": ids}]
-        }
+        components["EmbeddingRequest"]["properties"]["input"] = texts_or_ids(settings.max_embedding_inputs)
     _model_ids(components, settings)
 
 
@@ -204,8 +212,8 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda:[0-9]{1,3})$"
 # Bodies naming a model (shared/model_ids.py; an id the config file lists is taken as written, even
 # a path, but the document describes what any client may send).
 _MODEL_BODIES = (
-    "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "LoadRequest", "UnloadRequest",
-    "SetDefaultRequest",
+    "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "CreateResponseRequest", "LoadRequest",
+    "UnloadRequest", "SetDefaultRequest", "DeleteRequest",
 )
 
 
@@ -219,12 +227,13 @@ def _model_ids(components: dict[str, Any], settings: Settings) -> None:
 
 
 def _model_id_path_parameter(document: dict[str, Any], settings: Settings) -> None:
-    operation = document["paths"].get("/v1/models/{model_id}", {}).get("get", {})
-    for parameter in operation.get("parameters", []):
-        if parameter["name"] == "model_id":
-            parameter["schema"] = {
-                "type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": settings.max_model_id_length,
-            }
+    for path in ("/v1/models/{model_id}", "/api/models/{model_id}"):
+        operation = document["paths"].get(path, {}).get("get", {})
+        for parameter in operation.get("parameters", []):
+            if parameter["name"] == "model_id":
+                parameter["schema"] = {
+                    "type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": settings.max_model_id_length,
+                }
 
 
 def _apply_refusals(components: dict[str, Any]) -> None:
@@ -233,34 +242,24 @@ def _apply_refusals(components: dict[str, Any]) -> None:
     with shared/prompts.py."""
     message = components.get("Message")
     if message is not None:
-        # No role "tool" (Dukat calls no tools); content required except on an assistant turn.
-        props = message["properties"]
-        roles = [r for r in props["role"]["enum"] if r != "tool"]
-        speaking = [r for r in roles if r != "assistant"]
-        props["role"] = {"enum": roles}
+        # Content may be missing only on an assistant turn (a tool-call turn).
+        speaking = [r for r in message["properties"]["role"]["enum"] if r != "assistant"]
         message["anyOf"] = [
             {"properties": {"role": {"const": "assistant"}}},
             {"properties": {"role": {"enum": speaking}, "content": {"not": {"type": "null"}}},
              "required": ["content"]},
         ]
-    if "TextPart" in components:
+    if "TextPart" in components:  # image and audio parts are refused
         components["TextPart"]["properties"]["type"] = {"const": "text", "default": "text"}
-    chat = components.get("ChatCompletionRequest", {}).get("properties", {})
-    if chat:
-        chat["logprobs"] = {"anyOf": [{"const": False}, {"type": "null"}], "default": None}
-        chat["response_format"] = {
-            "anyOf": [{"type": "object", "properties": {"type": {"const": "text"}}}, {"type": "null"}],
-            "default": None,
-        }
+    if "ChatCompletionRequest" in components:  # top_logprobs needs logprobs: true
         components["ChatCompletionRequest"]["anyOf"] = [
-            {"properties": {"tools": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}},
-            {"properties": {"tool_choice": {"const": "none"}}, "required": ["tool_choice"]},
+            {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
+            {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
         ]
     completion = components.get("CompletionRequest", {}).get("properties", {})
-    if completion:
+    if "suffix" in completion:
         empty = {"type": "string", "maxLength": 0}  # a suffix is refused; "" is no suffix
         completion["suffix"] = {"anyOf": [empty, {"type": "null"}], "default": None}
-        completion["logprobs"] = {"type": "null", "default": None}
 
 
 def _any_values(schema: Any) -> None:

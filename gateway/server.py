@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from gateway.app import create_app
+from gateway.banner import announce_when_ready, cli_hint, public_url, serving_text
 from shared.serving import bind_socket, serve
 from shared.settings import load_settings
 
@@ -22,6 +23,7 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per host call would drown the access log
+    chat_model = None
     if demo:
         from gateway.demo import prepare_demo, usage_text
 
@@ -30,9 +32,10 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
         settings = msgspec.structs.replace(
             settings, preload=tuple(dict.fromkeys([*settings.preload, *preload]))
         )
+        chat_model = preload[0]
     sock = bind_socket(settings.host, settings.port)
-    port = sock.getsockname()[1]
-    if demo:
-        print(usage_text(f"http://{settings.host}:{port}"), flush=True)
+    url = public_url(settings.host, sock.getsockname()[1])
+    banner = usage_text(url) if demo else serving_text(url)
+    announce_when_ready(url, banner + cli_hint(chat_model))
     serve(create_app(settings), sock, ready_prefix=READY, log_level=settings.log_level)
     return 0

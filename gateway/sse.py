@@ -35,7 +35,10 @@ def encode_event(item: Any) -> bytes:
     several events in one write (chunks that are ready together go out together)."""
     if isinstance(item, tuple):
         return b"".join(encode_event(i) for i in item)
-    return b"data: " + _encoder.encode(item) + b"\n\n"
+    # A tagged Struct (the Responses API's events) also names its event, as OpenAI does.
+    tag = getattr(getattr(type(item), "__struct_config__", None), "tag", None)
+    name = b"event: " + tag.encode() + b"\n" if isinstance(tag, str) else b""
+    return name + b"data: " + _encoder.encode(item) + b"\n\n"
 
 
 def error_event(detail: ErrorDetail) -> bytes:

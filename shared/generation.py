@@ -3,13 +3,13 @@ ModelManager share. No torch here."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
-Role = Literal["system", "developer", "user", "assistant", "tool"]
-FinishReason = Literal["stop", "length", "cancelled"]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
 class TextPart(Struct, kw_only=True, forbid_unknown_fields=False):
@@ -17,11 +17,29 @@ class TextPart(Struct, kw_only=True, forbid_unknown_fields=False):
     text: str = ""
 
 
+class FunctionCall(Struct, kw_only=True, forbid_unknown_fields=False):
+    name: str
+    # JSON text, as OpenAI sends it (clients may send an object: kept as is).
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCall(Struct, kw_only=True, forbid_unknown_fields=False):
+    """A call the model made: in an assistant message of the history, or in a result."""
+
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(Struct, kw_only=True, forbid_unknown_fields=False):
     role: Role
     # OpenAI allows a string or a list of content parts; None for assistant tool-call turns.
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    # Legacy (functions API): an assistant turn's one call.
+    function_call: FunctionCall | None = None
 
 
 def message_text(message: Message) -> str:
@@ -41,9 +59,16 @@ class SamplingParams(Struct, kw_only=True, omit_defaults=True):
     top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
     top_k: Annotated[int, Meta(ge=0)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
-    max_new_tokens: Annotated[int, Meta(ge=1)] | None = None
+    # 0: nothing generated (completions' echo with max_tokens 0 scores the prompt only).
+    max_new_tokens: Annotated[int, Meta(ge=0)] | None = None
     stop: list[str] | None = None
     seed: int | None = None
+    # vLLM's extensions: at least `min_tokens` before an end (EOS or stop ids); `ignore_eos` keeps
+    # going past EOS; `stop_token_ids` end the generation too; special tokens kept in the text.
+    min_tokens: Annotated[int, Meta(ge=0)] | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool | None = None
 
     def merged_over(self, defaults: SamplingParams) -> SamplingParams:
         """These params with unset fields taken from `defaults`."""
@@ -71,15 +96,48 @@ def params_from_mapping(values: dict[str, object]) -> SamplingParams:
     return msgspec.convert(known, SamplingParams)
 
 
+class Constraint(Struct, kw_only=True):
+    """What constrained decoding must produce: `json` (a schema's JSON text; None is any JSON
+    object), `regex`, or one of `choices`. `strict`: the output always parses and validates."""
+
+    kind: Literal["json", "regex", "choice"] = "json"
+    schema: str | None = None
+    regex: str | None = None
+    choices: list[str] | None = None
+    strict: bool = True
+
+
+# How the engine reads tool calls out of the output: not at all, in the model family's own format
+# (tool_choice auto), or the whole output is a JSON array of {name, arguments} (required) or one
+# function's arguments (a named tool_choice).
+ToolParsing = Literal["none", "auto", "calls", "arguments"]
+
+
+class ToolUse(Struct, kw_only=True):
+    """The tools a chat request offers (OpenAI tool definitions, handed to the chat template) and
+    how its output is parsed."""
+
+    tools: list[dict[str, Any]]
+    parsing: ToolParsing = "auto"
+    name: str | None = None  # the function of parsing "arguments"
+
+
 class GenerateRequest(Struct, kw_only=True):
-    """Either chat `messages` or a raw `prompt` (sent to the model as is, after `system_prompt`
-    formatting when one is given)."""
+    """Either chat `messages`, a raw `prompt` (sent to the model as is, after `system_prompt`
+    formatting when one is given) or `prompt_ids` (token ids, as is)."""
 
     messages: list[Message] | None = None
     prompt: str | None = None
     system_prompt: str | None = None
+    prompt_ids: list[int] | None = None
     params: SamplingParams = msgspec.field(default_factory=SamplingParams)
     request_id: str = ""
+    tools: ToolUse | None = None
+    constraint: Constraint | None = None
+    # Logprobs of each chosen token with this many alternatives (None: no logprobs).
+    logprobs: int | None = None
+    # The prompt's tokens and logprobs too (completions' echo), the first one null.
+    echo: bool = False
 
 
 class Timings(Struct, kw_only=True):
@@ -89,12 +147,32 @@ class Timings(Struct, kw_only=True):
     tokens_per_s: float = 0.0
 
 
+class TopLogprob(Struct, kw_only=True, array_like=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(Struct, kw_only=True, array_like=True):
+    """One token of the output (or of an echoed prompt: logprob None for the first)."""
+
+    token: str
+    logprob: float | None
+    bytes: list[int]
+    top: list[TopLogprob] = msgspec.field(default_factory=list)
+
+
 class GenerateResult(Struct, kw_only=True):
     text: str
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     timings: Timings = msgspec.field(default_factory=Timings)
+    tool_calls: list[ToolCall] | None = None
+    logprobs: list[TokenLogprob] | None = None
+    # With `echo`: the prompt as text, and its tokens' logprobs when logprobs were asked for.
+    prompt_text: str | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 class EmbedRequest(Struct, kw_only=True):

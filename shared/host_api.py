@@ -34,6 +34,8 @@ class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     # The config file's override of the inferred type.
     model_type: str | None = None
     revision: str | None = None
+    # The config entry's `gguf_file`: which .gguf of the model's folder to load (or an absolute path).
+    gguf_file: str | None = None
 
 
 class UnloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -43,6 +45,8 @@ class UnloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
 class DownloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     model_id: str
     revision: str | None = None
+    # One file of the repo (a .gguf) instead of the transformers files.
+    file: str | None = None
 
 
 class DownloadCounts(Struct, kw_only=True):
@@ -59,6 +63,7 @@ class DownloadJob(DownloadCounts, kw_only=True):
     model_id: str
     status: DownloadStatus
     revision: str | None = None
+    file: str | None = None
     path: str | None = None
     error: str | None = None
     error_code: str | None = None
@@ -114,3 +119,29 @@ class LocalModel(Struct, kw_only=True):
     revision: str | None = None
     complete: bool = True
     error: str | None = None
+
+
+class ModelDetails(Struct, kw_only=True):
+    """One model folder on a host, as `dukat show` tells it (read from its files, not loaded)."""
+
+    model_id: str
+    path: str | None = None  # None: not on this host
+    model_type: str | None = None
+    architecture: str | None = None
+    parameters: int | None = None  # counted from the safetensors headers
+    context_length: int | None = None
+    dtype: str | None = None
+    chat_template: str | None = None
+    license: str | None = None
+    size_bytes: int = 0
+    revision: str | None = None
+    error: str | None = None
+
+
+class DeleteCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    model_id: str
+
+
+class Deleted(Struct, kw_only=True):
+    model_id: str
+    freed_bytes: int

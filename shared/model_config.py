@@ -3,7 +3,8 @@
 The seed's format, exactly:
 
     {"models": {"<id>": {"description": str, "quantization": "4bit" | "8bit" | "none",
-                         "default_parameters": {"temperature": ..., ...}, "model_type": str}},
+                         "default_parameters": {"temperature": ..., ...}, "model_type": str,
+                         "gguf_file": str (Dukat's addition, optional)}},
      "default_model": "<id>" | null}
 
 Keys a user added that Dukat does not know (top level, in entries, in default_parameters) are
@@ -42,6 +43,8 @@ class ModelEntry(Struct, kw_only=True):
     # Kept as written (unknown keys included); `sampling_params()` is the validated view.
     default_parameters: dict[str, Any] = field(default_factory=dict)
     model_type: str | None = None
+    # Which .gguf file of the model's folder to load (or an absolute path); see worker/gguf.py.
+    gguf_file: str | None = None
     # Keys of the entry Dukat does not know, written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -56,7 +59,7 @@ class ModelConfig(Struct, kw_only=True):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_ENTRY_FIELDS = ("description", "quantization", "default_parameters", "model_type")
+_ENTRY_FIELDS = ("description", "quantization", "default_parameters", "model_type", "gguf_file")
 _TOP_FIELDS = ("models", "default_model")
 
 
@@ -139,6 +142,8 @@ def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
     raw["default_parameters"] = entry.default_parameters
     if entry.model_type is not None:
         raw["model_type"] = entry.model_type
+    if entry.gguf_file is not None:
+        raw["gguf_file"] = entry.gguf_file
     return {**raw, **{k: v for k, v in entry.extra.items() if k not in _ENTRY_FIELDS}}
 
 

@@ -99,6 +99,15 @@ MODEL_TYPES: dict[str, ModelType] = {
             trailing_markers=("</s>",),
             hf_model_types=("opt",),
         ),
+        # A base (pretrained, not chat-tuned) causal LM of any architecture: a chat format it never
+        # saw makes it ramble, the plain "User: ...\nAssistant:" format it continues sensibly. Never
+        # inferred: set it as the config entry's model_type.
+        ModelType(
+            name="base",
+            task=Task.CHAT,
+            prompt_format=PromptFormat.PLAIN,
+            trailing_markers=("</s>", "<eos>", "<|endoftext|>"),
+        ),
         ModelType(
             name="t5",
             task=Task.SEQ2SEQ,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,14 @@ import time
 from collections import deque
 
 import httpx
+
+log = logging.getLogger(__name__)
+_LOUD = re.compile(r"\b(ERROR|CRITICAL|Traceback)\b")
+
+
+def _level_of(line: str) -> int:
+    """A child's line carries no level: errors and tracebacks stay visible, the rest is info."""
+    return logging.ERROR if _LOUD.search(line) else logging.INFO
 
 
 class ChildProcess:
@@ -67,7 +77,9 @@ class ChildProcess:
                 ready.set()
                 continue
             self.lines.append(line)
-            print(line, file=sys.stderr, flush=True)
+            # Through logging, never straight to the terminal: `dukat serve` shows these lines (its
+            # logging writes to stderr), a Python program using the seed's API decides for itself.
+            log.log(_level_of(line), "%s: %s", self.module, line)
         ready.set()
 
     def alive(self) -> bool:

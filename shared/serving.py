@@ -13,7 +13,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        # Named, so `dukat` can say which address is taken in one line.
+        raise OSError(exc.errno, exc.strerror, f"{host}:{port}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

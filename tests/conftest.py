@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -14,6 +15,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 pytest_plugins = ["tests.support.hub_fixtures"]
+# What servers started by tests print (through ChildProcess's log): shown with a failing test's report.
+logging.getLogger("shared.processes").setLevel(logging.INFO)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Reused across runs (gitignored); entries are keyed by builder version and arguments.

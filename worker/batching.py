@@ -3,13 +3,21 @@ together, one token per iteration.
 
 The scheduler decides who runs: admission (bounded: `max_batch` rows of at most the context length,
 `max_queue` waiting, then OverloadedError), joins between steps (newcomers first, so a prefill
-decides their first token's wait), leaves (stops, lengths, cancels, a consumer that went away) and
-failures (a failed step fails its rows, the thread lives on). The cache mechanics are
-worker/kv_cache.py's: rows of one left-padded batch where the model batches exactly, else each
-request on its own cache ("solo" rows), still interleaved. `_emit` is the one sampling step of
-every row, batched or solo: each row's own sampler picks its token from its logits. Tokens go to
-each request's consumer as callbacks on this thread (the engine turns them into text), then one
-`on_step` per consumer and step hands them on.
+decides their first token's wait; grouped by prompt length, shortest first, so that no prefill
+pads short prompts to a long one's width), leaves (stops, lengths, cancels, a consumer that went
+away) and failures (a failed step fails its rows, the thread lives on). The cache mechanics are
+worker/kv_cache.py's: rows of one left-padded batch where the model batches (exactly, or for
+8-bit within a documented bound), else each request on its own cache ("solo" rows), still
+interleaved. `_emit` is the one sampling step of every row, batched or solo: each row's own
+sampler picks its token from its logits. Tokens go to each request's consumer as callbacks on
+this thread (the engine turns them into text), then one `on_step` per consumer and step hands
+them on.
+
+Why not transformers' continuous batching (`generate_batch`, paged attention): measured in process
+on 2 CPU cores, 16 greedy prompts x 64 tokens, it made 181 tok/s on the bench's tiny Llama and 184
+on a Gemma 3-shaped one, where this scheduler made 1260 and 1011; it also sizes its cache from
+free memory unless told, and has no per-request generator. Prefills are compute-bound here: the
+slowest first token of many requests that arrive together is bounded by their prefills' total.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ from typing import Any
 import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
-from worker.kv_cache import PaddedBatch, Solo, batches_exactly
+from worker.grammar import Grammars, RowGrammar
+from worker.kv_cache import PaddedBatch, Solo, can_batch
+from worker.logprobs import LogprobRecord, record_logprobs
 from worker.sampling import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -58,12 +68,20 @@ class Job:
     last: int = -1  # the latest token: what the next step feeds
     stopped: bool = False  # it made an end-of-sequence token: nothing comes after it
     counted: bool = True  # it holds a place in the scheduler (under the scheduler's lock)
+    # Constrained decoding (with the engine's Grammars that made it), vLLM's min_tokens (the
+    # stop ids are masked until then), logprobs with this many alternatives (one record per token).
+    grammar: RowGrammar | None = None
+    grammars: Grammars | None = None
+    min_tokens: int = 0
+    logprobs: int | None = None
+    logprob_records: list[LogprobRecord] = field(default_factory=list)
 
     def wanted(self) -> bool:
         return not self.done.is_set() and not (self.cancel is not None and self.cancel.is_set())
 
     def ended(self) -> bool:
-        return self.stopped or self.produced >= self.max_new_tokens or not self.wanted()
+        over = self.stopped or self.produced >= self.max_new_tokens or not self.wanted()
+        return over or (self.grammar is not None and self.grammar.ended)
 
     def push(self, token: int) -> None:
         self.produced += 1
@@ -80,7 +98,7 @@ class Scheduler:
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
         self._model, self._seq2seq = model, seq2seq
         self._suppress = _suppressed_ids(model)
-        self._batch = None if seq2seq or not batches_exactly(model, pad_id) else PaddedBatch(model, pad_id)
+        self._batch = None if seq2seq or not can_batch(model, pad_id) else PaddedBatch(model, pad_id)
         self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
         self._in_flight = 0  # waiting + running, until their consumer or the scheduler is done
@@ -162,8 +180,9 @@ class Scheduler:
     def _iterate(self) -> None:
         self._sweep()
         while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
-            self._admit(jobs)
-            self._flush()  # their first tokens go out now, not after the next prefill or step
+            for group in prefill_groups([len(job.prompt_ids) for job in jobs]):
+                self._admit([jobs[i] for i in group])
+                self._flush()  # their first tokens go out now, not after the next prefill or step
         self._sweep()
         self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
         if self._rows:
@@ -211,10 +230,20 @@ class Scheduler:
         its row of `logits` [rows, vocab], and pushed to its consumer."""
         if self._suppress is not None:
             logits[:, self._suppress] = float("-inf")
+        _mask_rows(jobs, logits)
         greedy = logits.argmax(-1).tolist()  # one op for every plain greedy row
         for i, (job, best) in enumerate(zip(jobs, greedy, strict=True)):
-            sampler = job.sampler
-            token = best if sampler.plain_greedy else sampler.choose(logits[i])
+            sampler, grammar = job.sampler, job.grammar
+            remaining = job.max_new_tokens - job.produced
+            token = grammar.forced(remaining) if grammar is not None else None
+            if token is not None:
+                grammar.take(token)  # type: ignore[union-attr]
+            else:
+                token = best if sampler.plain_greedy else sampler.choose(logits[i])
+                if grammar is not None:
+                    token = grammar.accept(token, remaining)
+            if job.logprobs is not None:
+                job.logprob_records.append(record_logprobs(logits[i], token, job.logprobs))
             sampler.observe(token)
             job.push(token)
             self._owe_step(job)
@@ -261,9 +290,43 @@ class Scheduler:
             job.counted = False
 
 
+def prefill_groups(lengths: list[int], *, waste: float = 0.25) -> list[list[int]]:
+    """The newcomers' prefills: indexes into `lengths` in groups, shortest prompts first, a group
+    growing while its left padding stays under `waste` of its real tokens.
+
+    A batched prefill costs its width times its rows, and every row's first token waits for all of
+    it: one long prompt among short ones would multiply the short ones' work and wait. Shortest
+    first also gives the most first tokens soonest; the last one still waits for every prefill.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        n = lengths[i]  # the widest so far: the group's width
+        if groups and n * (len(groups[-1]) + 1) <= (1 + waste) * (real + n):
+            groups[-1].append(i)
+            real += n
+        else:
+            groups.append([i])
+            real = n
+    return groups
+
+
 def _abort_at_exit(ref: weakref.ref[Scheduler]) -> None:
     if (scheduler := ref()) is not None:
         scheduler.close(abort=True)
+
+
+def _mask_rows(jobs: list[Job], logits: torch.Tensor) -> None:
+    """Per-row masks, in place: each constrained row to its grammar, stop ids off before min_tokens."""
+    constrained = [(i, job.grammar) for i, job in enumerate(jobs) if job.grammar is not None]
+    if constrained:
+        grammars = next(job.grammars for job in jobs if job.grammars is not None)
+        assert grammars is not None
+        grammars.mask(logits, constrained)
+    for i, job in enumerate(jobs):
+        if job.produced < job.min_tokens and job.stop_ids and job.grammar is None:
+            logits[i, sorted(job.stop_ids)] = float("-inf")
 
 
 def _suppressed_ids(model: Any) -> torch.Tensor | None:

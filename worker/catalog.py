@@ -1,4 +1,5 @@
-"""The models on disk under `models_dir`: downloaded ones and `save_pretrained` folders put there by hand.
+"""The models on disk under `models_dir`: downloaded ones, `save_pretrained` folders put there by hand,
+and folders holding .gguf files (worker/gguf.py).
 
 A model is a folder holding a `config.json`, at `models_dir/<id>` where the id is its path relative
 to `models_dir` (`gpt2`, `TinyLlama/TinyLlama-1.1B-Chat-v1.0`). Downloads use the same layout, so a
@@ -17,9 +18,10 @@ from pathlib import Path
 import msgspec
 from msgspec import Struct
 
-from shared.errors import UnsupportedModelTypeError
+from shared.errors import DukatError, UnsupportedModelTypeError
 from shared.host_api import LocalModel
 from shared.model_types import infer_model_type
+from worker import gguf
 
 # Written by `worker.downloads` into every folder it downloads.
 MARKER_NAME = ".dukat-download.json"
@@ -55,6 +57,22 @@ def is_model_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file()
 
 
+def local_gguf(model_id: str, models_dir: Path, gguf_file: str | None = None) -> Path | None:
+    """The GGUF file `model_id` names on disk: a local .gguf file or a folder holding one, or
+    `models_dir/<id>` holding one (hand-placed, or a complete `dukat pull --file`); None if none."""
+    path = Path(model_id).expanduser()
+    if path.exists():  # like transformers: a local path wins over a hub id of the same spelling
+        return gguf.pick_gguf(path, gguf_file)
+    parts = model_id.split("/")
+    if model_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None  # never look outside models_dir
+    folder = Path(models_dir).joinpath(*parts)
+    marker = read_marker(folder)
+    if not folder.is_dir() or (marker is not None and not marker.complete):
+        return None
+    return gguf.pick_gguf(folder, gguf_file)
+
+
 def read_marker(folder: Path) -> DownloadMarker | None:
     """The download marker of `folder`, or None when there is none (or it is unreadable)."""
     try:
@@ -72,7 +90,7 @@ def _model_folders(folder: Path, depth: int) -> Iterator[Path]:
         if entry.name.startswith(".") or not entry.is_dir():
             continue  # .cache, half-built temp folders, ...
         path = Path(entry.path)
-        if is_model_folder(path):
+        if is_model_folder(path) or gguf.gguf_files(path):
             yield path  # never descend into a model: its subfolders (1_Pooling/...) have config.json too
         elif depth < _MAX_DEPTH:
             yield from _model_folders(path, depth + 1)
@@ -100,11 +118,21 @@ def _describe(root: Path, folder: Path) -> LocalModel:
 
 
 def _model_type(model_id: str, folder: Path) -> tuple[str | None, str | None]:
+    if not is_model_folder(folder):  # a folder of .gguf files: the type is in the header
+        try:
+            found = gguf.pick_gguf(folder)
+            hf_type = gguf.hf_model_type(found) if found else None
+        except DukatError as exc:
+            return None, exc.message
+        return _known_type(model_id, hf_type)
     try:
         config = json.loads((folder / "config.json").read_bytes())
     except (OSError, ValueError) as exc:
         return None, f"unreadable config.json: {exc}"
-    hf_type = config.get("model_type") if isinstance(config, dict) else None
+    return _known_type(model_id, config.get("model_type") if isinstance(config, dict) else None)
+
+
+def _known_type(model_id: str, hf_type: str | None) -> tuple[str | None, str | None]:
     try:
         return infer_model_type(model_id, hf_model_type=hf_type).name, None
     except UnsupportedModelTypeError as exc:

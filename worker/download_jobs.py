@@ -35,13 +35,14 @@ class DownloadJobs:
         except KeyError:
             raise NotFoundError(f"no download job {job_id!r}", param="job_id") from None
 
-    def start(self, model_id: str, revision: str | None = None) -> DownloadJob:
+    def start(self, model_id: str, revision: str | None = None, file: str | None = None) -> DownloadJob:
         for job in self._jobs.values():
-            if job.model_id == model_id and job.revision == revision and job.status in ("queued", "running"):
+            same = job.model_id == model_id and job.revision == revision and job.file == file
+            if same and job.status in ("queued", "running"):
                 return job
         job = DownloadJob(
-            id=f"dl-{uuid.uuid4().hex[:12]}", model_id=model_id, revision=revision, status="queued",
-            started_at=time.time(),
+            id=f"dl-{uuid.uuid4().hex[:12]}", model_id=model_id, revision=revision, file=file,
+            status="queued", started_at=time.time(),
         )
         self._jobs[job.id] = job
         done = asyncio.ensure_future(self._run(job))
@@ -64,8 +65,8 @@ class DownloadJobs:
         job.status = "running"
         try:
             path = await asyncio.to_thread(
-                download_model, job.model_id, self.models_dir, revision=job.revision, progress=on_progress,
-                max_bytes=self.max_bytes,
+                download_model, job.model_id, self.models_dir, revision=job.revision, file=job.file,
+                progress=on_progress, max_bytes=self.max_bytes,
             )
         except DukatError as exc:
             job.status, job.error, job.error_code = "failed", exc.message, exc.code

@@ -94,6 +94,7 @@ def download_model(
     endpoint: str | None = None,
     progress: ProgressCallback | None = None,
     show_progress_bar: bool = False,
+    file: str | None = None,
     max_bytes: int | None = None,
 ) -> Path:
     """The folder of `model_id` under `models_dir`, downloaded or brought up to date.
@@ -103,6 +104,7 @@ def download_model(
     bytes arrive. Raises ModelNotFoundError, GatedModelError, HubUnreachableError,
     UnsupportedModelTypeError (a repo without transformers weights) or InvalidRequestError (bad id);
     ModelTooLargeError (over `max_bytes`) and InsufficientStorageError before the first byte.
+    `file` fetches that one file of the repo instead (a .gguf), beside the ones already there.
     """
     local = _local_folder(model_id)
     if local is not None:
@@ -116,16 +118,20 @@ def download_model(
             model_id, revision=revision, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
         )
         sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
-        files = _checked_selection(model_id, sizes)
+        if file:
+            files = _one_file(model_id, sizes, file, read_marker(dest))
+        else:
+            files = _checked_selection(model_id, sizes)
         wanted = {f: sizes[f] for f in files}
         check_room(model_id, sum(wanted.values()), _bytes_present(dest, wanted), _free_bytes(dest), max_bytes)
         marker = DownloadMarker(
             repo_id=model_id, revision=revision or "main", commit=str(info.sha), files=files, complete=False
         )
         _begin(dest, marker)
-        tracker = _Tracker(model_id, {f: sizes[f] for f in files}, progress, show_progress_bar)
+        fetch = [file] if file else files
+        tracker = _Tracker(model_id, {f: sizes[f] for f in fetch}, progress, show_progress_bar)
         try:
-            for name in files:
+            for name in fetch:
                 tracker.start(name)
                 hf_hub_download(
                     model_id, name, revision=marker.commit, local_dir=dest, endpoint=endpoint, token=token,
@@ -205,6 +211,13 @@ def _checked_selection(model_id: str, sizes: dict[str, int]) -> list[str]:
     files = select_files(sizes)
     has_weights = any(f.endswith((".safetensors", ".bin")) for f in files)
     if "config.json" not in files or not has_weights:
+        ggufs = sorted(n for n in sizes if n.endswith(".gguf"))
+        if ggufs:
+            raise UnsupportedModelTypeError(
+                f"{model_id!r} holds GGUF files, not a transformers model: pull one with "
+                f"`dukat pull {model_id} --file {ggufs[0]}` (its .gguf files: {', '.join(ggufs[:8])})",
+                param="model",
+            )
         sample = ", ".join(sorted(sizes)[:8]) or "none"
         raise UnsupportedModelTypeError(
             f"{model_id!r} has no config.json and safetensors/.bin weights that transformers can load "
@@ -212,6 +225,17 @@ def _checked_selection(model_id: str, sizes: dict[str, int]) -> list[str]:
             param="model",
         )
     return files
+
+
+def _one_file(model_id: str, sizes: dict[str, int], file: str, old: DownloadMarker | None) -> list[str]:
+    """The marker's files for a one-file pull: those pulled before (kept, not stale) and `file`."""
+    if file not in sizes:
+        ggufs = ", ".join(sorted(n for n in sizes if n.endswith(".gguf"))) or "none"
+        raise ModelNotFoundError(
+            f"{model_id!r} has no file {file!r} (its .gguf files: {ggufs})", param="file"
+        )
+    kept = [f for f in old.files if f in sizes] if old is not None else []
+    return [*dict.fromkeys([*kept, file])]
 
 
 def _local_folder(model_id: str) -> Path | None:

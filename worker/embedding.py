@@ -10,6 +10,7 @@ import torch
 
 from shared.errors import ContextLengthExceededError, InvalidRequestError
 from shared.generation import EmbedRequest, EmbedResult
+from shared.token_ids import foreign_token_ids
 
 # Inputs per forward pass: bounds the padded batch's memory.
 _BATCH = 32
@@ -44,10 +45,9 @@ class Embedder:
         else:
             bad = next((t for t in item if not 0 <= t < self._vocab_size), None)
             if bad is not None:
-                raise InvalidRequestError(
+                raise foreign_token_ids(
                     f"input[{index}] holds token id {bad}, outside this model's vocabulary "
-                    f"(0..{self._vocab_size - 1})",
-                    param="input",
+                    f"(0..{self._vocab_size - 1}): these ids come from another tokenizer"
                 )
             ids = [*self._prefix, *item, *self._suffix]
         if not ids:  # an empty string with a tokenizer that adds no special tokens: nothing to pool

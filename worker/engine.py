@@ -42,14 +42,20 @@ from shared.generation import (
 )
 from shared.model_types import ModelType, Task
 from shared.prompts import render_fallback, seed_prompt, template_messages
+from shared.tool_calls import ToolFormat, tool_format_of
 from shared.wire import EngineInfo
 from worker.batching import Job, Scheduler
 from worker.embedding import Embedder
+from worker.grammar import Grammars
 from worker.loading import Loaded, Quantization, load_model
+from worker.logprobs import prompt_records, token_logprobs
 from worker.reply import Plan, Reply, TextStream, deliver
 from worker.sampling import TokenSampler, resolve_params
 
 logger = logging.getLogger(__name__)
+
+# Tool formats whose call markers are special tokens (decoding would drop them).
+_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3})
 
 # The settings' defaults (DUKAT_MAX_BATCH, DUKAT_MAX_QUEUE).
 DEFAULT_MAX_BATCH = 16
@@ -89,6 +95,8 @@ class Engine:
             else None
         )
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
+        self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
+        self._grammars: Grammars | None = None  # built at the first request that needs it
         self._scheduler = (
             None
             if model_type.task is Task.EMBEDDING
@@ -171,6 +179,10 @@ class Engine:
             )
         plan = self._plan(loaded, req, defaults)
         reply = Reply(self._model_type, loaded.tokenizer, plan, started)
+        grammars = grammar = None
+        if req.constraint is not None:
+            grammars = self._grammars_for(loaded)
+            grammar = grammars.row(req.constraint, plan.max_new_tokens)
         job = Job(
             prompt_ids=plan.prompt_ids,
             sampler=TokenSampler(plan.params, device=loaded.device),
@@ -179,6 +191,10 @@ class Engine:
             on_item=partial(deliver, reply, on_text, on_done),
             on_step=on_step,
             cancel=cancel,
+            grammar=grammar,
+            grammars=grammars,
+            min_tokens=plan.params.min_tokens or 0,
+            logprobs=req.logprobs,
         )
         reply.job, reply.end = job, partial(scheduler.finish, job)
         if reply.over:  # nothing to generate (max_new_tokens 0)
@@ -215,10 +231,14 @@ class Engine:
         return self._loaded
 
     def _plan(self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None) -> Plan:
-        text, chat = self._prompt_text(loaded.tokenizer, req)
-        ids = _tokenize(loaded.tokenizer, text)
+        tokenizer = loaded.tokenizer
+        if req.prompt_ids is not None:
+            text, chat, ids = None, False, _checked_ids(req.prompt_ids, len(tokenizer))
+        else:
+            text, chat = self._prompt_text(tokenizer, req)
+            ids = _tokenize(tokenizer, text)
         params = resolve_params(req.params, defaults)
-        requested = params.max_new_tokens or 1
+        requested = params.max_new_tokens if params.max_new_tokens is not None else 1
         context = loaded.context_length
         if len(ids) + 1 > context:
             where = "messages" if req.messages is not None else "prompt"
@@ -231,22 +251,49 @@ class Engine:
         # Encoder-decoder models spend the context on the input only; the output has its own.
         room = context if self._model_type.task is Task.SEQ2SEQ else context - len(ids)
         stops = stop_strings(self._model_type, params.stop, chat=chat)
+        # vLLM's ignore_eos (not for a constrained output: its grammar's end is an end of sequence).
+        eos = frozenset() if params.ignore_eos and req.constraint is None else self._eos_ids
+        parsing = req.tools.parsing if req.tools is not None else "none"
+        wants_vocab = req.logprobs is not None
+        vocab = self._grammars_for(loaded).vocab if wants_vocab else None
+        echo_logprobs = None
+        if req.echo and vocab is not None and req.logprobs is not None:
+            records = prompt_records(loaded.model, ids, req.logprobs)
+            echo_logprobs = token_logprobs(vocab, records, ids)
         return Plan(
             prompt_ids=ids,
             params=params,
             max_new_tokens=min(requested, room),
             chat=chat,
-            stop_ids=self._eos_ids | _special_stop_ids(loaded.tokenizer, stops),
+            stop_ids=eos | _special_stop_ids(tokenizer, stops) | frozenset(params.stop_token_ids or ()),
+            tool_format=self._tool_format,
+            tool_parsing=parsing,
+            tool_name=req.tools.name if req.tools is not None else None,
+            # Formats whose call markers are special tokens keep them in the text while parsing.
+            skip_special=params.skip_special_tokens is not False
+            and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS),
+            vocab=vocab,
+            prompt_text=(text if text is not None else tokenizer.decode(ids)) if req.echo else None,
+            prompt_logprobs=echo_logprobs,
         )
+
+    def _grammars_for(self, loaded: Loaded) -> Grammars:
+        if self._grammars is None:
+            vocab_size = max(int(getattr(loaded.model.config, "vocab_size", 0) or 0), len(loaded.tokenizer))
+            self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
+        return self._grammars
 
     def _prompt_text(self, tokenizer: Any, req: GenerateRequest) -> tuple[str, bool]:
         fmt = self._model_type.prompt_format
         if req.messages is not None:
             if req.prompt is not None:
                 raise InvalidRequestError("give either messages or prompt, not both", param="messages")
+            tools = req.tools.tools if req.tools is not None else None
             if getattr(tokenizer, "chat_template", None):
-                return _apply_template(tokenizer, template_messages(req.messages, fmt)), True
-            return render_fallback(req.messages, fmt), True
+                native = tools is not None and self._tool_format is not ToolFormat.GENERIC
+                messages = template_messages(req.messages, fmt, tools=tools, native_tools=native)
+                return _apply_template(tokenizer, messages, tools if native else None), True
+            return render_fallback(req.messages, fmt, tools=tools), True
         if req.prompt is None:
             raise InvalidRequestError("either messages or prompt is required", param="messages")
         if req.system_prompt:
@@ -273,11 +320,15 @@ def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_que
     return scheduler
 
 
-def _apply_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def _apply_template(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> str:
     import jinja2
 
     try:
-        text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text: str = tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
+        )
     except jinja2.TemplateError as exc:  # the template's raise_exception(...): a bad conversation
         raise InvalidRequestError(
             f"the model's chat template refused the messages: {exc}", param="messages"
@@ -294,6 +345,17 @@ def _tokenize(tokenizer: Any, text: str) -> list[int]:
         if start is None:
             raise InvalidRequestError("the prompt is empty", param="prompt")
         ids = [start]
+    return ids
+
+
+def _checked_ids(ids: list[int], vocab_size: int) -> list[int]:
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise InvalidRequestError(
+            f"token id {bad[0]} is outside this model's vocabulary (0..{vocab_size - 1})", param="prompt"
+        )
+    if not ids:
+        raise InvalidRequestError("the prompt is empty", param="prompt")
     return ids
 
 

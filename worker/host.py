@@ -7,6 +7,7 @@ Run as `python -m worker.host` (or `dukat host`); `dukat serve` starts one besid
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import socket
@@ -27,17 +28,21 @@ from litestar.params import Parameter
 
 from shared.errors import (
     AuthenticationError,
+    ConflictError,
     DeviceUnavailableError,
     DukatError,
     InternalError,
     error_for_status,
 )
 from shared.host_api import (
+    DeleteCommand,
+    Deleted,
     DownloadCommand,
     DownloadJob,
     HostState,
     LoadCommand,
     LocalModel,
+    ModelDetails,
     UnloadCommand,
     WorkerState,
 )
@@ -45,10 +50,13 @@ from shared.model_types import default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
 from shared.tokens import bearer_token, token_in
-from worker.catalog import list_local_models
+from worker import model_files
+from worker.catalog import list_local_models, local_gguf
 from worker.devices import offered_devices, pick_device
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
+from worker.gguf import SUFFIX as GGUF_SUFFIX
+from worker.gguf import hf_model_type as gguf_model_type
 from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -99,7 +107,9 @@ class Host:
             raise DeviceUnavailableError(
                 f"device {asked!r} is not available on this host (offered: {offered})", param="device"
             )
-        path = resolve_model_path(cmd.model_id, self.settings.models_dir)
+        models_dir = self.settings.models_dir
+        path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
+        path = path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
@@ -116,11 +126,25 @@ class Host:
             quantization_is_default=quantization is None,
         )
 
+    async def delete(self, model_id: str) -> Deleted:
+        worker = self.supervisor.state(model_id)
+        if worker is not None and worker.status in ("loading", "loaded", "stopping"):
+            raise ConflictError(
+                f"model {model_id!r} is {worker.status} on this host; unload it first (dukat stop)",
+                param="model",
+            )
+        if any(j.model_id == model_id and j.status in ("queued", "running") for j in self.jobs.list()):
+            raise ConflictError(f"model {model_id!r} is downloading; delete it once that ends", param="model")
+        freed = await asyncio.to_thread(model_files.delete, self.settings.models_dir, model_id)
+        return Deleted(model_id=model_id, freed_bytes=freed)
+
     def local_models(self) -> list[LocalModel]:
         return list_local_models(self.settings.models_dir)
 
 
 def _hf_model_type(path: Path) -> str | None:
+    if path.suffix == GGUF_SUFFIX:  # from its header: the worker converts it at load
+        return gguf_model_type(path)
     try:
         return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
@@ -160,9 +184,19 @@ async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
     return {"model_id": data.model_id, "status": "unloaded"}
 
 
+@get("/models/details")
+async def model_details(state: State, model_id: str) -> ModelDetails:
+    return await asyncio.to_thread(model_files.describe, state.host.settings.models_dir, model_id)
+
+
+@post("/models/delete", status_code=200)
+async def delete_model(state: State, data: DeleteCommand) -> Deleted:
+    return await state.host.delete(data.model_id)
+
+
 @post("/downloads", status_code=202)
 async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
-    return state.host.jobs.start(data.model_id, data.revision)
+    return state.host.jobs.start(data.model_id, data.revision, data.file)
 
 
 @get("/downloads/{job_id:str}")
@@ -205,7 +239,10 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
             await host.supervisor.close()
 
     return Litestar(
-        route_handlers=[health, host_state, local_models, load, unload, start_download, get_download],
+        route_handlers=[
+            health, host_state, local_models, load, unload, model_details, delete_model,
+            start_download, get_download,
+        ],
         state=State({"host": host}),
         lifespan=[lifespan],
         exception_handlers={Exception: _error_response},

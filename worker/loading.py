@@ -16,6 +16,9 @@ import torch
 
 from shared.errors import DeviceUnavailableError, ModelLoadFailedError, QuantizationError
 from shared.model_types import ModelType, Task
+from worker.catalog import is_model_folder
+from worker.gguf import pick_gguf
+from worker.gguf import prepare as prepare_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +52,17 @@ def load_model(
 ) -> Loaded:
     """Load the model and tokenizer in `path` onto `device`, quantized as asked, and check it runs.
 
+    `path` is a `save_pretrained` folder, a .gguf file or a folder holding one (converted on its
+    first load, see worker/gguf.py).
+
     Quantization applies to every task (embedding models included) on the same rule: either the
     layers take it or the load fails with a QuantizationError; there is no silent fallback.
     """
     started = time.perf_counter()
     dev = resolve_device(device)
+    gguf_file = pick_gguf(path) if not is_model_folder(Path(path)) else None
+    if gguf_file is not None:
+        path = prepare_gguf(gguf_file)  # converted once, then cached beside the file
     if not Path(path).is_dir():  # else transformers would take it for a hub id and try the network
         raise ModelLoadFailedError(f"no model folder at {path}")
     dtype = _dtype_for(dev)

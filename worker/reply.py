@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from shared.cleaning import StopScanner, scanner_for
-from shared.generation import GenerateResult, SamplingParams, Timings
+from shared.cleaning import scanner_for
+from shared.generation import GenerateResult, SamplingParams, Timings, TokenLogprob, ToolParsing
 from shared.model_types import ModelType
+from shared.tool_calls import ToolCallScanner, ToolFormat
 from worker.batching import Job
 from worker.detokenize import detokenizer
+from worker.logprobs import token_logprobs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +28,14 @@ class Plan:
     max_new_tokens: int
     chat: bool  # chat cleaning (implied stops, role echo, strip) or raw completion
     stop_ids: frozenset[int]  # end-of-sequence ids and special tokens that are stop strings
+    tool_format: ToolFormat = ToolFormat.GENERIC
+    tool_parsing: ToolParsing = "none"
+    tool_name: str | None = None  # the function of a named tool_choice
+    skip_special: bool = True
+    vocab: list[bytes] | None = None  # each id's bytes, when logprobs are wanted
+    # Completions' echo: the prompt's text and its tokens' logprobs.
+    prompt_text: str | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 def deliver(
@@ -66,7 +76,8 @@ class Reply:
 
     def __init__(self, model_type: ModelType, tokenizer: Any, plan: Plan, started: float) -> None:
         self.scanner = scanner_for(model_type, plan.params.stop, chat=plan.chat)
-        self.detok = detokenizer(tokenizer)
+        self.tools = ToolCallScanner(plan.tool_format, plan.tool_parsing, plan.tool_name)
+        self.detok = detokenizer(tokenizer, skip_special_tokens=plan.skip_special)
         self.plan, self.started = plan, started
         self.count, self.first, self.finish = 0, 0.0, "length"
         self.over = plan.max_new_tokens <= 0  # no more tokens wanted
@@ -81,7 +92,7 @@ class Reply:
         if token in self.plan.stop_ids:
             self.finish, self.over = "stop", True
             return ""
-        text = self.scanner.feed(self.detok.feed(token))
+        text = self.tools.feed(self.scanner.feed(self.detok.feed(token)))
         if self.scanner.stopped:
             self.finish, self.over = "stop", True
         elif self.count >= self.plan.max_new_tokens:
@@ -93,13 +104,23 @@ class Reply:
     ) -> None:
         """What is still held back, then the result."""
         scanner = self.scanner
-        tail = scanner.feed(self.detok.finish()) + scanner.finish()
-        if tail:
-            on_text(tail)
+        tail = self.tools.feed(scanner.feed(self.detok.finish()) + scanner.finish())
+        held, calls = self.tools.finish()
+        if tail + held:
+            on_text(tail + held)
         finish = "stop" if scanner.stopped and self.finish == "length" else self.finish
         acquired = self.job.admitted or time.perf_counter()  # never admitted: cancelled while waiting
         prompt_tokens = len(self.plan.prompt_ids)
-        on_done(_result(scanner, finish, prompt_tokens, self.count, self.started, acquired, self.first))
+        text = self.tools.content if self.tools.active else scanner.text
+        result = _result(text, finish, prompt_tokens, self.count, self.started, acquired, self.first)
+        if calls:
+            result.tool_calls, result.finish_reason = calls, "tool_calls"
+        plan = self.plan
+        if plan.vocab is not None:
+            records = [r for r in self.job.logprob_records if r.token not in plan.stop_ids]
+            result.logprobs = token_logprobs(plan.vocab, records, [r.token for r in records])
+        result.prompt_text, result.prompt_logprobs = plan.prompt_text, plan.prompt_logprobs
+        on_done(result)
 
 
 class TextStream(Iterator[str | GenerateResult]):
@@ -132,7 +153,7 @@ class TextStream(Iterator[str | GenerateResult]):
 
 
 def _result(
-    scanner: StopScanner,
+    text: str,
     finish: Any,
     prompt_tokens: int,
     count: int,
@@ -142,7 +163,7 @@ def _result(
 ) -> GenerateResult:
     end = time.perf_counter()
     return GenerateResult(
-        text=scanner.text,
+        text=text,
         finish_reason=finish,
         prompt_tokens=prompt_tokens,
         completion_tokens=count,

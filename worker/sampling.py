@@ -3,8 +3,12 @@
 We sample ourselves rather than through `model.generate` so that every request owns a
 `torch.Generator` seeded from its `seed`: the same seed gives the same text whatever other
 requests ran in between (a global `torch.manual_seed` would be shared by all of them). The logit
-transforms follow transformers' order and semantics (repetition penalty, temperature, top-k,
-top-p), so temperature 0 is exactly `generate(do_sample=False)`.
+transforms are transformers' own processors (repetition penalty, temperature, top-k, top-p, in
+`generate`'s order), so temperature 0 is exactly `generate(do_sample=False)`. Measured against
+our former hand-written transforms (same tokens on every row): at a 32k-262k vocabulary they cost
+the same or less (repetition penalty 2.5-5x less: a gather over the seen ids instead of a
+where over the vocabulary); at a tiny model's 768 they cost ~30-70 us more per sampled token.
+Plain greedy rows (the common case, and the bench's) never reach them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,13 @@ import secrets
 from typing import Any
 
 import torch
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from shared.generation import ENGINE_DEFAULTS, SamplingParams
 
@@ -55,10 +66,26 @@ class TokenSampler:
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(self.seed & _SEED_MASK)  # any int, negative too
         self._device = device
+        self._processors = self._chain()
         # Tokens seen so far, for the repetition penalty (prompt included in causal models, as
-        # transformers does); sized from the first logits, since padded vocabularies differ.
+        # transformers does): ids not yet placed in the buffer (whose width is the vocabulary's,
+        # known at the first logits: padded vocabularies differ), then the buffer and its fill.
         self._unplaced: list[int] = []
-        self._seen: torch.Tensor | None = None
+        self._seen = torch.zeros(1, 0, dtype=torch.long, device=device)
+        self._count = 0
+
+    def _chain(self) -> list[LogitsProcessor]:
+        chain: list[LogitsProcessor] = []
+        if self.repetition_penalty != 1.0:
+            chain.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.temperature == 0.0:
+            return chain
+        chain.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k > 0:
+            chain.append(TopKLogitsWarper(self.top_k))
+        if self.top_p < 1.0:
+            chain.append(TopPLogitsWarper(self.top_p))
+        return chain
 
     @property
     def plain_greedy(self) -> bool:
@@ -68,59 +95,32 @@ class TokenSampler:
     def observe(self, token_ids: list[int] | int) -> None:
         if self.repetition_penalty == 1.0:
             return
-        ids = [token_ids] if isinstance(token_ids, int) else token_ids
-        if self._seen is None:
-            self._unplaced.extend(ids)
+        if isinstance(token_ids, int):
+            self._unplaced.append(token_ids)
         else:
-            self._seen[torch.tensor(ids, dtype=torch.long, device=self._device)] = True
+            self._unplaced.extend(token_ids)
 
     def choose(self, logits: torch.Tensor) -> int:
         """The next token id from one row of logits (shape [vocab])."""
-        scores = logits.float()
-        if self.repetition_penalty != 1.0:
-            scores = apply_repetition_penalty(
-                scores, self._seen_mask(scores.shape[-1]), self.repetition_penalty
-            )
+        scores = logits.float()[None]
+        seen = self._seen_ids(scores.shape[-1]) if self.repetition_penalty != 1.0 else self._seen
+        for processor in self._processors:
+            scores = processor(seen, scores)
         if self.temperature == 0.0:
             return int(scores.argmax())
-        scores = scores / self.temperature
-        if self.top_k > 0:
-            scores = apply_top_k(scores, self.top_k)
-        if self.top_p < 1.0:
-            scores = apply_top_p(scores, self.top_p)
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self._generator))
 
-    def _seen_mask(self, vocab: int) -> torch.Tensor:
-        if self._seen is None:
-            self._seen = torch.zeros(vocab, dtype=torch.bool, device=self._device)
-            ids = [t for t in self._unplaced if 0 <= t < vocab]
-            if ids:
-                self._seen[torch.tensor(ids, dtype=torch.long, device=self._device)] = True
-            self._unplaced = []
-        return self._seen
-
-
-def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty, as transformers applies it: seen tokens' logits divided (or, if negative,
-    multiplied) by `penalty`."""
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen, penalised, scores)
-
-
-def apply_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    if k >= scores.shape[-1]:
-        return scores
-    threshold = torch.topk(scores, k, dim=-1).values[..., -1:]
-    return scores.masked_fill(scores < threshold, float("-inf"))
-
-
-def apply_top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probabilities add up to `top_p`."""
-    sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-    sorted_probs = torch.softmax(sorted_scores, dim=-1)
-    # Drop a token when the ones before it already reach top_p; the first one always stays.
-    drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
-    drop_sorted[..., 0] = False
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return scores.masked_fill(drop, float("-inf"))
+    def _seen_ids(self, vocab: int) -> torch.Tensor:
+        """The seen ids [1, n] as the repetition penalty reads them (ids past the vocabulary dropped)."""
+        ids = [t for t in self._unplaced if 0 <= t < vocab]
+        self._unplaced = []
+        end = self._count + len(ids)
+        if end > self._seen.shape[1]:  # grow by doubling: one copy per doubling, not per token
+            grown = torch.zeros(1, max(64, 2 * end), dtype=torch.long, device=self._device)
+            grown[:, : self._count] = self._seen[:, : self._count]
+            self._seen = grown
+        if ids:
+            self._seen[0, self._count : end] = torch.tensor(ids, dtype=torch.long, device=self._device)
+        self._count = end
+        return self._seen[:, :end]

@@ -252,7 +252,9 @@ class Supervisor:
         async for raw in worker.process.stderr:
             line = raw.decode(errors="replace").rstrip()
             worker.logs.append(line)
-            log.debug("[%s] %s", worker.spec.model_id, line)
+            # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
+            level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
+            log.log(level, "[%s] %s", worker.spec.model_id, line)
 
     async def unload(self, model_id: str) -> None:
         worker = self._workers.get(model_id)

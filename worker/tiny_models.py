@@ -227,6 +227,7 @@ class _Shape(Struct, frozen=True, kw_only=True):
     intermediate: int
     heads: int
     context: int
+    sliding_window: int | None = None
 
 
 def _config(family: str, shape: _Shape, tokenizer: Any) -> Any:
@@ -246,8 +247,14 @@ def _config(family: str, shape: _Shape, tokenizer: Any) -> Any:
                             "tie_word_embeddings": False}
     if family in ("llama", "tinyllama"):
         return tf.LlamaConfig(**rope, num_key_value_heads=max(1, heads // 2), **ids)
+    window = shape.sliding_window
     if family == "mistral":
-        return tf.MistralConfig(**rope, num_key_value_heads=max(1, heads // 2), sliding_window=None, **ids)
+        return tf.MistralConfig(**rope, num_key_value_heads=max(1, heads // 2), sliding_window=window, **ids)
+    if family == "gemma" and window is not None:  # Gemma 3: sliding layers, then a full one
+        layer_types = ["sliding_attention"] * (n - 1) + ["full_attention"]
+        return tf.Gemma3TextConfig(**rope, num_key_value_heads=max(1, heads // 2), head_dim=h // heads,
+                                   query_pre_attn_scalar=h // heads, sliding_window=window,
+                                   layer_types=layer_types, **ids)
     if family == "gemma":
         return tf.GemmaConfig(**rope, num_key_value_heads=max(1, heads // 2), head_dim=h // heads, **ids)
     if family == "gpt2":
@@ -326,18 +333,23 @@ def build_tiny_model(
     intermediate: int | None = None,
     heads: int | None = None,
     context: int = 512,
+    sliding_window: int | None = None,
 ) -> Path:
     """Write a complete `save_pretrained` folder (model, tokenizer, chat template, generation config).
 
     Attention heads default to hidden // 16, and grouped-query families keep heads // 2 key/value
-    heads: bitsandbytes' CPU 4-bit also needs out_features to be a multiple of 32.
+    heads: bitsandbytes' CPU 4-bit also needs out_features to be a multiple of 32. A
+    `sliding_window` makes mistral attend within that window on every layer, and gemma Gemma 3's
+    text architecture (sliding-window layers, the last one full).
     """
     import torch
 
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; known: {', '.join(FAMILIES)}")
+    if sliding_window is not None and family not in ("mistral", "gemma"):
+        raise ValueError("only mistral and gemma take a sliding_window")
     shape = _Shape(hidden=hidden, layers=layers, intermediate=intermediate or 2 * hidden,
-                   heads=heads or max(1, hidden // 16), context=context)
+                   heads=heads or max(1, hidden // 16), context=context, sliding_window=sliding_window)
     if shape.hidden % 64 or shape.intermediate % 64:
         raise ValueError("hidden and intermediate must be multiples of 64 (bitsandbytes 4-bit on CPU)")
     tokenizer = build_tokenizer(family, context=context)

@@ -17,7 +17,7 @@ from gateway.schemas import (
     chat_stream,
 )
 from gateway.sse import EventStream, sse_stream
-from shared.generation import GenerateRequest, message_text
+from shared.generation import message_text
 
 
 @post("/v1/chat/completions", status_code=200, opt=INFERENCE, summary="Create a chat completion (OpenAI)")
@@ -29,12 +29,11 @@ async def chat_completions(
     check_model(state.manager, data.model)
     check_generations(settings, 1, data.choices)
     check_prompt_chars(settings, (message_text(m) for m in data.messages), "messages")
-    requests = [
-        GenerateRequest(messages=data.messages, params=p, request_id=rid) for p in data.choice_params()
-    ]
+    requests = data.generate_requests(rid)
+    legacy = data.legacy_functions
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)
-        chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage)
+        chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage, legacy=legacy)
         return await sse_stream(chat_stream(events, chunks))
     model, results = await generate_all(state.manager, data.model, requests)
-    return chat_response(results, model, rid)
+    return chat_response(results, model, rid, legacy=legacy)

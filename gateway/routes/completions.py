@@ -1,4 +1,4 @@
-"""POST /v1/completions (raw text prompts; LangChain's `OpenAI` class uses it)."""
+"""POST /v1/completions (raw text or token-id prompts; LangChain's `OpenAI` class and lm-eval use it)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from gateway.schemas import (
     completion_stream,
 )
 from gateway.sse import EventStream, sse_stream
-from shared.generation import GenerateRequest
 
 
 @post("/v1/completions", status_code=200, opt=INFERENCE, summary="Create a completion (OpenAI, legacy)")
@@ -25,18 +24,17 @@ async def completions(
     request: Request, state: State, data: CompletionRequest
 ) -> CompletionResponse | EventStream:
     rid = request_id_of(request.scope)
-    prompts, params = data.prompts(), data.choice_params()
+    prompts = data.prompts()
     settings = state.manager.settings
     check_model(state.manager, data.model)
     check_generations(settings, len(prompts), data.choices)
-    for prompt in prompts:
-        check_prompt_chars(settings, (prompt,), "prompt")
-    # Prompt-major order, n samples per prompt: choice index = prompt * n + sample.
-    requests = [GenerateRequest(prompt=p, params=s, request_id=rid) for p in prompts for s in params]
-    echo = prompts if data.echo else None
+    check_prompt_chars(settings, (p for p in prompts if isinstance(p, str)), "prompt")
+    requests = data.generate_requests(rid)
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)
         chunks = CompletionChunks(model=model, request_id=rid, include_usage=data.include_usage)
+        # Text prompts only (token-id echo in a stream is a 400): the first chunk of each choice.
+        echo = [p for p in data.prompts() if isinstance(p, str)] if data.echo else None
         return await sse_stream(completion_stream(events, chunks, n=data.choices, echo_prompts=echo))
     model, results = await generate_all(state.manager, data.model, requests)
-    return completion_response(results, model, rid, n=data.choices, echo_prompts=echo)
+    return completion_response(results, model, rid, n=data.choices)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from litestar import post
+from litestar import Request, post
 from litestar.datastructures import State
 
 from gateway.auth import INFERENCE
 from gateway.limits import check_embedding_inputs, check_model
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
+from shared.token_ids import check_client_ids
 
 
 @post("/v1/embeddings", status_code=200, opt=INFERENCE, summary="Create embeddings (OpenAI)")
-async def embeddings(state: State, data: EmbeddingRequest) -> EmbeddingResponse:
+async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> EmbeddingResponse:
     check_model(state.manager, data.model)
     inputs = data.inputs()
     check_embedding_inputs(state.manager.settings, inputs)
+    check_client_ids(inputs, request.headers.get("user-agent"))
     model, result = await state.manager.embed(data.model, inputs)
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)

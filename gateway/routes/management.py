@@ -52,7 +52,7 @@ async def hosts(state: State) -> list[HostState]:
 async def pull(state: State, data: DownloadRequest) -> DownloadJob:
     check_pull(state.manager.settings, data.model)
     check_revision(data.revision)
-    return download_job(await state.manager.start_download(data.model, data.revision))
+    return download_job(await state.manager.start_download(data.model, data.revision, data.file))
 
 
 @get("/api/downloads/{job_id:str}", summary="A download job's progress")

@@ -7,83 +7,68 @@ Streams are driven by `ChoiceEvent`s, `(choice index, text delta | final Generat
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
+import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway.schemas.common import (
-    ChoiceCount,
     ChoiceEvent,
     MaxTokens,
     OpenAIFinishReason,
-    Penalty,
-    RepetitionPenalty,
-    Seed,
-    Stop,
-    StreamOptions,
-    Temperature,
-    TopK,
     TopLogprobs,
-    TopP,
     Usage,
     now,
     openai_finish_reason,
-    per_choice_params,
     reject_if,
-    stop_list,
-    top_k_value,
     usage_of,
 )
-from shared.generation import FinishReason, GenerateResult, Message, SamplingParams
+from gateway.schemas.logprobs import ChatLogprobs, chat_logprobs
+from gateway.schemas.sampling import SamplingRequest
+from gateway.schemas.tools import (
+    FunctionCallChoice,
+    FunctionDef,
+    ResponseFormat,
+    Tool,
+    ToolChoice,
+    legacy_tools,
+    tool_plan,
+)
+from shared.generation import (
+    FinishReason,
+    FunctionCall,
+    GenerateRequest,
+    GenerateResult,
+    Message,
+    SamplingParams,
+    ToolCall,
+)
 
 
-class ChatCompletionRequest(Struct, kw_only=True):
-    # Optional, unlike OpenAI: a request naming no model goes to the configured default model.
-    model: str | None = None
+class ChatCompletionRequest(SamplingRequest, kw_only=True):
     messages: Annotated[list[Message], Meta(min_length=1)]
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
-    stop: Stop = None
-    seed: Seed | None = None
-    n: ChoiceCount | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    # Accepted so clients that always send them work; they don't change generation.
-    frequency_penalty: Penalty | None = None
-    presence_penalty: Penalty | None = None
     logprobs: bool | None = None
     top_logprobs: TopLogprobs | None = None
-    # vLLM extensions.
-    top_k: TopK | None = None
-    repetition_penalty: RepetitionPenalty | None = None
-    # Decoded only to refuse them clearly: answering free text instead breaks the client later.
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # The legacy functions API, mapped onto tools.
+    functions: list[FunctionDef] | None = None
+    function_call: FunctionCallChoice | None = None
+    response_format: ResponseFormat | None = None
 
     @property
-    def choices(self) -> int:
-        return self.n or 1
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+    def legacy_functions(self) -> bool:
+        return bool(self.functions) and not self.tools
 
     def check(self) -> None:
         """Raise a 400 naming the field for what Dukat accepts on the wire but cannot do."""
-        reject_if(bool(self.logprobs), "logprobs are not supported", "logprobs")
         reject_if(
-            bool(self.tools) and self.tool_choice != "none",
-            "tool calling is not supported by Dukat's models; send no tools or tool_choice \"none\"",
-            "tools",
-        )
-        reject_if(
-            self.response_format is not None and self.response_format.get("type", "text") != "text",
-            "only response_format {\"type\": \"text\"} is supported",
-            "response_format",
+            self.top_logprobs is not None and self.top_logprobs > 0 and not self.logprobs,
+            "top_logprobs needs logprobs: true",
+            "top_logprobs",
         )
         for i, message in enumerate(self.messages):
             if isinstance(message.content, list):
@@ -97,31 +82,58 @@ class ChatCompletionRequest(Struct, kw_only=True):
     def sampling_params(self) -> SamplingParams:
         """The request's sampling fields (unset ones stay None); checks the request first."""
         self.check()
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=top_k_value(self.top_k),
-            repetition_penalty=self.repetition_penalty,
-            max_new_tokens=self.max_completion_tokens or self.max_tokens,
-            stop=stop_list(self.stop),
-            seed=self.seed,
-        )
+        return self.base_params(self.max_completion_tokens or self.max_tokens)
 
-    def choice_params(self) -> list[SamplingParams]:
-        """One SamplingParams per choice; a seed is offset per choice so `n` seeded choices differ."""
-        return per_choice_params(self.sampling_params(), self.choices)
+    def generate_requests(self, request_id: str) -> list[GenerateRequest]:
+        """One GenerateRequest per choice: the messages, the tools and constraint, logprobs."""
+        tools, choice = (
+            (self.tools, self.tool_choice) if self.tools else legacy_tools(self.functions, self.function_call)
+        )
+        use, forced = tool_plan(tools, choice, self.parallel_tool_calls)
+        formatted = self.response_format.constraint() if self.response_format is not None else None
+        constraint = forced or formatted or self.extension_constraint()
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return [
+            GenerateRequest(
+                messages=self.messages,
+                params=p,
+                request_id=request_id,
+                tools=use,
+                constraint=constraint,
+                logprobs=logprobs,
+            )
+            for p in self.choice_params()
+        ]
 
 
 class AssistantMessage(Struct, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+    function_call: FunctionCall | UnsetType = UNSET
+
+
+def assistant_message(result: GenerateResult, *, legacy: bool = False) -> AssistantMessage:
+    calls = result.tool_calls
+    if not calls:
+        return AssistantMessage(content=result.text)
+    content = result.text or None
+    if legacy:
+        return AssistantMessage(content=content, function_call=calls[0].function)
+    return AssistantMessage(content=content, tool_calls=calls)
+
+
+def finish_reason_of(result: GenerateResult, *, legacy: bool = False) -> OpenAIFinishReason:
+    if result.tool_calls:
+        return "function_call" if legacy else "tool_calls"
+    return openai_finish_reason(result.finish_reason)
 
 
 class ChatChoice(Struct, kw_only=True):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: OpenAIFinishReason
 
 
@@ -134,15 +146,31 @@ class ChatCompletionResponse(Struct, kw_only=True):
     usage: Usage
 
 
+class DeltaFunction(Struct, kw_only=True, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(Struct, kw_only=True, omit_defaults=True):
+    """A tool call's piece: the first has `id`, `type` and the name; later ones argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction | None = None
+
+
 class ChatDelta(Struct, kw_only=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+    function_call: DeltaFunction | None = None
 
 
 class ChatChunkChoice(Struct, kw_only=True):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: OpenAIFinishReason | None = None
 
 
@@ -161,14 +189,20 @@ def chat_id(request_id: str) -> str:
 
 
 def chat_response(
-    results: Sequence[GenerateResult], model: str, request_id: str, created: int | None = None
+    results: Sequence[GenerateResult],
+    model: str,
+    request_id: str,
+    created: int | None = None,
+    *,
+    legacy: bool = False,
 ) -> ChatCompletionResponse:
     """The response for `len(results)` choices of one conversation (n > 1: one result per choice)."""
     choices = [
         ChatChoice(
             index=i,
-            message=AssistantMessage(content=r.text),
-            finish_reason=openai_finish_reason(r.finish_reason),
+            message=assistant_message(r, legacy=legacy),
+            logprobs=None if r.logprobs is None else chat_logprobs(r.logprobs),
+            finish_reason=finish_reason_of(r, legacy=legacy),
         )
         for i, r in enumerate(results)
     ]
@@ -185,12 +219,19 @@ class ChatChunks:
     """Builds the chunks of one streamed chat completion (same id and `created` on every chunk)."""
 
     def __init__(
-        self, *, model: str, request_id: str, include_usage: bool = False, created: int | None = None
+        self,
+        *,
+        model: str,
+        request_id: str,
+        include_usage: bool = False,
+        created: int | None = None,
+        legacy: bool = False,
     ) -> None:
         self.model = model
         self.id = chat_id(request_id)
         self.include_usage = include_usage
         self.created = now() if created is None else created
+        self.legacy = legacy
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
@@ -208,9 +249,39 @@ class ChatChunks:
     def content(self, text: str, index: int = 0) -> ChatCompletionChunk:
         return self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=text))])
 
-    def finish(self, reason: FinishReason, index: int = 0) -> ChatCompletionChunk:
-        choice = ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=openai_finish_reason(reason))
-        return self._chunk([choice])
+    def finish(self, reason: FinishReason | GenerateResult, index: int = 0) -> ChatCompletionChunk:
+        if isinstance(reason, GenerateResult):
+            finish = finish_reason_of(reason, legacy=self.legacy)
+        else:
+            finish = openai_finish_reason(reason)
+        return self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)])
+
+    def ending(self, result: GenerateResult, index: int = 0) -> tuple[ChatCompletionChunk, ...]:
+        """A choice's last chunks: its logprobs (all at once), its tool calls, its finish reason."""
+        out = []
+        if result.logprobs is not None:
+            logprobs = chat_logprobs(result.logprobs)
+            out.append(
+                self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=""), logprobs=logprobs)])
+            )
+        calls = result.tool_calls or []
+        for i, call in enumerate(calls[:1] if self.legacy else calls):
+            out += [self._chunk([ChatChunkChoice(index=index, delta=d)]) for d in self._call_deltas(i, call)]
+        return (*out, self.finish(result, index))
+
+    def _call_deltas(self, i: int, call: ToolCall) -> list[ChatDelta]:
+        args = call.function.arguments
+        text = args if isinstance(args, str) else msgspec.json.encode(args).decode()
+        if self.legacy:
+            return [ChatDelta(function_call=DeltaFunction(name=call.function.name, arguments=text))]
+        first = DeltaToolCall(
+            index=i,
+            id=call.id,
+            type="function",
+            function=DeltaFunction(name=call.function.name, arguments=""),
+        )
+        rest = DeltaToolCall(index=i, function=DeltaFunction(arguments=text))
+        return [ChatDelta(tool_calls=[first]), ChatDelta(tool_calls=[rest])]
 
     def usage(self, results: Sequence[GenerateResult]) -> ChatCompletionChunk:
         """The extra last chunk of an include_usage stream: no choices, the whole request's usage."""
@@ -235,7 +306,7 @@ async def chat_stream(
             head = (chunks.role(index),)
         if isinstance(event, GenerateResult):
             results[index] = event
-            yield (*head, chunks.finish(event.finish_reason, index))
+            yield (*head, *chunks.ending(event, index))
         elif event:
             yield (*head, chunks.content(event, index))
         elif head:

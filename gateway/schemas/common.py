@@ -30,7 +30,7 @@ Seed = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 TokenId = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 Stop = str | list[str] | None
 
-OpenAIFinishReason = Literal["stop", "length"]
+OpenAIFinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 # What a stream of generations yields: (choice index, text delta | the choice's final result).
 ChoiceEvent = tuple[int, str | GenerateResult]
@@ -67,7 +67,9 @@ def per_choice_params(base: SamplingParams, n: int) -> list[SamplingParams]:
 
 def openai_finish_reason(reason: FinishReason) -> OpenAIFinishReason:
     """OpenAI's enum has no "cancelled": a generation cut short by a cancel ends like a stop sequence."""
-    return "length" if reason == "length" else "stop"
+    if reason == "length":
+        return "length"
+    return "tool_calls" if reason == "tool_calls" else "stop"
 
 
 def usage_of(results: Sequence[GenerateResult], n: int = 1) -> Usage:

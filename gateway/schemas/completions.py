@@ -7,116 +7,98 @@ A stream chunk has the response's own shape (OpenAI's schema has no separate chu
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway.schemas.common import (
-    ChoiceCount,
+    INT64_MAX,
     ChoiceEvent,
-    MaxTokens,
     OpenAIFinishReason,
-    Penalty,
-    RepetitionPenalty,
-    Seed,
-    Stop,
-    StreamOptions,
-    Temperature,
-    TopK,
-    TopP,
+    TokenId,
     Usage,
     now,
     openai_finish_reason,
-    per_choice_params,
     reject_if,
-    stop_list,
-    top_k_value,
     usage_of,
 )
-from shared.generation import GenerateResult, SamplingParams
+from gateway.schemas.logprobs import CompletionLogprobs, completion_logprobs
+from gateway.schemas.sampling import SamplingRequest
+from shared.generation import GenerateRequest, GenerateResult, SamplingParams
 
 # OpenAI's default for this endpoint (the chat endpoint has none).
 DEFAULT_MAX_TOKENS = 16
+# 0 generates nothing: with echo and logprobs, a request scores its prompt (lm-eval's loglikelihood).
+CompletionMaxTokens = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+CompletionLogprobCount = Annotated[int, Meta(ge=0, le=5)]
+Prompt = str | int | list[TokenId]
 
 
-class CompletionRequest(Struct, kw_only=True):
-    # Optional, unlike OpenAI: a request naming no model goes to the configured default model.
-    model: str | None = None
-    # Token-id prompts decode (so the 400 can say why) but are refused.
-    prompt: str | list[str | int | list[int]]
-    max_tokens: MaxTokens | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    n: ChoiceCount | None = None
-    best_of: ChoiceCount | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    stop: Stop = None
-    seed: Seed | None = None
+class CompletionRequest(SamplingRequest, kw_only=True):
+    # Text, a list of texts, token ids, or a list of token-id lists.
+    prompt: str | list[Prompt]
+    max_tokens: CompletionMaxTokens | None = None
+    best_of: Annotated[int, Meta(ge=1, le=128)] | None = None
     echo: bool | None = None
     suffix: str | None = None
-    logprobs: int | None = None
-    user: str | None = None
-    frequency_penalty: Penalty | None = None
-    presence_penalty: Penalty | None = None
-    # vLLM extensions.
-    top_k: TopK | None = None
-    repetition_penalty: RepetitionPenalty | None = None
+    logprobs: CompletionLogprobCount | None = None
 
-    @property
-    def choices(self) -> int:
-        """Samples per prompt."""
-        return self.n or 1
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
-
-    def prompts(self) -> list[str]:
-        """The prompts as strings; a 400 for token-id prompts or an empty list."""
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each a text or token ids; a 400 for an empty or mixed list."""
         if isinstance(self.prompt, str):
             return [self.prompt]
         reject_if(not self.prompt, "prompt must not be an empty list", "prompt")
-        texts = [p for p in self.prompt if isinstance(p, str)]
+        if all(isinstance(p, int) for p in self.prompt):
+            return [[p for p in self.prompt if isinstance(p, int)]]
         reject_if(
-            len(texts) != len(self.prompt),
-            "token-id prompts are not supported; send the prompt as text",
+            any(isinstance(p, int) for p in self.prompt),
+            "prompt mixes token ids and texts; send a list of texts or a list of token-id lists",
             "prompt",
         )
-        return texts
+        reject_if(any(p == [] for p in self.prompt), "a token-id prompt must not be empty", "prompt")
+        return [p for p in self.prompt if not isinstance(p, int)]
 
     def check(self) -> None:
         reject_if(bool(self.suffix), "suffix is not supported", "suffix")
-        reject_if(self.logprobs is not None, "logprobs are not supported", "logprobs")
         reject_if(
             self.best_of is not None and self.best_of != self.choices,
             "best_of other than n is not supported",
             "best_of",
         )
-        self.prompts()
+        prompts = self.prompts()
+        reject_if(
+            bool(self.stream and self.echo) and any(not isinstance(p, str) for p in prompts),
+            "echo of token-id prompts is not supported in a stream; send stream: false",
+            "echo",
+        )
 
     def sampling_params(self) -> SamplingParams:
         """The request's sampling fields, `max_tokens` defaulting to OpenAI's 16; checks first."""
         self.check()
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=top_k_value(self.top_k),
-            repetition_penalty=self.repetition_penalty,
-            max_new_tokens=self.max_tokens or DEFAULT_MAX_TOKENS,
-            stop=stop_list(self.stop),
-            seed=self.seed,
-        )
+        return self.base_params(DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens)
 
-    def choice_params(self) -> list[SamplingParams]:
-        """One SamplingParams per sample of a prompt; seeds offset per sample so they differ."""
-        return per_choice_params(self.sampling_params(), self.choices)
+    def generate_requests(self, request_id: str) -> list[GenerateRequest]:
+        """Prompt-major, `n` samples per prompt: choice index = prompt * n + sample."""
+        params, constraint = self.choice_params(), self.extension_constraint()
+        return [
+            GenerateRequest(
+                prompt=p if isinstance(p, str) else None,
+                prompt_ids=None if isinstance(p, str) else p,
+                params=s,
+                request_id=request_id,
+                constraint=constraint,
+                logprobs=self.logprobs,
+                echo=bool(self.echo),
+            )
+            for p in self.prompts()
+            for s in params
+        ]
 
 
 class CompletionChoice(Struct, kw_only=True):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     # Null only on stream chunks before a choice ends.
     finish_reason: OpenAIFinishReason | None = None
 
@@ -141,15 +123,15 @@ def completion_response(
     request_id: str,
     *,
     n: int = 1,
-    echo_prompts: Sequence[str] | None = None,
     created: int | None = None,
 ) -> CompletionResponse:
-    """The response for `len(results)` choices, `n` per prompt; with `echo_prompts`, each text is
-    preceded by its prompt."""
+    """The response for `len(results)` choices, `n` per prompt; an echoed prompt (the worker's
+    `prompt_text`) precedes its text, and its tokens its logprobs."""
     choices = [
         CompletionChoice(
             index=i,
-            text=(echo_prompts[i // n] if echo_prompts else "") + r.text,
+            text=(r.prompt_text or "") + r.text,
+            logprobs=_logprobs(r),
             finish_reason=openai_finish_reason(r.finish_reason),
         )
         for i, r in enumerate(results)
@@ -183,11 +165,20 @@ class CompletionChunks:
         return self._chunk([CompletionChoice(index=index, text=text)])
 
     def finish(self, result: GenerateResult, index: int = 0) -> CompletionResponse:
+        """A choice's last chunk: its finish reason, and its logprobs (all at once) when asked for."""
         reason = openai_finish_reason(result.finish_reason)
-        return self._chunk([CompletionChoice(index=index, text="", finish_reason=reason)])
+        return self._chunk(
+            [CompletionChoice(index=index, text="", logprobs=_logprobs(result), finish_reason=reason)]
+        )
 
     def usage(self, results: Sequence[GenerateResult], n: int = 1) -> CompletionResponse:
         return self._chunk([], usage=usage_of(results, n=n))
+
+
+def _logprobs(result: GenerateResult) -> CompletionLogprobs | None:
+    if result.logprobs is None:
+        return None
+    return completion_logprobs([*(result.prompt_logprobs or []), *result.logprobs])
 
 
 async def completion_stream(

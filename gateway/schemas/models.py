@@ -90,6 +90,8 @@ class UnloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 class DownloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: ModelId
     revision: str | None = None
+    # One file of the repo (a .gguf of a GGUF repo) instead of the transformers model files.
+    file: str | None = None
 
 
 class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):

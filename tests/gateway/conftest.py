@@ -14,11 +14,13 @@ import pytest
 
 from shared.processes import ChildProcess
 from tests.support.hub_server import HubServer, RepoSource
+from tests.support.tool_templates import install_hermes_template
 
 # Models the served instance knows: id -> family. Chat models run unquantized for speed here;
 # quantization has its own tests.
 SERVED = {
     "tiny/tinyllama": "tinyllama",
+    "tiny/hermes": "tinyllama",  # with a tool-aware chat template (tests/support/tool_templates.py)
     "tiny/mistral": "mistral",
     "tiny/gpt2": "gpt2",
     "tiny/t5": "t5",
@@ -77,6 +79,7 @@ def dukat(
     models_dir = tmp_path_factory.mktemp("served") / "models"
     models_dir.mkdir()
     config_path = write_models(models_dir, tiny_model_dir, SERVED)
+    install_hermes_template(models_dir / "tiny/hermes")
     env = {
         **TEST_ENV,
         "HF_ENDPOINT": session_hub.url,

@@ -1,10 +1,12 @@
-"""`dukat pull|list|ps|load|unload|default` as a user runs them against a real `dukat serve`; every
-effect is checked through the HTTP API, every failure by exit code and message."""
+"""`dukat pull|list|ps|load|unload|stop|default` as a user runs them against a real `dukat serve`;
+every effect is checked through the HTTP API, every failure by exit code and message."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,12 +24,13 @@ UNLOAD_ME = "tiny/unload-me"
 
 
 def dukat_cli(
-    dukat: Dukat, command: str, *args: str, url: str | None = None
+    dukat: Dukat, command: str, *args: str, url: str | None = None, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
+    """`dukat COMMAND ARGS --url URL`, its stdin a pipe holding `stdin` (never the test's terminal)."""
     env = {**os.environ, **TEST_ENV}
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", command, *args, "--url", url or dukat.url],
-        capture_output=True, text=True, timeout=180, env=env,
+        capture_output=True, text=True, timeout=180, env=env, input=stdin,
     )
 
 
@@ -51,12 +54,12 @@ def restore_default(dukat: Dukat, http: httpx.Client) -> Iterator[None]:
 
 def test_list_prints_every_model_with_full_ids_and_the_default(dukat: Dukat) -> None:
     out = ok(dukat_cli(dukat, "list"))
-    lines = out.splitlines()
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     for model_id in SERVED:
         # Whole ids, even piped into something that is not a terminal: users copy them.
-        assert any(f" {model_id} " in line for line in lines), (model_id, out)
-    default_line = next(line for line in lines if f" {DEFAULT_MODEL} " in line)
-    assert "*" in default_line and "tinyllama" in default_line
+        assert model_id in rows, (model_id, out)
+    assert rows[DEFAULT_MODEL][-1] == "*" and "tinyllama" in rows[DEFAULT_MODEL]
+    assert rows["tiny/mistral"][-1] != "*"
 
 
 def test_ps_prints_loaded_models_with_device_and_memory(dukat: Dukat, http: httpx.Client) -> None:
@@ -64,14 +67,14 @@ def test_ps_prints_loaded_models_with_device_and_memory(dukat: Dukat, http: http
     chat = http.post("/v1/chat/completions", json=body)
     assert chat.status_code == 200, chat.text
     out = ok(dukat_cli(dukat, "ps"))
-    line = next(line for line in out.splitlines() if f" {DEFAULT_MODEL} " in line)
-    assert "loaded" in line and "cpu" in line and "MiB" in line
+    line = next(line for line in out.splitlines() if line.startswith(f"{DEFAULT_MODEL} "))
+    assert "loaded" in line.split() and "cpu" in line.split() and ("MiB" in line or "KiB" in line)
 
 
 def test_pull_with_a_revision_shows_progress_and_downloads_it(dukat: Dukat, http: httpx.Client) -> None:
     result = dukat_cli(dukat, "pull", TINY_REPO, "--revision", "v2", "--progress")
     out = ok(result)
-    assert f"pulled {TINY_REPO} (revision v2)" in out and "MiB" in out
+    assert f"pulled {TINY_REPO} (revision v2)" in out and re.search(r": \d+ files, [\d.]+ [KMG]iB into ", out)
     assert TINY_REPO in result.stderr, result.stderr  # the progress bar, on stderr
 
     folder = dukat.models_dir / TINY_REPO
@@ -100,6 +103,11 @@ def test_load_unload_and_default_change_the_server(dukat: Dukat, http: httpx.Cli
 
     out = ok(dukat_cli(dukat, "unload", UNLOAD_ME))
     assert f"unloaded {UNLOAD_ME}" in out
+    assert UNLOAD_ME not in ps(http)
+
+    # `stop` is Ollama's name for the same thing.
+    ok(dukat_cli(dukat, "load", UNLOAD_ME, "--quantization", "none", "--device", "cpu"))
+    assert f"unloaded {UNLOAD_ME}" in ok(dukat_cli(dukat, "stop", UNLOAD_ME))
     assert UNLOAD_ME not in ps(http)
 
     out = ok(dukat_cli(dukat, "default", "tiny/mistral"))
@@ -137,10 +145,36 @@ def test_error_exits_nonzero_with_the_openai_message(
     assert "Traceback" not in result.stderr
 
 
-def test_server_that_is_not_there_is_a_clear_error(dukat: Dukat) -> None:
-    result = dukat_cli(dukat, "list", url="http://127.0.0.1:9")
-    assert result.returncode != 0
-    assert "cannot reach Dukat at http://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("command", ["list", "ps", "run"])
+def test_server_that_is_not_there_is_one_line(dukat: Dukat, command: str) -> None:
+    args = ["tiny/gpt2", "hi"] if command == "run" else []
+    result = dukat_cli(dukat, command, *args, url="http://127.0.0.1:9")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "error: Dukat is not running at http://127.0.0.1:9 (start it with `dukat serve`, or give --url)"
+    ]
+
+
+def test_port_in_use_is_one_line(dukat: Dukat) -> None:
+    port = dukat.url.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", port, "--models-dir", str(dukat.models_dir)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **TEST_ENV},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: 127.0.0.1:{port} is already in use (is Dukat already running there?); "
+        "pick another port with --port"
+    ]
+
+
+@pytest.mark.parametrize("command", ["list", "ps"])
+def test_listings_print_the_api_data_as_json(dukat: Dukat, http: httpx.Client, command: str) -> None:
+    printed = json.loads(ok(dukat_cli(dukat, command, "--json")))
+    route = {"list": "/api/models", "ps": "/api/ps"}[command]
+    expected = http.get(route).json()["data"]
+    assert [row["id"] for row in printed] == [row["id"] for row in expected]
+    assert printed and set(printed[0]) == set(expected[0])
 
 
 def test_dukat_host_takes_its_flags_and_answers_its_state(tmp_path: Path) -> None:
@@ -156,3 +190,27 @@ def test_dukat_host_takes_its_flags_and_answers_its_state(tmp_path: Path) -> Non
     finally:
         host.stop()
     assert not host.alive()
+
+
+def test_serve_prints_its_url_once_it_answers(tmp_path: Path) -> None:
+    env = {**os.environ, **TEST_ENV, "PYTHONUNBUFFERED": "1", "DUKAT_LOG_LEVEL": "info"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", "0", "--models-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line.rstrip())
+            if line.startswith("Dukat is serving at "):
+                break
+        banner = seen[-1]
+        assert banner.startswith("Dukat is serving at http://127.0.0.1:"), "\n".join(seen)
+        url = banner.split()[-1]
+        # The banner came after the server answered: its access log has the probe's request first.
+        assert any(" GET /health 200 " in line for line in seen[:-1]), "\n".join(seen)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

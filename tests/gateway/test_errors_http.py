@@ -248,8 +248,8 @@ def test_unexpected_exception_is_a_generic_500_logged_once(
 
 def test_unsupported_option_is_a_400(client: TestClient[Litestar]) -> None:
     assert (
-        error_of(client.post("/v1/chat/completions", json=chat_body(logprobs=True)), 400)["param"]
-        == "logprobs"
+        error_of(client.post("/v1/chat/completions", json=chat_body(top_logprobs=3)), 400)["param"]
+        == "top_logprobs"
     )
 
 

@@ -29,7 +29,7 @@ from gateway.schemas import (
     embedding_response,
 )
 from shared.errors import InvalidRequestError, ModelNotFoundError
-from shared.generation import EmbedResult, GenerateResult, TextPart
+from shared.generation import EmbedResult, GenerateResult, SamplingParams, TextPart
 from tests.support.openapi_check import validate
 
 
@@ -91,9 +91,8 @@ def test_chat_request_accepts_null_for_every_optional_field() -> None:
     optional = [f for f in ChatCompletionRequest.__struct_fields__ if f != "messages"]
     request = chat(dict.fromkeys(optional))
     assert request.model is None and request.choices == 1 and not request.include_usage
-    assert msgspec.structs.asdict(request.sampling_params()) == dict.fromkeys(
-        ["temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "stop", "seed"]
-    )
+    unset = dict.fromkeys(SamplingParams.__struct_fields__)
+    assert msgspec.structs.asdict(request.sampling_params()) == unset
 
 
 def test_chat_request_ignores_unknown_fields() -> None:
@@ -140,11 +139,12 @@ def test_out_of_range_fields_fail_naming_the_field(field: str, value: object, pa
     assert str(info.value).endswith(f"at `{path}`")
 
 
-def test_logprobs_true_is_a_400_naming_logprobs() -> None:
+def test_top_logprobs_without_logprobs_is_a_400_naming_top_logprobs() -> None:
     assert chat({"logprobs": False, "top_logprobs": None}).sampling_params() is not None
+    assert chat({"logprobs": True, "top_logprobs": 3}).generate_requests("r")[0].logprobs == 3
     with pytest.raises(InvalidRequestError) as info:
-        chat({"logprobs": True}).sampling_params()
-    assert info.value.param == "logprobs" and info.value.status == 400
+        chat({"top_logprobs": 3}).sampling_params()
+    assert info.value.param == "top_logprobs" and info.value.status == 400
 
 
 def test_non_text_content_part_is_a_400_naming_the_part() -> None:
@@ -186,11 +186,11 @@ def test_completion_max_tokens_defaults_to_openais_16() -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"prompt": [1, 2, 3]}, "prompt"),
-        ({"prompt": [[1, 2]]}, "prompt"),
+        ({"prompt": [1, "x"]}, "prompt"),
+        ({"prompt": [[1, 2], []]}, "prompt"),
         ({"prompt": []}, "prompt"),
         ({"suffix": "end"}, "suffix"),
-        ({"logprobs": 2}, "logprobs"),
+        ({"prompt": [[1, 2]], "echo": True, "stream": True}, "echo"),
         ({"best_of": 3, "n": 1}, "best_of"),
     ],
 )
@@ -274,7 +274,9 @@ async def test_chat_stream_without_include_usage_has_no_usage_key() -> None:
 
 def test_completion_response_with_echo_and_n_validates() -> None:
     results = [result("1"), result("2"), result("3", prompt=4), result("4", prompt=4)]
-    response = to_json(completion_response(results, "m", "r", n=2, echo_prompts=["p:", "q:"]))
+    for r, echoed in zip(results, ["p:", "p:", "q:", "q:"], strict=True):
+        r.prompt_text = echoed  # the worker returns an echoed prompt's text
+    response = to_json(completion_response(results, "m", "r", n=2))
     validate(response, "CreateCompletionResponse")
     openai_types.Completion.model_validate(response)
     assert [c["text"] for c in response["choices"]] == ["p:1", "p:2", "q:3", "q:4"]  # type: ignore[index]
@@ -343,3 +345,28 @@ def test_model_list_with_dukat_fields_validates() -> None:
 def test_error_body_validates() -> None:
     validate(to_json(ModelNotFoundError("no model 'x'", param="model").body()), "ErrorResponse")
     validate(to_json(InvalidRequestError("bad").body()), "ErrorResponse")
+
+
+def test_token_id_prompts_are_one_or_many_prompts() -> None:
+    one = decode({"prompt": [1, 2, 3]}, CompletionRequest)
+    many = decode({"prompt": [[1, 2], [3]], "logprobs": 2, "echo": True, "max_tokens": 0}, CompletionRequest)
+    assert isinstance(one, CompletionRequest) and isinstance(many, CompletionRequest)
+    assert [r.prompt_ids for r in one.generate_requests("r")] == [[1, 2, 3]]
+    (a, b) = many.generate_requests("r")
+    assert (a.prompt_ids, b.prompt_ids, a.logprobs, a.echo) == ([1, 2], [3], 2, True)
+    assert a.params.max_new_tokens == 0
+
+
+def test_tool_choice_plans_the_worker_side() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    auto = chat({"tools": [tool]}).generate_requests("r")[0]
+    assert auto.tools is not None and auto.tools.parsing == "auto" and auto.constraint is None
+    one_call = {"tools": [tool], "tool_choice": "required", "parallel_tool_calls": False}
+    required = chat(one_call).generate_requests("r")[0]
+    assert required.tools is not None and required.tools.parsing == "calls"
+    assert required.constraint is not None and '"maxItems":1' in (required.constraint.schema or "")
+    named = chat({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}})
+    assert named.generate_requests("r")[0].constraint is not None
+    legacy = chat({"functions": [tool["function"]], "function_call": {"name": "f"}})
+    assert legacy.legacy_functions and legacy.generate_requests("r")[0].tools.parsing == "arguments"  # type: ignore[union-attr]
+    assert chat({"tools": [tool], "tool_choice": "none"}).generate_requests("r")[0].tools is None

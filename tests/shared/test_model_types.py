@@ -133,7 +133,7 @@ def test_tasks_and_formats_of_the_families() -> None:
     formats = {name: t.prompt_format for name, t in MODEL_TYPES.items()}
     assert formats["llama"] is formats["mistral"] is PromptFormat.INST
     assert formats["gemma"] is PromptFormat.GEMMA
-    assert {formats[n] for n in ("gpt", "falcon", "bloom", "opt", "t5")} == {PromptFormat.PLAIN}
+    assert {formats[n] for n in ("gpt", "falcon", "bloom", "opt", "t5", "base")} == {PromptFormat.PLAIN}
 
 
 def test_google_bert_id_is_bert() -> None:

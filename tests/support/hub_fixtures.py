@@ -21,6 +21,8 @@ GATED_REPO = "dukat-gated/tiny-gpt2"
 BIG_REPO = "dukat-test/big"  # a 24 MiB weights file: bigger than huggingface_hub's 10 MiB read chunk
 MESSY_REPO = "dukat-test/messy"  # tiny gpt2 plus files inference does not need
 NO_WEIGHTS_REPO = "dukat-test/no-weights"
+GGUF_REPO = "dukat-test/tiny-gguf"  # two .gguf files of one tiny llama (GGUF_FILE and a copy), no config.json
+GGUF_FILE = "tiny-llama-f32.gguf"
 HUB_TOKEN = "hf_dukat_test_token"
 BIG_WEIGHTS_SIZE = 24 * 1024 * 1024
 # Present in MESSY_REPO and never to be downloaded.
@@ -43,6 +45,7 @@ def hub_repos(
         BIG_REPO: _big_repo(root / "big", gpt2),
         MESSY_REPO: _messy_repo(root / "messy", gpt2),
         NO_WEIGHTS_REPO: _no_weights_repo(root / "no-weights", gpt2),
+        GGUF_REPO: _gguf_repo(root / "gguf", tiny_model_dir("llama")),
     }
 
 
@@ -68,6 +71,15 @@ def _big_repo(dest: Path, model: Path) -> Path:
     dest.mkdir(parents=True)
     shutil.copy(model / "config.json", dest / "config.json")
     (dest / "model.safetensors").write_bytes(random.Random(0).randbytes(BIG_WEIGHTS_SIZE))
+    return dest
+
+
+def _gguf_repo(dest: Path, llama: Path) -> Path:
+    from tests.support.tiny_gguf import write_tiny_llama_gguf
+
+    write_tiny_llama_gguf(llama, dest / GGUF_FILE)
+    shutil.copy(dest / GGUF_FILE, dest / "tiny-llama-copy.gguf")
+    (dest / "README.md").write_text("GGUF files of a tiny llama\n")
     return dest
 
 

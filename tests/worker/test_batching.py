@@ -1,5 +1,6 @@
-"""Continuous batching on real tiny models: concurrent requests give exactly what they give alone,
-with their own sampling, stops, lengths, seeds and cancels; the queue is bounded."""
+"""Continuous batching on real tiny models: concurrent requests give exactly what they give alone
+(sliding-window and hybrid caches too; 8-bit within its documented bound), with their own
+sampling, stops, lengths, seeds and cancels; the queue is bounded."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from shared.errors import ModelNotLoadedError, OverloadedError
 from shared.generation import GenerateRequest, GenerateResult, Message, SamplingParams
 from shared.model_types import get_model_type
+from tests.worker.conftest import tiny_model
+from worker.batching import prefill_groups
 from worker.engine import Engine
+from worker.kv_cache import PaddedBatch, is_int8
+from worker.loading import load_model
 
 BATCHED_FAMILIES = [
     "llama",
@@ -29,6 +35,8 @@ BATCHED_FAMILIES = [
     "falcon",
     "bloom",
     "opt",
+    "gemma3",
+    "mistral_sliding",
 ]
 PROMPTS = [
     "The quick brown fox",
@@ -49,12 +57,9 @@ def engine_for(tiny_model_dir: Callable[[str], Path]) -> Iterator[EngineFor]:
     engines: list[Engine] = []
 
     def get(family: str, **kwargs: Any) -> Engine:
+        path, model_type = tiny_model(tiny_model_dir, family)
         engine = Engine.load(
-            tiny_model_dir(family),
-            model_type=get_model_type(family),
-            quantization="none",
-            device="cpu",
-            **kwargs,
+            path, model_type=model_type, **{"quantization": "none", "device": "cpu", **kwargs}
         )
         engines.append(engine)
         return engine
@@ -216,8 +221,9 @@ def test_cancelling_one_request_leaves_the_others_intact(engine_for: EngineFor) 
     assert alone[1].startswith(first)
 
 
-def test_a_request_joining_mid_generation_is_correct(engine_for: EngineFor) -> None:
-    engine = engine_for("mistral")
+@pytest.mark.parametrize("family", ["mistral", "mistral_sliding", "gemma3"])
+def test_a_request_joining_mid_generation_is_correct(engine_for: EngineFor, family: str) -> None:
+    engine = engine_for(family)
     early = [_raw(p, temperature=0, max_new_tokens=300) for p in PROMPTS[:3]]
     late = [_raw(p, temperature=0, max_new_tokens=20 + i) for i, p in enumerate(PROMPTS[3:])]
     alone = [engine.generate(r).text for r in early + late]
@@ -285,3 +291,45 @@ def test_suppressed_tokens_of_the_generation_config_are_never_generated(tiny_mod
         assert result.completion_tokens == 8
         assert re.fullmatch(r"( (the|and))+", result.text), result.text
     engine.close()
+
+
+def test_8bit_rows_batch_within_the_documented_bound(engine_for: EngineFor, tiny_model_dir: Any) -> None:
+    """LLM.int8 batches; a batched row's logits move less than 8-bit quantization moved them."""
+    engine = engine_for("llama", quantization="8bit")
+    assert engine._scheduler is not None and engine._scheduler.batched
+    requests = _mixed_greedy_requests()
+    results = _concurrently([partial(engine.generate, r) for r in requests])
+    assert all(r.completion_tokens > 0 for r in results) and engine._scheduler.peak_rows > 1
+    path = tiny_model_dir("llama")
+    int8 = load_model(path, model_type=get_model_type("llama"), quantization="8bit", device="cpu").model
+    full = load_model(path, model_type=get_model_type("llama"), quantization="none", device="cpu").model
+    assert is_int8(int8) and not is_int8(full)
+    tokenizer = engine._loaded.tokenizer  # type: ignore[union-attr]
+    prompts = [tokenizer(p).input_ids for p in PROMPTS[:5]]
+    nexts = [17, 18, 19, 20, 21]
+    with torch.inference_mode():
+        batch = PaddedBatch(int8, 0)
+        together = [batch.join(prompts), batch.step(nexts)]
+        for row, (prompt, token) in enumerate(zip(prompts, nexts, strict=True)):
+            alone, unquantized = PaddedBatch(int8, 0), PaddedBatch(full, 0)
+            expected = [alone.join([prompt]), alone.step([token])]
+            reference = [unquantized.join([prompt]), unquantized.step([token])]
+            for got, want, exact in zip(together, expected, reference, strict=True):
+                moved_by_batching = float((got[row] - want[0]).abs().max())
+                moved_by_8bit = float((want[0] - exact[0]).abs().max())
+                assert 0 < moved_by_batching < moved_by_8bit
+
+
+@pytest.mark.parametrize(
+    ("lengths", "groups"),
+    [
+        ([30, 28, 33, 31], [[1, 0, 3, 2]]),  # similar lengths: one prefill
+        ([400, 12, 10, 11], [[2, 3, 1], [0]]),  # the long prompt pads nobody: it goes last, alone
+        ([5], [[0]]),
+        ([], []),
+        ([10, 20, 20, 40], [[0], [1, 2], [3]]),
+    ],
+)
+def test_prefills_are_grouped_by_length_shortest_first(lengths: list[int], groups: list[list[int]]) -> None:
+    assert prefill_groups(lengths) == groups
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))

@@ -37,7 +37,10 @@ def test_every_generating_family_answers_chat_messages(engine_for: EngineFor, fa
     assert result.timings.total_s >= result.timings.first_token_s > 0
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma", "opt", "bloom", "t5"])
+GREEDY_PARITY = ["llama", "gpt2", "gemma", "opt", "bloom", "t5", "gemma3", "mistral_sliding"]
+
+
+@pytest.mark.parametrize("family", GREEDY_PARITY)
 @pytest.mark.parametrize("repetition_penalty", [1.0, 1.3])
 def test_temperature_zero_equals_transformers_greedy(
     engine_for: EngineFor, family: str, repetition_penalty: float
@@ -251,3 +254,29 @@ def test_concurrent_requests_from_threads_all_complete(engine_for: EngineFor) ->
     for t in threads:
         t.join(timeout=30)
     assert texts == [expected] * 4
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": 0.8},
+        {"temperature": 1.2, "top_k": 20},
+        {"temperature": 0.9, "top_p": 0.8},
+        {"temperature": 1.0, "top_k": 30, "top_p": 0.9, "repetition_penalty": 1.3},
+    ],
+)
+def test_seeded_sampling_equals_transformers_sampling_from_the_same_seed(
+    engine_for: EngineFor, params: dict[str, float]
+) -> None:
+    """Our per-request generator draws what `generate` draws from the global one seeded alike."""
+    engine = engine_for("gpt2")
+    model, tokenizer = engine._loaded.model, engine._loaded.tokenizer  # type: ignore[union-attr]
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    torch.manual_seed(77)
+    reference = model.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=24,
+        top_k=int(params.get("top_k", 0)), top_p=params.get("top_p", 1.0),
+        temperature=params["temperature"], repetition_penalty=params.get("repetition_penalty", 1.0),
+    )[0, ids.shape[1] :].tolist()  # fmt: skip
+    result = engine.generate(_raw(seed=77, max_new_tokens=24, **params))
+    assert result.text == tokenizer.decode(reference, skip_special_tokens=True)

@@ -1,0 +1,97 @@
+"""What the manager decides about one model for `dukat show`/`rm` and for the listings: its details
+(config file + its folder on a host + its worker), deleting its files from every host that holds
+them, the quantization every listing shows, and the 404 that says how to get a model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway.schemas.model_admin import DeletedModel, ModelShown
+from shared.errors import ConflictError, ModelNotFoundError, UnsupportedModelTypeError
+from shared.host_api import ModelDetails, WorkerState
+from shared.model_config import ModelEntry
+from shared.model_types import default_quantization, get_model_type
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.manager import AsyncModelManager
+
+
+def not_here(model_id: str) -> ModelNotFoundError:
+    """A model neither in the config file nor in any host's models_dir: say how to get it."""
+    return ModelNotFoundError(
+        f"The model {model_id!r} is not here; pull it first: dukat pull {model_id} "
+        "(or POST /api/models/pull)",
+        param="model",
+    )
+
+
+def shown_quantization(
+    entry: ModelEntry | None, worker: WorkerState | None, model_type: str | None, settings: Settings
+) -> str:
+    """One answer for `list`, `ps` and `show`: what the worker runs, else what a load would use."""
+    if worker is not None:
+        return worker.quantization
+    if entry is not None and entry.quantization:
+        return entry.quantization
+    try:
+        return default_quantization(get_model_type(model_type or ""), settings.default_quantization)
+    except UnsupportedModelTypeError:
+        return settings.default_quantization
+
+
+async def _details(manager: AsyncModelManager, model_id: str) -> ModelDetails | None:
+    for host in await manager.hosts.states():
+        try:
+            return await manager.hosts.client(host.url).details(model_id)
+        except ModelNotFoundError:
+            continue
+    return None
+
+
+async def show_model(manager: AsyncModelManager, model_id: str) -> ModelShown:
+    config = manager.config.read()
+    entry = config.models.get(model_id)
+    details = await _details(manager, model_id)
+    if details is None and entry is None:
+        raise not_here(model_id)
+    found = await manager.hosts.find(model_id)
+    worker = found[1] if found else None
+    files: dict[str, Any] = msgspec.structs.asdict(details) if details else {"model_id": model_id}
+    model_type = (entry.model_type if entry else None) or files.get("model_type")
+    return ModelShown(
+        **{**files, "model_type": model_type},
+        description=entry.description if entry else "",
+        quantization=shown_quantization(entry, worker, model_type, manager.settings),
+        default_parameters=dict(entry.default_parameters) if entry else {},
+        downloaded=details is not None,
+        state=worker.status if worker else "available",
+        device=worker.device if worker else None,
+        default=model_id == (config.default_model or manager.settings.default_model),
+    )
+
+
+async def delete_model(manager: AsyncModelManager, model_id: str) -> DeletedModel:
+    found = await manager.hosts.find(model_id, fresh=True)
+    if found is not None and found[1].status in ("loading", "loaded", "stopping"):
+        raise ConflictError(
+            f"model {model_id!r} is {found[1].status}; unload it first: dukat stop {model_id}", param="model"
+        )
+    config = manager.config.read()
+    if model_id == (config.default_model or manager.settings.default_model):
+        raise ConflictError(
+            f"model {model_id!r} is the default model; set another first: dukat default OTHER", param="model"
+        )
+    freed, deleted = 0, False
+    for host in await manager.hosts.states(fresh=True):
+        try:
+            freed += (await manager.hosts.client(host.url).delete(model_id)).freed_bytes
+            deleted = True
+        except ModelNotFoundError:
+            continue
+    if not deleted and model_id not in config.models:
+        raise not_here(model_id)
+    manager.config.remove_entry(model_id)
+    return DeletedModel(id=model_id, freed_bytes=freed)

@@ -1,0 +1,48 @@
+"""POST /v1/responses (OpenAI's Responses API, stateless) and the retrieval Dukat can't offer."""
+
+from __future__ import annotations
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+
+from gateway.auth import INFERENCE
+from gateway.choices import generate_all, stream_all
+from gateway.limits import check_model, check_prompt_chars
+from gateway.middleware import request_id_of
+from gateway.schemas.common import now
+from gateway.schemas.response_events import response_stream
+from gateway.schemas.responses import (
+    STATELESS,
+    CreateResponseRequest,
+    ResponseObject,
+    finished,
+    output_items,
+    response_shell,
+)
+from gateway.sse import EventStream, sse_stream
+from shared.errors import InvalidRequestError
+from shared.generation import message_text
+
+
+@post("/v1/responses", status_code=200, opt=INFERENCE, summary="Create a response (OpenAI Responses API)")
+async def create_response(
+    request: Request, state: State, data: CreateResponseRequest
+) -> ResponseObject | EventStream:
+    rid = request_id_of(request.scope)
+    check_model(state.manager, data.model)
+    generation = data.generate_request(rid)
+    texts = [message_text(m) for m in generation.messages or []] + [generation.prompt or ""]
+    check_prompt_chars(state.manager.settings, texts, "input")
+    if data.stream:
+        model, events = await stream_all(state.manager, data.model, [generation])
+        return await sse_stream(response_stream(events, response_shell(data, model, rid, now())))
+    model, (result,) = await generate_all(state.manager, data.model, [generation])
+    return finished(response_shell(data, model, rid, now()), result, output_items(result))
+
+
+@get("/v1/responses/{response_id:str}", opt=INFERENCE, summary="Retrieve a model response (not kept: a 400)")
+async def retrieve_response(response_id: str) -> ResponseObject:
+    raise InvalidRequestError(
+        f"response {response_id!r} was not stored: " + STATELESS.format(what="retrieving a response"),
+        param="response_id",
+    )

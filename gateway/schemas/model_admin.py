@@ -1,0 +1,33 @@
+"""`GET /api/models/{id}` (`dukat show`) and `POST /api/models/delete` (`dukat rm`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from shared.host_api import ModelDetails
+
+
+class ModelShown(ModelDetails, kw_only=True, rename={"model_id": "id"}):
+    """A host's reading of the model's files, with the config file's and the worker's facts."""
+
+    model_id: str
+    description: str = ""
+    quantization: str
+    default_parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    downloaded: bool = False
+    state: str = "available"
+    device: str | None = None
+    default: bool = False
+
+
+class DeleteRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str
+
+
+class DeletedModel(Struct, kw_only=True):
+    id: str
+    deleted: bool = True
+    freed_bytes: int = 0

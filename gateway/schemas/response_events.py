@@ -1,0 +1,194 @@
+"""The Responses API's stream: OpenAI's documented event sequence for one generation.
+
+`response.created`, `response.in_progress`; for the text: `response.output_item.added` (a message),
+`response.content_part.added`, `response.output_text.delta`..., `response.output_text.done`,
+`response.content_part.done`, `response.output_item.done`; for each function call:
+`response.output_item.added`, `response.function_call_arguments.delta`, `.done`,
+`response.output_item.done`; then `response.completed` (or `response.incomplete`) with the whole
+response. Every event carries its `type` and a `sequence_number`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from gateway.schemas.common import ChoiceEvent
+from gateway.schemas.responses import (
+    FunctionCallItem,
+    MessageItem,
+    OutputItem,
+    OutputText,
+    ResponseObject,
+    finished,
+    new_item_id,
+    output_items,
+)
+from shared.generation import GenerateResult
+
+
+class _Event(Struct, kw_only=True, tag_field="type"):
+    sequence_number: int = 0
+
+
+class ResponseCreated(_Event, tag="response.created"):
+    response: ResponseObject
+
+
+class ResponseInProgress(_Event, tag="response.in_progress"):
+    response: ResponseObject
+
+
+class ResponseCompleted(_Event, tag="response.completed"):
+    response: ResponseObject
+
+
+class ResponseIncomplete(_Event, tag="response.incomplete"):
+    response: ResponseObject
+
+
+class OutputItemAdded(_Event, tag="response.output_item.added"):
+    output_index: int
+    item: OutputItem
+
+
+class OutputItemDone(_Event, tag="response.output_item.done"):
+    output_index: int
+    item: OutputItem
+
+
+class ContentPartAdded(_Event, tag="response.content_part.added"):
+    item_id: str
+    output_index: int
+    part: OutputText
+    content_index: int = 0
+
+
+class ContentPartDone(_Event, tag="response.content_part.done"):
+    item_id: str
+    output_index: int
+    part: OutputText
+    content_index: int = 0
+
+
+class OutputTextDelta(_Event, tag="response.output_text.delta"):
+    item_id: str
+    output_index: int
+    delta: str
+    content_index: int = 0
+    logprobs: list[Any] = msgspec.field(default_factory=list)
+
+
+class OutputTextDone(_Event, tag="response.output_text.done"):
+    item_id: str
+    output_index: int
+    text: str
+    content_index: int = 0
+    logprobs: list[Any] = msgspec.field(default_factory=list)
+
+
+class ArgumentsDelta(_Event, tag="response.function_call_arguments.delta"):
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class ArgumentsDone(_Event, tag="response.function_call_arguments.done"):
+    item_id: str
+    output_index: int
+    name: str
+    arguments: str
+
+
+ResponseEvent = (
+    ResponseCreated
+    | ResponseInProgress
+    | ResponseCompleted
+    | ResponseIncomplete
+    | OutputItemAdded
+    | OutputItemDone
+    | ContentPartAdded
+    | ContentPartDone
+    | OutputTextDelta
+    | OutputTextDone
+    | ArgumentsDelta
+    | ArgumentsDone
+)
+
+
+class _Numbered:
+    """Stamps each event with the next sequence number."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def __call__(self, event: ResponseEvent) -> ResponseEvent:
+        event.sequence_number, self.next = self.next, self.next + 1
+        return event
+
+
+async def response_stream(
+    events: AsyncIterable[ChoiceEvent], shell: ResponseObject
+) -> AsyncIterator[ResponseEvent | tuple[ResponseEvent, ...]]:
+    """The event sequence for one generation's text deltas and result."""
+    number = _Numbered()
+    message_id = new_item_id("msg")
+    text: list[str] = []
+    head: tuple[ResponseEvent, ...] = (
+        number(ResponseCreated(response=shell)),
+        number(ResponseInProgress(response=shell)),
+    )
+    async for _, event in events:
+        if isinstance(event, GenerateResult):
+            yield (*head, *_ending(number, shell, event, message_id, opened=bool(text)))
+            return
+        if not event:
+            continue
+        opening = () if text else _open_message(number, message_id)
+        text.append(event)
+        delta = number(OutputTextDelta(item_id=message_id, output_index=0, delta=event))
+        yield (*head, *opening, delta)
+        head = ()
+
+
+def _open_message(number: _Numbered, message_id: str) -> tuple[ResponseEvent, ...]:
+    item = MessageItem(id=message_id, status="in_progress", content=[])
+    return (
+        number(OutputItemAdded(output_index=0, item=item)),
+        number(ContentPartAdded(item_id=message_id, output_index=0, part=OutputText(text=""))),
+    )
+
+
+def _ending(
+    number: _Numbered, shell: ResponseObject, result: GenerateResult, message_id: str, *, opened: bool
+) -> list[ResponseEvent]:
+    output = output_items(result, message_id)
+    out: list[ResponseEvent] = []
+    for index, item in enumerate(output):
+        if isinstance(item, MessageItem):
+            if not opened:
+                out += _open_message(number, message_id)
+            part = item.content[0]
+            out += [
+                number(OutputTextDone(item_id=message_id, output_index=index, text=part.text)),
+                number(ContentPartDone(item_id=message_id, output_index=index, part=part)),
+            ]
+        else:
+            out += _call_events(number, index, item)
+        out.append(number(OutputItemDone(output_index=index, item=item)))
+    response = finished(shell, result, output)
+    last = ResponseCompleted if response.status == "completed" else ResponseIncomplete
+    out.append(number(last(response=response)))
+    return out
+
+
+def _call_events(number: _Numbered, index: int, item: FunctionCallItem) -> list[ResponseEvent]:
+    started = msgspec.structs.replace(item, arguments="", status="in_progress")
+    return [
+        number(OutputItemAdded(output_index=index, item=started)),
+        number(ArgumentsDelta(item_id=item.id, output_index=index, delta=item.arguments)),
+        number(ArgumentsDone(item_id=item.id, output_index=index, name=item.name, arguments=item.arguments)),
+    ]

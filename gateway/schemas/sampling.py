@@ -1,0 +1,107 @@
+"""The request fields chat and completions share (sampling, choices, streaming, vLLM's extensions),
+in one base the two endpoint requests extend with their real differences."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.schemas.common import (
+    ChoiceCount,
+    Penalty,
+    RepetitionPenalty,
+    Seed,
+    Stop,
+    StreamOptions,
+    Temperature,
+    TokenId,
+    TopK,
+    TopP,
+    per_choice_params,
+    reject_if,
+    stop_list,
+    top_k_value,
+)
+from shared.generation import Constraint, SamplingParams
+
+
+class StructuredOutputs(Struct, kw_only=True):
+    """vLLM's `structured_outputs` extension: exactly one of a JSON schema, a regex or choices."""
+
+    json: dict[str, Any] | None = None
+    regex: str | None = None
+    choice: Annotated[list[str], Meta(min_length=1)] | None = None
+
+    def constraint(self) -> Constraint:
+        given = [k for k in ("json", "regex", "choice") if getattr(self, k) is not None]
+        reject_if(
+            len(given) != 1,
+            "structured_outputs takes exactly one of json, regex, choice",
+            "structured_outputs",
+        )
+        if self.json is not None:
+            return Constraint(kind="json", schema=msgspec.json.encode(self.json).decode())
+        if self.regex is not None:
+            return Constraint(kind="regex", regex=self.regex)
+        return Constraint(kind="choice", choices=self.choice)
+
+
+class SamplingRequest(Struct, kw_only=True):
+    """What every generation request may send besides its input and its length limit."""
+
+    # Optional, unlike OpenAI: a request naming no model goes to the configured default model.
+    model: str | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: ChoiceCount | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: Stop = None
+    seed: Seed | None = None
+    user: str | None = None
+    # Accepted so clients that always send them work; they don't change generation.
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    # vLLM extensions.
+    top_k: TopK | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    min_tokens: Annotated[int, Meta(ge=0)] | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[TokenId] | None = None
+    skip_special_tokens: bool | None = None
+    structured_outputs: StructuredOutputs | None = None
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def base_params(self, max_new_tokens: int | None) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=top_k_value(self.top_k),
+            repetition_penalty=self.repetition_penalty,
+            max_new_tokens=max_new_tokens,
+            stop=stop_list(self.stop),
+            seed=self.seed,
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
+            stop_token_ids=self.stop_token_ids,
+            skip_special_tokens=self.skip_special_tokens,
+        )
+
+    def sampling_params(self) -> SamplingParams:
+        raise NotImplementedError
+
+    def choice_params(self) -> list[SamplingParams]:
+        """One SamplingParams per choice; a seed is offset per choice so `n` seeded choices differ."""
+        return per_choice_params(self.sampling_params(), self.choices)
+
+    def extension_constraint(self) -> Constraint | None:
+        return None if self.structured_outputs is None else self.structured_outputs.constraint()

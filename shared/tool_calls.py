@@ -1,0 +1,277 @@
+"""Tool calls in a model's output: which format a model writes them in, and parsing them out.
+
+The format is found from the chat template, no flag needed:
+
+- HERMES: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, one block per call
+  (Hermes 2/3, Qwen 2/2.5/3, many fine-tunes). Templates that mention `<tool_call>`.
+- MISTRAL: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]` (v3 tokenizers) or
+  `[TOOL_CALLS]name[ARGS]{...}` (v11+). Templates that mention `[TOOL_CALLS]`.
+- LLAMA3: the reply is a JSON object `{"name": ..., "parameters": {...}}` (optionally after
+  `<|python_tag|>`; several separated by `;`). Templates with `<|start_header_id|>` and tools.
+- GENERIC: a template without tool support (or none): Dukat describes the tools in a system
+  message itself (`generic_tools_prompt`) and asks for the HERMES block, which it then parses.
+
+`ToolCallScanner` is fed the reply's text deltas: it passes content through until a call starts
+(holding back text that may be the start of a marker), then keeps the rest for parsing at the end.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from shared.generation import FunctionCall, ToolCall, ToolParsing
+
+
+class ToolFormat(enum.Enum):
+    HERMES = "hermes"
+    MISTRAL = "mistral"
+    LLAMA3 = "llama3"
+    GENERIC = "generic"
+
+
+_HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
+_MISTRAL_OPEN, _MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
+_PYTHON_TAG = "<|python_tag|>"
+# Where a call starts, per format (LLAMA3 also when the reply starts with `{`).
+_OPENERS: dict[ToolFormat, tuple[str, ...]] = {
+    ToolFormat.HERMES: (_HERMES_OPEN,),
+    ToolFormat.GENERIC: (_HERMES_OPEN,),
+    ToolFormat.MISTRAL: (_MISTRAL_OPEN,),
+    ToolFormat.LLAMA3: (_PYTHON_TAG,),
+}
+
+
+def tool_format_of(chat_template: str | None) -> ToolFormat:
+    """The format a model writes calls in, read from its chat template."""
+    template = chat_template or ""
+    if "tools" not in template:
+        return ToolFormat.GENERIC
+    if _HERMES_OPEN in template:
+        return ToolFormat.HERMES
+    if _MISTRAL_OPEN in template:
+        return ToolFormat.MISTRAL
+    if "<|start_header_id|>" in template or _PYTHON_TAG in template:
+        return ToolFormat.LLAMA3
+    return ToolFormat.GENERIC
+
+
+def template_supports_tools(chat_template: str | None) -> bool:
+    """Whether the template renders `tools=` itself (else the generic prompt format is used)."""
+    return tool_format_of(chat_template) is not ToolFormat.GENERIC
+
+
+def generic_tools_prompt(tools: Sequence[dict[str, Any]]) -> str:
+    """The system text that offers `tools` to a model whose template can't (Hermes' format, short:
+    it costs context on every request)."""
+    listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+    return (
+        f"You can call these functions:\n<tools>\n{listing}\n</tools>\n"
+        'To call one, reply <tool_call>{"name": <name>, "arguments": <arguments object>}</tool_call>'
+    )
+
+
+def generic_call_text(calls: Sequence[ToolCall]) -> str:
+    """An assistant turn's calls as the generic format writes them (for history rendering)."""
+    blocks = [
+        f"{_HERMES_OPEN}\n{json.dumps({'name': c.function.name, 'arguments': arguments_value(c.function)})}"
+        f"\n{_HERMES_CLOSE}"
+        for c in calls
+    ]
+    return "\n".join(blocks)
+
+
+def new_call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+def make_call(name: str, arguments: Any) -> ToolCall:
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return ToolCall(id=new_call_id(), function=FunctionCall(name=name, arguments=text))
+
+
+def parse_tool_calls(text: str, fmt: ToolFormat) -> tuple[str, list[ToolCall]]:
+    """(content before the calls, the calls) of a whole reply; no calls found: (text, [])."""
+    match fmt:
+        case ToolFormat.HERMES | ToolFormat.GENERIC:
+            return _parse_hermes(text)
+        case ToolFormat.MISTRAL:
+            return _parse_mistral(text)
+        case ToolFormat.LLAMA3:
+            return _parse_llama3(text)
+    raise AssertionError(f"unhandled tool format {fmt!r}")
+
+
+def parse_forced(text: str, parsing: ToolParsing, name: str | None) -> list[ToolCall]:
+    """The calls of a constrained reply: a JSON array of {name, arguments}, or `name`'s arguments."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return []
+    if parsing == "arguments":
+        return [make_call(name or "", value)] if isinstance(value, dict) else []
+    items = value if isinstance(value, list) else [value]
+    return [c for item in items if (c := _call_of(item)) is not None]
+
+
+class ToolCallScanner:
+    """Splits a streamed reply into content deltas and tool-call text (see the module doc)."""
+
+    def __init__(self, fmt: ToolFormat, parsing: ToolParsing, name: str | None = None) -> None:
+        self.fmt, self.parsing, self.name = fmt, parsing, name
+        self._capturing = parsing in ("calls", "arguments")
+        self._openers = _OPENERS[fmt]
+        self._held = ""
+        self.content = ""  # what was passed through
+        self._captured = ""
+        self._at_start = True
+
+    @property
+    def active(self) -> bool:
+        return self.parsing != "none"
+
+    def feed(self, delta: str) -> str:
+        """The content to send now from `delta` (text that may open a call is held back)."""
+        if not self.active:
+            self.content += delta
+            return delta
+        if self._capturing:
+            self._captured += delta
+            return ""
+        text = self._held + delta
+        if self._at_start and self.fmt is ToolFormat.LLAMA3:
+            stripped = text.lstrip()
+            if not stripped:
+                self._held = text
+                return ""
+            self._at_start = False
+            if stripped.startswith("{"):
+                self._captured, self._capturing, self._held = stripped, True, ""
+                return ""
+        start = _first_index(text, self._openers)
+        if start is not None:
+            out, self._captured, self._capturing, self._held = text[:start], text[start:], True, ""
+        else:
+            keep = _partial_suffix(text, self._openers)
+            out, self._held = text[: len(text) - keep], text[len(text) - keep :]
+        self.content += out
+        return out
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """(content still held back, the calls found)."""
+        if not self.active:
+            return "", []
+        if self.parsing in ("calls", "arguments"):
+            return "", parse_forced(self._captured, self.parsing, self.name)
+        tail, self._held = self._held, ""
+        if not self._capturing:
+            self.content += tail
+            return tail, []
+        content, calls = parse_tool_calls(self._captured, self.fmt)
+        if not calls:  # a marker with nothing parseable after it: it was content after all
+            self.content += content
+            return tail + content, []
+        return tail + content, calls
+
+
+def _first_index(text: str, openers: tuple[str, ...]) -> int | None:
+    found = [i for o in openers if (i := text.find(o)) >= 0]
+    return min(found) if found else None
+
+
+def _partial_suffix(text: str, openers: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that is a proper prefix of an opener."""
+    best = 0
+    for opener in openers:
+        for n in range(min(len(opener) - 1, len(text)), best, -1):
+            if text.endswith(opener[:n]):
+                best = n
+                break
+    return best
+
+
+def arguments_value(function: FunctionCall) -> Any:
+    """A call's arguments as an object (templates write them with `tojson`); non-JSON text as is."""
+    if isinstance(function.arguments, dict):
+        return function.arguments
+    try:
+        return json.loads(function.arguments)
+    except json.JSONDecodeError:
+        return function.arguments
+
+
+def _call_of(item: Any) -> ToolCall | None:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        return None
+    arguments = item.get("arguments", item.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return make_call(item["name"], arguments)
+
+
+def _json_values(text: str) -> list[Any]:
+    """The JSON values written one after another in `text` (separators `;`, `,` or space)."""
+    decoder, i = json.JSONDecoder(), 0
+    values: list[Any] = []
+    while i < len(text):
+        while i < len(text) and text[i] in " \t\r\n;,":
+            i += 1
+        if i >= len(text):
+            break
+        try:
+            value, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return values
+        values.append(value)
+    return values
+
+
+_HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def _parse_hermes(text: str) -> tuple[str, list[ToolCall]]:
+    start = text.find(_HERMES_OPEN)
+    if start < 0:
+        return text, []
+    calls = []
+    for block in _HERMES_BLOCK.findall(text[start:]):
+        calls += [c for v in _json_values(block) if (c := _call_of(v)) is not None]
+    return (text[:start], calls) if calls else (text, [])
+
+
+def _parse_mistral(text: str) -> tuple[str, list[ToolCall]]:
+    start = text.find(_MISTRAL_OPEN)
+    if start < 0:
+        return text, []
+    rest = text[start + len(_MISTRAL_OPEN) :]
+    calls: list[ToolCall] = []
+    if _MISTRAL_ARGS in rest:  # v11: [TOOL_CALLS]name[ARGS]{...}[TOOL_CALLS]name2[ARGS]{...}
+        for part in rest.split(_MISTRAL_OPEN):
+            name, _, args = part.partition(_MISTRAL_ARGS)
+            values = _json_values(args)
+            if name.strip() and values and (c := _call_of({"name": name.strip(), "arguments": values[0]})):
+                calls.append(c)
+    else:
+        for value in _json_values(rest):
+            items = value if isinstance(value, list) else [value]
+            calls += [c for item in items if (c := _call_of(item)) is not None]
+    return (text[:start], calls) if calls else (text, [])
+
+
+def _parse_llama3(text: str) -> tuple[str, list[ToolCall]]:
+    body = text.strip()
+    if body.startswith(_PYTHON_TAG):
+        body = body[len(_PYTHON_TAG) :]
+    if not body.lstrip().startswith("{"):
+        return text, []
+    calls = [c for v in _json_values(body) if (c := _call_of(v)) is not None]
+    return ("", calls) if calls else (text, [])
