@@ -50,7 +50,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/completions"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/embeddings"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/responses"): (400, 413, 415, *_REACHES_A_MODEL),
-    ("get", "/v1/responses/{response_id}"): (400,),
+    ("get", "/v1/responses/{response_id}"): (404,),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
@@ -256,10 +256,55 @@ def _apply_refusals(components: dict[str, Any]) -> None:
             {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
             {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
         ]
+    if "ResponseFormat" in components:  # json_schema needs its json_schema
+        components["ResponseFormat"]["anyOf"] = [
+            {"properties": {"type": {"enum": ["text", "json_object"]}}},
+            {"properties": {"type": {"const": "json_schema"}, "json_schema": {"not": {"type": "null"}}},
+             "required": ["type", "json_schema"]},
+        ]
+    if "StructuredOutputs" in components:  # exactly one of json, regex, choice
+        components["StructuredOutputs"]["oneOf"] = [
+            {"properties": {key: {"not": {"type": "null"}}}, "required": [key]}
+            for key in ("json", "regex", "choice")
+        ]
+    if "CreateResponseRequest" in components:
+        _responses_request(components["CreateResponseRequest"]["properties"])
+    if "FunctionTool" in components:
+        components["FunctionTool"]["properties"]["type"] = {"const": "function", "default": "function"}
     completion = components.get("CompletionRequest", {}).get("properties", {})
     if "suffix" in completion:
         empty = {"type": "string", "maxLength": 0}  # a suffix is refused; "" is no suffix
         completion["suffix"] = {"anyOf": [empty, {"type": "null"}], "default": None}
+
+
+def _responses_request(props: dict[str, Any]) -> None:
+    """/v1/responses: no state (previous_response_id, conversation), and the input items it reads
+    (gateway/schemas/responses.py: message, function_call, function_call_output; text parts)."""
+    props["previous_response_id"] = {"type": "null", "default": None}
+    props["conversation"] = {"type": "null", "default": None}
+    text: dict[str, Any] = {"type": "string"}
+    part = {
+        "type": "object", "required": ["type"],
+        "properties": {"type": {"enum": ["input_text", "output_text", "text"]}, "text": {}},
+    }
+    content = {"anyOf": [text, {"type": "array", "items": part}]}
+    message = {
+        "type": "object", "required": ["role", "content"],
+        "properties": {
+            "type": {"const": "message"}, "role": {"enum": ["user", "system", "developer", "assistant"]},
+            "content": content,
+        },
+    }
+    call = {
+        "type": "object", "required": ["type", "call_id", "name", "arguments"],
+        "properties": {"type": {"const": "function_call"}, "call_id": text, "name": text, "arguments": text},
+    }
+    output = {
+        "type": "object", "required": ["type", "call_id", "output"],
+        "properties": {"type": {"const": "function_call_output"}, "call_id": text, "output": content},
+    }
+    items = {"type": "array", "minItems": 1, "items": {"anyOf": [message, call, output]}}
+    props["input"] = {"anyOf": [text, items]}
 
 
 def _any_values(schema: Any) -> None:

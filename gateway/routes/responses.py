@@ -20,7 +20,7 @@ from gateway.schemas.responses import (
     response_shell,
 )
 from gateway.sse import EventStream, sse_stream
-from shared.errors import InvalidRequestError
+from shared.errors import NotFoundError
 from shared.generation import message_text
 
 
@@ -40,9 +40,10 @@ async def create_response(
     return finished(response_shell(data, model, rid, now()), result, output_items(result))
 
 
-@get("/v1/responses/{response_id:str}", opt=INFERENCE, summary="Retrieve a model response (not kept: a 400)")
+@get("/v1/responses/{response_id:str}", opt=INFERENCE, summary="Retrieve a model response (not kept: a 404)")
 async def retrieve_response(response_id: str) -> ResponseObject:
-    raise InvalidRequestError(
+    # OpenAI's answer for a response it does not have; here none is kept.
+    raise NotFoundError(
         f"response {response_id!r} was not stored: " + STATELESS.format(what="retrieving a response"),
         param="response_id",
     )

@@ -105,7 +105,7 @@ CORPUS: dict[str, Case] = {
     "messages a string": Case("POST", CHAT, chat(messages="hi")),
     "message without role": Case("POST", CHAT, chat(messages=[{"content": "hi"}])),
     "unknown role": Case("POST", CHAT, chat(messages=[{"role": "root", "content": "hi"}])),
-    "role tool": Case("POST", CHAT, chat(messages=[{"role": "tool", "content": "hi"}])),
+    "role tool content a number": Case("POST", CHAT, chat(messages=[{"role": "tool", "content": 5}])),
     "user without content": Case("POST", CHAT, chat(messages=[{"role": "user"}])),
     "content a number": Case("POST", CHAT, chat(messages=[{"role": "user", "content": 5}])),
     "image part": Case("POST", CHAT, chat(messages=[{"role": "user", "content": [
@@ -125,9 +125,11 @@ CORPUS: dict[str, Case] = {
     "n a bool": Case("POST", CHAT, chat(n=True)),
     "stop a number": Case("POST", CHAT, chat(stop=7)),
     "seed 2**64": Case("POST", CHAT, chat(seed=2**64)),
-    "logprobs true": Case("POST", CHAT, chat(logprobs=True)),
-    "tools asked for": Case("POST", CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}])),
+    "top_logprobs 21": Case("POST", CHAT, chat(logprobs=True, top_logprobs=21)),
+    "top_logprobs without logprobs": Case("POST", CHAT, chat(top_logprobs=3)),
+    "tools a string": Case("POST", CHAT, chat(tools="all")),
     "json_schema format": Case("POST", CHAT, chat(response_format={"type": "json_schema"})),
+    "two structured outputs": Case("POST", CHAT, chat(structured_outputs={"regex": "a", "choice": ["a"]})),
     "stream a string": Case("POST", CHAT, chat(stream="yes")),
     "stream_options a number": Case("POST", CHAT, chat(stream=True, stream_options=1)),
     "top_k -2": Case("POST", CHAT, chat(top_k=-2)),
@@ -156,14 +158,15 @@ CORPUS: dict[str, Case] = {
     # ---- completions
     "prompt missing": Case("POST", COMPLETIONS, {"model": CHAT_MODEL}),
     "prompt empty list": Case("POST", COMPLETIONS, completion(prompt=[])),
-    "prompt token ids": Case("POST", COMPLETIONS, completion(prompt=[1, 2, 3])),
-    "prompt nested token ids": Case("POST", COMPLETIONS, completion(prompt=[[1, 2], [3]])),
+    "prompt mixes ids and text": Case("POST", COMPLETIONS, completion(prompt=[1, "a"])),
+    "prompt empty token ids": Case("POST", COMPLETIONS, completion(prompt=[[]])),
+    "prompt token id over the vocabulary": Case("POST", COMPLETIONS, completion(prompt=[10**9])),
     "prompt an object": Case("POST", COMPLETIONS, completion(prompt={"a": 1})),
     "prompts x n over the limit": Case("POST", COMPLETIONS, completion(prompt=["a", "b", "c"], n=2)),
     "1000 prompts x n=128": Case("POST", COMPLETIONS, completion(prompt=["a"] * 1000, n=128)),
     "best_of other than n": Case("POST", COMPLETIONS, completion(best_of=2)),
     "suffix": Case("POST", COMPLETIONS, completion(suffix="end")),
-    "completion logprobs": Case("POST", COMPLETIONS, completion(logprobs=1)),
+    "completion logprobs 6": Case("POST", COMPLETIONS, completion(logprobs=6)),
     "echo a string": Case("POST", COMPLETIONS, completion(echo="yes")),
     "echo 0": Case("POST", COMPLETIONS, completion(echo=0)),
     "prompt over the character limit": Case("POST", COMPLETIONS, completion(prompt=BIG)),
@@ -186,7 +189,10 @@ CORPUS: dict[str, Case] = {
     "load no model": Case("POST", LOAD, {}),
     "load unknown field": Case("POST", LOAD, {"model": CHAT_MODEL, "path": "/etc"}),
     "load bad quantization": Case("POST", LOAD, {"model": CHAT_MODEL, "quantization": "2bit"}),
-    "load bad device": Case("POST", LOAD, {"model": CHAT_MODEL, "device": "gpu7; rm -rf /"}),
+    "load bad device": Case("POST", LOAD, {"model": "a/b/c", "device": "gpu7; rm -rf /"}, 404,
+                            "model_not_found"),
+    "load device named like a command": Case("POST", LOAD, {"model": CHAT_MODEL, "device": "gpu7; rm -rf /"},
+                                             409, "conflict"),
     "load on another device": Case("POST", LOAD, {"model": EMBED_MODEL, "device": "cuda:7"}, 409, "conflict"),
     "load other quantization": Case("POST", LOAD, {"model": CHAT_MODEL, "quantization": "8bit"}, 409,
                                     "conflict"),
@@ -218,7 +224,27 @@ CORPUS: dict[str, Case] = {
     "model path traversal": Case("GET", "/v1/models/..%2F..%2Fetc%2Fpasswd", None, 404, "model_not_found"),
     "model path nul": Case("GET", "/v1/models/%00", None, 404, "model_not_found"),
     "unknown route": Case("GET", "/v1/secrets", None, 404, "not_found"),
-    "unknown api route": Case("POST", "/api/models/delete-everything", {}, 404, "not_found"),
+    "unknown api route": Case("POST", "/api/secrets", {}, 404, "not_found"),
+    "post to a model's details": Case("POST", "/api/models/tiny/tinyllama", {}, 405, "method_not_allowed"),
+    # ---- the Responses API and the model routes of `dukat show` / `dukat rm`
+    "responses no key": Case("POST", "/v1/responses", {"input": "hi"}, 401, "invalid_api_key", key=None),
+    "responses model a path": Case("POST", "/v1/responses", {"model": "/etc", "input": "hi"}),
+    "responses input missing": Case("POST", "/v1/responses", {"model": CHAT_MODEL}),
+    "responses input empty": Case("POST", "/v1/responses", {"model": CHAT_MODEL, "input": []}),
+    "responses previous id": Case("POST", "/v1/responses", {"model": CHAT_MODEL, "input": "hi",
+                                                            "previous_response_id": "resp_1"}),
+    "responses unknown item": Case("POST", "/v1/responses", {"model": CHAT_MODEL, "input": [{"type": "x"}]}),
+    "responses over the character limit": Case("POST", "/v1/responses", {"model": CHAT_MODEL, "input": BIG}),
+    "responses 10k deep": Case("POST", "/v1/responses", json.dumps({"model": CHAT_MODEL, "input": deep(5)})
+                               .replace("[[[[[1]]]]]", "[" * 10_000 + "]" * 10_000).encode()),
+    "retrieve a response": Case("GET", "/v1/responses/resp_1", None, 404, "not_found"),
+    "details of a path": Case("GET", "/api/models/..%2F..%2Fetc", None),
+    "details unknown": Case("GET", "/api/models/nobody/nothing", None, 404, "model_not_found"),
+    "delete with an inference key": Case("POST", "/api/models/delete", {"model": CHAT_MODEL}, **DENIED),
+    "delete a path": Case("POST", "/api/models/delete", {"model": "/etc"}),
+    "delete dotdot": Case("POST", "/api/models/delete", {"model": "tiny/../.."}),
+    "delete a loaded model": Case("POST", "/api/models/delete", {"model": CHAT_MODEL}, 409, "conflict"),
+    "delete unknown": Case("POST", "/api/models/delete", {"model": "nobody/nothing"}, 404, "model_not_found"),
     "delete models": Case("DELETE", "/v1/models", None, 405, "method_not_allowed"),
     "put load": Case("PUT", LOAD, {"model": CHAT_MODEL}, 405, "method_not_allowed"),
     "get chat": Case("GET", CHAT, None, 405, "method_not_allowed"),
@@ -257,3 +283,12 @@ def test_the_corpus_is_large_and_covers_every_route(locked: Locked) -> None:
 def test_models_still_answer_after_the_corpus(inference: httpx.Client) -> None:
     assert inference.post(CHAT, json=chat(max_tokens=2)).status_code == 200
     assert inference.post(EMBEDDINGS, json=embed()).status_code == 200
+
+
+def test_a_choice_xgrammar_cannot_jump_into_is_generated(inference: httpx.Client) -> None:
+    # xgrammar hands back its jump-forward string cut inside a UTF-8 character: it was a 500.
+    choice = '&"\u00e5\u008c'
+    body = completion(max_tokens=20, structured_outputs={"choice": [choice]})
+    resp = inference.post(COMPLETIONS, json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["text"] == choice
