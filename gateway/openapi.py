@@ -21,6 +21,7 @@ from litestar.handlers import HTTPRouteHandler
 from gateway.auth import route_access
 from gateway.schemas import ChatCompletionChunk, CompletionResponse
 from gateway.schemas.common import INT64_MAX
+from gateway.schemas.response_events import ResponseEvent
 from gateway.sse import EventStream
 from shared.errors import ErrorBody
 from shared.model_ids import HUB_ID_PATTERN, MODEL_ID_PATTERN
@@ -69,9 +70,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
 _CHUNKS: dict[tuple[str, str], Any] = {
     ("post", "/v1/chat/completions"): ChatCompletionChunk,
     ("post", "/v1/completions"): CompletionResponse,
+    ("post", "/v1/responses"): ResponseEvent,
 }
-# The Responses API streams typed events (`response.created`, `response.output_text.delta`, ...).
-_RESPONSE_EVENT = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
 
 
 def _sse(chunk: dict[str, Any]) -> dict[str, Any]:
@@ -166,8 +166,7 @@ def _rewrite(
     success = str(handler.status_code)
     content: dict[str, Any] = {"application/json": {"schema": by_type[id(_json_type(handler))]}}
     if _streams(handler):
-        chunk = by_type[id(_CHUNKS[key])] if key in _CHUNKS else _RESPONSE_EVENT
-        content["text/event-stream"] = _sse(chunk)
+        content["text/event-stream"] = _sse(by_type[id(_CHUNKS[key])])
     description = operation.get("responses", {}).get(success, {}).get("description", "OK")
     responses: dict[str, Any] = {success: {"description": description, "content": content}}
     access = route_access(handler, key[1])
