@@ -10,7 +10,9 @@ check still runs on every case generated.
 - The test machine offers no GPU: a load on `cuda:N` is a 400 `device_unavailable`.
 - A `tool_choice` (or `function_call`) naming a function must name one of the request's tools.
 - What the grammar compiler (xgrammar) takes of a JSON schema or a regex is its own: a construct it
-  cannot compile is a 400 naming it. Fuzzed schemas and regexes are left to the tools tests.
+  cannot compile is a 400 naming it, as is a choice list whose shortest output needs more than
+  `max_tokens`. Fuzzed schemas, regexes and choices are left to the tools tests.
+- The default model must be a chat model.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def _grammar_free(body: dict[str, Any]) -> bool:
     text_format = (body.get("text") or {}).get("format") or {}
     tools = body.get("tools") or []
     schemas = [
-        outputs.get("json"), outputs.get("regex"), (response_format.get("json_schema") or {}).get("schema"),
+        outputs.get("json"), outputs.get("regex"), outputs.get("choice"),
+        (response_format.get("json_schema") or {}).get("schema"),
         text_format.get("schema"), *[((t.get("function") or t).get("parameters")) for t in tools],
     ]
     return not any(schemas)
@@ -91,6 +94,8 @@ def filter_case(context: Any, case: Any) -> bool:
         n = body.get("n") or 1
         best_of = body.get("best_of")
         return count * n <= MAX_GENERATIONS and best_of in (None, n) and _text_size(prompts) <= PROMPT_CHARS
+    if path == "/api/models/default":  # the default model must chat
+        return body.get("model") != EMBED_MODEL
     if path == "/api/models/load":  # no GPU here: a cuda device is a 400 naming what is offered
         return not str(body.get("device") or "").startswith("cuda")
     if path == "/v1/chat/completions":
