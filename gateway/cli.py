@@ -21,7 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "models_dir": args.models_dir,
-        "config_path": args.config,
+        "config_path": args.config_path,
         "default_model": args.default_model,
         "device_map": args.device_map,
     }
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--models-dir")
-    s.add_argument("--config")
+    s.add_argument("--config-path", "--config", dest="config_path", help="DUKAT_CONFIG_PATH")
     s.add_argument("--default-model")
     s.add_argument("--device-map")
     s.add_argument("--demo", action="store_true", help="serve the offline demo chat and embedding models")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any
@@ -12,6 +13,8 @@ import msgspec
 
 from gateway.cli_client import Api, CliError, default_url
 from gateway.cli_output import Column, human_size, print_json, print_table
+from shared.errors import SettingsError
+from shared.settings import QUANTIZATIONS, Settings, load_settings
 
 
 def pull(
@@ -23,10 +26,13 @@ def pull(
 
     body = {"model": model, "revision": revision, "file": file}
     job = msgspec.convert(api.call("POST", "/api/models/pull", body), DownloadJob)
+    poll_s = Settings().download_poll_s
+    with contextlib.suppress(SettingsError):  # the server says what is wrong with a setting, not the client
+        poll_s = load_settings().download_poll_s
     with DownloadBar(model, enabled=sys.stderr.isatty() or progress) as bar:
         while job.status in ("queued", "running"):
             bar.update(job)
-            time.sleep(0.25)
+            time.sleep(poll_s)
             job = msgspec.convert(api.call("GET", f"/api/downloads/{job.id}"), DownloadJob)
         bar.update(job)
     if job.status == "failed":
@@ -169,7 +175,7 @@ def add_model_commands(sub: Any) -> None:
     client_parser(sub, "show", "a model's type, parameters, template, quantization, license and size",
                   listing=True).set_defaults(client=cmd_show)
     p = client_parser(sub, "load", "load a model into a worker process")
-    p.add_argument("--quantization", choices=["4bit", "8bit", "none"])
+    p.add_argument("--quantization", choices=QUANTIZATIONS)
     p.add_argument("--device", help="auto, cpu or cuda:N")
     p.set_defaults(client=cmd_load)
     client_parser(sub, "unload", "stop a model's worker process (frees its memory)",

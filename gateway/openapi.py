@@ -36,35 +36,35 @@ _REASONS = {
     404: "Unknown model, route or job",
     409: "The model is already loaded differently",
     413: "Request body too large",
-    415: "The body is not sent as application/json",
     429: "The model worker's queue is full (Retry-After)",
     500: "A bug (logged with its traceback)",
     502: "A worker process or the hub failed",
-    503: "The model failed to load, is not loaded, or no host has room (Retry-After)",
+    503: "The model failed to load, is not loaded, or no host has room (Retry-After); not ready",
     504: "Timed out",
     507: "Not enough free space for the model",
 }
 _REACHES_A_MODEL = (404, 429, 502, 503, 504)
 # What each route can answer besides its success (keys add 401, admin routes 403).
 ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/chat/completions"): (400, 413, 415, *_REACHES_A_MODEL),
-    ("post", "/v1/completions"): (400, 413, 415, *_REACHES_A_MODEL),
-    ("post", "/v1/embeddings"): (400, 413, 415, *_REACHES_A_MODEL),
-    ("post", "/v1/responses"): (400, 413, 415, *_REACHES_A_MODEL),
-    ("get", "/v1/responses/{response_id}"): (404,),
+    ("post", "/v1/chat/completions"): (400, 413, *_REACHES_A_MODEL),
+    ("post", "/v1/completions"): (400, 413, *_REACHES_A_MODEL),
+    ("post", "/v1/embeddings"): (400, 413, *_REACHES_A_MODEL),
+    ("post", "/v1/responses"): (400, 413, *_REACHES_A_MODEL),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
     ("get", "/api/ps"): (),
     ("get", "/api/hosts"): (),
-    ("post", "/api/models/pull"): (400, 403, 413, 415, 502, 503),
+    ("post", "/api/models/pull"): (400, 403, 413, 502, 503),
     ("get", "/api/downloads/{job_id}"): (400, 404, 502),
-    ("post", "/api/models/load"): (400, 403, 404, 409, 413, 415, 502, 503, 504, 507),
-    ("post", "/api/models/unload"): (400, 404, 413, 415, 502),
-    ("post", "/api/models/default"): (400, 404, 413, 415),
-    ("get", "/api/models/{model_id}"): (400, 404, 502),
-    ("post", "/api/models/delete"): (400, 404, 409, 413, 415, 502),
+    ("post", "/api/models/load"): (400, 403, 404, 409, 413, 502, 503, 504, 507),
+    ("post", "/api/models/unload"): (400, 404, 413, 502),
+    ("post", "/api/models/default"): (400, 404, 413),
     ("get", "/health"): (),
+    ("get", "/api/models/{model_id}"): (400, 404, 502),
+    ("post", "/api/models/delete"): (400, 404, 409, 413, 502),
+    ("get", "/health/live"): (),
+    ("get", "/health/ready"): (503,),
 }
 # The chunks of a stream, per route (an event's `data`).
 _CHUNKS: dict[tuple[str, str], Any] = {
@@ -111,8 +111,6 @@ def publish_truthful_openapi(app: Litestar, settings: Settings) -> None:
         document["security"] = [{"bearer": []}]
     _apply_limits(components, settings)
     _apply_refusals(components)
-    for schema in components.values():
-        _any_values(schema)
     _model_id_path_parameter(document, settings)
 
 
@@ -192,27 +190,27 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
         _bound(components, name, "n", "integer", maximum=n_max)
     _bound(components, "CompletionRequest", "best_of", "integer", maximum=n_max)
     text = {"type": "string", "maxLength": settings.max_prompt_chars}
+    prompts = {"type": "array", "minItems": 1, "maxItems": settings.max_generations, "items": text}
     token = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
     ids = {"type": "array", "minItems": 1, "maxItems": settings.max_prompt_chars, "items": token}
-
-    def texts_or_ids(most: int) -> dict[str, Any]:
-        """A text, texts, token ids or token-id lists: never mixed, no empty list, no empty ids."""
-        many = {"type": "array", "minItems": 1, "maxItems": most}
-        return {"anyOf": [text, {**many, "items": text}, ids, {**many, "items": ids}]}
-
     if "CompletionRequest" in components:
-        components["CompletionRequest"]["properties"]["prompt"] = texts_or_ids(settings.max_generations)
+        # Texts or token ids (one list, or a list of lists), never mixed; no empty list.
+        many_ids = {"type": "array", "minItems": 1, "maxItems": settings.max_generations, "items": ids}
+        components["CompletionRequest"]["properties"]["prompt"] = {"anyOf": [text, prompts, ids, many_ids]}
     if "EmbeddingRequest" in components:
-        components["EmbeddingRequest"]["properties"]["input"] = texts_or_ids(settings.max_embedding_inputs)
+        # Strings or token-id arrays, never mixed; no empty list, no empty array.
+        many = {"minItems": 1, "maxItems": settings.max_embedding_inputs, "type": "array"}
+        components["EmbeddingRequest"]["properties"]["input"] = {
+            "anyOf": [text, {**many, "items": text}, ids, {**many, "items": ids}]
+        }
     _model_ids(components, settings)
 
 
-DEVICE_PATTERN = r"^(auto|cpu|cuda:[0-9]{1,3})$"
 # Bodies naming a model (shared/model_ids.py; an id the config file lists is taken as written, even
 # a path, but the document describes what any client may send).
 _MODEL_BODIES = (
-    "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "CreateResponseRequest", "LoadRequest",
-    "UnloadRequest", "SetDefaultRequest", "DeleteRequest",
+    "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "LoadRequest", "UnloadRequest",
+    "SetDefaultRequest",
 )
 
 
@@ -221,101 +219,56 @@ def _model_ids(components: dict[str, Any], settings: Settings) -> None:
         _bound(components, name, "model", "string", maxLength=settings.max_model_id_length)
         _bound(components, name, "model", "string", pattern=MODEL_ID_PATTERN)
     _bound(components, "DownloadRequest", "model", "string", pattern=HUB_ID_PATTERN, maxLength=193)
-    # Any other device is a 400 `device_unavailable` naming what the hosts offer.
-    _bound(components, "LoadRequest", "device", "string", pattern=DEVICE_PATTERN)
 
 
 def _model_id_path_parameter(document: dict[str, Any], settings: Settings) -> None:
-    for path in ("/v1/models/{model_id}", "/api/models/{model_id}"):
-        operation = document["paths"].get(path, {}).get("get", {})
-        for parameter in operation.get("parameters", []):
-            if parameter["name"] == "model_id":
-                parameter["schema"] = {
-                    "type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": settings.max_model_id_length,
-                }
+    operation = document["paths"].get("/v1/models/{model_id}", {}).get("get", {})
+    for parameter in operation.get("parameters", []):
+        if parameter["name"] == "model_id":
+            parameter["schema"] = {
+                "type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": settings.max_model_id_length,
+            }
 
 
 def _apply_refusals(components: dict[str, Any]) -> None:
     """What the decoders take only to refuse with a clear message (a 400 naming the field) is left out
     of the document: it is not an accepted value. Keep in step with the `check()`s of the schemas and
-    with shared/prompts.py."""
+    with shared/prompts.py and gateway/schemas/tools.py."""
     message = components.get("Message")
     if message is not None:
-        # Content may be missing only on an assistant turn (a tool-call turn).
-        speaking = [r for r in message["properties"]["role"]["enum"] if r != "assistant"]
+        # Content required except on an assistant turn (tool calls) or a tool result.
+        props = message["properties"]
+        speaking = [r for r in props["role"]["enum"] if r not in ("assistant", "tool", "function")]
         message["anyOf"] = [
-            {"properties": {"role": {"const": "assistant"}}},
+            {"properties": {"role": {"enum": ["assistant", "tool", "function"]}}},
             {"properties": {"role": {"enum": speaking}, "content": {"not": {"type": "null"}}},
              "required": ["content"]},
         ]
-    if "TextPart" in components:  # image and audio parts are refused
+    if "TextPart" in components:
         components["TextPart"]["properties"]["type"] = {"const": "text", "default": "text"}
-    if "ChatCompletionRequest" in components:  # top_logprobs needs logprobs: true
+    if "ChatCompletionRequest" in components:
+        # top_logprobs only with logprobs: true.
         components["ChatCompletionRequest"]["anyOf"] = [
-            {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
             {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+            {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
         ]
-    if "ResponseFormat" in components:  # json_schema needs its json_schema
+    if "ResponseFormat" in components:
+        # json_schema needs its json_schema.
         components["ResponseFormat"]["anyOf"] = [
             {"properties": {"type": {"enum": ["text", "json_object"]}}},
-            {"properties": {"type": {"const": "json_schema"}, "json_schema": {"not": {"type": "null"}}},
-             "required": ["type", "json_schema"]},
+            {
+                "properties": {"json_schema": {"$ref": REF.format(name="JsonSchemaFormat")}},
+                "required": ["json_schema"],
+            },
         ]
-    if "StructuredOutputs" in components:  # exactly one of json, regex, choice
-        components["StructuredOutputs"]["oneOf"] = [
-            {"properties": {key: {"not": {"type": "null"}}}, "required": [key]}
-            for key in ("json", "regex", "choice")
-        ]
-    if "CreateResponseRequest" in components:
-        _responses_request(components["CreateResponseRequest"]["properties"])
-    if "FunctionTool" in components:
-        components["FunctionTool"]["properties"]["type"] = {"const": "function", "default": "function"}
+    responses = components.get("CreateResponseRequest", {}).get("properties", {})
+    for stateful in ("previous_response_id", "conversation"):  # stateless: only null
+        if stateful in responses:
+            responses[stateful] = {"type": "null", "default": None}
     completion = components.get("CompletionRequest", {}).get("properties", {})
-    if "suffix" in completion:
+    if completion:
         empty = {"type": "string", "maxLength": 0}  # a suffix is refused; "" is no suffix
         completion["suffix"] = {"anyOf": [empty, {"type": "null"}], "default": None}
-
-
-def _responses_request(props: dict[str, Any]) -> None:
-    """/v1/responses: no state (previous_response_id, conversation), and the input items it reads
-    (gateway/schemas/responses.py: message, function_call, function_call_output; text parts)."""
-    props["previous_response_id"] = {"type": "null", "default": None}
-    props["conversation"] = {"type": "null", "default": None}
-    text: dict[str, Any] = {"type": "string"}
-    part = {
-        "type": "object", "required": ["type"],
-        "properties": {"type": {"enum": ["input_text", "output_text", "text"]}, "text": {}},
-    }
-    content = {"anyOf": [text, {"type": "array", "items": part}]}
-    message = {
-        "type": "object", "required": ["role", "content"],
-        "properties": {
-            "type": {"const": "message"}, "role": {"enum": ["user", "system", "developer", "assistant"]},
-            "content": content,
-        },
-    }
-    call = {
-        "type": "object", "required": ["type", "call_id", "name", "arguments"],
-        "properties": {"type": {"const": "function_call"}, "call_id": text, "name": text, "arguments": text},
-    }
-    output = {
-        "type": "object", "required": ["type", "call_id", "output"],
-        "properties": {"type": {"const": "function_call_output"}, "call_id": text, "output": content},
-    }
-    items = {"type": "array", "minItems": 1, "items": {"anyOf": [message, call, output]}}
-    props["input"] = {"anyOf": [text, items]}
-
-
-def _any_values(schema: Any) -> None:
-    """A free-form object (`dict[str, Any]`) says so: any JSON value under any key."""
-    if isinstance(schema, dict):
-        if schema.get("type") == "object" and not {"properties", "additionalProperties"} & schema.keys():
-            schema["additionalProperties"] = {}
-        for value in schema.values():
-            _any_values(value)
-    elif isinstance(schema, list):
-        for value in schema:
-            _any_values(value)
 
 
 def _bound(components: dict[str, Any], name: str, field: str, kind: str, **bounds: int | str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -15,12 +14,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-
-class _Job(Protocol):
-    """A download job as the host (`shared.host_api`) or the management API (`gateway.schemas`) has it."""
-
-    downloaded_bytes: int
-    total_bytes: int
+from shared.host_api import DownloadCounts
 
 
 class DownloadBar:
@@ -32,7 +26,7 @@ class DownloadBar:
         )
         self.task = self.progress.add_task(model_id, total=None)
 
-    def update(self, job: _Job) -> None:
+    def update(self, job: DownloadCounts) -> None:
         total = job.total_bytes or None
         self.progress.update(self.task, completed=job.downloaded_bytes, total=total)
 

@@ -3,7 +3,6 @@ no `DUKAT_WORKER_HOSTS` are configured, and stops it on exit."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import msgspec
 
 from gateway.app import create_app
 from gateway.banner import announce_when_ready, cli_hint, public_url, serving_text
+from shared.logs import setup_logging
 from shared.serving import bind_socket, serve
 from shared.settings import load_settings
 
@@ -19,10 +19,7 @@ READY = "DUKAT_GATEWAY_READY"
 
 def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     settings = load_settings(overrides=overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per host call would drown the access log
+    setup_logging(settings.log_level)
     chat_model = None
     if demo:
         from gateway.demo import prepare_demo, usage_text
@@ -37,5 +34,9 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     url = public_url(settings.host, sock.getsockname()[1])
     banner = usage_text(url) if demo else serving_text(url)
     announce_when_ready(url, banner + cli_hint(chat_model))
-    serve(create_app(settings), sock, ready_prefix=READY, log_level=settings.log_level)
+    app = create_app(settings)
+    serve(
+        app, sock, ready_prefix=READY, log_level=settings.log_level,
+        grace_s=settings.shutdown_timeout_s, on_grace_over=app.state.streams.close_all,
+    )
     return 0

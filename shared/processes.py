@@ -1,4 +1,5 @@
-"""Child processes of ours: start one that announces its port on stdout, stop it for sure."""
+"""Child processes of ours: the ready line a child announces its port with, the one way to stop a
+child for sure (its whole process group), and `ChildProcess`, a child Python module we wait on."""
 
 from __future__ import annotations
 
@@ -12,8 +13,52 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import httpx
+
+# The model worker's handshake lines (`worker.model_worker` prints, `worker.supervisor` reads them).
+WORKER_READY = "DUKAT_WORKER_READY"
+WORKER_FAILED = "DUKAT_WORKER_FAILED"
+_EXIT_POLL_S = 0.02
+
+
+def announce_ready(prefix: str, port: int) -> None:
+    """Tell the parent, on stdout, that this process listens on `port`."""
+    print(f"{prefix} {port}", flush=True)
+
+
+def ready_port(line: str, prefix: str) -> int | None:
+    """The port of a line `announce_ready(prefix, port)` printed, else None."""
+    head, _, port = line.strip().partition(" ")
+    return int(port) if head == prefix and port.isdigit() else None
+
+
+def terminate(pid: int, exited: Callable[[], bool], timeout: float) -> None:
+    """SIGTERM to the process group of `pid`, up to `timeout` s for `exited()`, then SIGKILL to the
+    group: nothing the child started outlives it (children are started in their own session).
+    Blocking: async callers run it in a thread while their loop notices the exit."""
+    if exited():
+        return
+    _signal_group(pid, signal.SIGTERM)
+    if not _wait_until(exited, timeout):
+        _signal_group(pid, signal.SIGKILL)
+        _wait_until(exited, timeout)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _wait_until(done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_EXIT_POLL_S)
+    return True
+
 
 log = logging.getLogger(__name__)
 _LOUD = re.compile(r"\b(ERROR|CRITICAL|Traceback)\b")
@@ -72,8 +117,8 @@ class ChildProcess:
         assert self.proc and self.proc.stdout
         for line in self.proc.stdout:
             line = line.rstrip()
-            if line.startswith(self.ready_prefix + " ") and self.port is None:
-                self.port = int(line.split()[1])
+            if self.port is None and (port := ready_port(line, self.ready_prefix)) is not None:
+                self.port = port
                 ready.set()
                 continue
             self.lines.append(line)
@@ -88,13 +133,5 @@ class ChildProcess:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM to the child's process group, then SIGKILL: nothing it started outlives it."""
         proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            terminate(proc.pid, lambda: proc.poll() is not None, timeout)

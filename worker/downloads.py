@@ -17,9 +17,7 @@ cut when the call failed starts over (huggingface_hub deletes partial files).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
@@ -53,6 +51,7 @@ from shared.errors import (
     ModelTooLargeError,
     UnsupportedModelTypeError,
 )
+from shared.files import atomic_write
 from shared.host_api import DownloadCounts
 from shared.model_ids import is_explicit_path
 from worker.catalog import MARKER_NAME, DownloadMarker, is_model_folder, read_marker
@@ -274,16 +273,7 @@ def _begin(dest: Path, marker: DownloadMarker) -> None:
 
 
 def _write_marker(dest: Path, marker: DownloadMarker) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f"{MARKER_NAME}.", dir=dest)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.encode(marker))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest / MARKER_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(dest / MARKER_NAME, msgspec.json.encode(marker))
 
 
 class _Tracker:

@@ -10,19 +10,19 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from shared.errors import DeviceUnavailableError, ModelLoadFailedError, QuantizationError
 from shared.model_types import ModelType, Task
+from shared.settings import Quantization
 from worker.catalog import is_model_folder
 from worker.gguf import pick_gguf
 from worker.gguf import prepare as prepare_gguf
 
 logger = logging.getLogger(__name__)
 
-Quantization = Literal["4bit", "8bit", "none"]
 
 # bitsandbytes' 4-bit CPU kernel (taken when the CPU has AVX512-BF16) repacks weights in blocks
 # of 64 inputs x 32 outputs; other shapes load fine and then fail at the first forward.

@@ -14,14 +14,16 @@ from litestar.params import Parameter
 
 from gateway.auth import INFERENCE, is_admin, without_internals
 from gateway.limits import check_loadable, check_model, check_pull, check_revision
+from gateway.middleware import request_id_of
 from gateway.schemas import (
+    AvailableModelList,
     DefaultModel,
     DownloadJob,
     DownloadRequest,
+    Health,
     LoadedModel,
     LoadedModelList,
     LoadRequest,
-    ModelList,
     SetDefaultRequest,
     Unloaded,
     UnloadRequest,
@@ -31,8 +33,9 @@ from shared.host_api import JOB_ID_PATTERN, HostState
 
 
 @get("/api/models", opt=INFERENCE, summary="Models available: the config file and every host's models_dir")
-async def available(state: State) -> ModelList:
-    return ModelList(data=await state.manager.available_models())
+async def available(state: State) -> AvailableModelList:
+    models = await state.manager.available_models()
+    return AvailableModelList(data=models, config_error=state.manager.config.problem)
 
 
 @get("/api/ps", opt=INFERENCE, summary="Models loaded, with device, quantization and memory")
@@ -50,9 +53,9 @@ async def hosts(state: State) -> list[HostState]:
 
 @post("/api/models/pull", status_code=202, summary="Start downloading a model (follow the job)")
 async def pull(state: State, data: DownloadRequest) -> DownloadJob:
-    check_pull(state.manager.settings, data.model)
+    check_pull(state.manager.settings, data.model_id)
     check_revision(data.revision)
-    return download_job(await state.manager.start_download(data.model, data.revision, data.file))
+    return download_job(await state.manager.start_download(data.model_id, data.revision, data.file))
 
 
 @get("/api/downloads/{job_id:str}", summary="A download job's progress")
@@ -61,16 +64,19 @@ async def download(state: State, job_id: Annotated[str, Parameter(pattern=JOB_ID
 
 
 @post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
-async def load(state: State, data: LoadRequest) -> LoadedModel:
+async def load(request: Request, state: State, data: LoadRequest) -> LoadedModel:
     await check_loadable(state.manager, data.model)
-    return await state.manager.load_model(data.model, data.quantization, data.device)
+    rid = request_id_of(request.scope)
+    return await state.manager.load_model(
+        data.model, data.quantization, data.device, replicas=data.replicas, request_id=rid
+    )
 
 
 @post("/api/models/unload", status_code=200, summary="Stop a model's worker process")
 async def unload(state: State, data: UnloadRequest) -> Unloaded:
-    check_model(state.manager, data.model)
-    await state.manager.unload_model(data.model)
-    return Unloaded(id=data.model)
+    check_model(state.manager, data.model_id)
+    await state.manager.unload_model(data.model_id)
+    return Unloaded(id=data.model_id)
 
 
 @post("/api/models/default", status_code=200, summary="Set the default model (saved in the config file)")
@@ -81,5 +87,5 @@ async def set_default(state: State, data: SetDefaultRequest) -> DefaultModel:
 
 
 @get("/health", summary="Liveness: the gateway answers")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health() -> Health:
+    return Health()

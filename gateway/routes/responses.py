@@ -20,18 +20,18 @@ from gateway.schemas.responses import (
     response_shell,
 )
 from gateway.sse import EventStream, sse_stream
-from shared.errors import NotFoundError
+from shared.errors import InvalidRequestError
 from shared.generation import message_text
 
 
-@post("/v1/responses", status_code=200, opt=INFERENCE, summary="Create a response (OpenAI Responses API)")
+@post("/v1/responses", status_code=200, opt=INFERENCE, summary="Create a model response (OpenAI)")
 async def create_response(
     request: Request, state: State, data: CreateResponseRequest
 ) -> ResponseObject | EventStream:
     rid = request_id_of(request.scope)
     check_model(state.manager, data.model)
     generation = data.generate_request(rid)
-    texts = [message_text(m) for m in generation.messages or []] + [generation.prompt or ""]
+    texts = (message_text(m) for m in generation.messages or [])
     check_prompt_chars(state.manager.settings, texts, "input")
     if data.stream:
         model, events = await stream_all(state.manager, data.model, [generation])
@@ -40,10 +40,10 @@ async def create_response(
     return finished(response_shell(data, model, rid, now()), result, output_items(result))
 
 
-@get("/v1/responses/{response_id:str}", opt=INFERENCE, summary="Retrieve a model response (not kept: a 404)")
+# Not in the OpenAPI document: it answers every request with the 400 that says why.
+@get("/v1/responses/{response_id:str}", opt=INFERENCE, include_in_schema=False)
 async def retrieve_response(response_id: str) -> ResponseObject:
-    # OpenAI's answer for a response it does not have; here none is kept.
-    raise NotFoundError(
+    raise InvalidRequestError(
         f"response {response_id!r} was not stored: " + STATELESS.format(what="retrieving a response"),
         param="response_id",
     )

@@ -30,9 +30,11 @@ from gateway.schemas.embeddings import (
     encode_base64,
 )
 from gateway.schemas.models import (
+    AvailableModelList,
     DefaultModel,
     DownloadJob,
     DownloadRequest,
+    Health,
     LoadedModel,
     LoadedModelList,
     LoadRequest,
@@ -46,6 +48,7 @@ from gateway.schemas.models import (
 
 __all__ = [
     "AssistantMessage",
+    "AvailableModelList",
     "ChatChoice",
     "ChatChunkChoice",
     "ChatChunks",
@@ -65,6 +68,7 @@ __all__ = [
     "EmbeddingRequest",
     "EmbeddingResponse",
     "EmbeddingUsage",
+    "Health",
     "LoadRequest",
     "LoadedModel",
     "LoadedModelList",

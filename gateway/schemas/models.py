@@ -8,7 +8,7 @@ ignored option.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -23,6 +23,9 @@ CREATED = 1_700_000_000  # models have no creation time here; OpenAI requires on
 def owner_of(model_id: str) -> str:
     """OpenAI's `owned_by`: the hub organisation of the id, else Dukat."""
     return model_id.split("/")[0] if "/" in model_id else "dukat"
+
+# A default parameter's value in the config file (sampling fields: numbers, strings, stop lists).
+ParamValue = str | int | float | bool | list[str] | None
 
 
 class Model(Struct, kw_only=True):
@@ -39,7 +42,7 @@ class Model(Struct, kw_only=True):
     description: str | None = None
     default: bool = False
     # From the config file and the hosts' models_dir.
-    default_parameters: dict[str, Any] = {}
+    default_parameters: dict[str, ParamValue] = {}
     downloaded: bool = False
     size_bytes: int = 0
 
@@ -49,8 +52,16 @@ class ModelList(Struct, kw_only=True):
     data: list[Model]
 
 
+class AvailableModelList(ModelList, kw_only=True):
+    """`/api/models`: the list, and what is wrong with the config file while an edit has broken it
+    (the last good config stays in force meanwhile)."""
+
+    config_error: str | None = None
+
+
 # Ids are checked further where they enter (gateway/limits.py): their length limit is a setting.
 ModelId = Annotated[str, Meta(min_length=1)]
+Device = Annotated[str, Meta(pattern=r"^(auto|cpu|cuda:[0-9]{1,3})$")]
 
 
 class LoadedModel(WorkerState, kw_only=True, rename={"model_id": "id", "status": "state"}):
@@ -76,22 +87,29 @@ class DefaultModel(Struct, kw_only=True):
     default_model: str
 
 
+class Health(Struct, kw_only=True):
+    status: Literal["ok"] = "ok"
+
+
 class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: ModelId
     quantization: Quantization | None = None
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
-    device: str | None = None
+    device: Device | None = None
+    # Workers to serve it, each on another host where there are several; None: the config file's, else 1.
+    replicas: Annotated[int, Meta(ge=1, le=64)] | None = None
 
 
-class UnloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: ModelId
+class UnloadRequest(host_api.UnloadCommand, kw_only=True, rename={"model_id": "model"}):
+    """The host's command, named for the public API."""
+
+    model_id: ModelId
 
 
-class DownloadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: ModelId
-    revision: str | None = None
-    # One file of the repo (a .gguf of a GGUF repo) instead of the transformers model files.
-    file: str | None = None
+class DownloadRequest(host_api.DownloadCommand, kw_only=True, rename={"model_id": "model"}):
+    """The host's command (model, revision, one file), named for the public API."""
+
+    model_id: ModelId
 
 
 class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):

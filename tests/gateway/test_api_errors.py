@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.gateway.conftest import Dukat
-from tests.support.openapi_check import validate
+from tests.support.checks import error_of
 
 CHAT = "tiny/tinyllama"
 EMBED = "tiny/bert"
@@ -30,23 +30,6 @@ def client(dukat: Dukat) -> Iterator[openai.OpenAI]:
 def http(dukat: Dukat) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=dukat.url, timeout=120) as c:
         yield c
-
-
-def error_of(response: Any, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    """The `error` object of an OpenAI error response, checked: status, JSON, the four keys, schema."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    validate(body, "ErrorResponse")
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    if code is not None:
-        assert error["code"] == code
-    if param is not None:
-        assert error["param"] == param
-    return error
 
 
 def sdk_error(
@@ -183,7 +166,9 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     "missing_messages": (CHAT_PATH, {"model": CHAT}, "messages"),
     "messages_not_a_list": (CHAT_PATH, chat_body(messages="hi"), "messages"),
     "unknown_role": (CHAT_PATH, one_message(role="wizard", content="x"), "messages[0].role"),
-    "tool_role": (CHAT_PATH, one_message(role="tool", content="x"), "messages"),
+    "tool_choice_names_no_tool": (
+        CHAT_PATH, chat_body(tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"
+    ),
     "user_without_content": (CHAT_PATH, one_message(role="user"), "messages"),
     "max_tokens_0": (CHAT_PATH, chat_body(max_tokens=0), "max_tokens"),
     "top_p_0": (CHAT_PATH, chat_body(top_p=0), "top_p"),
@@ -196,7 +181,7 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     ),
     "top_k_past_int64": (CHAT_PATH, chat_body(top_k=2**66), "top_k"),
     "completion_seed_past_int64": (COMPLETIONS_PATH, {"model": CHAT, "prompt": "hi", "seed": 2**70}, "seed"),
-    "completion_token_id_prompt": (COMPLETIONS_PATH, {"model": CHAT, "prompt": [1, 2, 3]}, "prompt"),
+    "completion_token_past_vocabulary": (COMPLETIONS_PATH, {"model": CHAT, "prompt": [1, 10**9]}, "prompt"),
     "completion_empty_prompt_list": (COMPLETIONS_PATH, {"model": CHAT, "prompt": []}, "prompt"),
     "completion_missing_prompt": (COMPLETIONS_PATH, {"model": CHAT}, "prompt"),
     "embedding_token_id_past_int64": (EMBEDDINGS_PATH, embed_body(input=[[2**70]]), "input[0][0]"),

@@ -33,6 +33,7 @@ from gateway.schemas import (
 from gateway.sse import sse_stream
 from shared.errors import ModelNotFoundError, OverloadedError, WorkerFailedError
 from shared.generation import GenerateResult
+from tests.support.checks import error_of
 from tests.support.openapi_check import validate
 
 MAX_BODY = 64 * 1024
@@ -137,15 +138,6 @@ def base_url() -> Iterator[str]:
 @pytest.fixture
 def sdk(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
-
-
-def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
-    """The OpenAI error object of a response that must have `status` and a valid ErrorResponse body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    validate(body, "ErrorResponse")
-    return body["error"]
 
 
 def chat_body(**fields: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 
 from shared.model_config import ConfigStore, ModelEntry
 from tests.gateway.conftest import DEFAULT_MODEL, SERVED, Dukat
+from tests.support.checks import error_of
 from tests.support.hub_fixtures import TINY_REPO
 
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -47,14 +48,6 @@ def pull(http: httpx.Client, model: str, **extra: Any) -> dict[str, Any]:
     assert job["model"] == model and job["status"] in ("queued", "running", "done"), job
     assert job["id"]
     return job
-
-
-def assert_openai_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    error = resp.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert error["code"] == code, error
-    return error
 
 
 @pytest.fixture
@@ -159,8 +152,8 @@ def test_pull_of_something_the_hub_does_not_have_fails_the_job(
 
 
 def test_unknown_download_job_is_a_404(http: httpx.Client) -> None:
-    assert_openai_error(http.get("/api/downloads/dl-000000000000"), 404, "not_found")
-    assert_openai_error(http.get("/api/downloads/dl-nope"), 400, "invalid_request")  # not a job id
+    error_of(http.get("/api/downloads/dl-000000000000"), 404, "not_found")
+    error_of(http.get("/api/downloads/dl-nope"), 400, "invalid_request")  # not a job id
 
 
 # ---- the default model ------------------------------------------------------------------------
@@ -195,7 +188,7 @@ def test_default_model_that_does_not_exist_is_a_404_and_changes_nothing(
 ) -> None:
     before = dukat.config_path.read_bytes()
     resp = http.post("/api/models/default", json={"model": "nope/nothing"})
-    error = assert_openai_error(resp, 404, "model_not_found")
+    error = error_of(resp, 404, "model_not_found")
     assert "nope/nothing" in error["message"] and error["param"] == "model"
     assert dukat.config_path.read_bytes() == before
 
@@ -211,21 +204,21 @@ def test_management_body_with_an_unknown_field_is_a_400_naming_it(
 ) -> None:
     before = dukat.config_path.read_bytes()
     resp = http.post(route, json={"model": "tiny/gpt2", "quantisation": "4bit"})
-    error = assert_openai_error(resp, 400, "invalid_request")
+    error = error_of(resp, 400, "invalid_request")
     assert error["param"] == "quantisation" and "quantisation" in error["message"]
     assert dukat.config_path.read_bytes() == before
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_management_body_without_a_model_is_a_400(http: httpx.Client, route: str) -> None:
-    error = assert_openai_error(http.post(route, json={}), 400, "invalid_request")
+    error = error_of(http.post(route, json={}), 400, "invalid_request")
     assert error["param"] == "model"
 
 
 @pytest.mark.parametrize(("field", "value"), [("quantization", "3bit"), ("device", 0)])
 def test_load_with_a_bad_value_is_a_400_naming_the_field(http: httpx.Client, field: str, value: Any) -> None:
     resp = http.post("/api/models/load", json={"model": "tiny/gpt2", field: value})
-    error = assert_openai_error(resp, 400, "invalid_request")
+    error = error_of(resp, 400, "invalid_request")
     assert error["param"] == field
 
 
@@ -240,6 +233,7 @@ MANAGEMENT_ROUTES = [
     ("post", "/api/models/default"),
     ("post", "/api/models/pull"),
     ("get", "/api/downloads/{job_id}"),
+    ("get", "/health"),
 ]
 
 

@@ -100,9 +100,9 @@ def test_text_format_json_schema_is_followed(client: openai.OpenAI) -> None:
     jsonschema.validate(json.loads(out.output_text), PARAMS)
 
 
-def test_state_is_not_kept_and_asking_for_it_is_a_4xx(client: openai.OpenAI, dukat: Dukat) -> None:
+def test_state_is_not_kept_and_asking_for_it_is_a_400(client: openai.OpenAI, dukat: Dukat) -> None:
     with pytest.raises(openai.BadRequestError) as previous:
         client.responses.create(model=CHAT, input="hi", previous_response_id="resp_123", max_output_tokens=2)
     assert previous.value.param == "previous_response_id" and "stateless" in previous.value.message
     retrieved = httpx.get(f"{dukat.base_url}/responses/resp_123", timeout=30)
-    assert retrieved.status_code == 404 and "not stored" in retrieved.json()["error"]["message"]
+    assert retrieved.status_code == 400 and "not stored" in retrieved.json()["error"]["message"]

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from augment_adam.ai_agent.models import ModelManager
 from shared.errors import ConflictError, ModelNotFoundError, NotFoundError
 from tests.gateway.conftest import TEST_ENV
+from tests.support.checks import process_gone, wait_for
 from tests.support.hub_fixtures import TINY_REPO
 from tests.support.hub_server import HubServer
 
@@ -47,29 +47,13 @@ class Seed:
         return json.loads((self.root / "config.json").read_text())
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
-    return value
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def host_processes(root: Path) -> list[psutil.Process]:
     """The worker host(s) this test's manager started (children of this process, by models_dir)."""
     models_dir = str(root / "models")
     return [
         p
         for p in psutil.Process().children()
-        if "worker.host" in p.cmdline() and models_dir in p.cmdline() and not gone(p.pid)
+        if "worker.host" in p.cmdline() and models_dir in p.cmdline() and not process_gone(p.pid)
     ]
 
 
@@ -195,11 +179,11 @@ def test_unload_model_ends_the_worker_process(seed: Seed) -> None:
     seed.manager.download_model(TINY_REPO)
     seed.manager.load_model(TINY_REPO)
     pid = loaded(seed)[TINY_REPO]["pid"]
-    assert not gone(pid)
+    assert not process_gone(pid)
 
     assert seed.manager.unload_model(TINY_REPO) is True
     assert TINY_REPO not in loaded(seed)
-    wait_for(lambda: gone(pid), 5, f"worker {pid} exits")
+    wait_for(lambda: process_gone(pid), 5, f"worker {pid} exits")
     with pytest.raises(NotFoundError):
         seed.manager.unload_model(TINY_REPO)
 
@@ -211,8 +195,8 @@ def test_local_host_that_died_is_started_again_by_the_next_call(seed: Seed) -> N
     worker_pid = loaded(seed)[TINY_REPO]["pid"]
 
     host.kill()
-    wait_for(lambda: gone(host.pid), 5, "the host dies")
-    wait_for(lambda: gone(worker_pid), 5, "its worker dies with it (no orphan holding memory)")
+    wait_for(lambda: process_gone(host.pid), 5, "the host dies")
+    wait_for(lambda: process_gone(worker_pid), 5, "its worker dies with it (no orphan holding memory)")
 
     response, metadata = seed.manager.generate("Hello", max_new_tokens=4)  # loads the default again
     assert isinstance(response, str)
@@ -237,6 +221,6 @@ def test_close_stops_the_local_host_and_its_workers(
         [host] = host_processes(tmp_path)
     finally:
         manager.close()
-    wait_for(lambda: gone(host.pid), 10, "the local host exits")
-    wait_for(lambda: gone(worker_pid), 10, "its model worker exits")
+    wait_for(lambda: process_gone(host.pid), 10, "the local host exits")
+    wait_for(lambda: process_gone(worker_pid), 10, "its model worker exits")
     manager.close()  # twice is fine

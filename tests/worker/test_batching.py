@@ -18,6 +18,7 @@ import torch
 from shared.errors import ModelNotLoadedError, OverloadedError
 from shared.generation import GenerateRequest, GenerateResult, Message, SamplingParams
 from shared.model_types import get_model_type
+from tests.support.generation import stop_candidate
 from tests.worker.conftest import tiny_model
 from worker.batching import prefill_groups
 from worker.engine import Engine
@@ -105,15 +106,6 @@ def _summary(result: GenerateResult) -> tuple[str, str, int]:
     return result.text, result.finish_reason, result.completion_tokens
 
 
-def _stop_candidate(text: str) -> str:
-    """A 3-character piece from the middle of `text`, printable, for use as a stop string."""
-    for start in range(4, len(text) - 3):
-        piece = text[start : start + 3]
-        if piece.isprintable() and "\ufffd" not in piece and piece.strip() == piece:
-            return piece
-    raise AssertionError(f"no stop candidate in {text!r}")
-
-
 def _mixed_greedy_requests() -> list[GenerateRequest]:
     """12 requests: raw and chat prompts of different lengths, each with its own max_new_tokens."""
     raw = [_raw(p, temperature=0, max_new_tokens=12 + 5 * i) for i, p in enumerate(PROMPTS)]
@@ -137,7 +129,7 @@ def test_concurrent_greedy_requests_give_their_lone_text(engine_for: EngineFor, 
 def test_stops_and_lengths_differ_per_request_in_one_batch(engine_for: EngineFor) -> None:
     engine = engine_for("llama")
     full = [engine.generate(_raw(p, temperature=0, max_new_tokens=40)).text for p in PROMPTS]
-    stops = [_stop_candidate(text) for text in full]
+    stops = [stop_candidate(text) for text in full]
     # Odd requests stop at a string, even ones at their own length.
     requests = [
         _raw(p, temperature=0, max_new_tokens=40, stop=[stop])
@@ -327,7 +319,8 @@ def test_8bit_rows_batch_within_the_documented_bound(engine_for: EngineFor, tiny
         ([400, 12, 10, 11], [[2, 3, 1], [0]]),  # the long prompt pads nobody: it goes last, alone
         ([5], [[0]]),
         ([], []),
-        ([10, 20, 20, 40], [[0], [1, 2], [3]]),
+        ([10, 20, 20, 40], [[0, 1, 2], [3]]),  # short ones padded together: under the slack
+        ([100, 200, 200, 400], [[0], [1, 2], [3]]),
     ],
 )
 def test_prefills_are_grouped_by_length_shortest_first(lengths: list[int], groups: list[list[int]]) -> None:

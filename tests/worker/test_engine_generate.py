@@ -10,6 +10,7 @@ import torch
 
 from shared.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedTaskError
 from shared.generation import EmbedRequest, GenerateRequest, GenerateResult, Message, SamplingParams
+from tests.support.generation import stop_candidate
 from tests.worker.conftest import EngineFor
 
 CHAT_FAMILIES = ["llama", "tinyllama", "mistral", "gemma", "gpt2", "gpt_neox", "gptj", "gpt_neo", "falcon",
@@ -93,20 +94,11 @@ def test_defaults_fill_unset_params_and_the_request_wins(engine_for: EngineFor) 
     assert engine.generate(_raw(max_new_tokens=3), defaults).completion_tokens == 3
 
 
-def _stop_candidate(text: str) -> str:
-    """A 3-character piece from the middle of `text`, printable, for use as a stop string."""
-    for start in range(4, len(text) - 3):
-        piece = text[start : start + 3]
-        if piece.isprintable() and "\ufffd" not in piece and piece.strip() == piece:
-            return piece
-    raise AssertionError(f"no stop candidate in {text!r}")
-
-
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "opt"])
 def test_stop_string_cuts_the_reply_before_it(engine_for: EngineFor, family: str) -> None:
     engine = engine_for(family)
     full = engine.generate(_raw(temperature=0, max_new_tokens=40)).text
-    stop = _stop_candidate(full)
+    stop = stop_candidate(full)
     result = engine.generate(_raw(temperature=0, max_new_tokens=40, stop=["never-there", stop]))
     assert result.text == full[: full.index(stop)]
     assert result.finish_reason == "stop"
