@@ -189,11 +189,10 @@ CORPUS: dict[str, Case] = {
     "load no model": Case("POST", LOAD, {}),
     "load unknown field": Case("POST", LOAD, {"model": CHAT_MODEL, "path": "/etc"}),
     "load bad quantization": Case("POST", LOAD, {"model": CHAT_MODEL, "quantization": "2bit"}),
-    "load bad device": Case("POST", LOAD, {"model": "a/b/c", "device": "gpu7; rm -rf /"}, 404,
-                            "model_not_found"),
-    "load device named like a command": Case("POST", LOAD, {"model": CHAT_MODEL, "device": "gpu7; rm -rf /"},
-                                             409, "conflict"),
-    "load on another device": Case("POST", LOAD, {"model": EMBED_MODEL, "device": "cuda:7"}, 409, "conflict"),
+    "load bad device": Case("POST", LOAD, {"model": "a/b/c", "device": "gpu7; rm -rf /"}),
+    "load device named like a command": Case("POST", LOAD, {"model": CHAT_MODEL, "device": "$(reboot)"}),
+    "load on a device not here": Case("POST", LOAD, {"model": EMBED_MODEL, "device": "cuda:7"}, 400,
+                                      "device_unavailable"),
     "load other quantization": Case("POST", LOAD, {"model": CHAT_MODEL, "quantization": "8bit"}, 409,
                                     "conflict"),
     "load absolute path": Case("POST", LOAD, {"model": "/etc"}),
@@ -277,7 +276,7 @@ def test_the_corpus_is_large_and_covers_every_route(locked: Locked) -> None:
     covered = {case.path.split("/dl-")[0].split("/api/downloads/")[0] for case in CORPUS.values()}
     for path in document["paths"]:
         stem = path.split("/{")[0]
-        assert path == "/health" or any(c.startswith(stem) for c in covered), path
+        assert stem.startswith("/health") or any(c.startswith(stem) for c in covered), path
 
 
 def test_models_still_answer_after_the_corpus(inference: httpx.Client) -> None:
