@@ -17,7 +17,7 @@ async def show(request: Request, state: State, model_id: str) -> ModelShown:
     mid = model_id.lstrip("/")
     check_model(state.manager, mid)
     shown = await model_admin.show_model(state.manager, mid)
-    # Where it lies on a host is for admins, as in /api/ps.
+    # Where the files lie on a host is for admins only.
     return shown if is_admin(request.scope) else msgspec.structs.replace(shown, path=None)
 
 
