@@ -27,7 +27,8 @@ from shared.processes import ChildProcess
 from shared.wire import WorkerLoad
 from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
-from tests.gateway.test_lifecycle import assert_openai_error, process_gone, wait_for
+from tests.support.checks import error_of as assert_openai_error
+from tests.support.checks import process_gone, wait_for
 
 VICTIM = "tiny/victim"
 EMBEDDER = "tiny/embedder"
@@ -95,6 +96,7 @@ def served(
     )
     url = proc.start(timeout=120)
     try:
+        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=30).status_code == 200, 120, "preloaded")
         yield Served(url, config_path, proc)
     finally:
         proc.stop()
