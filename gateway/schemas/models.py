@@ -8,7 +8,7 @@ ignored option.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -17,6 +17,8 @@ from shared import host_api
 from shared.host_api import WorkerState, WorkerStatus
 from shared.settings import Quantization
 
+# A value of a config file's default_parameters (JSON scalars, or a list of stop strings).
+ParameterValue = float | int | str | bool | list[str] | None
 CREATED = 1_700_000_000  # models have no creation time here; OpenAI requires one
 
 
@@ -39,7 +41,8 @@ class Model(Struct, kw_only=True):
     description: str | None = None
     default: bool = False
     # From the config file and the hosts' models_dir.
-    default_parameters: dict[str, Any] = {}
+    # The config entry's default_parameters as written: sampling values (numbers, stop strings, ...).
+    default_parameters: dict[str, ParameterValue] = {}
     downloaded: bool = False
     size_bytes: int = 0
 
