@@ -11,13 +11,16 @@ from litestar import Litestar
 from litestar.datastructures import State
 
 from gateway.auth import KeyGuard
+from gateway.disconnect import CancelOnDisconnect
 from gateway.docs_page import assets_router, openapi_config
 from gateway.errors import exception_handlers
 from gateway.limits import LimitedRequest
 from gateway.manager import AsyncModelManager
+from gateway.metrics import GatewayMetrics
 from gateway.middleware import GatewayMiddleware
 from gateway.openapi import publish_truthful_openapi
-from gateway.routes import chat, completions, embeddings, management, model_admin, models, responses
+from gateway.routes import chat, completions, embeddings, health, management, model_admin, models, responses
+from gateway.sse import StreamControl
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,30 +44,49 @@ ROUTES = [
     management.health,
     model_admin.show,
     model_admin.delete,
+    health.live,
+    health.ready,
+    health.metrics,
 ]
 
 
 def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> Litestar:
-    manager = manager or AsyncModelManager(settings)
+    metrics = GatewayMetrics()
+    manager = manager or AsyncModelManager(settings, metrics=metrics)
+    preloaded = not settings.preload
+    state = State({
+        "manager": manager,
+        "settings": settings,
+        "metrics": metrics,
+        "preloaded": preloaded,
+        "streams": StreamControl(settings.sse_keepalive_s),
+    })
+
+    async def preload() -> None:
+        results = await asyncio.gather(
+            *(manager.load_model(m) for m in settings.preload), return_exceptions=True
+        )
+        for model_id, result in zip(settings.preload, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("preloading %s failed: %s", model_id, result)
+        state.preloaded = True  # readiness: done, failed ones included (they say why in /api/ps)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await manager.start()
-        if settings.preload:
-            results = await asyncio.gather(
-                *(manager.load_model(m) for m in settings.preload), return_exceptions=True
-            )
-            for model_id, result in zip(settings.preload, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("preloading %s failed: %s", model_id, result)
+        # In the background: the gateway answers (live, not ready) while models load.
+        preloading = asyncio.ensure_future(preload()) if settings.preload else None
         try:
             yield
         finally:
+            if preloading is not None:
+                preloading.cancel()
+                await asyncio.gather(preloading, return_exceptions=True)
             await manager.close()
 
     app = Litestar(
         route_handlers=[*ROUTES, assets_router()],
-        state=State({"manager": manager, "settings": settings}),
+        state=state,
         request_class=LimitedRequest,  # JSON nested deeper than DUKAT_MAX_JSON_DEPTH is a 400
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
@@ -74,5 +96,5 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
     )
     publish_truthful_openapi(app, settings)
     # Outside litestar's router, so unknown routes get a request id and a log line too.
-    app.asgi_handler = GatewayMiddleware(app.asgi_handler)  # type: ignore[assignment]
+    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler))  # type: ignore[assignment]
     return app

@@ -1,19 +1,22 @@
 """Running the n choices (and, for completions, the prompts) of one request on a model worker.
 
-A request's generations run at most `max_batch` at a time: a large `n` (or a long prompt list)
-then queues behind itself instead of overflowing the worker's queue with a 429 no retry can fix.
-When one fails, the others are cancelled (their workers stop generating) and its error is raised.
+A request's generations are admitted together or refused together before any work starts: the
+worker gives the group its places at once (else a 429 whose Retry-After comes from its queue), and
+the group keeps them to its end; a group larger than the worker runs in waves of those places.
+When one generation fails, the others are cancelled (their workers stop generating) and its error
+is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.manager import AsyncModelManager
 from gateway.schemas import ChoiceEvent
-from shared.generation import GenerateRequest, GenerateResult
+from shared.generation import GenerateRequest, GenerateResult, SamplingParams
+from shared.wire_client import WorkerConnection
 
 
 async def generate_all(
@@ -23,14 +26,21 @@ async def generate_all(
     if len(requests) == 1:
         mid, result = await manager.generate_request(model, requests[0])
         return mid, [result]
-    mid, _ = await manager.ready_worker(model)  # load once, not n times concurrently
-    slots = asyncio.Semaphore(manager.settings.max_batch)
 
-    async def one(request: GenerateRequest) -> GenerateResult:
-        async with slots:
-            return (await manager.generate_request(mid, request))[1]
+    async def group(conn: WorkerConnection, defaults: SamplingParams | None) -> list[GenerateResult]:
+        ticket, places = await conn.admit(len(requests))
+        slots = asyncio.Semaphore(places)
 
-    return mid, await _all_or_none([one(r) for r in requests])
+        async def one(request: GenerateRequest) -> GenerateResult:
+            async with slots:
+                return await conn.generate(request, defaults, ticket)
+
+        try:
+            return await _all_or_none([one(r) for r in requests])
+        finally:
+            conn.release(ticket)
+
+    return await manager.on_worker(model, group)
 
 
 async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[GenerateResult]:
@@ -51,9 +61,15 @@ async def stream_all(
     if len(requests) == 1:
         mid, stream = await manager.stream_request(model, requests[0])
         return mid, _indexed(0, stream)
-    mid, _ = await manager.ready_worker(model)
-    streams = [(await manager.stream_request(mid, r))[1] for r in requests]
-    return mid, _merged(streams, manager.settings.max_batch)
+
+    async def admit(
+        conn: WorkerConnection, defaults: SamplingParams | None
+    ) -> tuple[WorkerConnection, SamplingParams | None, tuple[int, int]]:
+        return conn, defaults, await conn.admit(len(requests))  # before the stream: a refusal is a 429
+
+    mid, (conn, defaults, (ticket, places)) = await manager.on_worker(model, admit)
+    streams = [conn.stream(r, defaults, ticket) for r in requests]
+    return mid, _merged(streams, places, lambda: conn.release(ticket))
 
 
 async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> AsyncIterator[ChoiceEvent]:
@@ -65,7 +81,7 @@ async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> A
 
 
 async def _merged(
-    streams: list[AsyncIterator[str | GenerateResult]], at_once: int
+    streams: list[AsyncIterator[str | GenerateResult]], at_once: int, release: Callable[[], None]
 ) -> AsyncIterator[ChoiceEvent]:
     queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
     slots = asyncio.Semaphore(at_once)
@@ -95,3 +111,4 @@ async def _merged(
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, return_exceptions=True)
+        release()  # the places of streams that never started

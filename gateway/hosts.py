@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import secrets
 import time
 
 from gateway.host_client import HostClient
-from gateway.placement import place
-from shared.errors import DeviceUnavailableError, NoCapacityError
-from shared.host_api import HostState, WorkerState
+from gateway.placement import Need, no_room_message, offering, place
+from shared.errors import DeviceUnavailableError, DukatError, NoCapacityError
+from shared.host_api import EstimateCommand, HostState, WorkerState
 from shared.processes import ChildProcess
 from shared.settings import Settings
 
@@ -86,8 +87,9 @@ class HostDirectory:
     def client(self, url: str) -> HostClient:
         client = self._clients.get(url)
         if client is None:
-            timeout = self.settings.load_timeout_s + 60
-            client = self._clients[url] = HostClient(url, load_timeout=timeout, token=self.token)
+            s = self.settings
+            timeouts = {"load_timeout": s.load_timeout_s + 60, "state_timeout": s.host_state_timeout_s}
+            client = self._clients[url] = HostClient(url, token=self.token, **timeouts)
         return client
 
     async def states(self, *, fresh: bool = False) -> list[HostState]:
@@ -126,24 +128,40 @@ class HostDirectory:
 
     async def find(self, model_id: str, *, fresh: bool = False) -> tuple[HostState, WorkerState] | None:
         """The host and worker of `model_id`, if some host has one (in any status)."""
-        for host in await self.states(fresh=fresh):
-            for worker in host.models:
-                if worker.model_id == model_id:
-                    return host, worker
-        return None
+        found = await self.find_all(model_id, fresh=fresh)
+        return found[0] if found else None
 
-    async def pick(self, model_id: str, device: str) -> HostState:
-        """The host a new worker (or download) of `model_id` goes to."""
+    async def find_all(self, model_id: str, *, fresh: bool = False) -> list[tuple[HostState, WorkerState]]:
+        """Every replica of `model_id` (in any status), host by host."""
+        return [(h, w) for h in await self.states(fresh=fresh) for w in h.models if w.model_id == model_id]
+
+    async def pick(
+        self, model_id: str, device: str, need: Need | None = None, avoid: frozenset[str] = frozenset()
+    ) -> HostState:
+        """The host a new worker (or download) of `model_id` goes to: one with room for `need`
+        bytes, else one where idle models can be evicted; `avoid`: hosts holding a replica."""
         hosts = await self.states(fresh=True)
         if not hosts:
             raise NoCapacityError("no worker host is reachable")
-        host = place(model_id, hosts, device=device)
-        if host is None:
+        if not offering(hosts, device):
             offered = ", ".join(sorted({d.name for h in hosts for d in h.devices})) or "none"
             raise DeviceUnavailableError(
                 f'no worker host offers device {device!r} (offered: {offered}; or use "auto")', param="device"
             )
+        host = place(model_id, hosts, device=device, need=need, avoid=avoid)
+        if host is None:
+            raise NoCapacityError(no_room_message(model_id, hosts, need or {}, device))
         return host
+
+    async def need(self, cmd: EstimateCommand) -> Need:
+        """Bytes a load would take, by device kind, as a host estimates it from the files (empty when
+        no host has them yet: the host that downloads them checks again)."""
+        for host in await self.states():
+            with contextlib.suppress(DukatError):
+                estimate = await self.client(host.url).estimate(cmd)
+                if estimate.bytes_by_kind:
+                    return estimate.bytes_by_kind
+        return {}
 
     # ---- download job ids: "<host index>.<host's job id>" when there are several hosts ----------
 

@@ -66,8 +66,8 @@ class LimitedRequest(Request[Any, Any, Any]):
             return msgspec.json.decode(body, type=data.annotation)
         except msgspec.ValidationError as exc:
             error = exc
-        except msgspec.DecodeError:
-            return await super().json()  # not JSON (or not UTF-8): litestar's own 400 says so
+        except msgspec.DecodeError as exc:
+            raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
         # JSON Schema counts 2.0 as an integer: take integral numbers where integers are expected.
         try:
             return msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation)

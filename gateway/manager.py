@@ -10,23 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import get_args
+from typing import TypeVar, get_args
 
 import msgspec
 
+from gateway import replicas
 from gateway.hosts import HostDirectory
+from gateway.metrics import GatewayMetrics
 from gateway.model_admin import not_here, shown_quantization
 from gateway.schemas.models import CREATED, LoadedModel, Model, owner_of
 from shared.errors import (
+    DukatError,
     InvalidRequestError,
     ModelLoadFailedError,
     ModelNotLoadedError,
+    NoCapacityError,
     NotFoundError,
     UnsupportedModelTypeError,
     UnsupportedTaskError,
     WorkerFailedError,
+    WorkerUnreachableError,
     error_from_code,
 )
 from shared.generation import (
@@ -37,7 +43,15 @@ from shared.generation import (
     SamplingParams,
     params_from_mapping,
 )
-from shared.host_api import DownloadCommand, DownloadJob, LoadCommand, LocalModel, WorkerState
+from shared.host_api import (
+    DownloadCommand,
+    DownloadJob,
+    EstimateCommand,
+    LoadCommand,
+    LocalModel,
+    WorkerState,
+)
+from shared.keep_alive import parse_keep_alive
 from shared.model_config import ConfigStore, ModelEntry
 from shared.model_ids import is_explicit_path
 from shared.model_types import Task, get_model_type
@@ -45,18 +59,21 @@ from shared.settings import Quantization, Settings
 from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AsyncModelManager:
     """Lives on one event loop: its host clients and worker connections are bound to it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         Path(settings.models_dir).mkdir(parents=True, exist_ok=True)
         self.config = ConfigStore(Path(settings.config_path))
         self.config.read()  # created when missing; an invalid file fails here, loudly
         self.hosts = HostDirectory(settings)
         self._workers: dict[str, WorkerConnection] = {}
+        self._replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
 
     async def start(self) -> None:
@@ -68,11 +85,29 @@ class AsyncModelManager:
         await asyncio.gather(*(c.close() for c in workers), return_exceptions=True)
         await self.hosts.close()
 
-    def _worker(self, address: str) -> WorkerConnection:
+    def _worker(self, worker: WorkerState) -> WorkerConnection:
+        address = worker.address or ""
         conn = self._workers.get(address)
         if conn is None:
-            conn = self._workers[address] = WorkerConnection(address, token=self.hosts.token)
+            s = self.settings
+            conn = self._workers[address] = WorkerConnection(
+                address,
+                token=self.hosts.token,
+                request_timeout_s=s.request_timeout_s,
+                first_token_timeout_s=s.first_token_timeout_s,
+                observer=self.metrics.for_model(worker.model_id) if self.metrics else None,
+            )
         return conn
+
+    async def in_flight(self) -> dict[str, int]:
+        """Requests this gateway has on each model's workers."""
+        counts: dict[str, int] = {}
+        models = {w.address: w.model_id for h in await self.hosts.states() for w in h.models}
+        for address, conn in self._workers.items():
+            model_id = models.get(address)
+            if model_id is not None:
+                counts[model_id] = counts.get(model_id, 0) + conn.in_flight
+        return counts
 
     @contextlib.contextmanager
     def _seeing_failures(self) -> Iterator[None]:
@@ -114,8 +149,8 @@ class AsyncModelManager:
 
     def _register(self, model_id: str, quantization: str | None = None) -> None:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
-        if model_id in self.config.view().models:
-            return
+        if model_id in self.config.view().models or self.config.problem:
+            return  # a broken file refuses writes; the model works without its entry
         # No quantization recorded for a plain download: the setting's default decides at load time.
         entry = ModelEntry(description="", quantization=quantization)  # type: ignore[arg-type]
         self.config.set_entry(model_id, entry)
@@ -135,16 +170,24 @@ class AsyncModelManager:
     # ---- load and unload --------------------------------------------------------------------
 
     async def load_model(
-        self, model_id: str, quantization: str | None = None, device: str | None = None
+        self,
+        model_id: str,
+        quantization: str | None = None,
+        device: str | None = None,
+        *,
+        replicas: int | None = None,
+        request_id: str = "",
     ) -> LoadedModel:
-        """Load `model_id` on the host that has it, else on the one placement picks. Whether this
-        is a repeat (joined) or a conflict is the host's call: it is the one that knows."""
+        """Load `model_id`: `replicas` workers (default: the config file's, else one), each on another
+        host, placed where there is room for its estimated memory. Whether a load joins a worker
+        already there, or is a conflict, is the host's call: it is the one that knows."""
         if quantization is not None and quantization not in get_args(Quantization):
             # The Python API's check; over HTTP the request schema says the same first.
             raise InvalidRequestError(
                 f"quantization must be '4bit', '8bit' or 'none', not {quantization!r}", param="quantization"
             )
         entry = self.config.read().models.get(model_id)
+        keep_alive = parse_keep_alive(entry.keep_alive) if entry and entry.keep_alive is not None else None
         cmd = LoadCommand(
             model_id=model_id,
             quantization=quantization,  # type: ignore[arg-type]
@@ -152,45 +195,112 @@ class AsyncModelManager:
             default_quantization=entry.quantization if entry else None,
             default_device=self.settings.device_map,
             model_type=entry.model_type if entry else None,
+            keep_alive_s=keep_alive,
+            request_id=request_id,
             gguf_file=entry.gguf_file if entry else None,
         )
-        found = await self.hosts.find(model_id, fresh=True)
-        host = found[0] if found else await self.hosts.pick(model_id, device or cmd.default_device)
+        found = [
+            h for h, w in await self.hosts.find_all(model_id, fresh=True) if w.status in ("loading", "loaded")
+        ]
+        wanted = replicas or (entry.replicas if entry and entry.replicas else 1)
+        hosts = found[: max(wanted, 1)]
+        if len(hosts) < wanted:
+            quant = cmd.quantization or cmd.default_quantization
+            asked = EstimateCommand(
+                model_id=model_id, quantization=quant, model_type=cmd.model_type, gguf_file=cmd.gguf_file
+            )
+            need = await self.hosts.need(asked)
+            avoid = frozenset(h.url for h in found)
+            while len(hosts) < wanted:
+                try:
+                    host = await self.hosts.pick(model_id, device or cmd.default_device, need, avoid)
+                except NoCapacityError:
+                    if hosts:  # fewer replicas than asked: serve with what fits
+                        break
+                    raise
+                avoid |= {host.url}
+                hosts.append(host)
+        results = await asyncio.gather(*(self._load_on(h.url, cmd) for h in hosts), return_exceptions=True)
+        loaded = [r for r in results if isinstance(r, LoadedModel)]
+        if not loaded:
+            raise next(r for r in results if isinstance(r, BaseException))
+        self._register(model_id, quantization or cmd.default_quantization)
+        return loaded[0]
+
+    async def _load_on(self, url: str, cmd: LoadCommand) -> LoadedModel:
+        asked_at = time.time()
         try:
-            state = await self.hosts.client(host.url).load(cmd)
+            state = await self.hosts.client(url).load(cmd)
         finally:
             self.hosts.invalidate()
-        self._register(model_id, quantization or cmd.default_quantization)
-        return loaded_model(state, host.url)
+        if self.metrics is not None and state.started_at >= asked_at - 1.0:  # a load, not a repeat
+            self.metrics.load_duration.labels(cmd.model_id).observe(state.load_seconds)
+        return loaded_model(state, url)
 
     async def unload_model(self, model_id: str) -> None:
-        found = await self.hosts.find(model_id, fresh=True)
-        if found is None:
+        found = await self.hosts.find_all(model_id, fresh=True)
+        if not found:
             raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
-        try:
-            await self.hosts.client(found[0].url).unload(model_id)
-        finally:
-            self.hosts.invalidate()
-        conn = self._workers.pop(found[1].address or "", None)
-        if conn is not None:
-            await conn.close()
+        for host, worker in found:
+            try:
+                await self.hosts.client(host.url).unload(model_id)
+            finally:
+                self.hosts.invalidate()
+            conn = self._workers.pop(worker.address or "", None)
+            if conn is not None:
+                await conn.close()
 
     async def ready_worker(self, model_id: str | None) -> tuple[str, WorkerState]:
-        """The loaded worker of `model_id` (or the default), loading it first when allowed."""
+        """A loaded worker of `model_id` (or the default), loading it first when allowed."""
+        mid, workers = await self.ready_workers(model_id)
+        return mid, workers[0]
+
+    async def ready_workers(
+        self, model_id: str | None, request_id: str = ""
+    ) -> tuple[str, list[WorkerState]]:
+        """The loaded replicas of `model_id` (or the default), loading one first when allowed; missing
+        replicas (fewer than the config file asks, a host lost) are loaded in the background."""
         mid = self.resolve_id(model_id)
-        found = await self.hosts.find(mid)
-        if found and found[1].status == "loaded":
-            return mid, found[1]
-        if found and found[1].status == "failed":
-            w = found[1]
+        found = [w for _, w in await self.hosts.find_all(mid)]
+        loaded = [w for w in found if w.status == "loaded"]
+        if loaded:
+            self._replicate(mid, len(found), request_id)
+            return mid, loaded
+        failed = next((w for w in found if w.status == "failed"), None)
+        # With auto-load on, a failed model gets a fresh load (the host starts it anew).
+        if failed is not None and len(found) == 1 and not self.settings.auto_load:
             raise ModelLoadFailedError(
-                f"model {mid!r} failed: {w.error}; load it again with POST /api/models/load", param="model"
+                f"model {mid!r} failed: {failed.error}; load it again with POST /api/models/load",
+                param="model",
             )
-        if found is None and not await self.is_known(mid):
+        if not found and not await self.is_known(mid):
             raise not_here(mid)
-        if found is None and not self.settings.auto_load:
+        if not found and not self.settings.auto_load:
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
-        return mid, await self.load_model(mid)
+        waiting = self.metrics.waiting.labels(mid) if self.metrics else None
+        if waiting is not None:
+            waiting.inc()
+        try:
+            await self.load_model(mid, request_id=request_id)
+        finally:
+            if waiting is not None:
+                waiting.dec()
+        found = [w for _, w in await self.hosts.find_all(mid)]
+        return mid, [w for w in found if w.status == "loaded"] or found
+
+    def _replicate(self, model_id: str, have: int, request_id: str) -> None:
+        entry = self.config.view().models.get(model_id)
+        if not entry or not entry.replicas or have >= entry.replicas:
+            return
+        task = self._replicating.get(model_id)
+        if task is None or task.done():
+            self._replicating[model_id] = asyncio.ensure_future(self._load_missing(model_id, request_id))
+
+    async def _load_missing(self, model_id: str, request_id: str) -> None:
+        try:
+            await self.load_model(model_id, request_id=request_id)
+        except DukatError as exc:
+            log.warning("loading more replicas of %s failed: %s rid=%s", model_id, exc.message, request_id)
 
     # ---- downloads ----------------------------------------------------------------------------
 
@@ -232,23 +342,87 @@ class AsyncModelManager:
 
     # ---- serving ------------------------------------------------------------------------------
 
+    async def on_worker(
+        self,
+        model_id: str | None,
+        call: Callable[[WorkerConnection, SamplingParams | None], Awaitable[T]],
+        request_id: str = "",
+    ) -> tuple[str, T]:
+        """`call(connection, the model's default parameters)` on the least busy replica; once more
+        on another replica, or on the replacement of a worker that cannot be reached (it died
+        between requests), when it failed before anything was sent."""
+        mid, workers = await self.ready_workers(model_id, request_id)
+        defaults = self.defaults_for(mid)
+        order = replicas.by_load(workers, self._worker) or workers
+        with self._seeing_failures():
+            try:
+                return mid, await call(self._worker(order[0]), defaults)
+            except replicas.RETRYABLE as exc:
+                other = await self._other(mid, order, exc, request_id)
+            return mid, await call(self._worker(other), defaults)
+
+    async def _other(
+        self, model_id: str, order: list[WorkerState], exc: DukatError, request_id: str
+    ) -> WorkerState:
+        """Where a request that failed on `order[0]` before its first byte goes: the next replica,
+        else (the worker is gone) its replacement; else `exc` stands."""
+        if len(order) > 1:
+            replicas.retrying(order[0], exc, request_id)
+            return order[1]
+        if isinstance(exc, WorkerUnreachableError):
+            return await self._replacement(model_id, order[0])
+        raise exc
+
+    async def _replacement(self, model_id: str, gone: WorkerState) -> WorkerState:
+        """The worker serving `model_id` now that `gone` cannot be reached: the one its host restarts
+        (waiting for its load), or a fresh load. The host notices a death at once; a worker it
+        still reports after a while is alive, and unreachable for another reason."""
+        for _ in range(20):
+            found = await self.hosts.find(model_id, fresh=True)
+            if found is None or found[1].status != "loaded" or found[1].address != gone.address:
+                return (await self.ready_worker(model_id))[1]
+            await asyncio.sleep(0.1)
+        raise WorkerUnreachableError(f"the model worker of {model_id!r} at {gone.address} cannot be reached")
+
     async def generate_request(
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, GenerateResult]:
-        mid, worker = await self.ready_worker(model_id)
-        with self._seeing_failures():
-            return mid, await self._worker(worker.address or "").generate(request, self.defaults_for(mid))
+        return await self.on_worker(
+            model_id, lambda conn, defaults: conn.generate(request, defaults), request.request_id
+        )
 
     async def stream_request(
         self, model_id: str | None, request: GenerateRequest
     ) -> tuple[str, AsyncIterator[str | GenerateResult]]:
-        mid, worker = await self.ready_worker(model_id)
-        return mid, self._worker(worker.address or "").stream(request, self.defaults_for(mid))
+        mid, workers = await self.ready_workers(model_id, request.request_id)
+        return mid, self._stream(mid, workers, request)
 
-    async def embed(self, model_id: str | None, inputs: list[str | list[int]]) -> tuple[str, EmbedResult]:
-        mid, worker = await self.ready_worker(model_id)
-        with self._seeing_failures():
-            return mid, await self._worker(worker.address or "").embed(EmbedRequest(inputs=inputs))
+    async def _stream(
+        self, mid: str, workers: list[WorkerState], request: GenerateRequest
+    ) -> AsyncIterator[str | GenerateResult]:
+        defaults = self.defaults_for(mid)
+        order = replicas.by_load(workers, self._worker) or workers
+        stream = self._worker(order[0]).stream(request, defaults)
+        try:
+            with self._seeing_failures():
+                try:
+                    first = await anext(stream)
+                except replicas.RETRYABLE as exc:  # nothing was sent: another replica may have it
+                    await stream.aclose()  # type: ignore[attr-defined]
+                    other = await self._other(mid, order, exc, request.request_id)
+                    stream = self._worker(other).stream(request, defaults)
+                    first = await anext(stream)
+                yield first
+                async for item in stream:
+                    yield item
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def embed(
+        self, model_id: str | None, inputs: list[str | list[int]], keep_alive: float | None = None
+    ) -> tuple[str, EmbedResult]:
+        request = EmbedRequest(inputs=inputs, keep_alive=keep_alive)
+        return await self.on_worker(model_id, lambda conn, _: conn.embed(request))
 
     # ---- the default model and listings -------------------------------------------------------
 

@@ -74,15 +74,15 @@ async def show_model(manager: AsyncModelManager, model_id: str) -> ModelShown:
 
 
 async def delete_model(manager: AsyncModelManager, model_id: str) -> DeletedModel:
-    found = await manager.hosts.find(model_id, fresh=True)
-    if found is not None and found[1].status in ("loading", "loaded", "stopping"):
-        raise ConflictError(
-            f"model {model_id!r} is {found[1].status}; unload it first: dukat stop {model_id}", param="model"
-        )
     config = manager.config.read()
     if model_id == (config.default_model or manager.settings.default_model):
         raise ConflictError(
             f"model {model_id!r} is the default model; set another first: dukat default OTHER", param="model"
+        )
+    found = await manager.hosts.find(model_id, fresh=True)
+    if found is not None and found[1].status in ("loading", "loaded", "stopping"):
+        raise ConflictError(
+            f"model {model_id!r} is {found[1].status}; unload it first: dukat stop {model_id}", param="model"
         )
     freed, deleted = 0, False
     for host in await manager.hosts.states(fresh=True):

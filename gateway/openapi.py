@@ -39,7 +39,7 @@ _REASONS = {
     429: "The model worker's queue is full (Retry-After)",
     500: "A bug (logged with its traceback)",
     502: "A worker process or the hub failed",
-    503: "The model failed to load, is not loaded, or no host has room (Retry-After)",
+    503: "The model failed to load, is not loaded, or no host has room (Retry-After); not ready",
     504: "Timed out",
     507: "Not enough free space for the model",
 }
@@ -50,7 +50,6 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/completions"): (400, 413, *_REACHES_A_MODEL),
     ("post", "/v1/embeddings"): (400, 413, *_REACHES_A_MODEL),
     ("post", "/v1/responses"): (400, 413, *_REACHES_A_MODEL),
-    ("get", "/v1/responses/{response_id}"): (400,),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
@@ -64,6 +63,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/health"): (),
     ("get", "/api/models/{model_id}"): (400, 404, 502),
     ("post", "/api/models/delete"): (400, 404, 409, 413, 502),
+    ("get", "/health/live"): (),
+    ("get", "/health/ready"): (503,),
 }
 # The chunks of a stream, per route (an event's `data`).
 _CHUNKS: dict[tuple[str, str], Any] = {
@@ -190,12 +191,14 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
     _bound(components, "CompletionRequest", "best_of", "integer", maximum=n_max)
     text = {"type": "string", "maxLength": settings.max_prompt_chars}
     prompts = {"type": "array", "minItems": 1, "maxItems": settings.max_generations, "items": text}
-    if "CompletionRequest" in components:  # token-id prompts are refused
-        components["CompletionRequest"]["properties"]["prompt"] = {"anyOf": [text, prompts]}
+    token = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
+    ids = {"type": "array", "minItems": 1, "maxItems": settings.max_prompt_chars, "items": token}
+    if "CompletionRequest" in components:
+        # Texts or token ids (one list, or a list of lists), never mixed; no empty list.
+        many_ids = {"type": "array", "minItems": 1, "maxItems": settings.max_generations, "items": ids}
+        components["CompletionRequest"]["properties"]["prompt"] = {"anyOf": [text, prompts, ids, many_ids]}
     if "EmbeddingRequest" in components:
         # Strings or token-id arrays, never mixed; no empty list, no empty array.
-        token = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
-        ids = {"type": "array", "minItems": 1, "maxItems": settings.max_prompt_chars, "items": token}
         many = {"minItems": 1, "maxItems": settings.max_embedding_inputs, "type": "array"}
         components["EmbeddingRequest"]["properties"]["input"] = {
             "anyOf": [text, {**many, "items": text}, ids, {**many, "items": ids}]
@@ -230,37 +233,42 @@ def _model_id_path_parameter(document: dict[str, Any], settings: Settings) -> No
 def _apply_refusals(components: dict[str, Any]) -> None:
     """What the decoders take only to refuse with a clear message (a 400 naming the field) is left out
     of the document: it is not an accepted value. Keep in step with the `check()`s of the schemas and
-    with shared/prompts.py."""
+    with shared/prompts.py and gateway/schemas/tools.py."""
     message = components.get("Message")
     if message is not None:
-        # No role "tool" (Dukat calls no tools); content required except on an assistant turn.
+        # Content required except on an assistant turn (tool calls) or a tool result.
         props = message["properties"]
-        roles = [r for r in props["role"]["enum"] if r != "tool"]
-        speaking = [r for r in roles if r != "assistant"]
-        props["role"] = {"enum": roles}
+        speaking = [r for r in props["role"]["enum"] if r not in ("assistant", "tool", "function")]
         message["anyOf"] = [
-            {"properties": {"role": {"const": "assistant"}}},
+            {"properties": {"role": {"enum": ["assistant", "tool", "function"]}}},
             {"properties": {"role": {"enum": speaking}, "content": {"not": {"type": "null"}}},
              "required": ["content"]},
         ]
     if "TextPart" in components:
         components["TextPart"]["properties"]["type"] = {"const": "text", "default": "text"}
-    chat = components.get("ChatCompletionRequest", {}).get("properties", {})
-    if chat:
-        chat["logprobs"] = {"anyOf": [{"const": False}, {"type": "null"}], "default": None}
-        chat["response_format"] = {
-            "anyOf": [{"type": "object", "properties": {"type": {"const": "text"}}}, {"type": "null"}],
-            "default": None,
-        }
+    if "ChatCompletionRequest" in components:
+        # top_logprobs only with logprobs: true.
         components["ChatCompletionRequest"]["anyOf"] = [
-            {"properties": {"tools": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}},
-            {"properties": {"tool_choice": {"const": "none"}}, "required": ["tool_choice"]},
+            {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+            {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
         ]
+    if "ResponseFormat" in components:
+        # json_schema needs its json_schema.
+        components["ResponseFormat"]["anyOf"] = [
+            {"properties": {"type": {"enum": ["text", "json_object"]}}},
+            {
+                "properties": {"json_schema": {"$ref": REF.format(name="JsonSchemaFormat")}},
+                "required": ["json_schema"],
+            },
+        ]
+    responses = components.get("CreateResponseRequest", {}).get("properties", {})
+    for stateful in ("previous_response_id", "conversation"):  # stateless: only null
+        if stateful in responses:
+            responses[stateful] = {"type": "null", "default": None}
     completion = components.get("CompletionRequest", {}).get("properties", {})
     if completion:
         empty = {"type": "string", "maxLength": 0}  # a suffix is refused; "" is no suffix
         completion["suffix"] = {"anyOf": [empty, {"type": "null"}], "default": None}
-        completion["logprobs"] = {"type": "null", "default": None}
 
 
 def _bound(components: dict[str, Any], name: str, field: str, kind: str, **bounds: int | str) -> None:

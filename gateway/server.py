@@ -34,5 +34,9 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     url = public_url(settings.host, sock.getsockname()[1])
     banner = usage_text(url) if demo else serving_text(url)
     announce_when_ready(url, banner + cli_hint(chat_model))
-    serve(create_app(settings), sock, ready_prefix=READY, log_level=settings.log_level)
+    app = create_app(settings)
+    serve(
+        app, sock, ready_prefix=READY, log_level=settings.log_level,
+        grace_s=settings.shutdown_timeout_s, on_grace_over=app.state.streams.close_all,
+    )
     return 0

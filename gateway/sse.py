@@ -4,30 +4,78 @@ A stream is opened by awaiting its first item, so a failure before anything was 
 model, full queue) raises in the route and becomes a plain HTTP error. A failure after that sends
 one error event, `data: {"error": {...}}`, then `data: [DONE]`: the openai SDK raises `APIError`
 with that message when an event's data has an `error` key.
+
+A stream silent for `keepalive_s` (a long prompt, a slow model) gets a `: keep-alive` comment, which
+clients ignore and proxies count as traffic. When the server shuts down and its grace period is
+over, the streams still open end with an error event and `[DONE]` (`StreamControl.close_all`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import msgspec
+from litestar import Request
 from litestar.response import Stream
 
-from shared.errors import DukatError, ErrorBody, ErrorDetail, InternalError
+from shared.errors import DukatError, ErrorBody, ErrorDetail, InternalError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 
 DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
 MEDIA_TYPE = "text/event-stream"
 # Proxies (nginx) must pass events through as they come.
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _INTERNAL_MESSAGE = "The server had an error while streaming the response; the server log has the details."
 _NOTHING = object()
+_END = object()
+_SHUTDOWN = object()
+
+
+class StreamControl:
+    """The app's open streams: their keep-alive period, and the shutdown that ends them."""
+
+    def __init__(self, keepalive_s: float | None = None) -> None:
+        self.keepalive_s = keepalive_s
+        self._queues: set[asyncio.Queue[Any]] = set()
+
+    def close_all(self) -> None:
+        """End every open stream (after what it already has) with an error event and [DONE]."""
+        for queue in self._queues:
+            queue.put_nowait(_SHUTDOWN)
+
+    @contextlib.asynccontextmanager
+    async def pumped(self, iterator: AsyncIterator[Any]) -> AsyncIterator[asyncio.Queue[Any]]:
+        """The items of `iterator` arriving in a queue (then `_END`, or the exception that ended
+        it), so a reader can wait with a timeout without cancelling the source's own await."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(_pump(iterator, queue))
+        self._queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.discard(queue)
+            task.cancel()  # inside the source, the cancel runs its cleanup (the worker's Cancel)
+            await asyncio.gather(task, return_exceptions=True)
+            await _aclose(iterator)
+
+
+async def _pump(iterator: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:
+    try:
+        async for item in iterator:
+            queue.put_nowait(item)
+    except Exception as exc:
+        queue.put_nowait(exc)
+    else:
+        queue.put_nowait(_END)
 
 
 def encode_event(item: Any) -> bytes:
@@ -62,12 +110,27 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-async def _events(first: Any, iterator: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+async def _events(
+    first: Any, iterator: AsyncIterator[Any], control: StreamControl
+) -> AsyncIterator[bytes]:
     try:
         if first is not _NOTHING:
             yield encode_event(first)
-            async for item in iterator:
-                yield encode_event(item)
+            async with control.pumped(iterator) as queue:
+                while True:
+                    try:
+                        async with asyncio.timeout(control.keepalive_s):
+                            item = await queue.get()
+                    except TimeoutError:
+                        yield KEEPALIVE
+                        continue
+                    if item is _END:
+                        break
+                    if item is _SHUTDOWN:
+                        raise ShuttingDownError("the server is shutting down; retry the request")
+                    if isinstance(item, Exception):
+                        raise item
+                    yield encode_event(item)
     except Exception as exc:
         yield _failure_event(exc)
     finally:
@@ -75,7 +138,18 @@ async def _events(first: Any, iterator: AsyncIterator[Any]) -> AsyncIterator[byt
     yield DONE
 
 
-async def open_events(items: AsyncIterable[Any]) -> AsyncIterator[bytes]:
+class _Events:
+    """An opened stream's SSE bytes; the response binds it to its app's StreamControl."""
+
+    def __init__(self, first: Any, iterator: AsyncIterator[Any]) -> None:
+        self.first, self.iterator = first, iterator
+        self.control = StreamControl()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _events(self.first, self.iterator, self.control)
+
+
+async def open_events(items: AsyncIterable[Any]) -> _Events:
     """The SSE bytes of `items`, ending with `[DONE]`. Awaits the first item before returning, so a
     failure before it raises here (call this in the route, before building the response)."""
     iterator = aiter(items)
@@ -86,16 +160,19 @@ async def open_events(items: AsyncIterable[Any]) -> AsyncIterator[bytes]:
     except BaseException:
         await _aclose(iterator)
         raise
-    return _events(first, iterator)
+    return _Events(first, iterator)
 
 
 class EventStream(Stream):
     """A `Stream` that stays `text/event-stream`: litestar lets the route's media type (JSON for a
     route annotated `-> SomeStruct | Stream`) override the response's own."""
 
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+    def to_asgi_response(self, app: Any, request: Request, **kwargs: Any) -> Any:
         kwargs["media_type"] = MEDIA_TYPE
-        return super().to_asgi_response(*args, **kwargs)
+        control = request.app.state.get("streams")
+        if isinstance(self.iterator, _Events) and isinstance(control, StreamControl):
+            self.iterator.control = control  # the app's keep-alive period and shutdown
+        return super().to_asgi_response(app, request, **kwargs)
 
 
 async def sse_stream(items: AsyncIterable[Any], headers: dict[str, str] | None = None) -> EventStream:

@@ -29,13 +29,16 @@ class DukatError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
-    # Seconds a client should wait before retrying (sent as Retry-After), for 429/503.
-    retry_after: ClassVar[int | None] = None
+    # Seconds a client should wait before retrying (sent as Retry-After), for 429/503: the class's
+    # default, or what the raiser knows better (a worker's queue).
+    retry_after: int | None = None
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def detail(self) -> ErrorDetail:
         return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
@@ -190,6 +193,12 @@ class WorkerFailedError(DukatError):
     code = "worker_failed"
 
 
+class WorkerUnreachableError(WorkerFailedError):
+    """No connection to the model worker: the request never reached it (safe to send elsewhere)."""
+
+    code = "worker_unreachable"
+
+
 class ModelNotLoadedError(DukatError):
     status = 503
     type = "server_error"
@@ -201,6 +210,21 @@ class ModelLoadFailedError(DukatError):
     status = 503
     type = "server_error"
     code = "model_load_failed"
+
+
+class ShuttingDownError(DukatError):
+    """The server is stopping: what was still running when its grace period ended."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+    retry_after = 1
+
+
+class ModelOutOfMemoryError(ModelLoadFailedError):
+    """A load ran out of device memory (or the kernel's OOM killer ended the worker)."""
+
+    code = "out_of_memory"
 
 
 class NoCapacityError(DukatError):
@@ -235,9 +259,11 @@ def _all_subclasses(cls: type[DukatError]) -> list[type[DukatError]]:
 ERRORS_BY_CODE: dict[str, type[DukatError]] = {c.code: c for c in _all_subclasses(DukatError)}
 
 
-def error_from_code(code: str | None, message: str, param: str | None = None) -> DukatError:
+def error_from_code(
+    code: str | None, message: str, param: str | None = None, retry_after: int | None = None
+) -> DukatError:
     cls = ERRORS_BY_CODE.get(code or "", InternalError)
-    return cls(message, param=param)
+    return cls(message, param=param, retry_after=retry_after)
 
 
 # A framework's own HTTP errors (unknown route, wrong method, body too large, ...) by status. The one

@@ -138,6 +138,8 @@ class GenerateRequest(Struct, kw_only=True):
     logprobs: int | None = None
     # The prompt's tokens and logprobs too (completions' echo), the first one null.
     echo: bool = False
+    # Seconds the model stays loaded after this request (negative: forever); None: its default.
+    keep_alive: float | None = None
 
 
 class Timings(Struct, kw_only=True):
@@ -179,6 +181,7 @@ class EmbedRequest(Struct, kw_only=True):
     # Strings, or token-id arrays (OpenAI lets clients send pre-tokenized input).
     inputs: list[str | list[int]]
     request_id: str = ""
+    keep_alive: float | None = None
 
 
 class EmbedResult(Struct, kw_only=True):

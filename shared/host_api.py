@@ -34,12 +34,30 @@ class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     # The config file's override of the inferred type.
     model_type: str | None = None
     revision: str | None = None
+    # Seconds the model stays loaded when idle (negative: forever); None: the host's DUKAT_KEEP_ALIVE.
+    keep_alive_s: float | None = None
+    request_id: str = ""  # of the request that caused the load, for the host's log line
     # The config entry's `gguf_file`: which .gguf of the model's folder to load (or an absolute path).
     gguf_file: str | None = None
 
 
+class EstimateCommand(Struct, kw_only=True, forbid_unknown_fields=True):
+    model_id: str
+    quantization: Quantization | None = None
+    model_type: str | None = None
+    gguf_file: str | None = None
+
+
+class LoadEstimate(Struct, kw_only=True):
+    """Bytes a load would take, by device kind ("cpu", "cuda"); empty when the files are not here."""
+
+    quantization: str | None = None
+    bytes_by_kind: dict[str, int] = {}
+
+
 class UnloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     model_id: str
+    request_id: str = ""
 
 
 class DownloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -89,10 +107,25 @@ class WorkerState(Struct, kw_only=True):
     error_code: str | None = None
     # The worker's last log lines, to tell why it failed.
     log_tail: list[str] = []
+    # What the host set aside for it before the load (shared/memory_estimate.py).
+    estimated_bytes: int = 0
+    # The keep-alive in force (negative: forever, i.e. pinned): the last request's, else the load's.
+    keep_alive_s: float | None = None
+    # Times the host restarted this worker after it died or hung, and why it last did.
+    restarts: int = 0
+    last_restart_reason: str | None = None
+    # The worker's own counters as of its last ping: requests queued or generating, and totals.
+    in_flight: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    idle_s: float = 0.0
+    last_used_at: float = 0.0  # wall clock: least recently used models are evicted first
 
 
 class DeviceState(Struct, kw_only=True):
     name: str  # "cpu" or "cuda:N"
+    # What the host offers (capped by DUKAT_HOST_MEMORY_BYTES) and what is left of it, loads in
+    # progress already taken off.
     total_memory: int
     free_memory: int
     models: list[str] = []
@@ -104,6 +137,8 @@ class HostState(Struct, kw_only=True):
     devices: list[DeviceState]
     models: list[WorkerState]
     downloads: list[DownloadJob] = []
+    # DUKAT_MAX_LOADED_MODELS of this host (0: no limit).
+    max_loaded_models: int = 0
 
 
 class LocalModel(Struct, kw_only=True):

@@ -8,30 +8,37 @@ The seed's format, exactly:
      "default_model": "<id>" | null}
 
 Keys a user added that Dukat does not know (top level, in entries, in default_parameters) are
-kept on rewrite. An invalid file is an `InvalidConfigError` naming the file and the field, never a
-silent reset. Writes are read-modify-write under a file lock, through a temp file in the same folder
-and `os.replace`, so readers see the old file or the new one, nothing in between.
+kept on rewrite. An invalid file is an `InvalidConfigError` naming the field, never a silent reset:
+at start-up it stops the server (naming the file); broken later by an edit, the last good config
+stays in force, the log says why, `problem` tells the API, and writes are refused until it is
+fixed (clients never see the file's path). Writes are read-modify-write under a file lock, through a
+temp file in the same folder and `os.replace`, so readers see the old file or the new one.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import filelock
 import msgspec
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 from shared.errors import DukatError, InternalError, InvalidConfigError
 from shared.files import atomic_write
 from shared.generation import SamplingParams, params_from_mapping
+from shared.keep_alive import parse_keep_alive
 from shared.model_types import get_model_type
 from shared.settings import QUANTIZATIONS, Quantization
 
+log = logging.getLogger(__name__)
+# How errors that may reach a client name the file (its path is the operator's business).
+_CLIENT_NAME = "file"
 LOCK_TIMEOUT_S = 60.0
 
 
@@ -44,6 +51,11 @@ class ModelEntry(Struct, kw_only=True):
     model_type: str | None = None
     # Which .gguf file of the model's folder to load (or an absolute path); see worker/gguf.py.
     gguf_file: str | None = None
+    # How long the model stays loaded when idle (Ollama's keep_alive: "5m", seconds, 0, -1 = forever);
+    # None: DUKAT_KEEP_ALIVE.
+    keep_alive: str | float | None = None
+    # Workers serving the model, each on another host where there are several; None: one.
+    replicas: Annotated[int, Meta(ge=1)] | None = None
     # Keys of the entry Dukat does not know, written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -58,7 +70,9 @@ class ModelConfig(Struct, kw_only=True):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_ENTRY_FIELDS = ("description", "quantization", "default_parameters", "model_type", "gguf_file")
+_ENTRY_FIELDS = (
+    "description", "quantization", "default_parameters", "model_type", "gguf_file", "keep_alive", "replicas"
+)  # fmt: skip
 _TOP_FIELDS = ("models", "default_model")
 
 
@@ -132,6 +146,11 @@ def _check_entry(where: str, entry: ModelEntry) -> None:
             get_model_type(entry.model_type)
         except DukatError as exc:
             raise _FieldError(f"{where}.model_type", exc.message) from None
+    if entry.keep_alive is not None:
+        try:
+            parse_keep_alive(entry.keep_alive)
+        except ValueError as exc:
+            raise _FieldError(f"{where}.keep_alive", str(exc)) from None
 
 
 def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
@@ -143,6 +162,9 @@ def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
         raw["model_type"] = entry.model_type
     if entry.gguf_file is not None:
         raw["gguf_file"] = entry.gguf_file
+    for key in ("keep_alive", "replicas"):
+        if getattr(entry, key) is not None:
+            raw[key] = getattr(entry, key)
     return {**raw, **{k: v for k, v in entry.extra.items() if k not in _ENTRY_FIELDS}}
 
 
@@ -179,6 +201,14 @@ class ConfigStore:
         self._lock = filelock.FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT_S)
         # (stat key, parsed config): a hot path re-parses only when the file changed.
         self._cache: tuple[tuple[int, ...], ModelConfig] | None = None
+        # (stat key, why) of a file broken by an edit, while the last good config stays in force.
+        self._broken: tuple[tuple[int, ...], str] | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the file on disk is not the config in force (an edit broke it), or None."""
+        self.view()
+        return self._broken[1] if self._broken else None
 
     def read(self) -> ModelConfig:
         """The current config (a copy: mutate it freely). A missing file is created empty."""
@@ -187,15 +217,28 @@ class ConfigStore:
     def view(self) -> ModelConfig:
         """The current config, shared and NOT to be mutated: for hot paths (a copy of 100 entries
         costs more than the rest of a request). Re-parsed only when the file changed."""
-        key = self._stat_key()
-        if key is None:
-            self.update(lambda config: None)
-            key = self._stat_key()
+        key = self._stat_key() or self._create()
         cached = self._cache
-        if cached is None or cached[0] != key:
-            cached = (key or (), decode_config(self.path.read_bytes(), str(self.path)))
-            self._cache = cached
-        return cached[1]
+        if cached is not None and (cached[0] == key or (self._broken and self._broken[0] == key)):
+            return cached[1]
+        try:
+            config = decode_config(self.path.read_bytes(), _CLIENT_NAME)
+        except InvalidConfigError as exc:
+            if cached is None:  # nothing good to keep serving: at start-up, stop loudly (naming the file)
+                decode_config(self.path.read_bytes(), str(self.path))
+                raise
+            self._broken = (key, exc.message)
+            log.error("model config %s: %s; the last good config stays in force", self.path, exc.message)
+            return cached[1]
+        if self._broken is not None:
+            log.warning("model config %s is valid again", self.path)
+            self._broken = None
+        self._cache = (key, config)
+        return config
+
+    def _create(self) -> tuple[int, ...]:
+        self.update(lambda config: None)
+        return self._stat_key() or ()
 
     def update(self, fn: Callable[[ModelConfig], ModelConfig | None]) -> ModelConfig:
         """Apply `fn` to the current config under the lock and write the result atomically.
@@ -207,7 +250,8 @@ class ConfigStore:
             with self._lock:
                 return self._update_locked(fn)
         except filelock.Timeout:
-            message = f"model config {self.path} stayed locked for {LOCK_TIMEOUT_S:.0f} s"
+            log.error("model config %s stayed locked for %.0f s", self.path, LOCK_TIMEOUT_S)
+            message = f"the model config file stayed locked for {LOCK_TIMEOUT_S:.0f} s"
             raise InternalError(message) from None
 
     def get_entry(self, model_id: str) -> ModelEntry | None:
@@ -241,18 +285,23 @@ class ConfigStore:
     def _update_locked(self, fn: Callable[[ModelConfig], ModelConfig | None]) -> ModelConfig:
         # Always from disk here: the cache may be a tick behind another process's write.
         old = self.path.read_bytes() if self.path.exists() else None
-        config = decode_config(old, str(self.path)) if old is not None else copy.deepcopy(_EMPTY)
+        try:
+            config = decode_config(old, _CLIENT_NAME) if old is not None else copy.deepcopy(_EMPTY)
+        except InvalidConfigError as exc:
+            message = f"{exc.message}; changes are refused until the file is fixed by hand"
+            raise InvalidConfigError(message, param=exc.param) from None
         result = fn(config)
         config = config if result is None else result
         data = encode_config(config)
         try:
-            config = decode_config(data, str(self.path))  # what a reader would get; validates fn's edits
+            config = decode_config(data, _CLIENT_NAME)  # what a reader would get; validates fn's edits
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"refusing to write {exc.message}", param=exc.param) from None
         if data != old:
             atomic_write(self.path, data)
         key = self._stat_key()
         self._cache = (key, config) if key is not None else None
+        self._broken = None
         return copy.deepcopy(config)
 
     def _stat_key(self) -> tuple[int, ...] | None:

@@ -3,12 +3,18 @@ parent learns the real port from one stdout line."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from shared.processes import announce_ready
+
+log = logging.getLogger(__name__)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -22,19 +28,58 @@ def bind_socket(host: str, port: int) -> socket.socket:
         # Named, so `dukat` can say which address is taken in one line.
         raise OSError(exc.errno, exc.strerror, f"{host}:{port}") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
+    # Not inheritable (Python's default, said here because it matters): uvloop's subprocesses keep
+    # every inheritable fd, and a worker holding the host's port keeps it open after the host died.
+    sock.set_inheritable(False)
     return sock
 
 
-def serve(app: Any, sock: socket.socket, *, ready_prefix: str, log_level: str = "info") -> None:
-    """Serve `app` on `sock` until SIGTERM/SIGINT; prints `<ready_prefix> <port>` once bound."""
+def serve(
+    app: Any,
+    sock: socket.socket,
+    *,
+    ready_prefix: str,
+    log_level: str = "info",
+    grace_s: float = 5.0,
+    on_grace_over: Callable[[], None] | None = None,
+) -> None:
+    """Serve `app` on `sock` until SIGTERM/SIGINT; prints `<ready_prefix> <port>` once bound.
+
+    On the signal it stops accepting and lets requests in flight finish for `grace_s`; then
+    `on_grace_over` runs (the gateway ends its streams with an error event and [DONE]) and, a moment
+    later, what is still running is cancelled. A second Ctrl-C quits at once.
+    """
     config = uvicorn.Config(
         app, loop="uvloop", http="httptools", lifespan="on",
-        log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
+        log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=math.ceil(grace_s + (_LAST_WORDS_S if on_grace_over else 0)),
         # Nothing here reads client addresses or advertises the server: skip that work per request.
         proxy_headers=False, server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, grace_s, on_grace_over)
     announce_ready(ready_prefix, sock.getsockname()[1])
     server.run(sockets=[sock])
 
+
+# What streams get, after the grace period, to send their last event before they are cancelled.
+_LAST_WORDS_S = 2.0
+
+
+class _Server(uvicorn.Server):
+    def __init__(
+        self, config: uvicorn.Config, grace_s: float, on_grace_over: Callable[[], None] | None
+    ) -> None:
+        super().__init__(config)
+        self.grace_s = grace_s
+        self.on_grace_over = on_grace_over
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = None
+        if self.on_grace_over is not None:
+            log.info("shutting down: requests in flight have %.0f s to finish", self.grace_s)
+            timer = asyncio.get_running_loop().call_later(self.grace_s, self.on_grace_over)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if timer is not None:
+                timer.cancel()

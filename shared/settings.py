@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from shared.errors import SettingsError
+from shared.keep_alive import parse_keep_alive
 
 Quantization = Literal["4bit", "8bit", "none"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
@@ -74,6 +75,24 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     load_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     # Seconds between SIGTERM and SIGKILL when stopping a worker.
     stop_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    # A worker that dies after it loaded is restarted: at most this many times per window, the
+    # first after the backoff, each next one after twice the last; then it is `failed`.
+    worker_restarts: Annotated[int, Meta(ge=0)] = 3
+    worker_restart_window_s: Annotated[float, Meta(gt=0)] = 300.0
+    worker_restart_backoff_s: Annotated[float, Meta(ge=0)] = 1.0
+    # The host pings each worker this often; one that does not answer within the timeout is hung:
+    # it is killed and restarted.
+    worker_ping_interval_s: Annotated[float, Meta(gt=0)] = 5.0
+    worker_ping_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    # Deadlines of every request on a worker, whatever the worker does: the whole request, and
+    # the first streamed token.
+    request_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+    first_token_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
+    # A stream silent this long gets a `: keep-alive` comment (proxies cut idle connections).
+    sse_keepalive_s: Annotated[float, Meta(gt=0)] = 15.0
+    # On SIGTERM/Ctrl-C, requests in flight get this long to finish; streams still open then end
+    # with an error event and [DONE].
+    shutdown_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
     # Requests queued per model worker beyond the running batch; more are refused with 429.
     max_queue: Annotated[int, Meta(ge=1)] = 64
     # Concurrent sequences a model worker batches together.
@@ -83,6 +102,19 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Load a known model on the first request that names it.
     auto_load: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How long a model stays loaded after its last request (Ollama's keep_alive: "5m", seconds,
+    # 0 = unload after each request, -1 = forever); a request's or the config file's value wins.
+    keep_alive: str = "30m"
+    # Models one worker host keeps loaded at most (0: no limit); beyond, idle ones are evicted.
+    max_loaded_models: Annotated[int, Meta(ge=0)] = 0
+    # Bytes of memory a worker host offers on each device at most (0: what the device has).
+    host_memory_bytes: Annotated[int, Meta(ge=0)] = 0
+    # Tokens of KV cache a load's memory estimate budgets for (all sequences of a batch together).
+    kv_cache_tokens: Annotated[int, Meta(ge=0)] = 4096
+    # Seconds between a host's polls of its workers' usage (keep-alive, in-flight counts).
+    usage_poll_s: Annotated[float, Meta(gt=0)] = 1.0
+    # Seconds a gateway waits for a host's state before it counts the host as down.
+    host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
 
 
 _PREFIX = "DUKAT_"
@@ -114,6 +146,10 @@ def load_settings(
     except msgspec.ValidationError as exc:
         message, field = _name_the_variable(str(exc))
         raise SettingsError(message, param=field) from None
+    try:
+        parse_keep_alive(settings.keep_alive)
+    except ValueError as exc:
+        raise SettingsError(f"invalid DUKAT_KEEP_ALIVE: {exc}", param="DUKAT_KEEP_ALIVE") from None
     if "config_path" not in raw and "models_dir" in raw:
         settings = msgspec.structs.replace(settings, config_path=settings.models_dir / "config.json")
     return settings

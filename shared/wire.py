@@ -53,11 +53,22 @@ class Generate(Struct, tag="generate", kw_only=True, forbid_unknown_fields=True)
     request: GenerateRequest
     defaults: SamplingParams | None = None
     stream: bool = False
+    # The id of an Admit on this connection whose place this takes (None: admitted on its own).
+    ticket: int | None = None
 
 
 class Embed(Struct, tag="embed", kw_only=True, forbid_unknown_fields=True):
     id: int
     request: EmbedRequest
+
+
+class Admit(Struct, tag="admit", kw_only=True, forbid_unknown_fields=True):
+    """Admit one request's `count` generations (its n choices, its prompts) together: the answer is
+    `Admitted` with the places they hold, or an `overloaded` Error. Each Generate naming this
+    frame's id as its `ticket` runs in one of those places. A Cancel of the id gives them back."""
+
+    id: int
+    count: int
 
 
 class Cancel(Struct, tag="cancel", kw_only=True, forbid_unknown_fields=True):
@@ -69,6 +80,20 @@ class Ping(Struct, tag="ping", kw_only=True, forbid_unknown_fields=True):
 
 
 # Worker → gateway.
+class Admitted(Struct, tag="admitted", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    # Places the group holds until its last generation started: all it asked for, or every place
+    # of the worker for a larger group (send at most this many at a time).
+    places: int
+
+
+class Accepted(Struct, tag="accepted", kw_only=True, forbid_unknown_fields=True):
+    """The worker has the request: if the connection drops before this, it never got it (and
+    another worker may take it); after, it was in flight."""
+
+    id: int
+
+
 class Delta(Struct, tag="delta", kw_only=True, forbid_unknown_fields=True):
     id: int
     text: str
@@ -84,9 +109,22 @@ class Embedding(Struct, tag="embedding", kw_only=True, forbid_unknown_fields=Tru
     result: EmbedResult
 
 
+class WorkerLoad(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The worker's own counters, as of a Pong (its host's keep-alive and eviction read them)."""
+
+    in_flight: int = 0  # requests accepted and not finished (queued or generating)
+    finished: int = 0  # since start, cancelled ones included
+    cancelled: int = 0  # since start: the caller went away (disconnect, deadline)
+    # Seconds since its last request ended (0 while one is in flight).
+    idle_s: float = 0.0
+    # The last request's keep_alive in seconds (negative: forever); None when it gave none.
+    keep_alive_s: float | None = None
+
+
 class Pong(Struct, tag="pong", kw_only=True, forbid_unknown_fields=True):
     id: int
     info: WorkerInfo
+    load: WorkerLoad = WorkerLoad()
 
 
 class Error(Struct, tag="error", kw_only=True, forbid_unknown_fields=True):
@@ -94,17 +132,20 @@ class Error(Struct, tag="error", kw_only=True, forbid_unknown_fields=True):
     code: str
     message: str
     param: str | None = None
+    retry_after: int | None = None
 
     @classmethod
     def of(cls, request_id: int, exc: DukatError) -> Error:
-        return cls(id=request_id, code=exc.code, message=exc.message, param=exc.param)
+        return cls(
+            id=request_id, code=exc.code, message=exc.message, param=exc.param, retry_after=exc.retry_after
+        )
 
     def exception(self) -> DukatError:
-        return error_from_code(self.code, self.message, self.param)
+        return error_from_code(self.code, self.message, self.param, self.retry_after)
 
 
-ToWorker = Hello | Generate | Embed | Cancel | Ping
-FromWorker = Delta | Result | Embedding | Pong | Error
+ToWorker = Hello | Generate | Embed | Admit | Cancel | Ping
+FromWorker = Admitted | Accepted | Delta | Result | Embedding | Pong | Error
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

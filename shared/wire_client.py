@@ -1,7 +1,9 @@
 """The client side of the model worker wire: one multiplexed connection per worker address.
 
 Requests are matched to replies by id; a lost connection fails every request in flight with
-`WorkerFailedError`, and the next request reconnects.
+`WorkerFailedError`, and the next request reconnects. Deadlines bound every request whatever the
+worker does (hung, stopped): the whole request, and a stream's first token; past one the request
+is a 504 and the worker is told to cancel it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 
-from shared.errors import WorkerFailedError
+from shared.errors import OverloadedError, RequestTimeoutError, WorkerFailedError, WorkerUnreachableError
 from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
 from shared.wire import (
+    Accepted,
+    Admit,
+    Admitted,
     Cancel,
     Delta,
     Embed,
@@ -37,12 +44,32 @@ log = logging.getLogger(__name__)
 _CLOSED = object()
 
 
+class RequestObserver(Protocol):
+    """Told about each request as it ends (the gateway's metrics); must be quick and not raise."""
+
+    def finished(self, result: GenerateResult, elapsed_s: float, first_token_s: float | None) -> None: ...
+    def embedded(self, prompt_tokens: int, elapsed_s: float) -> None: ...
+    def rejected(self) -> None: ...
+
+
 class WorkerConnection:
-    def __init__(self, address: str, token: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        request_timeout_s: float | None = None,
+        first_token_timeout_s: float | None = None,
+        observer: RequestObserver | None = None,
+    ) -> None:
         self.address = address
         self.token = token
+        self.request_timeout_s = request_timeout_s
+        self.first_token_timeout_s = first_token_timeout_s
+        self.observer = observer
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[FromWorker | object]] = {}
+        self._accepted: set[int] = set()  # requests the worker said it has
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
@@ -55,7 +82,7 @@ class WorkerConnection:
             try:
                 reader, writer = await asyncio.open_connection(host, int(port))
             except OSError as exc:
-                raise WorkerFailedError(f"cannot reach model worker at {self.address}: {exc}") from None
+                raise WorkerUnreachableError(f"cannot reach model worker at {self.address}: {exc}") from None
             if self.token:
                 writer.write(encode_frame(Hello(token=self.token)))
             self._writer = writer
@@ -66,6 +93,10 @@ class WorkerConnection:
         try:
             while (payload := await read_frame(reader)) is not None:
                 frame = from_worker_decoder.decode(payload)
+                if isinstance(frame, Accepted):
+                    if frame.id in self._queues:
+                        self._accepted.add(frame.id)
+                    continue
                 queue = self._queues.get(frame.id)
                 if queue is not None:
                     queue.put_nowait(frame)
@@ -83,7 +114,7 @@ class WorkerConnection:
         writer.write(encode_frame(frame))
 
     async def _request(
-        self, make: type[Generate] | type[Embed] | type[Ping], **kw: object
+        self, make: type[Generate] | type[Embed] | type[Ping] | type[Admit], **kw: object
     ) -> tuple[int, asyncio.Queue]:
         rid = next(self._ids)
         queue: asyncio.Queue[FromWorker | object] = asyncio.Queue()
@@ -91,53 +122,115 @@ class WorkerConnection:
         try:
             await self._send(make(id=rid, **kw))  # type: ignore[arg-type]
         except BaseException:
-            self._queues.pop(rid, None)
+            self._forget(rid)
             raise
         return rid, queue
 
-    async def _next(self, queue: asyncio.Queue[FromWorker | object]) -> FromWorker:
-        frame = await queue.get()
+    @property
+    def in_flight(self) -> int:
+        """Requests sent on this connection and not answered yet."""
+        return len(self._queues)
+
+    def _forget(self, rid: int) -> None:
+        self._queues.pop(rid, None)
+        self._accepted.discard(rid)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+    async def _next(
+        self, rid: int, queue: asyncio.Queue[FromWorker | object], deadline: float | None = None
+    ) -> FromWorker:
+        try:
+            async with asyncio.timeout_at(deadline):
+                frame = await queue.get()
+        except TimeoutError:
+            raise RequestTimeoutError(f"model worker at {self.address} did not answer in time") from None
         if frame is _CLOSED:
+            if rid not in self._accepted:
+                raise WorkerUnreachableError(f"model worker at {self.address} closed the connection")
             raise WorkerFailedError(f"model worker at {self.address} closed the connection")
         if isinstance(frame, Error):
+            if frame.code == OverloadedError.code and self.observer is not None:
+                self.observer.rejected()
             raise frame.exception()
         return frame  # type: ignore[return-value]
 
-    async def ping(self) -> WorkerInfo:
+    async def pong(self) -> Pong:
+        """The worker's answer to a ping: its facts and its counters."""
         rid, queue = await self._request(Ping)
         try:
-            frame = await self._next(queue)
+            frame = await self._next(rid, queue)
             assert isinstance(frame, Pong)
-            return frame.info
+            return frame
         finally:
-            self._queues.pop(rid, None)
+            self._forget(rid)
+
+    async def admit(self, count: int) -> tuple[int, int]:
+        """Admit `count` generations of one request together, or none (OverloadedError, with the
+        worker's Retry-After). Returns the ticket each of them passes and how many may run at once;
+        `release` the ticket after."""
+        rid, queue = await self._request(Admit, count=count)
+        try:
+            frame = await self._next(rid, queue, self._deadline(self.first_token_timeout_s))
+            assert isinstance(frame, Admitted)
+            return rid, frame.places
+        finally:
+            self._forget(rid)
+
+    def release(self, ticket: int) -> None:
+        """Give back the places of `ticket` its generations did not take."""
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(encode_frame(Cancel(id=ticket)))
+
+    async def ping(self) -> WorkerInfo:
+        return (await self.pong()).info
 
     async def generate(
-        self, request: GenerateRequest, defaults: SamplingParams | None = None
+        self, request: GenerateRequest, defaults: SamplingParams | None = None, ticket: int | None = None
     ) -> GenerateResult:
-        rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=False)
+        deadline = self._deadline(self.request_timeout_s)
+        started = time.perf_counter()
+        rid, queue = await self._request(
+            Generate, request=request, defaults=defaults, stream=False, ticket=ticket
+        )
         done = False
         try:
-            frame = await self._next(queue)
+            frame = await self._next(rid, queue, deadline)
             done = True
             assert isinstance(frame, Result)
+            if self.observer is not None:
+                self.observer.finished(frame.result, time.perf_counter() - started, None)
             return frame.result
         finally:
             await self._finish(rid, done)
 
     async def stream(
-        self, request: GenerateRequest, defaults: SamplingParams | None = None
+        self, request: GenerateRequest, defaults: SamplingParams | None = None, ticket: int | None = None
     ) -> AsyncIterator[str | GenerateResult]:
         """Text deltas, then the final result. Closing the iterator early cancels the generation."""
-        rid, queue = await self._request(Generate, request=request, defaults=defaults, stream=True)
+        deadline = self._deadline(self.request_timeout_s)
+        first = self._deadline(self.first_token_timeout_s)
+        started = time.perf_counter()
+        first_token_s: float | None = None
+        rid, queue = await self._request(
+            Generate, request=request, defaults=defaults, stream=True, ticket=ticket
+        )
         done = False
         try:
             while True:
-                frame = await self._next(queue)
+                frame = await self._next(rid, queue, _earliest(deadline, first))
+                first = None
                 if isinstance(frame, Delta):
+                    if first_token_s is None:
+                        first_token_s = time.perf_counter() - started
                     yield frame.text
                 elif isinstance(frame, Result):
                     done = True
+                    if self.observer is not None:
+                        elapsed = time.perf_counter() - started
+                        ttft = first_token_s if first_token_s is not None else elapsed
+                        self.observer.finished(frame.result, elapsed, ttft)
                     yield frame.result
                     return
         except WorkerFailedError:
@@ -147,16 +240,22 @@ class WorkerConnection:
             await self._finish(rid, done)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
+        deadline = self._deadline(self.request_timeout_s)
+        started = time.perf_counter()
         rid, queue = await self._request(Embed, request=request)
+        done = False
         try:
-            frame = await self._next(queue)
+            frame = await self._next(rid, queue, deadline)
+            done = True
             assert isinstance(frame, Embedding)
+            if self.observer is not None:
+                self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
             return frame.result
         finally:
-            self._queues.pop(rid, None)
+            await self._finish(rid, done)
 
     async def _finish(self, rid: int, done: bool) -> None:
-        self._queues.pop(rid, None)
+        self._forget(rid)
         if not done and self._writer is not None:
             # The caller went away (client disconnect, timeout): stop the generation.
             with contextlib.suppress(Exception):
@@ -169,6 +268,10 @@ class WorkerConnection:
             self._reader_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._reader_task
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 async def ping(address: str, timeout: float = 30.0, token: str | None = None) -> WorkerInfo:

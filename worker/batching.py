@@ -290,9 +290,10 @@ class Scheduler:
             job.counted = False
 
 
-def prefill_groups(lengths: list[int], *, waste: float = 0.25) -> list[list[int]]:
+def prefill_groups(lengths: list[int], *, waste: float = 0.25, slack: int = 64) -> list[list[int]]:
     """The newcomers' prefills: indexes into `lengths` in groups, shortest prompts first, a group
-    growing while its left padding stays under `waste` of its real tokens.
+    growing while its left padding stays under `waste` of its real tokens or under `slack` tokens
+    (a forward's fixed cost: short prompts are cheaper padded together than prefilled apart).
 
     A batched prefill costs its width times its rows, and every row's first token waits for all of
     it: one long prompt among short ones would multiply the short ones' work and wait. Shortest
@@ -303,7 +304,8 @@ def prefill_groups(lengths: list[int], *, waste: float = 0.25) -> list[list[int]
     real = 0
     for i in order:
         n = lengths[i]  # the widest so far: the group's width
-        if groups and n * (len(groups[-1]) + 1) <= (1 + waste) * (real + n):
+        padding = n * (len(groups[-1]) + 1) - (real + n) if groups else 0
+        if groups and padding <= max(waste * (real + n), slack):
             groups[-1].append(i)
             real += n
         else:

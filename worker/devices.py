@@ -1,37 +1,50 @@
 """The devices a worker host offers and their memory, read without importing torch (the host stays
-light; only model workers touch CUDA)."""
+light; only model workers touch CUDA). GPUs through NVML (nvidia-ml-py), RAM through psutil."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import contextlib
+import logging
 
 import psutil
 
 from shared.host_api import DeviceState
 
+log = logging.getLogger(__name__)
 
-def cuda_devices() -> list[DeviceState]:
-    """CUDA devices as nvidia-smi reports them (none when there is no driver)."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,memory.total,memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    devices = []
-    for line in out.strip().splitlines():
-        index, total, free = (part.strip() for part in line.split(","))
-        devices.append(
-            DeviceState(name=f"cuda:{index}", total_memory=int(total) << 20, free_memory=int(free) << 20)
-        )
-    return devices
+
+class Gpus:
+    """NVML, initialised once per host (cheap reads after that: a host state is read every second
+    per gateway). No driver, no library: no GPUs."""
+
+    def __init__(self) -> None:
+        self._nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+        except Exception as exc:  # no driver (NVMLError), no library (ImportError): a CPU host
+            log.debug("no NVML: %s", exc)
+
+    def devices(self) -> list[DeviceState]:
+        nvml = self._nvml
+        if nvml is None:
+            return []
+        out = []
+        with contextlib.suppress(nvml.NVMLError):
+            for index in range(nvml.nvmlDeviceGetCount()):
+                memory = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index))
+                out.append(
+                    DeviceState(name=f"cuda:{index}", total_memory=memory.total, free_memory=memory.free)
+                )
+        return out
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()
+            self._nvml = None
 
 
 def cpu_device() -> DeviceState:
@@ -39,9 +52,9 @@ def cpu_device() -> DeviceState:
     return DeviceState(name="cpu", total_memory=mem.total, free_memory=mem.available)
 
 
-def offered_devices(configured: tuple[str, ...]) -> list[DeviceState]:
+def offered_devices(configured: tuple[str, ...], gpus: Gpus) -> list[DeviceState]:
     """The devices of `DUKAT_DEVICES`: "auto" means every CUDA device, else the cpu."""
-    cuda = cuda_devices()
+    cuda = gpus.devices()
     if configured in ((), ("auto",)):
         return cuda or [cpu_device()]
     by_name = {d.name: d for d in cuda}
@@ -52,12 +65,3 @@ def offered_devices(configured: tuple[str, ...]) -> list[DeviceState]:
         elif name in by_name:
             out.append(by_name[name])
     return out
-
-
-def pick_device(devices: list[DeviceState], requested: str) -> str | None:
-    """`requested` if offered; for "auto", the offered device with the most free memory."""
-    if requested != "auto":
-        return requested if any(d.name == requested for d in devices) else None
-    if not devices:
-        return None
-    return max(devices, key=lambda d: d.free_memory).name

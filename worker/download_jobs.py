@@ -78,6 +78,10 @@ class DownloadJobs:
         finally:
             job.finished_at = time.time()
         job.status, job.path = "done", str(path)
+        log.info(
+            "pulled model=%s bytes=%d seconds=%.1f path=%s",
+            job.model_id, job.downloaded_bytes, job.finished_at - job.started_at, path,
+        )
         return path
 
     @staticmethod

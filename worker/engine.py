@@ -198,6 +198,7 @@ class Engine:
         )
         reply.job, reply.end = job, partial(scheduler.finish, job)
         if reply.over:  # nothing to generate (max_new_tokens 0)
+            job.counted = False  # it never holds a place: ending it frees none
             reply.conclude(on_text, on_done)
             if on_step is not None:
                 on_step()
@@ -253,6 +254,7 @@ class Engine:
         stops = stop_strings(self._model_type, params.stop, chat=chat)
         # vLLM's ignore_eos (not for a constrained output: its grammar's end is an end of sequence).
         eos = frozenset() if params.ignore_eos and req.constraint is None else self._eos_ids
+        extra_stops = _in_vocabulary(params.stop_token_ids, tokenizer)
         parsing = req.tools.parsing if req.tools is not None else "none"
         wants_vocab = req.logprobs is not None
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
@@ -265,7 +267,7 @@ class Engine:
             params=params,
             max_new_tokens=min(requested, room),
             chat=chat,
-            stop_ids=eos | _special_stop_ids(tokenizer, stops) | frozenset(params.stop_token_ids or ()),
+            stop_ids=eos | _special_stop_ids(tokenizer, stops) | extra_stops,
             tool_format=self._tool_format,
             tool_parsing=parsing,
             tool_name=req.tools.name if req.tools is not None else None,
@@ -278,10 +280,13 @@ class Engine:
         )
 
     def _grammars_for(self, loaded: Loaded) -> Grammars:
-        if self._grammars is None:
-            vocab_size = max(int(getattr(loaded.model.config, "vocab_size", 0) or 0), len(loaded.tokenizer))
-            self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
-        return self._grammars
+        """The model's grammar machinery (token bytes too), built once at first need."""
+        with self._lock:
+            if self._grammars is None:
+                configured = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
+                vocab_size = max(configured, len(loaded.tokenizer))
+                self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
+            return self._grammars
 
     def _prompt_text(self, tokenizer: Any, req: GenerateRequest) -> tuple[str, bool]:
         fmt = self._model_type.prompt_format
@@ -357,6 +362,12 @@ def _checked_ids(ids: list[int], vocab_size: int) -> list[int]:
     if not ids:
         raise InvalidRequestError("the prompt is empty", param="prompt")
     return ids
+
+
+def _in_vocabulary(ids: list[int] | None, tokenizer: Any) -> frozenset[int]:
+    """vLLM's stop_token_ids that the model can produce (others could never stop anything)."""
+    size = len(tokenizer)
+    return frozenset(i for i in ids or () if 0 <= i < size)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -179,6 +179,8 @@ def prepare(gguf: Path, *, progress: Progress | None = None, show_bars: bool = F
     from GGUF are an UnsupportedModelTypeError (400).
     """
     gguf = Path(gguf).resolve()
+    if is_converted(gguf) and _template_in_sync(gguf):
+        return converted_folder(gguf)  # no lock: the folder may be read-only once converted
     report = progress or (lambda line: log.info("%s", line))
     try:
         lock = filelock.FileLock(str(gguf.parent / f".{gguf.name}.lock"), timeout=_LOCK_TIMEOUT_S)
@@ -231,16 +233,20 @@ def _convert(gguf: Path, report: Progress, show_bars: bool) -> None:
     report(f"converted {gguf.name} in {time.perf_counter() - started:.0f} s into {final}")
 
 
+def _template_in_sync(gguf: Path) -> bool:
+    beside, inside = gguf.parent / TEMPLATE_NAME, converted_folder(gguf) / TEMPLATE_NAME
+    try:
+        return not beside.is_file() or (inside.is_file() and inside.read_bytes() == beside.read_bytes())
+    except OSError:
+        return False
+
+
 def _sync_template(gguf: Path) -> None:
     """A `chat_template.jinja` beside the .gguf wins over the file's own template (a base model has
     none); copied into the converted folder when it differs, so editing it needs no conversion."""
-    beside, inside = gguf.parent / TEMPLATE_NAME, converted_folder(gguf) / TEMPLATE_NAME
-    try:
-        text = beside.read_text()
-    except FileNotFoundError:
+    if _template_in_sync(gguf):
         return
-    if not inside.is_file() or inside.read_text() != text:
-        atomic_write(inside, text.encode())
+    atomic_write(converted_folder(gguf) / TEMPLATE_NAME, (gguf.parent / TEMPLATE_NAME).read_bytes())
 
 
 def _save_plain(model: Any, folder: Path) -> None:

@@ -70,8 +70,15 @@ class Grammars:
             ) from exc
 
     def row(self, constraint: Constraint, budget: int) -> RowGrammar:
-        """A row's matcher; a 400 when the shortest output the grammar allows can't fit `budget`."""
-        row = RowGrammar(self, self.compile(constraint))
+        """A row's matcher; a 400 when the shortest output the grammar allows can't fit `budget`.
+        A non-strict JSON schema the engine can't compile falls back to any JSON object."""
+        try:
+            compiled = self.compile(constraint)
+        except InvalidRequestError:
+            if constraint.strict or constraint.kind != "json":
+                raise
+            compiled = self.compile(Constraint(kind="json"))  # best effort: any JSON object
+        row = RowGrammar(self, compiled)
         if row.need + 1 > budget:
             raise InvalidRequestError(
                 f"the shortest output the {_what(constraint)} allows needs {row.need + 1} tokens "
@@ -91,29 +98,30 @@ class Grammars:
         xg.apply_token_bitmask_inplace(logits[:, :width], bitmask.to(logits.device), indices=indices)
         if logits.shape[-1] > width:
             logits[indices, width:] = float("-inf")
+        index = torch.tensor(indices, dtype=torch.long, device=logits.device)
         if len(self.banned):
-            index = torch.tensor(indices, dtype=torch.long, device=logits.device)
             logits[index[:, None], self.banned.to(logits.device)[None, :]] = float("-inf")
-
-    @staticmethod
-    def _no_compile(kind: str) -> None:
-        raise ValueError(f"unknown constraint kind {kind!r}")
+        dead = index[torch.isneginf(logits[index]).all(dim=-1)]
+        if len(dead):  # the model gave every allowed token -inf: choose uniformly among them
+            logits[dead] = 0.0
+            allowed = bitmask.to(logits.device)
+            xg.apply_token_bitmask_inplace(logits[:, :width], allowed, indices=dead.tolist())
+            logits[dead, width:] = float("-inf")
 
     def _compile_uncached(
         self, kind: str, schema: str | None, regex: str | None, choices: tuple[str, ...]
     ) -> xg.CompiledGrammar:
-        if kind == "json":
-            if schema is None:  # json_object: any object
-                return self._compiler.compile_json_schema(
-                    '{"type": "object"}', any_whitespace=False, strict_mode=False
-                )
+        if kind == "json" and schema is None:  # json_object: any object
+            return self._compiler.compile_json_schema(
+                '{"type": "object"}', any_whitespace=False, strict_mode=False
+            )
+        if kind == "json" and schema is not None:
             return self._compiler.compile_json_schema(schema, any_whitespace=False)
         if kind == "regex" and regex is not None:
             return self._compiler.compile_regex(regex)
         if kind == "choice" and choices:
             return self._compiler.compile_grammar("root ::= " + " | ".join(json.dumps(c) for c in choices))
-        self._no_compile(kind)
-        raise AssertionError
+        raise ValueError(f"a {kind} constraint needs its {'regex' if kind == 'regex' else 'choices'}")
 
 
 class RowGrammar:
@@ -142,8 +150,9 @@ class RowGrammar:
         """Take `token` (sampled from the masked logits) unless it leaves too little budget to end;
         then the closing policy's token instead. Returns the token taken."""
         self._steps += 1
-        if not self.matcher.accept_token(token):
-            raise AssertionError(f"token {token} was outside the grammar's mask")
+        if not self.matcher.accept_token(token):  # only when every allowed token had -inf logits
+            token = self._grammars.closer.next(self.matcher)
+            self.matcher.accept_token(token)
         if self.ended:
             return token
         self._unchecked += 1

@@ -12,9 +12,11 @@ import json
 import logging
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +31,6 @@ from litestar.params import Parameter
 from shared.errors import (
     AuthenticationError,
     ConflictError,
-    DeviceUnavailableError,
     DukatError,
     InternalError,
     error_for_status,
@@ -39,26 +40,30 @@ from shared.host_api import (
     Deleted,
     DownloadCommand,
     DownloadJob,
+    EstimateCommand,
     HostState,
     LoadCommand,
+    LoadEstimate,
     LocalModel,
     ModelDetails,
     UnloadCommand,
     WorkerState,
 )
+from shared.keep_alive import describe, parse_keep_alive
 from shared.logs import setup_logging
-from shared.model_types import default_quantization, infer_model_type
+from shared.model_types import ModelType, default_quantization, infer_model_type
 from shared.serving import bind_socket, serve
-from shared.settings import Settings, load_settings
+from shared.settings import Quantization, Settings, load_settings
 from shared.tokens import bearer_token, token_in
-from worker import model_files
+from worker import model_files, room
 from worker.catalog import list_local_models, local_gguf
-from worker.devices import offered_devices, pick_device
+from worker.devices import Gpus, offered_devices
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
 from worker.gguf import SUFFIX as GGUF_SUFFIX
 from worker.gguf import hf_model_type as gguf_model_type
-from worker.supervisor import Supervisor, WorkerSpec
+from worker.keepalive import KeepAlive
+from worker.supervisor import Healing, Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"
@@ -73,6 +78,7 @@ class Host:
         self.url = url
         self.host_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.jobs = DownloadJobs(settings.models_dir, max_bytes=settings.max_model_bytes)
+        self.gpus = Gpus()
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
         self.supervisor = Supervisor(
             bind=settings.host_bind,
@@ -83,49 +89,107 @@ class Host:
             stop_timeout_s=settings.stop_timeout_s,
             load_timeout_s=settings.load_timeout_s,
             token=settings.internal_token,
+            healing=Healing(
+                restarts=settings.worker_restarts,
+                window_s=settings.worker_restart_window_s,
+                backoff_s=settings.worker_restart_backoff_s,
+                ping_interval_s=settings.worker_ping_interval_s,
+                ping_timeout_s=settings.worker_ping_timeout_s,
+            ),
         )
+        self.keep_alive_s = parse_keep_alive(settings.keep_alive)
+        self.keep_alive = KeepAlive(
+            self.supervisor, self.unload, period_s=settings.usage_poll_s, token=settings.internal_token
+        )
+        self._placing = asyncio.Lock()
 
     def state(self) -> HostState:
-        devices = offered_devices(self.settings.devices)
         workers = self.supervisor.states()
+        budget = self.settings.host_memory_bytes
+        devices = room.offered(offered_devices(self.settings.devices, self.gpus), workers, budget)
         for device in devices:
             device.models = [w.model_id for w in workers if w.device == device.name]
         return HostState(
-            host_id=self.host_id, url=self.url, devices=devices, models=workers, downloads=self.jobs.list()
+            host_id=self.host_id,
+            url=self.url,
+            devices=devices,
+            models=workers,
+            downloads=self.jobs.list(),
+            max_loaded_models=self.settings.max_loaded_models,
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
-        return await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, lambda: self._spec(cmd))
+        # An unknown device is a 400 before any download.
+        room.check_device(offered_devices(self.settings.devices, self.gpus), cmd.device or cmd.default_device)
+        asked_at = time.time()
+        try:
+            prepare = partial(self._spec, cmd)
+            state = await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, prepare)
+        except DukatError as exc:
+            log.warning(
+                "load failed model=%s code=%s rid=%s: %s", cmd.model_id, exc.code, cmd.request_id, exc.message
+            )
+            raise
+        if state.started_at >= asked_at:  # this call started the worker (others joined it)
+            log.info(
+                "loaded model=%s device=%s quantization=%s seconds=%.1f memory=%d estimate=%d "
+                "keep_alive=%s rid=%s",
+                cmd.model_id, state.device, state.quantization, state.load_seconds, state.memory_bytes,
+                state.estimated_bytes, describe(state.keep_alive_s), cmd.request_id,
+            )  # fmt: skip
+        return state
 
     async def _spec(self, cmd: LoadCommand) -> WorkerSpec:
-        """What a new worker of `cmd` runs: its device, files (downloaded first if missing), type and
-        quantization."""
-        devices = offered_devices(self.settings.devices)
-        asked = cmd.device or cmd.default_device
-        device = pick_device(devices, asked)
-        if device is None:
-            offered = ", ".join(d.name for d in devices) or "none"
-            raise DeviceUnavailableError(
-                f"device {asked!r} is not available on this host (offered: {offered})", param="device"
-            )
+        """What a new worker of `cmd` runs: its files (downloaded first if missing), type, quantization,
+        and a device with room for its estimated memory (idle models evicted to make it)."""
         models_dir = self.settings.models_dir
         path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
         path = path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
-        model_type = infer_model_type(
-            cmd.model_id, hf_model_type=_hf_model_type(path), override=cmd.model_type
-        )
-        quantization = cmd.quantization or cmd.default_quantization
+        model_type, quantization = self._kind(cmd.model_id, cmd.model_type, path)
+        asked = cmd.quantization or cmd.default_quantization
+        quantization = asked or quantization
+        need = room.estimate(path, quantization, self.settings).bytes_by_kind
+        # One decision at a time: each sees the others' reservations. The supervisor starts the
+        # worker (its reservation) right after this returns, without yielding to the loop.
+        async with self._placing:
+            device, victims = room.choose(self.state(), cmd.model_id, cmd.device or cmd.default_device, need)
+            for victim in victims:
+                why = f"evicted (least recently used, idle {victim.idle_s:.1f}s) for {cmd.model_id}"
+                await self.unload(victim.model_id, why, cmd.request_id)
         return WorkerSpec(
             cmd.model_id,
             str(path),
             model_type.name,
-            quantization or default_quantization(model_type, self.settings.default_quantization),
+            quantization,
             device,
-            quantization_is_default=quantization is None,
+            quantization_is_default=asked is None,
+            estimated_bytes=need[room.kind_of(device)],
+            keep_alive_s=cmd.keep_alive_s if cmd.keep_alive_s is not None else self.keep_alive_s,
         )
+
+    def _kind(self, model_id: str, override: str | None, path: Path) -> tuple[ModelType, Quantization]:
+        """The model's type and the quantization a load that asks for none gets."""
+        model_type = infer_model_type(model_id, hf_model_type=_hf_model_type(path), override=override)
+        default = default_quantization(model_type, self.settings.default_quantization)
+        return model_type, default  # type: ignore[return-value]
+
+    def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
+        models_dir = self.settings.models_dir
+        path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
+        path = path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
+        if path is None:
+            return LoadEstimate()
+        quantization = cmd.quantization or self._kind(cmd.model_id, cmd.model_type, path)[1]
+        return room.estimate(path, quantization, self.settings)
+
+    async def unload(self, model_id: str, reason: str, request_id: str = "") -> None:
+        worker = self.supervisor.state(model_id)
+        await self.supervisor.unload(model_id)
+        device = worker.device if worker else None
+        log.info("unloaded model=%s device=%s reason=%s rid=%s", model_id, device, reason, request_id)
 
     async def delete(self, model_id: str) -> Deleted:
         worker = self.supervisor.state(model_id)
@@ -181,8 +245,13 @@ async def load(state: State, data: LoadCommand) -> WorkerState:
 
 @post("/models/unload", status_code=200)
 async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
-    await state.host.supervisor.unload(data.model_id)
+    await state.host.unload(data.model_id, "asked", data.request_id)
     return {"model_id": data.model_id, "status": "unloaded"}
+
+
+@post("/models/estimate", status_code=200)
+async def estimate(state: State, data: EstimateCommand) -> LoadEstimate:
+    return state.host.estimate(data)
 
 
 @get("/models/details")
@@ -234,14 +303,18 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        keep_alive = asyncio.create_task(host.keep_alive.run())
         try:
             yield
         finally:
+            keep_alive.cancel()
+            await asyncio.gather(keep_alive, return_exceptions=True)
             await host.supervisor.close()
+            host.gpus.close()
 
     return Litestar(
         route_handlers=[
-            health, host_state, local_models, load, unload, model_details, delete_model,
+            health, host_state, local_models, load, unload, estimate, model_details, delete_model,
             start_download, get_download,
         ],
         state=State({"host": host}),

@@ -15,6 +15,7 @@ from typing import Any
 
 from shared.errors import InvalidRequestError, ModelNotFoundError
 from shared.host_api import ModelDetails
+from worker import gguf
 from worker.catalog import _model_type, _size_on_disk, is_model_folder, read_marker
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -27,14 +28,17 @@ def model_folder(models_dir: Path, model_id: str) -> Path:
     if model_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise InvalidRequestError(f"{model_id!r} is not a model id under models_dir", param="model")
     folder = Path(models_dir).joinpath(*parts)
-    if not is_model_folder(folder):
+    if not is_model_folder(folder) and not gguf.gguf_files(folder):
         raise ModelNotFoundError(f"model {model_id!r} is not in this host's models_dir", param="model")
     return folder
 
 
 def describe(models_dir: Path, model_id: str) -> ModelDetails:
     folder = model_folder(models_dir, model_id)
-    config = _json(folder / "config.json")
+    # A GGUF's folder: the figures of its converted folder, once its first load made one.
+    found = None if is_model_folder(folder) else gguf.pick_gguf(folder)
+    weights = gguf.converted_folder(found) if found is not None else folder
+    config = _json(weights / "config.json")
     model_type, error = _model_type(model_id, folder)
     marker = read_marker(folder)
     return ModelDetails(
@@ -42,7 +46,7 @@ def describe(models_dir: Path, model_id: str) -> ModelDetails:
         path=str(folder),
         model_type=model_type,
         architecture=next(iter(config.get("architectures") or []), None),
-        parameters=count_parameters(folder),
+        parameters=count_parameters(weights),
         context_length=next((config[k] for k in _CONTEXT_KEYS if isinstance(config.get(k), int)), None),
         dtype=config.get("dtype") or config.get("torch_dtype"),
         chat_template=chat_template(folder),

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -28,15 +29,18 @@ from shared.errors import (
     DukatError,
     InternalError,
     ModelNotLoadedError,
-    OverloadedError,
+    ModelOutOfMemoryError,
     QuantizationError,
     WorkerFailedError,
 )
-from shared.generation import GenerateResult
+from shared.generation import EmbedRequest, EmbedResult, GenerateResult
 from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready
 from shared.settings import QUANTIZATIONS, Settings, load_settings
 from shared.wire import (
+    Accepted,
+    Admit,
+    Admitted,
     Cancel,
     Delta,
     Embed,
@@ -48,10 +52,13 @@ from shared.wire import (
     Pong,
     Result,
     WorkerInfo,
+    WorkerLoad,
     encode_frame,
     read_frame,
     to_worker_decoder,
 )
+from worker.admission import Admission, Ticket
+from worker.outbox import Outbox
 
 if TYPE_CHECKING:
     from worker.engine import Engine
@@ -89,22 +96,35 @@ class WorkerServer:
     """Serves one engine to any number of connections; requests are multiplexed by id."""
 
     def __init__(
-        self, engine: Engine, info: WorkerInfo, *, max_pending: int, drain_s: float = 0.0,
+        self,
+        engine: Engine,
+        info: WorkerInfo,
+        *,
+        max_pending: int,
+        max_batch: int,
+        drain_s: float = 0.0,
         token: str | None = None,
     ) -> None:
         self.engine = engine
         self.token = token.encode() if token else None
         self.info = info
-        self.max_pending = max_pending
-        self.pending = 0
+        self.places = Admission(info.model_id, max_pending=max_pending, max_batch=max_batch)
+        self.finished = 0
+        self.cancelled = 0  # finished because the caller went away
         self.drain_s = drain_s
         self.draining = False
+        # Usage, reported in every Pong: the host unloads idle workers (keep-alive) and evicts by it.
+        self.last_done = time.monotonic()
+        self.keep_alive: float | None = None
         # The engine batches internally; threads only carry blocking calls off the loop.
         self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
-        self.outbox: _Outbox | None = None
+        # The engine embeds one batch at a time anyway; queued here, a cancelled one is skipped.
+        self.embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self.outbox: Outbox | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cancels: dict[int, threading.Event] = {}
+        tickets: dict[int, Ticket] = {}  # groups admitted on this connection, by their Admit's id
         tasks: set[asyncio.Task[None]] = set()
         try:
             if self.token is not None and not await self._welcome(reader, writer):
@@ -115,13 +135,19 @@ class WorkerServer:
                     case Cancel(id=rid):
                         if rid in cancels:
                             cancels[rid].set()
+                        if rid in tickets:
+                            self.places.give_back(tickets.pop(rid))
+                    case Admit(id=rid, count=count):
+                        writer.write(encode_frame(self._admit(rid, count, tickets)))
                     case Ping(id=rid):
-                        writer.write(encode_frame(Pong(id=rid, info=self.info)))
+                        writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
                     case Hello():
                         pass
                     case Generate() | Embed():
+                        writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
-                        task = asyncio.create_task(self._serve(frame, cancels, writer))
+                        ticket = _ticket_of(frame, tickets)
+                        task = asyncio.create_task(self._serve(frame, ticket, cancels, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -132,6 +158,8 @@ class WorkerServer:
             # The gateway went away: nobody will read these results.
             for event in cancels.values():
                 event.set()
+            for ticket in tickets.values():
+                self.places.give_back(ticket)
             writer.close()
 
     async def _welcome(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -146,22 +174,43 @@ class WorkerServer:
         writer.write(encode_frame(Error.of(getattr(frame, "id", 0), error)))
         return False
 
+    def _admit(self, rid: int, count: int, tickets: dict[int, Ticket]) -> Admitted | Error:
+        try:
+            self._refuse_while_draining()
+            ticket = tickets[rid] = self.places.admit(count)
+        except DukatError as exc:
+            return Error.of(rid, exc)
+        return Admitted(id=rid, places=ticket.unused)
+
+    def _refuse_while_draining(self) -> None:
+        if self.draining:
+            raise ModelNotLoadedError(f"model {self.info.model_id!r} is being unloaded", param="model")
+
+    @property
+    def pending(self) -> int:
+        return self.places.pending
+
     async def _serve(
-        self, frame: Generate | Embed, cancels: dict[int, threading.Event], writer: asyncio.StreamWriter
+        self,
+        frame: Generate | Embed,
+        ticket: Ticket | None,
+        cancels: dict[int, threading.Event],
+        writer: asyncio.StreamWriter,
     ) -> None:
         rid = frame.id
         try:
-            if self.draining:
-                raise ModelNotLoadedError(f"model {self.info.model_id!r} is being unloaded", param="model")
-            if self.pending >= self.max_pending:
-                raise OverloadedError(
-                    f"model {self.info.model_id!r} has {self.pending} requests in flight; retry later"
-                )
-            self.pending += 1
+            if ticket is None:
+                self._refuse_while_draining()  # a group admitted before the unload may finish
+            self.places.take(ticket)
+            self.keep_alive = frame.request.keep_alive  # Ollama: each request sets it (None: default)
+            started = time.monotonic()
             try:
                 await self._run(frame, cancels[rid], writer)
             finally:
-                self.pending -= 1
+                self.places.done(time.monotonic() - started, ticket)
+                self.finished += 1
+                self.cancelled += cancels[rid].is_set()
+                self.last_done = time.monotonic()
         except DukatError as exc:
             writer.write(encode_frame(Error.of(rid, exc)))
         except Exception as exc:
@@ -170,14 +219,25 @@ class WorkerServer:
         finally:
             cancels.pop(rid, None)
 
+    def load(self) -> WorkerLoad:
+        idle = 0.0 if self.pending else time.monotonic() - self.last_done
+        return WorkerLoad(
+            in_flight=self.pending,
+            finished=self.finished,
+            cancelled=self.cancelled,
+            idle_s=idle,
+            keep_alive_s=self.keep_alive,
+        )
+
     async def _run(
         self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter
     ) -> None:
         loop = asyncio.get_running_loop()
         rid = frame.id
         if isinstance(frame, Embed):
-            embedded = await loop.run_in_executor(self.executor, self.engine.embed, frame.request)
-            writer.write(encode_frame(Embedding(id=rid, result=embedded)))
+            embedded = await loop.run_in_executor(self.embedder, self._embed, frame.request, cancel)
+            if embedded is not None:
+                writer.write(encode_frame(Embedding(id=rid, result=embedded)))
             return
         # The scheduler's thread makes the frames; each of its steps hands them all to the loop
         # at once (no thread per stream, no wake-up per token).
@@ -215,64 +275,47 @@ class WorkerServer:
         if failure is not None:
             raise failure
 
-    def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
+    def _embed(self, request: EmbedRequest, cancel: threading.Event) -> EmbedResult | None:
+        # Cancelled while it waited for a thread: nobody reads the vectors, don't make them.
+        return None if cancel.is_set() else self.engine.embed(request)
+
+    def _outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
         if self.outbox is None or self.outbox.loop is not loop:
-            self.outbox = _Outbox(loop)
+            self.outbox = Outbox(loop)
         return self.outbox
 
 
-class _Outbox:
-    """Frames made on the scheduler's thread, handed to the event loop once per scheduler step:
-    one callback for all the step's requests, one write per connection."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._frames: dict[asyncio.StreamWriter, list[bytes]] = {}
-        self._done: list[tuple[asyncio.Future[BaseException | None], BaseException | None]] = []
-
-    def add(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
-        with self._lock:
-            if (frames := self._frames.get(writer)) is None:
-                self._frames[writer] = [frame]
-            else:
-                frames.append(frame)
-
-    def resolve(self, future: asyncio.Future[BaseException | None], value: BaseException | None) -> None:
-        """Once this step's frames are written, `future` gets `value`."""
-        with self._lock:
-            self._done.append((future, value))
-
-    def flush(self) -> None:
-        with self._lock:
-            frames, done = self._frames, self._done
-            if not frames and not done:
-                return
-            self._frames, self._done = {}, []
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read them
-            self.loop.call_soon_threadsafe(_deliver, frames, done)
-
-
-def _deliver(
-    frames: dict[asyncio.StreamWriter, list[bytes]],
-    done: list[tuple[asyncio.Future[BaseException | None], BaseException | None]],
-) -> None:
-    for writer, parts in frames.items():
-        if not writer.is_closing():
-            writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
-    for future, value in done:
-        if not future.done():
-            future.set_result(value)
+def _ticket_of(frame: Generate | Embed, tickets: dict[int, Ticket]) -> Ticket | None:
+    """The group whose held place `frame` takes (None: it needs a free place of its own)."""
+    if not isinstance(frame, Generate) or frame.ticket is None:
+        return None
+    ticket = tickets.get(frame.ticket)
+    if ticket is None or ticket.unused <= 0:
+        return None
+    if ticket.left <= 1:
+        del tickets[frame.ticket]  # its last generation: nothing more will name it
+    return ticket
 
 
 def _fail(exc: BaseException, model_id: str) -> None:
-    if isinstance(exc, DukatError):
-        body: dict[str, Any] = {"code": exc.code, "message": exc.message, "param": exc.param}
+    if _out_of_memory(exc):
+        message = f"loading model {model_id!r} ran out of memory: {type(exc).__name__}: {exc}"
+        body: dict[str, Any] = {"code": ModelOutOfMemoryError.code, "message": message, "param": None}
+    elif isinstance(exc, DukatError):
+        body = {"code": exc.code, "message": exc.message, "param": exc.param}
     else:
         # A library's own error ("header too large") says nothing about which model it was.
         message = f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}"
         body = {"code": "model_load_failed", "message": message, "param": None}
     print(f"{WORKER_FAILED} {json.dumps(body)}", flush=True)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(exc, oom)
 
 
 async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:
@@ -355,7 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
 
     token = load_settings().internal_token  # inherited from the host's environment, never on argv
-    server = WorkerServer(engine, info, max_pending=args.max_pending, drain_s=args.drain_s, token=token)
+    server = WorkerServer(
+        engine,
+        info,
+        max_pending=args.max_pending,
+        max_batch=args.max_batch,
+        drain_s=args.drain_s,
+        token=token,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server, args.bind, args.port))
     engine.close()

@@ -1,17 +1,21 @@
 """Spawns, watches and stops model worker processes: one per loaded model.
 
 A load is idempotent: a second load of a model that is loading or loaded joins the first. A
-worker that exits on its own is reported `failed` with its last log lines. Unload means the process
-exits (SIGTERM, then SIGKILL after a timeout), so its memory is really given back.
+worker that dies after it loaded (an OOM kill, a crash), or stops answering pings (hung), is killed
+and restarted with a backoff, a few times per window; past that it is `failed` with its last log
+lines. Unload means the process exits (SIGTERM, then SIGKILL after a timeout), so its memory is
+really given back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,10 +23,18 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from shared.errors import ConflictError, DukatError, ModelLoadFailedError, NotFoundError, error_from_code
+from shared.errors import (
+    ConflictError,
+    DukatError,
+    ModelLoadFailedError,
+    ModelOutOfMemoryError,
+    NotFoundError,
+    error_from_code,
+)
 from shared.host_api import WorkerState
 from shared.processes import WORKER_FAILED, WORKER_READY, ready_port, terminate
-from shared.wire import WorkerInfo
+from shared.wire import WorkerInfo, WorkerLoad
+from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 40
@@ -40,6 +52,20 @@ class WorkerSpec:
     device: str
     # The quantization is the default, not asked for: the worker may fall back to none.
     quantization_is_default: bool = False
+    # Memory set aside for it, and its keep-alive when requests give none (negative: forever).
+    estimated_bytes: int = 0
+    keep_alive_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Healing:
+    """How the host keeps a loaded worker alive (DUKAT_WORKER_RESTART*, DUKAT_WORKER_PING_*)."""
+
+    restarts: int
+    window_s: float
+    backoff_s: float
+    ping_interval_s: float
+    ping_timeout_s: float
 
 
 @dataclass
@@ -51,6 +77,8 @@ class _Worker:
     logs: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_LOG_TAIL))
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     error: DukatError | None = None
+    restarted_at: collections.deque[float] = field(default_factory=collections.deque)  # monotonic
+    hung: str | None = None  # why the watchdog killed the current process
 
 
 class Supervisor:
@@ -64,6 +92,7 @@ class Supervisor:
         max_queue: int,
         stop_timeout_s: float,
         load_timeout_s: float,
+        healing: Healing,
         token: str | None = None,
     ) -> None:
         self.bind = bind
@@ -75,6 +104,7 @@ class Supervisor:
         self.max_queue = max_queue
         self.stop_timeout_s = stop_timeout_s
         self.load_timeout_s = load_timeout_s
+        self.healing = healing
         self._workers: dict[str, _Worker] = {}
 
     def states(self) -> list[WorkerState]:
@@ -126,6 +156,9 @@ class Supervisor:
             quantization=spec.quantization,
             model_type=spec.model_type,
             started_at=time.time(),
+            estimated_bytes=spec.estimated_bytes,
+            keep_alive_s=spec.keep_alive_s,
+            last_used_at=time.time(),
         )
         worker = _Worker(spec=spec, state=state)
         self._workers[spec.model_id] = worker
@@ -133,8 +166,96 @@ class Supervisor:
         return worker
 
     async def _run(self, worker: _Worker) -> None:
+        """Run the worker's process; when one that had loaded dies or hangs, start another."""
+        while (reason := await self._attempt(worker)) is not None:
+            if worker.state.status == "stopping":
+                return
+            delay = self._restart_delay(worker)
+            name, tail = worker.spec.model_id, "\n".join(worker.logs)
+            if delay is None:
+                h = self.healing
+                message = (
+                    f"model worker for {name!r} {reason}; not restarted again "
+                    f"({h.restarts} restarts within {h.window_s:.0f} s)"
+                )
+                self._failed(worker, ModelLoadFailedError(message))
+                log.error("%s; last log lines:\n%s", message, tail)
+                return
+            s = worker.state
+            s.restarts += 1
+            s.status, s.address, s.pid, s.last_restart_reason = "loading", None, None, reason
+            if worker.ready.done():
+                worker.ready = asyncio.get_running_loop().create_future()
+            log.warning(
+                "model worker for %r %s; restart %d in %.1f s; last log lines:\n%s",
+                name, reason, s.restarts, delay, tail,
+            )
+            worker.logs.append(f"--- restart {s.restarts}: the worker {reason} ---")
+            await asyncio.sleep(delay)
+
+    def _restart_delay(self, worker: _Worker) -> float | None:
+        """The backoff before the next restart, or None when the window's restarts are spent."""
+        h, now = self.healing, time.monotonic()
+        times = worker.restarted_at
+        while times and now - times[0] > h.window_s:
+            times.popleft()
+        if len(times) >= h.restarts:
+            return None
+        times.append(now)
+        return h.backoff_s * 2 ** (len(times) - 1)
+
+    async def _attempt(self, worker: _Worker) -> str | None:
+        """One process of the worker, from spawn to exit. Returns why a process that had loaded
+        ended (it is to be restarted), or None when it never loaded (the worker is `failed`)."""
         spec = worker.spec
-        cmd = [
+        worker.hung = None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(spec),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env(),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._failed(worker, ModelLoadFailedError(f"cannot start a worker: {exc}"))
+            return None
+        worker.process = process
+        worker.state.pid = process.pid
+        worker.tasks.append(asyncio.create_task(self._pipe_logs(worker, process)))
+        conn: WorkerConnection | None = None
+        try:
+            conn = await asyncio.wait_for(self._handshake(worker, process), self.load_timeout_s)
+        except TimeoutError:
+            err = ModelLoadFailedError(f"worker did not load within {self.load_timeout_s:.0f} s")
+            self._failed(worker, err, settle=False)
+        if conn is None or worker.state.status == "failed":
+            # A failed load leaves no process (nor its memory) behind by the time the load answers.
+            await self._terminate(process)
+            self._settle(worker)
+            return None
+        watchdog = asyncio.create_task(self._watch(worker, process, conn))
+        try:
+            assert process.stdout
+            async for raw in process.stdout:  # keep draining: a full pipe would block the worker
+                worker.logs.append(raw.decode(errors="replace").rstrip())
+            code = await process.wait()
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+            await conn.close()
+        if worker.state.status != "loaded":
+            return None
+        return worker.hung or f"exited with code {code}"
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.token:
+            env["DUKAT_INTERNAL_TOKEN"] = self.token
+        return env
+
+    def _command(self, spec: WorkerSpec) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "worker.model_worker",
@@ -163,69 +284,61 @@ class Supervisor:
             str(max(0.0, self.stop_timeout_s - 1.0)),
             *(["--quantization-is-default"] if spec.quantization_is_default else []),
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.token:
-            env["DUKAT_INTERNAL_TOKEN"] = self.token
-        try:
-            worker.process = await asyncio.create_subprocess_exec(
-                *cmd,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self._failed(worker, ModelLoadFailedError(f"cannot start a worker: {exc}"))
-            return
-        worker.state.pid = worker.process.pid
-        worker.tasks.append(asyncio.create_task(self._pipe_logs(worker)))
-        try:
-            await asyncio.wait_for(self._handshake(worker), self.load_timeout_s)
-        except TimeoutError:
-            err = ModelLoadFailedError(f"worker did not load within {self.load_timeout_s:.0f} s")
-            self._failed(worker, err, settle=False)
-        if worker.state.status == "failed":
-            # A failed load leaves no process (nor its memory) behind by the time the load answers.
-            await self._terminate(worker.process)
-            self._settle(worker)
-            return
-        assert worker.process.stdout
-        async for raw in worker.process.stdout:  # keep draining: a full pipe would block the worker
-            worker.logs.append(raw.decode(errors="replace").rstrip())
-        code = await worker.process.wait()
-        if worker.state.status == "loaded":
-            err = ModelLoadFailedError(f"model worker for {spec.model_id!r} exited with code {code}")
-            self._failed(worker, err)
-            tail = "\n".join(worker.logs)
-            log.warning("worker %s exited with %s; last log lines:\n%s", spec.model_id, code, tail)
 
-    async def _handshake(self, worker: _Worker) -> None:
-        assert worker.process and worker.process.stdout
-        async for raw in worker.process.stdout:
+    async def _watch(
+        self, worker: _Worker, process: asyncio.subprocess.Process, conn: WorkerConnection
+    ) -> None:
+        """Ping the worker on a period; one that misses its deadline is hung: SIGKILL (a stopped or
+        deadlocked process ignores SIGTERM), and `_run` restarts it."""
+        h = self.healing
+        while True:
+            await asyncio.sleep(h.ping_interval_s)
+            try:
+                pong = await asyncio.wait_for(conn.pong(), h.ping_timeout_s)
+            except (TimeoutError, DukatError) as exc:
+                with contextlib.suppress(TimeoutError):  # a crash closes the wire first: let it say so
+                    await asyncio.wait_for(asyncio.shield(process.wait()), 1.0)
+                if process.returncode is not None:
+                    return
+                why = "timed out" if isinstance(exc, TimeoutError) else exc
+                worker.hung = f"did not answer a ping within {h.ping_timeout_s:g} s ({why})"
+                log.error("model worker for %r %s; killing it", worker.spec.model_id, worker.hung)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                return
+            self.observe(worker.spec.model_id, pong.load)
+
+    async def _handshake(
+        self, worker: _Worker, process: asyncio.subprocess.Process
+    ) -> WorkerConnection | None:
+        """The worker's connection once it answers; None when its load failed."""
+        assert process.stdout
+        async for raw in process.stdout:
             line = raw.decode(errors="replace").strip()
             if (port := ready_port(line, WORKER_READY)) is not None:
+                conn = WorkerConnection(f"{self.advertise}:{port}", self.token)
                 try:
-                    await self._ready(worker, port)
+                    await self._ready(worker, conn)
                 except Exception as exc:  # it said ready but does not answer: a failed load, not a hang
+                    await conn.close()
                     what = f"{type(exc).__name__}: {exc}"
                     message = f"model worker for {worker.spec.model_id!r} does not answer: {what}"
                     self._failed(worker, ModelLoadFailedError(message), settle=False)
-                return
+                    return None
+                return conn
             if line.startswith(WORKER_FAILED + " "):
                 body = json.loads(line.partition(" ")[2])
                 err = error_from_code(body.get("code"), body.get("message", "load failed"), body.get("param"))
                 self._failed(worker, err, settle=False)
-                return
-        self._failed(worker, ModelLoadFailedError("model worker exited while loading"), settle=False)
+                return None
+        self._failed(worker, _died_loading(worker.spec.model_id, await process.wait()), settle=False)
+        return None
 
-    async def _ready(self, worker: _Worker, port: int) -> None:
+    async def _ready(self, worker: _Worker, conn: WorkerConnection) -> None:
         # Ready means it answers: one ping over the real wire, which also brings the model's facts.
-        from shared.wire_client import ping
-
-        address = f"{self.advertise}:{port}"
-        info = await ping(address, token=self.token)
+        info = (await asyncio.wait_for(conn.pong(), 30.0)).info
         s = worker.state
-        s.address, s.status = address, "loaded"
+        s.address, s.status = conn.address, "loaded"
         for name in _ENGINE_FACTS:
             setattr(s, name, getattr(info, name))
         if not worker.ready.done():
@@ -245,14 +358,25 @@ class Supervisor:
             worker.ready.set_exception(worker.error)
             worker.ready.exception()  # retrieved here: a load nobody waits on must not warn
 
-    async def _pipe_logs(self, worker: _Worker) -> None:
-        assert worker.process and worker.process.stderr
-        async for raw in worker.process.stderr:
+    async def _pipe_logs(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr
+        async for raw in process.stderr:
             line = raw.decode(errors="replace").rstrip()
             worker.logs.append(line)
             # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
             level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
             log.log(level, "[%s] %s", worker.spec.model_id, line)
+
+    def observe(self, model_id: str, load: WorkerLoad) -> None:
+        """A loaded worker's counters from its Pong; the last request's keep_alive wins over the load's."""
+        worker = self._workers.get(model_id)
+        if worker is None or worker.state.status != "loaded":
+            return
+        s = worker.state
+        s.in_flight, s.finished, s.cancelled = load.in_flight, load.finished, load.cancelled
+        s.idle_s = load.idle_s
+        s.last_used_at = time.time() - load.idle_s
+        s.keep_alive_s = worker.spec.keep_alive_s if load.keep_alive_s is None else load.keep_alive_s
 
     async def unload(self, model_id: str) -> None:
         worker = self._workers.get(model_id)
@@ -296,3 +420,10 @@ def _check_same_load(worker: WorkerState, quantization: str | None, device: str 
             "unload it first to load it differently",
             param=next(reversed(wrong)),
         )
+
+
+def _died_loading(model_id: str, code: int) -> DukatError:
+    if code == -signal.SIGKILL:  # what the kernel's OOM killer does to a load that outgrows RAM
+        message = f"model worker for {model_id!r} was killed (SIGKILL) while loading: likely out of memory"
+        return ModelOutOfMemoryError(message)
+    return ModelLoadFailedError(f"model worker exited while loading (code {code})")

@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from gateway.auth import INFERENCE
 from gateway.limits import check_embedding_inputs, check_model
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
+from gateway.schemas.common import keep_alive_seconds
 from shared.token_ids import check_client_ids
 
 
@@ -17,5 +18,5 @@ async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> 
     inputs = data.inputs()
     check_embedding_inputs(state.manager.settings, inputs)
     check_client_ids(inputs, request.headers.get("user-agent"))
-    model, result = await state.manager.embed(data.model, inputs)
+    model, result = await state.manager.embed(data.model, inputs, keep_alive_seconds(data.keep_alive))
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)

@@ -14,7 +14,9 @@ from litestar.params import Parameter
 
 from gateway.auth import INFERENCE, is_admin, without_internals
 from gateway.limits import check_loadable, check_model, check_pull, check_revision
+from gateway.middleware import request_id_of
 from gateway.schemas import (
+    AvailableModelList,
     DefaultModel,
     DownloadJob,
     DownloadRequest,
@@ -22,7 +24,6 @@ from gateway.schemas import (
     LoadedModel,
     LoadedModelList,
     LoadRequest,
-    ModelList,
     SetDefaultRequest,
     Unloaded,
     UnloadRequest,
@@ -32,8 +33,9 @@ from shared.host_api import JOB_ID_PATTERN, HostState
 
 
 @get("/api/models", opt=INFERENCE, summary="Models available: the config file and every host's models_dir")
-async def available(state: State) -> ModelList:
-    return ModelList(data=await state.manager.available_models())
+async def available(state: State) -> AvailableModelList:
+    models = await state.manager.available_models()
+    return AvailableModelList(data=models, config_error=state.manager.config.problem)
 
 
 @get("/api/ps", opt=INFERENCE, summary="Models loaded, with device, quantization and memory")
@@ -62,9 +64,12 @@ async def download(state: State, job_id: Annotated[str, Parameter(pattern=JOB_ID
 
 
 @post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
-async def load(state: State, data: LoadRequest) -> LoadedModel:
+async def load(request: Request, state: State, data: LoadRequest) -> LoadedModel:
     await check_loadable(state.manager, data.model)
-    return await state.manager.load_model(data.model, data.quantization, data.device)
+    rid = request_id_of(request.scope)
+    return await state.manager.load_model(
+        data.model, data.quantization, data.device, replicas=data.replicas, request_id=rid
+    )
 
 
 @post("/api/models/unload", status_code=200, summary="Stop a model's worker process")

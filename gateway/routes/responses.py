@@ -24,7 +24,7 @@ from shared.errors import InvalidRequestError
 from shared.generation import message_text
 
 
-@post("/v1/responses", status_code=200, opt=INFERENCE, summary="Create a model response (Responses API)")
+@post("/v1/responses", status_code=200, opt=INFERENCE, summary="Create a model response (OpenAI)")
 async def create_response(
     request: Request, state: State, data: CreateResponseRequest
 ) -> ResponseObject | EventStream:
@@ -40,7 +40,8 @@ async def create_response(
     return finished(response_shell(data, model, rid, now()), result, output_items(result))
 
 
-@get("/v1/responses/{response_id:str}", opt=INFERENCE, summary="Retrieve a model response (not kept: a 400)")
+# Not in the OpenAPI document: it answers every request with the 400 that says why.
+@get("/v1/responses/{response_id:str}", opt=INFERENCE, include_in_schema=False)
 async def retrieve_response(response_id: str) -> ResponseObject:
     raise InvalidRequestError(
         f"response {response_id!r} was not stored: " + STATELESS.format(what="retrieving a response"),

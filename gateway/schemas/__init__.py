@@ -30,6 +30,7 @@ from gateway.schemas.embeddings import (
     encode_base64,
 )
 from gateway.schemas.models import (
+    AvailableModelList,
     DefaultModel,
     DownloadJob,
     DownloadRequest,
@@ -47,6 +48,7 @@ from gateway.schemas.models import (
 
 __all__ = [
     "AssistantMessage",
+    "AvailableModelList",
     "ChatChoice",
     "ChatChunkChoice",
     "ChatChunks",

@@ -18,6 +18,7 @@ from gateway.schemas.common import (
     OpenAIFinishReason,
     TopLogprobs,
     Usage,
+    keep_alive_seconds,
     now,
     openai_finish_reason,
     reject_if,
@@ -86,18 +87,21 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
 
     def generate_requests(self, request_id: str) -> list[GenerateRequest]:
         """One GenerateRequest per choice: the messages, the tools and constraint, logprobs."""
-        tools, choice = (
-            (self.tools, self.tool_choice) if self.tools else legacy_tools(self.functions, self.function_call)
-        )
+        if self.legacy_functions:
+            tools, choice = legacy_tools(self.functions, self.function_call)
+        else:
+            tools, choice = self.tools, self.tool_choice
         use, forced = tool_plan(tools, choice, self.parallel_tool_calls)
         formatted = self.response_format.constraint() if self.response_format is not None else None
         constraint = forced or formatted or self.extension_constraint()
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        keep_alive = keep_alive_seconds(self.keep_alive)
         return [
             GenerateRequest(
                 messages=self.messages,
                 params=p,
                 request_id=request_id,
+                keep_alive=keep_alive,
                 tools=use,
                 constraint=constraint,
                 logprobs=logprobs,

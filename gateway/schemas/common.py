@@ -11,6 +11,7 @@ from msgspec import Meta, Struct
 
 from shared.errors import InvalidRequestError
 from shared.generation import FinishReason, GenerateResult, SamplingParams
+from shared.keep_alive import parse_keep_alive
 
 # Ranges as OpenAI documents them; `n` is capped (OpenAI: 128) so one request can't queue thousands.
 # Integers that reach the worker stay within int64: its wire (msgpack) can't carry larger ones.
@@ -29,6 +30,8 @@ Seed = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 # Out-of-vocabulary ids are the worker's 400; this only keeps them within the wire's range.
 TokenId = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 Stop = str | list[str] | None
+# Ollama's keep_alive extension: "5m", "1h", seconds, 0 (unload after this request), -1 (forever).
+KeepAlive = str | float | None
 
 OpenAIFinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
@@ -52,6 +55,16 @@ def stop_list(stop: Stop) -> list[str] | None:
         return None
     items = [stop] if isinstance(stop, str) else stop
     return [s for s in items if s]
+
+
+def keep_alive_seconds(value: KeepAlive) -> float | None:
+    """A request's `keep_alive` in seconds (negative: forever); None when it gave none."""
+    if value is None:
+        return None
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param="keep_alive") from None
 
 
 def top_k_value(top_k: int | None) -> int | None:

@@ -17,6 +17,7 @@ from gateway.schemas.common import (
     OpenAIFinishReason,
     TokenId,
     Usage,
+    keep_alive_seconds,
     now,
     openai_finish_reason,
     reject_if,
@@ -80,12 +81,14 @@ class CompletionRequest(SamplingRequest, kw_only=True):
     def generate_requests(self, request_id: str) -> list[GenerateRequest]:
         """Prompt-major, `n` samples per prompt: choice index = prompt * n + sample."""
         params, constraint = self.choice_params(), self.extension_constraint()
+        keep_alive = keep_alive_seconds(self.keep_alive)
         return [
             GenerateRequest(
                 prompt=p if isinstance(p, str) else None,
                 prompt_ids=None if isinstance(p, str) else p,
                 params=s,
                 request_id=request_id,
+                keep_alive=keep_alive,
                 constraint=constraint,
                 logprobs=self.logprobs,
                 echo=bool(self.echo),

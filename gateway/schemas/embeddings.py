@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from gateway.schemas.common import TokenId, reject_if
+from gateway.schemas.common import KeepAlive, TokenId, reject_if
 from shared.errors import InvalidRequestError
 from shared.generation import EmbedResult
 
@@ -22,6 +22,8 @@ class EmbeddingRequest(Struct, kw_only=True):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None
+    # Ollama's extension: how long the model stays loaded after this request.
+    keep_alive: KeepAlive = None
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as the worker takes them: all strings or all token-id arrays, never mixed."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from msgspec import Struct
 
 from shared.host_api import ModelDetails
+
+# A default parameter's value in the config file (sampling fields: numbers, strings, stop lists).
+ParamValue = str | int | float | bool | list[str] | None
 
 
 class ModelShown(ModelDetails, kw_only=True, rename={"model_id": "id"}):
@@ -16,7 +17,7 @@ class ModelShown(ModelDetails, kw_only=True, rename={"model_id": "id"}):
     model_id: str
     description: str = ""
     quantization: str
-    default_parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    default_parameters: dict[str, ParamValue] = msgspec.field(default_factory=dict)
     downloaded: bool = False
     state: str = "available"
     device: str | None = None

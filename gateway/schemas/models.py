@@ -17,14 +17,15 @@ from shared import host_api
 from shared.host_api import WorkerState, WorkerStatus
 from shared.settings import Quantization
 
-# A value of a config file's default_parameters (JSON scalars, or a list of stop strings).
-ParameterValue = float | int | str | bool | list[str] | None
 CREATED = 1_700_000_000  # models have no creation time here; OpenAI requires one
 
 
 def owner_of(model_id: str) -> str:
     """OpenAI's `owned_by`: the hub organisation of the id, else Dukat."""
     return model_id.split("/")[0] if "/" in model_id else "dukat"
+
+# A default parameter's value in the config file (sampling fields: numbers, strings, stop lists).
+ParamValue = str | int | float | bool | list[str] | None
 
 
 class Model(Struct, kw_only=True):
@@ -41,8 +42,7 @@ class Model(Struct, kw_only=True):
     description: str | None = None
     default: bool = False
     # From the config file and the hosts' models_dir.
-    # The config entry's default_parameters as written: sampling values (numbers, stop strings, ...).
-    default_parameters: dict[str, ParameterValue] = {}
+    default_parameters: dict[str, ParamValue] = {}
     downloaded: bool = False
     size_bytes: int = 0
 
@@ -50,6 +50,13 @@ class Model(Struct, kw_only=True):
 class ModelList(Struct, kw_only=True):
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class AvailableModelList(ModelList, kw_only=True):
+    """`/api/models`: the list, and what is wrong with the config file while an edit has broken it
+    (the last good config stays in force meanwhile)."""
+
+    config_error: str | None = None
 
 
 # Ids are checked further where they enter (gateway/limits.py): their length limit is a setting.
@@ -89,6 +96,8 @@ class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     quantization: Quantization | None = None
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
     device: Device | None = None
+    # Workers to serve it, each on another host where there are several; None: the config file's, else 1.
+    replicas: Annotated[int, Meta(ge=1, le=64)] | None = None
 
 
 class UnloadRequest(host_api.UnloadCommand, kw_only=True, rename={"model_id": "model"}):

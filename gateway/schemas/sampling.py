@@ -10,6 +10,7 @@ from msgspec import Meta, Struct
 
 from gateway.schemas.common import (
     ChoiceCount,
+    KeepAlive,
     Penalty,
     RepetitionPenalty,
     Seed,
@@ -72,6 +73,8 @@ class SamplingRequest(Struct, kw_only=True):
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool | None = None
     structured_outputs: StructuredOutputs | None = None
+    # Ollama's extension: how long the model stays loaded after this request.
+    keep_alive: KeepAlive = None
 
     @property
     def choices(self) -> int:

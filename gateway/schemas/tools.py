@@ -7,8 +7,8 @@ tools through the chat template, parse calls out of the reply, or constrain deco
 - "required": decoding is constrained to a JSON array of `{"name", "arguments"}` objects, each a
   tool with arguments that validate against its `parameters` (one call when `parallel_tool_calls`
   is false); a named function: constrained to that function's arguments.
-- `response_format`: `json_object` is any JSON object, `json_schema` the given schema (strict or
-  best-effort alike: both are decoded under the schema's grammar).
+- `response_format`: `json_object` is any JSON object, `json_schema` the given schema (decoded under
+  its grammar; when the grammar engine can't take the schema: strict, a 400; else any JSON object).
 """
 
 from __future__ import annotations

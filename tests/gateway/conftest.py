@@ -30,6 +30,8 @@ SERVED = {
 }
 DEFAULT_MODEL = "tiny/tinyllama"
 TEST_ENV = {"OMP_NUM_THREADS": "1", "DUKAT_WORKER_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# The served instance's local host token, so a test's own ModelManager may call that host too.
+INTERNAL_TOKEN = "test-internal-token"
 
 
 @dataclass
@@ -86,6 +88,7 @@ def dukat(
         "HF_HOME": str(models_dir.parent / "hf-home"),
         "DUKAT_LOG_LEVEL": "warning",
         "DUKAT_STOP_TIMEOUT_S": "5",
+        "DUKAT_INTERNAL_TOKEN": INTERNAL_TOKEN,
     }
     proc = ChildProcess(
         "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],

@@ -166,7 +166,9 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     "missing_messages": (CHAT_PATH, {"model": CHAT}, "messages"),
     "messages_not_a_list": (CHAT_PATH, chat_body(messages="hi"), "messages"),
     "unknown_role": (CHAT_PATH, one_message(role="wizard", content="x"), "messages[0].role"),
-    "tool_role": (CHAT_PATH, one_message(role="tool", content="x"), "messages"),
+    "tool_choice_names_no_tool": (
+        CHAT_PATH, chat_body(tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"
+    ),
     "user_without_content": (CHAT_PATH, one_message(role="user"), "messages"),
     "max_tokens_0": (CHAT_PATH, chat_body(max_tokens=0), "max_tokens"),
     "top_p_0": (CHAT_PATH, chat_body(top_p=0), "top_p"),
@@ -179,7 +181,7 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     ),
     "top_k_past_int64": (CHAT_PATH, chat_body(top_k=2**66), "top_k"),
     "completion_seed_past_int64": (COMPLETIONS_PATH, {"model": CHAT, "prompt": "hi", "seed": 2**70}, "seed"),
-    "completion_token_id_prompt": (COMPLETIONS_PATH, {"model": CHAT, "prompt": [1, 2, 3]}, "prompt"),
+    "completion_token_past_vocabulary": (COMPLETIONS_PATH, {"model": CHAT, "prompt": [1, 10**9]}, "prompt"),
     "completion_empty_prompt_list": (COMPLETIONS_PATH, {"model": CHAT, "prompt": []}, "prompt"),
     "completion_missing_prompt": (COMPLETIONS_PATH, {"model": CHAT}, "prompt"),
     "embedding_token_id_past_int64": (EMBEDDINGS_PATH, embed_body(input=[[2**70]]), "input[0][0]"),

@@ -33,6 +33,8 @@ def test_pull_one_gguf_file_then_load_and_chat(dukat: Dukat, http: httpx.Client)
         )
         assert reply.choices[0].message.content
         assert reply.usage is not None and reply.usage.completion_tokens > 0
+        shown = http.get(f"/api/models/{GGUF_REPO}").json()  # `dukat show`: the converted folder's figures
+        assert shown["model_type"] == "llama" and shown["parameters"] > 0, shown
     finally:
         http.post("/api/models/unload", json={"model": GGUF_REPO})
 

@@ -22,7 +22,7 @@ from shared.errors import (
     UnsupportedTaskError,
 )
 from shared.model_config import ConfigStore, ModelEntry
-from tests.gateway.conftest import TEST_ENV, Dukat
+from tests.gateway.conftest import INTERNAL_TOKEN, TEST_ENV, Dukat
 from tests.gateway.test_cli import dukat_cli, ok
 
 NOT_PULLED = "dukat-test/never-pulled"
@@ -33,7 +33,9 @@ EMBED = "tiny/bert"
 def python_api(dukat: Dukat, http: httpx.Client) -> Iterator[ModelManager]:
     """The seed's ModelManager on the served instance's own worker host and config file."""
     host_url = http.get("/api/hosts").json()[0]["url"]
-    manager = ModelManager(models_dir=dukat.models_dir, config_path=dukat.config_path, hosts=[host_url])
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DUKAT_INTERNAL_TOKEN", INTERNAL_TOKEN)  # the served host's token (settings read now)
+        manager = ModelManager(models_dir=dukat.models_dir, config_path=dukat.config_path, hosts=[host_url])
     try:
         yield manager
     finally:

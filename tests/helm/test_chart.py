@@ -62,6 +62,11 @@ FULL_VALUES: dict[str, Any] = {
         },
     },
     "persistence": {"storageClass": "nfs", "size": "1Ti"},
+    "operations": {"keepAlive": "5m", "maxLoadedModels": 3, "hostMemoryBytes": 40 << 30},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "dashboard": {"enabled": True},
+    },
 }
 
 # The user's own Secrets and claim: the chart makes none of them.
@@ -73,6 +78,8 @@ EXISTING_VALUES: dict[str, Any] = {
 }
 
 RENDERS = {"default": {}, "full": FULL_VALUES, "existing": EXISTING_VALUES}
+# Custom resources the chart may make; kubernetes-validate knows only Kubernetes' own kinds.
+CRDS = {"monitoring.coreos.com/v1"}
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +133,8 @@ def test_rendered_objects_validate_strictly(chart: helm.Chart, name: str, kube_v
     objects = render(chart, RENDERS[name])
     assert objects
     for obj in objects:
+        if obj["apiVersion"] in CRDS:
+            continue  # not Kubernetes' own: checked by test_service_monitor_scrapes_every_gateway_pod
         # Raises on an unknown field, a wrong type, or a kind/apiVersion this Kubernetes lacks.
         kubernetes_validate.validate(obj, kube_version, strict=True)
 
@@ -136,6 +145,8 @@ def test_optional_objects_appear_only_when_asked(chart: helm.Chart) -> None:
         "Deployment",
         "NetworkPolicy",
         "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "PodDisruptionBudget",
         "Secret",  # the internal token: always
         "Service",
         "Service",
@@ -143,7 +154,8 @@ def test_optional_objects_appear_only_when_asked(chart: helm.Chart) -> None:
         "StatefulSet",
     ]
     full = sorted(o["kind"] for o in render(chart, FULL_VALUES))
-    assert full == sorted([*kinds, "ConfigMap", "HorizontalPodAutoscaler", "Ingress", "Secret", "Secret"])
+    optional = ["ConfigMap", "HorizontalPodAutoscaler", "Ingress", "Secret", "Secret", "ServiceMonitor"]
+    assert full == sorted([*kinds, *optional, "ConfigMap"])  # the model config and the dashboard
     existing = sorted(o["kind"] for o in render(chart, EXISTING_VALUES))
     assert "Secret" not in existing and "PersistentVolumeClaim" not in existing
 
@@ -189,6 +201,16 @@ def test_commands_run_the_gateway_and_the_hosts(chart: helm.Chart) -> None:
     )
     assert gateway["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert host["ports"] == [{"name": "http", "containerPort": 8100, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(("grace", "timeout"), [(None, "25"), (120, "115"), (3, "1")])
+def test_the_gateways_shutdown_timeout_follows_its_termination_grace_period(
+    chart: helm.Chart, grace: int | None, timeout: str
+) -> None:
+    values = {} if grace is None else {"gateway": {"terminationGracePeriodSeconds": grace}}
+    spec = pod_spec(render(chart, values), "Deployment")
+    assert spec["terminationGracePeriodSeconds"] == (grace or 30)
+    assert env_of(spec["containers"][0])["DUKAT_SHUTDOWN_TIMEOUT_S"]["value"] == timeout
 
 
 # ---- GPUs -----------------------------------------------------------------------------------------
@@ -243,7 +265,7 @@ def test_models_dir_setting_moves_every_mount(chart: helm.Chart) -> None:
 def test_model_config_is_copied_onto_the_volume_only_when_absent(chart: helm.Chart) -> None:
     assert "initContainers" not in pod_spec(render(chart, {}), "Deployment")
     objects = render(chart, FULL_VALUES)
-    config = one(objects, "ConfigMap")
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap" and "config.json" in o["data"]]
     assert yaml.safe_load(config["data"]["config.json"]) == FULL_VALUES["models"]["config"]
     spec = pod_spec(objects, "Deployment")
     (init,) = spec["initContainers"]
@@ -404,11 +426,20 @@ def test_app_version_and_dockerfile_match_the_package() -> None:
     assert "pip install -c constraints.txt ." in dockerfile
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
-def test_probes_hit_health_on_the_http_port(chart: helm.Chart, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "paths"),
+    [
+        # The gateway: slow starts (preloads) on readiness, liveness on its own route.
+        ("Deployment", ("/health/ready", "/health/live", "/health/ready")),
+        ("StatefulSet", ("/health", "/health", "/health")),
+    ],
+)
+def test_probes_hit_health_on_the_http_port(
+    chart: helm.Chart, kind: str, paths: tuple[str, str, str]
+) -> None:
     container = pod_spec(render(chart, {}), kind)["containers"][0]
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+    for probe, path in zip(("startupProbe", "livenessProbe", "readinessProbe"), paths, strict=True):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     assert [p["name"] for p in container["ports"]] == ["http"]
 
 

@@ -6,6 +6,11 @@ check still runs on every case generated.
   `unsupported_task`; `dimensions` must be the model's own size; token ids must be in its vocabulary.
 - `/v1/completions`: prompts x n is capped (DUKAT_MAX_GENERATIONS); `best_of` must equal `n`.
 - The tiny test models have a 512-token context: longer prompts are a 400 `context_length_exceeded`.
+- Constrained decoding (a JSON schema, a regex, forced tool calls, `text.format`) depends on the model:
+  a schema the grammar engine can't compile, or whose shortest output can't fit `max_tokens` in the
+  model's tokens, is a 400 by design; so is a named tool_choice naming none of the tools, a
+  structured_outputs with other than one key, echo of token-id prompts in a stream, and Responses
+  input items that aren't well-formed items (the document types them loosely, as OpenAI does).
 """
 
 from __future__ import annotations
@@ -54,23 +59,40 @@ def filter_case(context: Any, case: Any) -> bool:
             and all(not isinstance(i, int) or 0 <= i < VOCAB for i in ids)
             and _text_size(inputs) <= PROMPT_CHARS
         )
+    if body.get("structured_outputs") is not None:
+        return False
     if path == "/v1/completions":
         prompts = body.get("prompt")
         count = len(prompts) if isinstance(prompts, list) else 1
         n = body.get("n") or 1
         best_of = body.get("best_of")
-        return count * n <= MAX_GENERATIONS and best_of in (None, n) and _text_size(prompts) <= PROMPT_CHARS
+        ids = _token_ids(prompts)
+        return (
+            count * n <= MAX_GENERATIONS and best_of in (None, n) and _text_size(prompts) <= PROMPT_CHARS
+            and all(0 <= i < VOCAB for i in ids) and not (ids and body.get("stream") and body.get("echo"))
+            and len(ids) <= PROMPT_CHARS
+        )
     if path == "/v1/chat/completions":
-        return _text_size(body.get("messages")) <= PROMPT_CHARS
+        return _text_size(body.get("messages")) <= PROMPT_CHARS and _free_chat(body)
+    if path == "/v1/responses":
+        text = body.get("text") or {}
+        return (
+            isinstance(body.get("input"), str) and _text_size(body.get("input")) <= PROMPT_CHARS
+            and not body.get("tools") and not isinstance(body.get("tool_choice"), dict)
+            and (text.get("format") or {}).get("type") in (None, "text")
+        )
     return True
 
 
-@schemathesis.hook
-def map_case(context: Any, case: Any) -> Any:
-    """A request naming no model, or the other kind of model, names the served one of its kind (the
-    default model can be either: the fuzzer may set it)."""
-    body = case.body if isinstance(case.body, dict) else {}
-    wanted = EMBED_MODEL if case.operation.path == "/v1/embeddings" else CHAT_MODEL
-    if case.operation.path.startswith("/v1/") and _positive(case) and body.get("model") in (None, *MODELS):
-        body["model"] = wanted
-    return case
+def _token_ids(prompts: Any) -> list[int]:
+    items = prompts if isinstance(prompts, list) else []
+    return [i for item in items for i in (item if isinstance(item, list) else [item]) if isinstance(i, int)]
+
+
+def _free_chat(body: dict[str, Any]) -> bool:
+    """No constrained decoding in a chat body (no response_format but text, no tool choice naming a
+    function), and no tools: their descriptions count against the tiny models' context."""
+    fmt = body.get("response_format") or {}
+    named = isinstance(body.get("tool_choice"), dict) or isinstance(body.get("function_call"), dict)
+    tools = body.get("tools") or body.get("functions")
+    return fmt.get("type") in (None, "text") and not named and not tools

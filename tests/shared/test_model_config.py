@@ -98,21 +98,49 @@ def test_unknown_keys_are_kept_on_rewrite(tmp_path: Path) -> None:
         ('{"models": {"x": {"model_type": "llama9"}}}', 'models["x"].model_type', "unknown model_type"),
     ],
 )
-def test_invalid_file_raises_naming_file_and_field_and_is_left_untouched(
+def test_invalid_file_raises_naming_the_field_and_is_left_untouched(
     tmp_path: Path, content: str, field: str | None, reason: str
 ) -> None:
     path = tmp_path / "config.json"
     before = _write(path, content)
     store = ConfigStore(path)
-    for attempt in (store.read, lambda: store.set_default_model("x")):
-        with pytest.raises(InvalidConfigError) as info:
-            attempt()
-        assert str(path) in info.value.message
-        assert reason in info.value.message
-        if field is not None:
-            assert f"{path}: {field}: " in info.value.message
-            assert info.value.param == field
+    with pytest.raises(InvalidConfigError) as info:
+        store.read()  # at start-up: the operator is told which file
+    assert str(path) in info.value.message and reason in info.value.message
+    if field is not None:
+        assert f"{path}: {field}: " in info.value.message
+        assert info.value.param == field
+    with pytest.raises(InvalidConfigError) as info:
+        store.set_default_model("x")  # a write may come from a client: no path
+    assert str(path) not in info.value.message and str(tmp_path) not in info.value.message
+    assert reason in info.value.message and "refused until the file is fixed" in info.value.message
+    if field is not None:
+        assert f"file: {field}: " in info.value.message
+        assert info.value.param == field
     assert path.read_bytes() == before
+
+
+def test_a_file_broken_by_an_edit_keeps_the_last_good_config_and_refuses_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.json"
+    _write(path, SEED)
+    store = ConfigStore(path)
+    good = store.read()
+    assert store.problem is None
+    path.write_text('{"models": {')  # a half-saved edit
+    assert store.read() == good and store.view().default_model == good.default_model
+    assert store.problem is not None and "invalid model config file" in store.problem
+    assert str(tmp_path) not in store.problem
+    assert str(path) in caplog.text  # the operator's log names the file
+    with pytest.raises(InvalidConfigError, match="refused until the file is fixed") as info:
+        store.set_default_model("m")
+    assert str(tmp_path) not in info.value.message
+    assert path.read_text() == '{"models": {'
+    _write(path, {"models": {}, "default_model": "fixed"})
+    assert store.problem is None and store.read().default_model == "fixed"
+    store.set_default_model("m")
+    assert store.read().default_model == "m"
 
 
 def test_an_update_that_breaks_the_config_is_refused(tmp_path: Path) -> None:

@@ -297,7 +297,8 @@ def test_8bit_rows_batch_within_the_documented_bound(new_engine: NewEngine, tiny
         ([400, 12, 10, 11], [[2, 3, 1], [0]]),  # the long prompt pads nobody: it goes last, alone
         ([5], [[0]]),
         ([], []),
-        ([10, 20, 20, 40], [[0], [1, 2], [3]]),
+        ([10, 20, 20, 40], [[0, 1, 2], [3]]),  # short ones padded together: under the slack
+        ([100, 200, 200, 400], [[0], [1, 2], [3]]),
     ],
 )
 def test_prefills_are_grouped_by_length_shortest_first(lengths: list[int], groups: list[list[int]]) -> None:

@@ -104,8 +104,22 @@ def test_a_schema_whose_smallest_output_cant_fit_the_budget_is_a_400(grammars) -
     assert info.value.param == "max_tokens"
 
 
-def test_a_construct_the_engine_cant_take_is_a_400_naming_it(grammars) -> None:
-    book, _ = grammars
+def test_a_construct_the_engine_cant_take_is_a_400_naming_it_unless_not_strict(grammars) -> None:
+    book, tokenizer = grammars
+    schema = json.dumps({"type": "string", "pattern": "(?<=a)b"})
     with pytest.raises(InvalidRequestError, match="Lookbehind") as info:
-        book.compile(Constraint(kind="json", schema=json.dumps({"type": "string", "pattern": "(?<=a)b"})))
+        book.row(Constraint(kind="json", schema=schema), 64)
     assert info.value.status == 400
+    best_effort = Constraint(kind="json", schema=schema, strict=False)
+    assert isinstance(json.loads(random_model_output(book, tokenizer, best_effort, 32, 0)), dict)
+
+
+def test_a_row_whose_model_rules_out_every_allowed_token_still_gets_a_choice(grammars) -> None:
+    book, _ = grammars
+    row = book.row(Constraint(kind="choice", choices=["yes", "no"]), 8)
+    logits = torch.full((2, book.vocab_size), float("-inf"))
+    logits[:, 0] = 5.0  # only a token the grammar forbids is possible in the model's eyes
+    book.mask(logits, [(1, row)])
+    allowed = torch.isfinite(logits[1]).nonzero().flatten().tolist()
+    assert allowed and all(row.matcher.fork().accept_token(t) for t in allowed)
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [0]  # a free row is untouched

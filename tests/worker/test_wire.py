@@ -21,6 +21,9 @@ from shared.model_types import get_model_type
 from shared.processes import WORKER_READY as READY
 from shared.wire import (
     MAX_FRAME,
+    Accepted,
+    Admit,
+    Admitted,
     Cancel,
     Delta,
     Error,
@@ -125,6 +128,7 @@ async def test_a_cancel_in_mid_stream_stops_the_generation(worker: tuple[str, in
     raw = await _Raw.open(worker[0])
     try:
         raw.writer.write(encode_frame(Generate(id=7, request=_request(400), stream=True)))
+        assert await raw.next() == Accepted(id=7)  # it has the request
         assert isinstance(await raw.next(), Delta)
         raw.writer.write(encode_frame(Cancel(id=7)))
         while isinstance(frame := await raw.next(), Delta):
@@ -158,11 +162,48 @@ async def test_request_errors_come_back_as_error_frames(
     raw = await _Raw.open(worker[0])  # the frame itself: the request's id, the table's code
     try:
         raw.writer.write(encode_frame(Generate(id=41, request=GenerateRequest(params=SamplingParams()))))
+        assert await raw.next() == Accepted(id=41)
         frame = await raw.next()
         assert isinstance(frame, Error)
         assert (frame.id, frame.code, frame.param) == (41, "invalid_request", "messages")
     finally:
         raw.close()
+
+
+async def test_a_group_is_admitted_whole_or_refused_whole(worker: tuple[str, int]) -> None:
+    """A request's generations get their places at once (the worker's default: 16 + 64 queued) and
+    keep them; while they are held, others are refused with a Retry-After; given back, served."""
+    raw = await _Raw.open(worker[0])
+    try:
+        raw.writer.write(encode_frame(Admit(id=1, count=100)))  # larger than the worker: all of it
+        assert await raw.next() == Admitted(id=1, places=80)
+        raw.writer.write(encode_frame(Admit(id=2, count=1)))
+        refused = await raw.next()
+        assert isinstance(refused, Error) and refused.code == "overloaded" and refused.retry_after
+        raw.writer.write(encode_frame(Cancel(id=1)))  # the group gives its places back
+        raw.writer.write(encode_frame(Admit(id=3, count=79)))
+        assert await raw.next() == Admitted(id=3, places=79)
+        raw.writer.write(encode_frame(Admit(id=4, count=2)))  # 79 + 2 > 80: none of the two
+        assert isinstance(await raw.next(), Error)
+        raw.writer.write(encode_frame(Generate(id=5, request=_request(2), ticket=3)))  # one of the 79
+        assert await raw.next() == Accepted(id=5)
+        assert isinstance(await raw.next(), Result)
+        raw.writer.write(encode_frame(Generate(id=6, request=_request(2))))  # on its own: the 80th place
+        assert await raw.next() == Accepted(id=6)
+        assert isinstance(await raw.next(), Result)
+        raw.writer.write(encode_frame(Admit(id=7, count=2)))  # the 79 stay with their group
+        assert isinstance(await raw.next(), Error)
+        raw.writer.write(encode_frame(Cancel(id=3)))
+        raw.writer.write(encode_frame(Admit(id=8, count=80)))
+        assert await raw.next() == Admitted(id=8, places=80)
+    finally:
+        raw.close()  # a closed connection gives back its places too
+    fresh = WorkerConnection(worker[0])
+    try:
+        assert (await fresh.pong()).load.in_flight == 0
+        assert (await fresh.generate(_request(2))).completion_tokens == 2
+    finally:
+        await fresh.close()
 
 
 async def test_a_frame_over_the_size_limit_drops_only_its_connection(worker: tuple[str, int]) -> None:

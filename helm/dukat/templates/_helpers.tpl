@@ -213,7 +213,7 @@ the secret name is empty. Secrets are referenced, never written into the pod spe
 Names the chart sets itself, and secrets, are refused. */}}
 {{- define "dukat.extraEnv" -}}
 {{- $reserved := list "DUKAT_API_KEYS" "DUKAT_ADMIN_KEYS" "DUKAT_INTERNAL_TOKEN" "HF_TOKEN" "DUKAT_WORKER_HOSTS" "DUKAT_MODELS_DIR" "DUKAT_CONFIG_PATH"
-  "DUKAT_HOST" "DUKAT_PORT" "DUKAT_HOST_BIND" "DUKAT_HOST_PORT" "DUKAT_DEVICES" -}}
+  "DUKAT_HOST" "DUKAT_PORT" "DUKAT_HOST_BIND" "DUKAT_HOST_PORT" "DUKAT_DEVICES" "DUKAT_SHUTDOWN_TIMEOUT_S" -}}
 {{- range $name, $value := index . 0 }}
 {{- if has $name $reserved }}
 {{- fail (printf "%s.%s is set by the chart (secrets through auth and huggingface)" (index $ 1) $name) }}
@@ -223,23 +223,24 @@ Names the chart sets itself, and secrets, are refused. */}}
 {{- end }}
 {{- end -}}
 
-{{/* The three probes, all on GET /health: `include "dukat.probes" .Values.gateway.probes`. */}}
+{{/* The three probes: `include "dukat.probes" (list .Values.gateway.probes startupPath livenessPath readinessPath)`. */}}
 {{- define "dukat.probes" -}}
+{{- $probes := index . 0 -}}
 startupProbe:
   httpGet:
-    path: /health
+    path: {{ index . 1 }}
     port: http
-  {{- toYaml .startup | nindent 2 }}
+  {{- toYaml $probes.startup | nindent 2 }}
 livenessProbe:
   httpGet:
-    path: /health
+    path: {{ index . 2 }}
     port: http
-  {{- toYaml .liveness | nindent 2 }}
+  {{- toYaml $probes.liveness | nindent 2 }}
 readinessProbe:
   httpGet:
-    path: /health
+    path: {{ index . 3 }}
     port: http
-  {{- toYaml .readiness | nindent 2 }}
+  {{- toYaml $probes.readiness | nindent 2 }}
 {{- end -}}
 
 {{/* The worker host's resources with its GPUs (`gpu.count` > 0) added to the limits. */}}

@@ -1,0 +1,37 @@
+"""Probes and metrics for the cluster around the gateway: Kubernetes' liveness and readiness, and
+Prometheus' scrape. Outside /v1 and /api, so API keys don't guard them (keep them in-cluster)."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+from msgspec import Struct
+
+from gateway.metrics import CONTENT_TYPE
+from shared.errors import ModelNotLoadedError, NoCapacityError
+
+
+class Probe(Struct, kw_only=True):
+    status: str  # "ok" (live) or "ready"
+
+
+@get("/health/live", summary="Liveness: the gateway's event loop answers")
+async def live() -> Probe:
+    return Probe(status="ok")
+
+
+@get("/health/ready", summary="Readiness: a worker host answers and the preload list is loaded (else 503)")
+async def ready(state: State) -> Probe:
+    if not state.preloaded:
+        raise ModelNotLoadedError("not ready: the preload list is still loading")
+    if not await state.manager.hosts.states():
+        raise NoCapacityError("not ready: no worker host answers")
+    return Probe(status="ready")
+
+
+@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(state: State) -> Response[bytes]:
+    manager = state.manager
+    hosts = await manager.hosts.states()
+    body = state.metrics.render(hosts, manager.hosts.urls, await manager.in_flight())
+    return Response(body, media_type=CONTENT_TYPE)

@@ -1,0 +1,78 @@
+"""The places of one model worker: requests generating or queued, and places held for a request
+whose generations (its n choices, its prompts) are admitted together or not at all.
+
+A group gets its places at once (all it needs, or every place of the worker for a group larger than
+the worker) and keeps them until its last generation has started: a place one of them frees goes to
+the next of the group, never to a stranger, so no sibling's work is thrown away for want of room.
+A refusal is an `overloaded` error whose Retry-After comes from the queue: how many requests must
+finish before there is room, at the pace requests have been finishing here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from shared.errors import OverloadedError
+
+_MAX_RETRY_AFTER_S = 60
+
+
+@dataclass
+class Ticket:
+    """An admitted group's hold on places."""
+
+    unused: int  # places held and free right now
+    left: int  # generations of the group still to start
+
+
+class Admission:
+    def __init__(self, model_id: str, *, max_pending: int, max_batch: int) -> None:
+        self.model_id = model_id
+        self.max_pending = max_pending
+        self.max_batch = max_batch
+        self.pending = 0  # places taken: requests queued or generating
+        self.reserved = 0  # places held by tickets, free right now
+        self._mean_s = 1.0  # how long a request takes here (moving average)
+
+    def admit(self, count: int) -> Ticket:
+        """Places for a group of `count` generations, or none (OverloadedError)."""
+        places = min(count, self.max_pending)
+        self._check(places)
+        self.reserved += places
+        return Ticket(unused=places, left=count)
+
+    def take(self, ticket: Ticket | None) -> None:
+        """A request starts: in a place its group holds, or in a free one (else it is refused)."""
+        if ticket is None:
+            self._check(1)
+        else:
+            ticket.unused -= 1
+            ticket.left -= 1
+            self.reserved -= 1
+        self.pending += 1
+
+    def done(self, seconds: float, ticket: Ticket | None) -> None:
+        self.pending -= 1
+        self._mean_s += 0.2 * (seconds - self._mean_s)
+        if ticket is not None and ticket.left > 0:
+            ticket.unused += 1  # the place stays with its group
+            self.reserved += 1
+
+    def give_back(self, ticket: Ticket) -> None:
+        """The group ended early: the places it holds free go back."""
+        self.reserved -= ticket.unused
+        ticket.unused = ticket.left = 0
+
+    def _check(self, count: int) -> None:
+        used = self.pending + self.reserved
+        if used + count > self.max_pending:
+            raise OverloadedError(
+                f"model {self.model_id!r} has {used} requests in flight; retry later",
+                retry_after=self.retry_after(used + count - self.max_pending),
+            )
+
+    def retry_after(self, must_finish: int) -> int:
+        """Seconds until `must_finish` requests have finished, `max_batch` at a time."""
+        seconds = math.ceil(must_finish / self.max_batch) * self._mean_s
+        return max(1, min(_MAX_RETRY_AFTER_S, math.ceil(seconds)))
