@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.metrics_hosts import MODEL, HostsCollector
-from shared.generation import GenerateResult
+from shared.generation import FinishReason, GenerateResult
 from shared.host_api import HostState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,7 +38,7 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 # fmt: on
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-FINISH_REASONS = ("stop", "length", "cancelled")
+FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
 OVERHEAD_DOC = "Latency a request spends outside its model worker's engine (wire, loop hops)."
 HISTOGRAMS = {  # ModelMetrics attribute -> (name, help, buckets)
     "ttft": (

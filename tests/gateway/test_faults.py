@@ -95,6 +95,7 @@ def served(
     )
     url = proc.start(timeout=120)
     try:
+        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=30).status_code == 200, 120, "preloaded")
         yield Served(url, config_path, proc)
     finally:
         proc.stop()
