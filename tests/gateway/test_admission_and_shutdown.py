@@ -27,7 +27,7 @@ from shared.processes import ChildProcess
 from shared.wire import WorkerLoad
 from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
-from tests.gateway.test_lifecycle import process_gone, wait_for
+from tests.support.checks import process_gone, wait_for
 
 STUCK, QUICK = "tiny/stuck", "tiny/quick"
 GRACE_S = 2

@@ -27,8 +27,7 @@ from shared.processes import ChildProcess
 from shared.wire import WorkerLoad
 from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
-from tests.support.checks import error_of as assert_openai_error
-from tests.support.checks import process_gone, wait_for
+from tests.support.checks import error_of, process_gone, wait_for
 
 VICTIM = "tiny/victim"
 EMBEDDER = "tiny/embedder"
@@ -200,7 +199,7 @@ def test_a_stopped_worker_fails_its_requests_is_replaced_and_later_requests_are_
         assert error["code"] == "worker_failed", error
         assert ": keep-alive" in lines  # the silent stream was kept open meanwhile
         wait_for(lambda: in_flight, 30, "the non-streaming request ended")
-        assert_openai_error(in_flight[0], 502, "worker_failed")
+        error_of(in_flight[0], 502, "worker_failed")
         new = replaced(served, old["pid"])
         assert "did not answer a ping" in new["last_restart_reason"]
         wait_for(lambda: late, 120, "the request sent during the hang ended")
@@ -278,7 +277,7 @@ def test_a_config_broken_by_hand_keeps_serving_reports_it_and_refuses_writes(ser
         problem = listing.json()["config_error"]
         assert problem and "invalid model config" in problem
         resp = served.http.post("/api/models/default", json={"model": VICTIM})
-        error = assert_openai_error(resp, 500, "invalid_config")
+        error = error_of(resp, 500, "invalid_config")
         assert "refused until the file is fixed" in error["message"]
         for text in (listing.text, resp.text):
             assert str(served.config_path.parent) not in text  # no client sees the file's path
