@@ -29,8 +29,10 @@ browser:
 		  { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
 		echo "chromium is not installed: the /docs browser test will skip"
 
+# Two workers (CI has 2 cores; most tests wait on processes); one module stays on one worker, so its
+# servers start once.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway worker shared tests bench augment_adam

@@ -22,8 +22,19 @@ from typing import Any
 
 import httpx
 
+from bench.harness import INTERNAL_TOKEN
 from shared.generation import GenerateRequest, GenerateResult, Message, SamplingParams
-from shared.wire import Delta, Error, Generate, Result, encode_frame, from_worker_decoder, read_frame
+from shared.wire import (
+    Accepted,
+    Delta,
+    Error,
+    Generate,
+    Hello,
+    Result,
+    encode_frame,
+    from_worker_decoder,
+    read_frame,
+)
 
 
 def chat_body(model: str, prompt: str, max_tokens: int, *, stream: bool = False) -> dict[str, Any]:
@@ -73,6 +84,7 @@ class DirectClient:
     async def __aenter__(self) -> DirectClient:
         host, _, port = self.address.rpartition(":")
         reader, self._writer = await asyncio.open_connection(host, int(port))
+        self._writer.write(encode_frame(Hello(token=INTERNAL_TOKEN)))  # the worker asks for it first
         self._reader = asyncio.create_task(self._read(reader))
         return self
 
@@ -100,6 +112,8 @@ class DirectClient:
                 frame = await queue.get()
                 if isinstance(frame, Error):
                     raise RuntimeError(f"worker error {frame.code}: {frame.message}")
+                if isinstance(frame, Accepted):  # the worker has it; the answer follows
+                    continue
                 yield frame
                 if isinstance(frame, Result):
                     return

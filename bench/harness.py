@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import shutil
 import statistics
 import time
@@ -36,7 +37,10 @@ MAIN_SHAPE: dict[str, Any] = {"hidden": 256, "layers": 4, "init_std": 0.5}
 SMALL_SHAPE: dict[str, Any] = {"hidden": 64, "layers": 2, "init_std": 0.5}
 
 # Every process of the served instance runs one torch thread; the access log is off (warning).
+# The served host and workers ask for an internal token; the bench's own clients of them send it.
+INTERNAL_TOKEN = secrets.token_urlsafe(24)
 SERVE_ENV = {
+    "DUKAT_INTERNAL_TOKEN": INTERNAL_TOKEN,
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "DUKAT_WORKER_THREADS": "1",
@@ -234,7 +238,8 @@ class Served:
         """The model worker's wire address, as its host reports it."""
         for model in self.loaded():
             if model["id"] == model_id:
-                state = httpx.get(f"{model['host']}/state", timeout=30).json()
+                auth = {"authorization": f"Bearer {INTERNAL_TOKEN}"}
+                state = httpx.get(f"{model['host']}/state", headers=auth, timeout=30).json()
                 for worker in state["models"]:
                     if worker["model_id"] == model_id:
                         return str(worker["address"])

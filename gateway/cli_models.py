@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import textwrap
 import time
 from typing import Any
 from urllib.parse import quote
@@ -86,6 +87,11 @@ def cmd_ps(api: Api, args: argparse.Namespace) -> None:
     print_table(rows, columns, empty="no model is loaded: dukat load ID (or dukat run ID) loads one")
 
 
+def _fact(name: str, value: Any) -> str:
+    """`    name            value`, a long value wrapped under itself within 80 columns."""
+    return textwrap.fill(str(value), width=80, initial_indent=f"    {name:<16}", subsequent_indent=" " * 20)
+
+
 def _show_lines(d: dict[str, Any]) -> list[str]:
     state = d.get("state") or "available"
     if d.get("device"):
@@ -96,6 +102,7 @@ def _show_lines(d: dict[str, Any]) -> list[str]:
         ("description", d.get("description")),
         ("type", d.get("model_type")),
         ("architecture", d.get("architecture")),
+        ("gguf file", d.get("gguf_file")),
         ("parameters", f"{params / 1e9:.2f}B" if params and params >= 1e8 else params),
         ("context length", d.get("context_length")),
         ("quantization", d.get("quantization")),
@@ -103,7 +110,7 @@ def _show_lines(d: dict[str, Any]) -> list[str]:
         ("state", state + ("  (default model)" if d.get("default") else "")),
         ("license", d.get("license") or "not stated in the model's files"),
     ]
-    lines = ["  Model"] + [f"    {k:<16}{v}" for k, v in facts if v not in (None, "")]
+    lines = ["  Model"] + [_fact(k, v) for k, v in facts if v not in (None, "")]
     defaults = d.get("default_parameters") or {}
     if defaults:
         lines += ["", "  Parameters"] + [f"    {k:<16}{v}" for k, v in defaults.items()]

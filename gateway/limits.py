@@ -14,7 +14,12 @@ import msgspec
 from litestar import Request
 
 from gateway.errors import request_validation_error
-from shared.errors import InvalidRequestError, ModelNotFoundError, PullNotAllowedError
+from shared.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    PullNotAllowedError,
+    UnsupportedMediaTypeError,
+)
 from shared.model_ids import check_model_id, is_hub_id
 from shared.settings import Settings
 
@@ -53,6 +58,11 @@ class LimitedRequest(Request[Any, Any, Any]):
 
     async def json(self) -> Any:
         body = await self.body()
+        media = self.headers.get("content-type", "")
+        if not _is_json(media):
+            # Also what keeps a browser's cross-site "simple" POST (text/plain, a form) from an open server.
+            said = f"Content-Type was {media!r}" if media else "no Content-Type was sent"
+            raise UnsupportedMediaTypeError(f"{said}; send the body as application/json")
         limit = self.app.state["settings"].max_json_depth
         if json_depth_exceeds(body, limit):
             raise InvalidRequestError(
@@ -70,9 +80,20 @@ class LimitedRequest(Request[Any, Any, Any]):
             raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
         # JSON Schema counts 2.0 as an integer: take integral numbers where integers are expected.
         try:
-            return msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation)
+            loose = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return await super().json()  # typed decoding stopped at a bad field before the bad JSON
+        try:
+            return msgspec.convert(_integral(loose), data.annotation)
         except msgspec.ValidationError:
             raise request_validation_error(error) from None
+        except msgspec.DecodeError as exc:  # the typed decode stopped at a bad value before the bad JSON
+            raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _is_json(media: str) -> bool:
+    kind = media.split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 def _integral(value: Any) -> Any:

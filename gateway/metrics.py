@@ -38,7 +38,7 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 # fmt: on
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)  # every reason a result can carry
+FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
 OVERHEAD_DOC = "Latency a request spends outside its model worker's engine (wire, loop hops)."
 HISTOGRAMS = {  # ModelMetrics attribute -> (name, help, buckets)
     "ttft": (

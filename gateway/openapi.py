@@ -36,6 +36,7 @@ _REASONS = {
     404: "Unknown model, route or job",
     409: "The model is already loaded differently",
     413: "Request body too large",
+    415: "The body is not sent as application/json",
     429: "The model worker's queue is full (Retry-After)",
     500: "A bug (logged with its traceback)",
     502: "A worker process or the hub failed",
@@ -46,23 +47,23 @@ _REASONS = {
 _REACHES_A_MODEL = (404, 429, 502, 503, 504)
 # What each route can answer besides its success (keys add 401, admin routes 403).
 ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/chat/completions"): (400, 413, *_REACHES_A_MODEL),
-    ("post", "/v1/completions"): (400, 413, *_REACHES_A_MODEL),
-    ("post", "/v1/embeddings"): (400, 413, *_REACHES_A_MODEL),
-    ("post", "/v1/responses"): (400, 413, *_REACHES_A_MODEL),
+    ("post", "/v1/chat/completions"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/completions"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/embeddings"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/responses"): (400, 413, 415, *_REACHES_A_MODEL),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
     ("get", "/api/ps"): (),
     ("get", "/api/hosts"): (),
-    ("post", "/api/models/pull"): (400, 403, 413, 502, 503),
+    ("post", "/api/models/pull"): (400, 403, 413, 415, 502, 503),
     ("get", "/api/downloads/{job_id}"): (400, 404, 502),
-    ("post", "/api/models/load"): (400, 403, 404, 409, 413, 502, 503, 504, 507),
-    ("post", "/api/models/unload"): (400, 404, 413, 502),
-    ("post", "/api/models/default"): (400, 404, 413),
+    ("post", "/api/models/load"): (400, 403, 404, 409, 413, 415, 502, 503, 504, 507),
+    ("post", "/api/models/unload"): (400, 404, 413, 415, 502),
+    ("post", "/api/models/default"): (400, 404, 413, 415),
     ("get", "/health"): (),
     ("get", "/api/models/{model_id}"): (400, 404, 502),
-    ("post", "/api/models/delete"): (400, 404, 409, 413, 502),
+    ("post", "/api/models/delete"): (400, 404, 409, 413, 415, 502),
     ("get", "/health/live"): (),
     ("get", "/health/ready"): (503,),
 }
@@ -204,13 +205,20 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
             "anyOf": [text, {**many, "items": text}, ids, {**many, "items": ids}]
         }
     _model_ids(components, settings)
+    for schema in components.values():  # Ollama's keep_alive: a duration, seconds, 0 or -1
+        keep_alive = schema.get("properties", {}).get("keep_alive")
+        for alternative in (keep_alive or {}).get("anyOf", []):
+            if alternative.get("type") == "string":
+                alternative["pattern"] = KEEP_ALIVE_PATTERN
 
 
+# shared/keep_alive.py: "5m", "1h30m", "90s", "500ms", or seconds, signed (upper case too).
+KEEP_ALIVE_PATTERN = r"^\s*[+-]?([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[sSmMhH]))+)\s*$"
 # Bodies naming a model (shared/model_ids.py; an id the config file lists is taken as written, even
 # a path, but the document describes what any client may send).
 _MODEL_BODIES = (
-    "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "LoadRequest", "UnloadRequest",
-    "SetDefaultRequest",
+    "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "CreateResponseRequest", "LoadRequest",
+    "UnloadRequest", "SetDefaultRequest", "DeleteRequest",
 )
 
 
@@ -222,12 +230,13 @@ def _model_ids(components: dict[str, Any], settings: Settings) -> None:
 
 
 def _model_id_path_parameter(document: dict[str, Any], settings: Settings) -> None:
-    operation = document["paths"].get("/v1/models/{model_id}", {}).get("get", {})
-    for parameter in operation.get("parameters", []):
-        if parameter["name"] == "model_id":
-            parameter["schema"] = {
-                "type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": settings.max_model_id_length,
-            }
+    for path in ("/v1/models/{model_id}", "/api/models/{model_id}"):
+        operation = document["paths"].get(path, {}).get("get", {})
+        for parameter in operation.get("parameters", []):
+            if parameter["name"] == "model_id":
+                parameter["schema"] = {
+                    "type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": settings.max_model_id_length,
+                }
 
 
 def _apply_refusals(components: dict[str, Any]) -> None:
@@ -261,14 +270,49 @@ def _apply_refusals(components: dict[str, Any]) -> None:
                 "required": ["json_schema"],
             },
         ]
-    responses = components.get("CreateResponseRequest", {}).get("properties", {})
-    for stateful in ("previous_response_id", "conversation"):  # stateless: only null
-        if stateful in responses:
-            responses[stateful] = {"type": "null", "default": None}
+    if "StructuredOutputs" in components:  # exactly one of json, regex, choice
+        components["StructuredOutputs"]["oneOf"] = [
+            {"properties": {key: {"not": {"type": "null"}}}, "required": [key]}
+            for key in ("json", "regex", "choice")
+        ]
+    if "CreateResponseRequest" in components:
+        _responses_request(components["CreateResponseRequest"]["properties"])
+    if "FunctionTool" in components:
+        components["FunctionTool"]["properties"]["type"] = {"const": "function", "default": "function"}
     completion = components.get("CompletionRequest", {}).get("properties", {})
     if completion:
         empty = {"type": "string", "maxLength": 0}  # a suffix is refused; "" is no suffix
         completion["suffix"] = {"anyOf": [empty, {"type": "null"}], "default": None}
+
+
+def _responses_request(props: dict[str, Any]) -> None:
+    """/v1/responses: no state (previous_response_id, conversation: only null), and the input items it
+    reads (gateway/schemas/responses.py: message, function_call, function_call_output; text parts)."""
+    props["previous_response_id"] = {"type": "null", "default": None}
+    props["conversation"] = {"type": "null", "default": None}
+    text: dict[str, Any] = {"type": "string"}
+    part = {
+        "type": "object", "required": ["type"],
+        "properties": {"type": {"enum": ["input_text", "output_text", "text"]}, "text": {}},
+    }
+    content = {"anyOf": [text, {"type": "array", "items": part}]}
+    message = {
+        "type": "object", "required": ["role", "content"],
+        "properties": {
+            "type": {"const": "message"}, "role": {"enum": ["user", "system", "developer", "assistant"]},
+            "content": content,
+        },
+    }
+    call = {
+        "type": "object", "required": ["type", "call_id", "name", "arguments"],
+        "properties": {"type": {"const": "function_call"}, "call_id": text, "name": text, "arguments": text},
+    }
+    output = {
+        "type": "object", "required": ["type", "call_id", "output"],
+        "properties": {"type": {"const": "function_call_output"}, "call_id": text, "output": content},
+    }
+    items = {"type": "array", "minItems": 1, "items": {"anyOf": [message, call, output]}}
+    props["input"] = {"anyOf": [text, items]}
 
 
 def _bound(components: dict[str, Any], name: str, field: str, kind: str, **bounds: int | str) -> None:

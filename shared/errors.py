@@ -244,7 +244,6 @@ class RequestTimeoutError(DukatError):
     code = "timeout"
 
 
-TimeoutError_ = RequestTimeoutError  # the old name, for branches that still import it; remove after
 
 
 def _all_subclasses(cls: type[DukatError]) -> list[type[DukatError]]:

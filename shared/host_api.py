@@ -163,6 +163,7 @@ class ModelDetails(Struct, kw_only=True):
     path: str | None = None  # None: not on this host
     model_type: str | None = None
     architecture: str | None = None
+    gguf_file: str | None = None  # a GGUF model: the file it serves
     parameters: int | None = None  # counted from the safetensors headers
     context_length: int | None = None
     dtype: str | None = None

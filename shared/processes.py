@@ -46,6 +46,11 @@ def terminate(pid: int, exited: Callable[[], bool], timeout: float) -> None:
         _wait_until(exited, timeout)
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL to the process group of `pid` at once (a hung child ignores SIGTERM)."""
+    _signal_group(pid, signal.SIGKILL)
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)

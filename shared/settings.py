@@ -111,8 +111,6 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     host_memory_bytes: Annotated[int, Meta(ge=0)] = 0
     # Tokens of KV cache a load's memory estimate budgets for (all sequences of a batch together).
     kv_cache_tokens: Annotated[int, Meta(ge=0)] = 4096
-    # Seconds between a host's polls of its workers' usage (keep-alive, in-flight counts).
-    usage_poll_s: Annotated[float, Meta(gt=0)] = 1.0
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
 

@@ -209,7 +209,7 @@ class _Closer:
         for stop in matcher.stop_token_ids:
             if matcher.accept_token(stop):
                 return int(stop)
-        ahead = matcher.find_jump_forward_string().encode()
+        ahead = _jump_forward(matcher)
         for n in range(min(len(ahead), self._longest), 0, -1):
             token = self._by_bytes.get(ahead[:n])
             if token is not None and matcher.accept_token(token):
@@ -231,6 +231,15 @@ class _Closer:
         if not len(candidates):
             return int(matcher.stop_token_ids[0])
         return int(candidates[0])
+
+
+def _jump_forward(matcher: xg.GrammarMatcher) -> bytes:
+    """The bytes the grammar forces next; none when xgrammar's string stops inside a UTF-8 character
+    (it hands it to Python as `str`, which raises): the policy then goes token by token."""
+    try:
+        return matcher.find_jump_forward_string().encode()
+    except UnicodeDecodeError:
+        return b""
 
 
 def _what(constraint: Constraint) -> str:

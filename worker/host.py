@@ -98,9 +98,7 @@ class Host:
             ),
         )
         self.keep_alive_s = parse_keep_alive(settings.keep_alive)
-        self.keep_alive = KeepAlive(
-            self.supervisor, self.unload, period_s=settings.usage_poll_s, token=settings.internal_token
-        )
+        self.keep_alive = KeepAlive(self.supervisor, self.unload, period_s=settings.worker_ping_interval_s)
         self._placing = asyncio.Lock()
 
     def state(self) -> HostState:

@@ -1,6 +1,7 @@
 """One model folder under `models_dir`, read for `dukat show` (architecture, parameters, context
 length, chat template, license, size) and deleted for `dukat rm`. Reads files only: never loads
-the model (parameters are counted from the safetensors headers)."""
+the model (parameters are counted from the safetensors headers). A folder of GGUF files is read
+through its converted folder once there is one (worker/gguf.py), else from the GGUF header."""
 
 from __future__ import annotations
 
@@ -28,28 +29,33 @@ def model_folder(models_dir: Path, model_id: str) -> Path:
     if model_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise InvalidRequestError(f"{model_id!r} is not a model id under models_dir", param="model")
     folder = Path(models_dir).joinpath(*parts)
-    if not is_model_folder(folder) and not gguf.gguf_files(folder):
+    if not (is_model_folder(folder) or (folder.is_dir() and gguf.gguf_files(folder))):
         raise ModelNotFoundError(f"model {model_id!r} is not in this host's models_dir", param="model")
     return folder
 
 
 def describe(models_dir: Path, model_id: str) -> ModelDetails:
     folder = model_folder(models_dir, model_id)
-    # A GGUF's folder: the figures of its converted folder, once its first load made one.
-    found = None if is_model_folder(folder) else gguf.pick_gguf(folder)
-    weights = gguf.converted_folder(found) if found is not None else folder
+    weights, gguf_name = folder, None
+    if not is_model_folder(folder):  # GGUF: the converted folder holds the transformers files
+        found = gguf.pick_gguf(folder)
+        gguf_name = found.name if found else None
+        if found is not None and gguf.is_converted(found):
+            weights = gguf.converted_folder(found)
     config = _json(weights / "config.json")
     model_type, error = _model_type(model_id, folder)
     marker = read_marker(folder)
+    architecture = next(iter(config.get("architectures") or []), None)
     return ModelDetails(
         model_id=model_id,
         path=str(folder),
         model_type=model_type,
-        architecture=next(iter(config.get("architectures") or []), None),
+        architecture=architecture or (f"GGUF {gguf_name}" if gguf_name else None),
+        gguf_file=gguf_name,
         parameters=count_parameters(weights),
         context_length=next((config[k] for k in _CONTEXT_KEYS if isinstance(config.get(k), int)), None),
         dtype=config.get("dtype") or config.get("torch_dtype"),
-        chat_template=chat_template(folder),
+        chat_template=chat_template(folder) or chat_template(weights),
         license=license_of(folder),
         size_bytes=_size_on_disk(folder),
         revision=marker.revision if marker else None,

@@ -32,7 +32,7 @@ from shared.errors import (
     error_from_code,
 )
 from shared.host_api import WorkerState
-from shared.processes import WORKER_FAILED, WORKER_READY, ready_port, terminate
+from shared.processes import WORKER_FAILED, WORKER_READY, kill_group, ready_port, terminate
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
 
@@ -303,8 +303,7 @@ class Supervisor:
                 why = "timed out" if isinstance(exc, TimeoutError) else exc
                 worker.hung = f"did not answer a ping within {h.ping_timeout_s:g} s ({why})"
                 log.error("model worker for %r %s; killing it", worker.spec.model_id, worker.hung)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                kill_group(process.pid)
                 return
             self.observe(worker.spec.model_id, pong.load)
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from litestar import get, post
+import msgspec
+from litestar import Request, get, post
 from litestar.datastructures import State
 
 from gateway import model_admin
-from gateway.auth import INFERENCE
+from gateway.auth import INFERENCE, is_admin
 from gateway.limits import check_model
 from gateway.schemas.model_admin import DeletedModel, DeleteRequest, ModelShown
 
 
 @get("/api/models/{model_id:path}", opt=INFERENCE, summary="One model: type, template, license, size, state")
-async def show(state: State, model_id: str) -> ModelShown:
+async def show(request: Request, state: State, model_id: str) -> ModelShown:
     mid = model_id.lstrip("/")
     check_model(state.manager, mid)
-    return await model_admin.show_model(state.manager, mid)
+    shown = await model_admin.show_model(state.manager, mid)
+    # Where the files lie on a host is for admins only.
+    return shown if is_admin(request.scope) else msgspec.structs.replace(shown, path=None)
 
 
 @post("/api/models/delete", status_code=200, summary="Delete a model's files from every host (not loaded)")

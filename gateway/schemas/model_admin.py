@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
+from gateway.schemas.models import ModelId
 from shared.host_api import ModelDetails
 
 # A default parameter's value in the config file (sampling fields: numbers, strings, stop lists).
@@ -25,7 +26,7 @@ class ModelShown(ModelDetails, kw_only=True, rename={"model_id": "id"}):
 
 
 class DeleteRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+    model: ModelId
 
 
 class DeletedModel(Struct, kw_only=True):

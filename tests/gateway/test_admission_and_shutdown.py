@@ -58,8 +58,7 @@ def gateway(
     )
     url = proc.start(timeout=120)
     try:
-        # Preloads run in the background: ready once both models are loaded.
-        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=10).status_code == 200, 120, "ready")
+        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=30).status_code == 200, 120, "preloaded")
         yield url, proc
     finally:
         proc.stop()

@@ -88,7 +88,7 @@ def cluster(
     write_models(models_dir, source)
     estimate = estimate_memory(source, "none", "cpu", kv_tokens=4096).total_bytes
     budget = 2 * estimate + estimate // 2  # room for two models per host, not three
-    host_env = {**TEST_ENV, "DUKAT_HOST_MEMORY_BYTES": str(budget), "DUKAT_USAGE_POLL_S": "0.3",
+    host_env = {**TEST_ENV, "DUKAT_HOST_MEMORY_BYTES": str(budget), "DUKAT_WORKER_PING_INTERVAL_S": "0.3",
                 "DUKAT_LOG_LEVEL": "info", "DUKAT_STOP_TIMEOUT_S": "3"}  # fmt: skip
     urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
     c = Cluster(models_dir, estimate, budget, [None, None], urls, host_env, [])  # type: ignore[list-item]

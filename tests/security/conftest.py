@@ -12,6 +12,7 @@ import pytest
 
 from shared.processes import ChildProcess
 from tests.gateway.conftest import TEST_ENV, write_models
+from tests.support.checks import wait_for
 from tests.support.hub_server import HubServer, RepoSource
 
 INFERENCE_KEY = "sk-infer-test"
@@ -69,6 +70,7 @@ def locked(
     )
     url = proc.start(timeout=120)
     try:
+        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=30).status_code == 200, 120, "preloaded")
         yield Locked(url=url, models_dir=models_dir, process=proc, hub=locked_hub)
     finally:
         proc.stop()

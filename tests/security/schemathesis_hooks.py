@@ -74,6 +74,8 @@ def filter_case(context: Any, case: Any) -> bool:
         )
     if path == "/v1/chat/completions":
         return _text_size(body.get("messages")) <= PROMPT_CHARS and _free_chat(body)
+    if path == "/api/models/default":  # the default model must chat
+        return body.get("model") != EMBED_MODEL
     if path == "/v1/responses":
         text = body.get("text") or {}
         return (
@@ -96,3 +98,14 @@ def _free_chat(body: dict[str, Any]) -> bool:
     named = isinstance(body.get("tool_choice"), dict) or isinstance(body.get("function_call"), dict)
     tools = body.get("tools") or body.get("functions")
     return fmt.get("type") in (None, "text") and not named and not tools
+
+
+@schemathesis.hook
+def map_case(context: Any, case: Any) -> Any:
+    """A request naming no model, or the other kind of model, names the served one of its kind (the
+    default model can be either kind: the fuzzer may set it)."""
+    body = case.body if isinstance(case.body, dict) else {}
+    wanted = EMBED_MODEL if case.operation.path == "/v1/embeddings" else CHAT_MODEL
+    if case.operation.path.startswith("/v1/") and _positive(case) and body.get("model") in (None, *MODELS):
+        body["model"] = wanted
+    return case

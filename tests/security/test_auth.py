@@ -190,3 +190,23 @@ def test_the_cli_sends_its_api_key(
     assert "error (403)" in capsys.readouterr().err
     monkeypatch.setenv("DUKAT_API_KEY", ADMIN_KEY)
     assert main(["default", CHAT_MODEL, "--url", locked.url]) == 0
+
+
+def test_the_access_log_escapes_control_characters(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    from gateway.middleware import GatewayMiddleware
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    async def send(message: dict) -> None:
+        pass
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/x\n127.0.0.1 GET /admin 200\r", "headers": []}
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        asyncio.run(GatewayMiddleware(app)(scope, None, send))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+    assert "\n" not in line and "\r" not in line and "/v1/x\\n127.0.0.1 GET /admin 200\\r" in line

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +44,24 @@ def engine_for(tiny_model_dir: Callable[[str], Path]) -> EngineFor:
         return engines[name]
 
     return get
+
+
+NewEngine = Callable[..., Engine]
+
+
+@pytest.fixture(scope="module")
+def new_engine(tiny_model_dir: Callable[[str], Path]) -> Iterator[NewEngine]:
+    """`new_engine("llama", max_batch=2)` -> a fresh unquantized CPU engine each call (for tests that
+    need their own: its limits, its counters, closing it), all closed at the end of the module."""
+    engines: list[Engine] = []
+
+    def get(name: str, **kwargs: Any) -> Engine:
+        path, model_type = tiny_model(tiny_model_dir, name)
+        options = {"quantization": "none", "device": "cpu", **kwargs}
+        engine = Engine.load(path, model_type=model_type, **options)
+        engines.append(engine)
+        return engine
+
+    yield get
+    for engine in engines:
+        engine.close()

@@ -7,9 +7,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from shared.errors import ModelNotLoadedError, OverloadedError
 from shared.generation import GenerateRequest, GenerateResult, Message, SamplingParams
 from shared.model_types import get_model_type
 from tests.support.generation import stop_candidate
-from tests.worker.conftest import tiny_model
+from tests.worker.conftest import NewEngine
 from worker.batching import prefill_groups
 from worker.engine import Engine
 from worker.kv_cache import PaddedBatch, is_int8
@@ -49,27 +48,6 @@ PROMPTS = [
     "A",
     "Good morning! How are you today?",
 ]
-EngineFor = Callable[..., Engine]
-
-
-@pytest.fixture(scope="module")
-def engine_for(tiny_model_dir: Callable[[str], Path]) -> Iterator[EngineFor]:
-    """`engine_for("llama", max_batch=2)` -> a fresh unquantized CPU engine, closed at the end."""
-    engines: list[Engine] = []
-
-    def get(family: str, **kwargs: Any) -> Engine:
-        path, model_type = tiny_model(tiny_model_dir, family)
-        engine = Engine.load(
-            path, model_type=model_type, **{"quantization": "none", "device": "cpu", **kwargs}
-        )
-        engines.append(engine)
-        return engine
-
-    yield get
-    for engine in engines:
-        engine.close()
-
-
 def _raw(prompt: str, **params: Any) -> GenerateRequest:
     return GenerateRequest(prompt=prompt, params=SamplingParams(**params))
 
@@ -114,8 +92,8 @@ def _mixed_greedy_requests() -> list[GenerateRequest]:
 
 
 @pytest.mark.parametrize("family", [*BATCHED_FAMILIES, "t5"])
-def test_concurrent_greedy_requests_give_their_lone_text(engine_for: EngineFor, family: str) -> None:
-    engine = engine_for(family)
+def test_concurrent_greedy_requests_give_their_lone_text(new_engine: NewEngine, family: str) -> None:
+    engine = new_engine(family)
     requests = _mixed_greedy_requests()
     alone = [_summary(engine.generate(r)) for r in requests]
     together = [_summary(r) for r in _concurrently([partial(engine.generate, r) for r in requests])]
@@ -126,8 +104,8 @@ def test_concurrent_greedy_requests_give_their_lone_text(engine_for: EngineFor, 
     assert scheduler.peak_rows > 1  # they really ran together
 
 
-def test_stops_and_lengths_differ_per_request_in_one_batch(engine_for: EngineFor) -> None:
-    engine = engine_for("llama")
+def test_stops_and_lengths_differ_per_request_in_one_batch(new_engine: NewEngine) -> None:
+    engine = new_engine("llama")
     full = [engine.generate(_raw(p, temperature=0, max_new_tokens=40)).text for p in PROMPTS]
     stops = [stop_candidate(text) for text in full]
     # Odd requests stop at a string, even ones at their own length.
@@ -147,8 +125,8 @@ def test_stops_and_lengths_differ_per_request_in_one_batch(engine_for: EngineFor
             assert (finish, count) == ("length", 3 + i)
 
 
-def test_each_request_keeps_its_own_sampling_and_seed_in_a_batch(engine_for: EngineFor) -> None:
-    engine = engine_for("gpt2")
+def test_each_request_keeps_its_own_sampling_and_seed_in_a_batch(new_engine: NewEngine) -> None:
+    engine = new_engine("gpt2")
     variants: list[dict[str, Any]] = [
         {"temperature": 1.0, "seed": 1},
         {"temperature": 0.7, "top_p": 0.9, "seed": 2},
@@ -166,8 +144,8 @@ def test_each_request_keeps_its_own_sampling_and_seed_in_a_batch(engine_for: Eng
     assert together[0] != together[7]
 
 
-def test_streams_join_to_the_generate_text_under_concurrency(engine_for: EngineFor) -> None:
-    engine = engine_for("llama")
+def test_streams_join_to_the_generate_text_under_concurrency(new_engine: NewEngine) -> None:
+    engine = new_engine("llama")
     requests = [
         _raw(p, temperature=1.0, seed=i, max_new_tokens=30, stop=["e t"]) for i, p in enumerate(PROMPTS)
     ]
@@ -184,8 +162,8 @@ def test_streams_join_to_the_generate_text_under_concurrency(engine_for: EngineF
     assert results[: len(requests)] == [(g.text, g.finish_reason) for g in results[len(requests) :]]
 
 
-def test_cancelling_one_request_leaves_the_others_intact(engine_for: EngineFor) -> None:
-    engine = engine_for("llama")
+def test_cancelling_one_request_leaves_the_others_intact(new_engine: NewEngine) -> None:
+    engine = new_engine("llama")
     requests = [_raw(p, temperature=0, max_new_tokens=60) for p in PROMPTS]
     alone = [engine.generate(r).text for r in requests]
     cancel = threading.Event()
@@ -214,8 +192,8 @@ def test_cancelling_one_request_leaves_the_others_intact(engine_for: EngineFor) 
 
 
 @pytest.mark.parametrize("family", ["mistral", "mistral_sliding", "gemma3"])
-def test_a_request_joining_mid_generation_is_correct(engine_for: EngineFor, family: str) -> None:
-    engine = engine_for(family)
+def test_a_request_joining_mid_generation_is_correct(new_engine: NewEngine, family: str) -> None:
+    engine = new_engine(family)
     early = [_raw(p, temperature=0, max_new_tokens=300) for p in PROMPTS[:3]]
     late = [_raw(p, temperature=0, max_new_tokens=20 + i) for i, p in enumerate(PROMPTS[3:])]
     alone = [engine.generate(r).text for r in early + late]
@@ -227,8 +205,8 @@ def test_a_request_joining_mid_generation_is_correct(engine_for: EngineFor, fami
     assert engine._scheduler is not None and engine._scheduler.peak_rows > len(early)
 
 
-def test_requests_beyond_the_batch_and_the_queue_are_refused(engine_for: EngineFor) -> None:
-    engine = engine_for("llama", max_batch=2, max_queue=1)
+def test_requests_beyond_the_batch_and_the_queue_are_refused(new_engine: NewEngine) -> None:
+    engine = new_engine("llama", max_batch=2, max_queue=1)
     streams = [engine.stream(_raw(p, temperature=0, max_new_tokens=400)) for p in PROMPTS[:3]]
     with pytest.raises(OverloadedError, match="busy") as refused:
         engine.stream(_raw("one too many", max_new_tokens=5))
@@ -244,8 +222,8 @@ def test_requests_beyond_the_batch_and_the_queue_are_refused(engine_for: EngineF
             time.sleep(0.01)
 
 
-def test_closing_a_stream_before_its_first_item_frees_its_place(engine_for: EngineFor) -> None:
-    engine = engine_for("llama", max_batch=1, max_queue=1)
+def test_closing_a_stream_before_its_first_item_frees_its_place(new_engine: NewEngine) -> None:
+    engine = new_engine("llama", max_batch=1, max_queue=1)
     long = _raw("Once upon a time", temperature=0, max_new_tokens=480)
     whole_run = engine.generate(long).timings.total_s
     running = engine.stream(long)
@@ -256,8 +234,8 @@ def test_closing_a_stream_before_its_first_item_frees_its_place(engine_for: Engi
     assert result.timings.queue_s < whole_run / 2  # it did not wait for the closed one's 480 tokens
 
 
-def test_close_lets_running_requests_finish_then_refuses(engine_for: EngineFor) -> None:
-    engine = engine_for("gpt2")
+def test_close_lets_running_requests_finish_then_refuses(new_engine: NewEngine) -> None:
+    engine = new_engine("gpt2")
     expected = engine.generate(_raw("Hi", temperature=0, max_new_tokens=50)).text
     stream = engine.stream(_raw("Hi", temperature=0, max_new_tokens=50))
     first = next(stream)
@@ -285,9 +263,9 @@ def test_suppressed_tokens_of_the_generation_config_are_never_generated(tiny_mod
     engine.close()
 
 
-def test_8bit_rows_batch_within_the_documented_bound(engine_for: EngineFor, tiny_model_dir: Any) -> None:
+def test_8bit_rows_batch_within_the_documented_bound(new_engine: NewEngine, tiny_model_dir: Any) -> None:
     """LLM.int8 batches; a batched row's logits move less than 8-bit quantization moved them."""
-    engine = engine_for("llama", quantization="8bit")
+    engine = new_engine("llama", quantization="8bit")
     assert engine._scheduler is not None and engine._scheduler.batched
     requests = _mixed_greedy_requests()
     results = _concurrently([partial(engine.generate, r) for r in requests])

@@ -63,3 +63,21 @@ def test_ids_that_leave_models_dir_are_refused(models_dir: Path, model_id: str) 
     with pytest.raises(InvalidRequestError):
         model_files.delete(models_dir, model_id)
     assert (models_dir / "org" / "tiny-llama" / "config.json").is_file()
+
+
+def test_a_gguf_folder_is_read_from_its_header_then_from_its_converted_folder(
+    tmp_path: Path, tiny_model_dir: Callable[[str], Path]
+) -> None:
+    from tests.support.tiny_gguf import write_tiny_llama_gguf
+    from worker import gguf
+
+    llama = tiny_model_dir("llama")
+    path = write_tiny_llama_gguf(llama, tmp_path / "org" / "tiny-gguf" / "tiny.gguf")
+    (path.parent / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    before = model_files.describe(tmp_path, "org/tiny-gguf")
+    assert before.gguf_file == "tiny.gguf" and before.architecture == "GGUF tiny.gguf"
+    assert before.parameters is None and before.chat_template == "{{ messages[0]['content'] }}"
+    gguf.prepare(path)
+    after = model_files.describe(tmp_path, "org/tiny-gguf")
+    assert after.architecture == "LlamaForCausalLM"
+    assert after.parameters == AutoModelForCausalLM.from_pretrained(llama).num_parameters()

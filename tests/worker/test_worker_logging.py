@@ -28,7 +28,7 @@ def worker_stderr(model_dir: Path, log_level: str) -> str:
         line = proc.stdout.readline()
         assert ready_port(line, WORKER_READY) is not None, f"the worker did not start: {line!r}"
     finally:
-        terminate(proc.pid, lambda: proc.poll() is not None, 15)
+        terminate(proc.pid, lambda: proc.poll() is not None, 60)  # a busy machine: never the SIGKILL
     _, err = proc.communicate()
     return err
 

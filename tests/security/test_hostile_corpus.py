@@ -1,0 +1,293 @@
+"""A corpus of hostile and broken requests against every route of the locked server: each one is a
+4xx with an OpenAI error body (and the code it names), and the server still answers after it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+import httpx
+import pytest
+
+from tests.security.conftest import ADMIN_KEY, CHAT_MODEL, EMBED_MODEL, INFERENCE_KEY, Locked
+from tests.support.openapi_check import validate
+
+
+class Case(NamedTuple):
+    method: str
+    path: str
+    body: Any = None  # JSON, or bytes sent as they are
+    status: int = 400
+    code: str | None = "invalid_request"
+    key: str | None = ADMIN_KEY
+    headers: dict[str, str] | None = None
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, **fields}
+
+
+def completion(**fields: Any) -> dict[str, Any]:
+    return {"model": CHAT_MODEL, "prompt": "hi", "max_tokens": 1, **fields}
+
+
+def embed(**fields: Any) -> dict[str, Any]:
+    return {"model": EMBED_MODEL, "input": "hi", **fields}
+
+
+def with_max_tokens(literal: str) -> bytes:
+    """A chat body whose max_tokens is `literal` as written (not JSON a library would write)."""
+    return json.dumps(chat()).replace('"max_tokens": 1', f'"max_tokens": {literal}').encode()
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def deep_json(field: str, levels: int) -> bytes:
+    """`{"...chat fields", field: [[[...]]]}` nested `levels` deep, written out (json.dumps recurses)."""
+    head = json.dumps(chat())[:-1]
+    return f'{head}, "{field}": {"[" * levels}{"]" * levels}}}'.encode()
+
+
+CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+LOAD, UNLOAD = "/api/models/load", "/api/models/unload"
+PULL, DEFAULT = "/api/models/pull", "/api/models/default"
+DENIED = {"status": 403, "code": "permission_denied", "key": INFERENCE_KEY}
+BIG = "x" * 1_000_001  # one more character than DUKAT_MAX_PROMPT_CHARS
+SEGMENT_256 = "a/" + "b" * 256
+
+CORPUS: dict[str, Case] = {
+    # ---- keys and roles
+    "no key chat": Case("POST", CHAT, chat(), 401, "invalid_api_key", key=None),
+    "no key models": Case("GET", "/v1/models", None, 401, "invalid_api_key", key=None),
+    "no key ps": Case("GET", "/api/ps", None, 401, "invalid_api_key", key=None),
+    "wrong key": Case("POST", EMBEDDINGS, embed(), 401, "invalid_api_key", key="sk-wrong"),
+    "basic scheme": Case("GET", "/v1/models", None, 401, "invalid_api_key", key=None,
+                         headers={"Authorization": f"Basic {INFERENCE_KEY}"}),
+    "token without scheme": Case("GET", "/v1/models", None, 401, "invalid_api_key", key=None,
+                                 headers={"Authorization": INFERENCE_KEY}),
+    "inference key load": Case("POST", LOAD, {"model": CHAT_MODEL}, **DENIED),
+    "inference key unload": Case("POST", UNLOAD, {"model": CHAT_MODEL}, **DENIED),
+    "inference key pull": Case("POST", PULL, {"model": "dukat-test/tiny-gpt2"}, **DENIED),
+    "inference key default": Case("POST", DEFAULT, {"model": CHAT_MODEL}, **DENIED),
+    "inference key hosts": Case("GET", "/api/hosts", None, **DENIED),
+    "inference key job": Case("GET", "/api/downloads/dl-000000000000", None, **DENIED),
+    # ---- bodies that are not JSON objects
+    "not json": Case("POST", CHAT, b"{not json"),
+    "truncated json": Case("POST", CHAT, json.dumps(chat()).encode()[:-3]),
+    "not utf-8": Case("POST", CHAT, b'{"model": "\xff\xfe", "messages": []}'),
+    "empty body": Case("POST", CHAT, b""),
+    "json null": Case("POST", CHAT, b"null"),
+    "json array": Case("POST", CHAT, b"[]"),
+    "json string": Case("POST", COMPLETIONS, b'"prompt"'),
+    "json number": Case("POST", EMBEDDINGS, b"42"),
+    "nan literal": Case("POST", CHAT, with_max_tokens("NaN")),
+    "huge exponent": Case("POST", CHAT, with_max_tokens("1e999")),
+    "tools 10k deep": Case("POST", CHAT, deep_json("tools", 10_000)),
+    "response_format 10k deep": Case("POST", CHAT, deep_json("response_format", 10_000)),
+    "user 100 deep": Case("POST", CHAT, deep_json("user", 100)),
+    "tools 65 deep": Case("POST", CHAT, chat(tools=[{"function": deep(65)}])),
+    "text/plain body": Case("POST", CHAT, json.dumps(chat()).encode(), 415, "unsupported_media_type",
+                            headers={"Content-Type": "text/plain"}),
+    "form body": Case("POST", LOAD, b"model=tiny%2Ftinyllama", 415, "unsupported_media_type",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    "no content type": Case("POST", DEFAULT, b'{"model": "tiny/tinyllama"}', 415, "unsupported_media_type",
+                            headers={"Content-Type": ""}),
+    "body over 10 MB": Case("POST", COMPLETIONS, json.dumps(completion(prompt="y" * 11_000_000)).encode(),
+                            413, "request_too_large"),
+    # ---- chat fields
+    "messages missing": Case("POST", CHAT, {"model": CHAT_MODEL}),
+    "messages empty": Case("POST", CHAT, chat(messages=[])),
+    "messages a string": Case("POST", CHAT, chat(messages="hi")),
+    "message without role": Case("POST", CHAT, chat(messages=[{"content": "hi"}])),
+    "unknown role": Case("POST", CHAT, chat(messages=[{"role": "root", "content": "hi"}])),
+    "role tool content a number": Case("POST", CHAT, chat(messages=[{"role": "tool", "content": 5}])),
+    "user without content": Case("POST", CHAT, chat(messages=[{"role": "user"}])),
+    "content a number": Case("POST", CHAT, chat(messages=[{"role": "user", "content": 5}])),
+    "image part": Case("POST", CHAT, chat(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}])),
+    "temperature negative": Case("POST", CHAT, chat(temperature=-1)),
+    "temperature 3": Case("POST", CHAT, chat(temperature=3)),
+    "temperature a string": Case("POST", CHAT, chat(temperature="hot")),
+    "top_p 0": Case("POST", CHAT, chat(top_p=0)),
+    "top_p 1.5": Case("POST", CHAT, chat(top_p=1.5)),
+    "max_tokens 0": Case("POST", CHAT, chat(max_tokens=0)),
+    "max_tokens 2**64": Case("POST", CHAT, chat(max_tokens=2**64)),
+    "max_tokens 1.5": Case("POST", CHAT, chat(max_tokens=1.5)),
+    "max_completion_tokens -1": Case("POST", CHAT, chat(max_completion_tokens=-1)),
+    "n 0": Case("POST", CHAT, chat(n=0)),
+    "n 129": Case("POST", CHAT, chat(n=129)),
+    "n over DUKAT_MAX_GENERATIONS": Case("POST", CHAT, chat(n=5)),
+    "n a bool": Case("POST", CHAT, chat(n=True)),
+    "stop a number": Case("POST", CHAT, chat(stop=7)),
+    "seed 2**64": Case("POST", CHAT, chat(seed=2**64)),
+    "top_logprobs 21": Case("POST", CHAT, chat(logprobs=True, top_logprobs=21)),
+    "top_logprobs without logprobs": Case("POST", CHAT, chat(top_logprobs=3)),
+    "tools a string": Case("POST", CHAT, chat(tools="all")),
+    "json_schema format": Case("POST", CHAT, chat(response_format={"type": "json_schema"})),
+    "two structured outputs": Case("POST", CHAT, chat(structured_outputs={"regex": "a", "choice": ["a"]})),
+    "stream a string": Case("POST", CHAT, chat(stream="yes")),
+    "stream_options a number": Case("POST", CHAT, chat(stream=True, stream_options=1)),
+    "top_k -2": Case("POST", CHAT, chat(top_k=-2)),
+    "repetition_penalty 0": Case("POST", CHAT, chat(repetition_penalty=0)),
+    "frequency_penalty 3": Case("POST", CHAT, chat(frequency_penalty=3)),
+    "chat over the character limit": Case("POST", CHAT, chat(messages=[{"role": "user", "content": BIG}])),
+    "chat on the embedding model": Case("POST", CHAT, chat(model=EMBED_MODEL), 400, "unsupported_task"),
+    "context exceeded": Case("POST", CHAT, chat(messages=[{"role": "user", "content": "word " * 3000}]),
+                             400, "context_length_exceeded"),
+    # ---- model ids that are paths
+    "model dotdot": Case("POST", CHAT, chat(model="../../etc")),
+    "model absolute": Case("POST", CHAT, chat(model="/etc")),
+    "model home": Case("POST", CHAT, chat(model="~root/models")),
+    "model tilde": Case("POST", EMBEDDINGS, embed(model="~")),
+    "model empty segment": Case("POST", COMPLETIONS, completion(model="tiny//tinyllama")),
+    "model trailing slash": Case("POST", COMPLETIONS, completion(model="tiny/tinyllama/")),
+    "model newline": Case("POST", CHAT, chat(model="tiny/tiny\nllama")),
+    "model nul": Case("POST", CHAT, chat(model="tiny\x00")),
+    "model 300 chars": Case("POST", CHAT, chat(model="m" * 300)),
+    "model segment 256 bytes": Case("POST", EMBEDDINGS, embed(model=SEGMENT_256)),
+    "model hidden folder": Case("POST", CHAT, chat(model=".cache/x")),
+    "model backslash": Case("POST", CHAT, chat(model="..\\..\\windows")),
+    "model empty": Case("POST", CHAT, chat(model="")),
+    "model a number": Case("POST", CHAT, chat(model=7)),
+    "model unknown": Case("POST", CHAT, chat(model="nobody/nothing"), 404, "model_not_found"),
+    # ---- completions
+    "prompt missing": Case("POST", COMPLETIONS, {"model": CHAT_MODEL}),
+    "prompt empty list": Case("POST", COMPLETIONS, completion(prompt=[])),
+    "prompt mixes ids and text": Case("POST", COMPLETIONS, completion(prompt=[1, "a"])),
+    "prompt empty token ids": Case("POST", COMPLETIONS, completion(prompt=[[]])),
+    "prompt token id over the vocabulary": Case("POST", COMPLETIONS, completion(prompt=[10**9])),
+    "prompt an object": Case("POST", COMPLETIONS, completion(prompt={"a": 1})),
+    "prompts x n over the limit": Case("POST", COMPLETIONS, completion(prompt=["a", "b", "c"], n=2)),
+    "1000 prompts x n=128": Case("POST", COMPLETIONS, completion(prompt=["a"] * 1000, n=128)),
+    "best_of other than n": Case("POST", COMPLETIONS, completion(best_of=2)),
+    "suffix": Case("POST", COMPLETIONS, completion(suffix="end")),
+    "completion logprobs 6": Case("POST", COMPLETIONS, completion(logprobs=6)),
+    "echo a string": Case("POST", COMPLETIONS, completion(echo="yes")),
+    "echo 0": Case("POST", COMPLETIONS, completion(echo=0)),
+    "prompt over the character limit": Case("POST", COMPLETIONS, completion(prompt=BIG)),
+    # ---- embeddings
+    "input missing": Case("POST", EMBEDDINGS, {"model": EMBED_MODEL}),
+    "input empty list": Case("POST", EMBEDDINGS, embed(input=[])),
+    "input mixed": Case("POST", EMBEDDINGS, embed(input=["a", 1])),
+    "input empty token array": Case("POST", EMBEDDINGS, embed(input=[[]])),
+    "input 2049 strings": Case("POST", EMBEDDINGS, embed(input=["a"] * 2049)),
+    "input 10000 strings": Case("POST", EMBEDDINGS, embed(input=["a"] * 10_000)),
+    "token id over the vocabulary": Case("POST", EMBEDDINGS, embed(input=[[1, 10**9]])),
+    "token id negative": Case("POST", EMBEDDINGS, embed(input=[-1])),
+    "input an object": Case("POST", EMBEDDINGS, embed(input={"text": "a"})),
+    "dimensions 0": Case("POST", EMBEDDINGS, embed(dimensions=0)),
+    "dimensions not the model's": Case("POST", EMBEDDINGS, embed(dimensions=999)),
+    "encoding_format hex": Case("POST", EMBEDDINGS, embed(encoding_format="hex")),
+    "embedding input over the character limit": Case("POST", EMBEDDINGS, embed(input=BIG)),
+    "embeddings of a chat model": Case("POST", EMBEDDINGS, embed(model=CHAT_MODEL), 400, "unsupported_task"),
+    # ---- management
+    "load no model": Case("POST", LOAD, {}),
+    "load unknown field": Case("POST", LOAD, {"model": CHAT_MODEL, "path": "/etc"}),
+    "load bad quantization": Case("POST", LOAD, {"model": CHAT_MODEL, "quantization": "2bit"}),
+    "load bad device": Case("POST", LOAD, {"model": "a/b/c", "device": "gpu7; rm -rf /"}),
+    "load device named like a command": Case("POST", LOAD, {"model": CHAT_MODEL, "device": "$(reboot)"}),
+    "load on a device not here": Case("POST", LOAD, {"model": EMBED_MODEL, "device": "cuda:7"}, 400,
+                                      "device_unavailable"),
+    "load other quantization": Case("POST", LOAD, {"model": CHAT_MODEL, "quantization": "8bit"}, 409,
+                                    "conflict"),
+    "load absolute path": Case("POST", LOAD, {"model": "/etc"}),
+    "load dotdot": Case("POST", LOAD, {"model": "../models"}),
+    "load home": Case("POST", LOAD, {"model": "~/models"}),
+    "load hub id not allowed": Case("POST", LOAD, {"model": "evil/huge-model"}, 403, "pull_not_allowed"),
+    "load id naming nothing": Case("POST", LOAD, {"model": "a/b/c"}, 404, "model_not_found"),
+    "load over the size cap": Case("POST", LOAD, {"model": "dukat-test/big"}, 400, "model_too_large"),
+    "unload not loaded": Case("POST", UNLOAD, {"model": "nobody/nothing"}, 404, "not_found"),
+    "unload a path": Case("POST", UNLOAD, {"model": "/etc/passwd"}),
+    "unload unknown field": Case("POST", UNLOAD, {"model": CHAT_MODEL, "force": True}),
+    "default unknown": Case("POST", DEFAULT, {"model": "nobody/nothing"}, 404, "model_not_found"),
+    "default a path": Case("POST", DEFAULT, {"model": "/tmp"}),
+    "default a relative folder": Case("POST", DEFAULT, {"model": "models"}, 404, "model_not_found"),
+    "default empty": Case("POST", DEFAULT, {"model": ""}),
+    "pull not allowed": Case("POST", PULL, {"model": "evil/huge-model"}, 403, "pull_not_allowed"),
+    "pull three segments": Case("POST", PULL, {"model": "a/b/c"}),
+    "pull a path": Case("POST", PULL, {"model": "/etc"}),
+    "pull revision dotdot": Case("POST", PULL, {"model": "dukat-test/tiny-gpt2", "revision": "../../x"}),
+    "pull revision newline": Case("POST", PULL, {"model": "dukat-test/tiny-gpt2", "revision": "main\nx"}),
+    "pull unknown field": Case("POST", PULL, {"model": "dukat-test/tiny-gpt2", "endpoint": "http://evil"}),
+    "job id query smuggling": Case("GET", "/api/downloads/x%3Fa%3D1"),
+    "job id newline": Case("GET", "/api/downloads/dl-%0a00000000000"),
+    "job id traversal": Case("GET", "/api/downloads/..%2F..%2Fstate", None, 404, "not_found"),
+    "job id too long": Case("GET", "/api/downloads/dl-" + "0" * 500),
+    "job id unknown": Case("GET", "/api/downloads/dl-000000000000", None, 404, "not_found"),
+    # ---- routes and methods
+    "model path traversal": Case("GET", "/v1/models/..%2F..%2Fetc%2Fpasswd", None, 404, "model_not_found"),
+    "model path nul": Case("GET", "/v1/models/%00", None, 404, "model_not_found"),
+    "unknown route": Case("GET", "/v1/secrets", None, 404, "not_found"),
+    "unknown api route": Case("POST", "/api/secrets", {}, 404, "not_found"),
+    "post to a model's details": Case("POST", "/api/models/tiny/tinyllama", {}, 405, "method_not_allowed"),
+    # ---- the Responses API and the model routes of `dukat show` / `dukat rm`
+    "responses no key": Case("POST", "/v1/responses", {"input": "hi"}, 401, "invalid_api_key", key=None),
+    "responses model a path": Case("POST", "/v1/responses", {"model": "/etc", "input": "hi"}),
+    "responses input missing": Case("POST", "/v1/responses", {"model": CHAT_MODEL}),
+    "responses input empty": Case("POST", "/v1/responses", {"model": CHAT_MODEL, "input": []}),
+    "responses previous id": Case("POST", "/v1/responses", {"model": CHAT_MODEL, "input": "hi",
+                                                            "previous_response_id": "resp_1"}),
+    "responses unknown item": Case("POST", "/v1/responses", {"model": CHAT_MODEL, "input": [{"type": "x"}]}),
+    "responses over the character limit": Case("POST", "/v1/responses", {"model": CHAT_MODEL, "input": BIG}),
+    "responses 10k deep": Case("POST", "/v1/responses", json.dumps({"model": CHAT_MODEL, "input": deep(5)})
+                               .replace("[[[[[1]]]]]", "[" * 10_000 + "]" * 10_000).encode()),
+    "retrieve a response": Case("GET", "/v1/responses/resp_1"),  # nothing is stored: a 400 says so
+    "details of a path": Case("GET", "/api/models/..%2F..%2Fetc", None),
+    "details unknown": Case("GET", "/api/models/nobody/nothing", None, 404, "model_not_found"),
+    "delete with an inference key": Case("POST", "/api/models/delete", {"model": CHAT_MODEL}, **DENIED),
+    "delete a path": Case("POST", "/api/models/delete", {"model": "/etc"}),
+    "delete dotdot": Case("POST", "/api/models/delete", {"model": "tiny/../.."}),
+    "delete a loaded model": Case("POST", "/api/models/delete", {"model": CHAT_MODEL}, 409, "conflict"),
+    "delete unknown": Case("POST", "/api/models/delete", {"model": "nobody/nothing"}, 404, "model_not_found"),
+    "delete models": Case("DELETE", "/v1/models", None, 405, "method_not_allowed"),
+    "put load": Case("PUT", LOAD, {"model": CHAT_MODEL}, 405, "method_not_allowed"),
+    "get chat": Case("GET", CHAT, None, 405, "method_not_allowed"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_a_hostile_request_is_a_4xx_openai_error_and_the_server_goes_on(
+    locked: Locked, anonymous: httpx.Client, name: str
+) -> None:
+    case = CORPUS[name]
+    headers = {**({"Authorization": f"Bearer {case.key}"} if case.key else {}), **(case.headers or {})}
+    if isinstance(case.body, bytes):
+        headers.setdefault("Content-Type", "application/json")
+        sent = {"content": case.body}
+    else:
+        sent = {"json": case.body} if case.body is not None else {}
+    resp = anonymous.request(case.method, case.path, headers=headers, **sent)  # type: ignore[arg-type]
+    assert resp.status_code == case.status, (name, resp.status_code, resp.text[:500])
+    body = resp.json()
+    validate(body, "ErrorResponse")
+    if case.code is not None:
+        assert body["error"]["code"] == case.code, (name, body)
+    assert anonymous.get("/health").status_code == 200
+
+
+def test_the_corpus_is_large_and_covers_every_route(locked: Locked) -> None:
+    assert len(CORPUS) >= 100
+    document = httpx.get(f"{locked.url}/docs/openapi.json", timeout=30).json()
+    covered = {case.path.split("/dl-")[0].split("/api/downloads/")[0] for case in CORPUS.values()}
+    for path in document["paths"]:
+        stem = path.split("/{")[0]
+        assert stem.startswith("/health") or any(c.startswith(stem) for c in covered), path
+
+
+def test_models_still_answer_after_the_corpus(inference: httpx.Client) -> None:
+    assert inference.post(CHAT, json=chat(max_tokens=2)).status_code == 200
+    assert inference.post(EMBEDDINGS, json=embed()).status_code == 200
+
+
+def test_a_choice_xgrammar_cannot_jump_into_is_generated(inference: httpx.Client) -> None:
+    # xgrammar hands back its jump-forward string cut inside a UTF-8 character: it was a 500.
+    choice = '&"\u00e5\u008c'
+    body = completion(max_tokens=20, structured_outputs={"choice": [choice]})
+    resp = inference.post(COMPLETIONS, json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["text"] == choice
