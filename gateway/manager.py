@@ -281,12 +281,13 @@ class AsyncModelManager:
         if waiting is not None:
             waiting.inc()
         try:
-            await self.load_model(mid, request_id=request_id)
+            loaded_now = await self.load_model(mid, request_id=request_id)
         finally:
             if waiting is not None:
                 waiting.dec()
-        found = [w for _, w in await self.hosts.find_all(mid)]
-        return mid, [w for w in found if w.status == "loaded"] or found
+        # Fresh: a cached view (or a refresh already in flight) may still say `loading`, no address.
+        found = [w for _, w in await self.hosts.find_all(mid, fresh=True)]
+        return mid, [w for w in found if w.status == "loaded"] or [loaded_now]
 
     def _replicate(self, model_id: str, have: int, request_id: str) -> None:
         entry = self.config.view().models.get(model_id)

@@ -11,8 +11,10 @@ from gateway.metrics import CONTENT_TYPE
 from shared.errors import ModelNotLoadedError, NoCapacityError
 
 
-class Probe(Struct, kw_only=True):
+class Probe(Struct, kw_only=True, omit_defaults=True):
     status: str  # "ok" (live) or "ready"
+    # Ready still, on the last good config, while an edit has broken the config file.
+    config_error: str | None = None
 
 
 @get("/health/live", summary="Liveness: the gateway's event loop answers")
@@ -26,7 +28,7 @@ async def ready(state: State) -> Probe:
         raise ModelNotLoadedError("not ready: the preload list is still loading")
     if not await state.manager.hosts.states():
         raise NoCapacityError("not ready: no worker host answers")
-    return Probe(status="ready")
+    return Probe(status="ready", config_error=state.manager.config.problem)
 
 
 @get("/metrics", summary="Prometheus metrics", include_in_schema=False)

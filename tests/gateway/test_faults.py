@@ -276,14 +276,17 @@ def test_a_config_broken_by_hand_keeps_serving_reports_it_and_refuses_writes(ser
         assert listing.status_code == 200
         problem = listing.json()["config_error"]
         assert problem and "invalid model config" in problem
+        ready = served.http.get("/health/ready")  # still ready: it serves on the last good config
+        assert ready.status_code == 200 and ready.json()["config_error"] == problem
         resp = served.http.post("/api/models/default", json={"model": VICTIM})
         error = error_of(resp, 500, "invalid_config")
         assert "refused until the file is fixed" in error["message"]
-        for text in (listing.text, resp.text):
+        for text in (listing.text, resp.text, ready.text):
             assert str(served.config_path.parent) not in text  # no client sees the file's path
     finally:
         served.config_path.write_text(good)
     assert served.http.get("/api/models").json()["config_error"] is None
+    assert "config_error" not in served.http.get("/health/ready").json()
     assert served.http.post("/api/models/default", json={"model": VICTIM}).status_code == 200
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.errors import ContextLengthExceededError, UnsupportedTaskError
+from shared.errors import ContextLengthExceededError, RequestTimeoutError, UnsupportedTaskError
 from shared.generation import EmbedRequest, GenerateRequest, GenerateResult, SamplingParams
 from shared.model_types import get_model_type
 from shared.processes import WORKER_READY as READY
@@ -204,6 +204,32 @@ async def test_a_group_is_admitted_whole_or_refused_whole(worker: tuple[str, int
         assert (await fresh.generate(_request(2))).completion_tokens == 2
     finally:
         await fresh.close()
+
+
+async def test_deadlines_bound_a_request_whatever_the_worker_does(worker: tuple[str, int]) -> None:
+    """A stopped worker answers nothing: the first-token deadline ends a stream, the request deadline
+    a whole reply, each a 504; woken up, the worker gets their cancels and serves on."""
+    address, pid = worker
+    conn = WorkerConnection(address, request_timeout_s=2.0, first_token_timeout_s=1.0)
+    try:
+        assert (await conn.generate(_request(1))).completion_tokens == 1  # connected, warm
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RequestTimeoutError) as first_token:
+                await anext(conn.stream(_request(50)))
+            with pytest.raises(RequestTimeoutError) as whole:
+                await conn.generate(_request(50))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert first_token.value.status == whole.value.status == 504
+        assert (await conn.generate(_request(2))).completion_tokens == 2
+        for _ in range(200):  # the two cancelled rows leave at the scheduler's next steps
+            if (load := (await conn.pong()).load).in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert load.in_flight == 0 and load.cancelled >= 2
+    finally:
+        await conn.close()
 
 
 async def test_a_frame_over_the_size_limit_drops_only_its_connection(worker: tuple[str, int]) -> None:
