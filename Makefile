@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: the local CPU wheel; every later install keeps it with -c.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# instructor 1.17 (the newest) caps jiter below 0.15 while openai 3.57 needs 0.16 or newer: taken
+	# without its pins (its other dependencies are in the dev extra); its tests run against openai 3.57.
+	$(PIP) install -q --no-deps instructor==1.17.0
 	touch $(STAMP)
 
 install: $(STAMP)
