@@ -321,11 +321,12 @@ def _out_of_memory(exc: BaseException) -> bool:
 async def _serve_forever(server: WorkerServer, bind: str, port: int) -> None:
     listener = await asyncio.start_server(server.handle, bind, port)
     actual = listener.sockets[0].getsockname()[1]
-    announce_ready(WORKER_READY, actual)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Only now: a SIGTERM right after "ready" (an unload) must drain, not kill it mid-start.
+    announce_ready(WORKER_READY, actual)
     async with listener:
         await stop.wait()
         # Unload: refuse new requests, let the ones in flight finish (the host SIGKILLs after its
