@@ -198,8 +198,10 @@ def test_request_id_header_comes_back(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_n_larger_than_the_worker_queue_succeeds(client: openai.OpenAI, stream: bool) -> None:
     # n=128 (OpenAI's maximum) used to flood the worker past its queue (80 by default): a 429
-    # that no retry could fix. A request's choices now queue behind each other.
-    result = chat(client, n=128, max_tokens=1, stream=stream)
+    # that no retry could fix. A request's choices now queue behind each other; a group larger than
+    # the worker needs all its places, so a request still in flight elsewhere is a 429 with a
+    # Retry-After that the SDK's own retries (on by default) honour.
+    result = chat(client.with_options(max_retries=5), n=128, max_tokens=1, stream=stream)
     choices = [c for chunk in result for c in chunk.choices] if stream else result.choices
     assert {c.index for c in choices} == set(range(128))
 
