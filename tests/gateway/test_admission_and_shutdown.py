@@ -28,6 +28,7 @@ from shared.wire import WorkerLoad
 from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
 from tests.support.checks import process_gone, wait_for
+from tests.support.served import dukat_serve
 
 STUCK, QUICK = "tiny/stuck", "tiny/quick"
 GRACE_S = 2
@@ -52,16 +53,8 @@ def gateway(
         "DUKAT_MAX_BATCH": "2",
         "DUKAT_MAX_QUEUE": "2",
     }
-    proc = ChildProcess(
-        "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],
-        ready_prefix="DUKAT_GATEWAY_READY", env=env,
-    )
-    url = proc.start(timeout=120)
-    try:
-        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=30).status_code == 200, 120, "preloaded")
+    with dukat_serve(models_dir, env) as (url, proc):
         yield url, proc
-    finally:
-        proc.stop()
 
 
 class Stream(threading.Thread):

@@ -28,6 +28,7 @@ from shared.wire import WorkerLoad
 from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
 from tests.support.checks import error_of, process_gone, wait_for
+from tests.support.served import dukat_serve
 
 VICTIM = "tiny/victim"
 EMBEDDER = "tiny/embedder"
@@ -89,16 +90,8 @@ def served(
         "DUKAT_MAX_BATCH": "4",
         "DUKAT_MAX_QUEUE": "128",
     }
-    proc = ChildProcess(
-        "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],
-        ready_prefix="DUKAT_GATEWAY_READY", env=env,
-    )
-    url = proc.start(timeout=120)
-    try:
-        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=30).status_code == 200, 120, "preloaded")
+    with dukat_serve(models_dir, env) as (url, proc):
         yield Served(url, config_path, proc)
-    finally:
-        proc.stop()
 
 
 def data_of(lines: list[str]) -> list[str]:

@@ -12,8 +12,8 @@ import pytest
 
 from shared.processes import ChildProcess
 from tests.gateway.conftest import TEST_ENV, write_models
-from tests.support.checks import wait_for
 from tests.support.hub_server import HubServer, RepoSource
+from tests.support.served import dukat_serve
 
 INFERENCE_KEY = "sk-infer-test"
 ADMIN_KEY = "sk-admin-test"
@@ -64,16 +64,8 @@ def locked(
         "DUKAT_MAX_GENERATIONS": str(MAX_GENERATIONS),
         "DUKAT_PRELOAD": f"{CHAT_MODEL},{EMBED_MODEL}",
     }
-    proc = ChildProcess(
-        "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],
-        ready_prefix="DUKAT_GATEWAY_READY", env=env,
-    )
-    url = proc.start(timeout=120)
-    try:
-        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=30).status_code == 200, 120, "preloaded")
+    with dukat_serve(models_dir, env) as (url, proc):
         yield Locked(url=url, models_dir=models_dir, process=proc, hub=locked_hub)
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")
