@@ -62,8 +62,9 @@ from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
 from worker.gguf import SUFFIX as GGUF_SUFFIX
 from worker.gguf import hf_model_type as gguf_model_type
+from worker.healing import Healing
 from worker.keepalive import KeepAlive
-from worker.supervisor import Healing, Supervisor, WorkerSpec
+from worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 READY = "DUKAT_HOST_READY"

@@ -1,17 +1,15 @@
-"""Spawns, watches and stops model worker processes: one per loaded model.
+"""Starts, joins and stops model worker processes: one per loaded model.
 
-A load is idempotent: a second load of a model that is loading or loaded joins the first. A
-worker that dies after it loaded (an OOM kill, a crash), or stops answering pings (hung), is killed
-and restarted with a backoff, a few times per window; past that it is `failed` with its last log
-lines. Unload means the process exits (SIGTERM, then SIGKILL after a timeout), so its memory is
-really given back.
+A load is idempotent: a second load of a model that is loading or loaded joins the first. Ready
+means the worker answers a ping on the wire. A loaded worker is kept alive by its `Lifeline`
+(worker.healing). Unload means the process exits (SIGTERM, then SIGKILL after a timeout), so its
+memory is really given back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -20,6 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import msgspec
 
@@ -32,9 +31,10 @@ from shared.errors import (
     error_from_code,
 )
 from shared.host_api import WorkerState
-from shared.processes import WORKER_FAILED, WORKER_READY, kill_group, ready_port, terminate
+from shared.processes import WORKER_FAILED, WORKER_READY, ready_port, terminate
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
+from worker.healing import Healing, Lifeline
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 40
@@ -57,28 +57,16 @@ class WorkerSpec:
     keep_alive_s: float | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class Healing:
-    """How the host keeps a loaded worker alive (DUKAT_WORKER_RESTART*, DUKAT_WORKER_PING_*)."""
-
-    restarts: int
-    window_s: float
-    backoff_s: float
-    ping_interval_s: float
-    ping_timeout_s: float
-
-
 @dataclass
 class _Worker:
     spec: WorkerSpec
     state: WorkerState
+    logs: collections.deque[str]
+    life: Lifeline
     process: asyncio.subprocess.Process | None = None
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    logs: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_LOG_TAIL))
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     error: DukatError | None = None
-    restarted_at: collections.deque[float] = field(default_factory=collections.deque)  # monotonic
-    hung: str | None = None  # why the watchdog killed the current process
 
 
 class Supervisor:
@@ -160,55 +148,27 @@ class Supervisor:
             keep_alive_s=spec.keep_alive_s,
             last_used_at=time.time(),
         )
-        worker = _Worker(spec=spec, state=state)
+        logs: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
+        worker = _Worker(spec=spec, state=state, logs=logs, life=Lifeline(self.healing, state, logs))
         self._workers[spec.model_id] = worker
-        worker.tasks.append(asyncio.create_task(self._run(worker)))
+        run = worker.life.run(
+            partial(self._attempt, worker),
+            restarting=partial(self._renew_ready, worker),
+            fail=partial(self._failed, worker),
+        )
+        worker.tasks.append(asyncio.create_task(run))
         return worker
 
-    async def _run(self, worker: _Worker) -> None:
-        """Run the worker's process; when one that had loaded dies or hangs, start another."""
-        while (reason := await self._attempt(worker)) is not None:
-            if worker.state.status == "stopping":
-                return
-            delay = self._restart_delay(worker)
-            name, tail = worker.spec.model_id, "\n".join(worker.logs)
-            if delay is None:
-                h = self.healing
-                message = (
-                    f"model worker for {name!r} {reason}; not restarted again "
-                    f"({h.restarts} restarts within {h.window_s:.0f} s)"
-                )
-                self._failed(worker, ModelLoadFailedError(message))
-                log.error("%s; last log lines:\n%s", message, tail)
-                return
-            s = worker.state
-            s.restarts += 1
-            s.status, s.address, s.pid, s.last_restart_reason = "loading", None, None, reason
-            if worker.ready.done():
-                worker.ready = asyncio.get_running_loop().create_future()
-            log.warning(
-                "model worker for %r %s; restart %d in %.1f s; last log lines:\n%s",
-                name, reason, s.restarts, delay, tail,
-            )
-            worker.logs.append(f"--- restart {s.restarts}: the worker {reason} ---")
-            await asyncio.sleep(delay)
+    @staticmethod
+    def _renew_ready(worker: _Worker) -> None:
+        """Loads that come while a worker restarts wait for its next process."""
+        if worker.ready.done():
+            worker.ready = asyncio.get_running_loop().create_future()
 
-    def _restart_delay(self, worker: _Worker) -> float | None:
-        """The backoff before the next restart, or None when the window's restarts are spent."""
-        h, now = self.healing, time.monotonic()
-        times = worker.restarted_at
-        while times and now - times[0] > h.window_s:
-            times.popleft()
-        if len(times) >= h.restarts:
-            return None
-        times.append(now)
-        return h.backoff_s * 2 ** (len(times) - 1)
-
-    async def _attempt(self, worker: _Worker) -> str | None:
-        """One process of the worker, from spawn to exit. Returns why a process that had loaded
-        ended (it is to be restarted), or None when it never loaded (the worker is `failed`)."""
+    async def _attempt(self, worker: _Worker) -> int | None:
+        """One process of the worker, from spawn to exit. Returns the exit code of a process that
+        had loaded (it is to be restarted), or None when it never loaded (the worker is `failed`)."""
         spec = worker.spec
-        worker.hung = None
         try:
             process = await asyncio.create_subprocess_exec(
                 *self._command(spec),
@@ -234,7 +194,8 @@ class Supervisor:
             await self._terminate(process)
             self._settle(worker)
             return None
-        watchdog = asyncio.create_task(self._watch(worker, process, conn))
+        observe = partial(self.observe, spec.model_id)
+        watchdog = asyncio.create_task(worker.life.watch(process, conn, observe))
         try:
             assert process.stdout
             async for raw in process.stdout:  # keep draining: a full pipe would block the worker
@@ -244,9 +205,7 @@ class Supervisor:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
             await conn.close()
-        if worker.state.status != "loaded":
-            return None
-        return worker.hung or f"exited with code {code}"
+        return code if worker.state.status == "loaded" else None
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -284,28 +243,6 @@ class Supervisor:
             str(max(0.0, self.stop_timeout_s - 1.0)),
             *(["--quantization-is-default"] if spec.quantization_is_default else []),
         ]
-
-    async def _watch(
-        self, worker: _Worker, process: asyncio.subprocess.Process, conn: WorkerConnection
-    ) -> None:
-        """Ping the worker on a period; one that misses its deadline is hung: SIGKILL (a stopped or
-        deadlocked process ignores SIGTERM), and `_run` restarts it."""
-        h = self.healing
-        while True:
-            await asyncio.sleep(h.ping_interval_s)
-            try:
-                pong = await asyncio.wait_for(conn.pong(), h.ping_timeout_s)
-            except (TimeoutError, DukatError) as exc:
-                with contextlib.suppress(TimeoutError):  # a crash closes the wire first: let it say so
-                    await asyncio.wait_for(asyncio.shield(process.wait()), 1.0)
-                if process.returncode is not None:
-                    return
-                why = "timed out" if isinstance(exc, TimeoutError) else exc
-                worker.hung = f"did not answer a ping within {h.ping_timeout_s:g} s ({why})"
-                log.error("model worker for %r %s; killing it", worker.spec.model_id, worker.hung)
-                kill_group(process.pid)
-                return
-            self.observe(worker.spec.model_id, pong.load)
 
     async def _handshake(
         self, worker: _Worker, process: asyncio.subprocess.Process
