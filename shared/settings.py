@@ -115,6 +115,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
 
 
+# Every setting's default, for what is set before (or without) reading the settings: argparse and
+# keyword defaults read it here instead of restating it.
+DEFAULTS = Settings()
 _PREFIX = "DUKAT_"
 _TUPLE_FIELDS = {name for name, t in Settings.__annotations__.items() if "tuple" in str(t)}
 

@@ -273,11 +273,3 @@ class WorkerConnection:
 def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
-
-async def ping(address: str, timeout: float = 30.0, token: str | None = None) -> WorkerInfo:
-    """One-shot readiness probe: the worker answers over its real wire."""
-    conn = WorkerConnection(address, token)
-    try:
-        return await asyncio.wait_for(conn.ping(), timeout)
-    finally:
-        await conn.close()

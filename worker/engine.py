@@ -42,12 +42,13 @@ from shared.generation import (
 )
 from shared.model_types import ModelType, Task
 from shared.prompts import render_fallback, seed_prompt, template_messages
+from shared.settings import DEFAULTS, Quantization
 from shared.tool_calls import ToolFormat, tool_format_of
 from shared.wire import EngineInfo
 from worker.batching import Job, Scheduler
 from worker.embedding import Embedder
 from worker.grammar import Grammars
-from worker.loading import Loaded, Quantization, load_model
+from worker.loading import Loaded, load_model
 from worker.logprobs import prompt_records, token_logprobs
 from worker.reply import Plan, Reply, TextStream, deliver
 from worker.sampling import TokenSampler, resolve_params
@@ -56,10 +57,6 @@ logger = logging.getLogger(__name__)
 
 # Tool formats whose call markers are special tokens (decoding would drop them).
 _SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3})
-
-# The settings' defaults (DUKAT_MAX_BATCH, DUKAT_MAX_QUEUE).
-DEFAULT_MAX_BATCH = 16
-DEFAULT_MAX_QUEUE = 64
 
 
 class Engine:
@@ -73,8 +70,8 @@ class Engine:
         loaded: Loaded,
         model_type: ModelType,
         *,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_batch: int = DEFAULTS.max_batch,
+        max_queue: int = DEFAULTS.max_queue,
     ) -> None:
         self._loaded: Loaded | None = loaded
         self._model_type = model_type
@@ -109,10 +106,10 @@ class Engine:
         path: Path,
         *,
         model_type: ModelType,
-        quantization: Quantization = "4bit",
-        device: str = "auto",
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_queue: int = DEFAULT_MAX_QUEUE,
+        quantization: Quantization = DEFAULTS.default_quantization,
+        device: str = DEFAULTS.device_map,
+        max_batch: int = DEFAULTS.max_batch,
+        max_queue: int = DEFAULTS.max_queue,
     ) -> Engine:
         loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
         return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue)

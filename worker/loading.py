@@ -47,9 +47,7 @@ class Loaded:
     load_seconds: float
 
 
-def load_model(
-    path: Path, *, model_type: ModelType, quantization: Quantization = "4bit", device: str = "auto"
-) -> Loaded:
+def load_model(path: Path, *, model_type: ModelType, quantization: Quantization, device: str) -> Loaded:
     """Load the model and tokenizer in `path` onto `device`, quantized as asked, and check it runs.
 
     `path` is a `save_pretrained` folder, a .gguf file or a folder holding one (converted on its

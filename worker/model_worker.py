@@ -25,12 +25,11 @@ import msgspec
 from shared.errors import DukatError, ModelOutOfMemoryError, QuantizationError
 from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready
-from shared.settings import QUANTIZATIONS, Settings, load_settings
+from shared.settings import DEFAULTS, QUANTIZATIONS, load_settings
 from shared.wire import WorkerInfo
 from worker.wire_server import WorkerServer
 
 log = logging.getLogger("worker.model_worker")
-DEFAULTS = Settings()  # the registry's defaults; the host passes each value it set
 
 
 def die_with_parent() -> None:
@@ -106,22 +105,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-type", required=True)
     p.add_argument("--quantization", required=True, choices=QUANTIZATIONS)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--bind", default=DEFAULTS.host_bind)
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=DEFAULTS.worker_threads)
     p.add_argument(
         "--drain-s", type=float, default=5.0, help="on SIGTERM, wait this long for requests in flight"
     )
-    p.add_argument("--max-pending", type=int, default=DEFAULTS.max_batch + DEFAULTS.max_queue)
-    # Requests generated together (DUKAT_MAX_BATCH); the engine queues --max-queue more
-    # (DUKAT_MAX_QUEUE; default: what --max-pending leaves) and refuses the rest.
     p.add_argument(
         "--quantization-is-default",
         action="store_true",
         help="nobody asked for --quantization: fall back to none if the model can't take it",
     )
+    # Requests generated together (DUKAT_MAX_BATCH); the engine queues --max-queue more
+    # (DUKAT_MAX_QUEUE) and refuses the rest.
     p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
-    p.add_argument("--max-queue", type=int, default=None)
+    p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue)
     return p.parse_args(argv)
 
 
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             model_type=get_model_type(args.model_type),
             device=local_device,
             max_batch=args.max_batch,
-            max_queue=max(1, args.max_pending - args.max_batch) if args.max_queue is None else args.max_queue,
+            max_queue=args.max_queue,
         )
         try:
             engine = load(quantization=args.quantization)
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     server = WorkerServer(
         engine,
         info,
-        max_pending=args.max_pending,
+        max_pending=args.max_batch + args.max_queue,  # what the engine takes before it refuses
         max_batch=args.max_batch,
         drain_s=args.drain_s,
         token=token,

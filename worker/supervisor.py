@@ -236,8 +236,6 @@ class Supervisor:
             str(self.max_batch),
             "--max-queue",
             str(self.max_queue),
-            "--max-pending",
-            str(self.max_batch + self.max_queue),
             # Requests in flight may finish before the SIGKILL that follows SIGTERM after stop_timeout_s.
             "--drain-s",
             str(max(0.0, self.stop_timeout_s - 1.0)),
@@ -272,7 +270,7 @@ class Supervisor:
 
     async def _ready(self, worker: _Worker, conn: WorkerConnection) -> None:
         # Ready means it answers: one ping over the real wire, which also brings the model's facts.
-        info = (await asyncio.wait_for(conn.pong(), 30.0)).info
+        info = (await asyncio.wait_for(conn.pong(), self.healing.ping_timeout_s)).info
         s = worker.state
         s.address, s.status = conn.address, "loaded"
         for name in _ENGINE_FACTS:
