@@ -23,8 +23,20 @@ class ErrorBody(msgspec.Struct, kw_only=True):
     error: ErrorDetail
 
 
+# OpenAI's error `type` follows from the status: one rule, not a column restated per class.
+_TYPE_OF_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def _openai_type(status: int) -> str:
+    return "server_error" if status >= 500 else _TYPE_OF_STATUS.get(status, "invalid_request_error")
+
+
 class DukatError(Exception):
-    """Base of every failure that reaches a user. Subclasses set the three class attributes."""
+    """Base of every failure that reaches a user.
+
+    Each subclass is one row of the table, its status and code (and a default Retry-After) given as
+    class keywords; a subclass without a status keeps its parent's.
+    """
 
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
@@ -32,6 +44,17 @@ class DukatError(Exception):
     # Seconds a client should wait before retrying (sent as Retry-After), for 429/503: the class's
     # default, or what the raiser knows better (a worker's queue).
     retry_after: int | None = None
+
+    def __init_subclass__(
+        cls, *, code: str, status: int | None = None, retry_after: int | None = None, **kw: Any
+    ) -> None:
+        super().__init_subclass__(**kw)
+        cls.code = code
+        if status is not None:
+            cls.status = status
+        cls.type = _openai_type(cls.status)
+        if retry_after is not None:
+            cls.retry_after = retry_after
 
     def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
@@ -50,200 +73,109 @@ class DukatError(Exception):
         return {"error": msgspec.to_builtins(self.detail())}
 
 
-class InvalidRequestError(DukatError):
-    status = 400
-    type = "invalid_request_error"
-    code = "invalid_request"
+class InvalidRequestError(DukatError, status=400, code="invalid_request"): ...
 
 
-class ContextLengthExceededError(InvalidRequestError):
-    code = "context_length_exceeded"
+class ContextLengthExceededError(InvalidRequestError, code="context_length_exceeded"): ...
 
 
-class UnsupportedTaskError(InvalidRequestError):
+class UnsupportedTaskError(InvalidRequestError, code="unsupported_task"):
     """E.g. chat completions asked of an embedding model, or embeddings of a chat model."""
 
-    code = "unsupported_task"
 
-
-class ModelTooLargeError(InvalidRequestError):
+class ModelTooLargeError(InvalidRequestError, code="model_too_large"):
     """A pull bigger than DUKAT_MAX_MODEL_BYTES."""
 
-    code = "model_too_large"
+
+class UnsupportedModelTypeError(InvalidRequestError, code="unsupported_model_type"): ...
 
 
-class UnsupportedModelTypeError(InvalidRequestError):
-    code = "unsupported_model_type"
-
-
-class QuantizationError(InvalidRequestError):
+class QuantizationError(InvalidRequestError, code="quantization_unsupported"):
     """A quantization the device or the model cannot take (found at load, not at the first request)."""
 
-    code = "quantization_unsupported"
+
+class DeviceUnavailableError(InvalidRequestError, code="device_unavailable"): ...
 
 
-class DeviceUnavailableError(InvalidRequestError):
-    code = "device_unavailable"
-
-
-class InvalidConfigError(DukatError):
+class InvalidConfigError(DukatError, status=500, code="invalid_config"):
     """The model config file exists but is not valid; never silently reset."""
 
-    status = 500
-    type = "server_error"
-    code = "invalid_config"
+
+class SettingsError(DukatError, status=500, code="invalid_settings"): ...
 
 
-class SettingsError(DukatError):
-    status = 500
-    type = "server_error"
-    code = "invalid_settings"
+class AuthenticationError(DukatError, status=401, code="invalid_api_key"): ...
 
 
-class AuthenticationError(DukatError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
-
-
-class PermissionDeniedError(DukatError):
+class PermissionDeniedError(DukatError, status=403, code="permission_denied"):
     """A valid key without the right role (an inference key on an admin route)."""
 
-    status = 403
-    type = "permission_error"
-    code = "permission_denied"
 
-
-class PullNotAllowedError(PermissionDeniedError):
+class PullNotAllowedError(PermissionDeniedError, code="pull_not_allowed"):
     """A hub repo DUKAT_PULL_ALLOW does not match."""
 
-    code = "pull_not_allowed"
+
+class NotFoundError(DukatError, status=404, code="not_found"): ...
 
 
-class NotFoundError(DukatError):
-    status = 404
-    type = "invalid_request_error"
-    code = "not_found"
+class ModelNotFoundError(NotFoundError, code="model_not_found"): ...
 
 
-class ModelNotFoundError(NotFoundError):
-    code = "model_not_found"
+class GatedModelError(DukatError, status=403, code="gated_model"): ...
 
 
-class GatedModelError(DukatError):
-    status = 403
-    type = "permission_error"
-    code = "gated_model"
+class MethodNotAllowedError(DukatError, status=405, code="method_not_allowed"): ...
 
 
-class MethodNotAllowedError(DukatError):
-    status = 405
-    type = "invalid_request_error"
-    code = "method_not_allowed"
+class RequestTooLargeError(DukatError, status=413, code="request_too_large"): ...
 
 
-class RequestTooLargeError(DukatError):
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_large"
+class UnsupportedMediaTypeError(DukatError, status=415, code="unsupported_media_type"): ...
 
 
-class UnsupportedMediaTypeError(DukatError):
-    status = 415
-    type = "invalid_request_error"
-    code = "unsupported_media_type"
+class ConflictError(DukatError, status=409, code="conflict"): ...
 
 
-class ConflictError(DukatError):
-    status = 409
-    type = "invalid_request_error"
-    code = "conflict"
+class OverloadedError(DukatError, status=429, code="overloaded", retry_after=1): ...
 
 
-class OverloadedError(DukatError):
-    status = 429
-    type = "rate_limit_error"
-    code = "overloaded"
-    retry_after = 1
+class InternalError(DukatError, status=500, code="internal_error"): ...
 
 
-class InternalError(DukatError):
-    status = 500
-    type = "server_error"
-    code = "internal_error"
-
-
-class InsufficientStorageError(DukatError):
+class InsufficientStorageError(DukatError, status=507, code="insufficient_storage"):
     """A pull that would not fit in the free space of models_dir's file system."""
 
-    status = 507
-    type = "server_error"
-    code = "insufficient_storage"
+
+class HubUnreachableError(DukatError, status=502, code="hub_unreachable"): ...
 
 
-class HubUnreachableError(DukatError):
-    status = 502
-    type = "server_error"
-    code = "hub_unreachable"
+class WorkerFailedError(DukatError, status=502, code="worker_failed"): ...
 
 
-class WorkerFailedError(DukatError):
-    status = 502
-    type = "server_error"
-    code = "worker_failed"
-
-
-class WorkerUnreachableError(WorkerFailedError):
+class WorkerUnreachableError(WorkerFailedError, code="worker_unreachable"):
     """No connection to the model worker: the request never reached it (safe to send elsewhere)."""
 
-    code = "worker_unreachable"
+
+class ModelNotLoadedError(DukatError, status=503, code="model_not_loaded", retry_after=1): ...
 
 
-class ModelNotLoadedError(DukatError):
-    status = 503
-    type = "server_error"
-    code = "model_not_loaded"
-    retry_after = 1
+class ModelLoadFailedError(DukatError, status=503, code="model_load_failed"): ...
 
 
-class ModelLoadFailedError(DukatError):
-    status = 503
-    type = "server_error"
-    code = "model_load_failed"
-
-
-class ShuttingDownError(DukatError):
+class ShuttingDownError(DukatError, status=503, code="shutting_down", retry_after=1):
     """The server is stopping: what was still running when its grace period ended."""
 
-    status = 503
-    type = "server_error"
-    code = "shutting_down"
-    retry_after = 1
 
-
-class ModelOutOfMemoryError(ModelLoadFailedError):
+class ModelOutOfMemoryError(ModelLoadFailedError, code="out_of_memory"):
     """A load ran out of device memory (or the kernel's OOM killer ended the worker)."""
 
-    code = "out_of_memory"
 
-
-class NoCapacityError(DukatError):
+class NoCapacityError(DukatError, status=503, code="no_capacity", retry_after=5):
     """No worker host has a device with room for the model."""
 
-    status = 503
-    type = "server_error"
-    code = "no_capacity"
-    retry_after = 5
 
-
-class RequestTimeoutError(DukatError):
+class RequestTimeoutError(DukatError, status=504, code="timeout"):
     """A model worker did not answer in time."""
-
-    status = 504
-    type = "server_error"
-    code = "timeout"
-
-
 
 
 def _all_subclasses(cls: type[DukatError]) -> list[type[DukatError]]:
