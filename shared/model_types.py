@@ -29,106 +29,70 @@ class PromptFormat(StrEnum):
 
 
 class ModelType(Struct, frozen=True, kw_only=True):
+    """A family of models; the defaults are a causal LM prompted in the plain format."""
+
     name: str  # the value users write in the config file's `model_type`
-    task: Task
-    prompt_format: PromptFormat
+    task: Task = Task.CHAT
+    prompt_format: PromptFormat = PromptFormat.PLAIN
     # Strings the model tends to echo at the end of a reply, removed by cleaning.
     trailing_markers: tuple[str, ...] = ()
-    # transformers `config.json` model_type values of this family.
+    # transformers `config.json` model_type values of this family (the config file accepts them too).
     hf_model_types: tuple[str, ...] = ()
     # Whether bitsandbytes can quantize it (transformers 5 skips Falcon's own FalconLinear layers).
     quantizable: bool = True
 
+
+_INST_MARKERS = ("[INST]", "[/INST]", "</s>")
 
 MODEL_TYPES: dict[str, ModelType] = {
     t.name: t
     for t in (
         ModelType(
             name="llama",
-            task=Task.CHAT,
             prompt_format=PromptFormat.INST,
-            trailing_markers=("[INST]", "[/INST]", "</s>"),
+            trailing_markers=_INST_MARKERS,
             hf_model_types=("llama",),
         ),
         ModelType(
             name="tinyllama",
-            task=Task.CHAT,
             prompt_format=PromptFormat.ZEPHYR,
             trailing_markers=("<|user|>", "<|system|>", "<|assistant|>", "</s>"),
         ),
         ModelType(
             name="mistral",
-            task=Task.CHAT,
             prompt_format=PromptFormat.INST,
-            trailing_markers=("[INST]", "[/INST]", "</s>"),
+            trailing_markers=_INST_MARKERS,
             hf_model_types=("mistral", "mixtral"),
         ),
         ModelType(
             name="gemma",
-            task=Task.CHAT,
             prompt_format=PromptFormat.GEMMA,
             trailing_markers=("<end_of_turn>", "<start_of_turn>", "<eos>"),
             hf_model_types=("gemma", "gemma2", "gemma3_text"),
         ),
         ModelType(
             name="gpt",
-            task=Task.CHAT,
-            prompt_format=PromptFormat.PLAIN,
             trailing_markers=("<|endoftext|>",),
             hf_model_types=("gpt2", "gpt_neox", "gptj", "gpt_neo", "gpt_bigcode"),
         ),
         ModelType(
-            name="falcon",
-            task=Task.CHAT,
-            prompt_format=PromptFormat.PLAIN,
-            trailing_markers=("<|endoftext|>",),
-            hf_model_types=("falcon",),
-            quantizable=False,
+            name="falcon", trailing_markers=("<|endoftext|>",), hf_model_types=("falcon",), quantizable=False
         ),
-        ModelType(
-            name="bloom",
-            task=Task.CHAT,
-            prompt_format=PromptFormat.PLAIN,
-            trailing_markers=("</s>",),
-            hf_model_types=("bloom",),
-        ),
-        ModelType(
-            name="opt",
-            task=Task.CHAT,
-            prompt_format=PromptFormat.PLAIN,
-            trailing_markers=("</s>",),
-            hf_model_types=("opt",),
-        ),
+        ModelType(name="bloom", trailing_markers=("</s>",), hf_model_types=("bloom",)),
+        ModelType(name="opt", trailing_markers=("</s>",), hf_model_types=("opt",)),
         # A base (pretrained, not chat-tuned) causal LM of any architecture: a chat format it never
         # saw makes it ramble, the plain "User: ...\nAssistant:" format it continues sensibly. Never
         # inferred: set it as the config entry's model_type.
-        ModelType(
-            name="base",
-            task=Task.CHAT,
-            prompt_format=PromptFormat.PLAIN,
-            trailing_markers=("</s>", "<eos>", "<|endoftext|>"),
-        ),
-        ModelType(
-            name="t5",
-            task=Task.SEQ2SEQ,
-            prompt_format=PromptFormat.PLAIN,
-            trailing_markers=("</s>",),
-            hf_model_types=("t5", "mt5"),
-        ),
-        ModelType(
-            name="bert", task=Task.EMBEDDING, prompt_format=PromptFormat.PLAIN, hf_model_types=("bert",)
-        ),
-        ModelType(
-            name="roberta",
-            task=Task.EMBEDDING,
-            prompt_format=PromptFormat.PLAIN,
-            hf_model_types=("roberta", "xlm-roberta"),
-        ),
+        ModelType(name="base", trailing_markers=("</s>", "<eos>", "<|endoftext|>")),
+        ModelType(name="t5", task=Task.SEQ2SEQ, trailing_markers=("</s>",), hf_model_types=("t5", "mt5")),
+        ModelType(name="bert", task=Task.EMBEDDING, hf_model_types=("bert",)),
+        ModelType(name="roberta", task=Task.EMBEDDING, hf_model_types=("roberta", "xlm-roberta")),
     )
 }
 
-# Aliases users write in the config file.
-_ALIASES = {"tiny_llama": "tinyllama", "gpt2": "gpt", "gpt_neox": "gpt", "gptj": "gpt", "gpt_neo": "gpt"}
+_HF_TO_TYPE = {hf: t.name for t in MODEL_TYPES.values() for hf in t.hf_model_types}
+# What users write in the config file besides the names and transformers' model_types.
+_ALIASES = {"tiny_llama": "tinyllama", **_HF_TO_TYPE}
 
 # The seed's id rules, most specific first: org or name patterns (case-insensitive).
 _ID_RULES: tuple[tuple[str, str], ...] = (
@@ -144,8 +108,6 @@ _ID_RULES: tuple[tuple[str, str], ...] = (
     (r"bert|minilm|(^|/)sentence-transformers/", "bert"),
     (r"gpt|(^|/)openai-community/|(^|/)EleutherAI/", "gpt"),
 )
-
-_HF_TO_TYPE = {hf: t.name for t in MODEL_TYPES.values() for hf in t.hf_model_types}
 
 
 def default_quantization(model_type: ModelType, configured: str) -> str:

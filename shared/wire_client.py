@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from shared.errors import OverloadedError, RequestTimeoutError, WorkerFailedError, WorkerUnreachableError
 from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
@@ -42,6 +42,7 @@ from shared.wire import (
 
 log = logging.getLogger(__name__)
 _CLOSED = object()
+_Reply = TypeVar("_Reply", Pong, Result, Embedding)
 
 
 class RequestObserver(Protocol):
@@ -156,15 +157,24 @@ class WorkerConnection:
             raise frame.exception()
         return frame  # type: ignore[return-value]
 
-    async def pong(self) -> Pong:
-        """The worker's answer to a ping: its facts and its counters."""
-        rid, queue = await self._request(Ping)
+    async def _call(
+        self, reply: type[_Reply], deadline: float | None, make: type[Generate | Embed | Ping], **kw: object
+    ) -> _Reply:
+        """Send one request and wait for its one reply; a caller that goes away first (a deadline, a
+        client that disconnected) has the worker cancel it."""
+        rid, queue = await self._request(make, **kw)
+        done = False
         try:
-            frame = await self._next(rid, queue)
-            assert isinstance(frame, Pong)
+            frame = await self._next(rid, queue, deadline)
+            done = True
+            assert isinstance(frame, reply)
             return frame
         finally:
-            self._forget(rid)
+            await self._finish(rid, done)
+
+    async def pong(self) -> Pong:
+        """The worker's answer to a ping: its facts and its counters."""
+        return await self._call(Pong, None, Ping)
 
     async def admit(self, count: int) -> tuple[int, int]:
         """Admit `count` generations of one request together, or none (OverloadedError, with the
@@ -191,19 +201,12 @@ class WorkerConnection:
     ) -> GenerateResult:
         deadline = self._deadline(self.request_timeout_s)
         started = time.perf_counter()
-        rid, queue = await self._request(
-            Generate, request=request, defaults=defaults, stream=False, ticket=ticket
+        frame = await self._call(
+            Result, deadline, Generate, request=request, defaults=defaults, stream=False, ticket=ticket
         )
-        done = False
-        try:
-            frame = await self._next(rid, queue, deadline)
-            done = True
-            assert isinstance(frame, Result)
-            if self.observer is not None:
-                self.observer.finished(frame.result, time.perf_counter() - started, None)
-            return frame.result
-        finally:
-            await self._finish(rid, done)
+        if self.observer is not None:
+            self.observer.finished(frame.result, time.perf_counter() - started, None)
+        return frame.result
 
     async def stream(
         self, request: GenerateRequest, defaults: SamplingParams | None = None, ticket: int | None = None
@@ -242,17 +245,10 @@ class WorkerConnection:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         deadline = self._deadline(self.request_timeout_s)
         started = time.perf_counter()
-        rid, queue = await self._request(Embed, request=request)
-        done = False
-        try:
-            frame = await self._next(rid, queue, deadline)
-            done = True
-            assert isinstance(frame, Embedding)
-            if self.observer is not None:
-                self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
-            return frame.result
-        finally:
-            await self._finish(rid, done)
+        frame = await self._call(Embedding, deadline, Embed, request=request)
+        if self.observer is not None:
+            self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
+        return frame.result
 
     async def _finish(self, rid: int, done: bool) -> None:
         self._forget(rid)
