@@ -13,7 +13,8 @@ from pathlib import Path
 
 from shared.errors import DukatError, NotFoundError
 from shared.host_api import DownloadCounts, DownloadJob
-from worker.downloads import DownloadProgress, download_model
+from worker.download_progress import DownloadProgress
+from worker.downloads import download_model
 
 log = logging.getLogger(__name__)
 

@@ -18,33 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, cast
 
-import httpx2
 import msgspec
 from huggingface_hub import HfApi, constants, hf_hub_download
-from huggingface_hub.errors import (
-    FileMetadataError,
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from tqdm import tqdm
 
 from shared.errors import (
-    DukatError,
-    GatedModelError,
-    HubUnreachableError,
     InsufficientStorageError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -52,9 +35,10 @@ from shared.errors import (
     UnsupportedModelTypeError,
 )
 from shared.files import atomic_write
-from shared.host_api import DownloadCounts
 from shared.model_ids import is_explicit_path
 from worker.catalog import MARKER_NAME, DownloadMarker, is_model_folder, read_marker
+from worker.download_progress import DownloadTracker, ProgressCallback
+from worker.hub_errors import hub_errors
 
 _SUPPORT_FILES = frozenset({
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -71,17 +55,6 @@ _WEIGHT_GROUPS = (
     ("*.safetensors", "*.safetensors.index.json"),
     ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json"),
 )
-
-
-class DownloadProgress(DownloadCounts, kw_only=True):
-    """One report of a download in progress: its counts, and the file it is at."""
-
-    model_id: str
-    current_file: str | None = None
-    done: bool = False
-
-
-ProgressCallback = Callable[[DownloadProgress], None]
 
 
 def download_model(
@@ -111,7 +84,7 @@ def download_model(
     _check_repo_id(model_id)
     dest = Path(models_dir) / model_id
     hub = (endpoint or constants.ENDPOINT).rstrip("/")
-    with _hub_errors(model_id, revision, hub):
+    with hub_errors(model_id, revision, hub):
         api = HfApi(endpoint=endpoint, token=token, library_name="dukat")
         info = api.model_info(
             model_id, revision=revision, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
@@ -128,7 +101,7 @@ def download_model(
         )
         _begin(dest, marker)
         fetch = [file] if file else files
-        tracker = _Tracker(model_id, {f: sizes[f] for f in fetch}, progress, show_progress_bar)
+        tracker = DownloadTracker(model_id, {f: sizes[f] for f in fetch}, progress, show_progress_bar)
         try:
             for name in fetch:
                 tracker.start(name)
@@ -274,120 +247,3 @@ def _begin(dest: Path, marker: DownloadMarker) -> None:
 
 def _write_marker(dest: Path, marker: DownloadMarker) -> None:
     atomic_write(dest / MARKER_NAME, msgspec.json.encode(marker))
-
-
-class _Tracker:
-    """Turns huggingface_hub's per-file progress bar updates into DownloadProgress reports and,
-    when asked, one visible bar for the whole model."""
-
-    def __init__(
-        self, model_id: str, sizes: dict[str, int], callback: ProgressCallback | None, visible: bool
-    ) -> None:
-        self.model_id, self.sizes, self.callback = model_id, sizes, callback
-        self.total = sum(sizes.values())
-        self.finished_bytes = 0  # bytes of the files already complete
-        self.file_bytes = 0  # bytes of the current file so far
-        self.reported = 0
-        self.files_done = 0
-        self.current: str | None = None
-        self.bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024, desc=model_id,
-                        disable=not visible)
-        self.bar_class = _bar_class(self)
-
-    def start(self, name: str) -> None:
-        self.current, self.file_bytes = name, 0
-        self.bar.set_postfix_str(name, refresh=False)
-        self.report()
-
-    def add(self, n: int) -> None:
-        if n:
-            self.file_bytes += n
-            self.report()
-
-    def finish(self, name: str) -> None:
-        # Exact even when the file was already here and no byte came over the network.
-        self.finished_bytes += self.sizes[name]
-        self.files_done, self.current, self.file_bytes = self.files_done + 1, None, 0
-        self.report()
-
-    def report(self, *, done: bool = False) -> None:
-        size = self.sizes.get(self.current or "", 0)
-        in_file = min(max(self.file_bytes, 0), size) if size else max(self.file_bytes, 0)
-        # Monotonic: a resume that restarts a file must not move the count backwards.
-        self.reported = max(self.reported, self.finished_bytes + in_file)
-        self.total = max(self.total, self.reported)
-        self.bar.total = self.total
-        self.bar.update(self.reported - self.bar.n)
-        if self.callback is not None:
-            self.callback(DownloadProgress(
-                model_id=self.model_id, downloaded_bytes=self.reported, total_bytes=self.total,
-                files_done=self.files_done, files_total=len(self.sizes), current_file=self.current, done=done,
-            ))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _bar_class(tracker: _Tracker) -> type[tqdm]:
-    """A silent tqdm that huggingface_hub creates per file (`tqdm_class=`) and feeds with bytes."""
-
-    class _FileBar(tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-            tracker.add(int(kwargs.get("initial") or 0))
-
-        def update(self, n: float | None = 1) -> bool | None:
-            tracker.add(int(n or 0))
-            return None
-
-        def update_transfer(self, n: float | None = 1) -> None:
-            pass  # network bytes (the same as update() over plain HTTP): counted once, via update()
-
-    return cast(type[tqdm], _FileBar)
-
-
-@contextmanager
-def _hub_errors(model_id: str, revision: str | None, hub: str) -> Iterator[None]:
-    """huggingface_hub's and httpx's failures as Dukat's typed errors, naming the model and hub."""
-    try:
-        yield
-    except DukatError:
-        raise
-    except GatedRepoError as exc:  # before RepositoryNotFoundError: it is a subclass
-        raise GatedModelError(_gated_message(model_id, hub), param="model") from exc
-    except RevisionNotFoundError as exc:
-        raise ModelNotFoundError(
-            f"revision {revision!r} of model {model_id!r} not found on {hub}", param="revision"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        raise ModelNotFoundError(
-            f"model {model_id!r} not found on {hub} (a private model needs HF_TOKEN)", param="model"
-        ) from exc
-    except RemoteEntryNotFoundError as exc:
-        message = f"a file of model {model_id!r} is missing on {hub}: {exc}"
-        raise ModelNotFoundError(message, param="model") from exc
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status in (401, 403):
-            raise GatedModelError(_gated_message(model_id, hub), param="model") from exc
-        raise HubUnreachableError(f"the hub at {hub} answered {status} for model {model_id!r}") from exc
-    except OfflineModeIsEnabled as exc:
-        raise HubUnreachableError(f"cannot download {model_id!r} from {hub}: HF_HUB_OFFLINE is set") from exc
-    except (httpx2.TransportError, LocalEntryNotFoundError, FileMetadataError) as exc:
-        raise HubUnreachableError(
-            f"cannot reach the hub at {hub} to download {model_id!r}: {_root_cause(exc)}"
-        ) from exc
-
-
-def _gated_message(model_id: str, hub: str) -> str:
-    return (
-        f"model {model_id!r} is gated on {hub}: accept its terms on the model page, then set HF_TOKEN "
-        "to a token of an account with access"
-    )
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}"

@@ -36,7 +36,8 @@ from tests.support.hub_fixtures import (
 )
 from tests.support.hub_server import HubServer, RepoSource
 from worker.catalog import MARKER_NAME, list_local_models, read_marker
-from worker.downloads import DownloadProgress, check_room, download_model, resolve_model_path, select_files
+from worker.download_progress import DownloadProgress
+from worker.downloads import check_room, download_model, resolve_model_path, select_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 10 * 1024 * 1024  # huggingface_hub's read chunk: resumes restart from a multiple of it
