@@ -8,11 +8,7 @@ timings) and pushes it to callbacks: that is what the model worker serves. `stre
 on the caller's thread) and `generate` (the whole reply) are `start` with a queue as the consumer,
 so every caller runs the one path the server runs.
 
-Prompts: chat `messages` go through the tokenizer's chat template when it has one, else the
-format's fallback rendering; a raw `prompt` with a `system_prompt` is the seed's
-`generate(prompt, system_prompt)` prompt (`seed_prompt`) and is cleaned as a chat reply; a raw
-`prompt` without one (`/v1/completions`) is sent as is and its output is kept as generated
-(request stops and the model's end markers only).
+Prompts become token ids in worker/prompt_ids.py.
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ from typing import Any
 from shared.cleaning import stop_strings
 from shared.errors import (
     ContextLengthExceededError,
-    InvalidRequestError,
     ModelNotLoadedError,
     UnsupportedTaskError,
 )
@@ -41,7 +36,6 @@ from shared.generation import (
     SamplingParams,
 )
 from shared.model_types import ModelType, Task
-from shared.prompts import render_fallback, seed_prompt, template_messages
 from shared.settings import DEFAULTS, Quantization
 from shared.tool_calls import ToolFormat, tool_format_of
 from shared.wire import EngineInfo
@@ -50,6 +44,7 @@ from worker.embedding import Embedder
 from worker.grammar import Grammars
 from worker.loading import Loaded, load_model
 from worker.logprobs import prompt_records, token_logprobs
+from worker.prompt_ids import prompt_of
 from worker.reply import Plan, Reply, TextStream, deliver
 from worker.sampling import TokenSampler, resolve_params
 
@@ -230,11 +225,7 @@ class Engine:
 
     def _plan(self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None) -> Plan:
         tokenizer = loaded.tokenizer
-        if req.prompt_ids is not None:
-            text, chat, ids = None, False, _checked_ids(req.prompt_ids, len(tokenizer))
-        else:
-            text, chat = self._prompt_text(tokenizer, req)
-            ids = _tokenize(tokenizer, text)
+        text, chat, ids = prompt_of(tokenizer, req, self._model_type.prompt_format, self._tool_format)
         params = resolve_params(req.params, defaults)
         requested = params.max_new_tokens if params.max_new_tokens is not None else 1
         context = loaded.context_length
@@ -285,22 +276,6 @@ class Engine:
                 self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
             return self._grammars
 
-    def _prompt_text(self, tokenizer: Any, req: GenerateRequest) -> tuple[str, bool]:
-        fmt = self._model_type.prompt_format
-        if req.messages is not None:
-            if req.prompt is not None:
-                raise InvalidRequestError("give either messages or prompt, not both", param="messages")
-            tools = req.tools.tools if req.tools is not None else None
-            if getattr(tokenizer, "chat_template", None):
-                native = tools is not None and self._tool_format is not ToolFormat.GENERIC
-                messages = template_messages(req.messages, fmt, tools=tools, native_tools=native)
-                return _apply_template(tokenizer, messages, tools if native else None), True
-            return render_fallback(req.messages, fmt, tools=tools), True
-        if req.prompt is None:
-            raise InvalidRequestError("either messages or prompt is required", param="messages")
-        if req.system_prompt:
-            return seed_prompt(req.prompt, req.system_prompt, fmt), True
-        return req.prompt, False
 
 
 def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int) -> Scheduler:
@@ -320,45 +295,6 @@ def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_que
         max_queue,
     )
     return scheduler
-
-
-def _apply_template(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
-) -> str:
-    import jinja2
-
-    try:
-        text: str = tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=True
-        )
-    except jinja2.TemplateError as exc:  # the template's raise_exception(...): a bad conversation
-        raise InvalidRequestError(
-            f"the model's chat template refused the messages: {exc}", param="messages"
-        ) from exc
-    return text
-
-
-def _tokenize(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of the prompt; no second BOS when the text (e.g. a chat template's) has one."""
-    bos = tokenizer.bos_token
-    ids: list[int] = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids
-    if not ids:  # an empty raw prompt: start from BOS (or EOS, GPT-2's document separator)
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        if start is None:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        ids = [start]
-    return ids
-
-
-def _checked_ids(ids: list[int], vocab_size: int) -> list[int]:
-    bad = [i for i in ids if not 0 <= i < vocab_size]
-    if bad:
-        raise InvalidRequestError(
-            f"token id {bad[0]} is outside this model's vocabulary (0..{vocab_size - 1})", param="prompt"
-        )
-    if not ids:
-        raise InvalidRequestError("the prompt is empty", param="prompt")
-    return ids
 
 
 def _in_vocabulary(ids: list[int] | None, tokenizer: Any) -> frozenset[int]:
