@@ -20,6 +20,8 @@ import httpx
 # The model worker's handshake lines (`worker.model_worker` prints, `worker.supervisor` reads them).
 WORKER_READY = "DUKAT_WORKER_READY"
 WORKER_FAILED = "DUKAT_WORKER_FAILED"
+# The worker host's ready line (`worker.host` prints it, the gateway waits for it).
+HOST_READY = "DUKAT_HOST_READY"
 _EXIT_POLL_S = 0.02
 
 

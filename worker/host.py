@@ -39,6 +39,7 @@ from shared.host_api import (
     WorkerState,
 )
 from shared.logs import setup_logging
+from shared.processes import HOST_READY
 from shared.serving import bind_socket, serve
 from shared.settings import Settings, load_settings
 from shared.tokens import bearer_token, token_in
@@ -46,7 +47,6 @@ from worker import model_files
 from worker.host_service import Host
 
 log = logging.getLogger(__name__)
-READY = "DUKAT_HOST_READY"
 HOST_JOB_ID = r"^dl-[0-9a-f]{12}$"
 
 
@@ -183,7 +183,7 @@ def run_host(args: argparse.Namespace) -> int:
     sock = bind_socket(settings.host_bind, settings.host_port)
     port = sock.getsockname()[1]
     app = create_host_app(settings, f"http://{settings.host_bind}:{port}")
-    serve(app, sock, ready_prefix=READY, log_level=settings.log_level)
+    serve(app, sock, ready_prefix=HOST_READY, log_level=settings.log_level)
     return 0
 
 

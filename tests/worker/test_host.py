@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.processes import ChildProcess
+from shared.processes import HOST_READY, ChildProcess
 from tests.support.checks import error_of
 
 MODEL = "tiny/host-llama"
@@ -25,7 +25,7 @@ def host(tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPat
     env = {"OMP_NUM_THREADS": "1", "DUKAT_WORKER_THREADS": "1", "DUKAT_LOG_LEVEL": "warning"}
     args = ["--host-bind", "127.0.0.1", "--host-port", "0", "--models-dir", str(models_dir)]
     args += ["--devices", "cpu"]
-    process = ChildProcess("worker.host", args, ready_prefix="DUKAT_HOST_READY", env=env)
+    process = ChildProcess("worker.host", args, ready_prefix=HOST_READY, env=env)
     url = process.start(timeout=60)
     try:
         yield url
