@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from shared.errors import DukatError, ModelLoadFailedError
 from shared.host_api import WorkerState
 from shared.processes import kill_group
+from shared.settings import Settings
 from shared.wire import WorkerLoad
 from shared.wire_client import WorkerConnection
 
@@ -33,6 +34,16 @@ class Healing:
     backoff_s: float
     ping_interval_s: float
     ping_timeout_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Healing:
+        return cls(
+            restarts=settings.worker_restarts,
+            window_s=settings.worker_restart_window_s,
+            backoff_s=settings.worker_restart_backoff_s,
+            ping_interval_s=settings.worker_ping_interval_s,
+            ping_timeout_s=settings.worker_ping_timeout_s,
+        )
 
 
 class Lifeline:

@@ -36,7 +36,6 @@ from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
 from worker.gguf import SUFFIX as GGUF_SUFFIX
 from worker.gguf import hf_model_type as gguf_model_type
-from worker.healing import Healing
 from worker.keepalive import KeepAlive
 from worker.supervisor import Supervisor, WorkerSpec
 
@@ -53,23 +52,7 @@ class Host:
         self.jobs = DownloadJobs(settings.models_dir, max_bytes=settings.max_model_bytes)
         self.gpus = Gpus()
         advertise = settings.host_bind if settings.host_bind not in ("0.0.0.0", "::") else _own_address()
-        self.supervisor = Supervisor(
-            bind=settings.host_bind,
-            advertise=advertise,
-            threads=settings.worker_threads,
-            max_batch=settings.max_batch,
-            max_queue=settings.max_queue,
-            stop_timeout_s=settings.stop_timeout_s,
-            load_timeout_s=settings.load_timeout_s,
-            token=settings.internal_token,
-            healing=Healing(
-                restarts=settings.worker_restarts,
-                window_s=settings.worker_restart_window_s,
-                backoff_s=settings.worker_restart_backoff_s,
-                ping_interval_s=settings.worker_ping_interval_s,
-                ping_timeout_s=settings.worker_ping_timeout_s,
-            ),
-        )
+        self.supervisor = Supervisor(settings, advertise=advertise)
         self.keep_alive_s = parse_keep_alive(settings.keep_alive)
         self.keep_alive = KeepAlive(self.supervisor, self.unload, period_s=settings.worker_ping_interval_s)
         self._placing = asyncio.Lock()

@@ -32,6 +32,7 @@ from shared.errors import (
 )
 from shared.host_api import WorkerState
 from shared.processes import WORKER_FAILED, WORKER_READY, ready_port, terminate
+from shared.settings import Settings
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
 from worker.healing import Healing, Lifeline
@@ -70,37 +71,19 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(
-        self,
-        *,
-        bind: str,
-        advertise: str,
-        threads: int,
-        max_batch: int,
-        max_queue: int,
-        stop_timeout_s: float,
-        load_timeout_s: float,
-        healing: Healing,
-        token: str | None = None,
-    ) -> None:
-        self.bind = bind
-        # The internal token: handed to each worker in its environment, sent on every connection.
-        self.token = token
+    def __init__(self, settings: Settings, *, advertise: str) -> None:
+        """`advertise`: the address the host's clients reach its workers at (their port added)."""
+        self.settings = settings
         self.advertise = advertise
-        self.threads = threads
-        self.max_batch = max_batch
-        self.max_queue = max_queue
-        self.stop_timeout_s = stop_timeout_s
-        self.load_timeout_s = load_timeout_s
-        self.healing = healing
+        self.healing = Healing.of(settings)
         self._workers: dict[str, _Worker] = {}
 
     def states(self) -> list[WorkerState]:
-        return [msgspec.structs.replace(w.state, log_tail=list(w.logs)) for w in self._workers.values()]
+        return [_snapshot(w) for w in self._workers.values()]
 
     def state(self, model_id: str) -> WorkerState | None:
         w = self._workers.get(model_id)
-        return msgspec.structs.replace(w.state, log_tail=list(w.logs)) if w else None
+        return _snapshot(w) if w else None
 
     async def load(
         self,
@@ -185,9 +168,9 @@ class Supervisor:
         worker.tasks.append(asyncio.create_task(self._pipe_logs(worker, process)))
         conn: WorkerConnection | None = None
         try:
-            conn = await asyncio.wait_for(self._handshake(worker, process), self.load_timeout_s)
+            conn = await asyncio.wait_for(self._handshake(worker, process), self.settings.load_timeout_s)
         except TimeoutError:
-            err = ModelLoadFailedError(f"worker did not load within {self.load_timeout_s:.0f} s")
+            err = ModelLoadFailedError(f"worker did not load within {self.settings.load_timeout_s:.0f} s")
             self._failed(worker, err, settle=False)
         if conn is None or worker.state.status == "failed":
             # A failed load leaves no process (nor its memory) behind by the time the load answers.
@@ -209,8 +192,8 @@ class Supervisor:
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.token:
-            env["DUKAT_INTERNAL_TOKEN"] = self.token
+        if self.settings.internal_token:  # in the environment, never on argv; sent on every connection
+            env["DUKAT_INTERNAL_TOKEN"] = self.settings.internal_token
         return env
 
     def _command(self, spec: WorkerSpec) -> list[str]:
@@ -229,16 +212,16 @@ class Supervisor:
             "--device",
             spec.device,
             "--bind",
-            self.bind,
+            self.settings.host_bind,
             "--threads",
-            str(self.threads),
+            str(self.settings.worker_threads),
             "--max-batch",
-            str(self.max_batch),
+            str(self.settings.max_batch),
             "--max-queue",
-            str(self.max_queue),
+            str(self.settings.max_queue),
             # Requests in flight may finish before the SIGKILL that follows SIGTERM after stop_timeout_s.
             "--drain-s",
-            str(max(0.0, self.stop_timeout_s - 1.0)),
+            str(max(0.0, self.settings.stop_timeout_s - 1.0)),
             *(["--quantization-is-default"] if spec.quantization_is_default else []),
         ]
 
@@ -250,7 +233,7 @@ class Supervisor:
         async for raw in process.stdout:
             line = raw.decode(errors="replace").strip()
             if (port := ready_port(line, WORKER_READY)) is not None:
-                conn = WorkerConnection(f"{self.advertise}:{port}", self.token)
+                conn = WorkerConnection(f"{self.advertise}:{port}", self.settings.internal_token)
                 try:
                     await self._ready(worker, conn)
                 except Exception as exc:  # it said ready but does not answer: a failed load, not a hang
@@ -333,11 +316,15 @@ class Supervisor:
         """SIGTERM, wait, then SIGKILL, to the worker's whole process group: a worker (nor anything
         it started) never outlives its unload."""
         exited = lambda: process.returncode is not None  # noqa: E731 - set by this loop, read by the thread
-        await asyncio.to_thread(terminate, process.pid, exited, self.stop_timeout_s)
+        await asyncio.to_thread(terminate, process.pid, exited, self.settings.stop_timeout_s)
         await process.wait()
 
     async def close(self) -> None:
         await asyncio.gather(*(self.unload(m) for m in list(self._workers)), return_exceptions=True)
+
+
+def _snapshot(worker: _Worker) -> WorkerState:
+    return msgspec.structs.replace(worker.state, log_tail=list(worker.logs))
 
 
 def _check_same_load(worker: WorkerState, quantization: str | None, device: str | None) -> None:
