@@ -117,19 +117,25 @@ def _describe(root: Path, folder: Path) -> LocalModel:
     )
 
 
+def hf_model_type(path: Path) -> str | None:
+    """The transformers `model_type` of a model's files: a .gguf's (or a folder of them) from its
+    header, as the worker converts it at load; a folder's from its config.json (None: it names none).
+    Raises DukatError for an unreadable .gguf, OSError or ValueError for an unreadable config.json."""
+    found = path if path.suffix == gguf.SUFFIX else None if is_model_folder(path) else gguf.pick_gguf(path)
+    if found is not None:
+        return gguf.hf_model_type(found)
+    config = json.loads((path / "config.json").read_bytes())
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
 def _model_type(model_id: str, folder: Path) -> tuple[str | None, str | None]:
-    if not is_model_folder(folder):  # a folder of .gguf files: the type is in the header
-        try:
-            found = gguf.pick_gguf(folder)
-            hf_type = gguf.hf_model_type(found) if found else None
-        except DukatError as exc:
-            return None, exc.message
-        return _known_type(model_id, hf_type)
     try:
-        config = json.loads((folder / "config.json").read_bytes())
+        hf_type = hf_model_type(folder)
+    except DukatError as exc:
+        return None, exc.message
     except (OSError, ValueError) as exc:
         return None, f"unreadable config.json: {exc}"
-    return _known_type(model_id, config.get("model_type") if isinstance(config, dict) else None)
+    return _known_type(model_id, hf_type)
 
 
 def _known_type(model_id: str, hf_type: str | None) -> tuple[str | None, str | None]:

@@ -8,7 +8,6 @@ here, and started (or joined) by the supervisor.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -30,12 +29,10 @@ from shared.keep_alive import describe, parse_keep_alive
 from shared.model_types import ModelType, default_quantization, infer_model_type
 from shared.settings import Quantization, Settings
 from worker import model_files, room
-from worker.catalog import list_local_models, local_gguf
+from worker.catalog import hf_model_type, list_local_models, local_gguf
 from worker.devices import Gpus, offered_devices
 from worker.download_jobs import DownloadJobs
 from worker.downloads import resolve_model_path
-from worker.gguf import SUFFIX as GGUF_SUFFIX
-from worker.gguf import hf_model_type as gguf_model_type
 from worker.keepalive import KeepAlive
 from worker.supervisor import Supervisor, WorkerSpec
 
@@ -130,7 +127,11 @@ class Host:
 
     def _kind(self, model_id: str, override: str | None, path: Path) -> tuple[ModelType, Quantization]:
         """The model's type and the quantization a load that asks for none gets."""
-        model_type = infer_model_type(model_id, hf_model_type=_hf_model_type(path), override=override)
+        try:
+            hf_type = hf_model_type(path)
+        except (OSError, ValueError):  # no readable config.json: the id (or the override) decides
+            hf_type = None
+        model_type = infer_model_type(model_id, hf_model_type=hf_type, override=override)
         default = default_quantization(model_type, self.settings.default_quantization)
         return model_type, default  # type: ignore[return-value]
 
@@ -161,15 +162,6 @@ class Host:
 
     def local_models(self) -> list[LocalModel]:
         return list_local_models(self.settings.models_dir)
-
-
-def _hf_model_type(path: Path) -> str | None:
-    if path.suffix == GGUF_SUFFIX:  # from its header: the worker converts it at load
-        return gguf_model_type(path)
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
 
 
 def _own_address() -> str:
