@@ -27,6 +27,7 @@ from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready
 from shared.settings import DEFAULTS, QUANTIZATIONS, load_settings
 from shared.wire import WorkerInfo
+from worker.devices import pinned_env
 from worker.wire_server import WorkerServer
 
 log = logging.getLogger("worker.model_worker")
@@ -46,15 +47,8 @@ def pin_device(device: str, threads: int) -> str:
 
     Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation.
     """
-    if threads > 0:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        os.environ["MKL_NUM_THREADS"] = str(threads)
-    if device.startswith("cuda"):
-        index = device.partition(":")[2] or "0"
-        os.environ["CUDA_VISIBLE_DEVICES"] = index
-        return "cuda:0"
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    return "cpu"
+    os.environ.update(pinned_env(device, threads))  # the host sets these too; a worker run by hand needs them
+    return "cuda:0" if device.startswith("cuda") else "cpu"
 
 
 def _fail(exc: BaseException, model_id: str) -> None:

@@ -35,6 +35,7 @@ from shared.processes import WORKER_FAILED, WORKER_READY, ready_port, terminate
 from shared.settings import Settings
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
+from worker.devices import pinned_env
 from worker.healing import Healing, Lifeline
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class Supervisor:
                 *self._command(spec),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env(),
+                env=self._env(spec),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -190,8 +191,8 @@ class Supervisor:
             await conn.close()
         return code if worker.state.status == "loaded" else None
 
-    def _env(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def _env(self, spec: WorkerSpec) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **pinned_env(spec.device, self.settings.worker_threads)}
         if self.settings.internal_token:  # in the environment, never on argv; sent on every connection
             env["DUKAT_INTERNAL_TOKEN"] = self.settings.internal_token
         return env
