@@ -124,6 +124,9 @@ def test_get_model_type_aliases() -> None:
     assert get_model_type("gpt2") is MODEL_TYPES["gpt"]
     assert get_model_type("GPT_NEOX") is MODEL_TYPES["gpt"]
     assert get_model_type("tiny_llama") is MODEL_TYPES["tinyllama"]
+    # Any transformers model_type of a family names it (the same map inference uses).
+    assert get_model_type("mixtral") is MODEL_TYPES["mistral"]
+    assert get_model_type("gemma3_text") is MODEL_TYPES["gemma"]
 
 
 def test_tasks_and_formats_of_the_families() -> None:
