@@ -16,26 +16,23 @@ def pinned(worker: WorkerState) -> bool:
     return worker.keep_alive_s is not None and worker.keep_alive_s < 0
 
 
+def idle(worker: WorkerState) -> bool:
+    """Loaded, with nothing in flight."""
+    return worker.status == "loaded" and worker.in_flight == 0
+
+
 def evictable(workers: list[WorkerState], device: str | None = None) -> list[WorkerState]:
-    """Loaded, idle (nothing in flight), unpinned workers, least recently used first."""
-    idle = [
-        w
-        for w in workers
-        if w.status == "loaded" and w.in_flight == 0 and not pinned(w) and device in (None, w.device)
-    ]
-    return sorted(idle, key=lambda w: (w.last_used_at, w.model_id))
+    """Idle, unpinned workers, least recently used first."""
+    candidates = [w for w in workers if idle(w) and not pinned(w) and device in (None, w.device)]
+    return sorted(candidates, key=lambda w: (w.last_used_at, w.model_id))
 
 
 def expired(workers: list[WorkerState]) -> list[WorkerState]:
-    """Loaded workers idle for longer than their keep-alive."""
+    """Workers idle for longer than their keep-alive."""
     return [
         w
         for w in workers
-        if w.status == "loaded"
-        and w.in_flight == 0
-        and w.keep_alive_s is not None
-        and w.keep_alive_s >= 0
-        and w.idle_s >= w.keep_alive_s
+        if idle(w) and w.keep_alive_s is not None and w.keep_alive_s >= 0 and w.idle_s >= w.keep_alive_s
     ]
 
 
