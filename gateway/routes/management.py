@@ -65,10 +65,10 @@ async def download(state: State, job_id: Annotated[str, Parameter(pattern=JOB_ID
 
 @post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
 async def load(request: Request, state: State, data: LoadRequest) -> LoadedModel:
-    await check_loadable(state.manager, data.model)
+    await check_loadable(state.manager, data.model_id)
     rid = request_id_of(request.scope)
     return await state.manager.load_model(
-        data.model, data.quantization, data.device, replicas=data.replicas, request_id=rid
+        data.model_id, data.quantization, data.device, replicas=data.replicas, request_id=rid
     )
 
 

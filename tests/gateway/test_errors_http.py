@@ -89,7 +89,7 @@ async def boom() -> None:
 
 @post("/load")
 async def load(data: LoadRequest) -> dict[str, str]:
-    return {"model": data.model}
+    return {"model": data.model_id}
 
 
 @post("/manual")
@@ -98,7 +98,7 @@ async def manual(request: Request[Any, Any, Any]) -> dict[str, str]:
         body = msgspec.json.decode(await request.body(), type=LoadRequest)
     except msgspec.ValidationError as exc:
         raise request_validation_error(exc) from exc
-    return {"model": body.model}
+    return {"model": body.model_id}
 
 
 def make_app() -> Litestar:

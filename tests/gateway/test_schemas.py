@@ -224,7 +224,7 @@ def test_bad_embedding_inputs_are_400s(value: object) -> None:
 
 def test_management_requests_forbid_unknown_fields() -> None:
     assert decode({"model": "m", "quantization": "8bit"}, LoadRequest) == LoadRequest(
-        model="m", quantization="8bit"
+        model_id="m", quantization="8bit"
     )
     with pytest.raises(msgspec.ValidationError, match="unknown field `quantisation`"):
         decode({"model": "m", "quantisation": "8bit"}, LoadRequest)
