@@ -15,7 +15,7 @@ from litestar.params import Parameter
 from gateway.auth import INFERENCE, is_admin, without_internals
 from gateway.limits import check_loadable, check_model, check_pull, check_revision
 from gateway.middleware import request_id_of
-from gateway.schemas import (
+from gateway.schemas.models import (
     AvailableModelList,
     DefaultModel,
     DownloadJob,
