@@ -35,36 +35,34 @@ class _Event(Struct, kw_only=True, tag_field="type"):
 
 
 class _WholeResponse(_Event):
+    """An event carrying the response object as it stands."""
+
     response: ResponseObject
 
 
-class ResponseCreated(_WholeResponse, tag="response.created"):
-    pass
+class ResponseCreated(_WholeResponse, tag="response.created"): ...
 
 
-class ResponseInProgress(_WholeResponse, tag="response.in_progress"):
-    pass
+class ResponseInProgress(_WholeResponse, tag="response.in_progress"): ...
 
 
-class ResponseCompleted(_WholeResponse, tag="response.completed"):
-    pass
+class ResponseCompleted(_WholeResponse, tag="response.completed"): ...
 
 
-class ResponseIncomplete(_WholeResponse, tag="response.incomplete"):
-    pass
+class ResponseIncomplete(_WholeResponse, tag="response.incomplete"): ...
 
 
 class _Item(_Event):
+    """An output item opened or finished."""
+
     output_index: int
     item: OutputItem
 
 
-class OutputItemAdded(_Item, tag="response.output_item.added"):
-    pass
+class OutputItemAdded(_Item, tag="response.output_item.added"): ...
 
 
-class OutputItemDone(_Item, tag="response.output_item.done"):
-    pass
+class OutputItemDone(_Item, tag="response.output_item.done"): ...
 
 
 class _InItem(_Event):
@@ -79,12 +77,10 @@ class _ContentPart(_InItem):
     content_index: int = 0
 
 
-class ContentPartAdded(_ContentPart, tag="response.content_part.added"):
-    pass
+class ContentPartAdded(_ContentPart, tag="response.content_part.added"): ...
 
 
-class ContentPartDone(_ContentPart, tag="response.content_part.done"):
-    pass
+class ContentPartDone(_ContentPart, tag="response.content_part.done"): ...
 
 
 class OutputTextDelta(_InItem, tag="response.output_text.delta"):
