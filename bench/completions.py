@@ -132,8 +132,12 @@ async def one_vs_generate(
     }
 
 
-async def streams_vs_one(url: str, model: str, counts: list[int], *, tokens: int) -> dict[str, Any]:
+async def streams_vs_one(
+    url: str, model: str, counts: list[int], *, tokens: int, warm_batch: bool = False
+) -> dict[str, Any]:
     """Every prompt streamed alone (one after another), then `n` of them at once for each n in counts.
+    `warm_batch`: one untimed round of the widest batch first (a GPU picks its kernels per batch shape
+    on first use; its wall time is reported as `cold_batch_wall_s`).
 
     Aggregate tok/s over the wall time from the first request to the last [DONE], against the
     median lone stream; slowest first token against the median lone first token; each concurrent
@@ -150,6 +154,10 @@ async def streams_vs_one(url: str, model: str, counts: list[int], *, tokens: int
             "tokens": tokens, "lone_tokens_per_s": lone_tps, "lone_ttft_s": lone_ttft,
             "alone": [t.__dict__ for t in alone],
         }
+        if warm_batch:
+            started = time.perf_counter()
+            await asyncio.gather(*(completion_stream(client, b) for b in bodies))
+            result["cold_batch_wall_s"] = time.perf_counter() - started
         for n in counts:
             started = time.perf_counter()
             together: list[Timed] = await asyncio.gather(*(completion_stream(client, b) for b in bodies[:n]))

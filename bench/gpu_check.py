@@ -12,7 +12,10 @@ Checks, each `pass` / `fail` / `skipped` (with why) in bench/results/gpu_check.j
   reported memory for each;
 - unload: the GPU's used memory (NVML) back to its baseline after the worker exits;
 - one stream through the gateway against in-process `generate` (bf16, same prompt ids);
-- 16 and 64 concurrent streams against one alone, and the slowest first token (Llama; 16 on Gemma).
+- 16 and 64 concurrent streams against one alone, and the slowest first token (Llama; 16 on Gemma);
+- grammar on the GPU: xgrammar's bitmask applied to CUDA logits in a batch that mixes constrained and
+  free rows (strict JSON schemas and a forced tool call, each parsed and checked), with logprobs
+  (finite, ordered top alternatives).
 Without CUDA the serving checks run on the CPU with a small Llama (so the script itself is tested
 anywhere) and the GPU-only checks say `skipped`.
 """
@@ -173,13 +176,123 @@ def check_streams(served: Served, model: str, path: Path, device: str, counts: l
         base = InProcess(path, device="cuda:0" if device.startswith("cuda") else "cpu", threads=THREADS)
         one = asyncio.run(one_vs_generate(served.url, model, base, tokens=TOKENS, rounds=3))
         del base
-        multi = asyncio.run(streams_vs_one(served.url, model, counts, tokens=TOKENS))
+        multi = asyncio.run(streams_vs_one(served.url, model, counts, tokens=TOKENS, warm_batch=True))
     finally:
         served.unload(model)
     summary = {str(n): {k: multi[str(n)][k] for k in ("speedup", "ttft_ratio", "same_text", "compared")}
                for n in counts}
     return {"status": "report", "one_stream_vs_generate": one["ratio"], "summary": summary,
             "one_stream": one, "streams": multi}
+
+
+NOTES = {
+    "type": "object",
+    "properties": {"notes": {"type": "array", "items": {"type": "string"}}},
+    "required": ["notes"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def grammar_bodies(model: str) -> list[tuple[str, dict[str, Any]]]:
+    """Constrained, forced-tool and free requests that the worker batches together (sampled, seeded)."""
+    base = {"model": model, "max_tokens": 48, "temperature": 1.0}
+    out: list[tuple[str, dict[str, Any]]] = []
+    for seed in range(4):
+        msg = [{"role": "user", "content": f"Notes about the sea, take {seed}."}]
+        out.append(
+            (
+                "schema",
+                {
+                    **base,
+                    "seed": seed,
+                    "messages": msg,
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "notes", "strict": True, "schema": NOTES},
+                    },
+                },
+            )
+        )
+        out.append(
+            (
+                "tool",
+                {
+                    **base,
+                    "seed": seed,
+                    "messages": msg,
+                    "tools": [WEATHER],
+                    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                },
+            )
+        )
+        out.append(("free", {**base, "seed": seed, "messages": msg, "logprobs": True, "top_logprobs": 3}))
+    return out
+
+
+def judge_grammar(kind: str, reply: dict[str, Any]) -> str | None:
+    """Why a reply is wrong, or None."""
+    message = reply["choices"][0]["message"]
+    if kind == "schema":
+        value = json.loads(message["content"])
+        ok = set(value) == {"notes"} and all(isinstance(n, str) for n in value["notes"])
+        return None if ok else f"schema broken: {message['content']!r}"
+    if kind == "tool":
+        call = message["tool_calls"][0]["function"]
+        args = json.loads(call["arguments"])
+        typed = isinstance(args.get("city"), str) and type(args.get("days")) is int
+        ok = call["name"] == "get_weather" and typed
+        return None if ok else f"tool call broken: {call!r}"
+    for token in reply["choices"][0]["logprobs"]["content"]:
+        tops = [t["logprob"] for t in token["top_logprobs"]]
+        if not all(-1e9 < lp <= 0 for lp in [token["logprob"], *tops]) or tops != sorted(tops, reverse=True):
+            return f"logprobs broken: {token!r}"
+    return None
+
+
+def check_grammar(served: Served, model: str, device: str) -> Check:
+    import httpx
+
+    served.load(model, quantization="none", device=device)
+    try:
+        bodies = grammar_bodies(model)
+
+        async def send_all() -> list[dict[str, Any]]:
+            async with httpx.AsyncClient(base_url=served.url, timeout=300) as http:
+                posts = (http.post("/v1/chat/completions", json=b) for _, b in bodies)
+                replies = await asyncio.gather(*posts)
+            return [r.raise_for_status().json() for r in replies]
+
+        replies = asyncio.run(send_all())
+        problems = []
+        for (kind, _), reply in zip(bodies, replies, strict=True):
+            try:
+                problem = judge_grammar(kind, reply)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                problem = f"{kind}: {type(exc).__name__}: {exc}: {json.dumps(reply)[:300]}"
+            if problem:
+                problems.append(problem)
+    finally:
+        served.unload(model)
+    first = zip(bodies[:3], replies[:3], strict=True)
+    examples = {kind: reply["choices"][0]["message"] for (kind, _), reply in first}
+    return {
+        "status": "fail" if problems else "pass",
+        "requests": len(bodies),
+        "problems": problems[:6],
+        "examples": examples,
+    }
 
 
 def run_checks(root: Path, cuda: bool) -> dict[str, Check]:
@@ -222,6 +335,7 @@ def run_checks(root: Path, cuda: bool) -> dict[str, Check]:
         counts = [16, 64] if cuda else [16]
         step("llama_streams", lambda: check_streams(served, LLAMA, paths[LLAMA], device, counts))
         step("gemma3_streams", lambda: check_streams(served, GEMMA, paths[GEMMA], device, [16]))
+        step("grammar_and_logprobs", lambda: check_grammar(served, LLAMA, device))
     finally:
         served.stop()
     return checks

@@ -13,6 +13,15 @@ from shared.host_api import DeviceState
 log = logging.getLogger(__name__)
 
 
+def pinned_env(device: str, threads: int) -> dict[str, str]:
+    """The environment that makes `device` the only one a model worker sees (cuda:N is cuda:0 inside
+    it; cpu hides every GPU), with its CPU thread counts. Set at the worker's spawn, so CUDA reads it
+    whoever initialises it first, and visible to tools that read a process's environment."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads > 0 else {}
+    env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0" if device.startswith("cuda") else ""
+    return env
+
+
 class Gpus:
     """NVML, initialised once per host (cheap reads after that: a host state is read every second
     per gateway). No driver, no library: no GPUs."""

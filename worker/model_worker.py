@@ -58,6 +58,7 @@ from shared.wire import (
     to_worker_decoder,
 )
 from worker.admission import Admission, Ticket
+from worker.devices import pinned_env
 from worker.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -81,15 +82,8 @@ def pin_device(device: str, threads: int) -> str:
 
     Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation.
     """
-    if threads > 0:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        os.environ["MKL_NUM_THREADS"] = str(threads)
-    if device.startswith("cuda"):
-        index = device.partition(":")[2] or "0"
-        os.environ["CUDA_VISIBLE_DEVICES"] = index
-        return "cuda:0"
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    return "cpu"
+    os.environ.update(pinned_env(device, threads))  # the host sets these too; a worker run by hand needs them
+    return "cuda:0" if device.startswith("cuda") else "cpu"
 
 
 class WorkerServer:

@@ -35,6 +35,7 @@ from shared.host_api import WorkerState
 from shared.processes import WORKER_FAILED, WORKER_READY, kill_group, ready_port, terminate
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
+from worker.devices import pinned_env
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 40
@@ -214,7 +215,7 @@ class Supervisor:
                 *self._command(spec),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env(),
+                env=self._env(spec),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -248,8 +249,8 @@ class Supervisor:
             return None
         return worker.hung or f"exited with code {code}"
 
-    def _env(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def _env(self, spec: WorkerSpec) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **pinned_env(spec.device, self.threads)}
         if self.token:
             env["DUKAT_INTERNAL_TOKEN"] = self.token
         return env

@@ -49,6 +49,9 @@ def test_a_repeated_load_joins_the_worker_and_a_different_one_is_a_conflict(host
         assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
         pids = {a.json()["pid"] for a in answers}
         assert len(pids) == 1, "concurrent loads start one worker"
+        # Pinned at spawn, before the interpreter starts: a cpu worker sees no GPU whoever starts CUDA.
+        environ = Path(f"/proc/{next(iter(pids))}/environ").read_bytes().split(b"\0")
+        assert b"CUDA_VISIBLE_DEVICES=" in environ and b"OMP_NUM_THREADS=1" in environ
 
         # Asking nothing, or what it has, joins it; the config's default quantization is not an ask.
         for same in ({}, {"device": "cpu"}, {"default_quantization": "4bit"}, {"quantization": "none"}):
