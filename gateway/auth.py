@@ -15,7 +15,7 @@ import msgspec
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from gateway.schemas import LoadedModel
+from gateway.schemas.models import LoadedModel
 from shared.errors import AuthenticationError, PermissionDeniedError
 from shared.settings import Settings
 from shared.tokens import bearer_token, token_in

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from gateway import serving
 from gateway.manager import AsyncModelManager
 from gateway.schemas import ChoiceEvent
 from shared.generation import GenerateRequest, GenerateResult, SamplingParams
@@ -24,7 +25,7 @@ async def generate_all(
 ) -> tuple[str, list[GenerateResult]]:
     """Every request's result, in order; they run concurrently so the worker can batch them."""
     if len(requests) == 1:
-        mid, result = await manager.generate_request(model, requests[0])
+        mid, result = await serving.generate(manager, model, requests[0])
         return mid, [result]
 
     async def group(conn: WorkerConnection, defaults: SamplingParams | None) -> list[GenerateResult]:
@@ -40,7 +41,7 @@ async def generate_all(
         finally:
             conn.release(ticket)
 
-    return await manager.on_worker(model, group)
+    return await serving.on_worker(manager, model, group)
 
 
 async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[GenerateResult]:
@@ -59,7 +60,7 @@ async def stream_all(
 ) -> tuple[str, AsyncIterator[ChoiceEvent]]:
     """The interleaved events `(choice index, delta | final result)` of every request."""
     if len(requests) == 1:
-        mid, stream = await manager.stream_request(model, requests[0])
+        mid, stream = await serving.stream(manager, model, requests[0])
         return mid, _indexed(0, stream)
 
     async def admit(
@@ -67,7 +68,7 @@ async def stream_all(
     ) -> tuple[WorkerConnection, SamplingParams | None, tuple[int, int]]:
         return conn, defaults, await conn.admit(len(requests))  # before the stream: a refusal is a 429
 
-    mid, (conn, defaults, (ticket, places)) = await manager.on_worker(model, admit)
+    mid, (conn, defaults, (ticket, places)) = await serving.on_worker(manager, model, admit)
     streams = [conn.stream(r, defaults, ticket) for r in requests]
     return mid, _merged(streams, places, lambda: conn.release(ticket))
 

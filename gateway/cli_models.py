@@ -23,7 +23,9 @@ def pull(
 ) -> dict[str, Any]:
     """Download `model` on the server, with a progress bar on stderr; returns the finished job."""
     from gateway.progress import DownloadBar
-    from gateway.schemas import DownloadJob  # the management API's job (`model`, not the host's `model_id`)
+
+    # The management API's job (`model`, not the host's `model_id`).
+    from gateway.schemas.models import DownloadJob
 
     body = {"model": model, "revision": revision, "file": file}
     job = msgspec.convert(api.call("POST", "/api/models/pull", body), DownloadJob)

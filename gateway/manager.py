@@ -1,8 +1,10 @@
-"""The async model manager: the one orchestrator of download / load / unload / generate.
+"""The async model manager: the one orchestrator of download / load / unload, the default model and
+the listings.
 
 The gateway's routes call it, and the seed's synchronous `ModelManager` (gateway/seed_api.py) runs
 it on a loop of its own. Nothing here is the truth about anything: what is loaded where comes from
-the worker hosts (gateway/hosts.py), models and defaults from the config file.
+the worker hosts (gateway/hosts.py), models and defaults from the config file. How a request
+reaches one of the workers it finds (or loads) is gateway/serving.py's.
 """
 
 from __future__ import annotations
@@ -11,17 +13,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar, get_args
+from typing import get_args
 
 import msgspec
 
-from gateway import replicas
 from gateway.hosts import HostDirectory
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import not_here, shown_quantization
 from gateway.schemas.models import CREATED, LoadedModel, Model, owner_of
+from gateway.serving import WorkerConnections
 from shared.errors import (
     DukatError,
     InvalidRequestError,
@@ -31,18 +33,9 @@ from shared.errors import (
     NotFoundError,
     UnsupportedModelTypeError,
     UnsupportedTaskError,
-    WorkerFailedError,
-    WorkerUnreachableError,
     error_from_code,
 )
-from shared.generation import (
-    EmbedRequest,
-    EmbedResult,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-    params_from_mapping,
-)
+from shared.generation import SamplingParams, params_from_mapping
 from shared.host_api import (
     DownloadCommand,
     DownloadJob,
@@ -56,10 +49,8 @@ from shared.model_config import ConfigStore, ModelEntry
 from shared.model_ids import is_explicit_path
 from shared.model_types import Task, get_model_type
 from shared.settings import Quantization, Settings
-from shared.wire_client import WorkerConnection
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class AsyncModelManager:
@@ -72,7 +63,7 @@ class AsyncModelManager:
         self.config = ConfigStore(Path(settings.config_path))
         self.config.read()  # created when missing; an invalid file fails here, loudly
         self.hosts = HostDirectory(settings)
-        self._workers: dict[str, WorkerConnection] = {}
+        self.connections = WorkerConnections(settings, self.hosts.token, metrics)
         self._replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
 
@@ -81,42 +72,12 @@ class AsyncModelManager:
 
     async def close(self) -> None:
         """Close the worker connections and the host directory (which stops a local host)."""
-        workers, self._workers = list(self._workers.values()), {}
-        await asyncio.gather(*(c.close() for c in workers), return_exceptions=True)
+        await self.connections.close()
         await self.hosts.close()
-
-    def _worker(self, worker: WorkerState) -> WorkerConnection:
-        address = worker.address or ""
-        conn = self._workers.get(address)
-        if conn is None:
-            s = self.settings
-            conn = self._workers[address] = WorkerConnection(
-                address,
-                token=self.hosts.token,
-                request_timeout_s=s.request_timeout_s,
-                first_token_timeout_s=s.first_token_timeout_s,
-                observer=self.metrics.for_model(worker.model_id) if self.metrics else None,
-            )
-        return conn
 
     async def in_flight(self) -> dict[str, int]:
         """Requests this gateway has on each model's workers."""
-        counts: dict[str, int] = {}
-        models = {w.address: w.model_id for h in await self.hosts.states() for w in h.models}
-        for address, conn in self._workers.items():
-            model_id = models.get(address)
-            if model_id is not None:
-                counts[model_id] = counts.get(model_id, 0) + conn.in_flight
-        return counts
-
-    @contextlib.contextmanager
-    def _seeing_failures(self) -> Iterator[None]:
-        """A worker that failed mid-request is news: the next request asks the hosts again."""
-        try:
-            yield
-        except WorkerFailedError:
-            self.hosts.invalidate()
-            raise
+        return self.connections.in_flight(await self.hosts.states())
 
     # ---- models and the config file --------------------------------------------------------
 
@@ -246,14 +207,7 @@ class AsyncModelManager:
                 await self.hosts.client(host.url).unload(model_id)
             finally:
                 self.hosts.invalidate()
-            conn = self._workers.pop(worker.address or "", None)
-            if conn is not None:
-                await conn.close()
-
-    async def ready_worker(self, model_id: str | None) -> tuple[str, WorkerState]:
-        """A loaded worker of `model_id` (or the default), loading it first when allowed."""
-        mid, workers = await self.ready_workers(model_id)
-        return mid, workers[0]
+            await self.connections.drop(worker)
 
     async def ready_workers(
         self, model_id: str | None, request_id: str = ""
@@ -340,90 +294,6 @@ class AsyncModelManager:
         if job.status == "failed":
             raise error_from_code(job.error_code, job.error or "download failed", "model")
         return job
-
-    # ---- serving ------------------------------------------------------------------------------
-
-    async def on_worker(
-        self,
-        model_id: str | None,
-        call: Callable[[WorkerConnection, SamplingParams | None], Awaitable[T]],
-        request_id: str = "",
-    ) -> tuple[str, T]:
-        """`call(connection, the model's default parameters)` on the least busy replica; once more
-        on another replica, or on the replacement of a worker that cannot be reached (it died
-        between requests), when it failed before anything was sent."""
-        mid, workers = await self.ready_workers(model_id, request_id)
-        defaults = self.defaults_for(mid)
-        order = replicas.by_load(workers, self._worker) or workers
-        with self._seeing_failures():
-            try:
-                return mid, await call(self._worker(order[0]), defaults)
-            except replicas.RETRYABLE as exc:
-                other = await self._other(mid, order, exc, request_id)
-            return mid, await call(self._worker(other), defaults)
-
-    async def _other(
-        self, model_id: str, order: list[WorkerState], exc: DukatError, request_id: str
-    ) -> WorkerState:
-        """Where a request that failed on `order[0]` before its first byte goes: the next replica,
-        else (the worker is gone) its replacement; else `exc` stands."""
-        if len(order) > 1:
-            replicas.retrying(order[0], exc, request_id)
-            return order[1]
-        if isinstance(exc, WorkerUnreachableError):
-            return await self._replacement(model_id, order[0])
-        raise exc
-
-    async def _replacement(self, model_id: str, gone: WorkerState) -> WorkerState:
-        """The worker serving `model_id` now that `gone` cannot be reached: the one its host restarts
-        (waiting for its load), or a fresh load. The host notices a death at once; a worker it
-        still reports after a while is alive, and unreachable for another reason."""
-        for _ in range(20):
-            found = await self.hosts.find(model_id, fresh=True)
-            if found is None or found[1].status != "loaded" or found[1].address != gone.address:
-                return (await self.ready_worker(model_id))[1]
-            await asyncio.sleep(0.1)
-        raise WorkerUnreachableError(f"the model worker of {model_id!r} at {gone.address} cannot be reached")
-
-    async def generate_request(
-        self, model_id: str | None, request: GenerateRequest
-    ) -> tuple[str, GenerateResult]:
-        return await self.on_worker(
-            model_id, lambda conn, defaults: conn.generate(request, defaults), request.request_id
-        )
-
-    async def stream_request(
-        self, model_id: str | None, request: GenerateRequest
-    ) -> tuple[str, AsyncIterator[str | GenerateResult]]:
-        mid, workers = await self.ready_workers(model_id, request.request_id)
-        return mid, self._stream(mid, workers, request)
-
-    async def _stream(
-        self, mid: str, workers: list[WorkerState], request: GenerateRequest
-    ) -> AsyncIterator[str | GenerateResult]:
-        defaults = self.defaults_for(mid)
-        order = replicas.by_load(workers, self._worker) or workers
-        stream = self._worker(order[0]).stream(request, defaults)
-        try:
-            with self._seeing_failures():
-                try:
-                    first = await anext(stream)
-                except replicas.RETRYABLE as exc:  # nothing was sent: another replica may have it
-                    await stream.aclose()  # type: ignore[attr-defined]
-                    other = await self._other(mid, order, exc, request.request_id)
-                    stream = self._worker(other).stream(request, defaults)
-                    first = await anext(stream)
-                yield first
-                async for item in stream:
-                    yield item
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-
-    async def embed(
-        self, model_id: str | None, inputs: list[str | list[int]], keep_alive: float | None = None
-    ) -> tuple[str, EmbedResult]:
-        request = EmbedRequest(inputs=inputs, keep_alive=keep_alive)
-        return await self.on_worker(model_id, lambda conn, _: conn.embed(request))
 
     # ---- the default model and listings -------------------------------------------------------
 

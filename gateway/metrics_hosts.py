@@ -3,14 +3,39 @@ restarts, downloads, hosts up; and the requests this gateway has in flight. Noth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.host_api import HostState
+from shared.host_api import DeviceState, HostState, WorkerState
 
 MODEL = ("model_name",)
+T = TypeVar("T")
+# A figure of a device or worker: its metric's name and help, and how to read it from the record.
+Figure = tuple[str, str, Callable[[T], float]]
+
+DEVICE_FIGURES: tuple[Figure[DeviceState], ...] = (
+    ("dukat_device_memory_total_bytes", "Memory a host offers on a device.", lambda d: d.total_memory),
+    ("dukat_device_memory_free_bytes", "What is left, loads in progress taken off.", lambda d: d.free_memory),
+)
+WORKER_GAUGES: tuple[Figure[WorkerState], ...] = (
+    (
+        "dukat_worker_memory_bytes",
+        "A loaded model's memory, as its engine reports it.",
+        lambda w: w.memory_bytes,
+    ),
+    (
+        "dukat_worker_estimated_bytes",
+        "Memory the host set aside before the load.",
+        lambda w: w.estimated_bytes,
+    ),
+    ("dukat_worker_requests_in_flight", "Requests a worker has (all gateways).", lambda w: w.in_flight),
+)
+WORKER_COUNTERS: tuple[Figure[WorkerState], ...] = (
+    ("dukat_worker_restarts", "Times a host restarted a model worker.", lambda w: w.restarts),
+)
 
 
 class HostsCollector(Collector):
@@ -46,48 +71,22 @@ class HostsCollector(Collector):
         yield from self._downloads()
 
     def _devices(self) -> Iterator[Metric]:
-        labels = ["host", "device"]
-        total = GaugeMetricFamily(
-            "dukat_device_memory_total_bytes", "Memory a host offers on a device.", labels=labels
-        )
-        free = GaugeMetricFamily(
-            "dukat_device_memory_free_bytes", "What is left, loads in progress taken off.", labels=labels
-        )
-        for h in self._hosts:
-            for d in h.devices:
-                total.add_metric([h.url, d.name], d.total_memory)
-                free.add_metric([h.url, d.name], d.free_memory)
-        yield total
-        yield free
+        rows = [([h.url, d.name], d) for h in self._hosts for d in h.devices]
+        yield from _figures(GaugeMetricFamily, ["host", "device"], rows, DEVICE_FIGURES)
 
     def _workers(self) -> Iterator[Metric]:
         labels = ["model_name", "host", "device"]
+        rows = [([w.model_id, h.url, w.device], w) for h in self._hosts for w in h.models]
         state = GaugeMetricFamily(
             "dukat_model_state",
             "1 for each model worker, labelled with its state.",
             labels=[*labels, "state"],
         )
-        memory = GaugeMetricFamily(
-            "dukat_worker_memory_bytes", "A loaded model's memory, as its engine reports it.", labels=labels
-        )
-        estimate = GaugeMetricFamily(
-            "dukat_worker_estimated_bytes", "Memory the host set aside before the load.", labels=labels
-        )
-        busy = GaugeMetricFamily(
-            "dukat_worker_requests_in_flight", "Requests a worker has (all gateways).", labels=labels
-        )
-        restarts = CounterMetricFamily(
-            "dukat_worker_restarts", "Times a host restarted a model worker.", labels=labels
-        )
-        for h in self._hosts:
-            for w in h.models:
-                values = [w.model_id, h.url, w.device]
-                state.add_metric([*values, w.status], 1)
-                memory.add_metric(values, w.memory_bytes)
-                estimate.add_metric(values, w.estimated_bytes)
-                busy.add_metric(values, w.in_flight)
-                restarts.add_metric(values, w.restarts)
-        yield from (state, memory, estimate, busy, restarts)
+        for values, w in rows:
+            state.add_metric([*values, w.status], 1)
+        yield state
+        yield from _figures(GaugeMetricFamily, labels, rows, WORKER_GAUGES)
+        yield from _figures(CounterMetricFamily, labels, rows, WORKER_COUNTERS)
 
     def _downloads(self) -> Iterator[Metric]:
         pulled = CounterMetricFamily(
@@ -100,3 +99,17 @@ class HostsCollector(Collector):
             for model_id, total in sorted(totals.items()):
                 pulled.add_metric([model_id, h.url], total)
         yield pulled
+
+
+def _figures(
+    family: type[GaugeMetricFamily | CounterMetricFamily],
+    labels: list[str],
+    rows: list[tuple[list[str], T]],
+    figures: tuple[Figure[T], ...],
+) -> Iterator[Metric]:
+    """A metric family per figure, a sample per row (label values, record)."""
+    for name, help_, read in figures:
+        metric = family(name, help_, labels=labels)
+        for values, record in rows:
+            metric.add_metric(values, read(record))
+        yield metric

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from gateway import serving
 from gateway.manager import AsyncModelManager
 from shared.generation import GenerateRequest, GenerateResult, Message, params_from_mapping
 from shared.model_config import ConfigStore
@@ -91,7 +92,7 @@ class ModelManager:
         if system_prompt:
             messages.insert(0, Message(role="system", content=system_prompt))
         request = GenerateRequest(messages=messages, params=sampling)
-        mid, result = self._run(self._manager.generate_request(model_id, request))
+        mid, result = self._run(serving.generate(self._manager, model_id, request))
         return result.text, _metadata(mid, result)
 
     def list_available_models(self) -> list[dict[str, Any]]:

@@ -19,13 +19,19 @@ WorkerStatus = Literal["loading", "loaded", "failed", "stopping"]
 DownloadStatus = Literal["queued", "running", "done", "failed"]
 
 
-class LoadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
-    """A load. `quantization` and `device` are what the caller asked for (None: not asked); a model
-    already loading or loaded is joined, unless what was asked differs from it (a conflict)."""
+class LoadAsked(Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a load's caller asks for: the model, and the quantization and device it wants (None: not
+    asked). The management API's load request is this, named for the public API."""
 
     model_id: str
     quantization: Quantization | None = None
     device: str | None = None
+
+
+class LoadCommand(LoadAsked, kw_only=True):
+    """A load: what was asked, and what the gateway knows of the model. A model already loading or
+    loaded is joined, unless what was asked differs from it (a conflict)."""
+
     # What a load that asks for none gets: the config file's quantization (None: the host's default
     # for the model's type, DUKAT_DEFAULT_QUANTIZATION or "none" for a type bitsandbytes cannot
     # quantize) and the gateway's device map ("auto": the host's device with the most free memory).

@@ -14,7 +14,6 @@ from gateway.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     chat_response,
-    chat_stream,
 )
 from gateway.sse import EventStream, sse_stream
 from shared.generation import message_text
@@ -34,6 +33,6 @@ async def chat_completions(
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)
         chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage, legacy=legacy)
-        return await sse_stream(chat_stream(events, chunks))
+        return await sse_stream(chunks.stream(events))
     model, results = await generate_all(state.manager, data.model, requests)
     return chat_response(results, model, rid, legacy=legacy)

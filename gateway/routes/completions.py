@@ -14,7 +14,6 @@ from gateway.schemas import (
     CompletionRequest,
     CompletionResponse,
     completion_response,
-    completion_stream,
 )
 from gateway.sse import EventStream, sse_stream
 
@@ -32,9 +31,11 @@ async def completions(
     requests = data.generate_requests(rid)
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)
-        chunks = CompletionChunks(model=model, request_id=rid, include_usage=data.include_usage)
         # Text prompts only (token-id echo in a stream is a 400): the first chunk of each choice.
-        echo = [p for p in data.prompts() if isinstance(p, str)] if data.echo else None
-        return await sse_stream(completion_stream(events, chunks, n=data.choices, echo_prompts=echo))
+        echo = [p for p in prompts if isinstance(p, str)] if data.echo else None
+        chunks = CompletionChunks(
+            model=model, request_id=rid, include_usage=data.include_usage, n=data.choices, echo_prompts=echo
+        )
+        return await sse_stream(chunks.stream(events))
     model, results = await generate_all(state.manager, data.model, requests)
     return completion_response(results, model, rid, n=data.choices)

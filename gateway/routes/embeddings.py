@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
+from gateway import serving
 from gateway.auth import INFERENCE
 from gateway.limits import check_embedding_inputs, check_model
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
@@ -18,5 +19,6 @@ async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> 
     inputs = data.inputs()
     check_embedding_inputs(state.manager.settings, inputs)
     check_client_ids(inputs, request.headers.get("user-agent"))
-    model, result = await state.manager.embed(data.model, inputs, keep_alive_seconds(data.keep_alive))
+    keep_alive = keep_alive_seconds(data.keep_alive)
+    model, result = await serving.embed(state.manager, data.model, inputs, keep_alive)
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)

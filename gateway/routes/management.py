@@ -15,7 +15,7 @@ from litestar.params import Parameter
 from gateway.auth import INFERENCE, is_admin, without_internals
 from gateway.limits import check_loadable, check_model, check_pull, check_revision
 from gateway.middleware import request_id_of
-from gateway.schemas import (
+from gateway.schemas.models import (
     AvailableModelList,
     DefaultModel,
     DownloadJob,
@@ -65,10 +65,10 @@ async def download(state: State, job_id: Annotated[str, Parameter(pattern=JOB_ID
 
 @post("/api/models/load", status_code=200, summary="Load a model into its own worker process")
 async def load(request: Request, state: State, data: LoadRequest) -> LoadedModel:
-    await check_loadable(state.manager, data.model)
+    await check_loadable(state.manager, data.model_id)
     rid = request_id_of(request.scope)
     return await state.manager.load_model(
-        data.model, data.quantization, data.device, replicas=data.replicas, request_id=rid
+        data.model_id, data.quantization, data.device, replicas=data.replicas, request_id=rid
     )
 
 

@@ -6,7 +6,7 @@ from litestar import get
 from litestar.datastructures import State
 
 from gateway.auth import INFERENCE
-from gateway.schemas import Model, ModelList
+from gateway.schemas.models import Model, ModelList
 from shared.errors import ModelNotFoundError
 
 

@@ -1,4 +1,5 @@
-"""The gateway's public wire shapes, one module per endpoint family."""
+"""The OpenAI endpoint families' wire shapes, one module per family; the management API's are
+gateway/schemas/models.py's."""
 
 from gateway.schemas.chat import (
     AssistantMessage,
@@ -10,7 +11,6 @@ from gateway.schemas.chat import (
     ChatCompletionResponse,
     ChatDelta,
     chat_response,
-    chat_stream,
 )
 from gateway.schemas.common import ChoiceEvent, StreamOptions, Usage, openai_finish_reason, usage_of
 from gateway.schemas.completions import (
@@ -19,7 +19,6 @@ from gateway.schemas.completions import (
     CompletionRequest,
     CompletionResponse,
     completion_response,
-    completion_stream,
 )
 from gateway.schemas.embeddings import (
     EmbeddingData,
@@ -29,26 +28,9 @@ from gateway.schemas.embeddings import (
     embedding_response,
     encode_base64,
 )
-from gateway.schemas.models import (
-    AvailableModelList,
-    DefaultModel,
-    DownloadJob,
-    DownloadRequest,
-    Health,
-    LoadedModel,
-    LoadedModelList,
-    LoadRequest,
-    Model,
-    ModelList,
-    SetDefaultRequest,
-    Unloaded,
-    UnloadRequest,
-    download_job,
-)
 
 __all__ = [
     "AssistantMessage",
-    "AvailableModelList",
     "ChatChoice",
     "ChatChunkChoice",
     "ChatChunks",
@@ -61,29 +43,14 @@ __all__ = [
     "CompletionChunks",
     "CompletionRequest",
     "CompletionResponse",
-    "DefaultModel",
-    "DownloadJob",
-    "DownloadRequest",
     "EmbeddingData",
     "EmbeddingRequest",
     "EmbeddingResponse",
     "EmbeddingUsage",
-    "Health",
-    "LoadRequest",
-    "LoadedModel",
-    "LoadedModelList",
-    "Model",
-    "ModelList",
-    "SetDefaultRequest",
     "StreamOptions",
-    "UnloadRequest",
-    "Unloaded",
     "Usage",
     "chat_response",
-    "chat_stream",
     "completion_response",
-    "completion_stream",
-    "download_job",
     "embedding_response",
     "encode_base64",
     "openai_finish_reason",

@@ -1,19 +1,21 @@
 """`/v1/chat/completions`: the request as clients send it, the response and its stream chunks.
 
 Streams are driven by `ChoiceEvent`s, `(choice index, text delta | final GenerateResult)`, so that
-`n > 1` generations interleave; `chat_stream` turns them into OpenAI's chunk sequence.
+`n > 1` generations interleave; `ChatChunks.stream` turns them into OpenAI's chunk sequence.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+import dataclasses
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway.schemas.common import (
-    ChoiceEvent,
+    Chunks,
+    Envelope,
     MaxTokens,
     OpenAIFinishReason,
     TopLogprobs,
@@ -141,11 +143,8 @@ class ChatChoice(Struct, kw_only=True):
     finish_reason: OpenAIFinishReason
 
 
-class ChatCompletionResponse(Struct, kw_only=True):
-    id: str
+class ChatCompletionResponse(Envelope, kw_only=True):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
     usage: Usage
 
@@ -178,11 +177,8 @@ class ChatChunkChoice(Struct, kw_only=True):
     finish_reason: OpenAIFinishReason | None = None
 
 
-class ChatCompletionChunk(Struct, kw_only=True):
-    id: str
+class ChatCompletionChunk(Envelope, kw_only=True):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
     # Absent unless include_usage; then null on every chunk but the last, as OpenAI does.
     usage: Usage | UnsetType | None = UNSET
@@ -219,23 +215,27 @@ def chat_response(
     )
 
 
-class ChatChunks:
-    """Builds the chunks of one streamed chat completion (same id and `created` on every chunk)."""
+@dataclasses.dataclass(kw_only=True)
+class ChatChunks(Chunks[ChatCompletionChunk]):
+    """Builds the chunks of one streamed chat completion.
 
-    def __init__(
-        self,
-        *,
-        model: str,
-        request_id: str,
-        include_usage: bool = False,
-        created: int | None = None,
-        legacy: bool = False,
-    ) -> None:
-        self.model = model
-        self.id = chat_id(request_id)
-        self.include_usage = include_usage
-        self.created = now() if created is None else created
-        self.legacy = legacy
+    A choice's role chunk goes out with its first event, not before: a request failing before any
+    event then fails as a plain HTTP error rather than inside a started stream.
+    """
+
+    legacy: bool = False
+
+    @property
+    def id(self) -> str:
+        return chat_id(self.request_id)
+
+    def of_event(
+        self, index: int, event: str | GenerateResult, *, first: bool
+    ) -> tuple[ChatCompletionChunk, ...]:
+        head = (self.role(index),) if first else ()
+        if isinstance(event, GenerateResult):
+            return (*head, *self.ending(event, index))
+        return (*head, self.content(event, index)) if event else head
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
@@ -288,32 +288,4 @@ class ChatChunks:
         return [ChatDelta(tool_calls=[first]), ChatDelta(tool_calls=[rest])]
 
     def usage(self, results: Sequence[GenerateResult]) -> ChatCompletionChunk:
-        """The extra last chunk of an include_usage stream: no choices, the whole request's usage."""
         return self._chunk([], usage=usage_of(results, n=len(results) or 1))
-
-
-async def chat_stream(
-    events: AsyncIterable[ChoiceEvent], chunks: ChatChunks
-) -> AsyncIterator[ChatCompletionChunk | tuple[ChatCompletionChunk, ...]]:
-    """OpenAI's chunk sequence for interleaved choice events.
-
-    A choice's role chunk goes out at its first event, not before: a request failing before any
-    event then fails as a plain HTTP error rather than inside a started stream.
-    """
-    results: dict[int, GenerateResult] = {}
-    started: set[int] = set()
-    async for index, event in events:
-        # A choice's role chunk rides with its first event: one write, not two.
-        head: tuple[ChatCompletionChunk, ...] = ()
-        if index not in started:
-            started.add(index)
-            head = (chunks.role(index),)
-        if isinstance(event, GenerateResult):
-            results[index] = event
-            yield (*head, *chunks.ending(event, index))
-        elif event:
-            yield (*head, chunks.content(event, index))
-        elif head:
-            yield head
-    if chunks.include_usage:
-        yield chunks.usage([results[i] for i in sorted(results)])

@@ -1,10 +1,13 @@
-"""Shapes and ranges shared by the OpenAI endpoint families: sampling fields, usage, ids, finish reasons."""
+"""Shapes and ranges shared by the OpenAI endpoint families: sampling fields, usage, ids, finish
+reasons, the envelope of a response and its stream chunks, and the stream of chunks itself."""
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import time
-from collections.abc import Sequence
-from typing import Annotated, Literal
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -100,3 +103,49 @@ def reject_if(condition: bool, message: str, param: str) -> None:
     """Raise a 400 naming `param` when a request asks for something Dukat does not do."""
     if condition:
         raise InvalidRequestError(message, param=param)
+
+
+class Envelope(Struct, kw_only=True):
+    """How a chat or text completion and each of its stream chunks begin; a subclass fixes `object`
+    and adds its `choices` and `usage`."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+
+
+Chunk = TypeVar("Chunk", bound=Envelope)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Chunks(abc.ABC, Generic[Chunk]):
+    """The chunks of one streamed completion, all with the same id, `created` and model. `stream`
+    turns the choices' interleaved events into them, the chunks of one event in one write, and ends
+    with the usage chunk when asked; a subclass says what an event becomes."""
+
+    model: str
+    request_id: str
+    include_usage: bool = False
+    created: int = dataclasses.field(default_factory=now)
+
+    async def stream(self, events: AsyncIterable[ChoiceEvent]) -> AsyncIterator[tuple[Chunk, ...]]:
+        results: dict[int, GenerateResult] = {}
+        started: set[int] = set()
+        async for index, event in events:
+            chunks = self.of_event(index, event, first=index not in started)
+            started.add(index)
+            if isinstance(event, GenerateResult):
+                results[index] = event
+            if chunks:
+                yield chunks
+        if self.include_usage:
+            yield (self.usage([results[i] for i in sorted(results)]),)
+
+    @abc.abstractmethod
+    def of_event(self, index: int, event: str | GenerateResult, *, first: bool) -> tuple[Chunk, ...]:
+        """The chunks of choice `index`'s text delta or final result (`first`: its first event)."""
+
+    @abc.abstractmethod
+    def usage(self, results: Sequence[GenerateResult]) -> Chunk:
+        """The extra last chunk of an include_usage stream: no choices, the whole request's usage."""

@@ -6,14 +6,16 @@ A stream chunk has the response's own shape (OpenAI's schema has no separate chu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+import dataclasses
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway.schemas.common import (
     INT64_MAX,
-    ChoiceEvent,
+    Chunks,
+    Envelope,
     OpenAIFinishReason,
     TokenId,
     Usage,
@@ -106,11 +108,8 @@ class CompletionChoice(Struct, kw_only=True):
     finish_reason: OpenAIFinishReason | None = None
 
 
-class CompletionResponse(Struct, kw_only=True):
-    id: str
+class CompletionResponse(Envelope, kw_only=True):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
     # Always set on a response; on stream chunks only on the include_usage last chunk.
     usage: Usage | UnsetType = UNSET
@@ -148,16 +147,26 @@ def completion_response(
     )
 
 
-class CompletionChunks:
-    """Builds the chunks of one streamed completion (same id and `created` on every chunk)."""
+@dataclasses.dataclass(kw_only=True)
+class CompletionChunks(Chunks[CompletionResponse]):
+    """Builds the chunks of one streamed completion: `n` choices per prompt (choice `p * n + j`); with
+    `echo_prompts`, a choice's first chunk is its prompt."""
 
-    def __init__(
-        self, *, model: str, request_id: str, include_usage: bool = False, created: int | None = None
-    ) -> None:
-        self.model = model
-        self.id = completion_id(request_id)
-        self.include_usage = include_usage
-        self.created = now() if created is None else created
+    n: int = 1
+    echo_prompts: Sequence[str] | None = None
+
+    @property
+    def id(self) -> str:
+        return completion_id(self.request_id)
+
+    def of_event(
+        self, index: int, event: str | GenerateResult, *, first: bool
+    ) -> tuple[CompletionResponse, ...]:
+        echo = self.echo_prompts
+        head = (self.text(echo[index // self.n], index),) if first and echo else ()
+        if isinstance(event, GenerateResult):
+            return (*head, self.finish(event, index))
+        return (*head, self.text(event, index)) if event else head
 
     def _chunk(self, choices: list[CompletionChoice], usage: Usage | UnsetType = UNSET) -> CompletionResponse:
         return CompletionResponse(
@@ -174,35 +183,11 @@ class CompletionChunks:
             [CompletionChoice(index=index, text="", logprobs=_logprobs(result), finish_reason=reason)]
         )
 
-    def usage(self, results: Sequence[GenerateResult], n: int = 1) -> CompletionResponse:
-        return self._chunk([], usage=usage_of(results, n=n))
+    def usage(self, results: Sequence[GenerateResult]) -> CompletionResponse:
+        return self._chunk([], usage=usage_of(results, n=self.n))
 
 
 def _logprobs(result: GenerateResult) -> CompletionLogprobs | None:
     if result.logprobs is None:
         return None
     return completion_logprobs([*(result.prompt_logprobs or []), *result.logprobs])
-
-
-async def completion_stream(
-    events: AsyncIterable[ChoiceEvent],
-    chunks: CompletionChunks,
-    *,
-    n: int = 1,
-    echo_prompts: Sequence[str] | None = None,
-) -> AsyncIterator[CompletionResponse]:
-    """OpenAI's chunk sequence for interleaved choice events (index `p * n + j`); with
-    `echo_prompts`, a choice's first chunk is its prompt."""
-    results: dict[int, GenerateResult] = {}
-    started: set[int] = set()
-    async for index, event in events:
-        if echo_prompts and index not in started:
-            yield chunks.text(echo_prompts[index // n], index)
-        started.add(index)
-        if isinstance(event, GenerateResult):
-            results[index] = event
-            yield chunks.finish(event, index)
-        elif event:
-            yield chunks.text(event, index)
-    if chunks.include_usage:
-        yield chunks.usage([results[i] for i in sorted(results)], n=n)

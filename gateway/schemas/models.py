@@ -15,7 +15,6 @@ from msgspec import Meta, Struct
 
 from shared import host_api
 from shared.host_api import WorkerState, WorkerStatus
-from shared.settings import Quantization
 
 CREATED = 1_700_000_000  # models have no creation time here; OpenAI requires one
 
@@ -91,9 +90,9 @@ class Health(Struct, kw_only=True):
     status: Literal["ok"] = "ok"
 
 
-class LoadRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: ModelId
-    quantization: Quantization | None = None
+# The host's `LoadAsked` (model, quantization, device), named for the public API, and the replicas.
+class LoadRequest(host_api.LoadAsked, kw_only=True, rename={"model_id": "model"}):
+    model_id: ModelId
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
     device: Device | None = None
     # Workers to serve it, each on another host where there are several; None: the config file's, else 1.

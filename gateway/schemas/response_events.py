@@ -34,71 +34,72 @@ class _Event(Struct, kw_only=True, tag_field="type"):
     sequence_number: int = 0
 
 
-class ResponseCreated(_Event, tag="response.created"):
+class _WholeResponse(_Event):
+    """An event carrying the response object as it stands."""
+
     response: ResponseObject
 
 
-class ResponseInProgress(_Event, tag="response.in_progress"):
-    response: ResponseObject
+class ResponseCreated(_WholeResponse, tag="response.created"): ...
 
 
-class ResponseCompleted(_Event, tag="response.completed"):
-    response: ResponseObject
+class ResponseInProgress(_WholeResponse, tag="response.in_progress"): ...
 
 
-class ResponseIncomplete(_Event, tag="response.incomplete"):
-    response: ResponseObject
+class ResponseCompleted(_WholeResponse, tag="response.completed"): ...
 
 
-class OutputItemAdded(_Event, tag="response.output_item.added"):
+class ResponseIncomplete(_WholeResponse, tag="response.incomplete"): ...
+
+
+class _Item(_Event):
+    """An output item opened or finished."""
+
     output_index: int
     item: OutputItem
 
 
-class OutputItemDone(_Event, tag="response.output_item.done"):
-    output_index: int
-    item: OutputItem
+class OutputItemAdded(_Item, tag="response.output_item.added"): ...
 
 
-class ContentPartAdded(_Event, tag="response.content_part.added"):
+class OutputItemDone(_Item, tag="response.output_item.done"): ...
+
+
+class _InItem(_Event):
+    """An event inside output item `item_id` (at `output_index`)."""
+
     item_id: str
     output_index: int
+
+
+class _ContentPart(_InItem):
     part: OutputText
     content_index: int = 0
 
 
-class ContentPartDone(_Event, tag="response.content_part.done"):
-    item_id: str
-    output_index: int
-    part: OutputText
-    content_index: int = 0
+class ContentPartAdded(_ContentPart, tag="response.content_part.added"): ...
 
 
-class OutputTextDelta(_Event, tag="response.output_text.delta"):
-    item_id: str
-    output_index: int
+class ContentPartDone(_ContentPart, tag="response.content_part.done"): ...
+
+
+class OutputTextDelta(_InItem, tag="response.output_text.delta"):
     delta: str
     content_index: int = 0
     logprobs: list[Any] = msgspec.field(default_factory=list)
 
 
-class OutputTextDone(_Event, tag="response.output_text.done"):
-    item_id: str
-    output_index: int
+class OutputTextDone(_InItem, tag="response.output_text.done"):
     text: str
     content_index: int = 0
     logprobs: list[Any] = msgspec.field(default_factory=list)
 
 
-class ArgumentsDelta(_Event, tag="response.function_call_arguments.delta"):
-    item_id: str
-    output_index: int
+class ArgumentsDelta(_InItem, tag="response.function_call_arguments.delta"):
     delta: str
 
 
-class ArgumentsDone(_Event, tag="response.function_call_arguments.done"):
-    item_id: str
-    output_index: int
+class ArgumentsDone(_InItem, tag="response.function_call_arguments.done"):
     name: str
     arguments: str
 

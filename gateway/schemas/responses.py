@@ -28,14 +28,7 @@ from gateway.schemas.tools import (
     tool_plan,
 )
 from shared.errors import InvalidRequestError
-from shared.generation import (
-    FunctionCall,
-    GenerateRequest,
-    GenerateResult,
-    Message,
-    SamplingParams,
-    ToolCall,
-)
+from shared.generation import FunctionCall, GenerateRequest, GenerateResult, Message, SamplingParams, ToolCall
 
 STATELESS = (
     "Dukat keeps no conversation state (its gateway is stateless): send the whole conversation as "

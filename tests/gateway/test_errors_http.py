@@ -26,10 +26,9 @@ from gateway.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChoiceEvent,
-    LoadRequest,
     chat_response,
-    chat_stream,
 )
+from gateway.schemas.models import LoadRequest
 from gateway.sse import sse_stream
 from shared.errors import ModelNotFoundError, OverloadedError, WorkerFailedError
 from shared.generation import GenerateResult
@@ -71,7 +70,7 @@ async def chat(data: ChatCompletionRequest) -> ChatCompletionResponse | Stream:
     model = data.model or "default"
     if data.stream:
         chunks = ChatChunks(model=model, request_id="req", include_usage=data.include_usage)
-        return await sse_stream(chat_stream(_events(model), chunks))
+        return await sse_stream(chunks.stream(_events(model)))
     if model == "ghost":
         raise ModelNotFoundError(f"model {model!r} is not known", param="model")
     return chat_response([_result("Hello")] * data.choices, model, "req")
@@ -89,7 +88,7 @@ async def boom() -> None:
 
 @post("/load")
 async def load(data: LoadRequest) -> dict[str, str]:
-    return {"model": data.model}
+    return {"model": data.model_id}
 
 
 @post("/manual")
@@ -98,7 +97,7 @@ async def manual(request: Request[Any, Any, Any]) -> dict[str, str]:
         body = msgspec.json.decode(await request.body(), type=LoadRequest)
     except msgspec.ValidationError as exc:
         raise request_validation_error(exc) from exc
-    return {"model": body.model}
+    return {"model": body.model_id}
 
 
 def make_app() -> Litestar:

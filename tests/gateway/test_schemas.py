@@ -19,15 +19,11 @@ from gateway.schemas import (
     CompletionChunks,
     CompletionRequest,
     EmbeddingRequest,
-    LoadRequest,
-    Model,
-    ModelList,
     chat_response,
-    chat_stream,
     completion_response,
-    completion_stream,
     embedding_response,
 )
+from gateway.schemas.models import LoadRequest, Model, ModelList
 from shared.errors import InvalidRequestError, ModelNotFoundError
 from shared.generation import EmbedResult, GenerateResult, SamplingParams, TextPart
 from tests.support.openapi_check import validate
@@ -224,7 +220,7 @@ def test_bad_embedding_inputs_are_400s(value: object) -> None:
 
 def test_management_requests_forbid_unknown_fields() -> None:
     assert decode({"model": "m", "quantization": "8bit"}, LoadRequest) == LoadRequest(
-        model="m", quantization="8bit"
+        model_id="m", quantization="8bit"
     )
     with pytest.raises(msgspec.ValidationError, match="unknown field `quantisation`"):
         decode({"model": "m", "quantisation": "8bit"}, LoadRequest)
@@ -253,7 +249,7 @@ def test_cancelled_maps_to_stop() -> None:
 
 async def test_chat_stream_chunks_validate_and_follow_openais_order() -> None:
     chunks = ChatChunks(model="m", request_id="r", include_usage=True, created=1)
-    out = await collect(chat_stream(events((0, "Hel"), (0, "lo"), (0, result("Hello"))), chunks))
+    out = await collect(chunks.stream(events((0, "Hel"), (0, "lo"), (0, result("Hello")))))
     for chunk in out:
         validate(chunk, "CreateChatCompletionStreamResponse")
         ChatCompletionChunk.model_validate(chunk)
@@ -266,7 +262,7 @@ async def test_chat_stream_chunks_validate_and_follow_openais_order() -> None:
 
 async def test_chat_stream_without_include_usage_has_no_usage_key() -> None:
     chunks = ChatChunks(model="m", request_id="r")
-    out = await collect(chat_stream(events((1, "a"), (0, "b"), (1, result()), (0, result())), chunks))
+    out = await collect(chunks.stream(events((1, "a"), (0, "b"), (1, result()), (0, result()))))
     assert all("usage" not in c for c in out)  # type: ignore[operator]
     roles = [c["choices"][0]["index"] for c in out if c["choices"][0]["delta"].get("role")]  # type: ignore[index]
     assert roles == [1, 0]
@@ -284,8 +280,8 @@ def test_completion_response_with_echo_and_n_validates() -> None:
 
 
 async def test_completion_stream_chunks_validate() -> None:
-    chunks = CompletionChunks(model="m", request_id="r", include_usage=True)
-    out = await collect(completion_stream(events((0, "a"), (0, result("a"))), chunks, echo_prompts=["p"]))
+    chunks = CompletionChunks(model="m", request_id="r", include_usage=True, echo_prompts=["p"])
+    out = await collect(chunks.stream(events((0, "a"), (0, result("a")))))
     assert [c["choices"][0]["text"] for c in out[:-1]] == ["p", "a", ""]  # type: ignore[index]
     for chunk in out[:-1]:
         choice = chunk["choices"][0]  # type: ignore[index]
