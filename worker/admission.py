@@ -50,6 +50,8 @@ class Admission:
             ticket.unused -= 1
             ticket.left -= 1
             self.reserved -= 1
+            if ticket.left == 0:  # its last generation started: what it still holds goes back
+                self.give_back(ticket)
         self.pending += 1
 
     def done(self, seconds: float, ticket: Ticket | None) -> None:

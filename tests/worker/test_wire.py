@@ -206,6 +206,26 @@ async def test_a_group_is_admitted_whole_or_refused_whole(worker: tuple[str, int
         await fresh.close()
 
 
+async def test_a_group_whose_generations_come_one_by_one_gives_back_every_place(
+    worker: tuple[str, int],
+) -> None:
+    """The first of a group may end before the next is sent (a loaded gateway): the place it frees
+    stays with the group, and once the group's last generation has started, nothing stays held."""
+    raw = await _Raw.open(worker[0])
+    try:
+        raw.writer.write(encode_frame(Admit(id=1, count=2)))
+        assert await raw.next() == Admitted(id=1, places=2)
+        for rid in (2, 3):
+            raw.writer.write(encode_frame(Generate(id=rid, request=_request(2), ticket=1)))
+            assert await raw.next() == Accepted(id=rid)
+            assert isinstance(await raw.next(), Result)
+        raw.writer.write(encode_frame(Cancel(id=1)))  # the gateway's release, after its last one
+        raw.writer.write(encode_frame(Admit(id=4, count=80)))
+        assert await raw.next() == Admitted(id=4, places=80)  # every place of the worker is free
+    finally:
+        raw.close()
+
+
 async def test_deadlines_bound_a_request_whatever_the_worker_does(worker: tuple[str, int]) -> None:
     """A stopped worker answers nothing: the first-token deadline ends a stream, the request deadline
     a whole reply, each a 504; woken up, the worker gets their cancels and serves on."""
