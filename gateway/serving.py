@@ -184,10 +184,11 @@ async def _other(
 async def _replacement(manager: AsyncModelManager, model_id: str, gone: WorkerState) -> WorkerState:
     """The worker serving `model_id` now that `gone` cannot be reached: the one its host restarts
     (waiting for its load), or a fresh load. The host notices a death at once; a worker it
-    still reports after a while is alive, and unreachable for another reason."""
-    for _ in range(20):
+    still reports within DUKAT_HOST_STATE_TIMEOUT_S is alive, and unreachable for another reason."""
+    polls = 20
+    for _ in range(polls):
         found = await manager.hosts.find(model_id, fresh=True)
         if found is None or found[1].status != "loaded" or found[1].address != gone.address:
             return (await manager.ready_workers(model_id))[1][0]
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(manager.settings.host_state_timeout_s / polls)
     raise WorkerUnreachableError(f"the model worker of {model_id!r} at {gone.address} cannot be reached")
