@@ -15,7 +15,7 @@ import msgspec
 from gateway.cli_client import Api, CliError, default_url
 from gateway.cli_output import Column, human_size, print_json, print_table
 from shared.errors import SettingsError
-from shared.settings import QUANTIZATIONS, Settings, load_settings
+from shared.settings import DEFAULTS, QUANTIZATIONS, load_settings
 
 
 def pull(
@@ -29,7 +29,7 @@ def pull(
 
     body = {"model": model, "revision": revision, "file": file}
     job = msgspec.convert(api.call("POST", "/api/models/pull", body), DownloadJob)
-    poll_s = Settings().download_poll_s
+    poll_s = DEFAULTS.download_poll_s
     with contextlib.suppress(SettingsError):  # the server says what is wrong with a setting, not the client
         poll_s = load_settings().download_poll_s
     with DownloadBar(model, enabled=sys.stderr.isatty() or progress) as bar:

@@ -14,7 +14,6 @@ from shared.host_api import (
     Deleted,
     DownloadCommand,
     DownloadJob,
-    EstimateCommand,
     HostState,
     LoadCommand,
     LoadEstimate,
@@ -63,7 +62,7 @@ class HostClient:
     async def state(self) -> HostState:
         return await self._call("GET", "/state", HostState, timeout=self.state_timeout)
 
-    async def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
+    async def estimate(self, cmd: LoadCommand) -> LoadEstimate:
         return await self._call("POST", "/models/estimate", LoadEstimate, cmd)
 
     async def local_models(self) -> list[LocalModel]:

@@ -20,8 +20,8 @@ import time
 from gateway.host_client import HostClient
 from gateway.placement import Need, no_room_message, offering, place
 from shared.errors import DeviceUnavailableError, DukatError, NoCapacityError
-from shared.host_api import EstimateCommand, HostState, WorkerState
-from shared.processes import ChildProcess
+from shared.host_api import HostState, LoadCommand, WorkerState
+from shared.processes import HOST_READY, ChildProcess
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class HostDirectory:
     def _spawn_local(self) -> tuple[ChildProcess, str]:
         args = ["--host-bind", "127.0.0.1", "--host-port", "0", "--models-dir", str(self.settings.models_dir)]
         env = {"DUKAT_INTERNAL_TOKEN": self.token} if self.token else None
-        child = ChildProcess("worker.host", args, ready_prefix="DUKAT_HOST_READY", env=env)
+        child = ChildProcess("worker.host", args, ready_prefix=HOST_READY, env=env)
         url = child.start(timeout=self.settings.host_start_timeout_s)
         atexit.register(child.stop)  # no host (nor its workers) outlives an interpreter that forgot close()
         return child, url
@@ -153,7 +153,7 @@ class HostDirectory:
             raise NoCapacityError(no_room_message(model_id, hosts, need or {}, device))
         return host
 
-    async def need(self, cmd: EstimateCommand) -> Need:
+    async def need(self, cmd: LoadCommand) -> Need:
         """Bytes a load would take, by device kind, as a host estimates it from the files (empty when
         no host has them yet: the host that downloads them checks again)."""
         for host in await self.states():

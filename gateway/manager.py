@@ -39,7 +39,6 @@ from shared.generation import SamplingParams, params_from_mapping
 from shared.host_api import (
     DownloadCommand,
     DownloadJob,
-    EstimateCommand,
     LoadCommand,
     LocalModel,
     WorkerState,
@@ -166,11 +165,7 @@ class AsyncModelManager:
         wanted = replicas or (entry.replicas if entry and entry.replicas else 1)
         hosts = found[: max(wanted, 1)]
         if len(hosts) < wanted:
-            quant = cmd.quantization or cmd.default_quantization
-            asked = EstimateCommand(
-                model_id=model_id, quantization=quant, model_type=cmd.model_type, gguf_file=cmd.gguf_file
-            )
-            need = await self.hosts.need(asked)
+            need = await self.hosts.need(cmd)
             avoid = frozenset(h.url for h in found)
             while len(hosts) < wanted:
                 try:

@@ -47,13 +47,6 @@ class LoadCommand(LoadAsked, kw_only=True):
     gguf_file: str | None = None
 
 
-class EstimateCommand(Struct, kw_only=True, forbid_unknown_fields=True):
-    model_id: str
-    quantization: Quantization | None = None
-    model_type: str | None = None
-    gguf_file: str | None = None
-
-
 class LoadEstimate(Struct, kw_only=True):
     """Bytes a load would take, by device kind ("cpu", "cuda"); empty when the files are not here."""
 

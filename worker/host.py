@@ -29,7 +29,6 @@ from shared.host_api import (
     Deleted,
     DownloadCommand,
     DownloadJob,
-    EstimateCommand,
     HostState,
     LoadCommand,
     LoadEstimate,
@@ -77,7 +76,7 @@ async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
 
 
 @post("/models/estimate", status_code=200)
-async def estimate(state: State, data: EstimateCommand) -> LoadEstimate:
+async def estimate(state: State, data: LoadCommand) -> LoadEstimate:
     return state.host.estimate(data)
 
 

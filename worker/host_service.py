@@ -18,7 +18,6 @@ from pathlib import Path
 from shared.errors import ConflictError, DukatError
 from shared.host_api import (
     Deleted,
-    EstimateCommand,
     HostState,
     LoadCommand,
     LoadEstimate,
@@ -97,9 +96,7 @@ class Host:
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
-        model_type, quantization = self._kind(cmd.model_id, cmd.model_type, path)
-        asked = cmd.quantization or cmd.default_quantization
-        quantization = asked or quantization
+        model_type, quantization, is_default = self._quantization(cmd, path)
         need = room.estimate(path, quantization, self.settings).bytes_by_kind
         # One decision at a time: each sees the others' reservations. The supervisor starts the
         # worker (its reservation) right after this returns, without yielding to the loop.
@@ -114,12 +111,12 @@ class Host:
             model_type.name,
             quantization,
             device,
-            quantization_is_default=asked is None,
+            quantization_is_default=is_default,
             estimated_bytes=need[room.kind_of(device)],
             keep_alive_s=cmd.keep_alive_s if cmd.keep_alive_s is not None else self.keep_alive_s,
         )
 
-    def _local_path(self, cmd: LoadCommand | EstimateCommand) -> Path | None:
+    def _local_path(self, cmd: LoadCommand) -> Path | None:
         """The model's files on this host (its .gguf when the command names one); None: not here."""
         models_dir = self.settings.models_dir
         path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
@@ -135,12 +132,19 @@ class Host:
         default = default_quantization(model_type, self.settings.default_quantization)
         return model_type, default  # type: ignore[return-value]
 
-    def estimate(self, cmd: EstimateCommand) -> LoadEstimate:
+    def _quantization(self, cmd: LoadCommand, path: Path) -> tuple[ModelType, Quantization, bool]:
+        """The model's type, the quantization a load of `cmd` gets (asked, else the config file's, else
+        the type's default) and whether it is that default."""
+        model_type, default = self._kind(cmd.model_id, cmd.model_type, path)
+        asked = cmd.quantization or cmd.default_quantization
+        return model_type, asked or default, asked is None
+
+    def estimate(self, cmd: LoadCommand) -> LoadEstimate:
+        """What a load of `cmd` would take, before any worker starts (the gateway's placement)."""
         path = self._local_path(cmd)
         if path is None:
             return LoadEstimate()
-        quantization = cmd.quantization or self._kind(cmd.model_id, cmd.model_type, path)[1]
-        return room.estimate(path, quantization, self.settings)
+        return room.estimate(path, self._quantization(cmd, path)[1], self.settings)
 
     async def unload(self, model_id: str, reason: str, request_id: str = "") -> None:
         worker = self.supervisor.state(model_id)
