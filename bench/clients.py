@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,13 @@ class Timed:
     text: str
     completion_tokens: int
     prompt_tokens: int = 0
+
+    @classmethod
+    def of_chat(cls, total_s: float, data: dict[str, Any]) -> Timed:
+        """A whole (non-streamed) chat completion that took `total_s`."""
+        usage = data["usage"]
+        content = data["choices"][0]["message"]["content"] or ""
+        return cls(total_s, total_s, content, usage["completion_tokens"], usage["prompt_tokens"])
 
 
 class DirectClient:
@@ -149,25 +156,27 @@ async def http_generate(client: httpx.AsyncClient, body: dict[str, Any]) -> Time
     r = await client.post("/v1/chat/completions", json=body)
     total = time.perf_counter() - started
     r.raise_for_status()
-    data = r.json()
-    usage = data["usage"]
-    return Timed(
-        total,
-        total,
-        data["choices"][0]["message"]["content"] or "",
-        usage["completion_tokens"],
-        usage["prompt_tokens"],
-    )
+    return Timed.of_chat(total, r.json())
 
 
 async def http_stream(client: httpx.AsyncClient, body: dict[str, Any]) -> Timed:
     """An SSE chat stream read as it arrives; `first_s` is the first chunk with content."""
+    return await sse_timed(client, "/v1/chat/completions", body, lambda c: c["delta"].get("content"))
+
+
+TextOf = Callable[[dict[str, Any]], "str | None"]
+
+
+async def sse_timed(client: httpx.AsyncClient, path: str, body: dict[str, Any], text_of: TextOf) -> Timed:
+    """An SSE stream read as it arrives: `first_s` is the first chunk with text (`text_of` a choice)."""
     started = time.perf_counter()
     first = 0.0
     parts: list[str] = []
     tokens = prompt_tokens = 0
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
+    async with client.stream("POST", path, json=body) as r:
+        if r.status_code >= 400:
+            await r.aread()
+            raise RuntimeError(f"{path} failed ({r.status_code}): {r.text}")
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -175,9 +184,9 @@ async def http_stream(client: httpx.AsyncClient, body: dict[str, Any]) -> Timed:
             if "error" in chunk:
                 raise RuntimeError(f"stream error: {chunk['error']}")
             for choice in chunk["choices"]:
-                if content := choice["delta"].get("content"):
+                if text := text_of(choice):
                     first = first or time.perf_counter() - started
-                    parts.append(content)
+                    parts.append(text)
             if chunk.get("usage"):
                 tokens, prompt_tokens = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
     return Timed(first, time.perf_counter() - started, "".join(parts), tokens, prompt_tokens)
@@ -244,16 +253,7 @@ class Probe:
         started = time.perf_counter()
         self._send("/v1/chat/completions", body)
         parts = [chunk async for chunk in self._chunks(await self._head())]
-        total = time.perf_counter() - started
-        data = json.loads(b"".join(parts))
-        usage = data["usage"]
-        return Timed(
-            total,
-            total,
-            data["choices"][0]["message"]["content"] or "",
-            usage["completion_tokens"],
-            usage["prompt_tokens"],
-        )
+        return Timed.of_chat(time.perf_counter() - started, json.loads(b"".join(parts)))
 
     async def stream(self, body: dict[str, Any]) -> Timed:
         started = time.perf_counter()

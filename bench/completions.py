@@ -9,14 +9,13 @@ would have different lengths; a completion runs to max_tokens (end of text aside
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.clients import Timed, http_client
+from bench.clients import Timed, http_client, sse_timed
 from bench.harness import median
 
 # Beginnings of text a base model continues at length; 64 different ones for the widest row.
@@ -41,27 +40,7 @@ def completion_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
 
 async def completion_stream(client: httpx.AsyncClient, body: dict[str, Any]) -> Timed:
     """An SSE text completion read as it arrives; `first_s` is the first chunk with text."""
-    started = time.perf_counter()
-    first = 0.0
-    parts: list[str] = []
-    tokens = prompt_tokens = 0
-    async with client.stream("POST", "/v1/completions", json=body) as r:
-        if r.status_code >= 400:
-            await r.aread()
-            raise RuntimeError(f"completion failed ({r.status_code}): {r.text}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RuntimeError(f"stream error: {chunk['error']}")
-            for choice in chunk["choices"]:
-                if choice.get("text"):
-                    first = first or time.perf_counter() - started
-                    parts.append(choice["text"])
-            if chunk.get("usage"):
-                tokens, prompt_tokens = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
-    return Timed(first, time.perf_counter() - started, "".join(parts), tokens, prompt_tokens)
+    return await sse_timed(client, "/v1/completions", body, lambda choice: choice.get("text"))
 
 
 class InProcess:
