@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -74,6 +75,10 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await manager.start()
+        # Everything built so far (litestar, msgspec types, routes) lives as long as the process: a
+        # full collection need not walk it between requests.
+        gc.collect()
+        gc.freeze()
         # In the background: the gateway answers (live, not ready) while models load.
         preloading = asyncio.ensure_future(preload()) if settings.preload else None
         try:
