@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
 
+from shared import host_api as api
 from shared.errors import DukatError, WorkerFailedError, error_from_code
-from shared.host_api import (
-    DeleteCommand,
-    Deleted,
-    DownloadCommand,
-    DownloadJob,
-    HostState,
-    LoadCommand,
-    LoadEstimate,
-    LocalModel,
-    ModelDetails,
-    UnloadCommand,
-    WorkerState,
-)
 from shared.tokens import bearer_header
 
 T = TypeVar("T")
@@ -44,11 +32,12 @@ class HostClient:
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=bearer_header(token))
 
     async def _call(
-        self, method: str, path: str, out: type[T], body: Any = None, timeout: float | None = None
+        self, endpoint: api.Endpoint, out: type[T], body: Any = None, *, path: str = "", **extra: Any
     ) -> T:
+        """`endpoint` called (at `path` when its parameters are filled in), its JSON decoded as `out`."""
+        method, path = endpoint.method, path or endpoint.path
         content = msgspec.json.encode(body) if body is not None else None
         headers = {"content-type": "application/json"} if content else None
-        extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
         try:
             resp = await self._http.request(method, path, content=content, headers=headers, **extra)
         except httpx.HTTPError as exc:
@@ -59,33 +48,34 @@ class HostClient:
             raise _decode_error(resp)
         return msgspec.json.decode(resp.content, type=out)
 
-    async def state(self) -> HostState:
-        return await self._call("GET", "/state", HostState, timeout=self.state_timeout)
+    async def state(self) -> api.HostState:
+        return await self._call(api.STATE, api.HostState, timeout=self.state_timeout)
 
-    async def estimate(self, cmd: LoadCommand) -> LoadEstimate:
-        return await self._call("POST", "/models/estimate", LoadEstimate, cmd)
+    async def estimate(self, cmd: api.LoadCommand) -> api.LoadEstimate:
+        return await self._call(api.ESTIMATE, api.LoadEstimate, cmd)
 
-    async def local_models(self) -> list[LocalModel]:
-        return await self._call("GET", "/models/local", list[LocalModel])
+    async def local_models(self) -> list[api.LocalModel]:
+        return await self._call(api.LOCAL_MODELS, list[api.LocalModel])
 
-    async def load(self, cmd: LoadCommand) -> WorkerState:
-        return await self._call("POST", "/models/load", WorkerState, cmd, timeout=self.load_timeout)
+    async def load(self, cmd: api.LoadCommand) -> api.WorkerState:
+        return await self._call(api.LOAD, api.WorkerState, cmd, timeout=self.load_timeout)
 
-    async def unload(self, model_id: str, request_id: str = "") -> None:
-        cmd = UnloadCommand(model_id=model_id, request_id=request_id)
-        await self._call("POST", "/models/unload", dict, cmd)
+    async def unload(self, model_id: str, request_id: str = "") -> api.Unloaded:
+        cmd = api.UnloadCommand(model_id=model_id, request_id=request_id)
+        return await self._call(api.UNLOAD, api.Unloaded, cmd)
 
-    async def details(self, model_id: str) -> ModelDetails:
-        return await self._call("GET", f"/models/details?{urlencode({'model_id': model_id})}", ModelDetails)
+    async def details(self, model_id: str) -> api.ModelDetails:
+        query = urlencode({"model_id": model_id})
+        return await self._call(api.DETAILS, api.ModelDetails, path=f"{api.DETAILS.path}?{query}")
 
-    async def delete(self, model_id: str) -> Deleted:
-        return await self._call("POST", "/models/delete", Deleted, DeleteCommand(model_id=model_id))
+    async def delete(self, model_id: str) -> api.Deleted:
+        return await self._call(api.DELETE, api.Deleted, api.DeleteCommand(model_id=model_id))
 
-    async def start_download(self, cmd: DownloadCommand) -> DownloadJob:
-        return await self._call("POST", "/downloads", DownloadJob, cmd)
+    async def start_download(self, cmd: api.DownloadCommand) -> api.DownloadJob:
+        return await self._call(api.START_DOWNLOAD, api.DownloadJob, cmd)
 
-    async def download(self, job_id: str) -> DownloadJob:
-        return await self._call("GET", f"/downloads/{quote(job_id, safe='')}", DownloadJob)
+    async def download(self, job_id: str) -> api.DownloadJob:
+        return await self._call(api.DOWNLOAD, api.DownloadJob, path=api.DOWNLOAD.at(job_id=job_id))
 
     async def close(self) -> None:
         await self._http.aclose()

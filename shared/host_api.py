@@ -5,7 +5,9 @@ The host is the truth about what is loaded where; gateways read this state and n
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Literal, NamedTuple
+from urllib.parse import quote
 
 from msgspec import Struct
 
@@ -14,6 +16,31 @@ from shared.settings import Quantization
 # A download job's id as a host makes it (`dl-` and 12 hex digits), with the gateway's `<host index>.`
 # in front when it has several hosts.
 JOB_ID_PATTERN = r"^([0-9]{1,4}\.)?dl-[0-9a-f]{12}$"
+
+
+
+class Endpoint(NamedTuple):
+    """One route of a host's management API, stated once: the host serves it, the gateway calls it."""
+
+    method: Literal["GET", "POST"]
+    path: str  # litestar's syntax for path parameters: {name:type}
+    status: int = 200
+
+    def at(self, **params: str) -> str:
+        """The path with its parameters filled in (escaped)."""
+        return re.sub(r"\{(\w+):\w+\}", lambda m: quote(params[m.group(1)], safe=""), self.path)
+
+
+HEALTH = Endpoint("GET", "/health")
+STATE = Endpoint("GET", "/state")
+LOCAL_MODELS = Endpoint("GET", "/models/local")
+LOAD = Endpoint("POST", "/models/load")
+UNLOAD = Endpoint("POST", "/models/unload")
+ESTIMATE = Endpoint("POST", "/models/estimate")
+DETAILS = Endpoint("GET", "/models/details")  # ?model_id=
+DELETE = Endpoint("POST", "/models/delete")
+START_DOWNLOAD = Endpoint("POST", "/downloads", status=202)
+DOWNLOAD = Endpoint("GET", "/downloads/{job_id:str}")
 
 WorkerStatus = Literal["loading", "loaded", "failed", "stopping"]
 DownloadStatus = Literal["queued", "running", "done", "failed"]
@@ -57,6 +84,11 @@ class LoadEstimate(Struct, kw_only=True):
 class UnloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):
     model_id: str
     request_id: str = ""
+
+
+class Unloaded(Struct, kw_only=True):
+    model_id: str
+    status: Literal["unloaded"] = "unloaded"
 
 
 class DownloadCommand(Struct, kw_only=True, forbid_unknown_fields=True):

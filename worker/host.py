@@ -16,27 +16,15 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, route
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
+from shared import host_api as api
 from shared.errors import AuthenticationError, DukatError, InternalError, error_for_status
-from shared.host_api import (
-    DeleteCommand,
-    Deleted,
-    DownloadCommand,
-    DownloadJob,
-    HostState,
-    LoadCommand,
-    LoadEstimate,
-    LocalModel,
-    ModelDetails,
-    UnloadCommand,
-    WorkerState,
-)
 from shared.logs import setup_logging
 from shared.processes import HOST_READY
 from shared.serving import bind_socket, serve
@@ -49,54 +37,61 @@ log = logging.getLogger(__name__)
 HOST_JOB_ID = r"^dl-[0-9a-f]{12}$"
 
 
-@get("/health", opt={"open": True})
+def serves(endpoint: api.Endpoint, **options: Any) -> Any:
+    """A route handler for one endpoint of shared/host_api.py."""
+    return route(endpoint.path, http_method=[endpoint.method], status_code=endpoint.status, **options)
+
+
+@serves(api.HEALTH, opt={"open": True})
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/state")
-async def host_state(state: State) -> HostState:
+@serves(api.STATE)
+async def host_state(state: State) -> api.HostState:
     return state.host.state()
 
 
-@get("/models/local")
-async def local_models(state: State) -> list[LocalModel]:
+@serves(api.LOCAL_MODELS)
+async def local_models(state: State) -> list[api.LocalModel]:
     return state.host.local_models()
 
 
-@post("/models/load", status_code=200)
-async def load(state: State, data: LoadCommand) -> WorkerState:
+@serves(api.LOAD)
+async def load(state: State, data: api.LoadCommand) -> api.WorkerState:
     return await state.host.load(data)
 
 
-@post("/models/unload", status_code=200)
-async def unload(state: State, data: UnloadCommand) -> dict[str, str]:
+@serves(api.UNLOAD)
+async def unload(state: State, data: api.UnloadCommand) -> api.Unloaded:
     await state.host.unload(data.model_id, "asked", data.request_id)
-    return {"model_id": data.model_id, "status": "unloaded"}
+    return api.Unloaded(model_id=data.model_id)
 
 
-@post("/models/estimate", status_code=200)
-async def estimate(state: State, data: LoadCommand) -> LoadEstimate:
+@serves(api.ESTIMATE)
+async def estimate(state: State, data: api.LoadCommand) -> api.LoadEstimate:
     return state.host.estimate(data)
 
 
-@get("/models/details")
-async def model_details(state: State, model_id: str) -> ModelDetails:
+@serves(api.DETAILS)
+async def model_details(state: State, model_id: str) -> api.ModelDetails:
     return await asyncio.to_thread(model_files.describe, state.host.settings.models_dir, model_id)
 
 
-@post("/models/delete", status_code=200)
-async def delete_model(state: State, data: DeleteCommand) -> Deleted:
+@serves(api.DELETE)
+async def delete_model(state: State, data: api.DeleteCommand) -> api.Deleted:
     return await state.host.delete(data.model_id)
 
 
-@post("/downloads", status_code=202)
-async def start_download(state: State, data: DownloadCommand) -> DownloadJob:
+@serves(api.START_DOWNLOAD)
+async def start_download(state: State, data: api.DownloadCommand) -> api.DownloadJob:
     return state.host.jobs.start(data.model_id, data.revision, data.file)
 
 
-@get("/downloads/{job_id:str}")
-async def get_download(state: State, job_id: Annotated[str, Parameter(pattern=HOST_JOB_ID)]) -> DownloadJob:
+@serves(api.DOWNLOAD)
+async def get_download(
+    state: State, job_id: Annotated[str, Parameter(pattern=HOST_JOB_ID)]
+) -> api.DownloadJob:
     return state.host.jobs.get(job_id)
 
 

@@ -76,7 +76,7 @@ async def load(request: Request, state: State, data: LoadRequest) -> LoadedModel
 async def unload(state: State, data: UnloadRequest) -> Unloaded:
     check_model(state.manager, data.model_id)
     await state.manager.unload_model(data.model_id)
-    return Unloaded(id=data.model_id)
+    return Unloaded(model_id=data.model_id)
 
 
 @post("/api/models/default", status_code=200, summary="Set the default model (saved in the config file)")

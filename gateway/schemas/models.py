@@ -77,9 +77,8 @@ class LoadedModelList(Struct, kw_only=True):
     data: list[LoadedModel]
 
 
-class Unloaded(Struct, kw_only=True):
-    id: str
-    state: Literal["unloaded"] = "unloaded"
+class Unloaded(host_api.Unloaded, kw_only=True, rename={"model_id": "id", "status": "state"}):
+    """The host's answer, named for the public API."""
 
 
 class DefaultModel(Struct, kw_only=True):
