@@ -110,7 +110,7 @@ def internal_guard(token: str | None) -> Any:
     """A litestar guard: with an internal token set, every route but /health wants it (deny by default)."""
     keys = (token.encode(),) if token else ()
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         if not keys or handler.opt.get("open") is True:
             return
         if not token_in(bearer_token(connection.headers.get("authorization")), keys):
