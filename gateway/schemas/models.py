@@ -78,7 +78,10 @@ class LoadedModelList(Struct, kw_only=True):
 
 
 class Unloaded(host_api.Unloaded, kw_only=True, rename={"model_id": "id", "status": "state"}):
-    """The host's answer, named for the public API."""
+    """The host's answer, named for the public API (msgspec renames the fields a class declares)."""
+
+    model_id: str
+    status: Literal["unloaded"] = "unloaded"
 
 
 class DefaultModel(Struct, kw_only=True):
