@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.clients import DirectClient, Timed, chat_body, http_client, http_stream, wire_request
 from bench.harness import CACHE, MAIN_MODEL, MAIN_SHAPE, Context, Report, median
+from shared.settings import Quantization
 
 STREAMS = 16
 TOKENS = 64
@@ -128,7 +129,7 @@ def run(ctx: Context, report: Report) -> None:
     run_caches(report)
 
 
-def engine_batching(path: Path, family: str, quantization: str, tokens: int) -> dict[str, Any]:
+def engine_batching(path: Path, family: str, quantization: Quantization, tokens: int) -> dict[str, Any]:
     """16 greedy requests on one in-process engine: one after another, then all at once."""
     from shared.generation import GenerateRequest, GenerateResult, SamplingParams
     from shared.model_types import get_model_type

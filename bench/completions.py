@@ -115,8 +115,8 @@ async def streams_vs_one(
     url: str, model: str, counts: list[int], *, tokens: int, warm_batch: bool = False
 ) -> dict[str, Any]:
     """Every prompt streamed alone (one after another), then `n` of them at once for each n in counts.
-    `warm_batch`: one untimed round of the widest batch first (a GPU picks its kernels per batch shape
-    on first use; its wall time is reported as `cold_batch_wall_s`).
+    `warm_batch`: one untimed round of each batch size first (a GPU picks its kernels per batch shape
+    on first use; their wall times are reported as `cold_batch_wall_s_<n>`).
 
     Aggregate tok/s over the wall time from the first request to the last [DONE], against the
     median lone stream; slowest first token against the median lone first token; each concurrent
@@ -133,10 +133,10 @@ async def streams_vs_one(
             "tokens": tokens, "lone_tokens_per_s": lone_tps, "lone_ttft_s": lone_ttft,
             "alone": [t.__dict__ for t in alone],
         }
-        if warm_batch:
+        for n in counts if warm_batch else []:
             started = time.perf_counter()
-            await asyncio.gather(*(completion_stream(client, b) for b in bodies))
-            result["cold_batch_wall_s"] = time.perf_counter() - started
+            await asyncio.gather(*(completion_stream(client, b) for b in bodies[:n]))
+            result[f"cold_batch_wall_s_{n}"] = time.perf_counter() - started
         for n in counts:
             started = time.perf_counter()
             together: list[Timed] = await asyncio.gather(*(completion_stream(client, b) for b in bodies[:n]))
