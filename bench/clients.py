@@ -164,7 +164,7 @@ async def http_stream(client: httpx.AsyncClient, body: dict[str, Any]) -> Timed:
     return await sse_timed(client, "/v1/chat/completions", body, lambda c: c["delta"].get("content"))
 
 
-TextOf = Callable[[dict[str, Any]], "str | None"]
+TextOf = Callable[[dict[str, Any]], str | None]
 
 
 async def sse_timed(client: httpx.AsyncClient, path: str, body: dict[str, Any], text_of: TextOf) -> Timed:

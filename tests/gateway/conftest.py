@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from shared.processes import ChildProcess
-from tests.support.hub_server import HubServer, RepoSource
+from tests.support.hub_server import HubServer
 from tests.support.tool_templates import install_hermes_template
 
 # Models the served instance knows: id -> family. Chat models run unquantized for speed here;
@@ -66,12 +66,6 @@ def write_models(models_dir: Path, tiny_model_dir: Callable[[str], Path], served
     config_path = models_dir / "config.json"
     config_path.write_text(json.dumps({"models": entries, "default_model": DEFAULT_MODEL}, indent=2))
     return config_path
-
-
-@pytest.fixture(scope="session")
-def session_hub(hub_repos: dict[str, RepoSource]) -> Iterator[HubServer]:
-    with HubServer(hub_repos) as hub:
-        yield hub
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,8 @@ import openai
 import pytest
 
 from shared.processes import ChildProcess
-from shared.wire import WorkerLoad
-from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
-from tests.support.checks import process_gone, wait_for
+from tests.support.checks import process_gone, wait_for, worker_load
 from tests.support.served import dukat_serve
 
 STUCK, QUICK = "tiny/stuck", "tiny/quick"
@@ -94,14 +92,6 @@ def worker_pids(url: str) -> dict[str, int]:
     return {model_id: w["pid"] for model_id, w in workers(url).items()}
 
 
-async def worker_load(address: str) -> WorkerLoad:
-    conn = WorkerConnection(address, TOKEN)
-    try:
-        return (await asyncio.wait_for(conn.pong(), 10)).load
-    finally:
-        await conn.close()
-
-
 def test_n4_requests_on_a_small_queue_are_admitted_whole_and_all_served_with_backoff(
     gateway: tuple[str, ChildProcess],
 ) -> None:
@@ -109,7 +99,7 @@ def test_n4_requests_on_a_small_queue_are_admitted_whole_and_all_served_with_bac
     time fits; the others get 429 with a Retry-After and retry (the openai SDK honours it)."""
     url, _ = gateway
     address = workers(url)[QUICK]["address"]
-    before = asyncio.run(worker_load(address))
+    before = asyncio.run(worker_load(address, TOKEN))
     refused: list[httpx.Response] = []
 
     def note(response: httpx.Response) -> None:
@@ -131,7 +121,7 @@ def test_n4_requests_on_a_small_queue_are_admitted_whole_and_all_served_with_bac
     assert [len(c.choices) for c in completions] == [4] * 6
     assert refused, "a worker with 4 places cannot take 6 requests of 4 at once"
     assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
-    after = asyncio.run(worker_load(address))
+    after = asyncio.run(worker_load(address, TOKEN))
     # Nothing was started and thrown away: exactly the 24 choices ran, none was cancelled.
     assert (after.finished - before.finished, after.cancelled - before.cancelled) == (24, 0)
 

@@ -25,9 +25,8 @@ import pytest
 
 from shared.processes import ChildProcess
 from shared.wire import WorkerLoad
-from shared.wire_client import WorkerConnection
 from tests.gateway.conftest import TEST_ENV, write_models
-from tests.support.checks import error_of, process_gone, wait_for
+from tests.support.checks import error_of, process_gone, wait_for, worker_load
 from tests.support.served import dukat_serve
 
 VICTIM = "tiny/victim"
@@ -119,13 +118,14 @@ def report(what: str, seconds: float) -> None:
     print(f"\n[recovery] {what}: {seconds:.2f} s")
 
 
-async def worker_load(address: str) -> WorkerLoad:
-    """The worker's own counters, asked over its wire."""
-    conn = WorkerConnection(address, TOKEN)
-    try:
-        return (await asyncio.wait_for(conn.pong(), 10)).load
-    finally:
-        await conn.close()
+def load_of(address: str) -> WorkerLoad:
+    """The worker's own counters (the host's view is a ping behind)."""
+    return asyncio.run(worker_load(address, TOKEN))
+
+
+def idle(address: str, timeout: float) -> WorkerLoad:
+    """The worker's counters once nothing is in flight on it."""
+    return wait_for(lambda: (load := load_of(address)).in_flight == 0 and load, timeout, "the worker is idle")
 
 
 # ---- crashes ----------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_a_stopped_worker_fails_its_requests_is_replaced_and_later_requests_are_
     def stop() -> None:
         post_in_thread(in_flight)
         address = old["address"]  # the worker's own counters: the host's view is a ping behind
-        wait_for(lambda: asyncio.run(worker_load(address)).in_flight >= 2, 30, "both requests reached it")
+        wait_for(lambda: load_of(address).in_flight >= 2, 30, "both requests reached it")
         os.kill(old["pid"], signal.SIGSTOP)
         stopped_at.append(time.monotonic())
         post_in_thread(late)
@@ -211,7 +211,7 @@ def test_a_stopped_worker_fails_its_requests_is_replaced_and_later_requests_are_
 
 def test_100_non_stream_clients_that_disconnect_leave_the_worker_idle(served: Served) -> None:
     address = served.worker()["address"]
-    before = asyncio.run(worker_load(address))
+    before = load_of(address)
     assert before.in_flight == 0
 
     async def give_up() -> None:
@@ -220,16 +220,14 @@ def test_100_non_stream_clients_that_disconnect_leave_the_worker_idle(served: Se
         async with httpx.AsyncClient(base_url=served.url, timeout=120, limits=limits) as client:
             tasks = [asyncio.create_task(client.post("/v1/chat/completions", json=body)) for _ in range(100)]
             deadline = time.monotonic() + 60
-            while (await worker_load(address)).in_flight < 100 and time.monotonic() < deadline:
+            while (await worker_load(address, TOKEN)).in_flight < 100 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             for task in tasks:
                 task.cancel()  # the client closes its connection
             await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(give_up())
-    after = wait_for(
-        lambda: (load := asyncio.run(worker_load(address))).in_flight == 0 and load, 10, "the worker is idle"
-    )
+    after = idle(address, 10)
     assert after.finished - before.finished == 100
     assert after.cancelled - before.cancelled >= 95  # a few may have finished before their client left
 
@@ -237,7 +235,7 @@ def test_100_non_stream_clients_that_disconnect_leave_the_worker_idle(served: Se
 def test_embeddings_of_clients_that_left_are_cancelled_too(served: Served) -> None:
     assert served.http.post("/v1/embeddings", json={"model": EMBEDDER, "input": "warm"}).status_code == 200
     address = served.worker(EMBEDDER)["address"]
-    before = asyncio.run(worker_load(address))
+    before = load_of(address)
 
     async def give_up() -> None:
         body = {"model": EMBEDDER, "input": ["a text to embed, long enough to take a while " * 8] * 32}
@@ -245,16 +243,14 @@ def test_embeddings_of_clients_that_left_are_cancelled_too(served: Served) -> No
         async with httpx.AsyncClient(base_url=served.url, timeout=120, limits=limits) as client:
             tasks = [asyncio.create_task(client.post("/v1/embeddings", json=body)) for _ in range(100)]
             deadline = time.monotonic() + 60
-            while (await worker_load(address)).in_flight < 50 and time.monotonic() < deadline:
+            while (await worker_load(address, TOKEN)).in_flight < 50 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(give_up())
-    after = wait_for(
-        lambda: (load := asyncio.run(worker_load(address))).in_flight == 0 and load, 30, "the worker is idle"
-    )
+    after = idle(address, 30)
     assert after.cancelled - before.cancelled >= 25
 
 

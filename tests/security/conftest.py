@@ -12,7 +12,7 @@ import pytest
 
 from shared.processes import ChildProcess
 from tests.gateway.conftest import TEST_ENV, write_models
-from tests.support.hub_server import HubServer, RepoSource
+from tests.support.hub_server import HubServer
 from tests.support.served import dukat_serve
 
 INFERENCE_KEY = "sk-infer-test"
@@ -38,21 +38,15 @@ class Locked:
 
 
 @pytest.fixture(scope="session")
-def locked_hub(hub_repos: dict[str, RepoSource]) -> Iterator[HubServer]:
-    with HubServer(hub_repos) as hub:
-        yield hub
-
-
-@pytest.fixture(scope="session")
 def locked(
-    tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory, locked_hub: HubServer
+    tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory, session_hub: HubServer
 ) -> Iterator[Locked]:
     models_dir = tmp_path_factory.mktemp("locked") / "models"
     models_dir.mkdir()
     write_models(models_dir, tiny_model_dir, {CHAT_MODEL: "tinyllama", EMBED_MODEL: "bert"})
     env = {
         **TEST_ENV,
-        "HF_ENDPOINT": locked_hub.url,
+        "HF_ENDPOINT": session_hub.url,
         "HF_HOME": str(models_dir.parent / "hf-home"),
         "DUKAT_LOG_LEVEL": "warning",
         "DUKAT_STOP_TIMEOUT_S": "5",
@@ -65,7 +59,7 @@ def locked(
         "DUKAT_PRELOAD": f"{CHAT_MODEL},{EMBED_MODEL}",
     }
     with dukat_serve(models_dir, env) as (url, proc):
-        yield Locked(url=url, models_dir=models_dir, process=proc, hub=locked_hub)
+        yield Locked(url=url, models_dir=models_dir, process=proc, hub=session_hub)
 
 
 @pytest.fixture(scope="session")

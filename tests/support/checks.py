@@ -1,14 +1,17 @@
 """Checks the test modules share: an OpenAI error response, a condition that comes true in time, a
-process that is gone."""
+process that is gone, a model worker's own counters."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import psutil
 
+from shared.wire import WorkerLoad
+from shared.wire_client import WorkerConnection
 from tests.support.openapi_check import validate
 
 
@@ -45,3 +48,12 @@ def process_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+async def worker_load(address: str, token: str | None) -> WorkerLoad:
+    """A model worker's own counters, asked over its wire."""
+    conn = WorkerConnection(address, token)
+    try:
+        return (await asyncio.wait_for(conn.pong(), 10)).load
+    finally:
+        await conn.close()

@@ -49,6 +49,13 @@ def hub_repos(
     }
 
 
+@pytest.fixture(scope="session")
+def session_hub(hub_repos: dict[str, RepoSource]) -> Iterator[HubServer]:
+    """One local hub for the session's served instances (no gating, no token)."""
+    with HubServer(hub_repos) as hub:
+        yield hub
+
+
 @pytest.fixture
 def hub_server(hub_repos: dict[str, RepoSource]) -> Iterator[HubServer]:
     """A fresh local hub per test (its log, byte counts and knobs start empty)."""
