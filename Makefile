@@ -40,6 +40,7 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check gateway worker shared tests bench augment_adam
 	$(BIN)/mypy gateway worker shared augment_adam bench
+	$(BIN)/lint-imports
 
 # wrk is the load generator of the throughput rows; installed when apt-get can (root), else the
 # bench falls back to httpx (and says so in the table).

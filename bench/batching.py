@@ -133,7 +133,7 @@ def engine_batching(path: Path, family: str, quantization: Quantization, tokens:
     """16 greedy requests on one in-process engine: one after another, then all at once."""
     from shared.generation import GenerateRequest, GenerateResult, SamplingParams
     from shared.model_types import get_model_type
-    from worker.engine import Engine
+    from worker.model.engine import Engine
 
     engine = Engine.load(path, model_type=get_model_type(family), quantization=quantization, device="cpu")
     requests = [
@@ -170,7 +170,7 @@ def engine_batching(path: Path, family: str, quantization: Quantization, tokens:
 
 
 def run_caches(report: Report) -> None:
-    from worker.tiny_models import ensure_tiny_model
+    from tests.support.tiny_models import ensure_tiny_model
 
     gemma3 = engine_batching(ensure_tiny_model("gemma", CACHE, **GEMMA3_SHAPE), "gemma", "none", TOKENS)
     # LLM.int8 on CPU is ~10x slower than float32: fewer tokens keep the row under half a minute.

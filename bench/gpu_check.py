@@ -57,7 +57,7 @@ Check = dict[str, Any]
 
 
 def build_models(root: Path, cuda: bool) -> dict[str, Path]:
-    from worker.tiny_models import build_tiny_model
+    from tests.support.tiny_models import build_tiny_model
 
     llama = build_tiny_model("llama", root / LLAMA, init_std=0.02, context=2048,
                              **(LLAMA_GPU if cuda else LLAMA_CPU))
@@ -69,7 +69,7 @@ def build_gemma3(dest: Path, *, small: bool) -> Path:
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from worker.tiny_models import build_tokenizer
+    from tests.support.tiny_models import build_tokenizer
 
     tok = build_tokenizer("gemma", context=4096)
     config = Gemma3TextConfig(
@@ -146,7 +146,7 @@ def check_quantization(served: Served, path: Path) -> Check:
     import torch
 
     from shared.model_types import get_model_type
-    from worker.loading import load_model
+    from worker.model.loading import load_model
 
     out: Check = {"status": "pass"}
     for q, layer in (("none", None), ("8bit", bnb.nn.Linear8bitLt), ("4bit", bnb.nn.Linear4bit)):

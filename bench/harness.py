@@ -149,7 +149,7 @@ def machine() -> dict[str, Any]:
 
 def bench_models() -> tuple[Path, Path]:
     """(the measured tiny Llama, the smallest tiny Llama), built once under .cache/."""
-    from worker.tiny_models import ensure_tiny_model
+    from tests.support.tiny_models import ensure_tiny_model
 
     return ensure_tiny_model("llama", CACHE, **MAIN_SHAPE), ensure_tiny_model("llama", CACHE, **SMALL_SHAPE)
 

@@ -43,8 +43,8 @@ TARGET_ONE, TARGET_EIGHT = 0.9, 4.0
 def place(models_dir: Path, *, converted: bool) -> Path:
     """A fresh folder for the model in `models_dir`: the cached GGUF hard-linked, and with
     `converted` its converted folder too (converted in the cache first if needed)."""
-    from gateway.demo import gemma_file
-    from worker.gguf import converted_folder, prepare
+    from gateway.cli.demo import gemma_file
+    from shared.gguf import converted_folder, prepare
 
     source = gemma_file(CACHE)
     dest = models_dir / MODEL
@@ -102,7 +102,7 @@ def run(report: Report, root: Path, streams_only: bool) -> None:
             report.raw["load"] = load_times(served, report)
             report.raw["memory"] = memory(served, report)
         served.load(MODEL)
-        from worker.gguf import converted_folder
+        from shared.gguf import converted_folder
 
         base = InProcess(converted_folder(gguf_path), threads=THREADS)
         one = asyncio.run(one_vs_generate(served.url, MODEL, base, tokens=ONE_TOKENS, rounds=ROUNDS))

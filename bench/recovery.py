@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from shared.processes import ChildProcess
-from worker.tiny_models import ensure_tiny_model
+from tests.support.tiny_models import ensure_tiny_model
 
 MODEL = "bench/victim"
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "tiny-models"

@@ -32,7 +32,7 @@ def prompt_ids(tokenizer: Any) -> list[int]:
     """The ids the worker feeds the model for PROMPT (the llama fallback chat format, no template)."""
     from shared.generation import Message
     from shared.model_types import get_model_type
-    from shared.prompts import render_fallback
+    from worker.model.prompts import render_fallback
 
     text = render_fallback([Message(role="user", content=PROMPT)], get_model_type("llama").prompt_format)
     bos = tokenizer.bos_token

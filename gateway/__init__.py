@@ -6,7 +6,7 @@ __all__ = ["ModelManager"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `python -m gateway.cli` should not pay for the manager's imports before it needs them.
+    # Lazy: `python -m gateway.cli.main` should not pay for the manager's imports before it needs them.
     if name == "ModelManager":
         from gateway.seed_api import ModelManager
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from gateway import serving
 from gateway.manager import AsyncModelManager
 from gateway.schemas import ChoiceEvent
 from shared.generation import GenerateRequest, GenerateResult, SamplingParams
@@ -25,7 +24,7 @@ async def generate_all(
 ) -> tuple[str, list[GenerateResult]]:
     """Every request's result, in order; they run concurrently so the worker can batch them."""
     if len(requests) == 1:
-        mid, result = await serving.generate(manager, model, requests[0])
+        mid, result = await manager.dispatch.generate(model, requests[0])
         return mid, [result]
 
     async def group(conn: WorkerConnection, defaults: SamplingParams | None) -> list[GenerateResult]:
@@ -41,7 +40,7 @@ async def generate_all(
         finally:
             conn.release(ticket)
 
-    return await serving.on_worker(manager, model, group)
+    return await manager.dispatch.on_worker(model, group)
 
 
 async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[GenerateResult]:
@@ -60,7 +59,7 @@ async def stream_all(
 ) -> tuple[str, AsyncIterator[ChoiceEvent]]:
     """The interleaved events `(choice index, delta | final result)` of every request."""
     if len(requests) == 1:
-        mid, stream = await serving.stream(manager, model, requests[0])
+        mid, stream = await manager.dispatch.stream(model, requests[0])
         return mid, _indexed(0, stream)
 
     async def admit(
@@ -68,7 +67,7 @@ async def stream_all(
     ) -> tuple[WorkerConnection, SamplingParams | None, tuple[int, int]]:
         return conn, defaults, await conn.admit(len(requests))  # before the stream: a refusal is a 429
 
-    mid, (conn, defaults, (ticket, places)) = await serving.on_worker(manager, model, admit)
+    mid, (conn, defaults, (ticket, places)) = await manager.dispatch.on_worker(model, admit)
     streams = [conn.stream(r, defaults, ticket) for r in requests]
     return mid, _merged(streams, places, lambda: conn.release(ticket))
 

@@ -4,7 +4,7 @@ the listings.
 The gateway's routes call it, and the seed's synchronous `ModelManager` (gateway/seed_api.py) runs
 it on a loop of its own. Nothing here is the truth about anything: what is loaded where comes from
 the worker hosts (gateway/hosts.py), models and defaults from the config file. How a request
-reaches one of the workers it finds (or loads) is gateway/serving.py's.
+reaches one of the workers it finds (or loads) is gateway/dispatch.py's.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import get_args
 
 import msgspec
 
+from gateway.dispatch import Dispatcher
 from gateway.hosts import HostDirectory
 from gateway.metrics import GatewayMetrics
-from gateway.model_admin import not_here, shown_quantization
+from gateway.model_admin import ModelAdmin, not_here, shown_quantization
 from gateway.schemas.models import CREATED, LoadedModel, Model, owner_of
-from gateway.serving import WorkerConnections
 from shared.errors import (
     DukatError,
     InvalidRequestError,
@@ -62,7 +62,8 @@ class AsyncModelManager:
         self.config = ConfigStore(Path(settings.config_path))
         self.config.read()  # created when missing; an invalid file fails here, loudly
         self.hosts = HostDirectory(settings)
-        self.connections = WorkerConnections(settings, self.hosts.token, metrics)
+        self.dispatch = Dispatcher(settings, self.hosts, self, metrics)
+        self.admin = ModelAdmin(settings, self.hosts, self.config)
         self._replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
 
@@ -71,12 +72,12 @@ class AsyncModelManager:
 
     async def close(self) -> None:
         """Close the worker connections and the host directory (which stops a local host)."""
-        await self.connections.close()
+        await self.dispatch.connections.close()
         await self.hosts.close()
 
     async def in_flight(self) -> dict[str, int]:
         """Requests this gateway has on each model's workers."""
-        return self.connections.in_flight(await self.hosts.states())
+        return self.dispatch.connections.in_flight(await self.hosts.states())
 
     # ---- models and the config file --------------------------------------------------------
 
@@ -202,7 +203,7 @@ class AsyncModelManager:
                 await self.hosts.client(host.url).unload(model_id)
             finally:
                 self.hosts.invalidate()
-            await self.connections.drop(worker)
+            await self.dispatch.connections.drop(worker)
 
     async def ready_workers(
         self, model_id: str | None, request_id: str = ""

@@ -16,7 +16,8 @@ from shared.model_types import default_quantization, get_model_type
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from gateway.manager import AsyncModelManager
+    from gateway.hosts import HostDirectory
+    from shared.model_config import ConfigStore
 
 
 def not_here(model_id: str) -> ModelNotFoundError:
@@ -42,56 +43,65 @@ def shown_quantization(
         return settings.default_quantization
 
 
-async def _details(manager: AsyncModelManager, model_id: str) -> ModelDetails | None:
-    for host in await manager.hosts.states():
-        try:
-            return await manager.hosts.client(host.url).details(model_id)
-        except ModelNotFoundError:
-            continue
-    return None
+class ModelAdmin:
+    """`dukat show` and `rm` across the hosts: reads the config file and the hosts' model folders;
+    deletes files only of a model no worker runs, and never loads or unloads one."""
 
+    def __init__(self, settings: Settings, hosts: HostDirectory, config: ConfigStore) -> None:
+        self.settings = settings
+        self.hosts = hosts
+        self.config = config
 
-async def show_model(manager: AsyncModelManager, model_id: str) -> ModelShown:
-    config = manager.config.read()
-    entry = config.models.get(model_id)
-    details = await _details(manager, model_id)
-    if details is None and entry is None:
-        raise not_here(model_id)
-    found = await manager.hosts.find(model_id)
-    worker = found[1] if found else None
-    files: dict[str, Any] = msgspec.structs.asdict(details) if details else {"model_id": model_id}
-    model_type = (entry.model_type if entry else None) or files.get("model_type")
-    return ModelShown(
-        **{**files, "model_type": model_type},
-        description=entry.description if entry else "",
-        quantization=shown_quantization(entry, worker, model_type, manager.settings),
-        default_parameters=dict(entry.default_parameters) if entry else {},
-        downloaded=details is not None,
-        state=worker.status if worker else "available",
-        device=worker.device if worker else None,
-        default=model_id == (config.default_model or manager.settings.default_model),
-    )
+    async def _details(self, model_id: str) -> ModelDetails | None:
+        for host in await self.hosts.states():
+            try:
+                return await self.hosts.client(host.url).details(model_id)
+            except ModelNotFoundError:
+                continue
+        return None
 
-
-async def delete_model(manager: AsyncModelManager, model_id: str) -> DeletedModel:
-    config = manager.config.read()
-    if model_id == (config.default_model or manager.settings.default_model):
-        raise ConflictError(
-            f"model {model_id!r} is the default model; set another first: dukat default OTHER", param="model"
+    async def show(self, model_id: str) -> ModelShown:
+        config = self.config.read()
+        entry = config.models.get(model_id)
+        details = await self._details(model_id)
+        if details is None and entry is None:
+            raise not_here(model_id)
+        found = await self.hosts.find(model_id)
+        worker = found[1] if found else None
+        files: dict[str, Any] = msgspec.structs.asdict(details) if details else {"model_id": model_id}
+        model_type = (entry.model_type if entry else None) or files.get("model_type")
+        return ModelShown(
+            **{**files, "model_type": model_type},
+            description=entry.description if entry else "",
+            quantization=shown_quantization(entry, worker, model_type, self.settings),
+            default_parameters=dict(entry.default_parameters) if entry else {},
+            downloaded=details is not None,
+            state=worker.status if worker else "available",
+            device=worker.device if worker else None,
+            default=model_id == (config.default_model or self.settings.default_model),
         )
-    found = await manager.hosts.find(model_id, fresh=True)
-    if found is not None and found[1].status in ("loading", "loaded", "stopping"):
-        raise ConflictError(
-            f"model {model_id!r} is {found[1].status}; unload it first: dukat stop {model_id}", param="model"
-        )
-    freed, deleted = 0, False
-    for host in await manager.hosts.states(fresh=True):
-        try:
-            freed += (await manager.hosts.client(host.url).delete(model_id)).freed_bytes
-            deleted = True
-        except ModelNotFoundError:
-            continue
-    if not deleted and model_id not in config.models:
-        raise not_here(model_id)
-    manager.config.remove_entry(model_id)
-    return DeletedModel(id=model_id, freed_bytes=freed)
+
+    async def delete(self, model_id: str) -> DeletedModel:
+        config = self.config.read()
+        if model_id == (config.default_model or self.settings.default_model):
+            raise ConflictError(
+                f"model {model_id!r} is the default model; set another first: dukat default OTHER",
+                param="model",
+            )
+        found = await self.hosts.find(model_id, fresh=True)
+        if found is not None and found[1].status in ("loading", "loaded", "stopping"):
+            raise ConflictError(
+                f"model {model_id!r} is {found[1].status}; unload it first: dukat stop {model_id}",
+                param="model",
+            )
+        freed, deleted = 0, False
+        for host in await self.hosts.states(fresh=True):
+            try:
+                freed += (await self.hosts.client(host.url).delete(model_id)).freed_bytes
+                deleted = True
+            except ModelNotFoundError:
+                continue
+        if not deleted and model_id not in config.models:
+            raise not_here(model_id)
+        self.config.remove_entry(model_id)
+        return DeletedModel(id=model_id, freed_bytes=freed)

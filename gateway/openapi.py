@@ -242,7 +242,7 @@ def _model_id_path_parameter(document: dict[str, Any], settings: Settings) -> No
 def _apply_refusals(components: dict[str, Any]) -> None:
     """What the decoders take only to refuse with a clear message (a 400 naming the field) is left out
     of the document: it is not an accepted value. Keep in step with the `check()`s of the schemas and
-    with shared/prompts.py and gateway/schemas/tools.py."""
+    with worker/model/prompts.py and gateway/schemas/tools.py."""
     message = components.get("Message")
     if message is not None:
         # Content required except on an assistant turn (tool calls) or a tool result.

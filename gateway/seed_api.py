@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway import serving
 from gateway.manager import AsyncModelManager
 from shared.generation import GenerateRequest, GenerateResult, Message, params_from_mapping
 from shared.model_config import ConfigStore
@@ -62,7 +61,7 @@ class ModelManager:
 
     def download_model(self, model_id: str, revision: str | None = None) -> str:
         """Download `model_id` into models_dir (with a progress bar); returns its folder."""
-        from gateway.progress import DownloadBar
+        from gateway.cli.progress import DownloadBar
 
         with DownloadBar(model_id) as bar:
             job = self._run(self._manager.download_model(model_id, revision, progress=bar.update))
@@ -92,7 +91,7 @@ class ModelManager:
         if system_prompt:
             messages.insert(0, Message(role="system", content=system_prompt))
         request = GenerateRequest(messages=messages, params=sampling)
-        mid, result = self._run(serving.generate(self._manager, model_id, request))
+        mid, result = self._run(self._manager.dispatch.generate(model_id, request))
         return result.text, _metadata(mid, result)
 
     def list_available_models(self) -> list[dict[str, Any]]:

@@ -138,7 +138,7 @@ class WorkerState(Struct, kw_only=True):
     error_code: str | None = None
     # The worker's last log lines, to tell why it failed.
     log_tail: list[str] = []
-    # What the host set aside for it before the load (shared/memory_estimate.py).
+    # What the host set aside for it before the load (worker/host/memory_estimate.py).
     estimated_bytes: int = 0
     # The keep-alive in force (negative: forever, i.e. pinned): the last request's, else the load's.
     keep_alive_s: float | None = None

@@ -49,7 +49,7 @@ class ModelEntry(Struct, kw_only=True):
     # Kept as written (unknown keys included); `sampling_params()` is the validated view.
     default_parameters: dict[str, Any] = field(default_factory=dict)
     model_type: str | None = None
-    # Which .gguf file of the model's folder to load (or an absolute path); see worker/gguf.py.
+    # Which .gguf file of the model's folder to load (or an absolute path); see shared/gguf.py.
     gguf_file: str | None = None
     # How long the model stays loaded when idle (Ollama's keep_alive: "5m", seconds, 0, -1 = forever);
     # None: DUKAT_KEEP_ALIVE.

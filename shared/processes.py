@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import httpx
 
-# The model worker's handshake lines (`worker.model_worker` prints, `worker.supervisor` reads them).
+# The model worker's handshake lines (`python -m worker.model` prints, `worker.host.supervisor` reads them).
 WORKER_READY = "DUKAT_WORKER_READY"
 WORKER_FAILED = "DUKAT_WORKER_FAILED"
-# The worker host's ready line (`worker.host` prints it, the gateway waits for it).
+# The worker host's ready line (`python -m worker.host` prints it, the gateway waits for it).
 HOST_READY = "DUKAT_HOST_READY"
 _EXIT_POLL_S = 0.02
 
@@ -142,3 +142,11 @@ class ChildProcess:
         proc = self.proc
         if proc is not None:
             terminate(proc.pid, lambda: proc.poll() is not None, timeout)
+
+def pinned_env(device: str, threads: int) -> dict[str, str]:
+    """The environment that makes `device` the only one a model worker sees (cuda:N is cuda:0 inside
+    it; cpu hides every GPU), with its CPU thread counts. Set at the worker's spawn, so CUDA reads it
+    whoever initialises it first, and visible to tools that read a process's environment."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads > 0 else {}
+    env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0" if device.startswith("cuda") else ""
+    return env

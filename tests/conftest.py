@@ -33,7 +33,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Callable[[str], Path]:
     """`tiny_model_dir("llama")` -> a saved tiny model folder of that family, built once."""
-    from worker.tiny_models import ensure_tiny_model
+    from tests.support.tiny_models import ensure_tiny_model
 
     def get(family: str) -> Path:
         return ensure_tiny_model(family, TINY_MODEL_CACHE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
-from gateway import serving
 from gateway.auth import INFERENCE
 from gateway.limits import check_embedding_inputs, check_model
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
@@ -20,5 +19,5 @@ async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> 
     check_embedding_inputs(state.manager.settings, inputs)
     check_client_ids(inputs, request.headers.get("user-agent"))
     keep_alive = keep_alive_seconds(data.keep_alive)
-    model, result = await serving.embed(state.manager, data.model, inputs, keep_alive)
+    model, result = await state.manager.dispatch.embed(data.model, inputs, keep_alive)
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)

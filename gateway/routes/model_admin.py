@@ -6,7 +6,6 @@ import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
 
-from gateway import model_admin
 from gateway.auth import INFERENCE, is_admin
 from gateway.limits import check_model
 from gateway.schemas.model_admin import DeletedModel, DeleteRequest, ModelShown
@@ -16,7 +15,7 @@ from gateway.schemas.model_admin import DeletedModel, DeleteRequest, ModelShown
 async def show(request: Request, state: State, model_id: str) -> ModelShown:
     mid = model_id.lstrip("/")
     check_model(state.manager, mid)
-    shown = await model_admin.show_model(state.manager, mid)
+    shown = await state.manager.admin.show(mid)
     # Where the files lie on a host is for admins only.
     return shown if is_admin(request.scope) else msgspec.structs.replace(shown, path=None)
 
@@ -24,4 +23,4 @@ async def show(request: Request, state: State, model_id: str) -> ModelShown:
 @post("/api/models/delete", status_code=200, summary="Delete a model's files from every host (not loaded)")
 async def delete(state: State, data: DeleteRequest) -> DeletedModel:
     check_model(state.manager, data.model)
-    return await model_admin.delete_model(state.manager, data.model)
+    return await state.manager.admin.delete(data.model)

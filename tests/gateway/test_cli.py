@@ -221,7 +221,7 @@ def subcommand_options(name: str) -> dict[str, str]:
     """Every `--flag` of `dukat <name>` -> the attribute it sets."""
     import argparse
 
-    from gateway.cli import build_parser
+    from gateway.cli.main import build_parser
 
     [subparsers] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     parser = subparsers.choices[name]
@@ -252,6 +252,6 @@ def test_server_flags_are_named_like_the_settings_they_set(command: str) -> None
     ],
 )
 def test_old_flag_names_still_work(argv: list[str], dest: str, value: Any) -> None:
-    from gateway.cli import build_parser
+    from gateway.cli.main import build_parser
 
     assert getattr(build_parser().parse_args(argv), dest) == value

@@ -13,7 +13,7 @@ import pytest
 
 from tests.gateway.conftest import DEFAULT_MODEL, Dukat
 from tests.gateway.test_cli import dukat_cli, ok
-from worker.model_files import count_parameters
+from worker.host.model_files import count_parameters
 
 SHOWN = "tiny/tinyllama"  # has a chat template
 

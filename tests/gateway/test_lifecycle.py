@@ -55,7 +55,7 @@ def worker_processes(dukat: Dukat, model_id: str) -> list[int]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "worker.model_worker" in cmd and path in cmd and not process_gone(proc.pid):
+        if "worker.model" in cmd and path in cmd and not process_gone(proc.pid):
             found.append(proc.pid)
     return found
 
@@ -129,7 +129,7 @@ def test_load_starts_a_worker_process_and_unload_ends_it(http: httpx.Client, duk
     pid = worker["pid"]
     assert row["pid"] == pid == body["pid"]
     assert psutil.pid_exists(pid) and not process_gone(pid)
-    assert "worker.model_worker" in psutil.Process(pid).cmdline()
+    assert "worker.model" in psutil.Process(pid).cmdline()
     assert worker_processes(dukat, UNLOAD_ME) == [pid]
 
     started = time.monotonic()

@@ -28,9 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.placement import place
 from shared.host_api import HostState
-from shared.memory_estimate import estimate_memory
 from shared.processes import ChildProcess
 from tests.gateway.conftest import TEST_ENV
+from worker.host.memory_estimate import estimate_memory
 
 MODELS = [f"ops/m{i}" for i in range(1, 5)]
 PINNED = "ops/pinned"  # keep_alive -1 in the config file

@@ -179,7 +179,7 @@ def test_no_keys_configured_means_open_and_admin() -> None:
 def test_the_cli_sends_its_api_key(
     locked: Locked, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     monkeypatch.delenv("DUKAT_API_KEY", raising=False)
     assert main(["list", "--url", locked.url]) == 1

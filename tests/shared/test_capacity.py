@@ -12,7 +12,7 @@ import pytest
 from shared.capacity import evictable, eviction_plan, expired
 from shared.host_api import DeviceState, HostState, WorkerState
 from shared.keep_alive import parse_keep_alive
-from shared.memory_estimate import estimate_memory
+from worker.host.memory_estimate import estimate_memory
 
 MIB = 1 << 20
 

@@ -9,7 +9,7 @@ def save_llama_with_hidden_48(dest: Path) -> Path:
     """A Llama whose Linear layers have in_features 48: fine for fp32 and 8-bit, not for CPU 4-bit."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from worker.tiny_models import build_tokenizer
+    from tests.support.tiny_models import build_tokenizer
 
     tokenizer = build_tokenizer("llama")
     config = LlamaConfig(

@@ -10,7 +10,7 @@ import pytest
 
 from shared.model_types import ModelType, get_model_type
 from tests.conftest import TINY_MODEL_CACHE
-from worker.engine import Engine
+from worker.model.engine import Engine
 
 EngineFor = Callable[[str], Engine]
 
@@ -25,7 +25,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 def tiny_model(tiny_model_dir: Callable[[str], Path], name: str) -> tuple[Path, ModelType]:
     """The folder and model type of a tiny family or variant."""
     if name in VARIANTS:
-        from worker.tiny_models import ensure_tiny_model
+        from tests.support.tiny_models import ensure_tiny_model
 
         family, options = VARIANTS[name]
         return ensure_tiny_model(family, TINY_MODEL_CACHE, **options), get_model_type(family)

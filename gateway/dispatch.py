@@ -1,0 +1,204 @@
+"""How a request reaches a model worker: the connections, the replica it goes to, its one retry.
+
+A request goes to the loaded replica with the fewest requests in flight (this gateway's count first,
+then the hosts' count of all gateways, then the address, so ties break the same way everywhere). A
+request that fails before anything was sent to the client (unreachable, connection lost, draining
+for an unload) is retried once: on the next replica, or, when its model has one worker and that one
+cannot be reached (it died between requests), on the worker its host restarts in its place.
+
+Which replicas exist, and loading them when a request needs one, is a `Replicas` source's job (the
+manager, gateway/manager.py, which owns a Dispatcher and hands it requests); the n-choice fan-out
+(gateway/choices.py) runs on `Dispatcher.on_worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from gateway.metrics import GatewayMetrics
+from shared.errors import DukatError, ModelNotLoadedError, WorkerFailedError, WorkerUnreachableError
+from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.host_api import HostState, WorkerState
+from shared.settings import Settings
+from shared.wire_client import WorkerConnection
+
+if TYPE_CHECKING:
+    from gateway.hosts import HostDirectory
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Failures before the first byte that another replica may not have: the worker is gone or going.
+RETRYABLE = (WorkerFailedError, ModelNotLoadedError)
+
+
+class WorkerConnections:
+    """This gateway's connections to the model workers, one per worker address, made on first use."""
+
+    def __init__(self, settings: Settings, token: str | None, metrics: GatewayMetrics | None) -> None:
+        self.settings = settings
+        self.token = token
+        self.metrics = metrics
+        self._open: dict[str, WorkerConnection] = {}
+
+    def to(self, worker: WorkerState) -> WorkerConnection:
+        address = worker.address or ""
+        conn = self._open.get(address)
+        if conn is None:
+            s = self.settings
+            conn = self._open[address] = WorkerConnection(
+                address,
+                token=self.token,
+                request_timeout_s=s.request_timeout_s,
+                first_token_timeout_s=s.first_token_timeout_s,
+                observer=self.metrics.for_model(worker.model_id) if self.metrics else None,
+            )
+        return conn
+
+    def in_flight(self, hosts: list[HostState]) -> dict[str, int]:
+        """Requests this gateway has on each model's workers."""
+        counts: dict[str, int] = {}
+        models = {w.address: w.model_id for h in hosts for w in h.models}
+        for address, conn in self._open.items():
+            model_id = models.get(address)
+            if model_id is not None:
+                counts[model_id] = counts.get(model_id, 0) + conn.in_flight
+        return counts
+
+    async def drop(self, worker: WorkerState) -> None:
+        """Close the connection to a worker that is gone (unloaded)."""
+        conn = self._open.pop(worker.address or "", None)
+        if conn is not None:
+            await conn.close()
+
+    async def close(self) -> None:
+        conns, self._open = list(self._open.values()), {}
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+    def by_load(self, workers: list[WorkerState]) -> list[WorkerState]:
+        """The loaded replicas, least busy first (all of `workers` when none is loaded with an address)."""
+        loaded = [w for w in workers if w.status == "loaded" and w.address]
+        if len(loaded) < 2:
+            return loaded or workers
+        return sorted(loaded, key=lambda w: (self.to(w).in_flight, w.in_flight, w.address or ""))
+
+
+class Replicas(Protocol):
+    """Where a request's workers come from (the manager): found, or loaded first."""
+
+    async def ready_workers(
+        self, model_id: str | None, request_id: str = ""
+    ) -> tuple[str, list[WorkerState]]: ...
+
+    def defaults_for(self, model_id: str) -> SamplingParams | None: ...
+
+
+class Dispatcher:
+    """Sends requests to model workers. Owns this gateway's worker connections; reads replicas from
+    `replicas` and failures back into the host directory. Must not load or unload models itself."""
+
+    def __init__(
+        self, settings: Settings, hosts: HostDirectory, replicas: Replicas, metrics: GatewayMetrics | None
+    ) -> None:
+        self.settings = settings
+        self.hosts = hosts
+        self.replicas = replicas
+        self.connections = WorkerConnections(settings, hosts.token, metrics)
+
+    async def on_worker(
+        self,
+        model_id: str | None,
+        call: Callable[[WorkerConnection, SamplingParams | None], Awaitable[T]],
+        request_id: str = "",
+    ) -> tuple[str, T]:
+        """`call(connection, the model's default parameters)` on the least busy replica of `model_id` (or
+        the default model); once more elsewhere (see the module's docstring) when it failed before
+        anything was sent."""
+        mid, workers = await self.replicas.ready_workers(model_id, request_id)
+        defaults = self.replicas.defaults_for(mid)
+        order = self.connections.by_load(workers)
+        with self._seeing_failures():
+            try:
+                return mid, await call(self.connections.to(order[0]), defaults)
+            except RETRYABLE as exc:
+                other = await self._other(mid, order, exc, request_id)
+            return mid, await call(self.connections.to(other), defaults)
+
+    async def generate(self, model_id: str | None, request: GenerateRequest) -> tuple[str, GenerateResult]:
+        return await self.on_worker(
+            model_id, lambda conn, defaults: conn.generate(request, defaults), request.request_id
+        )
+
+    async def stream(
+        self, model_id: str | None, request: GenerateRequest
+    ) -> tuple[str, AsyncIterator[str | GenerateResult]]:
+        """The model's id and its stream of text deltas, then the final result. Picking the worker (and
+        loading the model) happens here; the request is sent on the stream's first iteration."""
+        mid, workers = await self.replicas.ready_workers(model_id, request.request_id)
+        return mid, self._stream(mid, workers, request)
+
+    async def embed(
+        self, model_id: str | None, inputs: list[str] | list[list[int]], keep_alive: float | None = None
+    ) -> tuple[str, EmbedResult]:
+        request = EmbedRequest(inputs=[*inputs], keep_alive=keep_alive)
+        return await self.on_worker(model_id, lambda conn, _: conn.embed(request))
+
+    async def _stream(
+        self, mid: str, workers: list[WorkerState], request: GenerateRequest
+    ) -> AsyncIterator[str | GenerateResult]:
+        defaults = self.replicas.defaults_for(mid)
+        order = self.connections.by_load(workers)
+        stream = self.connections.to(order[0]).stream(request, defaults)
+        try:
+            with self._seeing_failures():
+                try:
+                    first = await anext(stream)
+                except RETRYABLE as exc:  # nothing was sent: another replica may have it
+                    await stream.aclose()  # type: ignore[attr-defined]
+                    other = await self._other(mid, order, exc, request.request_id)
+                    stream = self.connections.to(other).stream(request, defaults)
+                    first = await anext(stream)
+                yield first
+                async for item in stream:
+                    yield item
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def _seeing_failures(self) -> Iterator[None]:
+        """A worker that failed mid-request is news: the next request asks the hosts again."""
+        try:
+            yield
+        except WorkerFailedError:
+            self.hosts.invalidate()
+            raise
+
+    async def _other(
+        self, model_id: str, order: list[WorkerState], exc: DukatError, request_id: str
+    ) -> WorkerState:
+        """Where a request that failed on `order[0]` before its first byte goes: the next replica,
+        else (the worker is gone) its replacement; else `exc` stands."""
+        if len(order) > 1:
+            log.warning(
+                "replica of %s at %s failed before its first byte (%s); retrying on another rid=%s",
+                model_id, order[0].address, exc, request_id,
+            )  # fmt: skip
+            return order[1]
+        if isinstance(exc, WorkerUnreachableError):
+            return await self._replacement(model_id, order[0])
+        raise exc
+
+    async def _replacement(self, model_id: str, gone: WorkerState) -> WorkerState:
+        """The worker serving `model_id` now that `gone` cannot be reached: the one its host restarts
+        (waiting for its load), or a fresh load. The host notices a death at once; a worker it
+        still reports within DUKAT_HOST_STATE_TIMEOUT_S is alive, and unreachable for another reason."""
+        polls = 20
+        for _ in range(polls):
+            found = await self.hosts.find(model_id, fresh=True)
+            if found is None or found[1].status != "loaded" or found[1].address != gone.address:
+                return (await self.replicas.ready_workers(model_id))[1][0]
+            await asyncio.sleep(self.settings.host_state_timeout_s / polls)
+        raise WorkerUnreachableError(f"the model worker of {model_id!r} at {gone.address} cannot be reached")

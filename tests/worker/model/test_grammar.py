@@ -1,0 +1,125 @@
+"""The grammar rows on a real tokenizer with random logits (the weakest possible model): strict
+schemas always end complete and valid within the budget; what can't fit or compile is a 400."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+
+from shared.errors import InvalidRequestError
+from shared.generation import Constraint
+from worker.model.grammar import Grammars
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "score": {"type": "number"},
+        "ok": {"type": "boolean"},
+        "color": {"enum": ["red", "green", "blue"]},
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"k": {"type": "string"}, "v": {"type": "boolean"}},
+                "required": ["k", "v"],
+            },
+        },
+    },
+    "required": ["name", "age", "score", "ok", "color", "items"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def grammars(tiny_model_dir: Callable[[str], Path]) -> tuple[Grammars, object]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir("tinyllama"))
+    return Grammars(
+        tokenizer, vocab_size=len(tokenizer), stop_ids=frozenset([tokenizer.eos_token_id])
+    ), tokenizer
+
+
+def random_model_output(
+    grammars: Grammars, tokenizer: object, constraint: Constraint, budget: int, seed: int
+) -> str:
+    """What a model of random logits writes under the grammar, sampling like the scheduler does."""
+    generator = torch.Generator().manual_seed(seed)
+    row = grammars.row(constraint, budget)
+    vocab = grammars.vocab_size
+    out: list[int] = []
+    for produced in range(budget):
+        remaining = budget - produced
+        token = row.forced(remaining)
+        if token is None:
+            logits = torch.randn(1, vocab, generator=generator) * 4
+            grammars.mask(logits, [(0, row)])
+            sampled = int(torch.multinomial(torch.softmax(logits[0], -1), 1, generator=generator))
+            token = row.accept(sampled, remaining)
+        elif token not in grammars.stop_ids:
+            row.take(token)
+        if token in grammars.stop_ids:
+            break
+        out.append(token)
+    return tokenizer.decode(out, skip_special_tokens=True)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("budget", [70, 256])
+def test_strict_schema_output_is_valid_for_every_seed_within_the_budget(grammars, budget: int) -> None:
+    book, tokenizer = grammars
+    constraint = Constraint(kind="json", schema=json.dumps(SCHEMA))
+    for seed in range(12):
+        text = random_model_output(book, tokenizer, constraint, budget, seed)
+        jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_json_object_mode_gives_an_object(grammars) -> None:
+    book, tokenizer = grammars
+    for seed in range(4):
+        assert isinstance(
+            json.loads(random_model_output(book, tokenizer, Constraint(kind="json"), 48, seed)), dict
+        )
+
+
+def test_choice_and_regex_constraints(grammars) -> None:
+    book, tokenizer = grammars
+    choice = Constraint(kind="choice", choices=["yes", "no", "maybe"])
+    regex = Constraint(kind="regex", regex=r"[0-9]{3}-[a-z]{2}")
+    for seed in range(4):
+        assert random_model_output(book, tokenizer, choice, 8, seed) in {"yes", "no", "maybe"}
+        assert len(random_model_output(book, tokenizer, regex, 16, seed)) == 6
+
+
+def test_a_schema_whose_smallest_output_cant_fit_the_budget_is_a_400(grammars) -> None:
+    book, _ = grammars
+    with pytest.raises(InvalidRequestError, match=r"needs \d+ tokens .*, but at most 5") as info:
+        book.row(Constraint(kind="json", schema=json.dumps(SCHEMA)), 5)
+    assert info.value.param == "max_tokens"
+
+
+def test_a_construct_the_engine_cant_take_is_a_400_naming_it_unless_not_strict(grammars) -> None:
+    book, tokenizer = grammars
+    schema = json.dumps({"type": "string", "pattern": "(?<=a)b"})
+    with pytest.raises(InvalidRequestError, match="Lookbehind") as info:
+        book.row(Constraint(kind="json", schema=schema), 64)
+    assert info.value.status == 400
+    best_effort = Constraint(kind="json", schema=schema, strict=False)
+    assert isinstance(json.loads(random_model_output(book, tokenizer, best_effort, 32, 0)), dict)
+
+
+def test_a_row_whose_model_rules_out_every_allowed_token_still_gets_a_choice(grammars) -> None:
+    book, _ = grammars
+    row = book.row(Constraint(kind="choice", choices=["yes", "no"]), 8)
+    logits = torch.full((2, book.vocab_size), float("-inf"))
+    logits[:, 0] = 5.0  # only a token the grammar forbids is possible in the model's eyes
+    book.mask(logits, [(1, row)])
+    allowed = torch.isfinite(logits[1]).nonzero().flatten().tolist()
+    assert allowed and all(row.matcher.fork().accept_token(t) for t in allowed)
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [0]  # a free row is untouched

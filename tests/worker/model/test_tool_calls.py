@@ -1,0 +1,146 @@
+"""Tool calls: the format found from a chat template, each format's parser on pinned strings, the
+streaming scanner, and tool turns rendered for templates with and without tool support."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from shared.generation import Message
+from shared.model_types import PromptFormat
+from worker.model.prompts import render_fallback, template_messages
+from worker.model.tool_calls import (
+    ToolCallScanner,
+    ToolFormat,
+    parse_forced,
+    parse_tool_calls,
+    tool_format_of,
+)
+
+WEATHER = {"city": "Paris", "unit": "c"}
+
+
+def calls_of(text: str, fmt: ToolFormat) -> tuple[str, list[tuple[str, dict]]]:
+    content, calls = parse_tool_calls(text, fmt)
+    assert all(c.id.startswith("call_") and len(c.id) > 10 for c in calls)
+    return content, [(c.function.name, json.loads(c.function.arguments)) for c in calls]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("template", "fmt"),
+    [
+        ("{% if tools %}<tool_call>{% endif %}", ToolFormat.HERMES),
+        ("{% for t in tools %}[AVAILABLE_TOOLS]{% endfor %}[TOOL_CALLS]", ToolFormat.MISTRAL),
+        ("<|start_header_id|>ipython{% if tools %}{% endif %}", ToolFormat.LLAMA3),
+        ("{% for m in messages %}{{ m['content'] }}{% endfor %}", ToolFormat.GENERIC),
+        (None, ToolFormat.GENERIC),
+    ],
+)
+def test_tool_format_is_found_from_the_template(template: str | None, fmt: ToolFormat) -> None:
+    assert tool_format_of(template) is fmt
+
+
+def test_hermes_blocks_parse_with_the_content_before_them() -> None:
+    text = (
+        'Let me check.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n'
+        '</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+    )
+    expected = [("get_weather", WEATHER), ("get_time", {})]
+    assert calls_of(text, ToolFormat.HERMES) == ("Let me check.", expected)
+
+
+def test_an_unclosed_hermes_block_at_the_end_still_parses() -> None:
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}'
+    assert calls_of(text, ToolFormat.GENERIC) == ("", [("get_weather", WEATHER)])
+
+
+def test_mistral_v3_array_and_v11_args_forms_parse() -> None:
+    v3 = '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}]'
+    v11 = '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "c"}'
+    assert calls_of(v3, ToolFormat.MISTRAL) == ("", [("get_weather", WEATHER)])
+    assert calls_of(v11, ToolFormat.MISTRAL) == ("", [("get_weather", WEATHER)])
+
+
+def test_llama3_json_calls_parse_with_parameters_and_python_tag() -> None:
+    one = '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}'
+    two = '<|python_tag|>{"name": "get_time", "parameters": {}}; {"name": "get_weather", "parameters": {}}'
+    assert calls_of(one, ToolFormat.LLAMA3) == ("", [("get_weather", WEATHER)])
+    assert calls_of(two, ToolFormat.LLAMA3) == ("", [("get_time", {}), ("get_weather", {})])
+
+
+@pytest.mark.parametrize("fmt", list(ToolFormat))
+def test_text_without_calls_is_all_content(fmt: ToolFormat) -> None:
+    assert calls_of("The weather is fine {really}.", fmt) == ("The weather is fine {really}.", [])
+
+
+def test_broken_call_json_stays_content() -> None:
+    text = "<tool_call>\n{not json\n</tool_call>"
+    assert calls_of(text, ToolFormat.HERMES) == (text, [])
+
+
+def test_forced_outputs_parse_as_calls_or_one_functions_arguments() -> None:
+    array = json.dumps([{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}])
+    calls = parse_forced(array, "calls", None)
+    assert [(c.function.name, c.function.arguments) for c in calls] == [("a", '{"x": 1}'), ("b", "{}")]
+    (named,) = parse_forced('{"city": "Paris"}', "arguments", "get_weather")
+    assert (named.function.name, json.loads(named.function.arguments)) == ("get_weather", {"city": "Paris"})
+
+
+def test_scanner_streams_content_until_the_call_and_holds_back_a_partial_marker() -> None:
+    scanner = ToolCallScanner(ToolFormat.HERMES, "auto")
+    pieces = ["Sure", ", let me look. <tool", '_call>\n{"name": "get_time", ', '"arguments": {}}</tool_call>']
+    sent = [scanner.feed(p) for p in pieces]
+    assert sent == ["Sure", ", let me look. ", "", ""]
+    tail, calls = scanner.finish()
+    assert tail == "" and [c.function.name for c in calls] == ["get_time"]
+
+
+def test_scanner_releases_held_text_that_was_no_marker() -> None:
+    scanner = ToolCallScanner(ToolFormat.HERMES, "auto")
+    assert scanner.feed("a <tool") == "a "
+    assert scanner.feed("box>") == "<toolbox>"
+    assert scanner.finish() == ("", [])
+
+
+def test_scanner_in_llama3_captures_a_reply_that_starts_with_json() -> None:
+    scanner = ToolCallScanner(ToolFormat.LLAMA3, "auto")
+    assert scanner.feed(" ") == "" and scanner.feed('{"name": "f", ') == ""
+    assert scanner.feed('"parameters": {"a": 1}}') == ""
+    tail, calls = scanner.finish()
+    assert tail == "" and [(c.function.name, c.function.arguments) for c in calls] == [("f", '{"a": 1}')]
+
+
+HISTORY = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+def test_a_native_tool_template_gets_tool_calls_and_tool_messages_as_fields() -> None:
+    messages = msgspec.convert(HISTORY, list[Message])
+    rendered = template_messages(messages, PromptFormat.ZEPHYR, tools=TOOLS, native_tools=True)
+    assert rendered[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert rendered[2] == {"role": "tool", "content": "18 C", "tool_call_id": "call_1"}
+
+
+@pytest.mark.parametrize("fmt", list(PromptFormat))
+def test_other_models_get_the_generic_tool_format(fmt: PromptFormat) -> None:
+    messages = msgspec.convert(HISTORY, list[Message])
+    prompt = render_fallback(messages, fmt, tools=TOOLS)
+    assert "<tools>" in prompt and '"name": "get_weather"' in prompt
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert "<tool_response>\n18 C\n</tool_response>" in prompt

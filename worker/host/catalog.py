@@ -1,0 +1,168 @@
+"""The models on disk under `models_dir`: downloaded ones, `save_pretrained` folders put there by hand,
+and folders holding .gguf files (shared/gguf.py).
+
+A model is a folder holding a `config.json`, at `models_dir/<id>` where the id is its path relative
+to `models_dir` (`gpt2`, `TinyLlama/TinyLlama-1.1B-Chat-v1.0`). Downloads use the same layout, so a
+hub id and its folder always match, and add a marker file recording where they came from.
+Listing is cheap: it reads each `config.json` (and greps `tokenizer_config.json` for a chat
+template) and stats files; it never loads a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+from msgspec import Struct
+
+from shared import gguf
+from shared.errors import DukatError, UnsupportedModelTypeError
+from shared.host_api import LocalModel
+from shared.model_types import infer_model_type
+
+# Written by `worker.host.downloads` into every folder it downloads.
+MARKER_NAME = ".dukat-download.json"
+# models_dir/<org>/<name> is the deepest usual layout; one more level for hand-made groupings.
+_MAX_DEPTH = 3
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+)
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+class DownloadMarker(Struct, kw_only=True, forbid_unknown_fields=True):
+    repo_id: str
+    revision: str  # as asked ("main", a tag, a commit)
+    commit: str  # what it resolved to
+    files: list[str]
+    complete: bool  # False from the start of a download until its last file is in place
+
+
+def list_local_models(models_dir: Path) -> list[LocalModel]:
+    """Every model folder under `models_dir`, sorted by id; a broken one is listed with its error.
+
+    A download that has not finished (failed, cut, or still running) is not a model: not listed.
+    """
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    models = (_describe(root, folder) for folder in _model_folders(root, depth=1))
+    return [m for m in models if m.complete]
+
+
+
+
+def local_gguf(model_id: str, models_dir: Path, gguf_file: str | None = None) -> Path | None:
+    """The GGUF file `model_id` names on disk: a local .gguf file or a folder holding one, or
+    `models_dir/<id>` holding one (hand-placed, or a complete `dukat pull --file`); None if none."""
+    path = Path(model_id).expanduser()
+    if path.exists():  # like transformers: a local path wins over a hub id of the same spelling
+        return gguf.pick_gguf(path, gguf_file)
+    parts = model_id.split("/")
+    if model_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None  # never look outside models_dir
+    folder = Path(models_dir).joinpath(*parts)
+    marker = read_marker(folder)
+    if not folder.is_dir() or (marker is not None and not marker.complete):
+        return None
+    return gguf.pick_gguf(folder, gguf_file)
+
+
+def read_marker(folder: Path) -> DownloadMarker | None:
+    """The download marker of `folder`, or None when there is none (or it is unreadable)."""
+    try:
+        return msgspec.json.decode((folder / MARKER_NAME).read_bytes(), type=DownloadMarker)
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def _model_folders(folder: Path, depth: int) -> Iterator[Path]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue  # .cache, half-built temp folders, ...
+        path = Path(entry.path)
+        if gguf.is_model_folder(path) or gguf.gguf_files(path):
+            yield path  # never descend into a model: its subfolders (1_Pooling/...) have config.json too
+        elif depth < _MAX_DEPTH:
+            yield from _model_folders(path, depth + 1)
+
+
+def _describe(root: Path, folder: Path) -> LocalModel:
+    model_id = folder.relative_to(root).as_posix()
+    model_type, error = _model_type(model_id, folder)
+    marker = read_marker(folder)
+    complete = marker is None or marker.complete
+    if not complete and error is None:
+        error = "download incomplete: download the model again to finish it"
+    return LocalModel(
+        id=model_id,
+        path=str(folder),
+        model_type=model_type,
+        size_bytes=_size_on_disk(folder),
+        has_tokenizer=any((folder / name).is_file() for name in _TOKENIZER_FILES),
+        has_chat_template=_has_chat_template(folder),
+        downloaded=marker is not None,
+        revision=marker.revision if marker else None,
+        complete=complete,
+        error=error,
+    )
+
+
+def hf_model_type(path: Path) -> str | None:
+    """The transformers `model_type` of a model's files: a .gguf's (or a folder of them) from its
+    header, as the worker converts it at load; a folder's from its config.json (None: it names none).
+    Raises DukatError for an unreadable .gguf, OSError or ValueError for an unreadable config.json."""
+    is_folder = gguf.is_model_folder(path)
+    found = path if path.suffix == gguf.SUFFIX else None if is_folder else gguf.pick_gguf(path)
+    if found is not None:
+        return gguf.hf_model_type(found)
+    config = json.loads((path / "config.json").read_bytes())
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def _model_type(model_id: str, folder: Path) -> tuple[str | None, str | None]:
+    try:
+        hf_type = hf_model_type(folder)
+    except DukatError as exc:
+        return None, exc.message
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable config.json: {exc}"
+    return _known_type(model_id, hf_type)
+
+
+def _known_type(model_id: str, hf_type: str | None) -> tuple[str | None, str | None]:
+    try:
+        return infer_model_type(model_id, hf_model_type=hf_type).name, None
+    except UnsupportedModelTypeError as exc:
+        return None, exc.message
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if any((folder / name).is_file() for name in _TEMPLATE_FILES):
+        return True
+    if any((folder / "additional_chat_templates").glob("*.jinja")):
+        return True
+    try:
+        # transformers 4 kept the template inside tokenizer_config.json; a substring test avoids
+        # parsing a file that can hold megabytes of added tokens.
+        return b'"chat_template"' in (folder / "tokenizer_config.json").read_bytes()
+    except OSError:
+        return False
+
+
+def _size_on_disk(folder: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size  # follows links into an HF cache
+            except OSError:
+                continue  # removed while we looked
+    return total

@@ -1,0 +1,136 @@
+"""One model folder under `models_dir`, read for `dukat show` (architecture, parameters, context
+length, chat template, license, size) and deleted for `dukat rm`. Reads files only: never loads
+the model (parameters are counted from the safetensors headers). A folder of GGUF files is read
+through its converted folder once there is one (shared/gguf.py), else from the GGUF header."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+from shared import gguf
+from shared.errors import InvalidRequestError, ModelNotFoundError
+from shared.gguf import is_model_folder
+from shared.host_api import ModelDetails
+from worker.host.catalog import _model_type, _size_on_disk, read_marker
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+_LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "COPYING")
+
+
+def model_folder(models_dir: Path, model_id: str) -> Path:
+    """`models_dir/<id>` when it holds a model; never a path outside `models_dir`."""
+    parts = model_id.split("/")
+    if model_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise InvalidRequestError(f"{model_id!r} is not a model id under models_dir", param="model")
+    folder = Path(models_dir).joinpath(*parts)
+    if not (is_model_folder(folder) or (folder.is_dir() and gguf.gguf_files(folder))):
+        raise ModelNotFoundError(f"model {model_id!r} is not in this host's models_dir", param="model")
+    return folder
+
+
+def describe(models_dir: Path, model_id: str) -> ModelDetails:
+    folder = model_folder(models_dir, model_id)
+    weights, gguf_name = folder, None
+    if not is_model_folder(folder):  # GGUF: the converted folder holds the transformers files
+        found = gguf.pick_gguf(folder)
+        gguf_name = found.name if found else None
+        if found is not None and gguf.is_converted(found):
+            weights = gguf.converted_folder(found)
+    config = _json(weights / "config.json")
+    model_type, error = _model_type(model_id, folder)
+    marker = read_marker(folder)
+    architecture = next(iter(config.get("architectures") or []), None)
+    return ModelDetails(
+        model_id=model_id,
+        path=str(folder),
+        model_type=model_type,
+        architecture=architecture or (f"GGUF {gguf_name}" if gguf_name else None),
+        gguf_file=gguf_name,
+        parameters=count_parameters(weights),
+        context_length=next((config[k] for k in _CONTEXT_KEYS if isinstance(config.get(k), int)), None),
+        dtype=config.get("dtype") or config.get("torch_dtype"),
+        chat_template=chat_template(folder) or chat_template(weights),
+        license=license_of(folder),
+        size_bytes=_size_on_disk(folder),
+        revision=marker.revision if marker else None,
+        error=error,
+    )
+
+
+def delete(models_dir: Path, model_id: str) -> int:
+    """Remove the model's folder (a link to one: only the link); returns the bytes freed."""
+    folder = model_folder(models_dir, model_id)
+    if folder.is_symlink():
+        folder.unlink()
+        freed = 0
+    else:
+        freed = _size_on_disk(folder)
+        shutil.rmtree(folder)
+    # `org/` folders left empty by their last model go too.
+    root, parent = Path(models_dir).resolve(), folder.parent
+    while parent.resolve() != root and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    return freed
+
+
+def count_parameters(folder: Path) -> int | None:
+    """Elements of every tensor in the safetensors files (header only); None without safetensors."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        try:
+            with path.open("rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+        except (OSError, ValueError, struct.error):
+            return None
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total
+
+
+def chat_template(folder: Path) -> str | None:
+    """The tokenizer's chat template as transformers 5 (`chat_template.jinja`) or 4 keep it."""
+    with contextlib.suppress(OSError):
+        return (folder / "chat_template.jinja").read_text()
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        template = _json(folder / name).get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def license_of(folder: Path) -> str | None:
+    """The model card's `license:` (its YAML front matter), else the name of a license file."""
+    with contextlib.suppress(OSError):
+        card = (folder / "README.md").read_text(errors="replace")
+        if card.startswith("---"):
+            front = card[3:].split("\n---", 1)[0]
+            for line in front.splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "license" and value.strip():
+                    return value.strip().strip("'\"")
+    for name in sorted(os.listdir(folder)):
+        if name in _LICENSE_FILES or "TERMS" in name.upper():
+            return f"see {name} in the model's folder"
+    return None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

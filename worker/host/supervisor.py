@@ -1,0 +1,350 @@
+"""Starts, joins and stops model worker processes: one per loaded model.
+
+A load is idempotent: a second load of a model that is loading or loaded joins the first. Ready
+means the worker answers a ping on the wire. A loaded worker is kept alive by its `Lifeline`
+(worker.host.healing). Unload means the process exits (SIGTERM, then SIGKILL after a timeout), so its
+memory is really given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import msgspec
+
+from shared.errors import (
+    ConflictError,
+    DukatError,
+    ModelLoadFailedError,
+    ModelOutOfMemoryError,
+    NotFoundError,
+    error_from_code,
+)
+from shared.host_api import WorkerState
+from shared.processes import WORKER_FAILED, WORKER_READY, pinned_env, ready_port, terminate
+from shared.settings import Settings
+from shared.wire import WorkerInfo, WorkerLoad
+from shared.wire_client import WorkerConnection
+from worker.host.healing import Healing, Lifeline
+
+log = logging.getLogger(__name__)
+_LOG_TAIL = 40
+# What the worker's engine says about the loaded model, taken into its state as reported. Not its
+# device: the worker sees its one GPU as cuda:0, the host knows which one it is.
+_ENGINE_FACTS = sorted(set(WorkerInfo.__struct_fields__) & set(WorkerState.__struct_fields__) - {"device"})
+
+
+@dataclass
+class WorkerSpec:
+    model_id: str
+    path: str
+    model_type: str
+    quantization: str
+    device: str
+    # The quantization is the default, not asked for: the worker may fall back to none.
+    quantization_is_default: bool = False
+    # Memory set aside for it, and its keep-alive when requests give none (negative: forever).
+    estimated_bytes: int = 0
+    keep_alive_s: float | None = None
+
+
+@dataclass
+class _Worker:
+    spec: WorkerSpec
+    state: WorkerState
+    logs: collections.deque[str]
+    life: Lifeline
+    process: asyncio.subprocess.Process | None = None
+    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    error: DukatError | None = None
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, advertise: str) -> None:
+        """`advertise`: the address the host's clients reach its workers at (their port added)."""
+        self.settings = settings
+        self.advertise = advertise
+        self.healing = Healing.of(settings)
+        self._workers: dict[str, _Worker] = {}
+
+    def states(self) -> list[WorkerState]:
+        return [_snapshot(w) for w in self._workers.values()]
+
+    def state(self, model_id: str) -> WorkerState | None:
+        w = self._workers.get(model_id)
+        return _snapshot(w) if w else None
+
+    async def load(
+        self,
+        model_id: str,
+        quantization: str | None,
+        device: str | None,
+        prepare: Callable[[], Awaitable[WorkerSpec]],
+    ) -> WorkerState:
+        """The worker of `model_id`, once it answers.
+
+        The one place that decides whether a load is a repeat: a worker loading or loaded is joined
+        (unless the load asks for another `quantization` or `device`: a conflict). Otherwise
+        `prepare` makes the spec (it may download first) and a new worker starts.
+        """
+        worker = self._joinable(model_id, quantization, device)
+        if worker is None:
+            spec = await prepare()
+            # `prepare` may have waited on a download: a load that came meanwhile may have started one.
+            worker = self._joinable(model_id, quantization, device) or await self._restart(spec)
+        await asyncio.shield(worker.ready)
+        return self.state(model_id)  # type: ignore[return-value]
+
+    def _joinable(self, model_id: str, quantization: str | None, device: str | None) -> _Worker | None:
+        worker = self._workers.get(model_id)
+        if worker is None or worker.state.status not in ("loading", "loaded"):
+            return None
+        _check_same_load(worker.state, quantization, device)
+        return worker
+
+    async def _restart(self, spec: WorkerSpec) -> _Worker:
+        current = self._workers.get(spec.model_id)
+        if current is not None and current.state.status == "stopping":
+            await self.unload(spec.model_id)
+        return self._start(spec)
+
+    def _start(self, spec: WorkerSpec) -> _Worker:
+        state = WorkerState(
+            model_id=spec.model_id,
+            status="loading",
+            device=spec.device,
+            quantization=spec.quantization,
+            model_type=spec.model_type,
+            started_at=time.time(),
+            estimated_bytes=spec.estimated_bytes,
+            keep_alive_s=spec.keep_alive_s,
+            last_used_at=time.time(),
+        )
+        logs: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
+        worker = _Worker(spec=spec, state=state, logs=logs, life=Lifeline(self.healing, state, logs))
+        self._workers[spec.model_id] = worker
+        run = worker.life.run(
+            partial(self._attempt, worker),
+            restarting=partial(self._renew_ready, worker),
+            fail=partial(self._failed, worker),
+        )
+        worker.tasks.append(asyncio.create_task(run))
+        return worker
+
+    @staticmethod
+    def _renew_ready(worker: _Worker) -> None:
+        """Loads that come while a worker restarts wait for its next process."""
+        if worker.ready.done():
+            worker.ready = asyncio.get_running_loop().create_future()
+
+    async def _attempt(self, worker: _Worker) -> int | None:
+        """One process of the worker, from spawn to exit. Returns the exit code of a process that
+        had loaded (it is to be restarted), or None when it never loaded (the worker is `failed`)."""
+        spec = worker.spec
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(spec),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env(spec),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._failed(worker, ModelLoadFailedError(f"cannot start a worker: {exc}"))
+            return None
+        worker.process = process
+        worker.state.pid = process.pid
+        worker.tasks.append(asyncio.create_task(self._pipe_logs(worker, process)))
+        conn: WorkerConnection | None = None
+        try:
+            conn = await asyncio.wait_for(self._handshake(worker, process), self.settings.load_timeout_s)
+        except TimeoutError:
+            err = ModelLoadFailedError(f"worker did not load within {self.settings.load_timeout_s:.0f} s")
+            self._failed(worker, err, settle=False)
+        if conn is None or worker.state.status == "failed":
+            # A failed load leaves no process (nor its memory) behind by the time the load answers.
+            await self._terminate(process)
+            self._settle(worker)
+            return None
+        observe = partial(self.observe, spec.model_id)
+        watchdog = asyncio.create_task(worker.life.watch(process, conn, observe))
+        try:
+            assert process.stdout
+            async for raw in process.stdout:  # keep draining: a full pipe would block the worker
+                worker.logs.append(raw.decode(errors="replace").rstrip())
+            code = await process.wait()
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+            await conn.close()
+        return code if worker.state.status == "loaded" else None
+
+    def _env(self, spec: WorkerSpec) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **pinned_env(spec.device, self.settings.worker_threads)}
+        if self.settings.internal_token:  # in the environment, never on argv; sent on every connection
+            env["DUKAT_INTERNAL_TOKEN"] = self.settings.internal_token
+        return env
+
+    def _command(self, spec: WorkerSpec) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "worker.model",
+            "--model-id",
+            spec.model_id,
+            "--path",
+            spec.path,
+            "--model-type",
+            spec.model_type,
+            "--quantization",
+            spec.quantization,
+            "--device",
+            spec.device,
+            "--bind",
+            self.settings.host_bind,
+            "--threads",
+            str(self.settings.worker_threads),
+            "--max-batch",
+            str(self.settings.max_batch),
+            "--max-queue",
+            str(self.settings.max_queue),
+            # Requests in flight may finish before the SIGKILL that follows SIGTERM after stop_timeout_s.
+            "--drain-s",
+            str(max(0.0, self.settings.stop_timeout_s - 1.0)),
+            *(["--quantization-is-default"] if spec.quantization_is_default else []),
+        ]
+
+    async def _handshake(
+        self, worker: _Worker, process: asyncio.subprocess.Process
+    ) -> WorkerConnection | None:
+        """The worker's connection once it answers; None when its load failed."""
+        assert process.stdout
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").strip()
+            if (port := ready_port(line, WORKER_READY)) is not None:
+                conn = WorkerConnection(f"{self.advertise}:{port}", self.settings.internal_token)
+                try:
+                    await self._ready(worker, conn)
+                except Exception as exc:  # it said ready but does not answer: a failed load, not a hang
+                    await conn.close()
+                    what = f"{type(exc).__name__}: {exc}"
+                    message = f"model worker for {worker.spec.model_id!r} does not answer: {what}"
+                    self._failed(worker, ModelLoadFailedError(message), settle=False)
+                    return None
+                return conn
+            if line.startswith(WORKER_FAILED + " "):
+                body = json.loads(line.partition(" ")[2])
+                err = error_from_code(body.get("code"), body.get("message", "load failed"), body.get("param"))
+                self._failed(worker, err, settle=False)
+                return None
+        self._failed(worker, _died_loading(worker.spec.model_id, await process.wait()), settle=False)
+        return None
+
+    async def _ready(self, worker: _Worker, conn: WorkerConnection) -> None:
+        # Ready means it answers: one ping over the real wire, which also brings the model's facts.
+        info = (await asyncio.wait_for(conn.pong(), self.healing.ping_timeout_s)).info
+        s = worker.state
+        s.address, s.status = conn.address, "loaded"
+        for name in _ENGINE_FACTS:
+            setattr(s, name, getattr(info, name))
+        if not worker.ready.done():
+            worker.ready.set_result(None)
+
+    def _failed(self, worker: _Worker, err: DukatError, *, settle: bool = True) -> None:
+        s = worker.state
+        s.status, s.address, s.error, s.error_code = "failed", None, err.message, err.code
+        worker.error = err
+        if settle:
+            self._settle(worker)
+
+    @staticmethod
+    def _settle(worker: _Worker) -> None:
+        """Answer the loads waiting on a worker that failed."""
+        if not worker.ready.done() and worker.error is not None:
+            worker.ready.set_exception(worker.error)
+            worker.ready.exception()  # retrieved here: a load nobody waits on must not warn
+
+    async def _pipe_logs(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr
+        async for raw in process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            worker.logs.append(line)
+            # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
+            level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
+            log.log(level, "[%s] %s", worker.spec.model_id, line)
+
+    def observe(self, model_id: str, load: WorkerLoad) -> None:
+        """A loaded worker's counters from its Pong; the last request's keep_alive wins over the load's."""
+        worker = self._workers.get(model_id)
+        if worker is None or worker.state.status != "loaded":
+            return
+        s = worker.state
+        s.in_flight, s.finished, s.cancelled = load.in_flight, load.finished, load.cancelled
+        s.idle_s = load.idle_s
+        s.last_used_at = time.time() - load.idle_s
+        s.keep_alive_s = worker.spec.keep_alive_s if load.keep_alive_s is None else load.keep_alive_s
+
+    async def unload(self, model_id: str) -> None:
+        worker = self._workers.get(model_id)
+        if worker is None:
+            raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
+        worker.state.status = "stopping"
+        if not worker.ready.done():
+            # A load waiting on this worker must get an answer, not wait on a future nobody sets.
+            worker.ready.set_exception(ModelLoadFailedError(f"model {model_id!r} was unloaded while loading"))
+            worker.ready.exception()
+        if worker.process is not None:
+            await self._terminate(worker.process)
+        for task in worker.tasks:
+            task.cancel()
+        await asyncio.gather(*worker.tasks, return_exceptions=True)
+        if self._workers.get(model_id) is worker:
+            del self._workers[model_id]
+
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM, wait, then SIGKILL, to the worker's whole process group: a worker (nor anything
+        it started) never outlives its unload."""
+        exited = lambda: process.returncode is not None  # noqa: E731 - set by this loop, read by the thread
+        await asyncio.to_thread(terminate, process.pid, exited, self.settings.stop_timeout_s)
+        await process.wait()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.unload(m) for m in list(self._workers)), return_exceptions=True)
+
+
+def _snapshot(worker: _Worker) -> WorkerState:
+    return msgspec.structs.replace(worker.state, log_tail=list(worker.logs))
+
+
+def _check_same_load(worker: WorkerState, quantization: str | None, device: str | None) -> None:
+    """A load of a model that is loading or loaded is idempotent, unless it asks for something else
+    explicitly: then it is a conflict, never the old worker passed off as the new one."""
+    wrong: dict[str, str] = {}
+    if device not in (None, "auto") and device != worker.device:
+        wrong["device"] = f"device {worker.device!r}, not {device!r}"
+    if quantization is not None and quantization != worker.quantization:
+        wrong["quantization"] = f"quantization {worker.quantization!r}, not {quantization!r}"
+    if wrong:
+        raise ConflictError(
+            f"model {worker.model_id!r} is already {worker.status} with {' and '.join(wrong.values())}; "
+            "unload it first to load it differently",
+            param=next(reversed(wrong)),
+        )
+
+
+def _died_loading(model_id: str, code: int) -> DukatError:
+    if code == -signal.SIGKILL:  # what the kernel's OOM killer does to a load that outgrows RAM
+        message = f"model worker for {model_id!r} was killed (SIGKILL) while loading: likely out of memory"
+        return ModelOutOfMemoryError(message)
+    return ModelLoadFailedError(f"model worker exited while loading (code {code})")

@@ -1,0 +1,339 @@
+"""Continuous batching: one scheduler thread owns the model and advances every running request
+together, one token per iteration.
+
+The scheduler decides who runs: admission (bounded: `max_batch` rows of at most the context length,
+`max_queue` waiting, then OverloadedError), joins between steps (newcomers first, so a prefill
+decides their first token's wait; grouped by prompt length, shortest first, so that no prefill
+pads short prompts to a long one's width), leaves (stops, lengths, cancels, a consumer that went
+away) and failures (a failed step fails its rows, the thread lives on). The cache mechanics are
+worker/model/kv_cache.py's: rows of one left-padded batch where the model batches (exactly, or for
+8-bit within a documented bound), else each request on its own cache ("solo" rows), still
+interleaved. `_emit` is the one sampling step of every row, batched or solo: each row's own
+sampler picks its token from its logits. Tokens go to each request's consumer as callbacks on
+this thread (the engine turns them into text), then one `on_step` per consumer and step hands
+them on.
+
+Why not transformers' continuous batching (`generate_batch`, paged attention): measured in process
+on 2 CPU cores, 16 greedy prompts x 64 tokens, it made 181 tok/s on the bench's tiny Llama and 184
+on a Gemma 3-shaped one, where this scheduler made 1260 and 1011; it also sizes its cache from
+free memory unless told, and has no per-request generator. Prefills are compute-bound here: the
+slowest first token of many requests that arrive together is bounded by their prefills' total.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
+from worker.model.grammar import Grammars, RowGrammar
+from worker.model.kv_cache import PaddedBatch, Solo, can_batch
+from worker.model.logprobs import LogprobRecord, record_logprobs
+from worker.model.sampling import TokenSampler
+
+logger = logging.getLogger(__name__)
+
+_Item = int | BaseException | None  # a token, the scheduler's failure, or the end of the row
+# An idle scheduler thread exits after this long (a new request starts another), so an engine
+# nobody closed does not keep its model alive through its thread.
+_LINGER_S = 2.0
+
+
+@dataclass(eq=False, kw_only=True)
+class Job:
+    """One generation request inside the scheduler. Its consumer's `on_item` is called with each
+    item on the scheduler thread, and its `on_step` once after every scheduler iteration that gave
+    it something (one hand-off per step for all the rows that share an `on_step`, rather than one
+    thread wake-up per token per row)."""
+
+    prompt_ids: list[int]
+    sampler: TokenSampler
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    on_item: Callable[[_Item], None]
+    on_step: Callable[[], None] | None = None
+    cancel: threading.Event | None = None
+    done: threading.Event = field(default_factory=threading.Event)  # the consumer stopped reading
+    admitted: float = 0.0  # perf_counter when it got a row (0 while waiting)
+    produced: int = 0
+    last: int = -1  # the latest token: what the next step feeds
+    stopped: bool = False  # it made an end-of-sequence token: nothing comes after it
+    counted: bool = True  # it holds a place in the scheduler (under the scheduler's lock)
+    # Constrained decoding (with the engine's Grammars that made it), vLLM's min_tokens (the
+    # stop ids are masked until then), logprobs with this many alternatives (one record per token).
+    grammar: RowGrammar | None = None
+    grammars: Grammars | None = None
+    min_tokens: int = 0
+    logprobs: int | None = None
+    logprob_records: list[LogprobRecord] = field(default_factory=list)
+
+    def wanted(self) -> bool:
+        return not self.done.is_set() and not (self.cancel is not None and self.cancel.is_set())
+
+    def ended(self) -> bool:
+        over = self.stopped or self.produced >= self.max_new_tokens or not self.wanted()
+        return over or (self.grammar is not None and self.grammar.ended)
+
+    def push(self, token: int) -> None:
+        self.produced += 1
+        self.last = token
+        self.stopped = token in self.stop_ids
+        self.on_item(token)
+
+
+class Scheduler:
+    """Owns the model on its own thread (started on demand); `submit` from any thread."""
+
+    def __init__(self, model: Any, *, max_batch: int, max_queue: int, seq2seq: bool, pad_id: int) -> None:
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
+        self._model, self._seq2seq = model, seq2seq
+        self._suppress = _suppressed_ids(model)
+        self._batch = None if seq2seq or not can_batch(model, pad_id) else PaddedBatch(model, pad_id)
+        self._cond = threading.Condition()  # guards the fields up to _thread
+        self._waiting: deque[Job] = deque()
+        self._in_flight = 0  # waiting + running, until their consumer or the scheduler is done
+        self._closing = self._aborting = False
+        self._thread: threading.Thread | None = None
+        self._rows: list[Job] = []  # the batch's rows, in cache order
+        self._solos: dict[Job, Solo] = {}  # the rows on a cache of their own
+        self._stepped: set[Callable[[], None]] = set()  # the `on_step`s owed a call (scheduler thread)
+        # A daemon thread killed inside a torch op at interpreter exit aborts the process.
+        atexit.register(_abort_at_exit, weakref.ref(self))
+
+    @property
+    def batched(self) -> bool:
+        return self._batch is not None
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closing:
+                raise ModelNotLoadedError("the model of this engine was closed")
+            if self._in_flight >= self.max_batch + self.max_queue:
+                raise OverloadedError(
+                    f"the model is busy: {self.max_batch} requests running and {self.max_queue} waiting; "
+                    "retry later"
+                )
+            self._in_flight += 1
+            self._waiting.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="dukat-scheduler", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def finish(self, job: Job) -> None:
+        """The consumer is done with `job`: its place is free now, its row leaves at the next step."""
+        job.done.set()
+        with self._cond:
+            self._uncount([job])
+
+    def close(self, *, abort: bool = False) -> None:
+        """Refuse new requests and stop the thread once the admitted and waiting ones finished
+        (or, with `abort`, at once: they end as cancelled)."""
+        with self._cond:
+            self._closing = True
+            self._aborting = self._aborting or abort
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():  # the samplers' tensors are inference tensors too
+                while self._wait_for_work():
+                    try:
+                        self._iterate()
+                    except Exception as exc:  # a failed step: its rows fail, the scheduler lives on
+                        logger.exception("generation step failed")
+                        self._end([*self._rows, *self._solos], exc)
+                    self._flush()
+        except BaseException:  # the thread dies: nobody may wait on it forever
+            with self._cond:
+                self._thread = None
+            self._end([*self._rows, *self._solos, *self._waiting], InternalError("the scheduler stopped"))
+            self._flush()
+            raise
+
+    def _wait_for_work(self) -> bool:
+        if self._aborting:
+            self._end([*self._rows, *self._solos, *self._waiting], None)
+            self._flush()
+        with self._cond:
+            idle = False
+            while not (self._waiting or self._rows or self._solos):
+                if self._closing or idle:
+                    self._thread = None  # under the lock: the next submit starts a new thread
+                    return False
+                idle = not self._cond.wait(_LINGER_S)
+        return True
+
+    def _iterate(self) -> None:
+        self._sweep()
+        while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
+            for group in prefill_groups([len(job.prompt_ids) for job in jobs]):
+                self._admit([jobs[i] for i in group])
+                self._flush()  # their first tokens go out now, not after the next prefill or step
+        self._sweep()
+        self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
+        if self._rows:
+            assert self._batch is not None
+            self._emit(self._rows, self._batch.step([job.last for job in self._rows]))
+        for job, solo in self._solos.items():
+            if not job.ended():
+                self._emit([job], solo.step(job.last))
+
+    def _take(self) -> list[Job]:
+        with self._cond:
+            room = self.max_batch - len(self._rows) - len(self._solos)
+            taken = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        self._end([j for j in taken if not j.wanted()], None)  # cancelled while waiting: no prefill
+        return [j for j in taken if j.wanted()]
+
+    def _admit(self, jobs: list[Job]) -> None:
+        now = time.perf_counter()
+        for job in jobs:
+            job.admitted = now
+            if not self._seq2seq:
+                job.sampler.observe(job.prompt_ids)  # transformers' repetition penalty counts the prompt
+        if self._batch is None:
+            for job in jobs:
+                self._solos[job] = Solo(self._model, job.prompt_ids, seq2seq=self._seq2seq)
+                self._prefill([job], self._solos[job].prefill)
+            return
+        batch = self._batch
+        if self._prefill(jobs, lambda: batch.join([j.prompt_ids for j in jobs])):
+            self._rows += jobs
+
+    def _prefill(self, jobs: list[Job], prefill: Callable[[], torch.Tensor]) -> bool:
+        """The newcomers' first tokens; False when their prefill failed (then they failed)."""
+        try:
+            logits = prefill()
+        except Exception as exc:  # e.g. out of memory: the newcomers fail, the running rows go on
+            logger.exception("prefill of %d requests failed", len(jobs))
+            self._end(jobs, exc)
+            return False
+        self._emit(jobs, logits)
+        return True
+
+    def _emit(self, jobs: list[Job], logits: torch.Tensor) -> None:
+        """The sampling step of every row: each row's next token, chosen by its own sampler from
+        its row of `logits` [rows, vocab], and pushed to its consumer."""
+        if self._suppress is not None:
+            logits[:, self._suppress] = float("-inf")
+        _mask_rows(jobs, logits)
+        greedy = logits.argmax(-1).tolist()  # one op for every plain greedy row
+        for i, (job, best) in enumerate(zip(jobs, greedy, strict=True)):
+            sampler, grammar = job.sampler, job.grammar
+            remaining = job.max_new_tokens - job.produced
+            token = grammar.forced(remaining) if grammar is not None else None
+            if token is not None:
+                grammar.take(token)  # type: ignore[union-attr]
+            else:
+                token = best if sampler.plain_greedy else sampler.choose(logits[i])
+                if grammar is not None:
+                    token = grammar.accept(token, remaining)
+            if job.logprobs is not None:
+                job.logprob_records.append(record_logprobs(logits[i], token, job.logprobs))
+            sampler.observe(token)
+            job.push(token)
+            self._owe_step(job)
+
+    def _owe_step(self, job: Job) -> None:
+        if job.on_step is not None:
+            self._stepped.add(job.on_step)
+
+    def _flush(self) -> None:
+        """Each consumer's `on_step`, once (bound methods of one object are equal: one call)."""
+        stepped, self._stepped = self._stepped, set()
+        for on_step in stepped:
+            try:
+                on_step()
+            except Exception:  # one consumer's hand-off must not fail the others' step
+                logger.exception("a consumer's step hand-off failed")
+
+    def _sweep(self) -> None:
+        """Requests that ended leave (and their consumers get the end marker)."""
+        self._end([job for job in (*self._rows, *self._solos) if job.ended()], None)
+
+    def _end(self, jobs: list[Job], item: BaseException | None) -> None:
+        """`jobs` leave the scheduler; their consumers get `item` (None: the end of the row)."""
+        if not jobs:
+            return
+        ending = set(jobs)
+        with self._cond:
+            self._waiting = deque(j for j in self._waiting if j not in ending)
+            self._uncount(ending)
+        if any(job in ending for job in self._rows):
+            keep = [i for i, job in enumerate(self._rows) if job not in ending]
+            self._rows = [self._rows[i] for i in keep]
+            assert self._batch is not None
+            self._batch.keep(keep)
+        for job in ending:
+            self._solos.pop(job, None)
+            job.on_item(item)
+            self._owe_step(job)
+
+    def _uncount(self, jobs: Iterable[Job]) -> None:
+        """Under the lock: `jobs` stop holding places (each once, whoever ends it first)."""
+        for job in jobs:
+            self._in_flight -= job.counted
+            job.counted = False
+
+
+def prefill_groups(lengths: list[int], *, waste: float = 0.25, slack: int = 64) -> list[list[int]]:
+    """The newcomers' prefills: indexes into `lengths` in groups, shortest prompts first, a group
+    growing while its left padding stays under `waste` of its real tokens or under `slack` tokens
+    (a forward's fixed cost: short prompts are cheaper padded together than prefilled apart).
+
+    A batched prefill costs its width times its rows, and every row's first token waits for all of
+    it: one long prompt among short ones would multiply the short ones' work and wait. Shortest
+    first also gives the most first tokens soonest; the last one still waits for every prefill.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        n = lengths[i]  # the widest so far: the group's width
+        padding = n * (len(groups[-1]) + 1) - (real + n) if groups else 0
+        if groups and padding <= max(waste * (real + n), slack):
+            groups[-1].append(i)
+            real += n
+        else:
+            groups.append([i])
+            real = n
+    return groups
+
+
+def _abort_at_exit(ref: weakref.ref[Scheduler]) -> None:
+    if (scheduler := ref()) is not None:
+        scheduler.close(abort=True)
+
+
+def _mask_rows(jobs: list[Job], logits: torch.Tensor) -> None:
+    """Per-row masks, in place: each constrained row to its grammar, stop ids off before min_tokens."""
+    constrained = [(i, job.grammar) for i, job in enumerate(jobs) if job.grammar is not None]
+    if constrained:
+        grammars = next(job.grammars for job in jobs if job.grammars is not None)
+        assert grammars is not None
+        grammars.mask(logits, constrained)
+    for i, job in enumerate(jobs):
+        if job.produced < job.min_tokens and job.stop_ids and job.grammar is None:
+            logits[i, sorted(job.stop_ids)] = float("-inf")
+
+
+def _suppressed_ids(model: Any) -> torch.Tensor | None:
+    """The generation config's `suppress_tokens`: ids never to be generated (as `generate` honours)."""
+    ids = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
+    if not ids:
+        return None
+    return torch.tensor(sorted(set(ids)), dtype=torch.long, device=next(model.parameters()).device)

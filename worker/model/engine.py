@@ -1,0 +1,327 @@
+"""The engine: one loaded model answering generate, stream and embed requests, in process.
+
+Generation is our own token loop (prefill, then one decode step per token over the KV cache,
+sampling with a per-request generator), driven for all concurrent requests at once by the
+continuous batching scheduler (worker/model/batching.py). The scheduler makes token ids; `start` turns
+each request's ids into text on the scheduler's thread (detokenization, stop strings, cancel,
+timings) and pushes it to callbacks: that is what the model worker serves. `stream` (an iterator
+on the caller's thread) and `generate` (the whole reply) are `start` with a queue as the consumer,
+so every caller runs the one path the server runs.
+
+Prompts become token ids in worker/model/prompt_ids.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from shared.errors import (
+    ContextLengthExceededError,
+    ModelNotLoadedError,
+    UnsupportedTaskError,
+)
+from shared.generation import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+)
+from shared.model_types import ModelType, Task
+from shared.settings import DEFAULTS, Quantization
+from shared.wire import EngineInfo
+from worker.model.batching import Job, Scheduler
+from worker.model.cleaning import stop_strings
+from worker.model.embedding import Embedder
+from worker.model.grammar import Grammars
+from worker.model.loading import Loaded, load_model
+from worker.model.logprobs import prompt_records, token_logprobs
+from worker.model.prompt_ids import prompt_of
+from worker.model.reply import Plan, Reply, TextStream, deliver
+from worker.model.sampling import TokenSampler, resolve_params
+from worker.model.tool_calls import ToolFormat, tool_format_of
+
+logger = logging.getLogger(__name__)
+
+# Tool formats whose call markers are special tokens (decoding would drop them).
+_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3})
+
+
+class Engine:
+    """Thread-safe. Generation requests from any number of threads are batched by one scheduler:
+    `max_batch` run together, `max_queue` more wait, more are refused (OverloadedError).
+    Embeddings are served one at a time under a lock.
+    """
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        model_type: ModelType,
+        *,
+        max_batch: int = DEFAULTS.max_batch,
+        max_queue: int = DEFAULTS.max_queue,
+    ) -> None:
+        self._loaded: Loaded | None = loaded
+        self._model_type = model_type
+        self._lock = threading.Lock()
+        self._info = EngineInfo(
+            model_type=model_type.name,
+            task=model_type.task.value,
+            device=str(loaded.device),
+            quantization=loaded.quantization,
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            memory_bytes=loaded.memory_bytes,
+            context_length=loaded.context_length,
+            load_seconds=loaded.load_seconds,
+        )
+        self._embedder = (
+            Embedder(loaded.model, loaded.tokenizer, context_length=loaded.context_length)
+            if model_type.task is Task.EMBEDDING
+            else None
+        )
+        self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
+        self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
+        self._grammars: Grammars | None = None  # built at the first request that needs it
+        self._scheduler = (
+            None
+            if model_type.task is Task.EMBEDDING
+            else _scheduler(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        model_type: ModelType,
+        quantization: Quantization = DEFAULTS.default_quantization,
+        device: str = DEFAULTS.device_map,
+        max_batch: int = DEFAULTS.max_batch,
+        max_queue: int = DEFAULTS.max_queue,
+    ) -> Engine:
+        loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
+        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def generate(
+        self,
+        req: GenerateRequest,
+        defaults: SamplingParams | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerateResult:
+        """The whole reply: `stream` consumed to its end."""
+        for item in self.stream(req, defaults, cancel):
+            if isinstance(item, GenerateResult):
+                return item
+        raise AssertionError("stream ended without a result")
+
+    def stream(
+        self,
+        req: GenerateRequest,
+        defaults: SamplingParams | None = None,
+        cancel: threading.Event | None = None,
+    ) -> TextStream:
+        """Text deltas, then one GenerateResult whose text is the deltas joined: `start`'s items,
+        read on the caller's thread.
+
+        Request errors (task, prompt, context length, a full queue) raise here, before the first
+        item. Closing the stream (or dropping it) ends the request.
+        """
+        items: queue.SimpleQueue[str | GenerateResult | BaseException] = queue.SimpleQueue()
+        end = self.start(req, defaults, cancel, on_text=items.put, on_done=items.put)
+        return TextStream(items, end)
+
+    def start(
+        self,
+        req: GenerateRequest,
+        defaults: SamplingParams | None = None,
+        cancel: threading.Event | None = None,
+        *,
+        on_text: Callable[[str], None],
+        on_done: Callable[[GenerateResult | BaseException], None],
+        on_step: Callable[[], None] | None = None,
+    ) -> Callable[[], None]:
+        """Generate, pushing the items from the scheduler's thread; returns what ends the request
+        (its place is free at once, its row leaves at the next step: a consumer that went away).
+
+        `on_text` gets each text delta, then `on_done` the GenerateResult (or the request's failure);
+        `on_step` is called after every scheduler iteration that called the others, once per
+        distinct `on_step` (pass one object's bound method for many requests to get one call for
+        all of them). The callbacks run on the scheduler thread: they must be quick and not raise.
+        Request errors raise here, before anything is called; `cancel` cancels the request.
+        """
+        started = time.perf_counter()
+        loaded = self._require_loaded()
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise UnsupportedTaskError(
+                f"{self._model_type.name} is an embedding model; it cannot generate text "
+                "(use /v1/embeddings)",
+                param="model",
+            )
+        plan = self._plan(loaded, req, defaults)
+        reply = Reply(self._model_type, loaded.tokenizer, plan, started)
+        grammars = grammar = None
+        if req.constraint is not None:
+            grammars = self._grammars_for(loaded)
+            grammar = grammars.row(req.constraint, plan.max_new_tokens)
+        job = Job(
+            prompt_ids=plan.prompt_ids,
+            sampler=TokenSampler(plan.params, device=loaded.device),
+            max_new_tokens=plan.max_new_tokens,
+            stop_ids=plan.stop_ids,
+            on_item=partial(deliver, reply, on_text, on_done),
+            on_step=on_step,
+            cancel=cancel,
+            grammar=grammar,
+            grammars=grammars,
+            min_tokens=plan.params.min_tokens or 0,
+            logprobs=req.logprobs,
+        )
+        reply.job, reply.end = job, partial(scheduler.finish, job)
+        if reply.over:  # nothing to generate (max_new_tokens 0)
+            job.counted = False  # it never holds a place: ending it frees none
+            reply.conclude(on_text, on_done)
+            if on_step is not None:
+                on_step()
+        else:
+            scheduler.submit(job)
+        return reply.end
+
+    def embed(self, req: EmbedRequest) -> EmbedResult:
+        self._require_loaded()
+        if self._embedder is None:
+            raise UnsupportedTaskError(
+                f"{self._model_type.name} is a {self._model_type.task.value} model; it does not make "
+                "embeddings (use an embedding model such as bert or roberta)",
+                param="model",
+            )
+        with self._lock:
+            self._require_loaded()
+            return self._embedder.embed(req)
+
+    def close(self) -> None:
+        """Drop the model; later calls raise ModelNotLoadedError. Waits for the running requests."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+        with self._lock:
+            self._loaded = None
+            self._embedder = None
+
+    def _require_loaded(self) -> Loaded:
+        if self._loaded is None:
+            raise ModelNotLoadedError("the model of this engine was closed")
+        return self._loaded
+
+    def _plan(self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None) -> Plan:
+        tokenizer = loaded.tokenizer
+        text, chat, ids = prompt_of(tokenizer, req, self._model_type.prompt_format, self._tool_format)
+        params = resolve_params(req.params, defaults)
+        requested = params.max_new_tokens if params.max_new_tokens is not None else 1
+        context = loaded.context_length
+        if len(ids) + 1 > context:
+            where = "messages" if req.messages is not None else "prompt"
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{len(ids) + requested} tokens ({len(ids)} in the {where}, {requested} in the completion). "
+                f"Please reduce the length of the {where} or completion.",
+                param=where,
+            )
+        # Encoder-decoder models spend the context on the input only; the output has its own.
+        room = context if self._model_type.task is Task.SEQ2SEQ else context - len(ids)
+        stops = stop_strings(self._model_type, params.stop, chat=chat)
+        # vLLM's ignore_eos (not for a constrained output: its grammar's end is an end of sequence).
+        eos = frozenset() if params.ignore_eos and req.constraint is None else self._eos_ids
+        extra_stops = _in_vocabulary(params.stop_token_ids, tokenizer)
+        parsing = req.tools.parsing if req.tools is not None else "none"
+        wants_vocab = req.logprobs is not None
+        vocab = self._grammars_for(loaded).vocab if wants_vocab else None
+        echo_logprobs = None
+        if req.echo and vocab is not None and req.logprobs is not None:
+            records = prompt_records(loaded.model, ids, req.logprobs)
+            echo_logprobs = token_logprobs(vocab, records, ids)
+        return Plan(
+            prompt_ids=ids,
+            params=params,
+            max_new_tokens=min(requested, room),
+            chat=chat,
+            stop_ids=eos | _special_stop_ids(tokenizer, stops) | extra_stops,
+            tool_format=self._tool_format,
+            tool_parsing=parsing,
+            tool_name=req.tools.name if req.tools is not None else None,
+            # Formats whose call markers are special tokens keep them in the text while parsing.
+            skip_special=params.skip_special_tokens is not False
+            and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS),
+            vocab=vocab,
+            prompt_text=(text if text is not None else tokenizer.decode(ids)) if req.echo else None,
+            prompt_logprobs=echo_logprobs,
+        )
+
+    def _grammars_for(self, loaded: Loaded) -> Grammars:
+        """The model's grammar machinery (token bytes too), built once at first need."""
+        with self._lock:
+            if self._grammars is None:
+                configured = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
+                vocab_size = max(configured, len(loaded.tokenizer))
+                self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
+            return self._grammars
+
+
+
+def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int) -> Scheduler:
+    scheduler = Scheduler(
+        loaded.model,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        seq2seq=model_type.task is Task.SEQ2SEQ,
+        pad_id=_pad_id(loaded.tokenizer),
+    )
+    # The KV cache grows with use, bounded by these settings (not sized from free memory).
+    logger.info(
+        "%s generation: up to %d requests of at most %d tokens at once, %d more queued",
+        "batched" if scheduler.batched else "unbatched (one cache per request)",
+        max_batch,
+        loaded.context_length,
+        max_queue,
+    )
+    return scheduler
+
+
+def _in_vocabulary(ids: list[int] | None, tokenizer: Any) -> frozenset[int]:
+    """vLLM's stop_token_ids that the model can produce (others could never stop anything)."""
+    size = len(tokenizer)
+    return frozenset(i for i in ids or () if 0 <= i < size)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
+
+
+def _special_stop_ids(tokenizer: Any, stops: list[str]) -> frozenset[int]:
+    """Ids of added tokens (e.g. `<|user|>`) that are stop strings: decoding skips special tokens,
+    so the text scanner would never see them."""
+    added: dict[str, int] = tokenizer.get_added_vocab()
+    return frozenset(added[s] for s in stops if s in added)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The id put in padding positions (masked out, so any valid id would do)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

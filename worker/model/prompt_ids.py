@@ -1,0 +1,91 @@
+"""A generation request's prompt as the model's token ids.
+
+Chat `messages` go through the tokenizer's chat template when it has one, else the format's
+fallback rendering (worker/model/prompts.py); a raw `prompt` with a `system_prompt` is the seed's
+`generate(prompt, system_prompt)` prompt (`seed_prompt`) and is cleaned as a chat reply; a raw
+`prompt` without one (`/v1/completions`) is sent as is and its output is kept as generated
+(request stops and the model's end markers only); `prompt_ids` are taken as they are, checked
+against the vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from shared.errors import InvalidRequestError
+from shared.generation import GenerateRequest
+from shared.model_types import PromptFormat
+from worker.model.prompts import render_fallback, seed_prompt, template_messages
+from worker.model.tool_calls import ToolFormat
+
+
+class Prompt(NamedTuple):
+    text: str | None  # None: given as token ids
+    chat: bool  # a chat prompt: its reply is cleaned as one
+    ids: list[int]
+
+
+def prompt_of(tokenizer: Any, req: GenerateRequest, fmt: PromptFormat, tool_format: ToolFormat) -> Prompt:
+    """The prompt of `req` for a model prompted in `fmt` whose template calls tools in `tool_format`."""
+    if req.prompt_ids is not None:
+        return Prompt(None, False, _checked_ids(req.prompt_ids, len(tokenizer)))
+    text, chat = _prompt_text(tokenizer, req, fmt, tool_format)
+    return Prompt(text, chat, _tokenize(tokenizer, text))
+
+
+def _prompt_text(
+    tokenizer: Any, req: GenerateRequest, fmt: PromptFormat, tool_format: ToolFormat
+) -> tuple[str, bool]:
+    if req.messages is not None:
+        if req.prompt is not None:
+            raise InvalidRequestError("give either messages or prompt, not both", param="messages")
+        tools = req.tools.tools if req.tools is not None else None
+        if getattr(tokenizer, "chat_template", None):
+            native = tools is not None and tool_format is not ToolFormat.GENERIC
+            messages = template_messages(req.messages, fmt, tools=tools, native_tools=native)
+            return _apply_template(tokenizer, messages, tools if native else None), True
+        return render_fallback(req.messages, fmt, tools=tools), True
+    if req.prompt is None:
+        raise InvalidRequestError("either messages or prompt is required", param="messages")
+    if req.system_prompt:
+        return seed_prompt(req.prompt, req.system_prompt, fmt), True
+    return req.prompt, False
+
+
+def _apply_template(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> str:
+    import jinja2
+
+    try:
+        text: str = tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
+        )
+    except jinja2.TemplateError as exc:  # the template's raise_exception(...): a bad conversation
+        raise InvalidRequestError(
+            f"the model's chat template refused the messages: {exc}", param="messages"
+        ) from exc
+    return text
+
+
+def _tokenize(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of the prompt; no second BOS when the text (e.g. a chat template's) has one."""
+    bos = tokenizer.bos_token
+    ids: list[int] = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids
+    if not ids:  # an empty raw prompt: start from BOS (or EOS, GPT-2's document separator)
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        ids = [start]
+    return ids
+
+
+def _checked_ids(ids: list[int], vocab_size: int) -> list[int]:
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise InvalidRequestError(
+            f"token id {bad[0]} is outside this model's vocabulary (0..{vocab_size - 1})", param="prompt"
+        )
+    if not ids:
+        raise InvalidRequestError("the prompt is empty", param="prompt")
+    return ids

@@ -1,0 +1,176 @@
+"""One request's reply: the scheduler's token ids turned into text (detokenization, stop strings,
+finish reason, timings) and handed to its consumer's callbacks, on the scheduler's thread; and
+`TextStream`, the consumer that reads them on another thread."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from shared.generation import GenerateResult, SamplingParams, Timings, TokenLogprob, ToolParsing
+from shared.model_types import ModelType
+from worker.model.batching import Job
+from worker.model.cleaning import scanner_for
+from worker.model.detokenize import detokenizer
+from worker.model.logprobs import token_logprobs
+from worker.model.tool_calls import ToolCallScanner, ToolFormat
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """One generation request, checked and tokenized, ready to run."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new_tokens: int
+    chat: bool  # chat cleaning (implied stops, role echo, strip) or raw completion
+    stop_ids: frozenset[int]  # end-of-sequence ids and special tokens that are stop strings
+    tool_format: ToolFormat = ToolFormat.GENERIC
+    tool_parsing: ToolParsing = "none"
+    tool_name: str | None = None  # the function of a named tool_choice
+    skip_special: bool = True
+    vocab: list[bytes] | None = None  # each id's bytes, when logprobs are wanted
+    # Completions' echo: the prompt's text and its tokens' logprobs.
+    prompt_text: str | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
+
+
+def deliver(
+    reply: Reply,
+    on_text: Callable[[str], None],
+    on_done: Callable[[GenerateResult | BaseException], None],
+    item: int | BaseException | None,
+) -> None:
+    """The scheduler's item for one request, turned into its consumer's callbacks."""
+    if reply.over:
+        return  # the end marker after this consumer finished (or a late failure)
+    try:
+        if isinstance(item, BaseException):
+            reply.over = True
+            reply.end()
+            on_done(item)
+            return
+        if reply.job.cancel is not None and reply.job.cancel.is_set():
+            reply.finish, reply.over = "cancelled", True
+        elif text := reply.feed(item):
+            on_text(text)
+        if reply.over:
+            reply.end()  # its place is free now, its row leaves at the next step
+            reply.conclude(on_text, on_done)
+    except Exception as exc:  # e.g. a decoder error: this request fails, not the step
+        if not reply.over:
+            reply.over = True
+            reply.end()
+        on_done(exc)
+
+
+class Reply:
+    """One request's tokens turned into text: detokenization, stop strings, finish reason and
+    timings. Fed on the scheduler's thread."""
+
+    job: Job
+    end: Callable[[], None]  # the scheduler's `finish` of this job
+
+    def __init__(self, model_type: ModelType, tokenizer: Any, plan: Plan, started: float) -> None:
+        self.scanner = scanner_for(model_type, plan.params.stop, chat=plan.chat)
+        self.tools = ToolCallScanner(plan.tool_format, plan.tool_parsing, plan.tool_name)
+        self.detok = detokenizer(tokenizer, skip_special_tokens=plan.skip_special)
+        self.plan, self.started = plan, started
+        self.count, self.first, self.finish = 0, 0.0, "length"
+        self.over = plan.max_new_tokens <= 0  # no more tokens wanted
+
+    def feed(self, token: int | None) -> str:
+        """The text `token` adds (None: the scheduler ended the row, i.e. a cancel); sets `over`."""
+        if token is None:  # the scheduler saw the cancel first
+            self.finish, self.over = "cancelled", True
+            return ""
+        self.count += 1
+        self.first = self.first or time.perf_counter()
+        if token in self.plan.stop_ids:
+            self.finish, self.over = "stop", True
+            return ""
+        text = self.tools.feed(self.scanner.feed(self.detok.feed(token)))
+        if self.scanner.stopped:
+            self.finish, self.over = "stop", True
+        elif self.count >= self.plan.max_new_tokens:
+            self.over = True
+        return text
+
+    def conclude(
+        self, on_text: Callable[[str], None], on_done: Callable[[GenerateResult | BaseException], None]
+    ) -> None:
+        """What is still held back, then the result."""
+        scanner = self.scanner
+        tail = self.tools.feed(scanner.feed(self.detok.finish()) + scanner.finish())
+        held, calls = self.tools.finish()
+        if tail + held:
+            on_text(tail + held)
+        finish = "stop" if scanner.stopped and self.finish == "length" else self.finish
+        acquired = self.job.admitted or time.perf_counter()  # never admitted: cancelled while waiting
+        prompt_tokens = len(self.plan.prompt_ids)
+        text = self.tools.content if self.tools.active else scanner.text
+        result = _result(text, finish, prompt_tokens, self.count, self.started, acquired, self.first)
+        if calls:
+            result.tool_calls, result.finish_reason = calls, "tool_calls"
+        plan = self.plan
+        if plan.vocab is not None:
+            records = [r for r in self.job.logprob_records if r.token not in plan.stop_ids]
+            result.logprobs = token_logprobs(plan.vocab, records, [r.token for r in records])
+        result.prompt_text, result.prompt_logprobs = plan.prompt_text, plan.prompt_logprobs
+        on_done(result)
+
+
+class TextStream(Iterator[str | GenerateResult]):
+    """What `stream` returns: text deltas, then the GenerateResult. Closing it, or losing it, ends
+    its request, even before the first item."""
+
+    def __init__(
+        self, items: queue.SimpleQueue[str | GenerateResult | BaseException], end: Callable[[], None]
+    ) -> None:
+        self._items = items
+        self._end = end
+        self._over = False
+
+    def __next__(self) -> str | GenerateResult:
+        if self._over:
+            raise StopIteration
+        item = self._items.get()
+        if isinstance(item, BaseException):
+            self._over = True
+            raise item
+        self._over = isinstance(item, GenerateResult)
+        return item
+
+    def close(self) -> None:
+        self._over = True
+        self._end()
+
+    def __del__(self) -> None:
+        self._end()
+
+
+def _result(
+    text: str,
+    finish: Any,
+    prompt_tokens: int,
+    count: int,
+    started: float,
+    acquired: float,
+    first: float,
+) -> GenerateResult:
+    end = time.perf_counter()
+    return GenerateResult(
+        text=text,
+        finish_reason=finish,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=count,
+        timings=Timings(
+            queue_s=acquired - started,
+            first_token_s=(first - started) if first else 0.0,
+            total_s=end - started,
+            tokens_per_s=count / (end - acquired) if end > acquired else 0.0,
+        ),
+    )

@@ -1,0 +1,252 @@
+"""Serves one engine on the framed wire: any number of connections, requests multiplexed by id.
+
+Each connection may start with a Hello (the internal token); a request group is admitted whole or
+refused whole (`worker.model.admission`); a Cancel, or the connection's end, stops its generations. On
+unload the server drains: it refuses new requests while those in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING
+
+from shared.errors import DukatError, InternalError, ModelNotLoadedError, WorkerFailedError
+from shared.generation import EmbedRequest, EmbedResult, GenerateResult
+from shared.wire import (
+    Accepted,
+    Admit,
+    Admitted,
+    Cancel,
+    Delta,
+    Embed,
+    Embedding,
+    Error,
+    Generate,
+    Hello,
+    Ping,
+    Pong,
+    Result,
+    WorkerInfo,
+    WorkerLoad,
+    encode_frame,
+    read_frame,
+    to_worker_decoder,
+)
+from worker.model.admission import Admission, Ticket
+from worker.model.outbox import Outbox
+
+if TYPE_CHECKING:
+    from worker.model.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class WorkerServer:
+    """Serves one engine to any number of connections; requests are multiplexed by id."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        info: WorkerInfo,
+        *,
+        max_pending: int,
+        max_batch: int,
+        drain_s: float = 0.0,
+        token: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.token = token.encode() if token else None
+        self.info = info
+        self.places = Admission(info.model_id, max_pending=max_pending, max_batch=max_batch)
+        self.finished = 0
+        self.cancelled = 0  # finished because the caller went away
+        self.drain_s = drain_s
+        self.draining = False
+        # Usage, reported in every Pong: the host unloads idle workers (keep-alive) and evicts by it.
+        self.last_done = time.monotonic()
+        self.keep_alive: float | None = None
+        # The engine batches internally; threads only carry blocking calls off the loop.
+        self.executor = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="gen")
+        # The engine embeds one batch at a time anyway; queued here, a cancelled one is skipped.
+        self.embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self.outbox: Outbox | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cancels: dict[int, threading.Event] = {}
+        tickets: dict[int, Ticket] = {}  # groups admitted on this connection, by their Admit's id
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            if self.token is not None and not await self._welcome(reader, writer):
+                return
+            while (payload := await read_frame(reader)) is not None:
+                frame = to_worker_decoder.decode(payload)
+                match frame:
+                    case Cancel(id=rid):
+                        if rid in cancels:
+                            cancels[rid].set()
+                        if rid in tickets:
+                            self.places.give_back(tickets.pop(rid))
+                    case Admit(id=rid, count=count):
+                        writer.write(encode_frame(self._admit(rid, count, tickets)))
+                    case Ping(id=rid):
+                        writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
+                    case Hello():
+                        pass
+                    case Generate() | Embed():
+                        writer.write(encode_frame(Accepted(id=frame.id)))
+                        cancels[frame.id] = threading.Event()
+                        ticket = _ticket_of(frame, tickets)
+                        task = asyncio.create_task(self._serve(frame, ticket, cancels, writer))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("unreadable frame from the gateway; dropping its connection")
+        finally:
+            # The gateway went away: nobody will read these results.
+            for event in cancels.values():
+                event.set()
+            for ticket in tickets.values():
+                self.places.give_back(ticket)
+            writer.close()
+
+    async def _welcome(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """The connection's first frame must be a Hello with the internal token."""
+        payload = await read_frame(reader)
+        frame = to_worker_decoder.decode(payload) if payload is not None else None
+        given = frame.token.encode() if isinstance(frame, Hello) else b""
+        if hmac.compare_digest(given, self.token or b""):
+            return True
+        log.warning("a connection without the internal token; closing it")
+        error = WorkerFailedError("the model worker refused a connection without the internal token")
+        writer.write(encode_frame(Error.of(getattr(frame, "id", 0), error)))
+        return False
+
+    def _admit(self, rid: int, count: int, tickets: dict[int, Ticket]) -> Admitted | Error:
+        try:
+            self._refuse_while_draining()
+            ticket = tickets[rid] = self.places.admit(count)
+        except DukatError as exc:
+            return Error.of(rid, exc)
+        return Admitted(id=rid, places=ticket.unused)
+
+    def _refuse_while_draining(self) -> None:
+        if self.draining:
+            raise ModelNotLoadedError(f"model {self.info.model_id!r} is being unloaded", param="model")
+
+    @property
+    def pending(self) -> int:
+        return self.places.pending
+
+    async def _serve(
+        self,
+        frame: Generate | Embed,
+        ticket: Ticket | None,
+        cancels: dict[int, threading.Event],
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        rid = frame.id
+        try:
+            if ticket is None:
+                self._refuse_while_draining()  # a group admitted before the unload may finish
+            self.places.take(ticket)
+            self.keep_alive = frame.request.keep_alive  # Ollama: each request sets it (None: default)
+            started = time.monotonic()
+            try:
+                await self._run(frame, cancels[rid], writer)
+            finally:
+                self.places.done(time.monotonic() - started, ticket)
+                self.finished += 1
+                self.cancelled += cancels[rid].is_set()
+                self.last_done = time.monotonic()
+        except DukatError as exc:
+            writer.write(encode_frame(Error.of(rid, exc)))
+        except Exception as exc:
+            log.exception("request %s (rid=%s) failed", rid, frame.request.request_id)
+            writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
+        finally:
+            cancels.pop(rid, None)
+
+    def load(self) -> WorkerLoad:
+        idle = 0.0 if self.pending else time.monotonic() - self.last_done
+        return WorkerLoad(
+            in_flight=self.pending,
+            finished=self.finished,
+            cancelled=self.cancelled,
+            idle_s=idle,
+            keep_alive_s=self.keep_alive,
+        )
+
+    async def _run(
+        self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        rid = frame.id
+        if isinstance(frame, Embed):
+            embedded = await loop.run_in_executor(self.embedder, self._embed, frame.request, cancel)
+            if embedded is not None:
+                writer.write(encode_frame(Embedding(id=rid, result=embedded)))
+            return
+        # The scheduler's thread makes the frames; each of its steps hands them all to the loop
+        # at once (no thread per stream, no wake-up per token).
+        outbox = self._outbox(loop)
+        done: asyncio.Future[BaseException | None] = loop.create_future()
+        stream = frame.stream
+
+        def on_text(text: str) -> None:
+            if stream:
+                outbox.add(writer, encode_frame(Delta(id=rid, text=text)))
+
+        def on_done(item: GenerateResult | BaseException) -> None:
+            if isinstance(item, GenerateResult):
+                outbox.add(writer, encode_frame(Result(id=rid, result=item)))
+                outbox.resolve(done, None)
+            else:
+                outbox.resolve(done, item)
+
+        start = partial(
+            self.engine.start,
+            frame.request,
+            frame.defaults,
+            cancel,
+            on_text=on_text,
+            on_done=on_done,
+            on_step=outbox.flush,
+        )
+        try:
+            # Planning (templating, tokenizing a possibly long prompt) stays off the loop.
+            await loop.run_in_executor(self.executor, start)
+            failure = await done
+        except asyncio.CancelledError:  # nobody waits for this reply any more
+            cancel.set()
+            raise
+        if failure is not None:
+            raise failure
+
+    def _embed(self, request: EmbedRequest, cancel: threading.Event) -> EmbedResult | None:
+        # Cancelled while it waited for a thread: nobody reads the vectors, don't make them.
+        return None if cancel.is_set() else self.engine.embed(request)
+
+    def _outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
+        if self.outbox is None or self.outbox.loop is not loop:
+            self.outbox = Outbox(loop)
+        return self.outbox
+
+
+def _ticket_of(frame: Generate | Embed, tickets: dict[int, Ticket]) -> Ticket | None:
+    """The group whose held place `frame` takes (None: it needs a free place of its own)."""
+    if not isinstance(frame, Generate) or frame.ticket is None:
+        return None
+    ticket = tickets.get(frame.ticket)
+    if ticket is None or ticket.unused <= 0:
+        return None
+    if ticket.left <= 1:
+        del tickets[frame.ticket]  # its last generation: nothing more will name it
+    return ticket
