@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# instructor 1.17 (the newest) caps jiter below 0.15 while openai 3.57 needs 0.16 or newer: taken
 	# without its pins (its other dependencies are in the dev extra); its tests run against openai 3.57.
 	$(PIP) install -q --no-deps instructor==1.17.0
+	# The CPU block kernels of 4bit/8bit (worker/model/cpu_kernels), compiled once here rather than at
+	# a model worker's first quantized load; where they cannot be built, it says why (int8 fallback).
+	$(BIN)/python -m worker.model.cpu_kernels
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -56,7 +56,12 @@ def estimate_memory(path: Path, quantization: Quantization, device: str, *, kv_t
     kind = "cuda" if device.startswith("cuda") else "cpu"
     compute_bytes = 4 if kind == "cpu" else 2  # the engine loads fp32 on CPU, bf16/fp16 on GPUs
     quantized, plain = _parameters(path)
-    per_weight = {"none": compute_bytes, "8bit": 1.0, "4bit": 0.5 + 4 / 64}[quantization]
+    # CPU: 32-weight blocks with a float16 scale (worker/model/cpu_kernels); CUDA: bitsandbytes.
+    per_weight = {
+        "none": compute_bytes,
+        "8bit": 1.0 + 2 / 32 if kind == "cpu" else 1.0,
+        "4bit": 0.5 + 2 / 32 if kind == "cpu" else 0.5 + 4 / 64,
+    }[quantization]
     if quantization == "none":
         quantized, plain = 0, quantized + plain
     weights = int(quantized * per_weight + plain * compute_bytes)

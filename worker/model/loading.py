@@ -1,4 +1,6 @@
-"""Loading a model folder onto one device, optionally quantized by bitsandbytes.
+"""Loading a model folder onto one device, optionally quantized: by bitsandbytes on CUDA (the seed's
+path), by our block kernels on a CPU (worker/model/cpu_quantization.py: bitsandbytes' CPU path is
+slower than float32 there).
 
 Everything that can make a model unusable is found here, at load time, with a clear error: a device
 that is not there, a quantization the layers cannot take, a model that cannot run a forward pass.
@@ -19,14 +21,11 @@ from shared.gguf import is_model_folder, pick_gguf
 from shared.gguf import prepare as prepare_gguf
 from shared.model_types import ModelType, Task
 from shared.settings import Quantization
+from worker.model.cpu_quantization import quantize_for_cpu
 
 logger = logging.getLogger(__name__)
 
 
-# bitsandbytes' 4-bit CPU kernel (taken when the CPU has AVX512-BF16) repacks weights in blocks
-# of 64 inputs x 32 outputs; other shapes load fine and then fail at the first forward.
-_CPU_4BIT_IN_MULTIPLE = 64
-_CPU_4BIT_OUT_MULTIPLE = 32
 # T5 uses relative positions and states no limit; its checkpoints were trained on 512 tokens.
 _SEQ2SEQ_DEFAULT_CONTEXT = 512
 _FALLBACK_CONTEXT = 2048
@@ -64,7 +63,8 @@ def load_model(path: Path, *, model_type: ModelType, quantization: Quantization,
         raise ModelLoadFailedError(f"no model folder at {path}")
     dtype = _dtype_for(dev)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": str(dev)}}
-    if quantization != "none":
+    on_bnb = quantization != "none" and dev.type != "cpu"
+    if on_bnb:
         kwargs["quantization_config"] = _bnb_config(quantization, dtype)
     tokenizer = _load_tokenizer(path)
     try:
@@ -72,8 +72,11 @@ def load_model(path: Path, *, model_type: ModelType, quantization: Quantization,
     except OSError as exc:
         raise ModelLoadFailedError(f"cannot load the model in {path}: {exc}") from exc
     model.eval()
-    if quantization != "none":
-        _check_quantized(model, quantization, dev)
+    if on_bnb:
+        _check_quantized(model, quantization)
+    elif quantization != "none":
+        kernel = quantize_for_cpu(model, quantization)
+        logger.info("%s on the CPU runs on %s kernels", quantization, kernel)
     _smoke_forward(model, tokenizer, model_type.task, quantization)
     return Loaded(
         model=model,
@@ -175,9 +178,8 @@ def _load_tokenizer(path: Path) -> Any:
         raise ModelLoadFailedError(f"cannot load the tokenizer in {path}: {exc}") from exc
 
 
-def _check_quantized(model: Any, quantization: Quantization, device: torch.device) -> None:
-    """Fail now, not at the first request, when bitsandbytes quantized nothing or made layers that
-    its kernels cannot run."""
+def _check_quantized(model: Any, quantization: Quantization) -> None:
+    """Fail now, not at the first request, when bitsandbytes quantized nothing."""
     import bitsandbytes as bnb
 
     layer_class = bnb.nn.Linear4bit if quantization == "4bit" else bnb.nn.Linear8bitLt
@@ -187,21 +189,6 @@ def _check_quantized(model: Any, quantization: Quantization, device: torch.devic
             f"{quantization} quantization found no layer to quantize in this "
             f"{model.config.model_type} model (bitsandbytes only replaces plain nn.Linear/Conv1D "
             'layers); load it with quantization "none"',
-            param="quantization",
-        )
-    if quantization != "4bit" or device.type != "cpu":
-        return
-    bad = [
-        f"{name} ({m.in_features}->{m.out_features})"
-        for name, m in layers
-        if m.in_features % _CPU_4BIT_IN_MULTIPLE or m.out_features % _CPU_4BIT_OUT_MULTIPLE
-    ]
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise QuantizationError(
-            "4bit quantization on CPU needs every quantized linear layer to have in_features a "
-            f"multiple of {_CPU_4BIT_IN_MULTIPLE} and out_features a multiple of "
-            f'{_CPU_4BIT_OUT_MULTIPLE}; this model has {shown}. Use quantization "8bit" or "none"',
             param="quantization",
         )
 

@@ -1,4 +1,5 @@
-"""Loading: every family on CPU, real bitsandbytes quantization, and clear errors at load time."""
+"""Loading: every family on CPU, quantization (block kernels on CPU, bitsandbytes on CUDA), and clear
+errors at load time."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from shared.errors import DeviceUnavailableError, ModelLoadFailedError, Quantiza
 from shared.generation import GenerateRequest, Message, SamplingParams
 from shared.model_types import Task, get_model_type
 from tests.support.odd_models import save_llama_with_hidden_48
+from worker.model.cpu_kernels import BlockEmbedding, BlockLinear
 from worker.model.engine import Engine
 from worker.model.loading import load_model, resolve_device
 
@@ -41,20 +43,20 @@ def test_every_family_loads_unquantized_on_cpu(tiny_model_dir: Callable[[str], P
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-@pytest.mark.parametrize(("quantization", "layer_name"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
-def test_quantized_load_replaces_layers_and_saves_memory(
-    tiny_model_dir: Callable[[str], Path], family: str, quantization: str, layer_name: str
+@pytest.mark.parametrize(("quantization", "bits"), [("4bit", 4), ("8bit", 8)])
+def test_quantized_load_on_cpu_holds_every_layer_in_blocks_and_saves_memory(
+    tiny_model_dir: Callable[[str], Path], family: str, quantization: str, bits: int
 ) -> None:
-    import bitsandbytes as bnb
-
     path, model_type = tiny_model_dir(family), get_model_type(family)
     full = load_model(path, model_type=model_type, quantization="none", device="cpu")
     loaded = load_model(path, model_type=model_type, quantization=quantization, device="cpu")  # type: ignore[arg-type]
-    layer_class = getattr(bnb.nn, layer_name)
-    quantized = [name for name, m in loaded.model.named_modules() if isinstance(m, layer_class)]
-    assert len(quantized) >= 8  # 2 blocks of attention and MLP projections
+    layers = [m for m in loaded.model.modules() if isinstance(m, BlockLinear)]
+    assert len(layers) >= 8  # 2 blocks of attention and MLP projections (GPT-2's Conv1D too)
+    assert {m.bits for m in layers} == {bits, 8}  # the LM head is held in 8 bits either way
+    assert not any(type(m) is torch.nn.Linear for m in loaded.model.modules())
+    assert isinstance(loaded.model.get_input_embeddings(), BlockEmbedding)
     assert loaded.quantization == quantization
-    assert loaded.memory_bytes < full.memory_bytes
+    assert loaded.memory_bytes < full.memory_bytes / 2
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -81,19 +83,22 @@ def test_embedding_model_takes_8bit(tiny_model_dir: Callable[[str], Path]) -> No
     assert loaded.quantization == "8bit"
 
 
-def test_4bit_on_cpu_with_layers_not_a_multiple_of_64_fails_at_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_on_cpu_with_layers_not_a_multiple_of_32_fails_at_load(
+    tmp_path: Path, quantization: str
+) -> None:
     path = save_llama_with_hidden_48(tmp_path / "llama48")
-    with pytest.raises(QuantizationError, match="multiple of 64") as caught:
-        load_model(path, model_type=get_model_type("llama"), quantization="4bit", device="cpu")
+    with pytest.raises(QuantizationError, match="multiple of 32") as caught:
+        load_model(path, model_type=get_model_type("llama"), quantization=quantization, device="cpu")  # type: ignore[arg-type]
     assert caught.value.param == "quantization"
-    # The same model runs unquantized and in 8-bit.
-    for quantization in ("none", "8bit"):
-        loaded = load_model(path, model_type=get_model_type("llama"), quantization=quantization, device="cpu")
-        assert loaded.context_length == 128
+    # The same model runs unquantized.
+    loaded = load_model(path, model_type=get_model_type("llama"), quantization="none", device="cpu")
+    assert loaded.context_length == 128
 
 
 def test_quantization_that_replaces_no_layer_is_an_error(tiny_model_dir: Callable[[str], Path]) -> None:
-    # Falcon's layers are FalconLinear, which bitsandbytes' replacement skips: nothing would be quantized.
+    # Falcon's layers are FalconLinear, which the replacement skips (as bitsandbytes' does): only the
+    # LM head would be quantized.
     with pytest.raises(QuantizationError, match="no layer to quantize"):
         load_model(
             tiny_model_dir("falcon"), model_type=get_model_type("falcon"), quantization="4bit", device="cpu"
