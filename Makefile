@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-real gpu-check clean browser
+.PHONY: install run test lint bench bench-real bench-peer gpu-check clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench: $(STAMP)
 # quantization, one stream vs in-process generate, 8 and 16 streams vs one. ~6-10 minutes on 2 cores.
 bench-real: $(STAMP)
 	$(BIN)/python -m bench.real_model
+
+# Dukat (none/8bit/4bit) against llama.cpp on the same Gemma 3 270M weights, one after the other
+# (bench/peer.py; the peer is built by ../shared/peer/prepare.sh .peer, else its rows say how).
+bench-peer: $(STAMP)
+	$(BIN)/python -m bench.peer
 
 # What only a CUDA machine shows (pinning, bitsandbytes on CUDA, memory back after unload, streams):
 # offline, < 8 minutes, one JSON file (bench/results/gpu_check.json). Without CUDA: the CPU-safe part.
