@@ -115,6 +115,8 @@ class ModelMetrics:
         "generation_tokens",
         "itl",
         "overhead",
+        "prefix_cache_hits",
+        "prefix_cache_queries",
         "prompt_tokens",
         "rejections",
         "success",
@@ -124,6 +126,7 @@ class ModelMetrics:
     def __init__(self) -> None:
         self.ttft, self.e2e, self.itl, self.overhead = (_Buckets(spec[2]) for spec in HISTOGRAMS.values())
         self.prompt_tokens = self.generation_tokens = self.rejections = 0
+        self.prefix_cache_queries = self.prefix_cache_hits = 0
         self.success = dict.fromkeys(FINISH_REASONS, 0)
 
     def finished(self, result: GenerateResult, elapsed_s: float, first_token_s: float | None) -> None:
@@ -131,6 +134,9 @@ class ModelMetrics:
         streamed text (None when not streamed: the worker's own first-token time stands in)."""
         t, tokens = result.timings, result.completion_tokens
         self.prompt_tokens += result.prompt_tokens
+        # Each generation's prompt was looked up in its worker's prefix cache (vLLM counts tokens).
+        self.prefix_cache_queries += result.prompt_tokens
+        self.prefix_cache_hits += result.cached_tokens
         self.generation_tokens += tokens
         self.success[result.finish_reason] += 1
         self.e2e.observe(elapsed_s)
@@ -169,6 +175,11 @@ class _RequestsCollector(Collector):
         counters = {
             "vllm:prompt_tokens": ("Prompt tokens processed.", "prompt_tokens"),
             "vllm:generation_tokens": ("Tokens generated.", "generation_tokens"),
+            "vllm:prefix_cache_queries": (
+                "Prompt tokens looked up in the model workers' prefix caches.",
+                "prefix_cache_queries",
+            ),
+            "vllm:prefix_cache_hits": ("Prompt tokens the prefix caches gave.", "prefix_cache_hits"),
             "dukat_queue_rejections": (
                 "Requests refused because a worker's queue was full (429).",
                 "rejections",

@@ -169,6 +169,7 @@ class GenerateResult(Struct, kw_only=True):
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV the prefix cache gave (not computed again)
     timings: Timings = msgspec.field(default_factory=Timings)
     tool_calls: list[ToolCall] | None = None
     logprobs: list[TokenLogprob] | None = None

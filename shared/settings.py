@@ -111,6 +111,12 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     host_memory_bytes: Annotated[int, Meta(ge=0)] = 0
     # Tokens of KV cache a load's memory estimate budgets for (all sequences of a batch together).
     kv_cache_tokens: Annotated[int, Meta(ge=0)] = 4096
+    # Tokens of prompt-prefix KV a model worker keeps for later prompts that start the same way
+    # (automatic prefix caching; 0: off). Counted in a load's memory estimate too.
+    prefix_cache_tokens: Annotated[int, Meta(ge=0)] = 4096
+    # A prompt longer than this is prefilled this many tokens per scheduler step, between the
+    # running streams' steps (chunked prefill; 0: in one piece).
+    prefill_chunk_tokens: Annotated[int, Meta(ge=0)] = 128
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
 

@@ -46,10 +46,15 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool | None = None
 
 
+class PromptTokensDetails(Struct, kw_only=True):
+    cached_tokens: int = 0  # reused from the model worker's prefix cache
+
+
 class Usage(Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
 
 
 def stop_list(stop: Stop) -> list[str] | None:
@@ -92,7 +97,13 @@ def usage_of(results: Sequence[GenerateResult], n: int = 1) -> Usage:
     """Usage of `n` generations per prompt, results ordered prompt-major: a prompt counts once."""
     prompt = sum(r.prompt_tokens for r in results[::n])
     completion = sum(r.completion_tokens for r in results)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    details = PromptTokensDetails(cached_tokens=sum(r.cached_tokens for r in results[::n]))
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=details,
+    )
 
 
 def now() -> int:

@@ -326,6 +326,7 @@ def finished(shell: ResponseObject, result: GenerateResult, output: list[OutputI
     cut = result.finish_reason == "length"
     usage = ResponseUsage(
         input_tokens=result.prompt_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=result.cached_tokens),
         output_tokens=result.completion_tokens,
         total_tokens=result.prompt_tokens + result.completion_tokens,
     )

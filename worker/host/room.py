@@ -24,7 +24,9 @@ def kind_of(device: str) -> str:
 
 def estimate(path: Path, quantization: Quantization, settings: Settings) -> LoadEstimate:
     by_kind = {
-        k: estimate_memory(path, quantization, k, kv_tokens=settings.kv_cache_tokens).total_bytes
+        k: estimate_memory(
+            path, quantization, k, kv_tokens=settings.kv_cache_tokens + settings.prefix_cache_tokens
+        ).total_bytes
         for k in KINDS
     }
     return LoadEstimate(quantization=quantization, bytes_by_kind=by_kind)

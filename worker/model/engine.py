@@ -67,6 +67,8 @@ class Engine:
         *,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
+        prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
     ) -> None:
         self._loaded: Loaded | None = loaded
         self._model_type = model_type
@@ -92,7 +94,14 @@ class Engine:
         self._scheduler = (
             None
             if model_type.task is Task.EMBEDDING
-            else _scheduler(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+            else _scheduler(
+                loaded,
+                model_type,
+                max_batch=max_batch,
+                max_queue=max_queue,
+                prefix_cache_tokens=prefix_cache_tokens,
+                prefill_chunk_tokens=prefill_chunk_tokens,
+            )
         )
 
     @classmethod
@@ -105,9 +114,18 @@ class Engine:
         device: str = DEFAULTS.device_map,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
+        prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
     ) -> Engine:
         loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
-        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+        return cls(
+            loaded,
+            model_type,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            prefix_cache_tokens=prefix_cache_tokens,
+            prefill_chunk_tokens=prefill_chunk_tokens,
+        )
 
     @property
     def info(self) -> EngineInfo:
@@ -277,12 +295,14 @@ class Engine:
             return self._grammars
 
 
-
-def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int) -> Scheduler:
+def _scheduler(
+    loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int, **caching: int
+) -> Scheduler:
     scheduler = Scheduler(
         loaded.model,
         max_batch=max_batch,
         max_queue=max_queue,
+        **caching,
         seq2seq=model_type.task is Task.SEQ2SEQ,
         pad_id=_pad_id(loaded.tokenizer),
     )

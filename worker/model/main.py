@@ -119,7 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(load_settings().log_level)  # the host's environment, so its DUKAT_LOG_LEVEL
+    settings = load_settings()  # the host's environment: its DUKAT_LOG_LEVEL, caching settings
+    setup_logging(settings.log_level)
     die_with_parent()
     local_device = pin_device(args.device, args.threads)
     try:
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             device=local_device,
             max_batch=args.max_batch,
             max_queue=args.max_queue,
+            # DUKAT_PREFIX_CACHE_TOKENS, DUKAT_PREFILL_CHUNK_TOKENS: the host's environment
+            prefix_cache_tokens=settings.prefix_cache_tokens,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
         )
         try:
             engine = load(quantization=args.quantization)
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
     info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
 
-    token = load_settings().internal_token  # inherited from the host's environment, never on argv
+    token = settings.internal_token  # inherited from the host's environment, never on argv
     server = WorkerServer(
         engine,
         info,
