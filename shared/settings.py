@@ -115,8 +115,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # (automatic prefix caching; 0: off). Counted in a load's memory estimate too.
     prefix_cache_tokens: Annotated[int, Meta(ge=0)] = 4096
     # A prompt longer than this is prefilled this many tokens per scheduler step, between the
-    # running streams' steps (chunked prefill; 0: in one piece).
-    prefill_chunk_tokens: Annotated[int, Meta(ge=0)] = 128
+    # running streams' steps (chunked prefill; 0: in one piece). 64: on Gemma 3 270M (2 CPU threads)
+    # the running streams' largest gap was x4.1 their median, x7.8 with 128.
+    prefill_chunk_tokens: Annotated[int, Meta(ge=0)] = 64
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
 
