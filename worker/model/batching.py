@@ -4,7 +4,9 @@ together, one token per iteration.
 The scheduler decides who runs: admission (bounded: `max_batch` rows of at most the context length,
 `max_queue` waiting, then OverloadedError), joins between steps (newcomers first, so a prefill
 decides their first token's wait; grouped by prompt length, shortest first, so that no prefill
-pads short prompts to a long one's width), leaves (stops, lengths, cancels, a consumer that went
+pads short prompts to a long one's width), long prompts and prompts with a cached prefix prefilled
+alone, a chunk per step between the running rows' steps, first come first served (the prefix cache
+is worker/model/prefix_cache.py's), leaves (stops, lengths, cancels, a consumer that went
 away) and failures (a failed step fails its rows, the thread lives on). The cache mechanics are
 worker/model/kv_cache.py's: rows of one left-padded batch where the model batches (exactly, or for
 8-bit within a documented bound), else each request on its own cache ("solo" rows), still

@@ -30,7 +30,22 @@ def _texts(engine: Engine, prompts: list[str]) -> list[GenerateResult]:
     return [engine.generate(_greedy(p)) for p in prompts]
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "mistral_sliding", "gpt2", "bloom"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "llama",
+        "gemma3",
+        "mistral_sliding",
+        "gpt2",
+        "bloom",
+        "opt",
+        "falcon",
+        "gpt_neox",
+        "gptj",
+        "gpt_neo",
+        "gemma",
+    ],
+)
 def test_a_prefix_cache_hit_gives_the_text_of_a_full_prefill(new_engine: NewEngine, family: str) -> None:
     prompts = [PREFIX + q for q in QUESTIONS]
     plain = [r.text for r in _texts(new_engine(family, **OFF), prompts)]
