@@ -38,7 +38,7 @@ import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
 from worker.model.grammar import Grammars, RowGrammar
-from worker.model.kv_cache import PaddedBatch, RowPrefill, Solo, can_batch, join_keeps
+from worker.model.kv_cache import PaddedBatch, RowPrefill, Solo, can_batch, can_prefill_alone, join_keeps
 from worker.model.logprobs import LogprobRecord, record_logprobs
 from worker.model.prefix_cache import PrefixCache
 from worker.model.sampling import TokenSampler
@@ -122,10 +122,15 @@ class Scheduler:
         self._solos: dict[Job, Solo] = {}  # the rows on a cache of their own
         # Prompts prefilled on their own, a chunk per step, first come first served (batched models).
         self._prefilling: dict[Job, RowPrefill | None] = {}
-        self._chunk = prefill_chunk_tokens or None  # None: a prompt's prefill in one piece
-        self.prefix_cache = (
-            PrefixCache(prefix_cache_tokens) if self._batch is not None and prefix_cache_tokens else None
-        )
+        alone = self._batch is not None and bool(prefix_cache_tokens or prefill_chunk_tokens)
+        if alone and not can_prefill_alone(model, pad_id):  # then prompts are prefilled as before
+            logger.warning(
+                "this model's cache cannot be prefilled in chunks: no chunked prefill or prefix cache"
+            )
+            alone = False
+        # None: a prompt's prefill in one piece
+        self._chunk = (prefill_chunk_tokens or None) if alone else None
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if alone and prefix_cache_tokens else None
         # Longer prompts are prefilled alone for the prefix cache: a batched prefill's sliding layers
         # would not keep all their columns.
         self._join_keeps = join_keeps(model) if self.prefix_cache is not None else None

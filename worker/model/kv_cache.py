@@ -259,6 +259,29 @@ def can_batch(model: Any, pad_id: int) -> bool:
     return True
 
 
+def can_prefill_alone(model: Any, pad_id: int) -> bool:
+    """Whether a RowPrefill in chunks, from a stored prefix, gives a batched prefill's logits (the
+    load-time check of chunked prefill and prefix caching, as `can_batch` is of batching)."""
+    prompt = [5, 6, 7, 8, 9, 10, 11]
+    try:
+        with torch.inference_mode():
+            want = PaddedBatch(model, pad_id).join([prompt])[0]
+            first = RowPrefill(model, prompt[:4], (0, [], []))
+            first.advance(4)
+            kv = first.layers_kv()
+            if kv is None:
+                return False
+            row = RowPrefill(model, prompt, (4, *kv))
+            row.advance(2)
+            got = row.advance(2)
+    except Exception:  # a cache this path cannot build or feed
+        return False
+    if got is None:
+        return False
+    tolerance = max(1e-3, 8 * torch.finfo(want.dtype).eps) * (float(want.abs().max()) + 1e-6)
+    return float((got[0] - want).abs().max()) <= tolerance
+
+
 def join_keeps(model: Any) -> int | None:
     """The longest prompt whose every column a batched prefill's cache keeps (sliding layers keep
     their window less one); None: no limit."""
