@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.keys import charge_current_key
 from gateway.metrics_hosts import MODEL, HostsCollector
 from shared.generation import FinishReason, GenerateResult
 from shared.host_api import HostState
@@ -130,6 +131,7 @@ class ModelMetrics:
         """A generation ended: `elapsed_s` from dispatch to its result, `first_token_s` to its first
         streamed text (None when not streamed: the worker's own first-token time stands in)."""
         t, tokens = result.timings, result.completion_tokens
+        charge_current_key(result.prompt_tokens, tokens)
         self.prompt_tokens += result.prompt_tokens
         self.generation_tokens += tokens
         self.success[result.finish_reason] += 1
@@ -141,6 +143,7 @@ class ModelMetrics:
         self.overhead.observe(outside)
 
     def embedded(self, prompt_tokens: int, elapsed_s: float) -> None:
+        charge_current_key(prompt_tokens, 0)
         self.prompt_tokens += prompt_tokens
         self.success["stop"] += 1
         self.e2e.observe(elapsed_s)

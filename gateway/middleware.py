@@ -13,6 +13,8 @@ import secrets
 import time
 from typing import Any
 
+from gateway.keys import HEADERS_SCOPE_KEY, release_key
+
 log = logging.getLogger("gateway.access")
 
 
@@ -43,12 +45,14 @@ class GatewayMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                extra = [(b"x-request-id", rid.encode("latin-1")), *scope.get(HEADERS_SCOPE_KEY, ())]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            release_key(scope)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "%s %s %s %.1fms rid=%s",

@@ -53,6 +53,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     api_keys: tuple[str, ...] = ()
     # Admin keys: everything above plus the management routes that change state, and /api/hosts.
     admin_keys: tuple[str, ...] = ()
+    # A JSON file of named keys with roles and per-key limits ({"keys": [{"name", "key", "role",
+    # "requests_per_minute", "tokens_per_minute", "max_concurrent"}]}), beside the two lists above.
+    keys_file: Path | None = None
     # The key the CLI's client commands send (DUKAT_API_KEY or --api-key).
     api_key: str | None = None
     # Shared secret between gateway, worker hosts and model workers; None: `dukat serve` draws one
