@@ -50,6 +50,8 @@ from shared.model_types import Task, get_model_type
 from shared.settings import Quantization, Settings
 
 log = logging.getLogger(__name__)
+# How often a request waiting for capacity (DUKAT_CAPACITY_WAIT_S) asks the hosts again.
+CAPACITY_POLL_S = 1.0
 
 
 class AsyncModelManager:
@@ -231,13 +233,29 @@ class AsyncModelManager:
         if waiting is not None:
             waiting.inc()
         try:
-            loaded_now = await self.load_model(mid, request_id=request_id)
+            loaded_now = await self._load_for_request(mid, request_id)
         finally:
             if waiting is not None:
                 waiting.dec()
         # Fresh: a cached view (or a refresh already in flight) may still say `loading`, no address.
         found = [w for _, w in await self.hosts.find_all(mid, fresh=True)]
         return mid, [w for w in found if w.status == "loaded"] or [loaded_now]
+
+    async def _load_for_request(self, model_id: str, request_id: str) -> LoadedModel:
+        """A request's load. Without capacity (no host up, as when a host pool scaled to zero; or none
+        with room) it waits up to DUKAT_CAPACITY_WAIT_S for some, asking the hosts again every second,
+        counted as waiting all along; then its 503 is counted as refused for capacity."""
+        deadline = time.monotonic() + self.settings.capacity_wait_s
+        while True:
+            try:
+                return await self.load_model(model_id, request_id=request_id)
+            except NoCapacityError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self.metrics is not None:
+                        self.metrics.capacity_refusals.labels(model_id).inc()
+                    raise
+                await asyncio.sleep(min(CAPACITY_POLL_S, left))
 
     def _replicate(self, model_id: str, have: int, request_id: str) -> None:
         entry = self.config.view().models.get(model_id)

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -67,6 +67,8 @@ class GatewayMetrics:
         )
         waiting_doc = "Requests at this gateway waiting for their model to load."
         self.waiting = Gauge("vllm:num_requests_waiting", waiting_doc, MODEL, registry=r)
+        refused_doc = "Requests refused with 503 no_capacity: no worker host up, or none with room."
+        self.capacity_refusals = Counter("dukat_capacity_refusals", refused_doc, MODEL, registry=r)
         self._models: dict[str, ModelMetrics] = {}
         r.register(_RequestsCollector(self._models))
         self.hosts = HostsCollector()

@@ -116,6 +116,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     kv_cache_tokens: Annotated[int, Meta(ge=0)] = 4096
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
+    # Seconds a request whose model no host has room for (or no host is up: a pool scaled to zero)
+    # waits for capacity, asking the hosts again every second, before its 503 (0: refused at once).
+    capacity_wait_s: Annotated[float, Meta(ge=0)] = 0.0
 
 
 # Every setting's default, for what is set before (or without) reading the settings: argparse and
