@@ -77,6 +77,7 @@ def test_without_a_host_a_request_is_refused_and_counted(
     proc = gateway(models_dir, f"http://127.0.0.1:{free_port()}", wait_s=0)
     started.append(proc)
     url = proc.start(timeout=60)
+    error_of(httpx.get(f"{url}/health/ready", timeout=30), 503, "no_capacity")
     resp = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL, "messages": HELLO}, timeout=60)
     error_of(resp, 503, "no_capacity")
     assert resp.headers["retry-after"]
@@ -91,6 +92,8 @@ def test_a_request_waits_for_a_host_to_come_up_and_is_served(
     proc = gateway(models_dir, host_url, wait_s=120)
     started.append(proc)
     url = proc.start(timeout=60)
+    # Ready with no host up: only requests reaching it can bring a host back.
+    assert httpx.get(f"{url}/health/ready", timeout=30).status_code == 200
     answers: list[httpx.Response] = []
     body = {"model": MODEL, "messages": HELLO, "max_tokens": 4}
     asking = threading.Thread(
