@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.rate_limits import KeyLimits, KeyUsage
+from gateway.request_log import note
 from shared.errors import SettingsError
 from shared.settings import Settings
 
@@ -27,9 +28,8 @@ _NAMED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63}):(.+)$")
 # The key of the request being served, so token counts reach it wherever the result comes back
 # (streams, n choices, retries on another replica): set by the guard, read by the metrics observer.
 CURRENT_KEY: ContextVar[KeyUsage | None] = ContextVar("dukat_current_key", default=None)
-# Set on the request's ASGI scope: the key's name (logs), its usage to release at the end, the
-# `x-ratelimit-*` headers the middleware adds to the answer.
-KEY_NAME_SCOPE_KEY = "dukat_key_name"
+# Set on the request's ASGI scope: the key's usage to release at the end, the `x-ratelimit-*`
+# headers the middleware adds to the answer.
 LEASE_SCOPE_KEY = "dukat_key_lease"
 HEADERS_SCOPE_KEY = "dukat_ratelimit_headers"
 
@@ -135,7 +135,7 @@ def admit_key(scope: Any, key: Key) -> None:
     """A request of `key` starts: counted against its limits (or a 429), its tokens charged to it,
     its in-flight place released and its `x-ratelimit-*` headers sent by the middleware."""
     usage = key.usage
-    scope[KEY_NAME_SCOPE_KEY] = key.name
+    note(key=key.name)
     try:
         usage.admit()
         scope[LEASE_SCOPE_KEY] = usage

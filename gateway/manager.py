@@ -23,6 +23,7 @@ from gateway.dispatch import Dispatcher
 from gateway.hosts import HostDirectory
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import ModelAdmin, not_here, shown_quantization
+from gateway.request_log import note
 from gateway.schemas.models import CREATED, LoadedModel, Model, owner_of
 from shared.errors import (
     DukatError,
@@ -213,6 +214,7 @@ class AsyncModelManager:
         """The loaded replicas of `model_id` (or the default), loading one first when allowed; missing
         replicas (fewer than the config file asks, a host lost) are loaded in the background."""
         mid = self.resolve_id(model_id)
+        note(model=mid)
         found = [w for _, w in await self.hosts.find_all(mid)]
         loaded = [w for w in found if w.status == "loaded"]
         if loaded:

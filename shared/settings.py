@@ -105,6 +105,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Load a known model on the first request that names it.
     auto_load: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Log lines as text, or one JSON object a line (request id, model, key, status, timings) for a
+    # cluster's log collector; every process (gateway, worker host, model worker) follows it.
+    log_format: Literal["text", "json"] = "text"
     # How long a model stays loaded after its last request (Ollama's keep_alive: "5m", seconds,
     # 0 = unload after each request, -1 = forever); a request's or the config file's value wins.
     keep_alive: str = "30m"

@@ -77,8 +77,10 @@ class Host:
             state = await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, prepare)
         except DukatError as exc:
             log.warning(
-                "load failed model=%s code=%s rid=%s: %s", cmd.model_id, exc.code, cmd.request_id, exc.message
-            )
+                "load failed model=%s code=%s rid=%s: %s",
+                cmd.model_id, exc.code, cmd.request_id, exc.message,
+                extra={"model": cmd.model_id, "request_id": cmd.request_id, "code": exc.code},
+            )  # fmt: skip
             raise
         if state.started_at >= asked_at:  # this call started the worker (others joined it)
             log.info(
@@ -86,6 +88,8 @@ class Host:
                 "keep_alive=%s rid=%s",
                 cmd.model_id, state.device, state.quantization, state.load_seconds, state.memory_bytes,
                 state.estimated_bytes, describe(state.keep_alive_s), cmd.request_id,
+                extra={"model": cmd.model_id, "request_id": cmd.request_id, "device": state.device,
+                       "load_seconds": round(state.load_seconds, 2)},
             )  # fmt: skip
         return state
 
@@ -150,7 +154,10 @@ class Host:
         worker = self.supervisor.state(model_id)
         await self.supervisor.unload(model_id)
         device = worker.device if worker else None
-        log.info("unloaded model=%s device=%s reason=%s rid=%s", model_id, device, reason, request_id)
+        log.info(
+            "unloaded model=%s device=%s reason=%s rid=%s", model_id, device, reason, request_id,
+            extra={"model": model_id, "request_id": request_id, "device": device, "reason": reason},
+        )  # fmt: skip
 
     async def delete(self, model_id: str) -> Deleted:
         worker = self.supervisor.state(model_id)

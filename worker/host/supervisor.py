@@ -31,7 +31,8 @@ from shared.errors import (
     error_from_code,
 )
 from shared.host_api import WorkerState
-from shared.processes import WORKER_FAILED, WORKER_READY, pinned_env, ready_port, terminate
+from shared.logs import CHILD_RECORD
+from shared.processes import WORKER_FAILED, WORKER_READY, child_line, pinned_env, ready_port, terminate
 from shared.settings import Settings
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
@@ -282,7 +283,11 @@ class Supervisor:
             worker.logs.append(line)
             # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
             level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
-            log.log(level, "[%s] %s", worker.spec.model_id, line)
+            # A JSON line of a worker (DUKAT_LOG_FORMAT=json) travels as an object, not a quoted string.
+            _, text, record = child_line(line)
+            if record is not None:
+                record.setdefault("model", worker.spec.model_id)
+            log.log(level, "[%s] %s", worker.spec.model_id, text, extra={CHILD_RECORD: record})
 
     def observe(self, model_id: str, load: WorkerLoad) -> None:
         """A loaded worker's counters from its Pong; the last request's keep_alive wins over the load's."""

@@ -119,7 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(load_settings().log_level)  # the host's environment, so its DUKAT_LOG_LEVEL
+    settings = load_settings()  # the host's environment, so its DUKAT_LOG_LEVEL and DUKAT_LOG_FORMAT
+    setup_logging(settings.log_level, settings.log_format, "model_worker")
     die_with_parent()
     local_device = pin_device(args.device, args.threads)
     try:
