@@ -142,9 +142,10 @@ class AsyncModelManager:
         replicas: int | None = None,
         request_id: str = "",
     ) -> LoadedModel:
-        """Load `model_id`: `replicas` workers (default: the config file's, else one), each on another
-        host, placed where there is room for its estimated memory. Whether a load joins a worker
-        already there, or is a conflict, is the host's call: it is the one that knows."""
+        """Load `model_id`: `replicas` workers (default: the config file's, else one), spread over the
+        hosts with room for its estimated memory (one host each while there are hosts, then several
+        per host: the host places them on its devices). Whether a load joins a worker already there,
+        or is a conflict, is the host's call: it is the one that knows."""
         if quantization is not None and quantization not in get_args(Quantization):
             # The Python API's check; over HTTP the request schema says the same first.
             raise InvalidRequestError(
@@ -163,9 +164,9 @@ class AsyncModelManager:
             request_id=request_id,
             gguf_file=entry.gguf_file if entry else None,
         )
-        found = [
-            h for h, w in await self.hosts.find_all(model_id, fresh=True) if w.status in ("loading", "loaded")
-        ]
+        workers = await self.hosts.find_all(model_id, fresh=True)
+        # Its hosts, once each (a host may run several of its workers).
+        found = list({h.url: h for h, w in workers if w.status in ("loading", "loaded")}.values())
         wanted = replicas or (entry.replicas if entry and entry.replicas else 1)
         hosts = found[: max(wanted, 1)]
         if len(hosts) < wanted:
@@ -180,7 +181,13 @@ class AsyncModelManager:
                     raise
                 avoid |= {host.url}
                 hosts.append(host)
-        results = await asyncio.gather(*(self._load_on(h.url, cmd) for h in hosts), return_exceptions=True)
+        # Each host's share of the workers: more workers than hosts go to the hosts' devices.
+        shares = [wanted // len(hosts) + (i < wanted % len(hosts)) for i in range(len(hosts))]
+        loads = [
+            self._load_on(h.url, msgspec.structs.replace(cmd, replicas=n))
+            for h, n in zip(hosts, shares, strict=True)
+        ]
+        results = await asyncio.gather(*loads, return_exceptions=True)
         loaded = [r for r in results if isinstance(r, LoadedModel)]
         if not loaded:
             raise next(r for r in results if isinstance(r, BaseException))
@@ -201,11 +208,12 @@ class AsyncModelManager:
         found = await self.hosts.find_all(model_id, fresh=True)
         if not found:
             raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
-        for host, worker in found:
+        for url in dict.fromkeys(host.url for host, _ in found):  # a host unloads all of its workers
             try:
-                await self.hosts.client(host.url).unload(model_id)
+                await self.hosts.client(url).unload(model_id)
             finally:
                 self.hosts.invalidate()
+        for _, worker in found:
             await self.dispatch.connections.drop(worker)
 
     async def ready_workers(

@@ -111,6 +111,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # How long a model stays loaded after its last request (Ollama's keep_alive: "5m", seconds,
     # 0 = unload after each request, -1 = forever); a request's or the config file's value wins.
     keep_alive: str = "30m"
+    # Workers of one model a host may run on one device (a model's `replicas` beyond the host's
+    # devices): >1 suits CPU hosts, each worker with its own threads (DUKAT_WORKER_THREADS).
+    replicas_per_device: Annotated[int, Meta(ge=1, le=64)] = 1
     # Models one worker host keeps loaded at most (0: no limit); beyond, idle ones are evicted.
     max_loaded_models: Annotated[int, Meta(ge=0)] = 0
     # Bytes of memory a worker host offers on each device at most (0: what the device has).
