@@ -5,6 +5,9 @@ name, never the secret), and 429s with Retry-After and `x-ratelimit-*` headers f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +149,16 @@ def test_concurrent_limit_refuses_a_second_request_while_a_stream_is_open(served
         reply = chat(client)  # the place is free again once the stream ended
     assert reply.choices[0].message.content is not None
     assert usage_of(served, "one-at-a-time")["rate_limited"]["concurrent"] == 1
+
+
+def test_a_bad_keys_file_stops_start_up_naming_the_setting(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text('{"keys": [{"name": "a", "key": "sk-1", "tokens_per_minute": 0}]}')
+    env = {**os.environ, **TEST_ENV, "DUKAT_KEYS_FILE": str(keys_file)}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", "0", "--models-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "DUKAT_KEYS_FILE" in done.stderr and "tokens_per_minute" in done.stderr
+    assert "Traceback" not in done.stderr
