@@ -54,6 +54,8 @@ def test_keda_scales_the_worker_hosts_from_zero_on_the_waiting_metric(chart: hel
     assert trigger["type"] == "prometheus"
     assert "vllm:num_requests_waiting" in trigger["metadata"]["query"]
     assert "dukat_capacity_refusals_total" in trigger["metadata"]["query"]
+    # With no host up the worker series are absent: every term must fall back to 0, not empty the sum.
+    assert trigger["metadata"]["query"].count("or vector(0)") == 3
     assert all(isinstance(v, str) for v in trigger["metadata"].values())  # KEDA wants strings
     assert "replicas" not in sts["spec"]  # KEDA's to set: an upgrade must not reset it
 
