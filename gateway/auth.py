@@ -15,10 +15,11 @@ import msgspec
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from gateway.keys import KeyRing, admit_key
 from gateway.schemas.models import LoadedModel
 from shared.errors import AuthenticationError, PermissionDeniedError
 from shared.settings import Settings
-from shared.tokens import bearer_token, token_in
+from shared.tokens import bearer_token
 
 Access = Literal["open", "inference", "admin"]
 # A route handler's `opt`: open to inference keys (admin keys may call everything).
@@ -48,23 +49,22 @@ class KeyGuard:
     """A litestar guard (`Litestar(guards=[KeyGuard(settings)])`): 401 without a valid key, 403 for an
     inference key on an admin route."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.inference_keys = tuple(k.encode() for k in settings.api_keys)
-        self.admin_keys = tuple(k.encode() for k in settings.admin_keys)
-        self.enabled = bool(self.inference_keys or self.admin_keys)
+    def __init__(self, settings: Settings, keys: KeyRing | None = None) -> None:
+        self.keys = keys if keys is not None else KeyRing.from_settings(settings)
+        self.enabled = self.keys.enabled
 
     def role(self, authorization: str | None) -> Literal["admin", "inference"] | None:
-        token = bearer_token(authorization)
-        # Both compares always run, so timing does not tell the roles apart either.
-        admin, inference = token_in(token, self.admin_keys), token_in(token, self.inference_keys)
-        return "admin" if admin else "inference" if inference else None
+        # Every key is compared whatever its role, so timing does not tell the roles apart either.
+        key = self.keys.match(bearer_token(authorization))
+        return key.role if key is not None else None
 
     # async: litestar runs a sync guard in its thread pool, a hand-off that cost more than the check.
     async def __call__(self, connection: Connection, handler: BaseRouteHandler) -> None:
         if not self.enabled:
             connection.scope[ADMIN_SCOPE_KEY] = True  # type: ignore[literal-required]
             return
-        role = self.role(connection.headers.get("authorization"))
+        key = self.keys.match(bearer_token(connection.headers.get("authorization")))
+        role = key.role if key is not None else None
         connection.scope[ADMIN_SCOPE_KEY] = role == "admin"  # type: ignore[literal-required]
         access = route_access(handler, connection.scope.get("path_template", ""))
         if access == "open":
@@ -75,6 +75,8 @@ class KeyGuard:
             raise PermissionDeniedError(
                 "this route needs an admin key (DUKAT_ADMIN_KEYS); an inference key may not call it"
             )
+        if key is not None:
+            admit_key(connection.scope, key)  # its usage, and its limits (429)
 
 
 def is_admin(scope: Any) -> bool:

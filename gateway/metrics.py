@@ -18,10 +18,11 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.keys import charge_current_key
 from gateway.metrics_hosts import MODEL, HostsCollector
 from shared.generation import FinishReason, GenerateResult
 from shared.host_api import HostState
@@ -66,6 +67,8 @@ class GatewayMetrics:
         )
         waiting_doc = "Requests at this gateway waiting for their model to load."
         self.waiting = Gauge("vllm:num_requests_waiting", waiting_doc, MODEL, registry=r)
+        refused_doc = "Requests refused with 503 no_capacity: no worker host up, or none with room."
+        self.capacity_refusals = Counter("dukat_capacity_refusals", refused_doc, MODEL, registry=r)
         self._models: dict[str, ModelMetrics] = {}
         r.register(_RequestsCollector(self._models))
         self.hosts = HostsCollector()
@@ -133,6 +136,7 @@ class ModelMetrics:
         """A generation ended: `elapsed_s` from dispatch to its result, `first_token_s` to its first
         streamed text (None when not streamed: the worker's own first-token time stands in)."""
         t, tokens = result.timings, result.completion_tokens
+        charge_current_key(result.prompt_tokens, tokens)
         self.prompt_tokens += result.prompt_tokens
         # Each generation's prompt was looked up in its worker's prefix cache (vLLM counts tokens).
         self.prefix_cache_queries += result.prompt_tokens
@@ -147,6 +151,7 @@ class ModelMetrics:
         self.overhead.observe(outside)
 
     def embedded(self, prompt_tokens: int, elapsed_s: float) -> None:
+        charge_current_key(prompt_tokens, 0)
         self.prompt_tokens += prompt_tokens
         self.success["stop"] += 1
         self.e2e.observe(elapsed_s)

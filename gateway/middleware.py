@@ -13,6 +13,9 @@ import secrets
 import time
 from typing import Any
 
+from gateway.keys import HEADERS_SCOPE_KEY, release_key
+from gateway.request_log import REQUEST_FIELDS
+
 log = logging.getLogger("gateway.access")
 
 
@@ -38,26 +41,34 @@ class GatewayMiddleware:
         scope["dukat_request_id"] = rid
         started = time.perf_counter()
         status = 0
+        first_byte_s = 0.0
+        fields: dict[str, Any] = {"model": None, "key": None}
+        REQUEST_FIELDS.set(fields)
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, first_byte_s
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                first_byte_s = time.perf_counter() - started
+                extra = [(b"x-request-id", rid.encode("latin-1")), *scope.get(HEADERS_SCOPE_KEY, ())]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            release_key(scope)
             if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "%s %s %s %.1fms rid=%s",
-                    scope["method"],
-                    _printable(scope["path"]),
-                    status,
-                    (time.perf_counter() - started) * 1000,
-                    rid,
-                )
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                path = _printable(scope["path"])
+                # The structured fields: what a JSON log line carries (DUKAT_LOG_FORMAT=json).
+                extra = {
+                    "request_id": rid, "method": scope["method"], "path": path, "status": status,
+                    "duration_ms": round(elapsed_ms, 1), "first_byte_ms": round(first_byte_s * 1000, 1),
+                    **fields,
+                }  # fmt: skip
+                method = scope["method"]
+                log.info("%s %s %s %.1fms rid=%s", method, path, status, elapsed_ms, rid, extra=extra)
 
 
 def _printable(text: str) -> str:

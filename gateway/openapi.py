@@ -37,7 +37,7 @@ _REASONS = {
     409: "The model is already loaded differently",
     413: "Request body too large",
     415: "The body is not sent as application/json",
-    429: "The model worker's queue is full (Retry-After)",
+    429: "The model worker's queue is full, or the key's own limit is reached (Retry-After)",
     500: "A bug (logged with its traceback)",
     502: "A worker process or the hub failed",
     503: "The model failed to load, is not loaded, or no host has room (Retry-After); not ready",
@@ -66,6 +66,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/models/delete"): (400, 404, 409, 413, 415, 502),
     ("get", "/health/live"): (),
     ("get", "/health/ready"): (503,),
+    ("get", "/api/usage"): (),
 }
 # The chunks of a stream, per route (an event's `data`).
 _CHUNKS: dict[tuple[str, str], Any] = {
@@ -102,11 +103,12 @@ def publish_truthful_openapi(app: Litestar, settings: Settings) -> None:
     schemas, components = msgspec.json.schema_components(wanted, ref_template=REF)
     by_type = {id(t): s for t, s in zip(wanted, schemas, strict=True)}
     document.setdefault("components", {})["schemas"] = components
-    keys_on = bool(settings.api_keys or settings.admin_keys)
+    keys_on = bool(settings.api_keys or settings.admin_keys or settings.keys_file)
+    limited = settings.keys_file is not None  # only the keys file sets per-key limits
     for path, item in document["paths"].items():
         for method, operation in item.items():
             if (method, path) in handlers:
-                _rewrite(operation, handlers[(method, path)], (method, path), by_type, keys_on)
+                _rewrite(operation, handlers[(method, path)], (method, path), by_type, keys_on, limited)
     if keys_on:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]
@@ -155,6 +157,7 @@ def _rewrite(
     key: tuple[str, str],
     by_type: dict[int, Any],
     keys_on: bool,
+    limited: bool = False,
 ) -> None:
     body = _body_type(handler)
     if body is not None:
@@ -174,6 +177,8 @@ def _rewrite(
         statuses.add(401)
         if access == "admin":
             statuses.add(403)
+        if limited:
+            statuses.add(429)  # the key's own limits
     for status in sorted(statuses):
         responses[str(status)] = {
             "description": _REASONS[status],

@@ -40,6 +40,7 @@ def serve(
     *,
     ready_prefix: str,
     log_level: str = "info",
+    log_format: str = "text",
     grace_s: float = 5.0,
     on_grace_over: Callable[[], None] | None = None,
 ) -> None:
@@ -52,6 +53,8 @@ def serve(
     config = uvicorn.Config(
         app, loop="uvloop", http="httptools", lifespan="on",
         log_level=log_level, access_log=False,
+        # JSON logs: uvicorn's loggers reach our JSON handler instead of its own text ones.
+        log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=math.ceil(grace_s + (_LAST_WORDS_S if on_grace_over else 0)),
         # Nothing here reads client addresses or advertises the server: skip that work per request.
         proxy_headers=False, server_header=False,

@@ -53,6 +53,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     api_keys: tuple[str, ...] = ()
     # Admin keys: everything above plus the management routes that change state, and /api/hosts.
     admin_keys: tuple[str, ...] = ()
+    # A JSON file of named keys with roles and per-key limits ({"keys": [{"name", "key", "role",
+    # "requests_per_minute", "tokens_per_minute", "max_concurrent"}]}), beside the two lists above.
+    keys_file: Path | None = None
     # The key the CLI's client commands send (DUKAT_API_KEY or --api-key).
     api_key: str | None = None
     # Shared secret between gateway, worker hosts and model workers; None: `dukat serve` draws one
@@ -102,9 +105,15 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Load a known model on the first request that names it.
     auto_load: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Log lines as text, or one JSON object a line (request id, model, key, status, timings) for a
+    # cluster's log collector; every process (gateway, worker host, model worker) follows it.
+    log_format: Literal["text", "json"] = "text"
     # How long a model stays loaded after its last request (Ollama's keep_alive: "5m", seconds,
     # 0 = unload after each request, -1 = forever); a request's or the config file's value wins.
     keep_alive: str = "30m"
+    # Workers of one model a host may run on one device (a model's `replicas` beyond the host's
+    # devices): >1 suits CPU hosts, each worker with its own threads (DUKAT_WORKER_THREADS).
+    replicas_per_device: Annotated[int, Meta(ge=1, le=64)] = 1
     # Models one worker host keeps loaded at most (0: no limit); beyond, idle ones are evicted.
     max_loaded_models: Annotated[int, Meta(ge=0)] = 0
     # Bytes of memory a worker host offers on each device at most (0: what the device has).
@@ -120,6 +129,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     prefill_chunk_tokens: Annotated[int, Meta(ge=0)] = 64
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
+    # Seconds a request whose model no host has room for (or no host is up: a pool scaled to zero)
+    # waits for capacity, asking the hosts again every second, before its 503 (0: refused at once).
+    capacity_wait_s: Annotated[float, Meta(ge=0)] = 0.0
 
 
 # Every setting's default, for what is set before (or without) reading the settings: argparse and

@@ -75,6 +75,7 @@ CORPUS: dict[str, Case] = {
     "inference key pull": Case("POST", PULL, {"model": "dukat-test/tiny-gpt2"}, **DENIED),
     "inference key default": Case("POST", DEFAULT, {"model": CHAT_MODEL}, **DENIED),
     "inference key hosts": Case("GET", "/api/hosts", None, **DENIED),
+    "inference key usage": Case("GET", "/api/usage", None, **DENIED),
     "inference key job": Case("GET", "/api/downloads/dl-000000000000", None, **DENIED),
     # ---- bodies that are not JSON objects
     "not json": Case("POST", CHAT, b"{not json"),

@@ -119,8 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = load_settings()  # the host's environment: its DUKAT_LOG_LEVEL, caching settings
-    setup_logging(settings.log_level)
+    settings = load_settings()  # the host's environment: its DUKAT_LOG_LEVEL/LOG_FORMAT, caching settings
+    setup_logging(settings.log_level, settings.log_format, "model_worker")
     die_with_parent()
     local_device = pin_device(args.device, args.threads)
     try:

@@ -169,7 +169,10 @@ class WorkerServer:
         except DukatError as exc:
             writer.write(encode_frame(Error.of(rid, exc)))
         except Exception as exc:
-            log.exception("request %s (rid=%s) failed", rid, frame.request.request_id)
+            log.exception(
+                "request %s (rid=%s) failed", rid, frame.request.request_id,
+                extra={"request_id": frame.request.request_id},
+            )  # fmt: skip
             writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
         finally:
             cancels.pop(rid, None)
