@@ -261,6 +261,25 @@ def _apply_refusals(components: dict[str, Any]) -> None:
             {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
             {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
         ]
+    streamed = {  # stream_options only with stream: true
+        "anyOf": [
+            {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+            {"properties": {"stream_options": {"type": "null"}}},
+        ]
+    }
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        if name in components:
+            components[name]["allOf"] = [streamed]
+    if "ChatCompletionRequest" in components:  # tool_choice only with tools; logit_bias keys are ids
+        components["ChatCompletionRequest"]["allOf"].append({"anyOf": [
+            {"properties": {"tool_choice": {"type": "null"}}},
+            {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]},
+        ]})
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        bias = components.get(name, {}).get("properties", {}).get("logit_bias", {})
+        for alternative in bias.get("anyOf", []):
+            if alternative.get("type") == "object":
+                alternative["propertyNames"] = {"pattern": "^-?[0-9]+$"}
     if "ResponseFormat" in components:
         # json_schema needs its json_schema.
         components["ResponseFormat"]["anyOf"] = [
@@ -286,10 +305,12 @@ def _apply_refusals(components: dict[str, Any]) -> None:
 
 
 def _responses_request(props: dict[str, Any]) -> None:
-    """/v1/responses: no state (previous_response_id, conversation: only null), and the input items it
-    reads (gateway/schemas/responses.py: message, function_call, function_call_output; text parts)."""
+    """/v1/responses: no state (previous_response_id, conversation: only null; background: not true),
+    and the input items it reads (gateway/schemas/responses.py: message, function_call,
+    function_call_output; text parts)."""
     props["previous_response_id"] = {"type": "null", "default": None}
     props["conversation"] = {"type": "null", "default": None}
+    props["background"] = {"anyOf": [{"const": False}, {"type": "null"}], "default": None}
     text: dict[str, Any] = {"type": "string"}
     part = {
         "type": "object", "required": ["type"],

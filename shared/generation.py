@@ -69,6 +69,11 @@ class SamplingParams(Struct, kw_only=True, omit_defaults=True):
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
+    # OpenAI's: added to the logits of these token ids (-100 bans, 100 forces); penalties on the
+    # tokens generated so far, once per token present (presence) and per occurrence (frequency).
+    logit_bias: dict[int, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     def merged_over(self, defaults: SamplingParams) -> SamplingParams:
         """These params with unset fields taken from `defaults`."""

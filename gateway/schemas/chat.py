@@ -68,6 +68,13 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
 
     def check(self) -> None:
         """Raise a 400 naming the field for what Dukat accepts on the wire but cannot do."""
+        self.check_streaming()
+        # OpenAI: "'tool_choice' is only allowed when 'tools' are specified", whatever its value.
+        reject_if(
+            self.tool_choice is not None and not self.tools,
+            "tool_choice is only allowed when tools are given",
+            "tool_choice",
+        )
         reject_if(
             self.top_logprobs is not None and self.top_logprobs > 0 and not self.logprobs,
             "top_logprobs needs logprobs: true",

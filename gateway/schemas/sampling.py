@@ -11,6 +11,7 @@ from msgspec import Meta, Struct
 from gateway.schemas.common import (
     ChoiceCount,
     KeepAlive,
+    LogitBias,
     Penalty,
     RepetitionPenalty,
     Seed,
@@ -20,6 +21,7 @@ from gateway.schemas.common import (
     TokenId,
     TopK,
     TopP,
+    logit_bias_ids,
     per_choice_params,
     reject_if,
     stop_list,
@@ -62,9 +64,10 @@ class SamplingRequest(Struct, kw_only=True):
     stop: Stop = None
     seed: Seed | None = None
     user: str | None = None
-    # Accepted so clients that always send them work; they don't change generation.
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
+    # Token id (as a string, OpenAI's JSON keys) -> bias; the worker checks the ids against its vocabulary.
+    logit_bias: dict[str, LogitBias] | None = None
     # vLLM extensions.
     top_k: TopK | None = None
     repetition_penalty: RepetitionPenalty | None = None
@@ -97,6 +100,17 @@ class SamplingRequest(Struct, kw_only=True):
             ignore_eos=self.ignore_eos,
             stop_token_ids=self.stop_token_ids,
             skip_special_tokens=self.skip_special_tokens,
+            logit_bias=logit_bias_ids(self.logit_bias),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+        )
+
+    def check_streaming(self) -> None:
+        """OpenAI's 400s: stream_options only with a stream."""
+        reject_if(
+            self.stream_options is not None and not self.stream,
+            "stream_options is only allowed when stream is true",
+            "stream_options",
         )
 
     def sampling_params(self) -> SamplingParams:

@@ -161,6 +161,7 @@ def one_message(**message: Any) -> dict[str, Any]:
     return {"model": CHAT, "messages": [message]}
 
 
+USAGE = {"include_usage": True}
 # case -> (path, body, the param the error must name; None: any)
 BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     "missing_messages": (CHAT_PATH, {"model": CHAT}, "messages"),
@@ -170,6 +171,21 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
         CHAT_PATH, chat_body(tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"
     ),
     "user_without_content": (CHAT_PATH, one_message(role="user"), "messages"),
+    # OpenAI's own 400s: stream_options only with stream, tool_choice only with tools.
+    "stream_options_without_stream": (CHAT_PATH, chat_body(stream_options=USAGE), "stream_options"),
+    "completion_stream_options_without_stream": (
+        COMPLETIONS_PATH, {"model": CHAT, "prompt": "hi", "stream_options": USAGE}, "stream_options",
+    ),
+    "tool_choice_auto_without_tools": (CHAT_PATH, chat_body(tool_choice="auto"), "tool_choice"),
+    "tool_choice_none_without_tools": (CHAT_PATH, chat_body(tool_choice="none"), "tool_choice"),
+    # Token ids are checked against the model's vocabulary (they were accepted and ignored).
+    "logit_bias_past_vocabulary": (CHAT_PATH, chat_body(logit_bias={"999999": 5}), "logit_bias"),
+    "logit_bias_key_not_an_id": (CHAT_PATH, chat_body(logit_bias={"hello": 5}), "logit_bias"),
+    "logit_bias_over_100": (CHAT_PATH, chat_body(logit_bias={"5": 101}), None),
+    "completion_logit_bias_past_vocabulary": (
+        COMPLETIONS_PATH, {"model": CHAT, "prompt": "hi", "logit_bias": {"-1": 1}}, "logit_bias",
+    ),
+    "stop_token_ids_past_vocabulary": (CHAT_PATH, chat_body(stop_token_ids=[10**6]), "stop_token_ids"),
     "max_tokens_0": (CHAT_PATH, chat_body(max_tokens=0), "max_tokens"),
     "top_p_0": (CHAT_PATH, chat_body(top_p=0), "top_p"),
     "body_is_a_list": (CHAT_PATH, [HI], None),

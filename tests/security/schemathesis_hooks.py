@@ -5,6 +5,7 @@ check still runs on every case generated.
 - `/v1/embeddings` needs an embedding model: without `model` the default (a chat model) answers 400
   `unsupported_task`; `dimensions` must be the model's own size; token ids must be in its vocabulary.
 - `/v1/completions`: prompts x n is capped (DUKAT_MAX_GENERATIONS); `best_of` must equal `n`.
+- Token ids in `logit_bias` and `stop_token_ids` must be in the model's vocabulary (else a 400).
 - The tiny test models have a 512-token context: longer prompts are a 400 `context_length_exceeded`.
 - Constrained decoding (a JSON schema, a regex, forced tool calls, `text.format`) depends on the model:
   a schema the grammar engine can't compile, or whose shortest output can't fit `max_tokens` in the
@@ -59,7 +60,7 @@ def filter_case(context: Any, case: Any) -> bool:
             and all(not isinstance(i, int) or 0 <= i < VOCAB for i in ids)
             and _text_size(inputs) <= PROMPT_CHARS
         )
-    if body.get("structured_outputs") is not None:
+    if body.get("structured_outputs") is not None or not _ids_in_vocabulary(body):
         return False
     if path == "/v1/completions":
         prompts = body.get("prompt")
@@ -84,6 +85,13 @@ def filter_case(context: Any, case: Any) -> bool:
             and (text.get("format") or {}).get("type") in (None, "text")
         )
     return True
+
+
+def _ids_in_vocabulary(body: dict[str, Any]) -> bool:
+    bias = body.get("logit_bias") if isinstance(body.get("logit_bias"), dict) else {}
+    stops = body.get("stop_token_ids") if isinstance(body.get("stop_token_ids"), list) else []
+    ids = [int(k) for k in bias if k.lstrip("-").isdigit()] + [i for i in stops if isinstance(i, int)]
+    return all(0 <= i < VOCAB for i in ids)
 
 
 def _token_ids(prompts: Any) -> list[int]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.errors import (
     ContextLengthExceededError,
+    InvalidRequestError,
     ModelNotLoadedError,
     UnsupportedTaskError,
 )
@@ -174,7 +175,10 @@ class Engine:
         grammars = grammar = None
         if req.constraint is not None:
             grammars = self._grammars_for(loaded)
-            grammar = grammars.row(req.constraint, plan.max_new_tokens)
+            # A forced tool call that can't fit max_tokens is cut there (finish_reason "length", no
+            # complete call) as OpenAI answers it; other constraints that can't fit are a 400.
+            forced_call = plan.tool_parsing in ("calls", "arguments")
+            grammar = grammars.row(req.constraint, _UNBOUNDED if forced_call else plan.max_new_tokens)
         job = Job(
             prompt_ids=plan.prompt_ids,
             sampler=TokenSampler(plan.params, device=loaded.device),
@@ -242,7 +246,9 @@ class Engine:
         stops = stop_strings(self._model_type, params.stop, chat=chat)
         # vLLM's ignore_eos (not for a constrained output: its grammar's end is an end of sequence).
         eos = frozenset() if params.ignore_eos and req.constraint is None else self._eos_ids
-        extra_stops = _in_vocabulary(params.stop_token_ids, tokenizer)
+        size = _vocab_size(loaded)
+        extra_stops = frozenset(_in_vocabulary(params.stop_token_ids, size, "stop_token_ids"))
+        _in_vocabulary(list(params.logit_bias or ()), size, "logit_bias")
         parsing = req.tools.parsing if req.tools is not None else "none"
         wants_vocab = req.logprobs is not None
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
@@ -271,9 +277,9 @@ class Engine:
         """The model's grammar machinery (token bytes too), built once at first need."""
         with self._lock:
             if self._grammars is None:
-                configured = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
-                vocab_size = max(configured, len(loaded.tokenizer))
-                self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
+                self._grammars = Grammars(
+                    loaded.tokenizer, vocab_size=_vocab_size(loaded), stop_ids=self._eos_ids
+                )
             return self._grammars
 
 
@@ -297,10 +303,24 @@ def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_que
     return scheduler
 
 
-def _in_vocabulary(ids: list[int] | None, tokenizer: Any) -> frozenset[int]:
-    """vLLM's stop_token_ids that the model can produce (others could never stop anything)."""
-    size = len(tokenizer)
-    return frozenset(i for i in ids or () if 0 <= i < size)
+# A budget no grammar's shortest output exceeds: the row is then only cut by the real one.
+_UNBOUNDED = 1 << 30
+
+
+def _vocab_size(loaded: Loaded) -> int:
+    """The ids the model can produce: its logits' width (padded vocabularies) or its tokenizer's."""
+    configured = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
+    return max(configured, len(loaded.tokenizer))
+
+
+def _in_vocabulary(ids: list[int] | None, size: int, param: str) -> list[int]:
+    """`ids`, each checked to be a token id of the model (a 400 naming `param` otherwise)."""
+    for i in ids or ():
+        if not 0 <= i < size:
+            raise InvalidRequestError(
+                f"{param} holds token id {i}, outside the model's vocabulary (0 to {size - 1})", param=param
+            )
+    return list(ids or ())
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
