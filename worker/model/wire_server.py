@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ class WorkerServer:
         info: WorkerInfo,
         *,
         max_pending: int,
+        max_wait_s: float = math.inf,
         max_batch: int,
         drain_s: float = 0.0,
         token: str | None = None,
@@ -63,7 +65,9 @@ class WorkerServer:
         self.engine = engine
         self.token = token.encode() if token else None
         self.info = info
-        self.places = Admission(info.model_id, max_pending=max_pending, max_batch=max_batch)
+        self.places = Admission(
+            info.model_id, max_pending=max_pending, max_batch=max_batch, max_wait_s=max_wait_s
+        )
         self.finished = 0
         self.cancelled = 0  # finished because the caller went away
         self.drain_s = drain_s
