@@ -275,6 +275,9 @@ def _apply_refusals(components: dict[str, Any]) -> None:
             {"properties": {"tool_choice": {"type": "null"}}},
             {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]},
         ]})
+        props = components["ChatCompletionRequest"]["properties"]
+        props["modalities"] = {"anyOf": [{"type": "array", "items": {"const": "text"}}, {"type": "null"}]}
+        props["audio"] = props["web_search_options"] = {"type": "null", "default": None}
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         bias = components.get(name, {}).get("properties", {}).get("logit_bias", {})
         for alternative in bias.get("anyOf", []):

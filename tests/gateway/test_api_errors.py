@@ -185,6 +185,9 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     "completion_logit_bias_past_vocabulary": (
         COMPLETIONS_PATH, {"model": CHAT, "prompt": "hi", "logit_bias": {"-1": 1}}, "logit_bias",
     ),
+    "audio_modality": (CHAT_PATH, chat_body(modalities=["text", "audio"]), "modalities"),
+    "audio_output": (CHAT_PATH, chat_body(audio={"voice": "alloy", "format": "wav"}), "audio"),
+    "web_search": (CHAT_PATH, chat_body(web_search_options={}), "web_search_options"),
     "stop_token_ids_past_vocabulary": (CHAT_PATH, chat_body(stop_token_ids=[10**6]), "stop_token_ids"),
     "max_tokens_0": (CHAT_PATH, chat_body(max_tokens=0), "max_tokens"),
     "top_p_0": (CHAT_PATH, chat_body(top_p=0), "top_p"),

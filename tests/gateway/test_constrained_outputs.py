@@ -122,13 +122,8 @@ def test_vllm_structured_outputs_json_parses_and_validates(client: openai.OpenAI
 def test_forced_chat_tool_calls_with_refs_and_bounded_strings_validate(
     client: openai.OpenAI, stream: bool, choice: str
 ) -> None:
-    tools: Any = [
-        {"type": "function", "function": {"name": "tag", "parameters": TAGGED}},
-        {
-            "type": "function",
-            "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}},
-        },
-    ]
+    # One tool: the tiny model's context (512) holds its description and a call with room to spare.
+    tools: Any = [{"type": "function", "function": {"name": "tag", "parameters": TAGGED}}]
     tool_choice: Any = choice if choice == "required" else {"type": "function", "function": {"name": "tag"}}
     for seed in SEEDS:
         calls = chat_calls(

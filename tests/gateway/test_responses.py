@@ -162,20 +162,32 @@ def test_a_background_response_is_a_400_as_nothing_is_stored(client: openai.Open
     assert caught.value.param == "background"
 
 
-def test_responses_penalties_reach_generation(client: openai.OpenAI) -> None:
-    """The same conversation greedy through chat and Responses: the penalised answers agree, and
-    differ from the plain one (tests/gateway/test_field_effects.py shows chat's take effect)."""
-    for prompt in ("hello hello hello", "a b a b a b", "The weather today is", "1 2 3 4 5"):
-        chat: Any = {"model": CHAT, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16}
-        plain = client.chat.completions.create(**chat, temperature=0).choices[0].message.content
-        chat.update(frequency_penalty=2.0, presence_penalty=2.0)
-        penalised = client.chat.completions.create(**chat, temperature=0)
-        if penalised.choices[0].message.content == plain:
-            continue
-        out = client.responses.create(
-            model=CHAT, input=prompt, max_output_tokens=16, temperature=0,
-            extra_body={"frequency_penalty": 2.0, "presence_penalty": 2.0},
-        )
-        assert out.output_text == penalised.choices[0].message.content
-        return
-    pytest.fail("no prompt whose greedy chat answer the penalties change")
+PENALTY_PROMPTS = ("hello hello hello", "a b a b a b", "The weather today is", "1 2 3 4 5", "Once upon")
+
+
+def greedy_logprobs(client: openai.OpenAI, prompt: str, **extra: Any) -> list[Any]:
+    out = client.responses.create(
+        model=CHAT, input=prompt, max_output_tokens=64, temperature=0, top_logprobs=5,
+        include=["message.output_text.logprobs"], extra_body=extra,
+    )
+    return out.output[0].content[0].logprobs or []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("field", ["presence_penalty", "frequency_penalty"])
+def test_responses_penalties_change_a_repeat_they_must_change(client: openai.OpenAI, field: str) -> None:
+    """At the first repeated token whose lead over the best new token is under 2, a penalty of 2
+    must change the greedy output (there or before)."""
+    checked = 0
+    for prompt in PENALTY_PROMPTS:
+        plain = greedy_logprobs(client, prompt)
+        tokens = [e.token for e in plain]
+        for i, entry in enumerate(plain):
+            if entry.token not in tokens[:i] or "\ufffd" in entry.token:
+                continue
+            others = [t.logprob for t in entry.top_logprobs if t.token not in tokens[: i + 1]]
+            if others and entry.logprob - max(others) < 2.0:
+                penalised = [e.token for e in greedy_logprobs(client, prompt, **{field: 2.0})]
+                assert penalised[: i + 1] != tokens[: i + 1], prompt
+                checked += 1
+                break
+    assert checked, "no prompt repeats a token the penalty must change"
