@@ -170,7 +170,7 @@ class _RequestsCollector(Collector):
             "vllm:prompt_tokens": ("Prompt tokens processed.", "prompt_tokens"),
             "vllm:generation_tokens": ("Tokens generated.", "generation_tokens"),
             "dukat_queue_rejections": (
-                "Requests refused because a worker's queue was full (429).",
+                "Requests refused because a worker's queue could not start them in time or was full (429).",
                 "rejections",
             ),
         }

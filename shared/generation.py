@@ -110,6 +110,8 @@ class Constraint(Struct, kw_only=True):
     regex: str | None = None
     choices: list[str] | None = None
     strict: bool = True
+    # The request field it came from, named by a 400 about it (tools, text, structured_outputs ...).
+    param: str = "response_format"
 
 
 # How the engine reads tool calls out of the output: not at all, in the model family's own format

@@ -140,6 +140,8 @@ class CreateResponseRequest(Struct, kw_only=True):
         fmt = self.text.format if self.text is not None else _plain_text()
         schema = JsonSchemaFormat(name=fmt.name or "response", schema_=fmt.schema_, strict=fmt.strict)
         formatted = ResponseFormat(type=fmt.type, json_schema=schema).constraint()
+        if formatted is not None:
+            formatted.param = "text.format"
         params = SamplingParams(
             temperature=self.temperature,
             top_p=self.top_p,

@@ -29,6 +29,8 @@ from gateway.schemas.common import (
 )
 from shared.generation import Constraint, SamplingParams
 
+_PARAM = "structured_outputs"
+
 
 class StructuredOutputs(Struct, kw_only=True):
     """vLLM's `structured_outputs` extension: exactly one of a JSON schema, a regex or choices."""
@@ -45,10 +47,10 @@ class StructuredOutputs(Struct, kw_only=True):
             "structured_outputs",
         )
         if self.json is not None:
-            return Constraint(kind="json", schema=msgspec.json.encode(self.json).decode())
+            return Constraint(kind="json", schema=msgspec.json.encode(self.json).decode(), param=_PARAM)
         if self.regex is not None:
-            return Constraint(kind="regex", regex=self.regex)
-        return Constraint(kind="choice", choices=self.choice)
+            return Constraint(kind="regex", regex=self.regex, param=_PARAM)
+        return Constraint(kind="choice", choices=self.choice, param=_PARAM)
 
 
 class SamplingRequest(Struct, kw_only=True):

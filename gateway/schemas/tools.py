@@ -99,14 +99,15 @@ def tool_plan(
         schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1, "$defs": defs}
         if parallel is False:
             schema["maxItems"] = 1
-        return ToolUse(tools=offered, parsing="calls"), Constraint(kind="json", schema=_json(schema))
+        forced = Constraint(kind="json", schema=_json(schema), param="tools")
+        return ToolUse(tools=offered, parsing="calls"), forced
     assert isinstance(choice, NamedToolChoice)
     named = [t.function for t in tools if t.function.name == choice.function.name]
     reject_if(
         not named, f"tool_choice names {choice.function.name!r}, which is not among the tools", "tool_choice"
     )
     use = ToolUse(tools=offered, parsing="arguments", name=named[0].name)
-    return use, Constraint(kind="json", schema=_json(_parameters(named[0])))
+    return use, Constraint(kind="json", schema=_json(_parameters(named[0])), param="tools")
 
 
 def legacy_tools(

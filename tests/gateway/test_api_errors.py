@@ -162,6 +162,9 @@ def one_message(**message: Any) -> dict[str, Any]:
 
 
 USAGE = {"include_usage": True}
+LOOKBEHIND = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=a)b"}}}
+LOOKBEHIND_TOOL = {"type": "function", "function": {"name": "f", "parameters": LOOKBEHIND}}
+LOOKBEHIND_FORMAT = {"type": "json_schema", "name": "x", "schema": LOOKBEHIND, "strict": True}
 # case -> (path, body, the param the error must name; None: any)
 BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     "missing_messages": (CHAT_PATH, {"model": CHAT}, "messages"),
@@ -188,6 +191,13 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     "audio_modality": (CHAT_PATH, chat_body(modalities=["text", "audio"]), "modalities"),
     "audio_output": (CHAT_PATH, chat_body(audio={"voice": "alloy", "format": "wav"}), "audio"),
     "web_search": (CHAT_PATH, chat_body(web_search_options={}), "web_search_options"),
+    # A schema the grammar engine can't take is blamed on the field it came from.
+    "tool_schema_engine_cant_take": (
+        CHAT_PATH, chat_body(tools=[LOOKBEHIND_TOOL], tool_choice="required", max_tokens=20), "tools",
+    ),
+    "responses_text_format_engine_cant_take": (
+        "/v1/responses", {"model": CHAT, "input": "hi", "text": {"format": LOOKBEHIND_FORMAT}}, "text.format",
+    ),
     "stop_token_ids_past_vocabulary": (CHAT_PATH, chat_body(stop_token_ids=[10**6]), "stop_token_ids"),
     "max_tokens_0": (CHAT_PATH, chat_body(max_tokens=0), "max_tokens"),
     "top_p_0": (CHAT_PATH, chat_body(top_p=0), "top_p"),

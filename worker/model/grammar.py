@@ -67,7 +67,7 @@ class Grammars:
             message = _XGRAMMAR_PREFIX.sub("", str(exc).strip())
             raise InvalidRequestError(
                 f"the {_what(constraint)} can't be used for constrained decoding: {message}",
-                param="response_format",
+                param=constraint.param,
             ) from exc
 
     def row(self, constraint: Constraint, budget: int) -> RowGrammar:
