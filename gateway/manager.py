@@ -65,6 +65,8 @@ class AsyncModelManager:
         self.dispatch = Dispatcher(settings, self.hosts, self, metrics)
         self.admin = ModelAdmin(settings, self.hosts, self.config)
         self._replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
+        # model id -> the load that requests finding it unloaded share
+        self._auto_loads: dict[str, asyncio.Future[list[WorkerState | LoadedModel]]] = {}
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
 
     async def start(self) -> None:
@@ -230,14 +232,22 @@ class AsyncModelManager:
         waiting = self.metrics.waiting.labels(mid) if self.metrics else None
         if waiting is not None:
             waiting.inc()
+        # One load per model for every request that finds it unloaded: a burst of 200 on a cold model
+        # asked the host its state 200 times at once (httpx's pool timed out: 503s).
+        task = self._auto_loads.get(mid)
+        if task is None or task.done():
+            task = self._auto_loads[mid] = asyncio.ensure_future(self._auto_load(mid, request_id))
         try:
-            loaded_now = await self.load_model(mid, request_id=request_id)
+            return mid, await asyncio.shield(task)
         finally:
             if waiting is not None:
                 waiting.dec()
+
+    async def _auto_load(self, mid: str, request_id: str) -> list[WorkerState | LoadedModel]:
+        loaded_now = await self.load_model(mid, request_id=request_id)
         # Fresh: a cached view (or a refresh already in flight) may still say `loading`, no address.
         found = [w for _, w in await self.hosts.find_all(mid, fresh=True)]
-        return mid, [w for w in found if w.status == "loaded"] or [loaded_now]
+        return [w for w in found if w.status == "loaded"] or [loaded_now]
 
     def _replicate(self, model_id: str, have: int, request_id: str) -> None:
         entry = self.config.view().models.get(model_id)
