@@ -24,6 +24,7 @@ from shared.errors import DukatError, ModelNotLoadedError, WorkerFailedError, Wo
 from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
 from shared.host_api import HostState, WorkerState
 from shared.settings import Settings
+from shared.wire import Tokens
 from shared.wire_client import WorkerConnection
 
 if TYPE_CHECKING:
@@ -145,6 +146,26 @@ class Dispatcher:
     ) -> tuple[str, EmbedResult]:
         request = EmbedRequest(inputs=[*inputs], keep_alive=keep_alive)
         return await self.on_worker(model_id, lambda conn, _: conn.embed(request))
+
+    async def tokenize(
+        self,
+        model_id: str | None,
+        request: GenerateRequest,
+        *,
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool | None = None,
+    ) -> tuple[str, Tokens]:
+        """The model's id and `request`'s prompt as its token ids (see shared/wire.py's `Tokenize`)."""
+
+        def call(conn: WorkerConnection, _: SamplingParams | None) -> Awaitable[Tokens]:
+            return conn.tokenize(
+                request, add_generation_prompt=add_generation_prompt, add_special_tokens=add_special_tokens
+            )
+
+        return await self.on_worker(model_id, call, request.request_id)
+
+    async def detokenize(self, model_id: str | None, tokens: list[int]) -> tuple[str, str]:
+        return await self.on_worker(model_id, lambda conn, _: conn.detokenize(tokens))
 
     async def _stream(
         self, mid: str, workers: list[WorkerState], request: GenerateRequest

@@ -18,9 +18,11 @@ from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.handlers import HTTPRouteHandler
 
+from gateway.anthropic_errors import AnthropicErrorBody
 from gateway.auth import route_access
 from gateway.schemas import ChatCompletionChunk, CompletionResponse
 from gateway.schemas.common import INT64_MAX
+from gateway.schemas.message_events import MessageEvent
 from gateway.schemas.response_events import ResponseEvent
 from gateway.sse import EventStream
 from shared.errors import ErrorBody
@@ -51,6 +53,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/completions"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/embeddings"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/responses"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/messages"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/messages/count_tokens"): (400, 413, 415, *_REACHES_A_MODEL),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
@@ -72,18 +76,24 @@ _CHUNKS: dict[tuple[str, str], Any] = {
     ("post", "/v1/chat/completions"): ChatCompletionChunk,
     ("post", "/v1/completions"): CompletionResponse,
     ("post", "/v1/responses"): ResponseEvent,
+    ("post", "/v1/messages"): MessageEvent,
+}
+# Routes whose errors are not OpenAI's body (Anthropic's Messages API answers in its own shape).
+_ERROR_BODIES: dict[tuple[str, str], Any] = {
+    ("post", "/v1/messages"): AnthropicErrorBody,
+    ("post", "/v1/messages/count_tokens"): AnthropicErrorBody,
 }
 
 
-def _sse(chunk: dict[str, Any]) -> dict[str, Any]:
+def _sse(chunk: dict[str, Any], error: dict[str, Any] = _ERROR, done: bool = True) -> dict[str, Any]:
     """An event stream whose every event (OpenAPI 3.1: `schema` is one event) has a `data` line:
-    a JSON chunk, an error body (a failure after the first chunk), or `[DONE]` last."""
+    a JSON chunk, an error body (a failure after the first chunk), or `[DONE]` last (when `done`)."""
     json_data = {
         "type": "string",
         "contentMediaType": "application/json",
-        "contentSchema": {"anyOf": [chunk, _ERROR]},
+        "contentSchema": {"anyOf": [chunk, error]},
     }
-    data = {"anyOf": [{"const": "[DONE]"}, json_data]}
+    data = {"anyOf": [{"const": "[DONE]"}, json_data]} if done else json_data
     return {
         "schema": {"type": "object", "required": ["data"], "properties": {"data": data}},
         "description": "With `stream: true`: Server-Sent Events, `data: <chunk>` then `data: [DONE]`.",
@@ -98,7 +108,7 @@ def publish_truthful_openapi(app: Litestar, settings: Settings) -> None:
     wanted: list[Any] = [ErrorBody]
     for found in handlers.values():
         wanted += [t for t in (_body_type(found), _json_type(found)) if t is not None]
-    wanted += list(_CHUNKS.values())
+    wanted += [*_CHUNKS.values(), *_ERROR_BODIES.values()]
     schemas, components = msgspec.json.schema_components(wanted, ref_template=REF)
     by_type = {id(t): s for t, s in zip(wanted, schemas, strict=True)}
     document.setdefault("components", {})["schemas"] = components
@@ -164,8 +174,9 @@ def _rewrite(
         }
     success = str(handler.status_code)
     content: dict[str, Any] = {"application/json": {"schema": by_type[id(_json_type(handler))]}}
+    error = by_type[id(_ERROR_BODIES[key])] if key in _ERROR_BODIES else _ERROR
     if _streams(handler):
-        content["text/event-stream"] = _sse(by_type[id(_CHUNKS[key])])
+        content["text/event-stream"] = _sse(by_type[id(_CHUNKS[key])], error, done=key not in _ERROR_BODIES)
     description = operation.get("responses", {}).get(success, {}).get("description", "OK")
     responses: dict[str, Any] = {success: {"description": description, "content": content}}
     access = route_access(handler, key[1])
@@ -177,7 +188,7 @@ def _rewrite(
     for status in sorted(statuses):
         responses[str(status)] = {
             "description": _REASONS[status],
-            "content": {"application/json": {"schema": _ERROR}},
+            "content": {"application/json": {"schema": error}},
         }
     operation["responses"] = responses
     if access == "open":
@@ -218,7 +229,7 @@ KEEP_ALIVE_PATTERN = r"^\s*[+-]?([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[
 # a path, but the document describes what any client may send).
 _MODEL_BODIES = (
     "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "CreateResponseRequest", "LoadRequest",
-    "UnloadRequest", "SetDefaultRequest", "DeleteRequest",
+    "UnloadRequest", "SetDefaultRequest", "DeleteRequest", "MessagesRequest", "CountTokensRequest",
 )
 
 

@@ -24,6 +24,7 @@ from shared.wire import (
     Admitted,
     Cancel,
     Delta,
+    Detokenize,
     Embed,
     Embedding,
     Error,
@@ -33,6 +34,9 @@ from shared.wire import (
     Ping,
     Pong,
     Result,
+    Text,
+    Tokenize,
+    Tokens,
     ToWorker,
     WorkerInfo,
     encode_frame,
@@ -42,7 +46,7 @@ from shared.wire import (
 
 log = logging.getLogger(__name__)
 _CLOSED = object()
-_Reply = TypeVar("_Reply", Pong, Result, Embedding)
+_Reply = TypeVar("_Reply", Pong, Result, Embedding, Tokens, Text)
 
 
 class RequestObserver(Protocol):
@@ -115,7 +119,9 @@ class WorkerConnection:
         writer.write(encode_frame(frame))
 
     async def _request(
-        self, make: type[Generate] | type[Embed] | type[Ping] | type[Admit], **kw: object
+        self,
+        make: type[Generate] | type[Embed] | type[Ping] | type[Admit] | type[Tokenize] | type[Detokenize],
+        **kw: object,
     ) -> tuple[int, asyncio.Queue]:
         rid = next(self._ids)
         queue: asyncio.Queue[FromWorker | object] = asyncio.Queue()
@@ -158,7 +164,11 @@ class WorkerConnection:
         return frame  # type: ignore[return-value]
 
     async def _call(
-        self, reply: type[_Reply], deadline: float | None, make: type[Generate | Embed | Ping], **kw: object
+        self,
+        reply: type[_Reply],
+        deadline: float | None,
+        make: type[Generate | Embed | Ping | Tokenize | Detokenize],
+        **kw: object,
     ) -> _Reply:
         """Send one request and wait for its one reply; a caller that goes away first (a deadline, a
         client that disconnected) has the worker cancel it."""
@@ -250,6 +260,28 @@ class WorkerConnection:
             self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
         return frame.result
 
+    async def tokenize(
+        self,
+        request: GenerateRequest,
+        *,
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool | None = None,
+    ) -> Tokens:
+        """`request`'s prompt as the model's token ids (see `Tokenize`), and its context length."""
+        deadline = self._deadline(self.request_timeout_s)
+        return await self._call(
+            Tokens,
+            deadline,
+            Tokenize,
+            request=request,
+            add_generation_prompt=add_generation_prompt,
+            add_special_tokens=add_special_tokens,
+        )
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        deadline = self._deadline(self.request_timeout_s)
+        return (await self._call(Text, deadline, Detokenize, tokens=tokens)).text
+
     async def _finish(self, rid: int, done: bool) -> None:
         self._forget(rid)
         if not done and self._writer is not None:
@@ -268,4 +300,3 @@ class WorkerConnection:
 
 def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
-

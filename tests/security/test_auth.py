@@ -210,3 +210,17 @@ def test_the_access_log_escapes_control_characters(caplog: pytest.LogCaptureFixt
         asyncio.run(GatewayMiddleware(app)(scope, None, send))
     [line] = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
     assert "\n" not in line and "\r" not in line and "/v1/x\\n127.0.0.1 GET /admin 200\\r" in line
+
+
+def test_the_anthropic_sdk_authenticates_with_x_api_key(locked: Locked) -> None:
+    import anthropic
+
+    hello: list = [{"role": "user", "content": "hi"}]
+    with anthropic.Anthropic(base_url=locked.url, api_key=INFERENCE_KEY, max_retries=0, timeout=120) as ok:
+        assert ok.messages.count_tokens(model=CHAT_MODEL, messages=hello).input_tokens > 0
+    with anthropic.Anthropic(base_url=locked.url, api_key="sk-wrong", max_retries=0, timeout=120) as wrong:
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            wrong.messages.create(model=CHAT_MODEL, max_tokens=2, messages=hello)
+    body = refused.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "authentication_error" and "x-api-key" in body["error"]["message"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.errors import (
     ContextLengthExceededError,
+    InvalidRequestError,
     ModelNotLoadedError,
     UnsupportedTaskError,
 )
@@ -43,7 +44,7 @@ from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
-from worker.model.prompt_ids import prompt_of
+from worker.model.prompt_ids import prompt_of, prompt_tokens
 from worker.model.reply import Plan, Reply, TextStream, deliver
 from worker.model.sampling import TokenSampler, resolve_params
 from worker.model.tool_calls import ToolFormat, tool_format_of
@@ -210,6 +211,28 @@ class Engine:
             self._require_loaded()
             return self._embedder.embed(req)
 
+    def tokenize(
+        self, req: GenerateRequest, *, generation_prompt: bool, special_tokens: bool | None
+    ) -> list[int]:
+        """`req`'s prompt as token ids (worker/model/prompt_ids.py's `prompt_tokens`)."""
+        loaded = self._require_loaded()
+        fmt = self._model_type.prompt_format
+        return prompt_tokens(
+            loaded.tokenizer, req, fmt, self._tool_format,
+            generation_prompt=generation_prompt, special_tokens=special_tokens,
+        )  # fmt: skip
+
+    def detokenize(self, ids: list[int]) -> str:
+        tokenizer = self._require_loaded().tokenizer
+        bad = [i for i in ids if not 0 <= i < len(tokenizer)]
+        if bad:
+            raise InvalidRequestError(
+                f"token id {bad[0]} is outside this model's vocabulary (0..{len(tokenizer) - 1})",
+                param="tokens",
+            )
+        text: str = tokenizer.decode(ids)
+        return text
+
     def close(self) -> None:
         """Drop the model; later calls raise ModelNotLoadedError. Waits for the running requests."""
         if self._scheduler is not None:
@@ -275,7 +298,6 @@ class Engine:
                 vocab_size = max(configured, len(loaded.tokenizer))
                 self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
             return self._grammars
-
 
 
 def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int) -> Scheduler:

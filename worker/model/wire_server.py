@@ -24,6 +24,7 @@ from shared.wire import (
     Admitted,
     Cancel,
     Delta,
+    Detokenize,
     Embed,
     Embedding,
     Error,
@@ -32,6 +33,9 @@ from shared.wire import (
     Ping,
     Pong,
     Result,
+    Text,
+    Tokenize,
+    Tokens,
     WorkerInfo,
     WorkerLoad,
     encode_frame,
@@ -98,6 +102,10 @@ class WorkerServer:
                         writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
                     case Hello():
                         pass
+                    case Tokenize() | Detokenize():
+                        task = asyncio.create_task(self._answer(frame, writer))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
                     case Generate() | Embed():
                         writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
@@ -173,6 +181,34 @@ class WorkerServer:
             writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
         finally:
             cancels.pop(rid, None)
+
+    async def _answer(self, frame: Tokenize | Detokenize, writer: asyncio.StreamWriter) -> None:
+        """Text <-> token ids: quick, so outside the generation queue (in a thread: a long prompt)."""
+        loop = asyncio.get_running_loop()
+        try:
+            reply: Tokens | Text
+            if isinstance(frame, Tokenize):
+                tokenize = partial(
+                    self.engine.tokenize,
+                    frame.request,
+                    generation_prompt=frame.add_generation_prompt,
+                    special_tokens=frame.add_special_tokens,
+                )
+                ids = await loop.run_in_executor(self.executor, tokenize)
+                reply = Tokens(id=frame.id, tokens=ids, max_model_len=self.info.context_length)
+            else:
+                text = await loop.run_in_executor(self.executor, self.engine.detokenize, frame.tokens)
+                reply = Text(id=frame.id, text=text)
+        except DukatError as exc:
+            writer.write(encode_frame(Error.of(frame.id, exc)))
+            return
+        except Exception as exc:
+            log.exception("request %s (%s) failed", frame.id, type(frame).__name__)
+            writer.write(
+                encode_frame(Error.of(frame.id, InternalError(f"worker error: {type(exc).__name__}")))
+            )
+            return
+        writer.write(encode_frame(reply))
 
     def load(self) -> WorkerLoad:
         idle = 0.0 if self.pending else time.monotonic() - self.last_done
