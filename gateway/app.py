@@ -29,6 +29,7 @@ from gateway.routes import (
     messages,
     model_admin,
     models,
+    rerank,
     responses,
 )
 from gateway.sse import StreamControl
@@ -44,6 +45,9 @@ ROUTES = [
     embeddings.embeddings,
     messages.create_message,
     messages.count_tokens,
+    rerank.rerank_v1,
+    rerank.rerank_v2,
+    rerank.score,
     models.list_models,
     models.get_model,
     management.available,

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from gateway.metrics import GatewayMetrics
 from shared.errors import DukatError, ModelNotLoadedError, WorkerFailedError, WorkerUnreachableError
-from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+)
 from shared.host_api import HostState, WorkerState
 from shared.settings import Settings
 from shared.wire import Tokens
@@ -146,6 +154,13 @@ class Dispatcher:
     ) -> tuple[str, EmbedResult]:
         request = EmbedRequest(inputs=[*inputs], keep_alive=keep_alive)
         return await self.on_worker(model_id, lambda conn, _: conn.embed(request))
+
+    async def score(
+        self, model_id: str | None, pairs: list[tuple[str, str]], keep_alive: float | None = None
+    ) -> tuple[str, ScoreResult]:
+        """A cross-encoder's relevance score of each (query, document) pair."""
+        request = ScoreRequest(pairs=pairs, keep_alive=keep_alive)
+        return await self.on_worker(model_id, lambda conn, _: conn.score(request))
 
     async def tokenize(
         self,

@@ -55,6 +55,9 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/responses"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/messages"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/messages/count_tokens"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/rerank"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v2/rerank"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/score"): (400, 413, 415, *_REACHES_A_MODEL),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
@@ -230,6 +233,7 @@ KEEP_ALIVE_PATTERN = r"^\s*[+-]?([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[
 _MODEL_BODIES = (
     "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "CreateResponseRequest", "LoadRequest",
     "UnloadRequest", "SetDefaultRequest", "DeleteRequest", "MessagesRequest", "CountTokensRequest",
+    "RerankRequest", "ScoreTextsRequest",
 )
 
 

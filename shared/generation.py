@@ -187,3 +187,16 @@ class EmbedRequest(Struct, kw_only=True):
 class EmbedResult(Struct, kw_only=True):
     vectors: list[list[float]]
     prompt_tokens: int
+
+
+class ScoreRequest(Struct, kw_only=True):
+    """(query, document) pairs for a cross-encoder (rerank, score)."""
+
+    pairs: list[tuple[str, str]]
+    request_id: str = ""
+    keep_alive: float | None = None
+
+
+class ScoreResult(Struct, kw_only=True):
+    scores: list[float]  # one per pair, in order: the relevance logit through the model's activation
+    prompt_tokens: int

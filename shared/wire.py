@@ -13,7 +13,15 @@ import msgspec
 from msgspec import Struct
 
 from shared.errors import DukatError, error_from_code
-from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+)
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
@@ -172,8 +180,19 @@ class Text(Struct, tag="text", kw_only=True, forbid_unknown_fields=True):
     text: str
 
 
-ToWorker = Hello | Generate | Embed | Admit | Cancel | Ping | Tokenize | Detokenize
-FromWorker = Admitted | Accepted | Delta | Result | Embedding | Pong | Error | Tokens | Text
+# A cross-encoder's relevance scores (rerank, score): queued and batched like embeddings.
+class Score(Struct, tag="score", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    request: ScoreRequest
+
+
+class Scores(Struct, tag="scores", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    result: ScoreResult
+
+
+ToWorker = Hello | Generate | Embed | Admit | Cancel | Ping | Tokenize | Detokenize | Score
+FromWorker = Admitted | Accepted | Delta | Result | Embedding | Pong | Error | Tokens | Text | Scores
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

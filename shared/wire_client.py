@@ -17,7 +17,15 @@ from collections.abc import AsyncIterator
 from typing import Protocol, TypeVar
 
 from shared.errors import OverloadedError, RequestTimeoutError, WorkerFailedError, WorkerUnreachableError
-from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+)
 from shared.wire import (
     Accepted,
     Admit,
@@ -34,6 +42,8 @@ from shared.wire import (
     Ping,
     Pong,
     Result,
+    Score,
+    Scores,
     Text,
     Tokenize,
     Tokens,
@@ -46,7 +56,7 @@ from shared.wire import (
 
 log = logging.getLogger(__name__)
 _CLOSED = object()
-_Reply = TypeVar("_Reply", Pong, Result, Embedding, Tokens, Text)
+_Reply = TypeVar("_Reply", Pong, Result, Embedding, Tokens, Text, Scores)
 
 
 class RequestObserver(Protocol):
@@ -120,7 +130,7 @@ class WorkerConnection:
 
     async def _request(
         self,
-        make: type[Generate] | type[Embed] | type[Ping] | type[Admit] | type[Tokenize] | type[Detokenize],
+        make: type[Generate | Embed | Ping | Admit | Tokenize | Detokenize | Score],
         **kw: object,
     ) -> tuple[int, asyncio.Queue]:
         rid = next(self._ids)
@@ -167,7 +177,7 @@ class WorkerConnection:
         self,
         reply: type[_Reply],
         deadline: float | None,
-        make: type[Generate | Embed | Ping | Tokenize | Detokenize],
+        make: type[Generate | Embed | Ping | Tokenize | Detokenize | Score],
         **kw: object,
     ) -> _Reply:
         """Send one request and wait for its one reply; a caller that goes away first (a deadline, a
@@ -257,6 +267,14 @@ class WorkerConnection:
         started = time.perf_counter()
         frame = await self._call(Embedding, deadline, Embed, request=request)
         if self.observer is not None:
+            self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
+        return frame.result
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        deadline = self._deadline(self.request_timeout_s)
+        started = time.perf_counter()
+        frame = await self._call(Scores, deadline, Score, request=request)
+        if self.observer is not None:  # counted as the embeddings are: tokens in, latency
             self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
         return frame.result
 

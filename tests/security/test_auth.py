@@ -218,9 +218,9 @@ def test_the_anthropic_sdk_authenticates_with_x_api_key(locked: Locked) -> None:
     hello: list = [{"role": "user", "content": "hi"}]
     with anthropic.Anthropic(base_url=locked.url, api_key=INFERENCE_KEY, max_retries=0, timeout=120) as ok:
         assert ok.messages.count_tokens(model=CHAT_MODEL, messages=hello).input_tokens > 0
-    with anthropic.Anthropic(base_url=locked.url, api_key="sk-wrong", max_retries=0, timeout=120) as wrong:
-        with pytest.raises(anthropic.AuthenticationError) as refused:
-            wrong.messages.create(model=CHAT_MODEL, max_tokens=2, messages=hello)
+    wrong = anthropic.Anthropic(base_url=locked.url, api_key="sk-wrong", max_retries=0, timeout=120)
+    with wrong, pytest.raises(anthropic.AuthenticationError) as refused:
+        wrong.messages.create(model=CHAT_MODEL, max_tokens=2, messages=hello)
     body = refused.value.body
     assert isinstance(body, dict) and body["type"] == "error"
     assert body["error"]["type"] == "authentication_error" and "x-api-key" in body["error"]["message"]

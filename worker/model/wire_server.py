@@ -17,7 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, WorkerFailedError
-from shared.generation import EmbedRequest, EmbedResult, GenerateResult
+from shared.generation import EmbedRequest, EmbedResult, GenerateResult, ScoreRequest, ScoreResult
 from shared.wire import (
     Accepted,
     Admit,
@@ -33,6 +33,8 @@ from shared.wire import (
     Ping,
     Pong,
     Result,
+    Score,
+    Scores,
     Text,
     Tokenize,
     Tokens,
@@ -106,7 +108,7 @@ class WorkerServer:
                         task = asyncio.create_task(self._answer(frame, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
-                    case Generate() | Embed():
+                    case Generate() | Embed() | Score():
                         writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
                         ticket = _ticket_of(frame, tickets)
@@ -155,7 +157,7 @@ class WorkerServer:
 
     async def _serve(
         self,
-        frame: Generate | Embed,
+        frame: Generate | Embed | Score,
         ticket: Ticket | None,
         cancels: dict[int, threading.Event],
         writer: asyncio.StreamWriter,
@@ -221,10 +223,15 @@ class WorkerServer:
         )
 
     async def _run(
-        self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter
+        self, frame: Generate | Embed | Score, cancel: threading.Event, writer: asyncio.StreamWriter
     ) -> None:
         loop = asyncio.get_running_loop()
         rid = frame.id
+        if isinstance(frame, Score):  # one forward pass at a time, on the embeddings' thread
+            scored = await loop.run_in_executor(self.embedder, self._score, frame.request, cancel)
+            if scored is not None:
+                writer.write(encode_frame(Scores(id=rid, result=scored)))
+            return
         if isinstance(frame, Embed):
             embedded = await loop.run_in_executor(self.embedder, self._embed, frame.request, cancel)
             if embedded is not None:
@@ -270,13 +277,16 @@ class WorkerServer:
         # Cancelled while it waited for a thread: nobody reads the vectors, don't make them.
         return None if cancel.is_set() else self.engine.embed(request)
 
+    def _score(self, request: ScoreRequest, cancel: threading.Event) -> ScoreResult | None:
+        return None if cancel.is_set() else self.engine.score(request)
+
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
         if self.outbox is None or self.outbox.loop is not loop:
             self.outbox = Outbox(loop)
         return self.outbox
 
 
-def _ticket_of(frame: Generate | Embed, tickets: dict[int, Ticket]) -> Ticket | None:
+def _ticket_of(frame: Generate | Embed | Score, tickets: dict[int, Ticket]) -> Ticket | None:
     """The group whose held place `frame` takes (None: it needs a free place of its own)."""
     if not isinstance(frame, Generate) or frame.ticket is None:
         return None
