@@ -31,6 +31,7 @@ from gateway.routes import (
     models,
     rerank,
     responses,
+    tokenize,
 )
 from gateway.sse import StreamControl
 from shared.settings import Settings
@@ -48,6 +49,8 @@ ROUTES = [
     rerank.rerank_v1,
     rerank.rerank_v2,
     rerank.score,
+    tokenize.tokenize,
+    tokenize.detokenize,
     models.list_models,
     models.get_model,
     management.available,

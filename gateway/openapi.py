@@ -58,6 +58,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/rerank"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v2/rerank"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/score"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/tokenize"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/detokenize"): (400, 413, 415, *_REACHES_A_MODEL),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
@@ -233,7 +235,7 @@ KEEP_ALIVE_PATTERN = r"^\s*[+-]?([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[
 _MODEL_BODIES = (
     "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "CreateResponseRequest", "LoadRequest",
     "UnloadRequest", "SetDefaultRequest", "DeleteRequest", "MessagesRequest", "CountTokensRequest",
-    "RerankRequest", "ScoreTextsRequest",
+    "RerankRequest", "ScoreTextsRequest", "TokenizeRequest", "DetokenizeRequest",
 )
 
 

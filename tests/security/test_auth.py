@@ -224,3 +224,20 @@ def test_the_anthropic_sdk_authenticates_with_x_api_key(locked: Locked) -> None:
     body = refused.value.body
     assert isinstance(body, dict) and body["type"] == "error"
     assert body["error"]["type"] == "authentication_error" and "x-api-key" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tokenize", {"model": CHAT_MODEL, "prompt": "hi"}),
+        ("/detokenize", {"model": CHAT_MODEL, "tokens": [1, 2]}),
+        ("/v1/score", {"model": CHAT_MODEL, "text_1": "q", "text_2": "d"}),
+    ],
+)
+def test_the_new_client_routes_take_inference_keys(locked: Locked, path: str, body: dict) -> None:
+    with locked.client() as anonymous:
+        assert anonymous.post(path, json=body).status_code == 401
+    with locked.client(INFERENCE_KEY) as inference:
+        resp = inference.post(path, json=body)
+    # Scoring on a chat model is the task's 400: the key was let through.
+    assert resp.status_code == (400 if path == "/v1/score" else 200), resp.text
