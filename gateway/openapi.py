@@ -294,6 +294,7 @@ def _apply_refusals(components: dict[str, Any]) -> None:
         ]
     if "CreateResponseRequest" in components:
         _responses_request(components["CreateResponseRequest"]["properties"])
+    _client_requests(components)
     if "FunctionTool" in components:
         components["FunctionTool"]["properties"]["type"] = {"const": "function", "default": "function"}
     completion = components.get("CompletionRequest", {}).get("properties", {})
@@ -330,6 +331,47 @@ def _responses_request(props: dict[str, Any]) -> None:
     }
     items = {"type": "array", "minItems": 1, "items": {"anyOf": [message, call, output]}}
     props["input"] = {"anyOf": [text, items]}
+
+
+def _client_requests(components: dict[str, Any]) -> None:
+    """The Messages API's content blocks by role (gateway/schemas/messages.py), a rerank's documents,
+    tokenize's prompt or messages: what those decoders take as any object, they read as these."""
+    text: dict[str, Any] = {"type": "string"}
+    text_block = {"type": "object", "required": ["type", "text"],
+                  "properties": {"type": {"const": "text"}, "text": text}}
+    thinking = {"type": "object", "required": ["type"],
+                "properties": {"type": {"enum": ["thinking", "redacted_thinking"]}}}
+    use = {"type": "object", "required": ["type", "id", "name", "input"], "properties": {
+        "type": {"const": "tool_use"}, "id": text, "name": text, "input": {"type": "object"}}}
+    result = {"type": "object", "required": ["type", "tool_use_id"], "properties": {
+        "type": {"const": "tool_result"}, "tool_use_id": text, "is_error": {"type": ["boolean", "null"]},
+        "content": {"anyOf": [text, {"type": "null"}, {"type": "array", "items": text_block}]}}}
+    texts = {"anyOf": [text, {"type": "array", "items": text_block}]}
+
+    def turn(role: str, block: dict[str, Any]) -> dict[str, Any]:
+        blocks = {"type": "array", "items": {"anyOf": [text_block, block, thinking]}}
+        return {"type": "object", "required": ["role", "content"],
+                "properties": {"role": {"const": role}, "content": {"anyOf": [text, blocks]}}}
+
+    if "MessageParam" in components:
+        components["MessageParam"] = {"anyOf": [turn("user", result), turn("assistant", use)]}
+    for name in ("MessagesRequest", "CountTokensRequest"):
+        if name in components:
+            components[name]["properties"]["system"] = {"anyOf": [texts, {"type": "null"}], "default": None}
+    if "AnthropicToolChoice" in components:  # `tool` names its tool
+        components["AnthropicToolChoice"]["anyOf"] = [
+            {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
+            {"properties": {"name": text}, "required": ["name"]},
+        ]
+    if "RerankRequest" in components:
+        document = {"type": "object", "required": ["text"], "properties": {"text": text}}
+        components["RerankRequest"]["properties"]["documents"]["items"] = {"anyOf": [text, document]}
+    if "TokenizeRequest" in components:  # a prompt or messages, not both
+        components["TokenizeRequest"]["anyOf"] = [
+            {"properties": {"prompt": text, "messages": {"type": "null"}}, "required": ["prompt"]},
+            {"properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}},
+             "required": ["messages"]},
+        ]
 
 
 def _bound(components: dict[str, Any], name: str, field: str, kind: str, **bounds: int | str) -> None:

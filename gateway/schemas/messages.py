@@ -180,7 +180,7 @@ def _turn(message: MessageParam, where: str) -> list[Message]:
             )
     text = "".join(texts)
     if message.role == "assistant":
-        return [Message(role="assistant", content=text or None, tool_calls=calls or None)]
+        return [Message(role="assistant", content=text or None if calls else text, tool_calls=calls or None)]
     return [*results, *([Message(role="user", content=text)] if text or not results else [])]
 
 
