@@ -16,7 +16,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol, TypeVar
 
-from shared.errors import OverloadedError, RequestTimeoutError, WorkerFailedError, WorkerUnreachableError
+from shared.errors import (
+    InvalidRequestError,
+    OverloadedError,
+    RequestTimeoutError,
+    WorkerFailedError,
+    WorkerUnreachableError,
+)
 from shared.generation import (
     EmbedRequest,
     EmbedResult,
@@ -125,8 +131,15 @@ class WorkerConnection:
                 queue.put_nowait(_CLOSED)
 
     async def _send(self, frame: ToWorker) -> None:
+        try:
+            data = encode_frame(frame)
+        except OverflowError:  # msgpack's integers stop at 64 bits; JSON's don't
+            raise InvalidRequestError(
+                "the request holds an integer beyond 64 bits (in a tool call's arguments or a tool's "
+                "schema?), which Dukat cannot pass to the model; send it as a string"
+            ) from None
         writer = await self._connect()
-        writer.write(encode_frame(frame))
+        writer.write(data)
 
     async def _request(
         self,

@@ -59,3 +59,19 @@ def test_bad_requests_are_400s_naming_the_field(http: httpx.Client) -> None:
     foreign = http.post("/detokenize", json={"model": CHAT, "tokens": [1, 10**9]})
     assert foreign.status_code == 400 and foreign.json()["error"]["param"] == "tokens"
     assert "vocabulary" in foreign.json()["error"]["message"]
+
+
+def test_metrics_count_requests_by_route_and_status(http: httpx.Client) -> None:
+    _post(http, "/tokenize", {"model": CHAT, "prompt": "hi"})
+    _post(http, "/v1/messages/count_tokens", {"model": CHAT, "messages": HELLO})
+    assert http.post("/detokenize", json={"model": CHAT, "tokens": [-1]}).status_code == 400
+    assert http.get("/v1/nothing-here").status_code == 404
+    text = http.get("/metrics").text
+    for method, route, status in [
+        ("POST", "/tokenize", 200),
+        ("POST", "/v1/messages/count_tokens", 200),
+        ("POST", "/detokenize", 400),
+        ("GET", "unmatched", 404),
+    ]:
+        line = f'dukat_http_requests_total{{method="{method}",route="{route}",status="{status}"}} '
+        assert line in text, (line, [x for x in text.splitlines() if "http_requests" in x])

@@ -287,6 +287,10 @@ CORPUS: dict[str, Case] = {
                                                                       "tokens": [10**9]}),
     "detokenize id negative": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": [-1]}),
     "detokenize id 2**64": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": [2**64]}),
+    "tool call arguments beyond 64 bits": Case("POST", "/tokenize", {"model": CHAT_MODEL, "messages": [
+        {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f",
+                                                                      "arguments": {"x": 2**70}}}]},
+        {"role": "user", "content": "hi"}]}),
     "detokenize tokens a string": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": "1 2"}),
 }
 
