@@ -51,6 +51,13 @@ def test_tools_are_rendered_through_the_template(http: httpx.Client) -> None:
     assert with_tools["count"] > plain["count"]
 
 
+def test_a_history_call_with_a_huge_integer_argument_is_read(http: httpx.Client) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"x": 2**70}}}
+    history = [*HELLO, {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "tool_call_id": "call_1",
+                                                                      "content": "ok"}]
+    assert _post(http, "/tokenize", {"model": CHAT, "messages": history})["count"] > 0
+
+
 def test_bad_requests_are_400s_naming_the_field(http: httpx.Client) -> None:
     neither = http.post("/tokenize", json={"model": CHAT})
     assert neither.status_code == 400 and neither.json()["error"]["param"] == "prompt"

@@ -68,6 +68,7 @@ DENIED = {"status": 403, "code": "permission_denied", "key": INFERENCE_KEY}
 BIG = "x" * 1_000_001  # one more character than DUKAT_MAX_PROMPT_CHARS
 SEGMENT_256 = "a/" + "b" * 256
 
+HUGE_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"x": 2**70}}}
 CORPUS: dict[str, Case] = {
     # ---- keys and roles
     "no key chat": Case("POST", CHAT, chat(), 401, "invalid_api_key", key=None),
@@ -287,10 +288,8 @@ CORPUS: dict[str, Case] = {
                                                                       "tokens": [10**9]}),
     "detokenize id negative": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": [-1]}),
     "detokenize id 2**64": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": [2**64]}),
-    "tool call arguments beyond 64 bits": Case("POST", "/tokenize", {"model": CHAT_MODEL, "messages": [
-        {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f",
-                                                                      "arguments": {"x": 2**70}}}]},
-        {"role": "user", "content": "hi"}]}),
+    "tool parameters beyond 64 bits": Case("POST", "/tokenize", {"model": CHAT_MODEL, "prompt": "hi",
+                                                                 "tools": [HUGE_TOOL]}),
     "detokenize tokens a string": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": "1 2"}),
 }
 
