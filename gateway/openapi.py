@@ -363,6 +363,8 @@ def _client_requests(components: dict[str, Any]) -> None:
             {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
             {"properties": {"name": text}, "required": ["name"]},
         ]
+    if "AnthropicTool" in components:
+        components["AnthropicTool"]["properties"]["type"] = {"enum": ["custom", None], "default": None}
     if "RerankRequest" in components:
         document = {"type": "object", "required": ["text"], "properties": {"text": text}}
         components["RerankRequest"]["properties"]["documents"]["items"] = {"anyOf": [text, document]}

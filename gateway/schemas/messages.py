@@ -40,6 +40,7 @@ class ToolUseBlock(Struct, kw_only=True, tag="tool_use", tag_field="type"):
 
 
 class AnthropicTool(Struct, kw_only=True):
+    type: str | None = None  # "custom" (or none): Anthropic's server tools (web search, ...) are not here
     name: str
     description: str | None = None
     input_schema: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object"})
@@ -94,6 +95,13 @@ class CountTokensRequest(Struct, kw_only=True):
     def chat_tools(self) -> list[Tool] | None:
         if not self.tools:
             return None
+        for i, tool in enumerate(self.tools):
+            reject_if(
+                tool.type not in (None, "custom"),
+                f"tools of type {tool.type!r} (Anthropic's server tools) are not supported; send custom "
+                "tools with an input_schema",
+                f"tools[{i}]",
+            )
         return [
             Tool(function=FunctionDef(name=t.name, description=t.description, parameters=t.input_schema))
             for t in self.tools

@@ -330,6 +330,8 @@ ANTHROPIC_CORPUS: dict[str, Case] = {
     "messages tool_choice unknown tool": Case("POST", MESSAGES, message(**NAMED_TOOL), 400, BAD),
     "messages 10k deep": Case("POST", MESSAGES, json.dumps(message(metadata=deep(5)))
                               .replace("[[[[[1]]]]]", "[" * 10_000 + "]" * 10_000).encode(), 400, BAD),
+    "messages server tool": Case("POST", MESSAGES, message(tools=[{"type": "web_search_20250305",
+                                                                   "name": "web_search"}]), 400, BAD),
     "messages over the character limit": Case("POST", MESSAGES, message(system=BIG), 400, BAD),
     "messages model unknown": Case("POST", MESSAGES, message(model="nobody/nothing"), 404, "not_found_error"),
     "messages on the embedding model": Case("POST", MESSAGES, message(model=EMBED_MODEL), 400, BAD),
