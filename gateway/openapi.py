@@ -101,7 +101,8 @@ def _sse(chunk: dict[str, Any], error: dict[str, Any] = _ERROR, done: bool = Tru
     data = {"anyOf": [{"const": "[DONE]"}, json_data]} if done else json_data
     return {
         "schema": {"type": "object", "required": ["data"], "properties": {"data": data}},
-        "description": "With `stream: true`: Server-Sent Events, `data: <chunk>` then `data: [DONE]`.",
+        "description": "With `stream: true`: Server-Sent Events, `data: <chunk>`"
+        + (" then `data: [DONE]`." if done else " (named by `event:`), no `[DONE]`."),
     }
 
 
