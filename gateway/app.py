@@ -20,7 +20,19 @@ from gateway.manager import AsyncModelManager
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import GatewayMiddleware
 from gateway.openapi import publish_truthful_openapi
-from gateway.routes import chat, completions, embeddings, health, management, model_admin, models, responses
+from gateway.routes import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    management,
+    messages,
+    model_admin,
+    models,
+    rerank,
+    responses,
+    tokenize,
+)
 from gateway.sse import StreamControl
 from shared.settings import Settings
 
@@ -32,6 +44,13 @@ ROUTES = [
     responses.create_response,
     responses.retrieve_response,
     embeddings.embeddings,
+    messages.create_message,
+    messages.count_tokens,
+    rerank.rerank_v1,
+    rerank.rerank_v2,
+    rerank.score,
+    tokenize.tokenize,
+    tokenize.detokenize,
     models.list_models,
     models.get_model,
     management.available,
@@ -55,13 +74,15 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
     metrics = GatewayMetrics()
     manager = manager or AsyncModelManager(settings, metrics=metrics)
     preloaded = not settings.preload
-    state = State({
-        "manager": manager,
-        "settings": settings,
-        "metrics": metrics,
-        "preloaded": preloaded,
-        "streams": StreamControl(settings.sse_keepalive_s),
-    })
+    state = State(
+        {
+            "manager": manager,
+            "settings": settings,
+            "metrics": metrics,
+            "preloaded": preloaded,
+            "streams": StreamControl(settings.sse_keepalive_s),
+        }
+    )
 
     async def preload() -> None:
         results = await asyncio.gather(
@@ -101,5 +122,5 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
     )
     publish_truthful_openapi(app, settings)
     # Outside litestar's router, so unknown routes get a request id and a log line too.
-    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler))  # type: ignore[assignment]
+    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler), metrics)  # type: ignore[assignment]
     return app

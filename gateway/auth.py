@@ -53,8 +53,11 @@ class KeyGuard:
         self.admin_keys = tuple(k.encode() for k in settings.admin_keys)
         self.enabled = bool(self.inference_keys or self.admin_keys)
 
-    def role(self, authorization: str | None) -> Literal["admin", "inference"] | None:
-        token = bearer_token(authorization)
+    def role(
+        self, authorization: str | None, api_key: str | None = None
+    ) -> Literal["admin", "inference"] | None:
+        # Anthropic's clients send the key as `x-api-key`; the bearer token wins when both are sent.
+        token = bearer_token(authorization) or api_key or None
         # Both compares always run, so timing does not tell the roles apart either.
         admin, inference = token_in(token, self.admin_keys), token_in(token, self.inference_keys)
         return "admin" if admin else "inference" if inference else None
@@ -64,13 +67,16 @@ class KeyGuard:
         if not self.enabled:
             connection.scope[ADMIN_SCOPE_KEY] = True  # type: ignore[literal-required]
             return
-        role = self.role(connection.headers.get("authorization"))
+        headers = connection.headers
+        role = self.role(headers.get("authorization"), headers.get("x-api-key"))
         connection.scope[ADMIN_SCOPE_KEY] = role == "admin"  # type: ignore[literal-required]
         access = route_access(handler, connection.scope.get("path_template", ""))
         if access == "open":
             return
         if role is None:
-            raise AuthenticationError("Incorrect or missing API key: send `Authorization: Bearer <key>`")
+            raise AuthenticationError(
+                "Incorrect or missing API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
+            )
         if access == "admin" and role != "admin":
             raise PermissionDeniedError(
                 "this route needs an admin key (DUKAT_ADMIN_KEYS); an inference key may not call it"

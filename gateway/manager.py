@@ -315,9 +315,11 @@ class AsyncModelManager:
         disk = next((m for m in await self.local_models() if m.id == model_id), None)
         name = (entry.model_type if entry else None) or (disk.model_type if disk else None)
         with contextlib.suppress(UnsupportedModelTypeError):
-            if name and get_model_type(name).task == Task.EMBEDDING:
+            task = get_model_type(name).task if name else None
+            if task in (Task.EMBEDDING, Task.RERANK):
                 raise UnsupportedTaskError(
-                    f"model {model_id!r} is an embedding model ({name}); the default model must chat: "
+                    f"model {model_id!r} is {'an embedding' if task is Task.EMBEDDING else 'a rerank'} model "
+                    f"({name}); the default model must chat: "
                     "pick a chat model",
                     param="model",
                 )

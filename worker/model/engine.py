@@ -34,6 +34,8 @@ from shared.generation import (
     GenerateRequest,
     GenerateResult,
     SamplingParams,
+    ScoreRequest,
+    ScoreResult,
 )
 from shared.model_types import ModelType, Task
 from shared.settings import DEFAULTS, Quantization
@@ -44,13 +46,20 @@ from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
-from worker.model.prompt_ids import prompt_of
+from worker.model.prompt_ids import prompt_of, prompt_tokens
 from worker.model.reply import Plan, Reply, TextStream, deliver
 from worker.model.sampling import TokenSampler, resolve_params
+from worker.model.scoring import Scorer
 from worker.model.tool_calls import ToolFormat, tool_format_of
 
 logger = logging.getLogger(__name__)
 
+_A_TASK = {
+    Task.CHAT: "a chat",
+    Task.SEQ2SEQ: "a seq2seq",
+    Task.EMBEDDING: "an embedding",
+    Task.RERANK: "a rerank",
+}
 # Tool formats whose call markers are special tokens (decoding would drop them).
 _SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3})
 
@@ -87,12 +96,17 @@ class Engine:
             if model_type.task is Task.EMBEDDING
             else None
         )
+        self._scorer = (
+            Scorer(loaded.model, loaded.tokenizer, context_length=loaded.context_length)
+            if model_type.task is Task.RERANK
+            else None
+        )
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
         self._scheduler = (
             None
-            if model_type.task is Task.EMBEDDING
+            if model_type.task in (Task.EMBEDDING, Task.RERANK)
             else _scheduler(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
         )
 
@@ -165,9 +179,10 @@ class Engine:
         loaded = self._require_loaded()
         scheduler = self._scheduler
         if scheduler is None:
+            route = "/v1/embeddings" if self._model_type.task is Task.EMBEDDING else "/v1/rerank or /v1/score"
             raise UnsupportedTaskError(
-                f"{self._model_type.name} is an embedding model; it cannot generate text "
-                "(use /v1/embeddings)",
+                f"{self._model_type.name} is {_A_TASK[self._model_type.task]} model; it cannot generate text "
+                f"(use {route})",
                 param="model",
             )
         plan = self._plan(loaded, req, defaults)
@@ -214,6 +229,40 @@ class Engine:
             self._require_loaded()
             return self._embedder.embed(req)
 
+    def score(self, req: ScoreRequest) -> ScoreResult:
+        self._require_loaded()
+        if self._scorer is None:
+            raise UnsupportedTaskError(
+                f"{self._model_type.name} is {_A_TASK[self._model_type.task]} model; it does not rank "
+                "documents (use a cross-encoder reranker such as a bge-reranker or ms-marco MiniLM)",
+                param="model",
+            )
+        with self._lock:
+            self._require_loaded()
+            return self._scorer.score(req)
+
+    def tokenize(
+        self, req: GenerateRequest, *, generation_prompt: bool, special_tokens: bool | None
+    ) -> list[int]:
+        """`req`'s prompt as token ids (worker/model/prompt_ids.py's `prompt_tokens`)."""
+        loaded = self._require_loaded()
+        fmt = self._model_type.prompt_format
+        return prompt_tokens(
+            loaded.tokenizer, req, fmt, self._tool_format,
+            generation_prompt=generation_prompt, special_tokens=special_tokens,
+        )  # fmt: skip
+
+    def detokenize(self, ids: list[int]) -> str:
+        tokenizer = self._require_loaded().tokenizer
+        bad = [i for i in ids if not 0 <= i < len(tokenizer)]
+        if bad:
+            raise InvalidRequestError(
+                f"token id {bad[0]} is outside this model's vocabulary (0..{len(tokenizer) - 1})",
+                param="tokens",
+            )
+        text: str = tokenizer.decode(ids)
+        return text
+
     def close(self) -> None:
         """Drop the model; later calls raise ModelNotLoadedError. Waits for the running requests."""
         if self._scheduler is not None:
@@ -221,6 +270,7 @@ class Engine:
         with self._lock:
             self._loaded = None
             self._embedder = None
+            self._scorer = None
 
     def _require_loaded(self) -> Loaded:
         if self._loaded is None:
@@ -281,7 +331,6 @@ class Engine:
                     loaded.tokenizer, vocab_size=_vocab_size(loaded), stop_ids=self._eos_ids
                 )
             return self._grammars
-
 
 
 def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int) -> Scheduler:
