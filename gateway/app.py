@@ -28,9 +28,12 @@ from gateway.routes import (
     embeddings,
     health,
     management,
+    messages,
     model_admin,
     models,
+    rerank,
     responses,
+    tokenize,
     usage,
 )
 from gateway.sse import StreamControl
@@ -44,6 +47,13 @@ ROUTES = [
     responses.create_response,
     responses.retrieve_response,
     embeddings.embeddings,
+    messages.create_message,
+    messages.count_tokens,
+    rerank.rerank_v1,
+    rerank.rerank_v2,
+    rerank.score,
+    tokenize.tokenize,
+    tokenize.detokenize,
     models.list_models,
     models.get_model,
     management.available,
@@ -117,5 +127,5 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
     )
     publish_truthful_openapi(app, settings)
     # Outside litestar's router, so unknown routes get a request id and a log line too.
-    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler))  # type: ignore[assignment]
+    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler), metrics)  # type: ignore[assignment]
     return app

@@ -53,9 +53,12 @@ class KeyGuard:
         self.keys = keys if keys is not None else KeyRing.from_settings(settings)
         self.enabled = self.keys.enabled
 
-    def role(self, authorization: str | None) -> Literal["admin", "inference"] | None:
+    def role(
+        self, authorization: str | None, api_key: str | None = None
+    ) -> Literal["admin", "inference"] | None:
+        # Anthropic's clients send the key as `x-api-key`; the bearer token wins when both are sent.
         # Every key is compared whatever its role, so timing does not tell the roles apart either.
-        key = self.keys.match(bearer_token(authorization))
+        key = self.keys.match(bearer_token(authorization) or api_key or None)
         return key.role if key is not None else None
 
     # async: litestar runs a sync guard in its thread pool, a hand-off that cost more than the check.
@@ -63,14 +66,17 @@ class KeyGuard:
         if not self.enabled:
             connection.scope[ADMIN_SCOPE_KEY] = True  # type: ignore[literal-required]
             return
-        key = self.keys.match(bearer_token(connection.headers.get("authorization")))
+        headers = connection.headers
+        key = self.keys.match(bearer_token(headers.get("authorization")) or headers.get("x-api-key") or None)
         role = key.role if key is not None else None
         connection.scope[ADMIN_SCOPE_KEY] = role == "admin"  # type: ignore[literal-required]
         access = route_access(handler, connection.scope.get("path_template", ""))
         if access == "open":
             return
         if role is None:
-            raise AuthenticationError("Incorrect or missing API key: send `Authorization: Bearer <key>`")
+            raise AuthenticationError(
+                "Incorrect or missing API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
+            )
         if access == "admin" and role != "admin":
             raise PermissionDeniedError(
                 "this route needs an admin key (DUKAT_ADMIN_KEYS); an inference key may not call it"

@@ -151,6 +151,27 @@ def check_embedding_inputs(settings: Settings, inputs: list[str] | list[list[int
             )
 
 
+def check_token_count(settings: Settings, ids: list[int], param: str) -> None:
+    if len(ids) > settings.max_prompt_chars:
+        raise InvalidRequestError(
+            f"{len(ids)} token ids; the limit is {settings.max_prompt_chars} (DUKAT_MAX_PROMPT_CHARS)",
+            param=param,
+        )
+
+
+def check_pairs(settings: Settings, pairs: list[tuple[str, str]], param: str) -> None:
+    """A rerank's documents (or a score's pairs): as many as an embedding request's inputs, each pair
+    within the prompt limit."""
+    if len(pairs) > settings.max_embedding_inputs:
+        raise InvalidRequestError(
+            f"{len(pairs)} documents; the limit per request is {settings.max_embedding_inputs} "
+            "(DUKAT_MAX_EMBEDDING_INPUTS)",
+            param=param,
+        )
+    for first, second in pairs:
+        check_prompt_chars(settings, (first, second), param)
+
+
 def check_revision(revision: str | None) -> None:
     if revision is not None and (not _REVISION.fullmatch(revision) or ".." in revision):
         raise InvalidRequestError(

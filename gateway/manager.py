@@ -68,6 +68,8 @@ class AsyncModelManager:
         self.dispatch = Dispatcher(settings, self.hosts, self, metrics)
         self.admin = ModelAdmin(settings, self.hosts, self.config)
         self._replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
+        # model id -> the load that requests finding it unloaded share
+        self._auto_loads: dict[str, asyncio.Future[list[WorkerState | LoadedModel]]] = {}
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
 
     async def start(self) -> None:
@@ -242,14 +244,22 @@ class AsyncModelManager:
         waiting = self.metrics.waiting.labels(mid) if self.metrics else None
         if waiting is not None:
             waiting.inc()
+        # One load per model for every request that finds it unloaded: a burst of 200 on a cold model
+        # asked the host its state 200 times at once (httpx's pool timed out: 503s).
+        task = self._auto_loads.get(mid)
+        if task is None or task.done():
+            task = self._auto_loads[mid] = asyncio.ensure_future(self._auto_load(mid, request_id))
         try:
-            loaded_now = await self._load_for_request(mid, request_id)
+            return mid, await asyncio.shield(task)
         finally:
             if waiting is not None:
                 waiting.dec()
+
+    async def _auto_load(self, mid: str, request_id: str) -> list[WorkerState | LoadedModel]:
+        loaded_now = await self._load_for_request(mid, request_id)
         # Fresh: a cached view (or a refresh already in flight) may still say `loading`, no address.
         found = [w for _, w in await self.hosts.find_all(mid, fresh=True)]
-        return mid, [w for w in found if w.status == "loaded"] or [loaded_now]
+        return [w for w in found if w.status == "loaded"] or [loaded_now]
 
     async def _load_for_request(self, model_id: str, request_id: str) -> LoadedModel:
         """A request's load. Without capacity (no host up, as when a host pool scaled to zero; or none
@@ -333,9 +343,11 @@ class AsyncModelManager:
         disk = next((m for m in await self.local_models() if m.id == model_id), None)
         name = (entry.model_type if entry else None) or (disk.model_type if disk else None)
         with contextlib.suppress(UnsupportedModelTypeError):
-            if name and get_model_type(name).task == Task.EMBEDDING:
+            task = get_model_type(name).task if name else None
+            if task in (Task.EMBEDDING, Task.RERANK):
                 raise UnsupportedTaskError(
-                    f"model {model_id!r} is an embedding model ({name}); the default model must chat: "
+                    f"model {model_id!r} is {'an embedding' if task is Task.EMBEDDING else 'a rerank'} model "
+                    f"({name}); the default model must chat: "
                     "pick a chat model",
                     param="model",
                 )

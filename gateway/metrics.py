@@ -71,6 +71,9 @@ class GatewayMetrics:
         self.capacity_refusals = Counter("dukat_capacity_refusals", refused_doc, MODEL, registry=r)
         self._models: dict[str, ModelMetrics] = {}
         r.register(_RequestsCollector(self._models))
+        # (method, route template, status) -> requests answered; what one call per request adds to.
+        self.routes: dict[tuple[str, str, int], int] = {}
+        r.register(_RoutesCollector(self.routes))
         self.hosts = HostsCollector()
         r.register(self.hosts)
 
@@ -80,6 +83,11 @@ class GatewayMetrics:
         if found is None:
             found = self._models[model_id] = ModelMetrics()
         return found
+
+    def answered(self, method: str, route: str, status: int) -> None:
+        """One request answered on `route` (the route's template: bounded labels)."""
+        key = (method, route, status)
+        self.routes[key] = self.routes.get(key, 0) + 1
 
     def render(self, hosts: list[HostState], host_urls: list[str], in_flight: dict[str, int]) -> bytes:
         """The exposition text, with the hosts' state and this gateway's requests in flight as of now."""
@@ -160,6 +168,23 @@ class ModelMetrics:
         self.rejections += 1
 
 
+class _RoutesCollector(Collector):
+    """Requests by route: every route's traffic and errors, the ones no model is behind included."""
+
+    def __init__(self, routes: dict[tuple[str, str, int], int]) -> None:
+        self.routes = routes
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        doc = "HTTP requests this gateway answered, by method, route template and status."
+        family = CounterMetricFamily("dukat_http_requests", doc, labels=["method", "route", "status"])
+        for (method, route, status), count in sorted(self.routes.items()):
+            family.add_metric([method, route, str(status)], count)
+        yield family
+
+
 class _RequestsCollector(Collector):
     """The models' request figures as Prometheus families, built at scrape time."""
 
@@ -186,7 +211,7 @@ class _RequestsCollector(Collector):
             ),
             "vllm:prefix_cache_hits": ("Prompt tokens the prefix caches gave.", "prefix_cache_hits"),
             "dukat_queue_rejections": (
-                "Requests refused because a worker's queue was full (429).",
+                "Requests refused because a worker's queue could not start them in time or was full (429).",
                 "rejections",
             ),
         }

@@ -11,7 +11,10 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
 
 from gateway.keys import HEADERS_SCOPE_KEY, release_key
 from gateway.request_log import REQUEST_FIELDS
@@ -24,8 +27,9 @@ def request_id_of(scope: Any) -> str:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, metrics: GatewayMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
         # Unique across replicas and restarts without a random draw per request.
         self._prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
@@ -58,6 +62,8 @@ class GatewayMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             release_key(scope)
+            if self.metrics is not None:  # litestar's router set the template; none: no route
+                self.metrics.answered(scope["method"], scope.get("path_template") or "unmatched", status)
             if log.isEnabledFor(logging.INFO):
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 path = _printable(scope["path"])

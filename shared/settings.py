@@ -96,8 +96,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # On SIGTERM/Ctrl-C, requests in flight get this long to finish; streams still open then end
     # with an error event and [DONE].
     shutdown_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
-    # Requests queued per model worker beyond the running batch; more are refused with 429.
-    max_queue: Annotated[int, Meta(ge=1)] = 64
+    # Requests queued per model worker beyond the running batch at most; more, or any whose wait in
+    # the queue would pass first_token_timeout_s, are refused with 429 and a Retry-After.
+    max_queue: Annotated[int, Meta(ge=1)] = 1024
     # Concurrent sequences a model worker batches together.
     max_batch: Annotated[int, Meta(ge=1)] = 16
     # Models loaded when the gateway starts (comma-separated ids).

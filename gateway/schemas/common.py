@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Annotated, Generic, Literal, TypeVar
@@ -24,6 +25,7 @@ TopP = Annotated[float, Meta(gt=0, le=1)]
 ChoiceCount = Annotated[int, Meta(ge=1, le=128)]
 MaxTokens = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
+LogitBias = Annotated[float, Meta(ge=-100, le=100)]
 # vLLM's convention: -1 (or 0) disables top-k.
 TopK = Annotated[int, Meta(ge=-1, le=INT64_MAX)]
 RepetitionPenalty = Annotated[float, Meta(gt=0)]
@@ -108,6 +110,18 @@ def usage_of(results: Sequence[GenerateResult], n: int = 1) -> Usage:
 
 def now() -> int:
     return int(time.time())
+
+
+_TOKEN_ID = re.compile(r"-?[0-9]+")  # as the OpenAPI document's propertyNames says
+
+
+def logit_bias_ids(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's logit_bias (token ids as JSON keys) keyed by int; a key that is no id is a 400."""
+    if not bias:
+        return None
+    for key in bias:
+        reject_if(not _TOKEN_ID.fullmatch(key), f"logit_bias keys are token ids; got {key!r}", "logit_bias")
+    return {int(key): value for key, value in bias.items()}
 
 
 def reject_if(condition: bool, message: str, param: str) -> None:

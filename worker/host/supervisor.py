@@ -230,6 +230,8 @@ class Supervisor:
             str(self.settings.max_batch),
             "--max-queue",
             str(self.settings.max_queue),
+            "--max-wait-s",
+            str(self.settings.first_token_timeout_s),
             # Requests in flight may finish before the SIGKILL that follows SIGTERM after stop_timeout_s.
             "--drain-s",
             str(max(0.0, self.settings.stop_timeout_s - 1.0)),

@@ -339,7 +339,7 @@ class Scheduler:
                     token = grammar.accept(token, remaining)
             if job.logprobs is not None:
                 job.logprob_records.append(record_logprobs(logits[i], token, job.logprobs))
-            sampler.observe(token)
+            sampler.observe(token, generated=True)
             job.push(token)
             self._owe_step(job)
 

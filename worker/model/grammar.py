@@ -30,6 +30,7 @@ import xgrammar as xg
 
 from shared.errors import InvalidRequestError
 from shared.generation import Constraint
+from worker.model.json_grammar import json_schema_ebnf
 
 # Single characters the closing policy tries, cheapest ending first.
 _CLOSERS = ('"', "}", "]", "0", ",", "t", "f", "n", "[", "{", "a", "1")
@@ -66,7 +67,7 @@ class Grammars:
             message = _XGRAMMAR_PREFIX.sub("", str(exc).strip())
             raise InvalidRequestError(
                 f"the {_what(constraint)} can't be used for constrained decoding: {message}",
-                param="response_format",
+                param=constraint.param,
             ) from exc
 
     def row(self, constraint: Constraint, budget: int) -> RowGrammar:
@@ -116,7 +117,7 @@ class Grammars:
                 '{"type": "object"}', any_whitespace=False, strict_mode=False
             )
         if kind == "json" and schema is not None:
-            return self._compiler.compile_json_schema(schema, any_whitespace=False)
+            return self._compiler.compile_grammar(json_schema_ebnf(schema))
         if kind == "regex" and regex is not None:
             return self._compiler.compile_regex(regex)
         if kind == "choice" and choices:

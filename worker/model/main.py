@@ -114,6 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # (DUKAT_MAX_QUEUE) and refuses the rest.
     p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
     p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue)
+    # A request whose queue wait would pass this (DUKAT_FIRST_TOKEN_TIMEOUT_S) is refused instead.
+    p.add_argument("--max-wait-s", type=float, default=DEFAULTS.first_token_timeout_s)
     return p.parse_args(argv)
 
 
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         info,
         max_pending=args.max_batch + args.max_queue,  # what the engine takes before it refuses
         max_batch=args.max_batch,
+        max_wait_s=args.max_wait_s,
         drain_s=args.drain_s,
         token=token,
     )
