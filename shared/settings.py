@@ -97,6 +97,17 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_queue: Annotated[int, Meta(ge=1)] = 64
     # Concurrent sequences a model worker batches together.
     max_batch: Annotated[int, Meta(ge=1)] = 16
+    # Bounds on a client's grammar (JSON schema, regex, choice list) for constrained decoding: its
+    # characters, JSON nesting, subschemas, links of a $ref chain, values of a choice/enum/anyOf list;
+    # the compile's deadline and memory (in a child process), the compiled grammars kept (bytes).
+    grammar_max_chars: Annotated[int, Meta(ge=1)] = 100_000
+    grammar_max_depth: Annotated[int, Meta(ge=1)] = 32
+    grammar_max_nodes: Annotated[int, Meta(ge=1)] = 2_000
+    grammar_max_ref_chain: Annotated[int, Meta(ge=1)] = 32
+    grammar_max_choices: Annotated[int, Meta(ge=1)] = 1_000
+    grammar_compile_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
+    grammar_compile_memory_bytes: Annotated[int, Meta(ge=2**26)] = 2**30
+    grammar_cache_bytes: Annotated[int, Meta(ge=0)] = 64 * 2**20
     # Models loaded when the gateway starts (comma-separated ids).
     preload: tuple[str, ...] = ()
     # Load a known model on the first request that names it.

@@ -41,6 +41,7 @@ from worker.model.batching import Job, Scheduler
 from worker.model.cleaning import stop_strings
 from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
+from worker.model.grammar_limits import GrammarLimits
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
 from worker.model.prompt_ids import prompt_of
@@ -67,6 +68,7 @@ class Engine:
         *,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        grammar_limits: GrammarLimits | None = None,
     ) -> None:
         self._loaded: Loaded | None = loaded
         self._model_type = model_type
@@ -89,6 +91,7 @@ class Engine:
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
+        self._grammar_limits = grammar_limits or GrammarLimits()
         self._scheduler = (
             None
             if model_type.task is Task.EMBEDDING
@@ -105,9 +108,12 @@ class Engine:
         device: str = DEFAULTS.device_map,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        grammar_limits: GrammarLimits | None = None,
     ) -> Engine:
         loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
-        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+        return cls(
+            loaded, model_type, max_batch=max_batch, max_queue=max_queue, grammar_limits=grammar_limits
+        )
 
     @property
     def info(self) -> EngineInfo:
@@ -217,6 +223,8 @@ class Engine:
         with self._lock:
             self._loaded = None
             self._embedder = None
+            if self._grammars is not None:
+                self._grammars.close()
 
     def _require_loaded(self) -> Loaded:
         if self._loaded is None:
@@ -273,7 +281,12 @@ class Engine:
             if self._grammars is None:
                 configured = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
                 vocab_size = max(configured, len(loaded.tokenizer))
-                self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
+                self._grammars = Grammars(
+                    loaded.tokenizer,
+                    vocab_size=vocab_size,
+                    stop_ids=self._eos_ids,
+                    limits=self._grammar_limits,
+                )
             return self._grammars
 
 

@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from shared.model_types import get_model_type
         from worker.model.engine import Engine
+        from worker.model.grammar_limits import GrammarLimits
 
         load = partial(
             Engine.load,
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             device=local_device,
             max_batch=args.max_batch,
             max_queue=args.max_queue,
+            grammar_limits=GrammarLimits.of(load_settings()),
         )
         try:
             engine = load(quantization=args.quantization)
