@@ -179,6 +179,7 @@ class Engine:
         reply = Reply(self._model_type, loaded.tokenizer, plan, started)
         grammars = grammar = None
         if req.constraint is not None:
+            self._grammar_limits.check(req.constraint)  # a bomb is refused before any grammar work
             grammars = self._grammars_for(loaded)
             grammar = grammars.row(req.constraint, plan.max_new_tokens)
         job = Job(

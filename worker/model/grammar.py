@@ -26,12 +26,13 @@ nothing.
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import torch
 import xgrammar as xg
 
-from shared.errors import InvalidRequestError
+from shared.errors import InvalidRequestError, OverloadedError
 from shared.generation import Constraint
 from worker.model.grammar_cache import SizedLru
 from worker.model.grammar_limits import GrammarLimits
@@ -72,6 +73,8 @@ class Grammars:
             timeout_s=self.limits.compile_timeout_s,
             memory_bytes=self.limits.compile_memory_bytes,
         )
+        self._compiling = threading.Lock()
+        self._probe.start()  # the child imports xgrammar for seconds: before any deadline counts
         specials = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
         # Special tokens decode to nothing (or end the turn): never inside a constrained output.
         self.banned = torch.tensor(sorted(i for i in specials - stop_ids if i < vocab_size), dtype=torch.long)
@@ -84,7 +87,16 @@ class Grammars:
         key = (constraint.kind, constraint.schema, constraint.regex, tuple(constraint.choices or ()))
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._compile_boxed(constraint, key)
+            # One compile at a time, so requests that bring the same new grammar compile it once;
+            # the one before may be a bomb that runs to the deadline.
+            if not self._compiling.acquire(timeout=2 * self.limits.compile_timeout_s):
+                raise OverloadedError("the grammar compiler is busy with other requests; retry later")
+            try:
+                cached = self._cache.get(key)
+                if cached is None:
+                    cached = self._compile_boxed(constraint, key)
+            finally:
+                self._compiling.release()
         if isinstance(cached, str):
             raise InvalidRequestError(
                 f"the {_what(constraint)} can't be used for constrained decoding: {cached}",

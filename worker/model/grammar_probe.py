@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from shared.errors import InternalError, OverloadedError
+from shared.errors import InternalError
 from shared.generation import Constraint
 
 log = logging.getLogger(__name__)
@@ -65,29 +65,32 @@ class GrammarProbe:
         self._proc: subprocess.Popen[bytes] | None = None
         self._decode = msgspec.msgpack.Decoder(Outcome).decode
 
+    def start(self) -> None:
+        """Start the child now (it starts at the first check otherwise)."""
+        with self._lock:
+            self._started()
+
     def check(self, constraint: Constraint, what: str) -> None:
         """Returns when the child compiled `constraint` in time; ProbeFailed saying why not."""
-        # The one before may be a grammar that runs to the deadline: wait that long at most.
-        if not self._lock.acquire(timeout=self._timeout_s * 2):
-            raise OverloadedError("the grammar compiler is busy with other requests; retry later")
-        try:
-            proc = self._started()
-            _write(proc, msgspec.msgpack.encode(constraint))
-            try:
-                outcome = self._decode(_read(proc, time.monotonic() + self._timeout_s))
-            except TimeoutError:
-                self._kill(proc)
-                raise ProbeFailed(
-                    f"compiling the {what} took longer than {self._timeout_s:g} s "
-                    "(DUKAT_GRAMMAR_COMPILE_TIMEOUT_S)"
-                ) from None
-            except EOFError:
-                self._kill(proc)
-                raise ProbeFailed(f"the grammar engine failed on the {what} ({_how(proc)})") from None
-        finally:
-            self._lock.release()
+        with self._lock:
+            outcome = self._check(constraint, what)
         if outcome.error is not None:
             raise ProbeFailed(outcome.error)
+
+    def _check(self, constraint: Constraint, what: str) -> Outcome:
+        proc = self._started()
+        try:
+            _write(proc, msgspec.msgpack.encode(constraint))
+            return self._decode(_read(proc, time.monotonic() + self._timeout_s))
+        except TimeoutError:
+            self._kill(proc)
+            raise ProbeFailed(
+                f"compiling the {what} took longer than {self._timeout_s:g} s "
+                "(DUKAT_GRAMMAR_COMPILE_TIMEOUT_S)"
+            ) from None
+        except EOFError:
+            self._kill(proc)
+            raise ProbeFailed(f"the grammar engine failed on the {what} ({_how(proc)})") from None
 
     def close(self) -> None:
         with self._lock:
