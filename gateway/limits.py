@@ -123,6 +123,17 @@ def check_generations(settings: Settings, prompts: int, n: int) -> None:
         )
 
 
+def check_request_work(settings: Settings, sizes: Iterable[int], n: int, param: str) -> None:
+    """Prompts x n x prompt length, before any work: n=128 copies of a long prompt are 128 prefills."""
+    total = sum(sizes) * n
+    if total > settings.max_request_prompt_chars:
+        raise InvalidRequestError(
+            f"the prompts x n of this request are {total} characters (token ids) to read; the limit per "
+            f"request is {settings.max_request_prompt_chars} (DUKAT_MAX_REQUEST_PROMPT_CHARS)",
+            param=param,
+        )
+
+
 def check_prompt_chars(settings: Settings, texts: Iterable[str], param: str) -> None:
     """Before tokenizing: a prompt far beyond any context length costs CPU-seconds to tokenize."""
     limit = settings.max_prompt_chars

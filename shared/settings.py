@@ -68,6 +68,8 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_generations: Annotated[int, Meta(ge=1)] = 256
     max_embedding_inputs: Annotated[int, Meta(ge=1)] = 2048
     max_prompt_chars: Annotated[int, Meta(ge=1)] = 1_000_000
+    # Characters (or token ids) of prompt a request makes the worker read: its prompts' sizes x n.
+    max_request_prompt_chars: Annotated[int, Meta(ge=1)] = 2_000_000
     max_model_id_length: Annotated[int, Meta(ge=8, le=4096)] = 256
     # Torch threads per model worker (0 = torch's default).
     worker_threads: Annotated[int, Meta(ge=0)] = 0

@@ -7,7 +7,7 @@ from litestar.datastructures import State
 
 from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
-from gateway.limits import check_generations, check_model, check_prompt_chars
+from gateway.limits import check_generations, check_model, check_prompt_chars, check_request_work
 from gateway.middleware import request_id_of
 from gateway.schemas import (
     ChatChunks,
@@ -27,7 +27,9 @@ async def chat_completions(
     settings = state.manager.settings
     check_model(state.manager, data.model)
     check_generations(settings, 1, data.choices)
-    check_prompt_chars(settings, (message_text(m) for m in data.messages), "messages")
+    texts = [message_text(m) for m in data.messages]
+    check_prompt_chars(settings, texts, "messages")
+    check_request_work(settings, (len(t) for t in texts), data.choices, "n")
     requests = data.generate_requests(rid)
     legacy = data.legacy_functions
     if data.stream:
