@@ -118,6 +118,10 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # How long a model stays loaded after its last request (Ollama's keep_alive: "5m", seconds,
     # 0 = unload after each request, -1 = forever); a request's or the config file's value wins.
     keep_alive: str = "30m"
+    # The range an inference key's `keep_alive` is clamped to (-1 becomes the ceiling, 0 the floor):
+    # pinning and unloading a shared model are an admin's (or the config file's) powers.
+    keep_alive_floor: str = "1m"
+    keep_alive_ceiling: str = "1h"
     # Models one worker host keeps loaded at most (0: no limit); beyond, idle ones are evicted.
     max_loaded_models: Annotated[int, Meta(ge=0)] = 0
     # Bytes of memory a worker host offers on each device at most (0: what the device has).
@@ -160,10 +164,12 @@ def load_settings(
     except msgspec.ValidationError as exc:
         message, field = _name_the_variable(str(exc))
         raise SettingsError(message, param=field) from None
-    try:
-        parse_keep_alive(settings.keep_alive)
-    except ValueError as exc:
-        raise SettingsError(f"invalid DUKAT_KEEP_ALIVE: {exc}", param="DUKAT_KEEP_ALIVE") from None
+    for name in ("keep_alive", "keep_alive_floor", "keep_alive_ceiling"):
+        try:
+            parse_keep_alive(getattr(settings, name))
+        except ValueError as exc:
+            variable = _PREFIX + name.upper()
+            raise SettingsError(f"invalid {variable}: {exc}", param=variable) from None
     if "config_path" not in raw and "models_dir" in raw:
         settings = msgspec.structs.replace(settings, config_path=settings.models_dir / "config.json")
     return settings
