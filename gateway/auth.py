@@ -9,6 +9,7 @@ everything else needs an admin key. With no key set at all, everything is open (
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -90,6 +91,16 @@ def is_admin(scope: Any) -> bool:
     return bool(scope.get(ADMIN_SCOPE_KEY, False))
 
 
-def without_internals(row: LoadedModel) -> LoadedModel:
-    """A loaded model as a non-admin sees it: no pid, no worker or host address, no log lines (paths)."""
-    return msgspec.structs.replace(row, pid=None, address=None, host=None, log_tail=[])
+def without_internals(row: LoadedModel, models_dir: Path) -> LoadedModel:
+    """A loaded model as a non-admin sees it: no pid, no worker or host address, no log lines, no
+    server path in its error."""
+    error = without_paths(row.error, models_dir) if row.error is not None else None
+    return msgspec.structs.replace(row, pid=None, address=None, host=None, log_tail=[], error=error)
+
+
+def without_paths(text: str, models_dir: Path) -> str:
+    """`text` as a non-admin sees it: a path into the models folder is the model's id (`cannot load
+    the model in /srv/dukat/models/org/name` becomes `... in org/name`)."""
+    for folder in sorted({str(models_dir.absolute()), str(models_dir.resolve())}, key=len, reverse=True):
+        text = text.replace(folder + "/", "").replace(folder, "the models folder")
+    return text

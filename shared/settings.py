@@ -71,6 +71,8 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_generations: Annotated[int, Meta(ge=1)] = 256
     max_embedding_inputs: Annotated[int, Meta(ge=1)] = 2048
     max_prompt_chars: Annotated[int, Meta(ge=1)] = 1_000_000
+    # Characters (or token ids) of prompt a request makes the worker read: its prompts' sizes x n.
+    max_request_prompt_chars: Annotated[int, Meta(ge=1)] = 2_000_000
     max_model_id_length: Annotated[int, Meta(ge=8, le=4096)] = 256
     # Torch threads per model worker (0 = torch's default).
     worker_threads: Annotated[int, Meta(ge=0)] = 0
@@ -101,6 +103,17 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_queue: Annotated[int, Meta(ge=1)] = 1024
     # Concurrent sequences a model worker batches together.
     max_batch: Annotated[int, Meta(ge=1)] = 16
+    # Bounds on a client's grammar (JSON schema, regex, choice list) for constrained decoding: its
+    # characters, JSON nesting, subschemas, links of a $ref chain, values of a choice/enum/anyOf list;
+    # the compile's deadline and memory (in a child process), the compiled grammars kept (bytes).
+    grammar_max_chars: Annotated[int, Meta(ge=1)] = 100_000
+    grammar_max_depth: Annotated[int, Meta(ge=1)] = 32
+    grammar_max_nodes: Annotated[int, Meta(ge=1)] = 2_000
+    grammar_max_ref_chain: Annotated[int, Meta(ge=1)] = 32
+    grammar_max_choices: Annotated[int, Meta(ge=1)] = 1_000
+    grammar_compile_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
+    grammar_compile_memory_bytes: Annotated[int, Meta(ge=2**26)] = 2**30
+    grammar_cache_bytes: Annotated[int, Meta(ge=0)] = 64 * 2**20
     # Models loaded when the gateway starts (comma-separated ids).
     preload: tuple[str, ...] = ()
     # Load a known model on the first request that names it.
@@ -115,6 +128,10 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Workers of one model a host may run on one device (a model's `replicas` beyond the host's
     # devices): >1 suits CPU hosts, each worker with its own threads (DUKAT_WORKER_THREADS).
     replicas_per_device: Annotated[int, Meta(ge=1, le=64)] = 1
+    # The range an inference key's `keep_alive` is clamped to (-1 becomes the ceiling, 0 the floor):
+    # pinning and unloading a shared model are an admin's (or the config file's) powers.
+    keep_alive_floor: str = "1m"
+    keep_alive_ceiling: str = "1h"
     # Models one worker host keeps loaded at most (0: no limit); beyond, idle ones are evicted.
     max_loaded_models: Annotated[int, Meta(ge=0)] = 0
     # Bytes of memory a worker host offers on each device at most (0: what the device has).
@@ -167,10 +184,12 @@ def load_settings(
     except msgspec.ValidationError as exc:
         message, field = _name_the_variable(str(exc))
         raise SettingsError(message, param=field) from None
-    try:
-        parse_keep_alive(settings.keep_alive)
-    except ValueError as exc:
-        raise SettingsError(f"invalid DUKAT_KEEP_ALIVE: {exc}", param="DUKAT_KEEP_ALIVE") from None
+    for name in ("keep_alive", "keep_alive_floor", "keep_alive_ceiling"):
+        try:
+            parse_keep_alive(getattr(settings, name))
+        except ValueError as exc:
+            variable = _PREFIX + name.upper()
+            raise SettingsError(f"invalid {variable}: {exc}", param=variable) from None
     if "config_path" not in raw and "models_dir" in raw:
         settings = msgspec.structs.replace(settings, config_path=settings.models_dir / "config.json")
     return settings

@@ -204,8 +204,9 @@ def encode_frame(frame: ToWorker | FromWorker) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame's payload, or None at a clean end of stream."""
+async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes | None:
+    """The next frame's payload, or None at a clean end of stream; a ConnectionError for a frame
+    over `max_size` bytes (before reading it)."""
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
@@ -213,6 +214,6 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
             raise ConnectionError("connection closed inside a frame header") from None
         return None
     (size,) = _HEADER.unpack(header)
-    if size > MAX_FRAME:
-        raise ConnectionError(f"frame of {size} bytes is over the {MAX_FRAME} limit")
+    if size > max_size:
+        raise ConnectionError(f"frame of {size} bytes is over the {max_size} limit")
     return await reader.readexactly(size)

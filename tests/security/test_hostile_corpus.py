@@ -174,6 +174,10 @@ CORPUS: dict[str, Case] = {
     "prompt an object": Case("POST", COMPLETIONS, completion(prompt={"a": 1})),
     "prompts x n over the limit": Case("POST", COMPLETIONS, completion(prompt=["a", "b", "c"], n=2)),
     "1000 prompts x n=128": Case("POST", COMPLETIONS, completion(prompt=["a"] * 1000, n=128)),
+    "n x prompt length over DUKAT_MAX_REQUEST_PROMPT_CHARS": Case(
+        "POST", CHAT, chat(n=4, messages=[{"role": "user", "content": "x" * 600_000}])),
+    "prompts x length over DUKAT_MAX_REQUEST_PROMPT_CHARS": Case(
+        "POST", COMPLETIONS, completion(prompt=["y" * 900_000] * 3)),
     "best_of other than n": Case("POST", COMPLETIONS, completion(best_of=2)),
     "suffix": Case("POST", COMPLETIONS, completion(suffix="end")),
     "completion logprobs 6": Case("POST", COMPLETIONS, completion(logprobs=6)),

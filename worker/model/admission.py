@@ -1,9 +1,11 @@
 """The places of one model worker: requests generating or queued, and places held for a request
 whose generations (its n choices, its prompts) are admitted together or not at all.
 
-A group gets its places at once (all it needs, or every place of the worker for a group larger than
-the worker) and keeps them until its last generation has started: a place one of them frees goes to
-the next of the group, never to a stranger, so no sibling's work is thrown away for want of room.
+A group gets its places at once (all it needs, up to a fair share: one batch of places, so a group
+larger than that runs in waves and never locks other requests out) and keeps them until its last
+generation has started: a place one of them frees goes to the next of the group, which queues behind
+whoever came meanwhile, so one n=128 request slows the others but never shuts them out (it took
+every place of the worker: 40 of 40 other requests were 429s while it ran).
 A burst is queued, not refused, while the queue can serve it in time: a request is admitted when the
 wait its place in the queue implies (the requests ahead of it, `max_batch` at a time, at the pace
 requests have been finishing here) stays under `max_wait_s` (the first-token deadline), up to a
@@ -42,8 +44,9 @@ class Admission:
         self._mean_s = 1.0  # how long a request takes here (moving average)
 
     def admit(self, count: int) -> Ticket:
-        """Places for a group of `count` generations, or none (OverloadedError)."""
-        places = min(count, self.max_pending)
+        """Places for a group of `count` generations (at most a batch of them), or none
+        (OverloadedError)."""
+        places = min(count, self.max_batch, self.max_pending)
         self._check(places)
         self.reserved += places
         return Ticket(unused=places, left=count)

@@ -44,6 +44,7 @@ from worker.model.batching import Job, Scheduler
 from worker.model.cleaning import stop_strings
 from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
+from worker.model.grammar_limits import GrammarLimits
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
 from worker.model.prompt_ids import prompt_of, prompt_tokens
@@ -79,6 +80,7 @@ class Engine:
         max_queue: int = DEFAULTS.max_queue,
         prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
         prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
+        grammar_limits: GrammarLimits | None = None,
     ) -> None:
         self._loaded: Loaded | None = loaded
         self._model_type = model_type
@@ -106,6 +108,7 @@ class Engine:
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
+        self._grammar_limits = grammar_limits or GrammarLimits()
         self._scheduler = (
             None
             if model_type.task in (Task.EMBEDDING, Task.RERANK)
@@ -140,6 +143,7 @@ class Engine:
             max_queue=max_queue,
             prefix_cache_tokens=prefix_cache_tokens,
             prefill_chunk_tokens=prefill_chunk_tokens,
+            grammar_limits=grammar_limits,
         )
 
     @property
@@ -207,6 +211,7 @@ class Engine:
         reply = Reply(self._model_type, loaded.tokenizer, plan, started)
         grammars = grammar = None
         if req.constraint is not None:
+            self._grammar_limits.check(req.constraint)  # a bomb is refused before any grammar work
             grammars = self._grammars_for(loaded)
             # A forced tool call that can't fit max_tokens is cut there (finish_reason "length", no
             # complete call) as OpenAI answers it; other constraints that can't fit are a 400.
@@ -289,6 +294,8 @@ class Engine:
             self._loaded = None
             self._embedder = None
             self._scorer = None
+            if self._grammars is not None:
+                self._grammars.close()
 
     def _require_loaded(self) -> Loaded:
         if self._loaded is None:
@@ -346,7 +353,10 @@ class Engine:
         with self._lock:
             if self._grammars is None:
                 self._grammars = Grammars(
-                    loaded.tokenizer, vocab_size=_vocab_size(loaded), stop_ids=self._eos_ids
+                    loaded.tokenizer,
+                    vocab_size=_vocab_size(loaded),
+                    stop_ids=self._eos_ids,
+                    limits=self._grammar_limits,
                 )
             return self._grammars
 

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from shared.model_types import get_model_type
         from worker.model.engine import Engine
+        from worker.model.grammar_limits import GrammarLimits
 
         load = partial(
             Engine.load,
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             # DUKAT_PREFIX_CACHE_TOKENS, DUKAT_PREFILL_CHUNK_TOKENS: the host's environment
             prefix_cache_tokens=settings.prefix_cache_tokens,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            grammar_limits=GrammarLimits.of(settings),
         )
         try:
             engine = load(quantization=args.quantization)

@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Before the token: a Hello is a few hundred bytes, and the gateway sends it as soon as it connects.
+_HELLO_MAX_BYTES = 4096
+_HANDSHAKE_S = 10.0
+
 class WorkerServer:
     """Serves one engine to any number of connections; requests are multiplexed by id."""
 
@@ -132,8 +136,13 @@ class WorkerServer:
             writer.close()
 
     async def _welcome(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        """The connection's first frame must be a Hello with the internal token."""
-        payload = await read_frame(reader)
+        """The connection's first frame must be a Hello with the internal token: small, and within
+        the handshake deadline (silent, trickling or 64 MiB pre-token connections stayed open, +380 MB)."""
+        try:
+            payload = await asyncio.wait_for(read_frame(reader, max_size=_HELLO_MAX_BYTES), _HANDSHAKE_S)
+        except TimeoutError:
+            log.warning("a connection sent no token within %g s; closing it", _HANDSHAKE_S)
+            return False
         frame = to_worker_decoder.decode(payload) if payload is not None else None
         given = frame.token.encode() if isinstance(frame, Hello) else b""
         if hmac.compare_digest(given, self.token or b""):
