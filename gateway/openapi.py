@@ -39,8 +39,8 @@ _REASONS = {
     409: "The model is already loaded differently",
     413: "Request body too large",
     415: "The body is not sent as application/json",
-    429: "The model worker's queue can't start the request in time or is full, or the key's own limit is reached"
-    " (Retry-After)",
+    429: "The model worker's queue can't start the request in time or is full, or the key's own limit is"
+    " reached (Retry-After)",
     500: "A bug (logged with its traceback)",
     502: "A worker process or the hub failed",
     503: "The model failed to load, is not loaded, or no host has room (Retry-After); not ready",

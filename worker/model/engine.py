@@ -134,6 +134,7 @@ class Engine:
         max_queue: int = DEFAULTS.max_queue,
         prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
         prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
+        grammar_limits: GrammarLimits | None = None,
     ) -> Engine:
         loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
         return cls(
