@@ -15,12 +15,27 @@ from gateway.auth import KeyGuard
 from gateway.disconnect import CancelOnDisconnect
 from gateway.docs_page import assets_router, openapi_config
 from gateway.errors import exception_handlers
+from gateway.keys import KeyRing
 from gateway.limits import LimitedRequest
 from gateway.manager import AsyncModelManager
 from gateway.metrics import GatewayMetrics
+from gateway.metrics_keys import KeysCollector
 from gateway.middleware import GatewayMiddleware
 from gateway.openapi import publish_truthful_openapi
-from gateway.routes import chat, completions, embeddings, health, management, model_admin, models, responses
+from gateway.routes import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    management,
+    messages,
+    model_admin,
+    models,
+    rerank,
+    responses,
+    tokenize,
+    usage,
+)
 from gateway.sse import StreamControl
 from shared.settings import Settings
 
@@ -32,6 +47,13 @@ ROUTES = [
     responses.create_response,
     responses.retrieve_response,
     embeddings.embeddings,
+    messages.create_message,
+    messages.count_tokens,
+    rerank.rerank_v1,
+    rerank.rerank_v2,
+    rerank.score,
+    tokenize.tokenize,
+    tokenize.detokenize,
     models.list_models,
     models.get_model,
     management.available,
@@ -48,16 +70,20 @@ ROUTES = [
     health.live,
     health.ready,
     health.metrics,
+    usage.usage,
 ]
 
 
 def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> Litestar:
     metrics = GatewayMetrics()
+    keys = KeyRing.from_settings(settings)
+    metrics.registry.register(KeysCollector(keys))
     manager = manager or AsyncModelManager(settings, metrics=metrics)
     preloaded = not settings.preload
     state = State({
         "manager": manager,
         "settings": settings,
+        "key_ring": keys,
         "metrics": metrics,
         "preloaded": preloaded,
         "streams": StreamControl(settings.sse_keepalive_s),
@@ -95,11 +121,11 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
         request_class=LimitedRequest,  # JSON nested deeper than DUKAT_MAX_JSON_DEPTH is a 400
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
-        guards=[KeyGuard(settings)],  # on the route dispatched to: `//v1/models` is `/v1/models`
+        guards=[KeyGuard(settings, keys)],  # on the route dispatched to: `//v1/models` is `/v1/models`
         logging_config=None,  # ours (set by `dukat serve`); litestar's default would replace it
         openapi_config=openapi_config(title="Dukat", version="0.1.0"),
     )
     publish_truthful_openapi(app, settings)
     # Outside litestar's router, so unknown routes get a request id and a log line too.
-    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler))  # type: ignore[assignment]
+    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler), metrics)  # type: ignore[assignment]
     return app

@@ -9,16 +9,18 @@ everything else needs an admin key. With no key set at all, everything is open (
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from gateway.keys import KeyRing, admit_key
 from gateway.schemas.models import LoadedModel
 from shared.errors import AuthenticationError, PermissionDeniedError
 from shared.settings import Settings
-from shared.tokens import bearer_token, token_in
+from shared.tokens import bearer_token
 
 Access = Literal["open", "inference", "admin"]
 # A route handler's `opt`: open to inference keys (admin keys may call everything).
@@ -48,33 +50,40 @@ class KeyGuard:
     """A litestar guard (`Litestar(guards=[KeyGuard(settings)])`): 401 without a valid key, 403 for an
     inference key on an admin route."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.inference_keys = tuple(k.encode() for k in settings.api_keys)
-        self.admin_keys = tuple(k.encode() for k in settings.admin_keys)
-        self.enabled = bool(self.inference_keys or self.admin_keys)
+    def __init__(self, settings: Settings, keys: KeyRing | None = None) -> None:
+        self.keys = keys if keys is not None else KeyRing.from_settings(settings)
+        self.enabled = self.keys.enabled
 
-    def role(self, authorization: str | None) -> Literal["admin", "inference"] | None:
-        token = bearer_token(authorization)
-        # Both compares always run, so timing does not tell the roles apart either.
-        admin, inference = token_in(token, self.admin_keys), token_in(token, self.inference_keys)
-        return "admin" if admin else "inference" if inference else None
+    def role(
+        self, authorization: str | None, api_key: str | None = None
+    ) -> Literal["admin", "inference"] | None:
+        # Anthropic's clients send the key as `x-api-key`; the bearer token wins when both are sent.
+        # Every key is compared whatever its role, so timing does not tell the roles apart either.
+        key = self.keys.match(bearer_token(authorization) or api_key or None)
+        return key.role if key is not None else None
 
     # async: litestar runs a sync guard in its thread pool, a hand-off that cost more than the check.
     async def __call__(self, connection: Connection, handler: BaseRouteHandler) -> None:
         if not self.enabled:
             connection.scope[ADMIN_SCOPE_KEY] = True  # type: ignore[literal-required]
             return
-        role = self.role(connection.headers.get("authorization"))
+        headers = connection.headers
+        key = self.keys.match(bearer_token(headers.get("authorization")) or headers.get("x-api-key") or None)
+        role = key.role if key is not None else None
         connection.scope[ADMIN_SCOPE_KEY] = role == "admin"  # type: ignore[literal-required]
         access = route_access(handler, connection.scope.get("path_template", ""))
         if access == "open":
             return
         if role is None:
-            raise AuthenticationError("Incorrect or missing API key: send `Authorization: Bearer <key>`")
+            raise AuthenticationError(
+                "Incorrect or missing API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
+            )
         if access == "admin" and role != "admin":
             raise PermissionDeniedError(
                 "this route needs an admin key (DUKAT_ADMIN_KEYS); an inference key may not call it"
             )
+        if key is not None:
+            admit_key(connection.scope, key)  # its usage, and its limits (429)
 
 
 def is_admin(scope: Any) -> bool:
@@ -82,6 +91,16 @@ def is_admin(scope: Any) -> bool:
     return bool(scope.get(ADMIN_SCOPE_KEY, False))
 
 
-def without_internals(row: LoadedModel) -> LoadedModel:
-    """A loaded model as a non-admin sees it: no pid, no worker or host address, no log lines (paths)."""
-    return msgspec.structs.replace(row, pid=None, address=None, host=None, log_tail=[])
+def without_internals(row: LoadedModel, models_dir: Path) -> LoadedModel:
+    """A loaded model as a non-admin sees it: no pid, no worker or host address, no log lines, no
+    server path in its error."""
+    error = without_paths(row.error, models_dir) if row.error is not None else None
+    return msgspec.structs.replace(row, pid=None, address=None, host=None, log_tail=[], error=error)
+
+
+def without_paths(text: str, models_dir: Path) -> str:
+    """`text` as a non-admin sees it: a path into the models folder is the model's id (`cannot load
+    the model in /srv/dukat/models/org/name` becomes `... in org/name`)."""
+    for folder in sorted({str(models_dir.absolute()), str(models_dir.resolve())}, key=len, reverse=True):
+        text = text.replace(folder + "/", "").replace(folder, "the models folder")
+    return text

@@ -21,9 +21,18 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from gateway.metrics import GatewayMetrics
 from shared.errors import DukatError, ModelNotLoadedError, WorkerFailedError, WorkerUnreachableError
-from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+)
 from shared.host_api import HostState, WorkerState
 from shared.settings import Settings
+from shared.wire import Tokens
 from shared.wire_client import WorkerConnection
 
 if TYPE_CHECKING:
@@ -145,6 +154,33 @@ class Dispatcher:
     ) -> tuple[str, EmbedResult]:
         request = EmbedRequest(inputs=[*inputs], keep_alive=keep_alive)
         return await self.on_worker(model_id, lambda conn, _: conn.embed(request))
+
+    async def score(
+        self, model_id: str | None, pairs: list[tuple[str, str]], keep_alive: float | None = None
+    ) -> tuple[str, ScoreResult]:
+        """A cross-encoder's relevance score of each (query, document) pair."""
+        request = ScoreRequest(pairs=pairs, keep_alive=keep_alive)
+        return await self.on_worker(model_id, lambda conn, _: conn.score(request))
+
+    async def tokenize(
+        self,
+        model_id: str | None,
+        request: GenerateRequest,
+        *,
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool | None = None,
+    ) -> tuple[str, Tokens]:
+        """The model's id and `request`'s prompt as its token ids (see shared/wire.py's `Tokenize`)."""
+
+        def call(conn: WorkerConnection, _: SamplingParams | None) -> Awaitable[Tokens]:
+            return conn.tokenize(
+                request, add_generation_prompt=add_generation_prompt, add_special_tokens=add_special_tokens
+            )
+
+        return await self.on_worker(model_id, call, request.request_id)
+
+    async def detokenize(self, model_id: str | None, tokens: list[int]) -> tuple[str, str]:
+        return await self.on_worker(model_id, lambda conn, _: conn.detokenize(tokens))
 
     async def _stream(
         self, mid: str, workers: list[WorkerState], request: GenerateRequest

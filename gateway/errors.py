@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException, SerializationException, Validatio
 from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
 
+from gateway.auth import is_admin, without_paths
 from shared.errors import DukatError, ErrorBody, ErrorDetail, InvalidRequestError, error_for_status
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,11 @@ def _dukat_handler(request: Request[Any, Any, Any], exc: DukatError) -> Response
     if exc.status >= 500:
         logger.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc)
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return error_response(exc.status, exc.detail(), headers)
+    detail = exc.detail()
+    manager = getattr(request.app.state, "manager", None)
+    if manager is not None and not is_admin(request.scope):  # no server path reaches a client
+        detail.message = without_paths(detail.message, manager.settings.models_dir)
+    return error_response(exc.status, detail, headers)
 
 
 def _validation_handler(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:

@@ -14,12 +14,14 @@ import msgspec
 from litestar import Request
 
 from gateway.errors import request_validation_error
+from gateway.schemas.common import KeepAlive, keep_alive_seconds
 from shared.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     PullNotAllowedError,
     UnsupportedMediaTypeError,
 )
+from shared.keep_alive import parse_keep_alive
 from shared.model_ids import check_model_id, is_hub_id
 from shared.settings import Settings
 
@@ -123,6 +125,30 @@ def check_generations(settings: Settings, prompts: int, n: int) -> None:
         )
 
 
+def keep_alive_for(settings: Settings, value: KeepAlive, *, admin: bool) -> KeepAlive:
+    """An inference key's `keep_alive`, clamped to [DUKAT_KEEP_ALIVE_FLOOR, DUKAT_KEEP_ALIVE_CEILING]:
+    its -1 (pin forever) is the ceiling, its 0 (unload now) the floor. An admin's is as sent."""
+    seconds = keep_alive_seconds(value)
+    if admin or seconds is None:
+        return value
+    floor = parse_keep_alive(settings.keep_alive_floor)
+    ceiling = parse_keep_alive(settings.keep_alive_ceiling)
+    if seconds < 0:
+        return ceiling
+    return min(max(seconds, floor), ceiling)
+
+
+def check_request_work(settings: Settings, sizes: Iterable[int], n: int, param: str) -> None:
+    """Prompts x n x prompt length, before any work: n=128 copies of a long prompt are 128 prefills."""
+    total = sum(sizes) * n
+    if total > settings.max_request_prompt_chars:
+        raise InvalidRequestError(
+            f"the prompts x n of this request are {total} characters (token ids) to read; the limit per "
+            f"request is {settings.max_request_prompt_chars} (DUKAT_MAX_REQUEST_PROMPT_CHARS)",
+            param=param,
+        )
+
+
 def check_prompt_chars(settings: Settings, texts: Iterable[str], param: str) -> None:
     """Before tokenizing: a prompt far beyond any context length costs CPU-seconds to tokenize."""
     limit = settings.max_prompt_chars
@@ -149,6 +175,27 @@ def check_embedding_inputs(settings: Settings, inputs: list[str] | list[list[int
                 "(DUKAT_MAX_PROMPT_CHARS)",
                 param="input",
             )
+
+
+def check_token_count(settings: Settings, ids: list[int], param: str) -> None:
+    if len(ids) > settings.max_prompt_chars:
+        raise InvalidRequestError(
+            f"{len(ids)} token ids; the limit is {settings.max_prompt_chars} (DUKAT_MAX_PROMPT_CHARS)",
+            param=param,
+        )
+
+
+def check_pairs(settings: Settings, pairs: list[tuple[str, str]], param: str) -> None:
+    """A rerank's documents (or a score's pairs): as many as an embedding request's inputs, each pair
+    within the prompt limit."""
+    if len(pairs) > settings.max_embedding_inputs:
+        raise InvalidRequestError(
+            f"{len(pairs)} documents; the limit per request is {settings.max_embedding_inputs} "
+            "(DUKAT_MAX_EMBEDDING_INPUTS)",
+            param=param,
+        )
+    for first, second in pairs:
+        check_prompt_chars(settings, (first, second), param)
 
 
 def check_revision(revision: str | None) -> None:

@@ -23,6 +23,7 @@ from gateway.dispatch import Dispatcher
 from gateway.hosts import HostDirectory
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import ModelAdmin, not_here, shown_quantization
+from gateway.request_log import note
 from gateway.schemas.models import CREATED, LoadedModel, Model, owner_of
 from shared.errors import (
     DukatError,
@@ -50,6 +51,8 @@ from shared.model_types import Task, get_model_type
 from shared.settings import Quantization, Settings
 
 log = logging.getLogger(__name__)
+# How often a request waiting for capacity (DUKAT_CAPACITY_WAIT_S) asks the hosts again.
+CAPACITY_POLL_S = 1.0
 
 
 class AsyncModelManager:
@@ -65,6 +68,8 @@ class AsyncModelManager:
         self.dispatch = Dispatcher(settings, self.hosts, self, metrics)
         self.admin = ModelAdmin(settings, self.hosts, self.config)
         self._replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
+        # model id -> the load that requests finding it unloaded share
+        self._auto_loads: dict[str, asyncio.Future[list[WorkerState | LoadedModel]]] = {}
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
 
     async def start(self) -> None:
@@ -139,9 +144,10 @@ class AsyncModelManager:
         replicas: int | None = None,
         request_id: str = "",
     ) -> LoadedModel:
-        """Load `model_id`: `replicas` workers (default: the config file's, else one), each on another
-        host, placed where there is room for its estimated memory. Whether a load joins a worker
-        already there, or is a conflict, is the host's call: it is the one that knows."""
+        """Load `model_id`: `replicas` workers (default: the config file's, else one), spread over the
+        hosts with room for its estimated memory (one host each while there are hosts, then several
+        per host: the host places them on its devices). Whether a load joins a worker already there,
+        or is a conflict, is the host's call: it is the one that knows."""
         if quantization is not None and quantization not in get_args(Quantization):
             # The Python API's check; over HTTP the request schema says the same first.
             raise InvalidRequestError(
@@ -160,9 +166,9 @@ class AsyncModelManager:
             request_id=request_id,
             gguf_file=entry.gguf_file if entry else None,
         )
-        found = [
-            h for h, w in await self.hosts.find_all(model_id, fresh=True) if w.status in ("loading", "loaded")
-        ]
+        workers = await self.hosts.find_all(model_id, fresh=True)
+        # Its hosts, once each (a host may run several of its workers).
+        found = list({h.url: h for h, w in workers if w.status in ("loading", "loaded")}.values())
         wanted = replicas or (entry.replicas if entry and entry.replicas else 1)
         hosts = found[: max(wanted, 1)]
         if len(hosts) < wanted:
@@ -177,7 +183,13 @@ class AsyncModelManager:
                     raise
                 avoid |= {host.url}
                 hosts.append(host)
-        results = await asyncio.gather(*(self._load_on(h.url, cmd) for h in hosts), return_exceptions=True)
+        # Each host's share of the workers: more workers than hosts go to the hosts' devices.
+        shares = [wanted // len(hosts) + (i < wanted % len(hosts)) for i in range(len(hosts))]
+        loads = [
+            self._load_on(h.url, msgspec.structs.replace(cmd, replicas=n))
+            for h, n in zip(hosts, shares, strict=True)
+        ]
+        results = await asyncio.gather(*loads, return_exceptions=True)
         loaded = [r for r in results if isinstance(r, LoadedModel)]
         if not loaded:
             raise next(r for r in results if isinstance(r, BaseException))
@@ -198,11 +210,12 @@ class AsyncModelManager:
         found = await self.hosts.find_all(model_id, fresh=True)
         if not found:
             raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
-        for host, worker in found:
+        for url in dict.fromkeys(host.url for host, _ in found):  # a host unloads all of its workers
             try:
-                await self.hosts.client(host.url).unload(model_id)
+                await self.hosts.client(url).unload(model_id)
             finally:
                 self.hosts.invalidate()
+        for _, worker in found:
             await self.dispatch.connections.drop(worker)
 
     async def ready_workers(
@@ -211,6 +224,7 @@ class AsyncModelManager:
         """The loaded replicas of `model_id` (or the default), loading one first when allowed; missing
         replicas (fewer than the config file asks, a host lost) are loaded in the background."""
         mid = self.resolve_id(model_id)
+        note(model=mid)
         found = [w for _, w in await self.hosts.find_all(mid)]
         loaded = [w for w in found if w.status == "loaded"]
         if loaded:
@@ -230,14 +244,38 @@ class AsyncModelManager:
         waiting = self.metrics.waiting.labels(mid) if self.metrics else None
         if waiting is not None:
             waiting.inc()
+        # One load per model for every request that finds it unloaded: a burst of 200 on a cold model
+        # asked the host its state 200 times at once (httpx's pool timed out: 503s).
+        task = self._auto_loads.get(mid)
+        if task is None or task.done():
+            task = self._auto_loads[mid] = asyncio.ensure_future(self._auto_load(mid, request_id))
         try:
-            loaded_now = await self.load_model(mid, request_id=request_id)
+            return mid, await asyncio.shield(task)
         finally:
             if waiting is not None:
                 waiting.dec()
+
+    async def _auto_load(self, mid: str, request_id: str) -> list[WorkerState | LoadedModel]:
+        loaded_now = await self._load_for_request(mid, request_id)
         # Fresh: a cached view (or a refresh already in flight) may still say `loading`, no address.
         found = [w for _, w in await self.hosts.find_all(mid, fresh=True)]
-        return mid, [w for w in found if w.status == "loaded"] or [loaded_now]
+        return [w for w in found if w.status == "loaded"] or [loaded_now]
+
+    async def _load_for_request(self, model_id: str, request_id: str) -> LoadedModel:
+        """A request's load. Without capacity (no host up, as when a host pool scaled to zero; or none
+        with room) it waits up to DUKAT_CAPACITY_WAIT_S for some, asking the hosts again every second,
+        counted as waiting all along; then its 503 is counted as refused for capacity."""
+        deadline = time.monotonic() + self.settings.capacity_wait_s
+        while True:
+            try:
+                return await self.load_model(model_id, request_id=request_id)
+            except NoCapacityError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self.metrics is not None:
+                        self.metrics.capacity_refusals.labels(model_id).inc()
+                    raise
+                await asyncio.sleep(min(CAPACITY_POLL_S, left))
 
     def _replicate(self, model_id: str, have: int, request_id: str) -> None:
         entry = self.config.view().models.get(model_id)
@@ -305,9 +343,11 @@ class AsyncModelManager:
         disk = next((m for m in await self.local_models() if m.id == model_id), None)
         name = (entry.model_type if entry else None) or (disk.model_type if disk else None)
         with contextlib.suppress(UnsupportedModelTypeError):
-            if name and get_model_type(name).task == Task.EMBEDDING:
+            task = get_model_type(name).task if name else None
+            if task in (Task.EMBEDDING, Task.RERANK):
                 raise UnsupportedTaskError(
-                    f"model {model_id!r} is an embedding model ({name}); the default model must chat: "
+                    f"model {model_id!r} is {'an embedding' if task is Task.EMBEDDING else 'a rerank'} model "
+                    f"({name}); the default model must chat: "
                     "pick a chat model",
                     param="model",
                 )

@@ -18,10 +18,11 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.keys import charge_current_key
 from gateway.metrics_hosts import MODEL, HostsCollector
 from shared.generation import FinishReason, GenerateResult
 from shared.host_api import HostState
@@ -66,8 +67,13 @@ class GatewayMetrics:
         )
         waiting_doc = "Requests at this gateway waiting for their model to load."
         self.waiting = Gauge("vllm:num_requests_waiting", waiting_doc, MODEL, registry=r)
+        refused_doc = "Requests refused with 503 no_capacity: no worker host up, or none with room."
+        self.capacity_refusals = Counter("dukat_capacity_refusals", refused_doc, MODEL, registry=r)
         self._models: dict[str, ModelMetrics] = {}
         r.register(_RequestsCollector(self._models))
+        # (method, route template, status) -> requests answered; what one call per request adds to.
+        self.routes: dict[tuple[str, str, int], int] = {}
+        r.register(_RoutesCollector(self.routes))
         self.hosts = HostsCollector()
         r.register(self.hosts)
 
@@ -77,6 +83,11 @@ class GatewayMetrics:
         if found is None:
             found = self._models[model_id] = ModelMetrics()
         return found
+
+    def answered(self, method: str, route: str, status: int) -> None:
+        """One request answered on `route` (the route's template: bounded labels)."""
+        key = (method, route, status)
+        self.routes[key] = self.routes.get(key, 0) + 1
 
     def render(self, hosts: list[HostState], host_urls: list[str], in_flight: dict[str, int]) -> bytes:
         """The exposition text, with the hosts' state and this gateway's requests in flight as of now."""
@@ -115,6 +126,8 @@ class ModelMetrics:
         "generation_tokens",
         "itl",
         "overhead",
+        "prefix_cache_hits",
+        "prefix_cache_queries",
         "prompt_tokens",
         "rejections",
         "success",
@@ -124,13 +137,18 @@ class ModelMetrics:
     def __init__(self) -> None:
         self.ttft, self.e2e, self.itl, self.overhead = (_Buckets(spec[2]) for spec in HISTOGRAMS.values())
         self.prompt_tokens = self.generation_tokens = self.rejections = 0
+        self.prefix_cache_queries = self.prefix_cache_hits = 0
         self.success = dict.fromkeys(FINISH_REASONS, 0)
 
     def finished(self, result: GenerateResult, elapsed_s: float, first_token_s: float | None) -> None:
         """A generation ended: `elapsed_s` from dispatch to its result, `first_token_s` to its first
         streamed text (None when not streamed: the worker's own first-token time stands in)."""
         t, tokens = result.timings, result.completion_tokens
+        charge_current_key(result.prompt_tokens, tokens)
         self.prompt_tokens += result.prompt_tokens
+        # Each generation's prompt was looked up in its worker's prefix cache (vLLM counts tokens).
+        self.prefix_cache_queries += result.prompt_tokens
+        self.prefix_cache_hits += result.cached_tokens
         self.generation_tokens += tokens
         self.success[result.finish_reason] += 1
         self.e2e.observe(elapsed_s)
@@ -141,12 +159,30 @@ class ModelMetrics:
         self.overhead.observe(outside)
 
     def embedded(self, prompt_tokens: int, elapsed_s: float) -> None:
+        charge_current_key(prompt_tokens, 0)
         self.prompt_tokens += prompt_tokens
         self.success["stop"] += 1
         self.e2e.observe(elapsed_s)
 
     def rejected(self) -> None:
         self.rejections += 1
+
+
+class _RoutesCollector(Collector):
+    """Requests by route: every route's traffic and errors, the ones no model is behind included."""
+
+    def __init__(self, routes: dict[tuple[str, str, int], int]) -> None:
+        self.routes = routes
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        doc = "HTTP requests this gateway answered, by method, route template and status."
+        family = CounterMetricFamily("dukat_http_requests", doc, labels=["method", "route", "status"])
+        for (method, route, status), count in sorted(self.routes.items()):
+            family.add_metric([method, route, str(status)], count)
+        yield family
 
 
 class _RequestsCollector(Collector):
@@ -169,8 +205,13 @@ class _RequestsCollector(Collector):
         counters = {
             "vllm:prompt_tokens": ("Prompt tokens processed.", "prompt_tokens"),
             "vllm:generation_tokens": ("Tokens generated.", "generation_tokens"),
+            "vllm:prefix_cache_queries": (
+                "Prompt tokens looked up in the model workers' prefix caches.",
+                "prefix_cache_queries",
+            ),
+            "vllm:prefix_cache_hits": ("Prompt tokens the prefix caches gave.", "prefix_cache_hits"),
             "dukat_queue_rejections": (
-                "Requests refused because a worker's queue was full (429).",
+                "Requests refused because a worker's queue could not start them in time or was full (429).",
                 "rejections",
             ),
         }

@@ -75,8 +75,9 @@ class HostsCollector(Collector):
         yield from _figures(GaugeMetricFamily, ["host", "device"], rows, DEVICE_FIGURES)
 
     def _workers(self) -> Iterator[Metric]:
-        labels = ["model_name", "host", "device"]
-        rows = [([w.model_id, h.url, w.device], w) for h in self._hosts for w in h.models]
+        # `replica` tells apart the workers of one model on one device (DUKAT_REPLICAS_PER_DEVICE).
+        labels = ["model_name", "host", "device", "replica"]
+        rows = [([w.model_id, h.url, w.device, str(w.replica)], w) for h in self._hosts for w in h.models]
         state = GaugeMetricFamily(
             "dukat_model_state",
             "1 for each model worker, labelled with its state.",

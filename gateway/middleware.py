@@ -11,7 +11,13 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
+
+from gateway.keys import HEADERS_SCOPE_KEY, release_key
+from gateway.request_log import REQUEST_FIELDS
 
 log = logging.getLogger("gateway.access")
 
@@ -21,8 +27,9 @@ def request_id_of(scope: Any) -> str:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, metrics: GatewayMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
         # Unique across replicas and restarts without a random draw per request.
         self._prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
@@ -38,26 +45,36 @@ class GatewayMiddleware:
         scope["dukat_request_id"] = rid
         started = time.perf_counter()
         status = 0
+        first_byte_s = 0.0
+        fields: dict[str, Any] = {"model": None, "key": None}
+        REQUEST_FIELDS.set(fields)
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, first_byte_s
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                first_byte_s = time.perf_counter() - started
+                extra = [(b"x-request-id", rid.encode("latin-1")), *scope.get(HEADERS_SCOPE_KEY, ())]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            release_key(scope)
+            if self.metrics is not None:  # litestar's router set the template; none: no route
+                self.metrics.answered(scope["method"], scope.get("path_template") or "unmatched", status)
             if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "%s %s %s %.1fms rid=%s",
-                    scope["method"],
-                    _printable(scope["path"]),
-                    status,
-                    (time.perf_counter() - started) * 1000,
-                    rid,
-                )
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                path = _printable(scope["path"])
+                # The structured fields: what a JSON log line carries (DUKAT_LOG_FORMAT=json).
+                extra = {
+                    "request_id": rid, "method": scope["method"], "path": path, "status": status,
+                    "duration_ms": round(elapsed_ms, 1), "first_byte_ms": round(first_byte_s * 1000, 1),
+                    **fields,
+                }  # fmt: skip
+                method = scope["method"]
+                log.info("%s %s %s %.1fms rid=%s", method, path, status, elapsed_ms, rid, extra=extra)
 
 
 def _printable(text: str) -> str:

@@ -18,9 +18,11 @@ from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.handlers import HTTPRouteHandler
 
+from gateway.anthropic_errors import AnthropicErrorBody
 from gateway.auth import route_access
 from gateway.schemas import ChatCompletionChunk, CompletionResponse
 from gateway.schemas.common import INT64_MAX
+from gateway.schemas.message_events import MessageEvent
 from gateway.schemas.response_events import ResponseEvent
 from gateway.sse import EventStream
 from shared.errors import ErrorBody
@@ -37,7 +39,8 @@ _REASONS = {
     409: "The model is already loaded differently",
     413: "Request body too large",
     415: "The body is not sent as application/json",
-    429: "The model worker's queue is full (Retry-After)",
+    429: "The model worker's queue can't start the request in time or is full, or the key's own limit is"
+    " reached (Retry-After)",
     500: "A bug (logged with its traceback)",
     502: "A worker process or the hub failed",
     503: "The model failed to load, is not loaded, or no host has room (Retry-After); not ready",
@@ -51,6 +54,13 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/completions"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/embeddings"): (400, 413, 415, *_REACHES_A_MODEL),
     ("post", "/v1/responses"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/messages"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/messages/count_tokens"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/rerank"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v2/rerank"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/v1/score"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/tokenize"): (400, 413, 415, *_REACHES_A_MODEL),
+    ("post", "/detokenize"): (400, 413, 415, *_REACHES_A_MODEL),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/api/models"): (),
@@ -66,27 +76,35 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/models/delete"): (400, 404, 409, 413, 415, 502),
     ("get", "/health/live"): (),
     ("get", "/health/ready"): (503,),
+    ("get", "/api/usage"): (),
 }
 # The chunks of a stream, per route (an event's `data`).
 _CHUNKS: dict[tuple[str, str], Any] = {
     ("post", "/v1/chat/completions"): ChatCompletionChunk,
     ("post", "/v1/completions"): CompletionResponse,
     ("post", "/v1/responses"): ResponseEvent,
+    ("post", "/v1/messages"): MessageEvent,
+}
+# Routes whose errors are not OpenAI's body (Anthropic's Messages API answers in its own shape).
+_ERROR_BODIES: dict[tuple[str, str], Any] = {
+    ("post", "/v1/messages"): AnthropicErrorBody,
+    ("post", "/v1/messages/count_tokens"): AnthropicErrorBody,
 }
 
 
-def _sse(chunk: dict[str, Any]) -> dict[str, Any]:
+def _sse(chunk: dict[str, Any], error: dict[str, Any] = _ERROR, done: bool = True) -> dict[str, Any]:
     """An event stream whose every event (OpenAPI 3.1: `schema` is one event) has a `data` line:
-    a JSON chunk, an error body (a failure after the first chunk), or `[DONE]` last."""
+    a JSON chunk, an error body (a failure after the first chunk), or `[DONE]` last (when `done`)."""
     json_data = {
         "type": "string",
         "contentMediaType": "application/json",
-        "contentSchema": {"anyOf": [chunk, _ERROR]},
+        "contentSchema": {"anyOf": [chunk, error]},
     }
-    data = {"anyOf": [{"const": "[DONE]"}, json_data]}
+    data = {"anyOf": [{"const": "[DONE]"}, json_data]} if done else json_data
     return {
         "schema": {"type": "object", "required": ["data"], "properties": {"data": data}},
-        "description": "With `stream: true`: Server-Sent Events, `data: <chunk>` then `data: [DONE]`.",
+        "description": "With `stream: true`: Server-Sent Events, `data: <chunk>`"
+        + (" then `data: [DONE]`." if done else " (named by `event:`), no `[DONE]`."),
     }
 
 
@@ -98,15 +116,16 @@ def publish_truthful_openapi(app: Litestar, settings: Settings) -> None:
     wanted: list[Any] = [ErrorBody]
     for found in handlers.values():
         wanted += [t for t in (_body_type(found), _json_type(found)) if t is not None]
-    wanted += list(_CHUNKS.values())
+    wanted += [*_CHUNKS.values(), *_ERROR_BODIES.values()]
     schemas, components = msgspec.json.schema_components(wanted, ref_template=REF)
     by_type = {id(t): s for t, s in zip(wanted, schemas, strict=True)}
     document.setdefault("components", {})["schemas"] = components
-    keys_on = bool(settings.api_keys or settings.admin_keys)
+    keys_on = bool(settings.api_keys or settings.admin_keys or settings.keys_file)
+    limited = settings.keys_file is not None  # only the keys file sets per-key limits
     for path, item in document["paths"].items():
         for method, operation in item.items():
             if (method, path) in handlers:
-                _rewrite(operation, handlers[(method, path)], (method, path), by_type, keys_on)
+                _rewrite(operation, handlers[(method, path)], (method, path), by_type, keys_on, limited)
     if keys_on:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]
@@ -155,6 +174,7 @@ def _rewrite(
     key: tuple[str, str],
     by_type: dict[int, Any],
     keys_on: bool,
+    limited: bool = False,
 ) -> None:
     body = _body_type(handler)
     if body is not None:
@@ -164,8 +184,9 @@ def _rewrite(
         }
     success = str(handler.status_code)
     content: dict[str, Any] = {"application/json": {"schema": by_type[id(_json_type(handler))]}}
+    error = by_type[id(_ERROR_BODIES[key])] if key in _ERROR_BODIES else _ERROR
     if _streams(handler):
-        content["text/event-stream"] = _sse(by_type[id(_CHUNKS[key])])
+        content["text/event-stream"] = _sse(by_type[id(_CHUNKS[key])], error, done=key not in _ERROR_BODIES)
     description = operation.get("responses", {}).get(success, {}).get("description", "OK")
     responses: dict[str, Any] = {success: {"description": description, "content": content}}
     access = route_access(handler, key[1])
@@ -174,10 +195,12 @@ def _rewrite(
         statuses.add(401)
         if access == "admin":
             statuses.add(403)
+        if limited:
+            statuses.add(429)  # the key's own limits
     for status in sorted(statuses):
         responses[str(status)] = {
             "description": _REASONS[status],
-            "content": {"application/json": {"schema": _ERROR}},
+            "content": {"application/json": {"schema": error}},
         }
     operation["responses"] = responses
     if access == "open":
@@ -218,7 +241,8 @@ KEEP_ALIVE_PATTERN = r"^\s*[+-]?([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[
 # a path, but the document describes what any client may send).
 _MODEL_BODIES = (
     "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "CreateResponseRequest", "LoadRequest",
-    "UnloadRequest", "SetDefaultRequest", "DeleteRequest",
+    "UnloadRequest", "SetDefaultRequest", "DeleteRequest", "MessagesRequest", "CountTokensRequest",
+    "RerankRequest", "ScoreTextsRequest", "TokenizeRequest", "DetokenizeRequest",
 )
 
 
@@ -261,6 +285,28 @@ def _apply_refusals(components: dict[str, Any]) -> None:
             {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
             {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
         ]
+    streamed = {  # stream_options only with stream: true
+        "anyOf": [
+            {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+            {"properties": {"stream_options": {"type": "null"}}},
+        ]
+    }
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        if name in components:
+            components[name]["allOf"] = [streamed]
+    if "ChatCompletionRequest" in components:  # tool_choice only with tools; logit_bias keys are ids
+        components["ChatCompletionRequest"]["allOf"].append({"anyOf": [
+            {"properties": {"tool_choice": {"type": "null"}}},
+            {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]},
+        ]})
+        props = components["ChatCompletionRequest"]["properties"]
+        props["modalities"] = {"anyOf": [{"type": "array", "items": {"const": "text"}}, {"type": "null"}]}
+        props["audio"] = props["web_search_options"] = {"type": "null", "default": None}
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        bias = components.get(name, {}).get("properties", {}).get("logit_bias", {})
+        for alternative in bias.get("anyOf", []):
+            if alternative.get("type") == "object":
+                alternative["propertyNames"] = {"pattern": "^-?[0-9]+$"}
     if "ResponseFormat" in components:
         # json_schema needs its json_schema.
         components["ResponseFormat"]["anyOf"] = [
@@ -277,6 +323,7 @@ def _apply_refusals(components: dict[str, Any]) -> None:
         ]
     if "CreateResponseRequest" in components:
         _responses_request(components["CreateResponseRequest"]["properties"])
+    _client_requests(components)
     if "FunctionTool" in components:
         components["FunctionTool"]["properties"]["type"] = {"const": "function", "default": "function"}
     completion = components.get("CompletionRequest", {}).get("properties", {})
@@ -286,10 +333,12 @@ def _apply_refusals(components: dict[str, Any]) -> None:
 
 
 def _responses_request(props: dict[str, Any]) -> None:
-    """/v1/responses: no state (previous_response_id, conversation: only null), and the input items it
-    reads (gateway/schemas/responses.py: message, function_call, function_call_output; text parts)."""
+    """/v1/responses: no state (previous_response_id, conversation: only null; background: not true),
+    and the input items it reads (gateway/schemas/responses.py: message, function_call,
+    function_call_output; text parts)."""
     props["previous_response_id"] = {"type": "null", "default": None}
     props["conversation"] = {"type": "null", "default": None}
+    props["background"] = {"anyOf": [{"const": False}, {"type": "null"}], "default": None}
     text: dict[str, Any] = {"type": "string"}
     part = {
         "type": "object", "required": ["type"],
@@ -313,6 +362,49 @@ def _responses_request(props: dict[str, Any]) -> None:
     }
     items = {"type": "array", "minItems": 1, "items": {"anyOf": [message, call, output]}}
     props["input"] = {"anyOf": [text, items]}
+
+
+def _client_requests(components: dict[str, Any]) -> None:
+    """The Messages API's content blocks by role (gateway/schemas/messages.py), a rerank's documents,
+    tokenize's prompt or messages: what those decoders take as any object, they read as these."""
+    text: dict[str, Any] = {"type": "string"}
+    text_block = {"type": "object", "required": ["type", "text"],
+                  "properties": {"type": {"const": "text"}, "text": text}}
+    thinking = {"type": "object", "required": ["type"],
+                "properties": {"type": {"enum": ["thinking", "redacted_thinking"]}}}
+    use = {"type": "object", "required": ["type", "id", "name", "input"], "properties": {
+        "type": {"const": "tool_use"}, "id": text, "name": text, "input": {"type": "object"}}}
+    result = {"type": "object", "required": ["type", "tool_use_id"], "properties": {
+        "type": {"const": "tool_result"}, "tool_use_id": text, "is_error": {"type": ["boolean", "null"]},
+        "content": {"anyOf": [text, {"type": "null"}, {"type": "array", "items": text_block}]}}}
+    texts = {"anyOf": [text, {"type": "array", "items": text_block}]}
+
+    def turn(role: str, block: dict[str, Any]) -> dict[str, Any]:
+        blocks = {"type": "array", "items": {"anyOf": [text_block, block, thinking]}}
+        return {"type": "object", "required": ["role", "content"],
+                "properties": {"role": {"const": role}, "content": {"anyOf": [text, blocks]}}}
+
+    if "MessageParam" in components:
+        components["MessageParam"] = {"anyOf": [turn("user", result), turn("assistant", use)]}
+    for name in ("MessagesRequest", "CountTokensRequest"):
+        if name in components:
+            components[name]["properties"]["system"] = {"anyOf": [texts, {"type": "null"}], "default": None}
+    if "AnthropicToolChoice" in components:  # `tool` names its tool
+        components["AnthropicToolChoice"]["anyOf"] = [
+            {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
+            {"properties": {"name": text}, "required": ["name"]},
+        ]
+    if "AnthropicTool" in components:
+        components["AnthropicTool"]["properties"]["type"] = {"enum": ["custom", None], "default": None}
+    if "RerankRequest" in components:
+        document = {"type": "object", "required": ["text"], "properties": {"text": text}}
+        components["RerankRequest"]["properties"]["documents"]["items"] = {"anyOf": [text, document]}
+    if "TokenizeRequest" in components:  # a prompt or messages, not both
+        components["TokenizeRequest"]["anyOf"] = [
+            {"properties": {"prompt": text, "messages": {"type": "null"}}, "required": ["prompt"]},
+            {"properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}},
+             "required": ["messages"]},
+        ]
 
 
 def _bound(components: dict[str, Any], name: str, field: str, kind: str, **bounds: int | str) -> None:

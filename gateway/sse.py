@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -93,14 +94,26 @@ def error_event(detail: ErrorDetail) -> bytes:
     return encode_event(ErrorBody(error=detail))
 
 
-def _failure_event(exc: Exception) -> bytes:
+@dataclasses.dataclass(frozen=True)
+class Ending:
+    """How a stream ends: the event of a failure inside it (given the error), and its last bytes.
+    OpenAI's by default; Anthropic's Messages API has its own (gateway/anthropic_errors.py)."""
+
+    failure: Callable[[DukatError], bytes] = lambda exc: error_event(exc.detail())
+    done: bytes = DONE
+
+
+OPENAI_ENDING = Ending()
+
+
+def _failure_event(exc: Exception, ending: Ending) -> bytes:
     """The error event for a failure inside a started stream; 5xx and bugs logged once here."""
     if isinstance(exc, DukatError):
         if exc.status >= 500:
             logger.error("stream failed: %s", exc.message, exc_info=exc)
-        return error_event(exc.detail())
+        return ending.failure(exc)
     logger.error("stream failed with an unexpected error", exc_info=exc)
-    return error_event(InternalError(_INTERNAL_MESSAGE).detail())
+    return ending.failure(InternalError(_INTERNAL_MESSAGE))
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
@@ -111,7 +124,7 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
 
 
 async def _events(
-    first: Any, iterator: AsyncIterator[Any], control: StreamControl
+    first: Any, iterator: AsyncIterator[Any], control: StreamControl, ending: Ending
 ) -> AsyncIterator[bytes]:
     try:
         if first is not _NOTHING:
@@ -132,26 +145,28 @@ async def _events(
                         raise item
                     yield encode_event(item)
     except Exception as exc:
-        yield _failure_event(exc)
+        yield _failure_event(exc, ending)
     finally:
         await _aclose(iterator)
-    yield DONE
+    if ending.done:
+        yield ending.done
 
 
 class _Events:
     """An opened stream's SSE bytes; the response binds it to its app's StreamControl."""
 
-    def __init__(self, first: Any, iterator: AsyncIterator[Any]) -> None:
-        self.first, self.iterator = first, iterator
+    def __init__(self, first: Any, iterator: AsyncIterator[Any], ending: Ending = OPENAI_ENDING) -> None:
+        self.first, self.iterator, self.ending = first, iterator, ending
         self.control = StreamControl()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return _events(self.first, self.iterator, self.control)
+        return _events(self.first, self.iterator, self.control, self.ending)
 
 
-async def open_events(items: AsyncIterable[Any]) -> _Events:
-    """The SSE bytes of `items`, ending with `[DONE]`. Awaits the first item before returning, so a
-    failure before it raises here (call this in the route, before building the response)."""
+async def open_events(items: AsyncIterable[Any], ending: Ending = OPENAI_ENDING) -> _Events:
+    """The SSE bytes of `items`, ending with `[DONE]` (or `ending`'s). Awaits the first item before
+    returning, so a failure before it raises here (call this in the route, before building the
+    response)."""
     iterator = aiter(items)
     try:
         first = await anext(iterator)
@@ -160,7 +175,7 @@ async def open_events(items: AsyncIterable[Any]) -> _Events:
     except BaseException:
         await _aclose(iterator)
         raise
-    return _Events(first, iterator)
+    return _Events(first, iterator, ending)
 
 
 class EventStream(Stream):
@@ -175,8 +190,10 @@ class EventStream(Stream):
         return super().to_asgi_response(app, request, **kwargs)
 
 
-async def sse_stream(items: AsyncIterable[Any], headers: dict[str, str] | None = None) -> EventStream:
+async def sse_stream(
+    items: AsyncIterable[Any], headers: dict[str, str] | None = None, ending: Ending = OPENAI_ENDING
+) -> EventStream:
     """A streaming response of `items` as SSE (see `open_events`); 200 even on a POST route (litestar's
     default there is 201)."""
-    body = await open_events(items)
+    body = await open_events(items, ending)
     return EventStream(body, status_code=200, media_type=MEDIA_TYPE, headers={**HEADERS, **(headers or {})})

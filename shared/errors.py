@@ -139,6 +139,10 @@ class ConflictError(DukatError, status=409, code="conflict"): ...
 class OverloadedError(DukatError, status=429, code="overloaded", retry_after=1): ...
 
 
+class RateLimitExceededError(DukatError, status=429, code="rate_limit_exceeded", retry_after=1):
+    """A key's own limit (requests or tokens per minute, requests in flight) at this gateway."""
+
+
 class InternalError(DukatError, status=500, code="internal_error"): ...
 
 

@@ -22,6 +22,22 @@ class FunctionCall(Struct, kw_only=True, forbid_unknown_fields=False):
     # JSON text, as OpenAI sends it (clients may send an object: kept as is).
     arguments: str | dict[str, Any] = "{}"
 
+    def __post_init__(self) -> None:
+        # An object holding an integer beyond 64 bits can't cross the worker's wire (msgpack): as JSON
+        # text it can, and the worker reads it back as the same object.
+        if isinstance(self.arguments, dict) and _has_huge_int(self.arguments):
+            self.arguments = msgspec.json.encode(self.arguments).decode()
+
+
+def _has_huge_int(value: Any) -> bool:
+    if isinstance(value, int):
+        return not -(2**63) <= value < 2**64
+    if isinstance(value, dict):
+        return any(_has_huge_int(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_huge_int(v) for v in value)
+    return False
+
 
 class ToolCall(Struct, kw_only=True, forbid_unknown_fields=False):
     """A call the model made: in an assistant message of the history, or in a result."""
@@ -69,6 +85,11 @@ class SamplingParams(Struct, kw_only=True, omit_defaults=True):
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
+    # OpenAI's: added to the logits of these token ids (-100 bans, 100 forces); penalties on the
+    # tokens generated so far, once per token present (presence) and per occurrence (frequency).
+    logit_bias: dict[int, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     def merged_over(self, defaults: SamplingParams) -> SamplingParams:
         """These params with unset fields taken from `defaults`."""
@@ -105,6 +126,8 @@ class Constraint(Struct, kw_only=True):
     regex: str | None = None
     choices: list[str] | None = None
     strict: bool = True
+    # The request field it came from, named by a 400 about it (tools, text, structured_outputs ...).
+    param: str = "response_format"
 
 
 # How the engine reads tool calls out of the output: not at all, in the model family's own format
@@ -169,6 +192,7 @@ class GenerateResult(Struct, kw_only=True):
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV the prefix cache gave (not computed again)
     timings: Timings = msgspec.field(default_factory=Timings)
     tool_calls: list[ToolCall] | None = None
     logprobs: list[TokenLogprob] | None = None
@@ -186,4 +210,17 @@ class EmbedRequest(Struct, kw_only=True):
 
 class EmbedResult(Struct, kw_only=True):
     vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class ScoreRequest(Struct, kw_only=True):
+    """(query, document) pairs for a cross-encoder (rerank, score)."""
+
+    pairs: list[tuple[str, str]]
+    request_id: str = ""
+    keep_alive: float | None = None
+
+
+class ScoreResult(Struct, kw_only=True):
+    scores: list[float]  # one per pair, in order: the relevance logit through the model's activation
     prompt_tokens: int

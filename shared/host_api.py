@@ -6,10 +6,10 @@ The host is the truth about what is loaded where; gateways read this state and n
 from __future__ import annotations
 
 import re
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 from urllib.parse import quote
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from shared.settings import Quantization
 
@@ -72,6 +72,9 @@ class LoadCommand(LoadAsked, kw_only=True):
     request_id: str = ""  # of the request that caused the load, for the host's log line
     # The config entry's `gguf_file`: which .gguf of the model's folder to load (or an absolute path).
     gguf_file: str | None = None
+    # Workers of the model this host runs (the gateway's share of the model's `replicas` for it),
+    # each on its own device first, then several on one as DUKAT_REPLICAS_PER_DEVICE allows.
+    replicas: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
 class LoadEstimate(Struct, kw_only=True):
@@ -122,6 +125,9 @@ class DownloadJob(DownloadCounts, kw_only=True):
 
 class WorkerState(Struct, kw_only=True):
     model_id: str
+    # Which of the model's workers on this host (0, 1, ...): replicas on other devices, or on one
+    # device as DUKAT_REPLICAS_PER_DEVICE allows.
+    replica: int = 0
     status: WorkerStatus
     device: str
     quantization: str

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared.processes import announce_ready
 
@@ -40,6 +41,7 @@ def serve(
     *,
     ready_prefix: str,
     log_level: str = "info",
+    log_format: str = "text",
     grace_s: float = 5.0,
     on_grace_over: Callable[[], None] | None = None,
 ) -> None:
@@ -50,8 +52,10 @@ def serve(
     later, what is still running is cancelled. A second Ctrl-C quits at once.
     """
     config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", lifespan="on",
+        app, loop="uvloop", http=_DeadlineProtocol, lifespan="on",
         log_level=log_level, access_log=False,
+        # JSON logs: uvicorn's loggers reach our JSON handler instead of its own text ones.
+        log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=math.ceil(grace_s + (_LAST_WORDS_S if on_grace_over else 0)),
         # Nothing here reads client addresses or advertises the server: skip that work per request.
         proxy_headers=False, server_header=False,
@@ -59,6 +63,48 @@ def serve(
     server = _Server(config, grace_s, on_grace_over)
     announce_ready(ready_prefix, sock.getsockname()[1])
     server.run(sockets=[sock])
+
+
+# A request's head (request line and headers) must arrive this long after the connection opens or
+# the request begins: uvicorn times out idle connections only after a first response (1,000 idle and
+# 200 slowloris connections stayed open). Its keep-alive timeout (5 s) covers idle ones after that.
+_HEAD_DEADLINE_S = 10.0
+
+
+class _DeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection whose request head is late."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(_HEAD_DEADLINE_S, self._late)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _late(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 # What streams get, after the grace period, to send their last event before they are cancelled.

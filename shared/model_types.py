@@ -14,11 +14,14 @@ from msgspec import Struct
 
 from shared.errors import UnsupportedModelTypeError
 
+CROSS_ENCODER = "cross-encoder"
+
 
 class Task(StrEnum):
     CHAT = "chat"  # causal LM: chat and text completions
     SEQ2SEQ = "seq2seq"  # encoder-decoder generation (T5)
     EMBEDDING = "embedding"  # encoder: pooled sentence vectors (BERT, RoBERTa)
+    RERANK = "rerank"  # cross-encoder: one relevance score per (query, document) pair
 
 
 class PromptFormat(StrEnum):
@@ -87,6 +90,8 @@ MODEL_TYPES: dict[str, ModelType] = {
         ModelType(name="t5", task=Task.SEQ2SEQ, trailing_markers=("</s>",), hf_model_types=("t5", "mt5")),
         ModelType(name="bert", task=Task.EMBEDDING, hf_model_types=("bert",)),
         ModelType(name="roberta", task=Task.EMBEDDING, hf_model_types=("roberta", "xlm-roberta")),
+        # Any encoder with a one-label classification head (config_model_type tells it from config.json).
+        ModelType(name=CROSS_ENCODER, task=Task.RERANK, hf_model_types=(CROSS_ENCODER, "reranker")),
     )
 }
 
@@ -104,6 +109,7 @@ _ID_RULES: tuple[tuple[str, str], ...] = (
     (r"(^|/)bigscience/|bloom", "bloom"),
     (r"(^|/)facebook/opt|(^|[/-])opt-", "opt"),
     (r"flan-t5|(^|[/-])m?t5([-_.]|$)|(^|/)t5-", "t5"),
+    (r"rerank|cross-encoder|ms-marco", CROSS_ENCODER),
     (r"roberta", "roberta"),
     (r"bert|minilm|(^|/)sentence-transformers/", "bert"),
     (r"gpt|(^|/)openai-community/|(^|/)EleutherAI/", "gpt"),
@@ -136,6 +142,22 @@ def type_from_id(model_id: str) -> ModelType | None:
         if re.search(pattern, lowered, flags=re.IGNORECASE):
             return MODEL_TYPES[name]
     return None
+
+
+def config_model_type(config: object) -> str | None:
+    """The type a transformers `config.json` names: its `model_type`, or "cross-encoder" for a
+    sequence classifier with one label (a reranker: `AutoModelForSequenceClassification`, as the
+    sentence-transformers CrossEncoder layout saves it too), whatever its encoder."""
+    if not isinstance(config, dict):
+        return None
+    architectures = config.get("architectures") or []
+    classifier = any(str(a).endswith("ForSequenceClassification") for a in architectures)
+    labels = config.get("id2label")
+    one_label = config.get("num_labels") == 1 or (isinstance(labels, dict) and len(labels) == 1)
+    if classifier and one_label:
+        return CROSS_ENCODER
+    found = config.get("model_type")
+    return found if isinstance(found, str) else None
 
 
 def type_from_hf_config(hf_model_type: str | None) -> ModelType | None:

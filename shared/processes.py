@@ -14,8 +14,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import httpx
+
+from shared.logs import CHILD_RECORD, json_record
 
 # The model worker's handshake lines (`python -m worker.model` prints, `worker.host.supervisor` reads them).
 WORKER_READY = "DUKAT_WORKER_READY"
@@ -71,9 +74,14 @@ log = logging.getLogger(__name__)
 _LOUD = re.compile(r"\b(ERROR|CRITICAL|Traceback)\b")
 
 
-def _level_of(line: str) -> int:
-    """A child's line carries no level: errors and tracebacks stay visible, the rest is info."""
-    return logging.ERROR if _LOUD.search(line) else logging.INFO
+def child_line(line: str) -> tuple[int, str, dict[str, Any] | None]:
+    """A child's output line as (level, text, its JSON record when it logs JSON). A text line carries
+    no level: errors and tracebacks stay visible, the rest is info."""
+    record = json_record(line)
+    if record is not None:
+        level = logging.getLevelName(str(record.get("level", "INFO")))
+        return (level if isinstance(level, int) else logging.INFO), str(record.get("message", "")), record
+    return (logging.ERROR if _LOUD.search(line) else logging.INFO), line, None
 
 
 class ChildProcess:
@@ -131,7 +139,8 @@ class ChildProcess:
             self.lines.append(line)
             # Through logging, never straight to the terminal: `dukat serve` shows these lines (its
             # logging writes to stderr), a Python program using the seed's API decides for itself.
-            log.log(_level_of(line), "%s: %s", self.module, line)
+            level, text, record = child_line(line)
+            log.log(level, "%s: %s", self.module, text, extra={CHILD_RECORD: record})
         ready.set()
 
     def alive(self) -> bool:

@@ -13,7 +13,15 @@ import msgspec
 from msgspec import Struct
 
 from shared.errors import DukatError, error_from_code
-from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+)
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
@@ -144,8 +152,47 @@ class Error(Struct, tag="error", kw_only=True, forbid_unknown_fields=True):
         return error_from_code(self.code, self.message, self.param, self.retry_after)
 
 
-ToWorker = Hello | Generate | Embed | Admit | Cancel | Ping
-FromWorker = Admitted | Accepted | Delta | Result | Embedding | Pong | Error
+# Text <-> token ids (the Messages API's count_tokens, /tokenize, /detokenize): answered at once,
+# outside the generation queue.
+class Tokenize(Struct, tag="tokenize", kw_only=True, forbid_unknown_fields=True):
+    """`request`'s prompt as generation builds it (messages through the chat template, tools too; or
+    a raw prompt) as token ids. `add_special_tokens` None: as generation adds them."""
+
+    id: int
+    request: GenerateRequest
+    add_generation_prompt: bool = True
+    add_special_tokens: bool | None = None
+
+
+class Detokenize(Struct, tag="detokenize", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    tokens: list[int]
+
+
+class Tokens(Struct, tag="tokens", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    tokens: list[int]
+    max_model_len: int
+
+
+class Text(Struct, tag="text", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    text: str
+
+
+# A cross-encoder's relevance scores (rerank, score): queued and batched like embeddings.
+class Score(Struct, tag="score", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    request: ScoreRequest
+
+
+class Scores(Struct, tag="scores", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    result: ScoreResult
+
+
+ToWorker = Hello | Generate | Embed | Admit | Cancel | Ping | Tokenize | Detokenize | Score
+FromWorker = Admitted | Accepted | Delta | Result | Embedding | Pong | Error | Tokens | Text | Scores
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
@@ -157,8 +204,9 @@ def encode_frame(frame: ToWorker | FromWorker) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame's payload, or None at a clean end of stream."""
+async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes | None:
+    """The next frame's payload, or None at a clean end of stream; a ConnectionError for a frame
+    over `max_size` bytes (before reading it)."""
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
@@ -166,6 +214,6 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
             raise ConnectionError("connection closed inside a frame header") from None
         return None
     (size,) = _HEADER.unpack(header)
-    if size > MAX_FRAME:
-        raise ConnectionError(f"frame of {size} bytes is over the {MAX_FRAME} limit")
+    if size > max_size:
+        raise ConnectionError(f"frame of {size} bytes is over the {max_size} limit")
     return await reader.readexactly(size)

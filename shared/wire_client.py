@@ -16,14 +16,29 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol, TypeVar
 
-from shared.errors import OverloadedError, RequestTimeoutError, WorkerFailedError, WorkerUnreachableError
-from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.errors import (
+    InvalidRequestError,
+    OverloadedError,
+    RequestTimeoutError,
+    WorkerFailedError,
+    WorkerUnreachableError,
+)
+from shared.generation import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+)
 from shared.wire import (
     Accepted,
     Admit,
     Admitted,
     Cancel,
     Delta,
+    Detokenize,
     Embed,
     Embedding,
     Error,
@@ -33,6 +48,11 @@ from shared.wire import (
     Ping,
     Pong,
     Result,
+    Score,
+    Scores,
+    Text,
+    Tokenize,
+    Tokens,
     ToWorker,
     WorkerInfo,
     encode_frame,
@@ -42,7 +62,7 @@ from shared.wire import (
 
 log = logging.getLogger(__name__)
 _CLOSED = object()
-_Reply = TypeVar("_Reply", Pong, Result, Embedding)
+_Reply = TypeVar("_Reply", Pong, Result, Embedding, Tokens, Text, Scores)
 
 
 class RequestObserver(Protocol):
@@ -111,11 +131,20 @@ class WorkerConnection:
                 queue.put_nowait(_CLOSED)
 
     async def _send(self, frame: ToWorker) -> None:
+        try:
+            data = encode_frame(frame)
+        except OverflowError:  # msgpack's integers stop at 64 bits; JSON's don't
+            raise InvalidRequestError(
+                "the request holds an integer beyond 64 bits (in a tool call's arguments or a tool's "
+                "schema?), which Dukat cannot pass to the model; send it as a string"
+            ) from None
         writer = await self._connect()
-        writer.write(encode_frame(frame))
+        writer.write(data)
 
     async def _request(
-        self, make: type[Generate] | type[Embed] | type[Ping] | type[Admit], **kw: object
+        self,
+        make: type[Generate | Embed | Ping | Admit | Tokenize | Detokenize | Score],
+        **kw: object,
     ) -> tuple[int, asyncio.Queue]:
         rid = next(self._ids)
         queue: asyncio.Queue[FromWorker | object] = asyncio.Queue()
@@ -158,7 +187,11 @@ class WorkerConnection:
         return frame  # type: ignore[return-value]
 
     async def _call(
-        self, reply: type[_Reply], deadline: float | None, make: type[Generate | Embed | Ping], **kw: object
+        self,
+        reply: type[_Reply],
+        deadline: float | None,
+        make: type[Generate | Embed | Ping | Tokenize | Detokenize | Score],
+        **kw: object,
     ) -> _Reply:
         """Send one request and wait for its one reply; a caller that goes away first (a deadline, a
         client that disconnected) has the worker cancel it."""
@@ -250,6 +283,36 @@ class WorkerConnection:
             self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
         return frame.result
 
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        deadline = self._deadline(self.request_timeout_s)
+        started = time.perf_counter()
+        frame = await self._call(Scores, deadline, Score, request=request)
+        if self.observer is not None:  # counted as the embeddings are: tokens in, latency
+            self.observer.embedded(frame.result.prompt_tokens, time.perf_counter() - started)
+        return frame.result
+
+    async def tokenize(
+        self,
+        request: GenerateRequest,
+        *,
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool | None = None,
+    ) -> Tokens:
+        """`request`'s prompt as the model's token ids (see `Tokenize`), and its context length."""
+        deadline = self._deadline(self.request_timeout_s)
+        return await self._call(
+            Tokens,
+            deadline,
+            Tokenize,
+            request=request,
+            add_generation_prompt=add_generation_prompt,
+            add_special_tokens=add_special_tokens,
+        )
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        deadline = self._deadline(self.request_timeout_s)
+        return (await self._call(Text, deadline, Detokenize, tokens=tokens)).text
+
     async def _finish(self, rid: int, done: bool) -> None:
         self._forget(rid)
         if not done and self._writer is not None:
@@ -268,4 +331,3 @@ class WorkerConnection:
 
 def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
-

@@ -19,7 +19,7 @@ READY = "DUKAT_GATEWAY_READY"
 
 def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     settings = load_settings(overrides=overrides)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, "gateway")
     chat_model = None
     if demo:
         from gateway.cli.demo import prepare_demo, usage_text
@@ -36,7 +36,7 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     announce_when_ready(url, banner + cli_hint(chat_model))
     app = create_app(settings)
     serve(
-        app, sock, ready_prefix=READY, log_level=settings.log_level,
+        app, sock, ready_prefix=READY, log_level=settings.log_level, log_format=settings.log_format,
         grace_s=settings.shutdown_timeout_s, on_grace_over=app.state.streams.close_all,
     )
     return 0

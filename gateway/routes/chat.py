@@ -5,9 +5,15 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
-from gateway.auth import INFERENCE
+from gateway.auth import INFERENCE, is_admin
 from gateway.choices import generate_all, stream_all
-from gateway.limits import check_generations, check_model, check_prompt_chars
+from gateway.limits import (
+    check_generations,
+    check_model,
+    check_prompt_chars,
+    check_request_work,
+    keep_alive_for,
+)
 from gateway.middleware import request_id_of
 from gateway.schemas import (
     ChatChunks,
@@ -27,7 +33,10 @@ async def chat_completions(
     settings = state.manager.settings
     check_model(state.manager, data.model)
     check_generations(settings, 1, data.choices)
-    check_prompt_chars(settings, (message_text(m) for m in data.messages), "messages")
+    texts = [message_text(m) for m in data.messages]
+    check_prompt_chars(settings, texts, "messages")
+    check_request_work(settings, (len(t) for t in texts), data.choices, "n")
+    data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope))
     requests = data.generate_requests(rid)
     legacy = data.legacy_functions
     if data.stream:

@@ -5,9 +5,15 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
-from gateway.auth import INFERENCE
+from gateway.auth import INFERENCE, is_admin
 from gateway.choices import generate_all, stream_all
-from gateway.limits import check_generations, check_model, check_prompt_chars
+from gateway.limits import (
+    check_generations,
+    check_model,
+    check_prompt_chars,
+    check_request_work,
+    keep_alive_for,
+)
 from gateway.middleware import request_id_of
 from gateway.schemas import (
     CompletionChunks,
@@ -28,6 +34,9 @@ async def completions(
     check_model(state.manager, data.model)
     check_generations(settings, len(prompts), data.choices)
     check_prompt_chars(settings, (p for p in prompts if isinstance(p, str)), "prompt")
+    param = "prompt" if len(prompts) > 1 else "n"
+    check_request_work(settings, (len(p) for p in prompts), data.choices, param)
+    data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope))
     requests = data.generate_requests(rid)
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)

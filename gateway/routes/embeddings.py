@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
-from gateway.auth import INFERENCE
-from gateway.limits import check_embedding_inputs, check_model
+from gateway.auth import INFERENCE, is_admin
+from gateway.limits import check_embedding_inputs, check_model, keep_alive_for
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
 from gateway.schemas.common import keep_alive_seconds
 from shared.token_ids import check_client_ids
@@ -18,6 +18,7 @@ async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> 
     inputs = data.inputs()
     check_embedding_inputs(state.manager.settings, inputs)
     check_client_ids(inputs, request.headers.get("user-agent"))
-    keep_alive = keep_alive_seconds(data.keep_alive)
+    admin = is_admin(request.scope)
+    keep_alive = keep_alive_seconds(keep_alive_for(state.manager.settings, data.keep_alive, admin=admin))
     model, result = await state.manager.dispatch.embed(data.model, inputs, keep_alive)
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)

@@ -26,7 +26,9 @@ async def live() -> Probe:
 async def ready(state: State) -> Probe:
     if not state.preloaded:
         raise ModelNotLoadedError("not ready: the preload list is still loading")
-    if not await state.manager.hosts.states():
+    # A gateway that holds requests for capacity (DUKAT_CAPACITY_WAIT_S) is ready with no host up: its
+    # hosts may be scaled to zero, and only requests reaching it bring them back.
+    if not await state.manager.hosts.states() and not state.settings.capacity_wait_s:
         raise NoCapacityError("not ready: no worker host answers")
     return Probe(status="ready", config_error=state.manager.config.problem)
 

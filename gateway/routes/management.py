@@ -42,7 +42,7 @@ async def available(state: State) -> AvailableModelList:
 async def loaded(request: Request, state: State) -> LoadedModelList:
     rows = await state.manager.loaded_models()
     if not is_admin(request.scope):
-        rows = [without_internals(row) for row in rows]
+        rows = [without_internals(row, state.manager.settings.models_dir) for row in rows]
     return LoadedModelList(data=rows)
 
 

@@ -35,9 +35,11 @@ async def create_response(
     check_prompt_chars(state.manager.settings, texts, "input")
     if data.stream:
         model, events = await stream_all(state.manager, data.model, [generation])
-        return await sse_stream(response_stream(events, response_shell(data, model, rid, now())))
+        shell = response_shell(data, model, rid, now(), state.manager.defaults_for(model))
+        return await sse_stream(response_stream(events, shell))
     model, (result,) = await generate_all(state.manager, data.model, [generation])
-    return finished(response_shell(data, model, rid, now()), result, output_items(result))
+    shell = response_shell(data, model, rid, now(), state.manager.defaults_for(model))
+    return finished(shell, result, output_items(result))
 
 
 # Not in the OpenAPI document: it answers every request with the 400 that says why.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -61,6 +61,10 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     functions: list[FunctionDef] | None = None
     function_call: FunctionCallChoice | None = None
     response_format: ResponseFormat | None = None
+    # OpenAI's fields for what a text model here can't do: declared so that asking is a 400, not ignored.
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
 
     @property
     def legacy_functions(self) -> bool:
@@ -68,6 +72,19 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
 
     def check(self) -> None:
         """Raise a 400 naming the field for what Dukat accepts on the wire but cannot do."""
+        self.check_streaming()
+        text_only = all(m == "text" for m in self.modalities or ())
+        reject_if(not text_only, "only the text modality is supported", "modalities")
+        reject_if(self.audio is not None, "audio output is not supported", "audio")
+        reject_if(
+            self.web_search_options is not None, "web search is not supported", "web_search_options"
+        )
+        # OpenAI: "'tool_choice' is only allowed when 'tools' are specified", whatever its value.
+        reject_if(
+            self.tool_choice is not None and not self.tools,
+            "tool_choice is only allowed when tools are given",
+            "tool_choice",
+        )
         reject_if(
             self.top_logprobs is not None and self.top_logprobs > 0 and not self.logprobs,
             "top_logprobs needs logprobs: true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Annotated, Generic, Literal, TypeVar
@@ -24,6 +25,7 @@ TopP = Annotated[float, Meta(gt=0, le=1)]
 ChoiceCount = Annotated[int, Meta(ge=1, le=128)]
 MaxTokens = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
+LogitBias = Annotated[float, Meta(ge=-100, le=100)]
 # vLLM's convention: -1 (or 0) disables top-k.
 TopK = Annotated[int, Meta(ge=-1, le=INT64_MAX)]
 RepetitionPenalty = Annotated[float, Meta(gt=0)]
@@ -46,10 +48,15 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool | None = None
 
 
+class PromptTokensDetails(Struct, kw_only=True):
+    cached_tokens: int = 0  # reused from the model worker's prefix cache
+
+
 class Usage(Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
 
 
 def stop_list(stop: Stop) -> list[str] | None:
@@ -92,11 +99,29 @@ def usage_of(results: Sequence[GenerateResult], n: int = 1) -> Usage:
     """Usage of `n` generations per prompt, results ordered prompt-major: a prompt counts once."""
     prompt = sum(r.prompt_tokens for r in results[::n])
     completion = sum(r.completion_tokens for r in results)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    details = PromptTokensDetails(cached_tokens=sum(r.cached_tokens for r in results[::n]))
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=details,
+    )
 
 
 def now() -> int:
     return int(time.time())
+
+
+_TOKEN_ID = re.compile(r"-?[0-9]+")  # as the OpenAPI document's propertyNames says
+
+
+def logit_bias_ids(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's logit_bias (token ids as JSON keys) keyed by int; a key that is no id is a 400."""
+    if not bias:
+        return None
+    for key in bias:
+        reject_if(not _TOKEN_ID.fullmatch(key), f"logit_bias keys are token ids; got {key!r}", "logit_bias")
+    return {int(key): value for key, value in bias.items()}
 
 
 def reject_if(condition: bool, message: str, param: str) -> None:

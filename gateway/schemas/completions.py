@@ -77,6 +77,7 @@ class CompletionRequest(SamplingRequest, kw_only=True):
 
     def sampling_params(self) -> SamplingParams:
         """The request's sampling fields, `max_tokens` defaulting to OpenAI's 16; checks first."""
+        self.check_streaming()
         self.check()
         return self.base_params(DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens)
 

@@ -28,6 +28,21 @@ class ChatLogprobs(Struct, kw_only=True):
     refusal: None = None
 
 
+class ResponseTopLogprob(Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ResponseLogprob(Struct, kw_only=True):
+    """The Responses API's entry (an output_text's `logprobs`): chat's, with bytes always a list."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[ResponseTopLogprob]
+
+
 class CompletionLogprobs(Struct, kw_only=True):
     tokens: list[str]
     token_logprobs: list[float | None]
@@ -49,8 +64,23 @@ def chat_logprobs(items: Sequence[TokenLogprob]) -> ChatLogprobs:
     )
 
 
+def response_logprobs(items: Sequence[TokenLogprob]) -> list[ResponseLogprob]:
+    return [
+        ResponseLogprob(
+            token=t.token,
+            logprob=t.logprob if t.logprob is not None else 0.0,
+            bytes=t.bytes or [],
+            top_logprobs=[
+                ResponseTopLogprob(token=a.token, logprob=a.logprob, bytes=a.bytes or []) for a in t.top
+            ],
+        )
+        for t in items
+    ]
+
+
 def completion_logprobs(items: Sequence[TokenLogprob], *, offset: int = 0) -> CompletionLogprobs:
-    """`items` (an echoed prompt's first: logprob None, top None) with text offsets from `offset`."""
+    """`items` (an echoed prompt's first: logprob None, top None) with text offsets from `offset`.
+    Each `top_logprobs` entry holds the chosen token too, as OpenAI's does (up to `logprobs` + 1)."""
     offsets, at = [], offset
     for t in items:
         offsets.append(at)
@@ -58,6 +88,13 @@ def completion_logprobs(items: Sequence[TokenLogprob], *, offset: int = 0) -> Co
     return CompletionLogprobs(
         tokens=[t.token for t in items],
         token_logprobs=[t.logprob for t in items],
-        top_logprobs=[None if t.logprob is None else {a.token: a.logprob for a in t.top} for t in items],
+        top_logprobs=[None if t.logprob is None else _top_with_sampled(t) for t in items],
         text_offset=offsets,
     )
+
+
+def _top_with_sampled(item: TokenLogprob) -> dict[str, float]:
+    top = {a.token: a.logprob for a in item.top}
+    if item.logprob is not None:
+        top.setdefault(item.token, item.logprob)
+    return top

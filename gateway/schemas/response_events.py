@@ -11,12 +11,12 @@ response. Every event carries its `type` and a `sequence_number`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
 
 import msgspec
 from msgspec import Struct
 
 from gateway.schemas.common import ChoiceEvent
+from gateway.schemas.logprobs import ResponseLogprob
 from gateway.schemas.responses import (
     FunctionCallItem,
     MessageItem,
@@ -86,13 +86,13 @@ class ContentPartDone(_ContentPart, tag="response.content_part.done"): ...
 class OutputTextDelta(_InItem, tag="response.output_text.delta"):
     delta: str
     content_index: int = 0
-    logprobs: list[Any] = msgspec.field(default_factory=list)
+    logprobs: list[ResponseLogprob] = msgspec.field(default_factory=list)
 
 
 class OutputTextDone(_InItem, tag="response.output_text.done"):
     text: str
     content_index: int = 0
-    logprobs: list[Any] = msgspec.field(default_factory=list)
+    logprobs: list[ResponseLogprob] = msgspec.field(default_factory=list)
 
 
 class ArgumentsDelta(_InItem, tag="response.function_call_arguments.delta"):
@@ -174,7 +174,11 @@ def _ending(
                 out += _open_message(number, message_id)
             part = item.content[0]
             out += [
-                number(OutputTextDone(item_id=message_id, output_index=index, text=part.text)),
+                number(
+                    OutputTextDone(
+                        item_id=message_id, output_index=index, text=part.text, logprobs=part.logprobs
+                    )
+                ),
                 number(ContentPartDone(item_id=message_id, output_index=index, part=part)),
             ]
         else:

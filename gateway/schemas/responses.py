@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from gateway.schemas.common import INT64_MAX, Temperature, TopP, now, reject_if
+from gateway.schemas.common import INT64_MAX, Penalty, Temperature, TopLogprobs, TopP, now, reject_if
+from gateway.schemas.logprobs import ResponseLogprob, response_logprobs
 from gateway.schemas.tools import (
     FunctionDef,
     JsonSchemaFormat,
@@ -28,7 +29,15 @@ from gateway.schemas.tools import (
     tool_plan,
 )
 from shared.errors import InvalidRequestError
-from shared.generation import FunctionCall, GenerateRequest, GenerateResult, Message, SamplingParams, ToolCall
+from shared.generation import (
+    ENGINE_DEFAULTS,
+    FunctionCall,
+    GenerateRequest,
+    GenerateResult,
+    Message,
+    SamplingParams,
+    ToolCall,
+)
 
 STATELESS = (
     "Dukat keeps no conversation state (its gateway is stateless): send the whole conversation as "
@@ -65,6 +74,24 @@ class NamedFunctionChoice(Struct, kw_only=True):
     name: str
 
 
+Include = Literal[
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+]
+ServiceTier = Literal["auto", "default", "flex", "scale", "priority"]
+
+
+class Reasoning(Struct, kw_only=True):
+    effort: str | None = None
+    summary: str | None = None
+
+
 class CreateResponseRequest(Struct, kw_only=True):
     model: str | None = None
     input: str | list[dict[str, Any]]
@@ -82,6 +109,24 @@ class CreateResponseRequest(Struct, kw_only=True):
     user: str | None = None
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    top_logprobs: TopLogprobs | None = None
+    include: list[Include] | None = None
+    # Echoed; they change nothing here: no built-in tools to count, no tiers, no reasoning effort
+    # (issue 21), one safety and cache policy.
+    background: bool | None = None
+    service_tier: ServiceTier | None = None
+    reasoning: Reasoning | None = None
+    max_tool_calls: Annotated[int, Meta(ge=0)] | None = None
+    safety_identifier: Annotated[str, Meta(max_length=64)] | None = None
+    prompt_cache_key: str | None = None
+
+    @property
+    def logprobs(self) -> int | None:
+        """Top alternatives per token when `include` asks for logprobs, else None."""
+        wanted = self.include is not None and "message.output_text.logprobs" in self.include
+        return (self.top_logprobs or 0) if wanted else None
 
     def generate_request(self, request_id: str) -> GenerateRequest:
         reject_if(
@@ -90,12 +135,19 @@ class CreateResponseRequest(Struct, kw_only=True):
             "previous_response_id",
         )
         reject_if(self.conversation is not None, STATELESS.format(what="a conversation"), "conversation")
+        reject_if(bool(self.background), STATELESS.format(what="a background response"), "background")
         use, forced = tool_plan(self._tools(), self._tool_choice(), self.parallel_tool_calls)
         fmt = self.text.format if self.text is not None else _plain_text()
         schema = JsonSchemaFormat(name=fmt.name or "response", schema_=fmt.schema_, strict=fmt.strict)
         formatted = ResponseFormat(type=fmt.type, json_schema=schema).constraint()
+        if formatted is not None:
+            formatted.param = "text.format"
         params = SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_output_tokens
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_output_tokens,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
         )
         return GenerateRequest(
             messages=self.messages(),
@@ -103,6 +155,7 @@ class CreateResponseRequest(Struct, kw_only=True):
             request_id=request_id,
             tools=use,
             constraint=forced or formatted,
+            logprobs=self.logprobs,
         )
 
     def messages(self) -> list[Message]:
@@ -207,7 +260,7 @@ def _text(content: str | list[dict[str, Any]], where: str) -> str:
 class OutputText(Struct, kw_only=True, tag="output_text", tag_field="type"):
     text: str
     annotations: list[Any] = msgspec.field(default_factory=list)
-    logprobs: list[Any] = msgspec.field(default_factory=list)
+    logprobs: list[ResponseLogprob] = msgspec.field(default_factory=list)
 
 
 class MessageItem(Struct, kw_only=True, tag="message", tag_field="type"):
@@ -238,11 +291,11 @@ class OutputTokensDetails(Struct, kw_only=True):
 
 
 class ResponseUsage(Struct, kw_only=True):
-    input_tokens: int
+    input_tokens: int = 0
     input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
-    output_tokens: int
+    output_tokens: int = 0
     output_tokens_details: OutputTokensDetails = msgspec.field(default_factory=OutputTokensDetails)
-    total_tokens: int
+    total_tokens: int = 0
 
 
 class IncompleteDetails(Struct, kw_only=True):
@@ -270,9 +323,19 @@ class ResponseObject(Struct, kw_only=True):
     tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice = "auto"
     tools: list[FunctionTool] = msgspec.field(default_factory=list)
     truncation: Literal["disabled"] = "disabled"
-    usage: ResponseUsage | UnsetType = UNSET  # absent until the response is done
+    # OpenAI's: the response so far (zero until the end: nothing is generated before it).
+    usage: ResponseUsage = msgspec.field(default_factory=ResponseUsage)
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     user: str | UnsetType = UNSET  # a string when given, else absent
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    top_logprobs: int = 0
+    background: bool = False
+    service_tier: ServiceTier = "default"
+    reasoning: Reasoning = msgspec.field(default_factory=Reasoning)
+    max_tool_calls: int | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
 
 
 def response_id(request_id: str) -> str:
@@ -283,8 +346,14 @@ def new_item_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-def response_shell(data: CreateResponseRequest, model: str, request_id: str, created: int) -> ResponseObject:
-    """The response before its output: in progress, the request's settings echoed."""
+def response_shell(
+    data: CreateResponseRequest, model: str, request_id: str, created: int, defaults: SamplingParams | None
+) -> ResponseObject:
+    """The response before its output: in progress, the request's settings echoed; temperature and
+    top_p the numbers used (the request's, else the model's `default_parameters`, else the engine's)."""
+    used = SamplingParams(temperature=data.temperature, top_p=data.top_p).merged_over(
+        defaults.merged_over(ENGINE_DEFAULTS) if defaults is not None else ENGINE_DEFAULTS
+    )
     return ResponseObject(
         id=response_id(request_id),
         created_at=created,
@@ -294,13 +363,21 @@ def response_shell(data: CreateResponseRequest, model: str, request_id: str, cre
         model=model,
         output=[],
         parallel_tool_calls=data.parallel_tool_calls is not False,
-        temperature=data.temperature,
-        top_p=data.top_p,
+        temperature=used.temperature,
+        top_p=used.top_p,
         text=data.text or TextConfig(),
         tool_choice=data.tool_choice or "auto",
         tools=data.tools or [],
         metadata=data.metadata or {},
         user=data.user if data.user is not None else UNSET,
+        presence_penalty=data.presence_penalty or 0.0,
+        frequency_penalty=data.frequency_penalty or 0.0,
+        top_logprobs=data.top_logprobs or 0,
+        service_tier="default",
+        reasoning=data.reasoning or Reasoning(),
+        max_tool_calls=data.max_tool_calls,
+        safety_identifier=data.safety_identifier,
+        prompt_cache_key=data.prompt_cache_key,
     )
 
 
@@ -308,7 +385,7 @@ def output_items(result: GenerateResult, message_id: str | None = None) -> list[
     """The result's message (when it has text, or nothing else) and its function calls."""
     items: list[OutputItem] = []
     if result.text or not result.tool_calls:
-        text = OutputText(text=result.text)
+        text = OutputText(text=result.text, logprobs=response_logprobs(result.logprobs or []))
         items.append(MessageItem(id=message_id or new_item_id("msg"), status="completed", content=[text]))
     for call in result.tool_calls or []:
         arguments = call.function.arguments
@@ -326,6 +403,7 @@ def finished(shell: ResponseObject, result: GenerateResult, output: list[OutputI
     cut = result.finish_reason == "length"
     usage = ResponseUsage(
         input_tokens=result.prompt_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=result.cached_tokens),
         output_tokens=result.completion_tokens,
         total_tokens=result.prompt_tokens + result.completion_tokens,
     )

@@ -11,6 +11,7 @@ from msgspec import Meta, Struct
 from gateway.schemas.common import (
     ChoiceCount,
     KeepAlive,
+    LogitBias,
     Penalty,
     RepetitionPenalty,
     Seed,
@@ -20,12 +21,15 @@ from gateway.schemas.common import (
     TokenId,
     TopK,
     TopP,
+    logit_bias_ids,
     per_choice_params,
     reject_if,
     stop_list,
     top_k_value,
 )
 from shared.generation import Constraint, SamplingParams
+
+_PARAM = "structured_outputs"
 
 
 class StructuredOutputs(Struct, kw_only=True):
@@ -43,10 +47,10 @@ class StructuredOutputs(Struct, kw_only=True):
             "structured_outputs",
         )
         if self.json is not None:
-            return Constraint(kind="json", schema=msgspec.json.encode(self.json).decode())
+            return Constraint(kind="json", schema=msgspec.json.encode(self.json).decode(), param=_PARAM)
         if self.regex is not None:
-            return Constraint(kind="regex", regex=self.regex)
-        return Constraint(kind="choice", choices=self.choice)
+            return Constraint(kind="regex", regex=self.regex, param=_PARAM)
+        return Constraint(kind="choice", choices=self.choice, param=_PARAM)
 
 
 class SamplingRequest(Struct, kw_only=True):
@@ -62,9 +66,10 @@ class SamplingRequest(Struct, kw_only=True):
     stop: Stop = None
     seed: Seed | None = None
     user: str | None = None
-    # Accepted so clients that always send them work; they don't change generation.
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
+    # Token id (as a string, OpenAI's JSON keys) -> bias; the worker checks the ids against its vocabulary.
+    logit_bias: dict[str, LogitBias] | None = None
     # vLLM extensions.
     top_k: TopK | None = None
     repetition_penalty: RepetitionPenalty | None = None
@@ -97,6 +102,17 @@ class SamplingRequest(Struct, kw_only=True):
             ignore_eos=self.ignore_eos,
             stop_token_ids=self.stop_token_ids,
             skip_special_tokens=self.skip_special_tokens,
+            logit_bias=logit_bias_ids(self.logit_bias),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+        )
+
+    def check_streaming(self) -> None:
+        """OpenAI's 400s: stream_options only with a stream."""
+        reject_if(
+            self.stream_options is not None and not self.stream,
+            "stream_options is only allowed when stream is true",
+            "stream_options",
         )
 
     def sampling_params(self) -> SamplingParams:

@@ -89,18 +89,25 @@ def tool_plan(
     if choice is None or choice == "auto":
         return ToolUse(tools=offered, parsing="auto"), None
     if choice == "required":
-        items: dict[str, Any] = {"anyOf": [_call_schema(t.function) for t in tools]}
-        schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
+        # Each tool's parameters move under the wrapper's $defs, their own `#...` pointers re-rooted.
+        defs = {
+            f"tool_{i}": _rerooted(_parameters(t.function), f"#/$defs/tool_{i}") for i, t in enumerate(tools)
+        }
+        items: dict[str, Any] = {
+            "anyOf": [_call_schema(t.function, f"tool_{i}") for i, t in enumerate(tools)]
+        }
+        schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1, "$defs": defs}
         if parallel is False:
             schema["maxItems"] = 1
-        return ToolUse(tools=offered, parsing="calls"), Constraint(kind="json", schema=_json(schema))
+        forced = Constraint(kind="json", schema=_json(schema), param="tools")
+        return ToolUse(tools=offered, parsing="calls"), forced
     assert isinstance(choice, NamedToolChoice)
     named = [t.function for t in tools if t.function.name == choice.function.name]
     reject_if(
         not named, f"tool_choice names {choice.function.name!r}, which is not among the tools", "tool_choice"
     )
     use = ToolUse(tools=offered, parsing="arguments", name=named[0].name)
-    return use, Constraint(kind="json", schema=_json(_parameters(named[0])))
+    return use, Constraint(kind="json", schema=_json(_parameters(named[0])), param="tools")
 
 
 def legacy_tools(
@@ -119,13 +126,31 @@ def _parameters(function: FunctionDef) -> dict[str, Any]:
     return function.parameters if function.parameters else {"type": "object", "properties": {}}
 
 
-def _call_schema(function: FunctionDef) -> dict[str, Any]:
+def _call_schema(function: FunctionDef, definition: str) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": function.name}, "arguments": _parameters(function)},
+        "properties": {"name": {"const": function.name}, "arguments": {"$ref": f"#/$defs/{definition}"}},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
+
+
+def _rerooted(schema: Any, root: str) -> Any:
+    """`schema` with every local reference (`#`, `#/$defs/X`, `#/definitions/X` ...) pointing into
+    `root` instead of the document's root: the schema as it reads when it lives at `root`."""
+    if isinstance(schema, list):
+        return [_rerooted(item, root) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            out[key] = root + value[1:]
+        elif key in ("const", "enum", "default", "examples"):
+            out[key] = value  # values, not schemas: a "$ref" inside is data
+        else:
+            out[key] = _rerooted(value, root)
+    return out
 
 
 def _json(value: Any) -> str:

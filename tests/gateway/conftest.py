@@ -25,6 +25,7 @@ SERVED = {
     "tiny/gpt2": "gpt2",
     "tiny/t5": "t5",
     "tiny/bert": "bert",
+    "tiny/reranker": "cross-encoder",  # a one-label BERT classifier: the rerank task
     "tiny/unload-me": "llama",
     "tiny/kill-me": "opt",
 }

@@ -161,6 +161,10 @@ def one_message(**message: Any) -> dict[str, Any]:
     return {"model": CHAT, "messages": [message]}
 
 
+USAGE = {"include_usage": True}
+LOOKBEHIND = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=a)b"}}}
+LOOKBEHIND_TOOL = {"type": "function", "function": {"name": "f", "parameters": LOOKBEHIND}}
+LOOKBEHIND_FORMAT = {"type": "json_schema", "name": "x", "schema": LOOKBEHIND, "strict": True}
 # case -> (path, body, the param the error must name; None: any)
 BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
     "missing_messages": (CHAT_PATH, {"model": CHAT}, "messages"),
@@ -170,6 +174,31 @@ BAD_REQUESTS: dict[str, tuple[str, Any, str | None]] = {
         CHAT_PATH, chat_body(tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"
     ),
     "user_without_content": (CHAT_PATH, one_message(role="user"), "messages"),
+    # OpenAI's own 400s: stream_options only with stream, tool_choice only with tools.
+    "stream_options_without_stream": (CHAT_PATH, chat_body(stream_options=USAGE), "stream_options"),
+    "completion_stream_options_without_stream": (
+        COMPLETIONS_PATH, {"model": CHAT, "prompt": "hi", "stream_options": USAGE}, "stream_options",
+    ),
+    "tool_choice_auto_without_tools": (CHAT_PATH, chat_body(tool_choice="auto"), "tool_choice"),
+    "tool_choice_none_without_tools": (CHAT_PATH, chat_body(tool_choice="none"), "tool_choice"),
+    # Token ids are checked against the model's vocabulary (they were accepted and ignored).
+    "logit_bias_past_vocabulary": (CHAT_PATH, chat_body(logit_bias={"999999": 5}), "logit_bias"),
+    "logit_bias_key_not_an_id": (CHAT_PATH, chat_body(logit_bias={"hello": 5}), "logit_bias"),
+    "logit_bias_over_100": (CHAT_PATH, chat_body(logit_bias={"5": 101}), None),
+    "completion_logit_bias_past_vocabulary": (
+        COMPLETIONS_PATH, {"model": CHAT, "prompt": "hi", "logit_bias": {"-1": 1}}, "logit_bias",
+    ),
+    "audio_modality": (CHAT_PATH, chat_body(modalities=["text", "audio"]), "modalities"),
+    "audio_output": (CHAT_PATH, chat_body(audio={"voice": "alloy", "format": "wav"}), "audio"),
+    "web_search": (CHAT_PATH, chat_body(web_search_options={}), "web_search_options"),
+    # A schema the grammar engine can't take is blamed on the field it came from.
+    "tool_schema_engine_cant_take": (
+        CHAT_PATH, chat_body(tools=[LOOKBEHIND_TOOL], tool_choice="required", max_tokens=20), "tools",
+    ),
+    "responses_text_format_engine_cant_take": (
+        "/v1/responses", {"model": CHAT, "input": "hi", "text": {"format": LOOKBEHIND_FORMAT}}, "text.format",
+    ),
+    "stop_token_ids_past_vocabulary": (CHAT_PATH, chat_body(stop_token_ids=[10**6]), "stop_token_ids"),
     "max_tokens_0": (CHAT_PATH, chat_body(max_tokens=0), "max_tokens"),
     "top_p_0": (CHAT_PATH, chat_body(top_p=0), "top_p"),
     "body_is_a_list": (CHAT_PATH, [HI], None),

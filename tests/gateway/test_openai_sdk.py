@@ -79,6 +79,26 @@ def test_chat_usage_numbers_add_up(client: openai.OpenAI) -> None:
     assert 0 < short.prompt_tokens < longer.prompt_tokens
 
 
+def test_a_repeated_long_prefix_is_reported_cached_in_usage_and_metrics(
+    dukat: Dukat, client: openai.OpenAI
+) -> None:
+    rules = " ".join(f"Rule {i}: answer {i} in plain words." for i in range(12))  # ~230 tokens
+    system = {"role": "system", "content": rules}
+
+    def hits() -> float:
+        metrics = httpx.get(f"{dukat.url}/metrics", timeout=30).text
+        lines = [ln for ln in metrics.splitlines() if ln.startswith("vllm:prefix_cache_hits_total{")]
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if f'model_name="{CHAT}"' in ln)
+
+    first = chat(client, messages=[system, {"role": "user", "content": "Hi"}], max_tokens=3, temperature=0)
+    before = hits()
+    again = chat(client, messages=[system, {"role": "user", "content": "Hello"}], max_tokens=3, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert 100 < cached < again.usage.prompt_tokens and cached % 16 == 0  # whole blocks of the prefix
+    assert hits() - before == cached
+
+
 def test_max_tokens_reached_gives_finish_reason_length(client: openai.OpenAI) -> None:
     result = chat(client, max_tokens=5, temperature=0)
     assert result.choices[0].finish_reason == "length"

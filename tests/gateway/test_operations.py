@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.placement import place
 from shared.host_api import HostState
 from shared.processes import ChildProcess
+from shared.settings import DEFAULTS
 from tests.gateway.conftest import TEST_ENV
 from worker.host.memory_estimate import estimate_memory
 
@@ -37,6 +38,8 @@ PINNED = "ops/pinned"  # keep_alive -1 in the config file
 SHORT = "ops/short"  # keep_alive "3s" in the config file
 REPLICATED = "ops/replicated"  # replicas: 2
 BIG = "ops/big"  # its config.json claims a KV cache no host has room for
+# What a load budgets for: the batch's KV and the prefix cache's.
+KV_TOKENS = DEFAULTS.kv_cache_tokens + DEFAULTS.prefix_cache_tokens
 HELLO = [{"role": "user", "content": "Hello there"}]
 
 
@@ -86,7 +89,7 @@ def cluster(
     models_dir = tmp_path_factory.mktemp("ops") / "models"
     source = tiny_model_dir("llama")
     write_models(models_dir, source)
-    estimate = estimate_memory(source, "none", "cpu", kv_tokens=4096).total_bytes
+    estimate = estimate_memory(source, "none", "cpu", kv_tokens=KV_TOKENS).total_bytes
     budget = 2 * estimate + estimate // 2  # room for two models per host, not three
     host_env = {**TEST_ENV, "DUKAT_HOST_MEMORY_BYTES": str(budget), "DUKAT_WORKER_PING_INTERVAL_S": "0.3",
                 "DUKAT_LOG_LEVEL": "info", "DUKAT_STOP_TIMEOUT_S": "3"}  # fmt: skip
@@ -211,7 +214,7 @@ def test_a_load_no_host_has_room_for_is_refused_with_needed_and_free_bytes(clean
     assert resp.status_code == 503, resp.text
     error = resp.json()["error"]
     assert error["code"] == "no_capacity" and error["type"] == "server_error"
-    needed = estimate_memory(clean.models_dir / BIG, "none", "cpu", kv_tokens=4096).total_bytes
+    needed = estimate_memory(clean.models_dir / BIG, "none", "cpu", kv_tokens=KV_TOKENS).total_bytes
     assert f"needs {needed} bytes on cpu" in error["message"]
     for url in clean.host_urls:
         assert f"{url} cpu: {clean.budget} bytes free of {clean.budget}" in error["message"]

@@ -236,7 +236,12 @@ def test_chat_response_with_n_choices_validates() -> None:
     validate(response, "CreateChatCompletionResponse")
     ChatCompletion.model_validate(response)
     assert response["id"] == "chatcmpl-r1"  # type: ignore[index]
-    assert response["usage"] == {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}  # type: ignore[index]
+    assert response["usage"] == {  # type: ignore[index]
+        "prompt_tokens": 5,
+        "completion_tokens": 5,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert [c["finish_reason"] for c in response["choices"]] == ["stop", "length"]  # type: ignore[index]
     assert response["choices"][0]["message"] == {"role": "assistant", "content": "a", "refusal": None}  # type: ignore[index]
 

@@ -20,6 +20,7 @@ ADMIN_KEY = "sk-admin-test"
 INTERNAL_TOKEN = "internal-test-token"
 CHAT_MODEL = "tiny/tinyllama"
 EMBED_MODEL = "tiny/bert"
+RERANK_MODEL = "tiny/reranker"
 MAX_MODEL_BYTES = 8 * 2**20  # the hub's BIG_REPO (24 MiB) is over it, its tiny repos are not
 PULL_ALLOW = "dukat-test/*"
 MAX_GENERATIONS = 4  # prompts x n; small, so fuzzed requests stay quick (schemathesis_hooks.py knows it)
@@ -43,7 +44,8 @@ def locked(
 ) -> Iterator[Locked]:
     models_dir = tmp_path_factory.mktemp("locked") / "models"
     models_dir.mkdir()
-    write_models(models_dir, tiny_model_dir, {CHAT_MODEL: "tinyllama", EMBED_MODEL: "bert"})
+    served = {CHAT_MODEL: "tinyllama", EMBED_MODEL: "bert", RERANK_MODEL: "cross-encoder"}
+    write_models(models_dir, tiny_model_dir, served)
     env = {
         **TEST_ENV,
         "HF_ENDPOINT": session_hub.url,
@@ -56,7 +58,7 @@ def locked(
         "DUKAT_PULL_ALLOW": PULL_ALLOW,
         "DUKAT_MAX_MODEL_BYTES": str(MAX_MODEL_BYTES),
         "DUKAT_MAX_GENERATIONS": str(MAX_GENERATIONS),
-        "DUKAT_PRELOAD": f"{CHAT_MODEL},{EMBED_MODEL}",
+        "DUKAT_PRELOAD": f"{CHAT_MODEL},{EMBED_MODEL},{RERANK_MODEL}",
     }
     with dukat_serve(models_dir, env) as (url, proc):
         yield Locked(url=url, models_dir=models_dir, process=proc, hub=session_hub)

@@ -210,3 +210,34 @@ def test_the_access_log_escapes_control_characters(caplog: pytest.LogCaptureFixt
         asyncio.run(GatewayMiddleware(app)(scope, None, send))
     [line] = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
     assert "\n" not in line and "\r" not in line and "/v1/x\\n127.0.0.1 GET /admin 200\\r" in line
+
+
+def test_the_anthropic_sdk_authenticates_with_x_api_key(locked: Locked) -> None:
+    import anthropic
+
+    hello: list = [{"role": "user", "content": "hi"}]
+    with anthropic.Anthropic(base_url=locked.url, api_key=INFERENCE_KEY, max_retries=0, timeout=120) as ok:
+        assert ok.messages.count_tokens(model=CHAT_MODEL, messages=hello).input_tokens > 0
+    wrong = anthropic.Anthropic(base_url=locked.url, api_key="sk-wrong", max_retries=0, timeout=120)
+    with wrong, pytest.raises(anthropic.AuthenticationError) as refused:
+        wrong.messages.create(model=CHAT_MODEL, max_tokens=2, messages=hello)
+    body = refused.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "authentication_error" and "x-api-key" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tokenize", {"model": CHAT_MODEL, "prompt": "hi"}),
+        ("/detokenize", {"model": CHAT_MODEL, "tokens": [1, 2]}),
+        ("/v1/score", {"model": CHAT_MODEL, "text_1": "q", "text_2": "d"}),
+    ],
+)
+def test_the_new_client_routes_take_inference_keys(locked: Locked, path: str, body: dict) -> None:
+    with locked.client() as anonymous:
+        assert anonymous.post(path, json=body).status_code == 401
+    with locked.client(INFERENCE_KEY) as inference:
+        resp = inference.post(path, json=body)
+    # Scoring on a chat model is the task's 400: the key was let through.
+    assert resp.status_code == (400 if path == "/v1/score" else 200), resp.text

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
-from tests.security.conftest import ADMIN_KEY, CHAT_MODEL, EMBED_MODEL, INFERENCE_KEY, Locked
+from tests.security.conftest import ADMIN_KEY, CHAT_MODEL, EMBED_MODEL, INFERENCE_KEY, RERANK_MODEL, Locked
 from tests.support.openapi_check import validate
 
 
@@ -33,6 +33,14 @@ def completion(**fields: Any) -> dict[str, Any]:
 
 def embed(**fields: Any) -> dict[str, Any]:
     return {"model": EMBED_MODEL, "input": "hi", **fields}
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    return {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, **fields}
+
+
+def rerank(**fields: Any) -> dict[str, Any]:
+    return {"model": RERANK_MODEL, "query": "q", "documents": ["a", "b"], **fields}
 
 
 def with_max_tokens(literal: str) -> bytes:
@@ -60,6 +68,7 @@ DENIED = {"status": 403, "code": "permission_denied", "key": INFERENCE_KEY}
 BIG = "x" * 1_000_001  # one more character than DUKAT_MAX_PROMPT_CHARS
 SEGMENT_256 = "a/" + "b" * 256
 
+HUGE_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"x": 2**70}}}
 CORPUS: dict[str, Case] = {
     # ---- keys and roles
     "no key chat": Case("POST", CHAT, chat(), 401, "invalid_api_key", key=None),
@@ -75,6 +84,7 @@ CORPUS: dict[str, Case] = {
     "inference key pull": Case("POST", PULL, {"model": "dukat-test/tiny-gpt2"}, **DENIED),
     "inference key default": Case("POST", DEFAULT, {"model": CHAT_MODEL}, **DENIED),
     "inference key hosts": Case("GET", "/api/hosts", None, **DENIED),
+    "inference key usage": Case("GET", "/api/usage", None, **DENIED),
     "inference key job": Case("GET", "/api/downloads/dl-000000000000", None, **DENIED),
     # ---- bodies that are not JSON objects
     "not json": Case("POST", CHAT, b"{not json"),
@@ -164,6 +174,10 @@ CORPUS: dict[str, Case] = {
     "prompt an object": Case("POST", COMPLETIONS, completion(prompt={"a": 1})),
     "prompts x n over the limit": Case("POST", COMPLETIONS, completion(prompt=["a", "b", "c"], n=2)),
     "1000 prompts x n=128": Case("POST", COMPLETIONS, completion(prompt=["a"] * 1000, n=128)),
+    "n x prompt length over DUKAT_MAX_REQUEST_PROMPT_CHARS": Case(
+        "POST", CHAT, chat(n=4, messages=[{"role": "user", "content": "x" * 600_000}])),
+    "prompts x length over DUKAT_MAX_REQUEST_PROMPT_CHARS": Case(
+        "POST", COMPLETIONS, completion(prompt=["y" * 900_000] * 3)),
     "best_of other than n": Case("POST", COMPLETIONS, completion(best_of=2)),
     "suffix": Case("POST", COMPLETIONS, completion(suffix="end")),
     "completion logprobs 6": Case("POST", COMPLETIONS, completion(logprobs=6)),
@@ -247,6 +261,89 @@ CORPUS: dict[str, Case] = {
     "delete models": Case("DELETE", "/v1/models", None, 405, "method_not_allowed"),
     "put load": Case("PUT", LOAD, {"model": CHAT_MODEL}, 405, "method_not_allowed"),
     "get chat": Case("GET", CHAT, None, 405, "method_not_allowed"),
+    # ---- rerank, score, tokenize
+    "rerank no key": Case("POST", "/v1/rerank", rerank(), 401, "invalid_api_key", key=None),
+    "rerank query missing": Case("POST", "/v1/rerank", {"model": RERANK_MODEL, "documents": ["a"]}),
+    "rerank documents empty": Case("POST", "/v2/rerank", rerank(documents=[])),
+    "rerank document without text": Case("POST", "/v1/rerank", rerank(documents=[{"title": "a"}])),
+    "rerank document a number": Case("POST", "/v1/rerank", rerank(documents=[5])),
+    "rerank top_n 0": Case("POST", "/v1/rerank", rerank(top_n=0)),
+    "rerank 2049 documents": Case("POST", "/v1/rerank", rerank(documents=["a"] * 2049)),
+    "rerank over the character limit": Case("POST", "/v2/rerank", rerank(query=BIG)),
+    "rerank a document past the context": Case("POST", "/v1/rerank", rerank(documents=["word " * 3000]), 400,
+                                               "context_length_exceeded"),
+    "rerank on a chat model": Case("POST", "/v1/rerank", rerank(model=CHAT_MODEL), 400, "unsupported_task"),
+    "rerank model a path": Case("POST", "/v2/rerank", rerank(model="../../etc")),
+    "chat on the reranker": Case("POST", CHAT, chat(model=RERANK_MODEL), 400, "unsupported_task"),
+    "score uneven lists": Case("POST", "/v1/score", {"model": RERANK_MODEL, "text_1": ["a", "b"],
+                                                     "text_2": ["a", "b", "c"]}),
+    "score text_2 missing": Case("POST", "/v1/score", {"model": RERANK_MODEL, "text_1": "a"}),
+    "score text_1 empty list": Case("POST", "/v1/score", {"model": RERANK_MODEL, "text_1": [],
+                                                          "text_2": "a"}),
+    "score on the embedding model": Case("POST", "/v1/score", {"model": EMBED_MODEL, "text_1": "a",
+                                                               "text_2": "b"}, 400, "unsupported_task"),
+    "tokenize neither": Case("POST", "/tokenize", {"model": CHAT_MODEL}),
+    "tokenize both": Case("POST", "/tokenize", {"model": CHAT_MODEL, "prompt": "a",
+                                                "messages": [{"role": "user", "content": "a"}]}),
+    "tokenize over the character limit": Case("POST", "/tokenize", {"model": CHAT_MODEL, "prompt": BIG}),
+    "tokenize messages a string": Case("POST", "/tokenize", {"model": CHAT_MODEL, "messages": "hi"}),
+    "tokenize model unknown": Case("POST", "/tokenize", {"model": "nobody/nothing", "prompt": "a"}, 404,
+                                   "model_not_found"),
+    "detokenize id over the vocabulary": Case("POST", "/detokenize", {"model": CHAT_MODEL,
+                                                                      "tokens": [10**9]}),
+    "detokenize id negative": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": [-1]}),
+    "detokenize id 2**64": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": [2**64]}),
+    "tool parameters beyond 64 bits": Case("POST", "/tokenize", {"model": CHAT_MODEL, "prompt": "hi",
+                                                                 "tools": [HUGE_TOOL]}),
+    "detokenize tokens a string": Case("POST", "/detokenize", {"model": CHAT_MODEL, "tokens": "1 2"}),
+}
+
+# The Messages API's routes answer in Anthropic's shape; a Case's `code` is Anthropic's error type.
+MESSAGES, COUNT = "/v1/messages", "/v1/messages/count_tokens"
+BAD = "invalid_request_error"
+
+
+def user_blocks(*blocks: dict[str, Any]) -> dict[str, Any]:
+    return message(messages=[{"role": "user", "content": list(blocks)}])
+
+
+NAMED_TOOL = {
+    "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+    "tool_choice": {"type": "tool", "name": "g"},
+}
+ANTHROPIC_CORPUS: dict[str, Case] = {
+    "messages no key": Case("POST", MESSAGES, message(), 401, "authentication_error", key=None),
+    "messages wrong x-api-key": Case("POST", MESSAGES, message(), 401, "authentication_error", key=None,
+                                     headers={"x-api-key": "sk-wrong"}),
+    "messages not json": Case("POST", MESSAGES, b"{not json", 400, BAD),
+    "messages json array": Case("POST", MESSAGES, b"[]", 400, BAD),
+    "messages missing": Case("POST", MESSAGES, {"model": CHAT_MODEL, "max_tokens": 1}, 400, BAD),
+    "messages max_tokens missing": Case("POST", MESSAGES, {"model": CHAT_MODEL, "messages": [
+        {"role": "user", "content": "hi"}]}, 400, BAD),
+    "messages max_tokens 0": Case("POST", MESSAGES, message(max_tokens=0), 400, BAD),
+    "messages temperature 1.5": Case("POST", MESSAGES, message(temperature=1.5), 400, BAD),
+    "messages system role": Case("POST", MESSAGES, message(messages=[{"role": "system", "content": "x"}]),
+                                 400, BAD),
+    "messages image block": Case("POST", MESSAGES, user_blocks(
+        {"type": "image", "source": {"type": "url", "url": "file:///etc/passwd"}}), 400, BAD),
+    "messages tool_use in a user turn": Case("POST", MESSAGES, user_blocks(
+        {"type": "tool_use", "id": "x", "name": "f", "input": {}}), 400, BAD),
+    "messages tool_result without id": Case("POST", MESSAGES, user_blocks(
+        {"type": "tool_result", "content": "x"}), 400, BAD),
+    "messages tool choice naming nothing": Case("POST", MESSAGES, message(tool_choice={"type": "tool"}),
+                                                400, BAD),
+    "messages tool_choice unknown tool": Case("POST", MESSAGES, message(**NAMED_TOOL), 400, BAD),
+    "messages 10k deep": Case("POST", MESSAGES, json.dumps(message(metadata=deep(5)))
+                              .replace("[[[[[1]]]]]", "[" * 10_000 + "]" * 10_000).encode(), 400, BAD),
+    "messages server tool": Case("POST", MESSAGES, message(tools=[{"type": "web_search_20250305",
+                                                                   "name": "web_search"}]), 400, BAD),
+    "messages over the character limit": Case("POST", MESSAGES, message(system=BIG), 400, BAD),
+    "messages model unknown": Case("POST", MESSAGES, message(model="nobody/nothing"), 404, "not_found_error"),
+    "messages on the embedding model": Case("POST", MESSAGES, message(model=EMBED_MODEL), 400, BAD),
+    "messages context exceeded": Case("POST", MESSAGES, message(system="word " * 3000), 400, BAD),
+    "count_tokens messages empty": Case("POST", COUNT, {"model": CHAT_MODEL, "messages": []}, 400, BAD),
+    "count_tokens model a path": Case("POST", COUNT, {"model": "/etc", "messages": [
+        {"role": "user", "content": "hi"}]}, 400, BAD),
 }
 
 
@@ -270,10 +367,31 @@ def test_a_hostile_request_is_a_4xx_openai_error_and_the_server_goes_on(
     assert anonymous.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize("name", list(ANTHROPIC_CORPUS))
+def test_a_hostile_messages_request_is_a_4xx_anthropic_error(
+    locked: Locked, anonymous: httpx.Client, name: str
+) -> None:
+    case = ANTHROPIC_CORPUS[name]
+    headers = {**({"x-api-key": case.key} if case.key else {}), **(case.headers or {})}
+    if isinstance(case.body, bytes):
+        headers.setdefault("Content-Type", "application/json")
+        sent = {"content": case.body}
+    else:
+        sent = {"json": case.body} if case.body is not None else {}
+    resp = anonymous.request(case.method, case.path, headers=headers, **sent)  # type: ignore[arg-type]
+    assert resp.status_code == case.status, (name, resp.status_code, resp.text[:500])
+    body = resp.json()
+    assert set(body) == {"type", "error"} and body["type"] == "error", (name, body)
+    assert set(body["error"]) == {"type", "message"} and body["error"]["message"], (name, body)
+    assert body["error"]["type"] == case.code, (name, body)
+    assert anonymous.get("/health").status_code == 200
+
+
 def test_the_corpus_is_large_and_covers_every_route(locked: Locked) -> None:
     assert len(CORPUS) >= 100
     document = httpx.get(f"{locked.url}/docs/openapi.json", timeout=30).json()
-    covered = {case.path.split("/dl-")[0].split("/api/downloads/")[0] for case in CORPUS.values()}
+    cases = [*CORPUS.values(), *ANTHROPIC_CORPUS.values()]
+    covered = {case.path.split("/dl-")[0].split("/api/downloads/")[0] for case in cases}
     for path in document["paths"]:
         stem = path.split("/{")[0]
         assert stem.startswith("/health") or any(c.startswith(stem) for c in covered), path

@@ -64,3 +64,32 @@ def test_the_worker_wire_wants_the_internal_token(host: dict, inference: httpx.C
     assert asyncio.run(ping(INTERNAL_TOKEN)).model_id == CHAT_MODEL  # type: ignore[attr-defined]
     with pytest.raises(WorkerFailedError):
         asyncio.run(ping("wrong"))
+
+
+async def _closed_after(address: str, send: bytes) -> float:
+    """Seconds until the worker closes a connection that sent `send` and then nothing."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = asyncio.get_running_loop().time()
+    try:
+        writer.write(send)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 60) == b""
+        return asyncio.get_running_loop().time() - started
+    finally:
+        writer.close()
+
+
+def test_the_worker_wire_closes_what_does_not_present_the_token_soon(
+    host: dict, inference: httpx.Client
+) -> None:
+    inference.post("/v1/completions", json={"model": CHAT_MODEL, "prompt": "hi", "max_tokens": 1})
+    [worker] = [w for w in httpx.get(f"{host['url']}/state", timeout=30,
+                                     headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"}).json()["models"]
+                if w["model_id"] == CHAT_MODEL]
+    address = worker["address"]
+    # A 64 MiB frame announced before the token: closed at once, nothing read into memory.
+    assert asyncio.run(_closed_after(address, (64 * 2**20).to_bytes(4, "big"))) < 5
+    # Silent, and half a header: closed at the handshake deadline (10 s).
+    assert 9 < asyncio.run(_closed_after(address, b"")) < 20
+    assert 9 < asyncio.run(_closed_after(address, b"\x00\x00")) < 20

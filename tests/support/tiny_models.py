@@ -26,6 +26,10 @@ FAMILIES: tuple[str, ...] = (
     "falcon", "bloom", "opt", "t5", "bert", "roberta",
 )
 
+# Not a family of FAMILIES (the generation and embedding tests run over those): a BERT with a
+# one-label classification head, as cross-encoder rerankers (ms-marco MiniLM, bge-reranker) are.
+CROSS_ENCODER = "cross-encoder"
+
 # Bump when the output of the builder changes, so cached folders are rebuilt.
 BUILDER_VERSION = 1
 VOCAB_SIZE = 768
@@ -135,6 +139,7 @@ _TOKENIZERS: dict[str, _TokenizerSpec] = {
     "roberta": _TokenizerSpec(special=("<s>", "<pad>", "</s>", "<unk>", "<mask>"), bos="<s>", eos="</s>",
                               unk="<unk>", bert_like=("<s>", "</s>", "<pad>", "<mask>")),
 }
+_TOKENIZERS[CROSS_ENCODER] = _TOKENIZERS["bert"]
 
 
 @lru_cache(maxsize=16)
@@ -281,6 +286,9 @@ def _config(family: str, shape: _Shape, tokenizer: Any) -> Any:
         extra = {"n_positions": ctx, "decoder_start_token_id": tokenizer.pad_token_id, "bos_token_id": None}
         return tf.T5Config(d_model=h, d_kv=h // heads, d_ff=ff, num_layers=n, num_heads=heads,
                            **{**ids, **extra})
+    if family == CROSS_ENCODER:
+        return tf.BertConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=heads,
+                             intermediate_size=ff, max_position_embeddings=ctx, num_labels=1, **ids)
     if family in ("bert", "roberta"):
         cls = tf.BertConfig if family == "bert" else tf.RobertaConfig
         # RoBERTa's positions start after padding_idx, hence the +2 of real checkpoints.
@@ -297,6 +305,8 @@ def _model_class(family: str) -> Any:
         return tf.AutoModelForSeq2SeqLM
     if family in ("bert", "roberta"):
         return tf.AutoModel
+    if family == CROSS_ENCODER:
+        return tf.AutoModelForSequenceClassification
     return tf.AutoModelForCausalLM
 
 
@@ -344,7 +354,7 @@ def build_tiny_model(
     """
     import torch
 
-    if family not in FAMILIES:
+    if family not in (*FAMILIES, CROSS_ENCODER):
         raise ValueError(f"unknown tiny model family {family!r}; known: {', '.join(FAMILIES)}")
     if sliding_window is not None and family not in ("mistral", "gemma"):
         raise ValueError("only mistral and gemma take a sliding_window")
@@ -358,7 +368,7 @@ def build_tiny_model(
         torch.manual_seed(seed)
         model = _model_class(family).from_config(config, dtype=torch.float32)
     _init_weights(model, init_std, seed)
-    if family not in ("bert", "roberta"):
+    if family not in ("bert", "roberta", CROSS_ENCODER):
         model.generation_config = _generation_config(family, tokenizer)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -172,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 def run_host(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in HOST_FLAGS if getattr(args, k, None) is not None}
     settings = load_settings(overrides=flags)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, "worker_host")
     sock = bind_socket(settings.host_bind, settings.host_port)
     port = sock.getsockname()[1]
     app = create_host_app(settings, f"http://{settings.host_bind}:{port}")
-    serve(app, sock, ready_prefix=HOST_READY, log_level=settings.log_level)
+    serve(
+        app, sock, ready_prefix=HOST_READY, log_level=settings.log_level, log_format=settings.log_format
+    )
     return 0

@@ -21,7 +21,7 @@ from msgspec import Struct
 from shared import gguf
 from shared.errors import DukatError, UnsupportedModelTypeError
 from shared.host_api import LocalModel
-from shared.model_types import infer_model_type
+from shared.model_types import config_model_type, infer_model_type
 
 # Written by `worker.host.downloads` into every folder it downloads.
 MARKER_NAME = ".dukat-download.json"
@@ -123,8 +123,7 @@ def hf_model_type(path: Path) -> str | None:
     found = path if path.suffix == gguf.SUFFIX else None if is_folder else gguf.pick_gguf(path)
     if found is not None:
         return gguf.hf_model_type(found)
-    config = json.loads((path / "config.json").read_bytes())
-    return config.get("model_type") if isinstance(config, dict) else None
+    return config_model_type(json.loads((path / "config.json").read_bytes()))
 
 
 def _model_type(model_id: str, folder: Path) -> tuple[str | None, str | None]:

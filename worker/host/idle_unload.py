@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 class KeepAlive:
     def __init__(
-        self, supervisor: Supervisor, unload: Callable[[str, str], Awaitable[None]], *, period_s: float
+        self, supervisor: Supervisor, unload: Callable[..., Awaitable[None]], *, period_s: float
     ) -> None:
         self.supervisor = supervisor
-        self.unload = unload  # (model id, reason): the host's unload, which logs the line
+        self.unload = unload  # (model id, reason, replica=): the host's unload, which logs the line
         self.period_s = period_s
 
     async def run(self) -> None:
@@ -40,4 +40,4 @@ class KeepAlive:
         for w in expired(self.supervisor.states()):
             reason = f"keep-alive {describe(w.keep_alive_s)} ran out (idle {w.idle_s:.1f}s)"
             with contextlib.suppress(DukatError):
-                await self.unload(w.model_id, reason)
+                await self.unload(w.model_id, reason, replica=w.replica)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import msgspec
+
 from shared.capacity import eviction_plan, holds_memory, loaded_count
 from shared.errors import DeviceUnavailableError, NoCapacityError
 from shared.host_api import DeviceState, HostState, LoadEstimate, WorkerState
@@ -24,7 +26,9 @@ def kind_of(device: str) -> str:
 
 def estimate(path: Path, quantization: Quantization, settings: Settings) -> LoadEstimate:
     by_kind = {
-        k: estimate_memory(path, quantization, k, kv_tokens=settings.kv_cache_tokens).total_bytes
+        k: estimate_memory(
+            path, quantization, k, kv_tokens=settings.kv_cache_tokens + settings.prefix_cache_tokens
+        ).total_bytes
         for k in KINDS
     }
     return LoadEstimate(quantization=quantization, bytes_by_kind=by_kind)
@@ -56,15 +60,32 @@ def check_device(devices: list[DeviceState], requested: str) -> list[DeviceState
     return matching
 
 
+def full_devices(workers: list[WorkerState], model_id: str, per_device: int) -> frozenset[str]:
+    """Devices that run as many workers of `model_id` as DUKAT_REPLICAS_PER_DEVICE allows."""
+    counts: dict[str, int] = {}
+    for w in workers:
+        if w.model_id == model_id and w.status in ("loading", "loaded"):
+            counts[w.device] = counts.get(w.device, 0) + 1
+    return frozenset(d for d, n in counts.items() if n >= per_device)
+
+
 def choose(
-    host: HostState, model_id: str, requested: str, need: dict[str, int]
+    host: HostState, model_id: str, requested: str, need: dict[str, int], full: frozenset[str] = frozenset()
 ) -> tuple[str, list[WorkerState]]:
-    """The device for a load and the models to evict first (often none).
+    """The device for a load and the models to evict first (often none); never a device in `full`
+    (it runs its share of the model's replicas), and never the model's own workers as victims.
 
     Raises DeviceUnavailableError for a device this host does not offer, NoCapacityError (needed vs
     free bytes) when no device has room even after evicting every idle model.
     """
-    devices = check_device(host.devices, requested)
+    offered_here = check_device(host.devices, requested)
+    devices = [d for d in offered_here if d.name not in full]
+    if not devices:
+        raise NoCapacityError(
+            f"every device of host {host.url} ({', '.join(sorted(full))}) already runs its share of "
+            f"{model_id!r}'s workers (DUKAT_REPLICAS_PER_DEVICE)"
+        )
+    host = msgspec.structs.replace(host, models=[w for w in host.models if w.model_id != model_id])
     # Most free memory first; the name breaks ties, so the answer only depends on the state.
     ranked = sorted(devices, key=lambda d: (-d.free_memory, d.name))
     for device in ranked:

@@ -69,16 +69,30 @@ class Host:
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
+        """The model's first worker, once it answers; with `cmd.replicas` > 1 the others load beside it,
+        each on a device of its own while there are, then as DUKAT_REPLICAS_PER_DEVICE allows (one
+        that finds no room is logged and left out: the model serves with the workers that fit)."""
         # An unknown device is a 400 before any download.
         room.check_device(offered_devices(self.settings.devices, self.gpus), cmd.device or cmd.default_device)
+        loads = [self._load_replica(cmd, replica) for replica in range(cmd.replicas)]
+        first, *others = await asyncio.gather(*loads, return_exceptions=True)
+        for result in [first, *others]:
+            if isinstance(result, BaseException) and (result is first or not isinstance(result, DukatError)):
+                raise result
+        return first  # type: ignore[return-value]
+
+    async def _load_replica(self, cmd: LoadCommand, replica: int) -> WorkerState:
         asked_at = time.time()
         try:
-            prepare = partial(self._spec, cmd)
-            state = await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, prepare)
+            prepare = partial(self._spec, cmd, replica)
+            state = await self.supervisor.load(cmd.model_id, cmd.quantization, cmd.device, prepare, replica)
         except DukatError as exc:
             log.warning(
-                "load failed model=%s code=%s rid=%s: %s", cmd.model_id, exc.code, cmd.request_id, exc.message
-            )
+                "load failed model=%s replica=%d code=%s rid=%s: %s",
+                cmd.model_id, replica, exc.code, cmd.request_id, exc.message,
+                extra={"model": cmd.model_id, "replica": replica, "request_id": cmd.request_id,
+                       "code": exc.code},
+            )  # fmt: skip
             raise
         if state.started_at >= asked_at:  # this call started the worker (others joined it)
             log.info(
@@ -86,10 +100,12 @@ class Host:
                 "keep_alive=%s rid=%s",
                 cmd.model_id, state.device, state.quantization, state.load_seconds, state.memory_bytes,
                 state.estimated_bytes, describe(state.keep_alive_s), cmd.request_id,
+                extra={"model": cmd.model_id, "request_id": cmd.request_id, "device": state.device,
+                       "replica": replica, "load_seconds": round(state.load_seconds, 2)},
             )  # fmt: skip
         return state
 
-    async def _spec(self, cmd: LoadCommand) -> WorkerSpec:
+    async def _spec(self, cmd: LoadCommand, replica: int = 0) -> WorkerSpec:
         """What a new worker of `cmd` runs: its files (downloaded first if missing), type, quantization,
         and a device with room for its estimated memory (idle models evicted to make it)."""
         path = self._local_path(cmd)
@@ -101,16 +117,20 @@ class Host:
         # One decision at a time: each sees the others' reservations. The supervisor starts the
         # worker (its reservation) right after this returns, without yielding to the loop.
         async with self._placing:
-            device, victims = room.choose(self.state(), cmd.model_id, cmd.device or cmd.default_device, need)
+            per_device = self.settings.replicas_per_device
+            full = room.full_devices(self.supervisor.states(), cmd.model_id, per_device)
+            asked = cmd.device or cmd.default_device
+            device, victims = room.choose(self.state(), cmd.model_id, asked, need, full)
             for victim in victims:
                 why = f"evicted (least recently used, idle {victim.idle_s:.1f}s) for {cmd.model_id}"
-                await self.unload(victim.model_id, why, cmd.request_id)
+                await self.unload(victim.model_id, why, cmd.request_id, victim.replica)
         return WorkerSpec(
             cmd.model_id,
             str(path),
             model_type.name,
             quantization,
             device,
+            replica=replica,
             quantization_is_default=is_default,
             estimated_bytes=need[room.kind_of(device)],
             keep_alive_s=cmd.keep_alive_s if cmd.keep_alive_s is not None else self.keep_alive_s,
@@ -146,14 +166,20 @@ class Host:
             return LoadEstimate()
         return room.estimate(path, self._quantization(cmd, path)[1], self.settings)
 
-    async def unload(self, model_id: str, reason: str, request_id: str = "") -> None:
-        worker = self.supervisor.state(model_id)
-        await self.supervisor.unload(model_id)
-        device = worker.device if worker else None
-        log.info("unloaded model=%s device=%s reason=%s rid=%s", model_id, device, reason, request_id)
+    async def unload(
+        self, model_id: str, reason: str, request_id: str = "", replica: int | None = None
+    ) -> None:
+        """Stop the model's worker `replica`, or (None) every worker of it on this host."""
+        workers = [w for w in self.supervisor.replicas_of(model_id) if replica in (None, w.replica)]
+        await self.supervisor.unload(model_id, replica)
+        device = ",".join(w.device for w in workers) or None
+        log.info(
+            "unloaded model=%s device=%s reason=%s rid=%s", model_id, device, reason, request_id,
+            extra={"model": model_id, "request_id": request_id, "device": device, "reason": reason},
+        )  # fmt: skip
 
     async def delete(self, model_id: str) -> Deleted:
-        worker = self.supervisor.state(model_id)
+        worker = next(iter(self.supervisor.replicas_of(model_id)), None)
         if worker is not None and worker.status in ("loading", "loaded", "stopping"):
             raise ConflictError(
                 f"model {model_id!r} is {worker.status} on this host; unload it first (dukat stop)",

@@ -1,4 +1,4 @@
-"""Starts, joins and stops model worker processes: one per loaded model.
+"""Starts, joins and stops model worker processes: one per loaded model and replica.
 
 A load is idempotent: a second load of a model that is loading or loaded joins the first. Ready
 means the worker answers a ping on the wire. A loaded worker is kept alive by its `Lifeline`
@@ -31,7 +31,8 @@ from shared.errors import (
     error_from_code,
 )
 from shared.host_api import WorkerState
-from shared.processes import WORKER_FAILED, WORKER_READY, pinned_env, ready_port, terminate
+from shared.logs import CHILD_RECORD
+from shared.processes import WORKER_FAILED, WORKER_READY, child_line, pinned_env, ready_port, terminate
 from shared.settings import Settings
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
@@ -51,6 +52,7 @@ class WorkerSpec:
     model_type: str
     quantization: str
     device: str
+    replica: int = 0
     # The quantization is the default, not asked for: the worker may fall back to none.
     quantization_is_default: bool = False
     # Memory set aside for it, and its keep-alive when requests give none (negative: forever).
@@ -76,14 +78,18 @@ class Supervisor:
         self.settings = settings
         self.advertise = advertise
         self.healing = Healing.of(settings)
-        self._workers: dict[str, _Worker] = {}
+        # (model id, replica) -> its worker.
+        self._workers: dict[tuple[str, int], _Worker] = {}
 
     def states(self) -> list[WorkerState]:
         return [_snapshot(w) for w in self._workers.values()]
 
-    def state(self, model_id: str) -> WorkerState | None:
-        w = self._workers.get(model_id)
+    def state(self, model_id: str, replica: int = 0) -> WorkerState | None:
+        w = self._workers.get((model_id, replica))
         return _snapshot(w) if w else None
+
+    def replicas_of(self, model_id: str) -> list[WorkerState]:
+        return [_snapshot(w) for (m, _), w in sorted(self._workers.items()) if m == model_id]
 
     async def load(
         self,
@@ -91,37 +97,42 @@ class Supervisor:
         quantization: str | None,
         device: str | None,
         prepare: Callable[[], Awaitable[WorkerSpec]],
+        replica: int = 0,
     ) -> WorkerState:
-        """The worker of `model_id`, once it answers.
+        """The worker of `model_id` (its `replica`), once it answers.
 
         The one place that decides whether a load is a repeat: a worker loading or loaded is joined
         (unless the load asks for another `quantization` or `device`: a conflict). Otherwise
         `prepare` makes the spec (it may download first) and a new worker starts.
         """
-        worker = self._joinable(model_id, quantization, device)
+        key = (model_id, replica)
+        worker = self._joinable(key, quantization, device)
         if worker is None:
             spec = await prepare()
             # `prepare` may have waited on a download: a load that came meanwhile may have started one.
-            worker = self._joinable(model_id, quantization, device) or await self._restart(spec)
+            worker = self._joinable(key, quantization, device) or await self._restart(spec)
         await asyncio.shield(worker.ready)
-        return self.state(model_id)  # type: ignore[return-value]
+        return self.state(model_id, replica)  # type: ignore[return-value]
 
-    def _joinable(self, model_id: str, quantization: str | None, device: str | None) -> _Worker | None:
-        worker = self._workers.get(model_id)
+    def _joinable(
+        self, key: tuple[str, int], quantization: str | None, device: str | None
+    ) -> _Worker | None:
+        worker = self._workers.get(key)
         if worker is None or worker.state.status not in ("loading", "loaded"):
             return None
-        _check_same_load(worker.state, quantization, device)
+        _check_same_load(worker.state, quantization, device if key[1] == 0 else None)
         return worker
 
     async def _restart(self, spec: WorkerSpec) -> _Worker:
-        current = self._workers.get(spec.model_id)
+        current = self._workers.get((spec.model_id, spec.replica))
         if current is not None and current.state.status == "stopping":
-            await self.unload(spec.model_id)
+            await self.unload(spec.model_id, spec.replica)
         return self._start(spec)
 
     def _start(self, spec: WorkerSpec) -> _Worker:
         state = WorkerState(
             model_id=spec.model_id,
+            replica=spec.replica,
             status="loading",
             device=spec.device,
             quantization=spec.quantization,
@@ -133,7 +144,7 @@ class Supervisor:
         )
         logs: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
         worker = _Worker(spec=spec, state=state, logs=logs, life=Lifeline(self.healing, state, logs))
-        self._workers[spec.model_id] = worker
+        self._workers[(spec.model_id, spec.replica)] = worker
         run = worker.life.run(
             partial(self._attempt, worker),
             restarting=partial(self._renew_ready, worker),
@@ -177,7 +188,7 @@ class Supervisor:
             await self._terminate(process)
             self._settle(worker)
             return None
-        observe = partial(self.observe, spec.model_id)
+        observe = partial(self.observe, spec.model_id, replica=spec.replica)
         watchdog = asyncio.create_task(worker.life.watch(process, conn, observe))
         try:
             assert process.stdout
@@ -219,6 +230,8 @@ class Supervisor:
             str(self.settings.max_batch),
             "--max-queue",
             str(self.settings.max_queue),
+            "--max-wait-s",
+            str(self.settings.first_token_timeout_s),
             # Requests in flight may finish before the SIGKILL that follows SIGTERM after stop_timeout_s.
             "--drain-s",
             str(max(0.0, self.settings.stop_timeout_s - 1.0)),
@@ -282,11 +295,15 @@ class Supervisor:
             worker.logs.append(line)
             # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
             level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
-            log.log(level, "[%s] %s", worker.spec.model_id, line)
+            # A JSON line of a worker (DUKAT_LOG_FORMAT=json) travels as an object, not a quoted string.
+            _, text, record = child_line(line)
+            if record is not None:
+                record.setdefault("model", worker.spec.model_id)
+            log.log(level, "[%s] %s", worker.spec.model_id, text, extra={CHILD_RECORD: record})
 
-    def observe(self, model_id: str, load: WorkerLoad) -> None:
+    def observe(self, model_id: str, load: WorkerLoad, replica: int = 0) -> None:
         """A loaded worker's counters from its Pong; the last request's keep_alive wins over the load's."""
-        worker = self._workers.get(model_id)
+        worker = self._workers.get((model_id, replica))
         if worker is None or worker.state.status != "loaded":
             return
         s = worker.state
@@ -295,10 +312,15 @@ class Supervisor:
         s.last_used_at = time.time() - load.idle_s
         s.keep_alive_s = worker.spec.keep_alive_s if load.keep_alive_s is None else load.keep_alive_s
 
-    async def unload(self, model_id: str) -> None:
-        worker = self._workers.get(model_id)
-        if worker is None:
+    async def unload(self, model_id: str, replica: int | None = None) -> None:
+        """Stop the model's worker `replica`, or (None) all of its workers, together."""
+        keys = [k for k in self._workers if k[0] == model_id and replica in (None, k[1])]
+        if not keys:
             raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
+        await asyncio.gather(*(self._stop(key, self._workers[key]) for key in keys))
+
+    async def _stop(self, key: tuple[str, int], worker: _Worker) -> None:
+        model_id = key[0]
         worker.state.status = "stopping"
         if not worker.ready.done():
             # A load waiting on this worker must get an answer, not wait on a future nobody sets.
@@ -309,8 +331,8 @@ class Supervisor:
         for task in worker.tasks:
             task.cancel()
         await asyncio.gather(*worker.tasks, return_exceptions=True)
-        if self._workers.get(model_id) is worker:
-            del self._workers[model_id]
+        if self._workers.get(key) is worker:
+            del self._workers[key]
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
         """SIGTERM, wait, then SIGKILL, to the worker's whole process group: a worker (nor anything
@@ -320,7 +342,7 @@ class Supervisor:
         await process.wait()
 
     async def close(self) -> None:
-        await asyncio.gather(*(self.unload(m) for m in list(self._workers)), return_exceptions=True)
+        await asyncio.gather(*(self.unload(m, r) for m, r in list(self._workers)), return_exceptions=True)
 
 
 def _snapshot(worker: _Worker) -> WorkerState:

@@ -1,11 +1,16 @@
 """The places of one model worker: requests generating or queued, and places held for a request
 whose generations (its n choices, its prompts) are admitted together or not at all.
 
-A group gets its places at once (all it needs, or every place of the worker for a group larger than
-the worker) and keeps them until its last generation has started: a place one of them frees goes to
-the next of the group, never to a stranger, so no sibling's work is thrown away for want of room.
-A refusal is an `overloaded` error whose Retry-After comes from the queue: how many requests must
-finish before there is room, at the pace requests have been finishing here.
+A group gets its places at once (all it needs, up to a fair share: one batch of places, so a group
+larger than that runs in waves and never locks other requests out) and keeps them until its last
+generation has started: a place one of them frees goes to the next of the group, which queues behind
+whoever came meanwhile, so one n=128 request slows the others but never shuts them out (it took
+every place of the worker: 40 of 40 other requests were 429s while it ran).
+A burst is queued, not refused, while the queue can serve it in time: a request is admitted when the
+wait its place in the queue implies (the requests ahead of it, `max_batch` at a time, at the pace
+requests have been finishing here) stays under `max_wait_s` (the first-token deadline), up to a
+count cap (`max_pending`, far above a batch by default). A refusal is an `overloaded` error whose
+Retry-After says when there will be room: how many requests must finish first, at that pace.
 """
 
 from __future__ import annotations
@@ -27,17 +32,21 @@ class Ticket:
 
 
 class Admission:
-    def __init__(self, model_id: str, *, max_pending: int, max_batch: int) -> None:
+    def __init__(
+        self, model_id: str, *, max_pending: int, max_batch: int, max_wait_s: float = math.inf
+    ) -> None:
         self.model_id = model_id
         self.max_pending = max_pending
         self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
         self.pending = 0  # places taken: requests queued or generating
         self.reserved = 0  # places held by tickets, free right now
         self._mean_s = 1.0  # how long a request takes here (moving average)
 
     def admit(self, count: int) -> Ticket:
-        """Places for a group of `count` generations, or none (OverloadedError)."""
-        places = min(count, self.max_pending)
+        """Places for a group of `count` generations (at most a batch of them), or none
+        (OverloadedError)."""
+        places = min(count, self.max_batch, self.max_pending)
         self._check(places)
         self.reserved += places
         return Ticket(unused=places, left=count)
@@ -68,11 +77,23 @@ class Admission:
 
     def _check(self, count: int) -> None:
         used = self.pending + self.reserved
-        if used + count > self.max_pending:
+        room = min(self.max_pending, self.in_time())
+        if used + count > room:
+            wait = f", a wait of about {self.wait_s(used + count):.0f} s" if room < self.max_pending else ""
             raise OverloadedError(
-                f"model {self.model_id!r} has {used} requests in flight; retry later",
-                retry_after=self.retry_after(used + count - self.max_pending),
+                f"model {self.model_id!r} has {used} requests in flight{wait}; retry later",
+                retry_after=self.retry_after(used + count - room),
             )
+
+    def wait_s(self, places: int) -> float:
+        """How long the last of `places` requests waits before it starts generating."""
+        return math.ceil(max(0, places - self.max_batch) / self.max_batch) * self._mean_s
+
+    def in_time(self) -> int:
+        """How many requests can be in flight with the last one still starting within `max_wait_s`."""
+        if math.isinf(self.max_wait_s):
+            return self.max_pending
+        return self.max_batch * (1 + math.floor(self.max_wait_s / max(self._mean_s, 1e-3)))
 
     def retry_after(self, must_finish: int) -> int:
         """Seconds until `must_finish` requests have finished, `max_batch` at a time."""

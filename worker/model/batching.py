@@ -4,7 +4,9 @@ together, one token per iteration.
 The scheduler decides who runs: admission (bounded: `max_batch` rows of at most the context length,
 `max_queue` waiting, then OverloadedError), joins between steps (newcomers first, so a prefill
 decides their first token's wait; grouped by prompt length, shortest first, so that no prefill
-pads short prompts to a long one's width), leaves (stops, lengths, cancels, a consumer that went
+pads short prompts to a long one's width), long prompts and prompts with a cached prefix prefilled
+alone, a chunk per step between the running rows' steps, first come first served (the prefix cache
+is worker/model/prefix_cache.py's), leaves (stops, lengths, cancels, a consumer that went
 away) and failures (a failed step fails its rows, the thread lives on). The cache mechanics are
 worker/model/kv_cache.py's: rows of one left-padded batch where the model batches (exactly, or for
 8-bit within a documented bound), else each request on its own cache ("solo" rows), still
@@ -36,8 +38,9 @@ import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
 from worker.model.grammar import Grammars, RowGrammar
-from worker.model.kv_cache import PaddedBatch, Solo, can_batch
+from worker.model.kv_cache import PaddedBatch, RowPrefill, Solo, can_batch, can_prefill_alone, join_keeps
 from worker.model.logprobs import LogprobRecord, record_logprobs
+from worker.model.prefix_cache import PrefixCache
 from worker.model.sampling import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class Job:
     cancel: threading.Event | None = None
     done: threading.Event = field(default_factory=threading.Event)  # the consumer stopped reading
     admitted: float = 0.0  # perf_counter when it got a row (0 while waiting)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     produced: int = 0
     last: int = -1  # the latest token: what the next step feeds
     stopped: bool = False  # it made an end-of-sequence token: nothing comes after it
@@ -93,7 +97,17 @@ class Job:
 class Scheduler:
     """Owns the model on its own thread (started on demand); `submit` from any thread."""
 
-    def __init__(self, model: Any, *, max_batch: int, max_queue: int, seq2seq: bool, pad_id: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_batch: int,
+        max_queue: int,
+        seq2seq: bool,
+        pad_id: int,
+        prefix_cache_tokens: int = 0,
+        prefill_chunk_tokens: int = 0,
+    ) -> None:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
         self._model, self._seq2seq = model, seq2seq
@@ -106,6 +120,20 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._rows: list[Job] = []  # the batch's rows, in cache order
         self._solos: dict[Job, Solo] = {}  # the rows on a cache of their own
+        # Prompts prefilled on their own, a chunk per step, first come first served (batched models).
+        self._prefilling: dict[Job, RowPrefill | None] = {}
+        alone = self._batch is not None and bool(prefix_cache_tokens or prefill_chunk_tokens)
+        if alone and not can_prefill_alone(model, pad_id):  # then prompts are prefilled as before
+            logger.warning(
+                "this model's cache cannot be prefilled in chunks: no chunked prefill or prefix cache"
+            )
+            alone = False
+        # None: a prompt's prefill in one piece
+        self._chunk = (prefill_chunk_tokens or None) if alone else None
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if alone and prefix_cache_tokens else None
+        # Longer prompts are prefilled alone for the prefix cache: a batched prefill's sliding layers
+        # would not keep all their columns.
+        self._join_keeps = join_keeps(model) if self.prefix_cache is not None else None
         self._stepped: set[Callable[[], None]] = set()  # the `on_step`s owed a call (scheduler thread)
         # A daemon thread killed inside a torch op at interpreter exit aborts the process.
         atexit.register(_abort_at_exit, weakref.ref(self))
@@ -160,17 +188,18 @@ class Scheduler:
         except BaseException:  # the thread dies: nobody may wait on it forever
             with self._cond:
                 self._thread = None
-            self._end([*self._rows, *self._solos, *self._waiting], InternalError("the scheduler stopped"))
+            everyone = [*self._rows, *self._solos, *self._prefilling, *self._waiting]
+            self._end(everyone, InternalError("the scheduler stopped"))
             self._flush()
             raise
 
     def _wait_for_work(self) -> bool:
         if self._aborting:
-            self._end([*self._rows, *self._solos, *self._waiting], None)
+            self._end([*self._rows, *self._solos, *self._prefilling, *self._waiting], None)
             self._flush()
         with self._cond:
             idle = False
-            while not (self._waiting or self._rows or self._solos):
+            while not (self._waiting or self._rows or self._solos or self._prefilling):
                 if self._closing or idle:
                     self._thread = None  # under the lock: the next submit starts a new thread
                     return False
@@ -180,9 +209,13 @@ class Scheduler:
     def _iterate(self) -> None:
         self._sweep()
         while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
+            jobs = [job for job in jobs if not self._prefills_alone(job)]
             for group in prefill_groups([len(job.prompt_ids) for job in jobs]):
                 self._admit([jobs[i] for i in group])
                 self._flush()  # their first tokens go out now, not after the next prefill or step
+        if self._prefilling:
+            self._advance_prefills()
+            self._flush()
         self._sweep()
         self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
         if self._rows:
@@ -194,24 +227,86 @@ class Scheduler:
 
     def _take(self) -> list[Job]:
         with self._cond:
-            room = self.max_batch - len(self._rows) - len(self._solos)
+            room = self.max_batch - len(self._rows) - len(self._solos) - len(self._prefilling)
             taken = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
         self._end([j for j in taken if not j.wanted()], None)  # cancelled while waiting: no prefill
         return [j for j in taken if j.wanted()]
 
-    def _admit(self, jobs: list[Job]) -> None:
+    def _prefills_alone(self, job: Job) -> bool:
+        """Whether `job` is prefilled on its own, in chunks (a long prompt) or after its cached
+        prefix; then it waits in `_prefilling` (it holds a row) rather than joining a group."""
+        if self._batch is None:
+            return False
+        n, keeps = len(job.prompt_ids), self._join_keeps
+        long = (self._chunk is not None and n > self._chunk) or (keeps is not None and n > keeps)
+        cache = self.prefix_cache
+        if not long and (cache is None or not cache.cached_length(job.prompt_ids)):
+            return False
+        self._start([job])
+        self._prefilling[job] = None  # its RowPrefill starts when its turn comes
+        return True
+
+    def _advance_prefills(self) -> None:
+        """Up to one chunk of prefill this step, first come first served: a newcomer delays the
+        running rows by at most about a chunk per step, and a long prompt cannot keep a later one
+        waiting for more than its own chunks. A finished prefill's row joins the batch."""
+        budget = self._chunk or sum(len(job.prompt_ids) for job in self._prefilling)
+        for job in list(self._prefilling):
+            if budget <= 0:
+                return
+            if not job.wanted():
+                self._end([job], None)
+                continue
+            try:
+                state = self._prefilling[job] or self._row_prefill(job)
+                self._prefilling[job] = state
+                used = min(budget, state.remaining)
+                logits = state.advance(used)
+                budget -= used
+                if logits is not None:
+                    self._join_batch(job, state, logits)
+            except Exception as exc:  # e.g. out of memory: this newcomer fails, the others go on
+                logger.exception("prefill of a %d-token prompt failed", len(job.prompt_ids))
+                self._end([job], exc)
+
+    def _row_prefill(self, job: Job) -> RowPrefill:
+        """The lookup happens when its prefill starts: a prefix stored by an earlier prompt of the
+        same queue (concurrent requests with one system prompt) is reused."""
+        cache = self.prefix_cache
+        prefix = cache.lookup(job.prompt_ids) if cache is not None else (0, [], [])
+        job.cached_tokens = prefix[0]
+        return RowPrefill(self._model, job.prompt_ids, prefix)
+
+    def _join_batch(self, job: Job, state: RowPrefill, logits: torch.Tensor) -> None:
+        assert self._batch is not None
+        if self.prefix_cache is not None and (kv := state.layers_kv()) is not None:
+            self.prefix_cache.store(job.prompt_ids, *kv)
+        self._batch.add(state.finish(), len(job.prompt_ids))
+        del self._prefilling[job]
+        self._rows.append(job)
+        self._emit([job], logits)
+
+    def _start(self, jobs: list[Job]) -> None:
         now = time.perf_counter()
         for job in jobs:
             job.admitted = now
             if not self._seq2seq:
                 job.sampler.observe(job.prompt_ids)  # transformers' repetition penalty counts the prompt
+
+    def _admit(self, jobs: list[Job]) -> None:
+        self._start(jobs)
+        if self.prefix_cache is not None:
+            for job in jobs:
+                self.prefix_cache.count_miss(job.prompt_ids)
         if self._batch is None:
             for job in jobs:
                 self._solos[job] = Solo(self._model, job.prompt_ids, seq2seq=self._seq2seq)
                 self._prefill([job], self._solos[job].prefill)
             return
-        batch = self._batch
-        if self._prefill(jobs, lambda: batch.join([j.prompt_ids for j in jobs])):
+        batch, cache = self._batch, self.prefix_cache
+        prompts = [j.prompt_ids for j in jobs]
+        on_row = None if cache is None else (lambda i, keys, values: cache.store(prompts[i], keys, values))
+        if self._prefill(jobs, lambda: batch.join(prompts, on_row=on_row)):
             self._rows += jobs
 
     def _prefill(self, jobs: list[Job], prefill: Callable[[], torch.Tensor]) -> bool:
@@ -244,7 +339,7 @@ class Scheduler:
                     token = grammar.accept(token, remaining)
             if job.logprobs is not None:
                 job.logprob_records.append(record_logprobs(logits[i], token, job.logprobs))
-            sampler.observe(token)
+            sampler.observe(token, generated=True)
             job.push(token)
             self._owe_step(job)
 
@@ -280,6 +375,7 @@ class Scheduler:
             self._batch.keep(keep)
         for job in ending:
             self._solos.pop(job, None)
+            self._prefilling.pop(job, None)
             job.on_item(item)
             self._owe_step(job)
 

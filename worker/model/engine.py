@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.errors import (
     ContextLengthExceededError,
+    InvalidRequestError,
     ModelNotLoadedError,
     UnsupportedTaskError,
 )
@@ -33,6 +34,8 @@ from shared.generation import (
     GenerateRequest,
     GenerateResult,
     SamplingParams,
+    ScoreRequest,
+    ScoreResult,
 )
 from shared.model_types import ModelType, Task
 from shared.settings import DEFAULTS, Quantization
@@ -41,15 +44,23 @@ from worker.model.batching import Job, Scheduler
 from worker.model.cleaning import stop_strings
 from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
+from worker.model.grammar_limits import GrammarLimits
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
-from worker.model.prompt_ids import prompt_of
+from worker.model.prompt_ids import prompt_of, prompt_tokens
 from worker.model.reply import Plan, Reply, TextStream, deliver
 from worker.model.sampling import TokenSampler, resolve_params
+from worker.model.scoring import Scorer
 from worker.model.tool_calls import ToolFormat, tool_format_of
 
 logger = logging.getLogger(__name__)
 
+_A_TASK = {
+    Task.CHAT: "a chat",
+    Task.SEQ2SEQ: "a seq2seq",
+    Task.EMBEDDING: "an embedding",
+    Task.RERANK: "a rerank",
+}
 # Tool formats whose call markers are special tokens (decoding would drop them).
 _SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3})
 
@@ -67,6 +78,9 @@ class Engine:
         *,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
+        prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
+        grammar_limits: GrammarLimits | None = None,
     ) -> None:
         self._loaded: Loaded | None = loaded
         self._model_type = model_type
@@ -86,13 +100,26 @@ class Engine:
             if model_type.task is Task.EMBEDDING
             else None
         )
+        self._scorer = (
+            Scorer(loaded.model, loaded.tokenizer, context_length=loaded.context_length)
+            if model_type.task is Task.RERANK
+            else None
+        )
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
+        self._grammar_limits = grammar_limits or GrammarLimits()
         self._scheduler = (
             None
-            if model_type.task is Task.EMBEDDING
-            else _scheduler(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+            if model_type.task in (Task.EMBEDDING, Task.RERANK)
+            else _scheduler(
+                loaded,
+                model_type,
+                max_batch=max_batch,
+                max_queue=max_queue,
+                prefix_cache_tokens=prefix_cache_tokens,
+                prefill_chunk_tokens=prefill_chunk_tokens,
+            )
         )
 
     @classmethod
@@ -105,9 +132,20 @@ class Engine:
         device: str = DEFAULTS.device_map,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
+        prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
+        grammar_limits: GrammarLimits | None = None,
     ) -> Engine:
         loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
-        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+        return cls(
+            loaded,
+            model_type,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            prefix_cache_tokens=prefix_cache_tokens,
+            prefill_chunk_tokens=prefill_chunk_tokens,
+            grammar_limits=grammar_limits,
+        )
 
     @property
     def info(self) -> EngineInfo:
@@ -164,17 +202,22 @@ class Engine:
         loaded = self._require_loaded()
         scheduler = self._scheduler
         if scheduler is None:
+            route = "/v1/embeddings" if self._model_type.task is Task.EMBEDDING else "/v1/rerank or /v1/score"
             raise UnsupportedTaskError(
-                f"{self._model_type.name} is an embedding model; it cannot generate text "
-                "(use /v1/embeddings)",
+                f"{self._model_type.name} is {_A_TASK[self._model_type.task]} model; it cannot generate text "
+                f"(use {route})",
                 param="model",
             )
         plan = self._plan(loaded, req, defaults)
         reply = Reply(self._model_type, loaded.tokenizer, plan, started)
         grammars = grammar = None
         if req.constraint is not None:
+            self._grammar_limits.check(req.constraint)  # a bomb is refused before any grammar work
             grammars = self._grammars_for(loaded)
-            grammar = grammars.row(req.constraint, plan.max_new_tokens)
+            # A forced tool call that can't fit max_tokens is cut there (finish_reason "length", no
+            # complete call) as OpenAI answers it; other constraints that can't fit are a 400.
+            forced_call = plan.tool_parsing in ("calls", "arguments")
+            grammar = grammars.row(req.constraint, _UNBOUNDED if forced_call else plan.max_new_tokens)
         job = Job(
             prompt_ids=plan.prompt_ids,
             sampler=TokenSampler(plan.params, device=loaded.device),
@@ -210,6 +253,40 @@ class Engine:
             self._require_loaded()
             return self._embedder.embed(req)
 
+    def score(self, req: ScoreRequest) -> ScoreResult:
+        self._require_loaded()
+        if self._scorer is None:
+            raise UnsupportedTaskError(
+                f"{self._model_type.name} is {_A_TASK[self._model_type.task]} model; it does not rank "
+                "documents (use a cross-encoder reranker such as a bge-reranker or ms-marco MiniLM)",
+                param="model",
+            )
+        with self._lock:
+            self._require_loaded()
+            return self._scorer.score(req)
+
+    def tokenize(
+        self, req: GenerateRequest, *, generation_prompt: bool, special_tokens: bool | None
+    ) -> list[int]:
+        """`req`'s prompt as token ids (worker/model/prompt_ids.py's `prompt_tokens`)."""
+        loaded = self._require_loaded()
+        fmt = self._model_type.prompt_format
+        return prompt_tokens(
+            loaded.tokenizer, req, fmt, self._tool_format,
+            generation_prompt=generation_prompt, special_tokens=special_tokens,
+        )  # fmt: skip
+
+    def detokenize(self, ids: list[int]) -> str:
+        tokenizer = self._require_loaded().tokenizer
+        bad = [i for i in ids if not 0 <= i < len(tokenizer)]
+        if bad:
+            raise InvalidRequestError(
+                f"token id {bad[0]} is outside this model's vocabulary (0..{len(tokenizer) - 1})",
+                param="tokens",
+            )
+        text: str = tokenizer.decode(ids)
+        return text
+
     def close(self) -> None:
         """Drop the model; later calls raise ModelNotLoadedError. Waits for the running requests."""
         if self._scheduler is not None:
@@ -217,6 +294,9 @@ class Engine:
         with self._lock:
             self._loaded = None
             self._embedder = None
+            self._scorer = None
+            if self._grammars is not None:
+                self._grammars.close()
 
     def _require_loaded(self) -> Loaded:
         if self._loaded is None:
@@ -242,7 +322,9 @@ class Engine:
         stops = stop_strings(self._model_type, params.stop, chat=chat)
         # vLLM's ignore_eos (not for a constrained output: its grammar's end is an end of sequence).
         eos = frozenset() if params.ignore_eos and req.constraint is None else self._eos_ids
-        extra_stops = _in_vocabulary(params.stop_token_ids, tokenizer)
+        size = _vocab_size(loaded)
+        extra_stops = frozenset(_in_vocabulary(params.stop_token_ids, size, "stop_token_ids"))
+        _in_vocabulary(list(params.logit_bias or ()), size, "logit_bias")
         parsing = req.tools.parsing if req.tools is not None else "none"
         wants_vocab = req.logprobs is not None
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
@@ -271,18 +353,23 @@ class Engine:
         """The model's grammar machinery (token bytes too), built once at first need."""
         with self._lock:
             if self._grammars is None:
-                configured = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
-                vocab_size = max(configured, len(loaded.tokenizer))
-                self._grammars = Grammars(loaded.tokenizer, vocab_size=vocab_size, stop_ids=self._eos_ids)
+                self._grammars = Grammars(
+                    loaded.tokenizer,
+                    vocab_size=_vocab_size(loaded),
+                    stop_ids=self._eos_ids,
+                    limits=self._grammar_limits,
+                )
             return self._grammars
 
 
-
-def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int) -> Scheduler:
+def _scheduler(
+    loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int, **caching: int
+) -> Scheduler:
     scheduler = Scheduler(
         loaded.model,
         max_batch=max_batch,
         max_queue=max_queue,
+        **caching,
         seq2seq=model_type.task is Task.SEQ2SEQ,
         pad_id=_pad_id(loaded.tokenizer),
     )
@@ -297,10 +384,24 @@ def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_que
     return scheduler
 
 
-def _in_vocabulary(ids: list[int] | None, tokenizer: Any) -> frozenset[int]:
-    """vLLM's stop_token_ids that the model can produce (others could never stop anything)."""
-    size = len(tokenizer)
-    return frozenset(i for i in ids or () if 0 <= i < size)
+# A budget no grammar's shortest output exceeds: the row is then only cut by the real one.
+_UNBOUNDED = 1 << 30
+
+
+def _vocab_size(loaded: Loaded) -> int:
+    """The ids the model can produce: its logits' width (padded vocabularies) or its tokenizer's."""
+    configured = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
+    return max(configured, len(loaded.tokenizer))
+
+
+def _in_vocabulary(ids: list[int] | None, size: int, param: str) -> list[int]:
+    """`ids`, each checked to be a token id of the model (a 400 naming `param` otherwise)."""
+    for i in ids or ():
+        if not 0 <= i < size:
+            raise InvalidRequestError(
+                f"{param} holds token id {i}, outside the model's vocabulary (0 to {size - 1})", param=param
+            )
+    return list(ids or ())
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -16,20 +16,27 @@ allowed token) takes from the current state to a point where the grammar may end
 would break it is taken back and the closing policy's token used instead, so a strict output always
 ends complete, with finish reason "stop". A grammar whose `need` at the start can't fit the budget
 is a 400 before anything runs.
+
+A client's grammar is bounded before it is built (worker/model/grammar_limits.py), compiled first in
+a child process with a deadline and a memory cap (worker/model/grammar_probe.py), and kept in an LRU
+bounded in bytes (worker/model/grammar_cache.py); refusals are cached too, so a repeated bomb costs
+nothing.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from functools import lru_cache
+import threading
 from typing import Any
 
 import torch
 import xgrammar as xg
 
-from shared.errors import InvalidRequestError
+from shared.errors import InvalidRequestError, OverloadedError
 from shared.generation import Constraint
+from worker.model.grammar_cache import SizedLru
+from worker.model.grammar_limits import GrammarLimits
+from worker.model.grammar_probe import GrammarProbe, ProbeFailed, compile_constraint
 
 # Single characters the closing policy tries, cheapest ending first.
 _CLOSERS = ('"', "}", "]", "0", ",", "t", "f", "n", "[", "{", "a", "1")
@@ -37,19 +44,37 @@ _CLOSERS = ('"', "}", "]", "0", ",", "t", "f", "n", "[", "{", "a", "1")
 _REFRESH = 8
 _MIN_JUMP = 16
 _XGRAMMAR_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:\d+: ")
+# A refusal's cached size: its message and key are small; what matters is that they are bounded too.
+_REFUSAL_BYTES = 1024
 
 
 class Grammars:
-    """One model's grammar machinery: its tokenizer's info, a compile cache, the closing tables."""
+    """One model's grammar machinery: its tokenizer's info, the compile box and cache, the closing
+    tables."""
 
-    def __init__(self, tokenizer: Any, *, vocab_size: int, stop_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        vocab_size: int,
+        stop_ids: frozenset[int],
+        limits: GrammarLimits | None = None,
+    ) -> None:
+        self.limits = limits or GrammarLimits()
         self.vocab_size = vocab_size
         self.stop_ids = sorted(stop_ids)
         info = xg.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_ids
         )
         self._compiler = xg.GrammarCompiler(info, max_threads=1, cache_enabled=False)
-        self._compile = lru_cache(maxsize=256)(self._compile_uncached)
+        self._cache: SizedLru[xg.CompiledGrammar | str] = SizedLru(self.limits.cache_bytes)
+        self._probe = GrammarProbe(
+            info.serialize_json(),
+            timeout_s=self.limits.compile_timeout_s,
+            memory_bytes=self.limits.compile_memory_bytes,
+        )
+        self._compiling = threading.Lock()
+        self._probe.start()  # the child imports xgrammar for seconds: before any deadline counts
         specials = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
         # Special tokens decode to nothing (or end the turn): never inside a constrained output.
         self.banned = torch.tensor(sorted(i for i in specials - stop_ids if i < vocab_size), dtype=torch.long)
@@ -57,28 +82,56 @@ class Grammars:
         self.closer = _Closer(self.vocab, specials, vocab_size)
 
     def compile(self, constraint: Constraint) -> xg.CompiledGrammar:
-        """The compiled grammar (cached per constraint); a 400 naming what xgrammar can't take."""
-        try:
-            return self._compile(
-                constraint.kind, constraint.schema, constraint.regex, tuple(constraint.choices or ())
-            )
-        except (RuntimeError, ValueError, xg.InvalidJSONError) as exc:
-            message = _XGRAMMAR_PREFIX.sub("", str(exc).strip())
+        """The compiled grammar (cached per constraint); a 400 naming what xgrammar can't take, or
+        that crashed it or ran past its deadline or memory in the compile box."""
+        key = (constraint.kind, constraint.schema, constraint.regex, tuple(constraint.choices or ()))
+        cached = self._cache.get(key)
+        if cached is None:
+            # One compile at a time, so requests that bring the same new grammar compile it once;
+            # the one before may be a bomb that runs to the deadline.
+            if not self._compiling.acquire(timeout=2 * self.limits.compile_timeout_s):
+                raise OverloadedError("the grammar compiler is busy with other requests; retry later")
+            try:
+                cached = self._cache.get(key)
+                if cached is None:
+                    cached = self._compile_boxed(constraint, key)
+            finally:
+                self._compiling.release()
+        if isinstance(cached, str):
             raise InvalidRequestError(
-                f"the {_what(constraint)} can't be used for constrained decoding: {message}",
-                param="response_format",
-            ) from exc
+                f"the {_what(constraint)} can't be used for constrained decoding: {cached}",
+                param=constraint.param,
+            )
+        return cached
+
+    def close(self) -> None:
+        self._probe.close()
+
+    def _compile_boxed(self, constraint: Constraint, key: tuple[Any, ...]) -> xg.CompiledGrammar | str:
+        try:
+            if constraint.schema is not None or constraint.kind != "json":  # not the built-in any-object
+                self._probe.check(constraint, _what(constraint))
+            compiled = compile_constraint(self._compiler, *key)
+        except (ProbeFailed, RuntimeError, ValueError, xg.InvalidJSONError) as exc:
+            refusal = _XGRAMMAR_PREFIX.sub("", str(exc).strip())
+            self._cache.put(key, refusal, _REFUSAL_BYTES)
+            return refusal
+        self._cache.put(key, compiled, int(compiled.memory_size_bytes))
+        return compiled
 
     def row(self, constraint: Constraint, budget: int) -> RowGrammar:
         """A row's matcher; a 400 when the shortest output the grammar allows can't fit `budget`.
-        A non-strict JSON schema the engine can't compile falls back to any JSON object."""
+        A non-strict JSON schema the engine can't compile falls back to any JSON object; one past
+        the limits is a 400 either way."""
+        self.limits.check(constraint)
+        self.limits.check_budget(constraint, budget, self.closer.longest)
         try:
             compiled = self.compile(constraint)
         except InvalidRequestError:
             if constraint.strict or constraint.kind != "json":
                 raise
             compiled = self.compile(Constraint(kind="json"))  # best effort: any JSON object
-        row = RowGrammar(self, compiled)
+        row = RowGrammar(self, compiled, limit=budget)
         if row.need + 1 > budget:
             raise InvalidRequestError(
                 f"the shortest output the {_what(constraint)} allows needs {row.need + 1} tokens "
@@ -108,29 +161,15 @@ class Grammars:
             xg.apply_token_bitmask_inplace(logits[:, :width], allowed, indices=dead.tolist())
             logits[dead, width:] = float("-inf")
 
-    def _compile_uncached(
-        self, kind: str, schema: str | None, regex: str | None, choices: tuple[str, ...]
-    ) -> xg.CompiledGrammar:
-        if kind == "json" and schema is None:  # json_object: any object
-            return self._compiler.compile_json_schema(
-                '{"type": "object"}', any_whitespace=False, strict_mode=False
-            )
-        if kind == "json" and schema is not None:
-            return self._compiler.compile_json_schema(schema, any_whitespace=False)
-        if kind == "regex" and regex is not None:
-            return self._compiler.compile_regex(regex)
-        if kind == "choice" and choices:
-            return self._compiler.compile_grammar("root ::= " + " | ".join(json.dumps(c) for c in choices))
-        raise ValueError(f"a {kind} constraint needs its {'regex' if kind == 'regex' else 'choices'}")
-
 
 class RowGrammar:
     """One request's grammar state: what it allows next, and how many tokens it needs to end."""
 
-    def __init__(self, grammars: Grammars, compiled: xg.CompiledGrammar) -> None:
+    def __init__(self, grammars: Grammars, compiled: xg.CompiledGrammar, *, limit: int) -> None:
         self._grammars = grammars
         self.matcher = xg.GrammarMatcher(compiled)
-        self.need = grammars.closer.need(self.matcher, limit=1 << 16)
+        # Counted up to the budget only: past it the request is refused anyway.
+        self.need = grammars.closer.need(self.matcher, limit=limit)
         # How much one token may raise `need` (opening the largest required structure, roughly).
         self._jump = max(_MIN_JUMP, self.need)
         self._steps = self._unchecked = 0
@@ -183,7 +222,7 @@ class _Closer:
         for i, text in enumerate(vocab[:vocab_size]):
             if text and i not in specials:
                 self._by_bytes.setdefault(text, i)
-        self._longest = max((len(b) for b in self._by_bytes), default=1)
+        self.longest = max((len(b) for b in self._by_bytes), default=1)
         self._closers = [self._by_bytes[c.encode()] for c in _CLOSERS if c.encode() in self._by_bytes]
         blank = [not text.strip() or i in specials for i, text in enumerate(vocab[:vocab_size])]
         blank += [True] * (vocab_size - len(blank))
@@ -210,7 +249,7 @@ class _Closer:
             if matcher.accept_token(stop):
                 return int(stop)
         ahead = _jump_forward(matcher)
-        for n in range(min(len(ahead), self._longest), 0, -1):
+        for n in range(min(len(ahead), self.longest), 0, -1):
             token = self._by_bytes.get(ahead[:n])
             if token is not None and matcher.accept_token(token):
                 return token

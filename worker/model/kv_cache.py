@@ -16,10 +16,14 @@ differ from their lone ones). Both return logits; choosing tokens is the schedul
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+# A row's layers as a prefill left them: (row index, keys, values), each [1, heads, columns, dim].
+RowKV = Callable[[int, list[torch.Tensor], list[torch.Tensor]], None]
 
 
 class PaddedBatch:
@@ -36,16 +40,32 @@ class PaddedBatch:
         self.positions = torch.zeros(0, dtype=torch.long, device=self._device)
         self._padded = False
 
-    def join(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Prefill `prompts` together; their rows join the batch. Returns their last logits [k, vocab]."""
+    def join(self, prompts: list[list[int]], *, on_row: RowKV | None = None) -> torch.Tensor:
+        """Prefill `prompts` together; their rows join the batch. Returns their last logits [k, vocab].
+        `on_row(i, keys, values)` gets each row's layers [1, heads, >= its length, dim] (ending with
+        its own tokens) where every layer still holds all of them (a sliding one may not)."""
         width = max(len(p) for p in prompts)
         ids = [[self._pad_id] * (width - len(p)) + p for p in prompts]
         mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
         mask_t = torch.tensor(mask, dtype=torch.long, device=self._device)
         positions = (mask_t.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(torch.tensor(ids, device=self._device), mask_t, positions, cache=None)
+        if on_row is not None:
+            layers = cache_of(out).layers
+            for i, prompt in enumerate(prompts):
+                if all(layer.keys is not None and layer.keys.shape[2] >= len(prompt) for layer in layers):
+                    on_row(
+                        i,
+                        [layer.keys[i : i + 1] for layer in layers],
+                        [layer.values[i : i + 1] for layer in layers],
+                    )
         self._merge(cache_of(out), mask_t, positions[:, -1] + 1)
         return out.logits[:, -1]
+
+    def add(self, cache: Any, length: int) -> None:
+        """A row prefilled on its own (a RowPrefill's finished cache of `length` tokens) joins the batch."""
+        mask = torch.ones(1, length, dtype=torch.long, device=self._device)
+        self._merge(cache, mask, torch.tensor([length], device=self._device))
 
     def step(self, tokens: list[int]) -> torch.Tensor:
         """Feed each row its next token; returns the logits after it [rows, vocab]."""
@@ -104,6 +124,65 @@ class PaddedBatch:
         if cache is not None:
             kwargs[self._cache_kw] = cache
         return self._model(input_ids=ids, **kwargs)
+
+
+class RowPrefill:
+    """One prompt's prefill on a cache of its own, in chunks of the caller's size, after a cached
+    prefix if any; once done, its cache joins a PaddedBatch (`PaddedBatch.add`).
+
+    The cache is the model's own kind (DynamicCache from the config), but its sliding layers record
+    the past: they keep every column during the prefill (the attention still sees only the window,
+    from the mask sizes), so that the whole prompt's keys and values can be kept for later prompts;
+    `finish` trims them to their window. No pads: no mask, positions from where the chunk starts.
+    """
+
+    def __init__(self, model: Any, prompt_ids: list[int], prefix: tuple[int, list[Any], list[Any]]) -> None:
+        from transformers.cache_utils import DynamicCache
+
+        self._model = model
+        self._device, self._cache_kw, self._keep = calling(model)
+        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        self.prompt = prompt_ids
+        cache: Any = DynamicCache(config=model.config)
+        for layer in cache.layers:
+            if _sliding(layer):
+                layer.activate_past_recording()
+        self.cached, keys, values = prefix
+        for layer, k, v in zip(cache.layers, keys, values, strict=False):
+            layer.update(k, v)
+        self.cache = cache
+        self.done = self.cached
+
+    @property
+    def remaining(self) -> int:
+        return len(self.prompt) - self.done
+
+    def advance(self, tokens: int) -> torch.Tensor | None:
+        """Prefill up to `tokens` more of the prompt; the last token's logits [1, vocab] once all is done."""
+        end = min(len(self.prompt), self.done + tokens)
+        ids = torch.tensor([self.prompt[self.done : end]], dtype=torch.long, device=self._device)
+        kwargs: dict[str, Any] = {**self._keep, "use_cache": True, self._cache_kw: self.cache}
+        if self._takes_positions:
+            kwargs["position_ids"] = torch.arange(self.done, end, device=self._device)[None]
+        out = self._model(input_ids=ids, **kwargs)
+        self.done = end
+        return out.logits[:, -1] if end == len(self.prompt) else None
+
+    def layers_kv(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Every layer's keys and values of the whole prompt (None: some layer holds none of its own)."""
+        layers = self.cache.layers
+        if any(getattr(layer, "keys", None) is None or layer.keys.shape[2] != self.done for layer in layers):
+            return None
+        return [layer.keys for layer in layers], [layer.values for layer in layers]
+
+    def finish(self) -> Any:
+        """The prefilled cache as a batch holds it: sliding layers trimmed to their window."""
+        for layer in self.cache.layers:
+            if _sliding(layer):
+                layer.record_past = False
+                layer.keys = layer.keys[:, :, -layer.sliding_window + 1 :]
+                layer.values = layer.values[:, :, -layer.sliding_window + 1 :]
+        return self.cache
 
 
 class Solo:
@@ -178,6 +257,38 @@ def can_batch(model: Any, pad_id: int) -> bool:
                 if float((got[row] - want[0]).abs().max()) > tolerance:
                     return False
     return True
+
+
+def can_prefill_alone(model: Any, pad_id: int) -> bool:
+    """Whether a RowPrefill in chunks, from a stored prefix, gives a batched prefill's logits (the
+    load-time check of chunked prefill and prefix caching, as `can_batch` is of batching)."""
+    prompt = [5, 6, 7, 8, 9, 10, 11]
+    try:
+        with torch.inference_mode():
+            want = PaddedBatch(model, pad_id).join([prompt])[0]
+            first = RowPrefill(model, prompt[:4], (0, [], []))
+            first.advance(4)
+            kv = first.layers_kv()
+            if kv is None:
+                return False
+            row = RowPrefill(model, prompt, (4, *kv))
+            row.advance(2)
+            got = row.advance(2)
+    except Exception:  # a cache this path cannot build or feed
+        return False
+    if got is None:
+        return False
+    tolerance = max(1e-3, 8 * torch.finfo(want.dtype).eps) * (float(want.abs().max()) + 1e-6)
+    return float((got[0] - want).abs().max()) <= tolerance
+
+
+def join_keeps(model: Any) -> int | None:
+    """The longest prompt whose every column a batched prefill's cache keeps (sliding layers keep
+    their window less one); None: no limit."""
+    from transformers.cache_utils import DynamicCache
+
+    layers: list[Any] = DynamicCache(config=model.config).layers
+    return min((layer.sliding_window - 1 for layer in layers if _sliding(layer)), default=None)
 
 
 def is_int8(model: Any) -> bool:

@@ -166,6 +166,8 @@ def _model_class(task: Task) -> Any:
         return transformers.AutoModelForSeq2SeqLM
     if task is Task.EMBEDDING:
         return transformers.AutoModel
+    if task is Task.RERANK:
+        return transformers.AutoModelForSequenceClassification
     return transformers.AutoModelForCausalLM
 
 

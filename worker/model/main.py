@@ -114,17 +114,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # (DUKAT_MAX_QUEUE) and refuses the rest.
     p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
     p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue)
+    # A request whose queue wait would pass this (DUKAT_FIRST_TOKEN_TIMEOUT_S) is refused instead.
+    p.add_argument("--max-wait-s", type=float, default=DEFAULTS.first_token_timeout_s)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(load_settings().log_level)  # the host's environment, so its DUKAT_LOG_LEVEL
+    settings = load_settings()  # the host's environment: its DUKAT_LOG_LEVEL/LOG_FORMAT, caching settings
+    setup_logging(settings.log_level, settings.log_format, "model_worker")
     die_with_parent()
     local_device = pin_device(args.device, args.threads)
     try:
         from shared.model_types import get_model_type
         from worker.model.engine import Engine
+        from worker.model.grammar_limits import GrammarLimits
 
         load = partial(
             Engine.load,
@@ -133,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             device=local_device,
             max_batch=args.max_batch,
             max_queue=args.max_queue,
+            # DUKAT_PREFIX_CACHE_TOKENS, DUKAT_PREFILL_CHUNK_TOKENS: the host's environment
+            prefix_cache_tokens=settings.prefix_cache_tokens,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            grammar_limits=GrammarLimits.of(settings),
         )
         try:
             engine = load(quantization=args.quantization)
@@ -155,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
     info = WorkerInfo(**engine_facts, model_id=args.model_id, pid=os.getpid())
 
-    token = load_settings().internal_token  # inherited from the host's environment, never on argv
+    token = settings.internal_token  # inherited from the host's environment, never on argv
     server = WorkerServer(
         engine,
         info,
         max_pending=args.max_batch + args.max_queue,  # what the engine takes before it refuses
         max_batch=args.max_batch,
+        max_wait_s=args.max_wait_s,
         drain_s=args.drain_s,
         token=token,
     )

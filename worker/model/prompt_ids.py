@@ -33,8 +33,33 @@ def prompt_of(tokenizer: Any, req: GenerateRequest, fmt: PromptFormat, tool_form
     return Prompt(text, chat, _tokenize(tokenizer, text))
 
 
+def prompt_tokens(
+    tokenizer: Any,
+    req: GenerateRequest,
+    fmt: PromptFormat,
+    tool_format: ToolFormat,
+    *,
+    generation_prompt: bool = True,
+    special_tokens: bool | None = None,
+) -> list[int]:
+    """The token ids of `req`'s prompt (/tokenize, count_tokens): as `prompt_of` makes them, or with
+    the generation prompt left off the chat template's rendering and special tokens added or not."""
+    if req.prompt_ids is not None:
+        return _checked_ids(req.prompt_ids, len(tokenizer))
+    text, _ = _prompt_text(tokenizer, req, fmt, tool_format, generation_prompt=generation_prompt)
+    if special_tokens is None:
+        return _tokenize(tokenizer, text)
+    ids: list[int] = tokenizer(text, add_special_tokens=special_tokens).input_ids
+    return ids
+
+
 def _prompt_text(
-    tokenizer: Any, req: GenerateRequest, fmt: PromptFormat, tool_format: ToolFormat
+    tokenizer: Any,
+    req: GenerateRequest,
+    fmt: PromptFormat,
+    tool_format: ToolFormat,
+    *,
+    generation_prompt: bool = True,
 ) -> tuple[str, bool]:
     if req.messages is not None:
         if req.prompt is not None:
@@ -43,7 +68,7 @@ def _prompt_text(
         if getattr(tokenizer, "chat_template", None):
             native = tools is not None and tool_format is not ToolFormat.GENERIC
             messages = template_messages(req.messages, fmt, tools=tools, native_tools=native)
-            return _apply_template(tokenizer, messages, tools if native else None), True
+            return _apply_template(tokenizer, messages, tools if native else None, generation_prompt), True
         return render_fallback(req.messages, fmt, tools=tools), True
     if req.prompt is None:
         raise InvalidRequestError("either messages or prompt is required", param="messages")
@@ -53,13 +78,16 @@ def _prompt_text(
 
 
 def _apply_template(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    generation_prompt: bool = True,
 ) -> str:
     import jinja2
 
     try:
         text: str = tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=True
+            messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
         )
     except jinja2.TemplateError as exc:  # the template's raise_exception(...): a bad conversation
         raise InvalidRequestError(

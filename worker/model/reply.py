@@ -113,6 +113,7 @@ class Reply:
         prompt_tokens = len(self.plan.prompt_ids)
         text = self.tools.content if self.tools.active else scanner.text
         result = _result(text, finish, prompt_tokens, self.count, self.started, acquired, self.first)
+        result.cached_tokens = self.job.cached_tokens
         if calls:
             result.tool_calls, result.finish_reason = calls, "tool_calls"
         plan = self.plan

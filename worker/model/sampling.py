@@ -67,6 +67,12 @@ class TokenSampler:
         self._generator.manual_seed(self.seed & _SEED_MASK)  # any int, negative too
         self._device = device
         self._processors = self._chain()
+        # OpenAI's logit_bias and presence/frequency penalties: applied to the logits first (so the
+        # others see them); the penalties count generated tokens only, as OpenAI's do.
+        self._bias = dict(params.logit_bias or {})
+        self.presence_penalty = float(params.presence_penalty or 0.0)
+        self.frequency_penalty = float(params.frequency_penalty or 0.0)
+        self._generated: dict[int, int] = {}
         # Tokens seen so far, for the repetition penalty (prompt included in causal models, as
         # transformers does): ids not yet placed in the buffer (whose width is the vocabulary's,
         # known at the first logits: padded vocabularies differ), then the buffer and its fill.
@@ -90,9 +96,15 @@ class TokenSampler:
     @property
     def plain_greedy(self) -> bool:
         """The choice is the argmax of the logits as they are (a batch takes it for all rows at once)."""
-        return self.temperature == 0.0 and self.repetition_penalty == 1.0
+        return self.temperature == 0.0 and self.repetition_penalty == 1.0 and not self._adjusts
 
-    def observe(self, token_ids: list[int] | int) -> None:
+    @property
+    def _adjusts(self) -> bool:
+        return bool(self._bias) or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    def observe(self, token_ids: list[int] | int, *, generated: bool = False) -> None:
+        if generated and isinstance(token_ids, int) and (self.presence_penalty or self.frequency_penalty):
+            self._generated[token_ids] = self._generated.get(token_ids, 0) + 1
         if self.repetition_penalty == 1.0:
             return
         if isinstance(token_ids, int):
@@ -103,6 +115,8 @@ class TokenSampler:
     def choose(self, logits: torch.Tensor) -> int:
         """The next token id from one row of logits (shape [vocab])."""
         scores = logits.float()[None]
+        if self._adjusts:
+            scores = self._adjusted(scores)
         seen = self._seen_ids(scores.shape[-1]) if self.repetition_penalty != 1.0 else self._seen
         for processor in self._processors:
             scores = processor(seen, scores)
@@ -110,6 +124,21 @@ class TokenSampler:
             return int(scores.argmax())
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    def _adjusted(self, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` [1, vocab] plus the logit bias, minus the presence and frequency penalties."""
+        scores = scores.clone()
+        width = scores.shape[-1]
+        bias = {i: b for i, b in self._bias.items() if 0 <= i < width}
+        if bias:
+            index = torch.tensor(list(bias), dtype=torch.long, device=scores.device)
+            scores[0, index] += torch.tensor(list(bias.values()), dtype=scores.dtype, device=scores.device)
+        counts = {i: n for i, n in self._generated.items() if 0 <= i < width}
+        if counts:
+            index = torch.tensor(list(counts), dtype=torch.long, device=scores.device)
+            n = torch.tensor(list(counts.values()), dtype=scores.dtype, device=scores.device)
+            scores[0, index] -= self.presence_penalty + self.frequency_penalty * n
+        return scores
 
     def _seen_ids(self, vocab: int) -> torch.Tensor:
         """The seen ids [1, n] as the repetition penalty reads them (ids past the vocabulary dropped)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +18,14 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, WorkerFailedError
-from shared.generation import EmbedRequest, EmbedResult, GenerateResult
+from shared.generation import EmbedRequest, EmbedResult, GenerateResult, ScoreRequest, ScoreResult
 from shared.wire import (
     Accepted,
     Admit,
     Admitted,
     Cancel,
     Delta,
+    Detokenize,
     Embed,
     Embedding,
     Error,
@@ -32,6 +34,11 @@ from shared.wire import (
     Ping,
     Pong,
     Result,
+    Score,
+    Scores,
+    Text,
+    Tokenize,
+    Tokens,
     WorkerInfo,
     WorkerLoad,
     encode_frame,
@@ -47,6 +54,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Before the token: a Hello is a few hundred bytes, and the gateway sends it as soon as it connects.
+_HELLO_MAX_BYTES = 4096
+_HANDSHAKE_S = 10.0
+
 class WorkerServer:
     """Serves one engine to any number of connections; requests are multiplexed by id."""
 
@@ -56,6 +67,7 @@ class WorkerServer:
         info: WorkerInfo,
         *,
         max_pending: int,
+        max_wait_s: float = math.inf,
         max_batch: int,
         drain_s: float = 0.0,
         token: str | None = None,
@@ -63,7 +75,9 @@ class WorkerServer:
         self.engine = engine
         self.token = token.encode() if token else None
         self.info = info
-        self.places = Admission(info.model_id, max_pending=max_pending, max_batch=max_batch)
+        self.places = Admission(
+            info.model_id, max_pending=max_pending, max_batch=max_batch, max_wait_s=max_wait_s
+        )
         self.finished = 0
         self.cancelled = 0  # finished because the caller went away
         self.drain_s = drain_s
@@ -98,7 +112,11 @@ class WorkerServer:
                         writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
                     case Hello():
                         pass
-                    case Generate() | Embed():
+                    case Tokenize() | Detokenize():
+                        task = asyncio.create_task(self._answer(frame, writer))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    case Generate() | Embed() | Score():
                         writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
                         ticket = _ticket_of(frame, tickets)
@@ -118,8 +136,13 @@ class WorkerServer:
             writer.close()
 
     async def _welcome(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        """The connection's first frame must be a Hello with the internal token."""
-        payload = await read_frame(reader)
+        """The connection's first frame must be a Hello with the internal token: small, and within
+        the handshake deadline (silent, trickling or 64 MiB pre-token connections stayed open, +380 MB)."""
+        try:
+            payload = await asyncio.wait_for(read_frame(reader, max_size=_HELLO_MAX_BYTES), _HANDSHAKE_S)
+        except TimeoutError:
+            log.warning("a connection sent no token within %g s; closing it", _HANDSHAKE_S)
+            return False
         frame = to_worker_decoder.decode(payload) if payload is not None else None
         given = frame.token.encode() if isinstance(frame, Hello) else b""
         if hmac.compare_digest(given, self.token or b""):
@@ -147,7 +170,7 @@ class WorkerServer:
 
     async def _serve(
         self,
-        frame: Generate | Embed,
+        frame: Generate | Embed | Score,
         ticket: Ticket | None,
         cancels: dict[int, threading.Event],
         writer: asyncio.StreamWriter,
@@ -169,10 +192,41 @@ class WorkerServer:
         except DukatError as exc:
             writer.write(encode_frame(Error.of(rid, exc)))
         except Exception as exc:
-            log.exception("request %s (rid=%s) failed", rid, frame.request.request_id)
+            log.exception(
+                "request %s (rid=%s) failed", rid, frame.request.request_id,
+                extra={"request_id": frame.request.request_id},
+            )  # fmt: skip
             writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
         finally:
             cancels.pop(rid, None)
+
+    async def _answer(self, frame: Tokenize | Detokenize, writer: asyncio.StreamWriter) -> None:
+        """Text <-> token ids: quick, so outside the generation queue (in a thread: a long prompt)."""
+        loop = asyncio.get_running_loop()
+        try:
+            reply: Tokens | Text
+            if isinstance(frame, Tokenize):
+                tokenize = partial(
+                    self.engine.tokenize,
+                    frame.request,
+                    generation_prompt=frame.add_generation_prompt,
+                    special_tokens=frame.add_special_tokens,
+                )
+                ids = await loop.run_in_executor(self.executor, tokenize)
+                reply = Tokens(id=frame.id, tokens=ids, max_model_len=self.info.context_length)
+            else:
+                text = await loop.run_in_executor(self.executor, self.engine.detokenize, frame.tokens)
+                reply = Text(id=frame.id, text=text)
+        except DukatError as exc:
+            writer.write(encode_frame(Error.of(frame.id, exc)))
+            return
+        except Exception as exc:
+            log.exception("request %s (%s) failed", frame.id, type(frame).__name__)
+            writer.write(
+                encode_frame(Error.of(frame.id, InternalError(f"worker error: {type(exc).__name__}")))
+            )
+            return
+        writer.write(encode_frame(reply))
 
     def load(self) -> WorkerLoad:
         idle = 0.0 if self.pending else time.monotonic() - self.last_done
@@ -185,10 +239,15 @@ class WorkerServer:
         )
 
     async def _run(
-        self, frame: Generate | Embed, cancel: threading.Event, writer: asyncio.StreamWriter
+        self, frame: Generate | Embed | Score, cancel: threading.Event, writer: asyncio.StreamWriter
     ) -> None:
         loop = asyncio.get_running_loop()
         rid = frame.id
+        if isinstance(frame, Score):  # one forward pass at a time, on the embeddings' thread
+            scored = await loop.run_in_executor(self.embedder, self._score, frame.request, cancel)
+            if scored is not None:
+                writer.write(encode_frame(Scores(id=rid, result=scored)))
+            return
         if isinstance(frame, Embed):
             embedded = await loop.run_in_executor(self.embedder, self._embed, frame.request, cancel)
             if embedded is not None:
@@ -234,13 +293,16 @@ class WorkerServer:
         # Cancelled while it waited for a thread: nobody reads the vectors, don't make them.
         return None if cancel.is_set() else self.engine.embed(request)
 
+    def _score(self, request: ScoreRequest, cancel: threading.Event) -> ScoreResult | None:
+        return None if cancel.is_set() else self.engine.score(request)
+
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
         if self.outbox is None or self.outbox.loop is not loop:
             self.outbox = Outbox(loop)
         return self.outbox
 
 
-def _ticket_of(frame: Generate | Embed, tickets: dict[int, Ticket]) -> Ticket | None:
+def _ticket_of(frame: Generate | Embed | Score, tickets: dict[int, Ticket]) -> Ticket | None:
     """The group whose held place `frame` takes (None: it needs a free place of its own)."""
     if not isinstance(frame, Generate) or frame.ticket is None:
         return None

@@ -72,6 +72,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{/* The gateway's DUKAT_WORKER_HOSTS: every worker host pod's stable URL, one per replica. */}}
 {{- define "dukat.workerHostURLs" -}}
 {{- $replicas := int .Values.workerHost.replicas -}}
+{{- if .Values.workerHost.keda.enabled -}}
+{{- /* Every host KEDA may start: the ones not running answer nothing and count as down. */ -}}
+{{- $replicas = int .Values.workerHost.keda.maxReplicaCount -}}
+{{- end -}}
 {{- if lt $replicas 1 -}}
 {{- fail "workerHost.replicas must be at least 1: a gateway with no worker hosts would start a local one in its own pod" -}}
 {{- end -}}

@@ -10,6 +10,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
+import xgrammar
+from pydantic import BaseModel, Field
 
 from shared.errors import InvalidRequestError
 from shared.generation import Constraint
@@ -78,6 +80,62 @@ def test_strict_schema_output_is_valid_for_every_seed_within_the_budget(grammars
     for seed in range(12):
         text = random_model_output(book, tokenizer, constraint, budget, seed)
         jsonschema.validate(json.loads(text), SCHEMA)
+
+
+class Pet(BaseModel):
+    kind: str = Field(min_length=2, max_length=8)
+    legs: int
+
+
+class Owner(BaseModel):
+    name: str = Field(min_length=3)
+    pets: list[Pet]
+    best: Pet | None = None
+
+
+BOUNDED = {
+    "min_length": {"type": "string", "minLength": 3},
+    "max_length": {"type": "string", "maxLength": 3},
+    "both_bounds": {"type": "string", "minLength": 2, "maxLength": 6},
+    "long_bound": {"type": "string", "maxLength": 5000},
+    "array_of_bounded": {"type": "array", "items": {"type": "string", "maxLength": 4}, "minItems": 2},
+    "pattern": {"type": "string", "pattern": "^[a-z]+[0-9]?$"},
+    "refs_and_all_of": {
+        "$defs": {"Tag": {"type": "string", "minLength": 1, "maxLength": 5}},
+        "allOf": [{"type": "object", "properties": {"t": {"$ref": "#/$defs/Tag"}}, "required": ["t"]}],
+    },
+    "all_of_beside_properties": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "allOf": [
+            {"properties": {"b": {"type": "string", "maxLength": 2}}, "required": ["b"]},
+            {"required": ["a"]},
+        ],
+    },
+    "pydantic_nested": Owner.model_json_schema(),
+}
+
+
+@pytest.mark.parametrize("schema", BOUNDED.values(), ids=BOUNDED.keys())
+def test_every_string_is_json_whatever_its_bounds(grammars, schema: dict[str, object]) -> None:
+    """xgrammar's own bounded strings allow raw control characters; every seed must parse."""
+    book, tokenizer = grammars
+    constraint = Constraint(kind="json", schema=json.dumps(schema))
+    for seed in range(16):
+        text = random_model_output(book, tokenizer, constraint, 96, seed)
+        jsonschema.validate(json.loads(text), schema)
+
+
+def test_bounded_strings_take_escapes_as_one_character_and_no_control_characters(grammars) -> None:
+    book, _ = grammars
+    compiled = book.compile(Constraint(kind="json", schema=json.dumps({"type": "string", "minLength": 2})))
+
+    def takes(text: str) -> bool:
+        matcher = xgrammar.GrammarMatcher(compiled)
+        return bool(matcher.accept_string(text) and matcher.accept_token(book.stop_ids[0]))
+
+    assert takes('"ab"') and takes('"a\\nb"') and takes('"\\u00e9\\""')
+    assert not takes('"a\x01b"') and not takes('"a\tb"') and not takes('"\\u00e9"')
 
 
 def test_json_object_mode_gives_an_object(grammars) -> None:

@@ -171,31 +171,33 @@ async def test_request_errors_come_back_as_error_frames(
 
 
 async def test_a_group_is_admitted_whole_or_refused_whole(worker: tuple[str, int]) -> None:
-    """A request's generations get their places at once (the worker's default: 16 + 64 queued) and
-    keep them; while they are held, others are refused with a Retry-After; given back, served."""
+    """A request's generations get their places at once, at most a batch of them (the worker's
+    default: 16 running + 64 queued), and keep them; others still get places beside the largest
+    group; past the worker's places a group is refused whole with a Retry-After."""
     raw = await _Raw.open(worker[0])
     try:
-        raw.writer.write(encode_frame(Admit(id=1, count=100)))  # larger than the worker: all of it
-        assert await raw.next() == Admitted(id=1, places=80)
-        raw.writer.write(encode_frame(Admit(id=2, count=1)))
+        raw.writer.write(encode_frame(Admit(id=1, count=100)))  # larger than a batch: waves of 16
+        assert await raw.next() == Admitted(id=1, places=16)
+        raw.writer.write(encode_frame(Admit(id=2, count=1)))  # another client gets in beside it
+        assert await raw.next() == Admitted(id=2, places=1)
+        for rid in (3, 4, 5):
+            raw.writer.write(encode_frame(Admit(id=rid, count=16)))
+            assert await raw.next() == Admitted(id=rid, places=16)
+        raw.writer.write(encode_frame(Admit(id=6, count=16)))  # 65 + 16 > 80: none of the 16
         refused = await raw.next()
         assert isinstance(refused, Error) and refused.code == "overloaded" and refused.retry_after
-        raw.writer.write(encode_frame(Cancel(id=1)))  # the group gives its places back
-        raw.writer.write(encode_frame(Admit(id=3, count=79)))
-        assert await raw.next() == Admitted(id=3, places=79)
-        raw.writer.write(encode_frame(Admit(id=4, count=2)))  # 79 + 2 > 80: none of the two
-        assert isinstance(await raw.next(), Error)
-        raw.writer.write(encode_frame(Generate(id=5, request=_request(2), ticket=3)))  # one of the 79
-        assert await raw.next() == Accepted(id=5)
+        raw.writer.write(encode_frame(Admit(id=7, count=15)))
+        assert await raw.next() == Admitted(id=7, places=15)
+        raw.writer.write(encode_frame(Generate(id=8, request=_request(2), ticket=7)))  # one of the 15
+        assert await raw.next() == Accepted(id=8)
         assert isinstance(await raw.next(), Result)
-        raw.writer.write(encode_frame(Generate(id=6, request=_request(2))))  # on its own: the 80th place
-        assert await raw.next() == Accepted(id=6)
-        assert isinstance(await raw.next(), Result)
-        raw.writer.write(encode_frame(Admit(id=7, count=2)))  # the 79 stay with their group
+        raw.writer.write(encode_frame(Admit(id=9, count=1)))  # the 15 stay with their group
         assert isinstance(await raw.next(), Error)
-        raw.writer.write(encode_frame(Cancel(id=3)))
-        raw.writer.write(encode_frame(Admit(id=8, count=80)))
-        assert await raw.next() == Admitted(id=8, places=80)
+        for rid in (1, 2, 3, 4, 5, 7):
+            raw.writer.write(encode_frame(Cancel(id=rid)))
+        for rid in range(10, 15):  # every place is free again: five batches of places
+            raw.writer.write(encode_frame(Admit(id=rid, count=16)))
+            assert await raw.next() == Admitted(id=rid, places=16)
     finally:
         raw.close()  # a closed connection gives back its places too
     fresh = WorkerConnection(worker[0])
@@ -220,8 +222,9 @@ async def test_a_group_whose_generations_come_one_by_one_gives_back_every_place(
             assert await raw.next() == Accepted(id=rid)
             assert isinstance(await raw.next(), Result)
         raw.writer.write(encode_frame(Cancel(id=1)))  # the gateway's release, after its last one
-        raw.writer.write(encode_frame(Admit(id=4, count=80)))
-        assert await raw.next() == Admitted(id=4, places=80)  # every place of the worker is free
+        for rid in range(4, 9):  # every place of the worker is free: five batches of places
+            raw.writer.write(encode_frame(Admit(id=rid, count=16)))
+            assert await raw.next() == Admitted(id=rid, places=16)
     finally:
         raw.close()
 

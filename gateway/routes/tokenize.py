@@ -1,0 +1,35 @@
+"""POST /tokenize and /detokenize (vLLM's), open to inference keys."""
+
+from __future__ import annotations
+
+from litestar import Request, post
+from litestar.datastructures import State
+
+from gateway.auth import INFERENCE
+from gateway.limits import check_model, check_prompt_chars, check_token_count
+from gateway.middleware import request_id_of
+from gateway.schemas.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from shared.generation import message_text
+
+
+@post("/tokenize", status_code=200, opt=INFERENCE, summary="Tokenize a prompt or messages (vLLM)")
+async def tokenize(request: Request, state: State, data: TokenizeRequest) -> TokenizeResponse:
+    check_model(state.manager, data.model)
+    generation = data.generate_request(request_id_of(request.scope))
+    texts = [message_text(m) for m in data.messages or []] + [data.prompt or ""]
+    check_prompt_chars(state.manager.settings, texts, "messages" if data.messages else "prompt")
+    _, found = await state.manager.dispatch.tokenize(
+        data.model,
+        generation,
+        add_generation_prompt=data.add_generation_prompt,
+        add_special_tokens=data.add_special_tokens,
+    )
+    return TokenizeResponse(count=len(found.tokens), max_model_len=found.max_model_len, tokens=found.tokens)
+
+
+@post("/detokenize", status_code=200, opt=INFERENCE, summary="Turn token ids into text (vLLM)")
+async def detokenize(state: State, data: DetokenizeRequest) -> DetokenizeResponse:
+    check_model(state.manager, data.model)
+    check_token_count(state.manager.settings, data.tokens, "tokens")
+    _, text = await state.manager.dispatch.detokenize(data.model, data.tokens)
+    return DetokenizeResponse(prompt=text)
