@@ -3,10 +3,13 @@ ModelManager share. No torch here."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
@@ -15,6 +18,11 @@ FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 class TextPart(Struct, kw_only=True, forbid_unknown_fields=False):
     type: str = "text"
     text: str = ""
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        """For the gateway's OpenAPI document: other part types are refused with a 400."""
+        schema["properties"]["type"] = {"const": "text", "default": "text"}
 
 
 class FunctionCall(Struct, kw_only=True, forbid_unknown_fields=False):
@@ -40,6 +48,18 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=False):
     tool_call_id: str | None = None
     # Legacy (functions API): an assistant turn's one call.
     function_call: FunctionCall | None = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        """For the gateway's OpenAPI document: content is required except on an assistant turn (tool
+        calls) or a tool result (the prompt builder refuses the rest with a 400)."""
+        silent = ["assistant", "tool", "function"]
+        speaking = [r for r in schema["properties"]["role"]["enum"] if r not in silent]
+        schema["anyOf"] = [
+            {"properties": {"role": {"enum": silent}}},
+            {"properties": {"role": {"enum": speaking}, "content": {"not": {"type": "null"}}},
+             "required": ["content"]},
+        ]
 
 
 def message_text(message: Message) -> str:

@@ -9,8 +9,10 @@ from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
 from gateway.limits import check_generations, check_model, check_prompt_chars
 from gateway.middleware import request_id_of
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     ChatChunks,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     chat_response,
@@ -19,7 +21,12 @@ from gateway.sse import EventStream, sse_stream
 from shared.generation import message_text
 
 
-@post("/v1/chat/completions", status_code=200, opt=INFERENCE, summary="Create a chat completion (OpenAI)")
+@post(
+    "/v1/chat/completions",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL, chunks=ChatCompletionChunk),
+    summary="Create a chat completion (OpenAI)",
+)
 async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
 ) -> ChatCompletionResponse | EventStream:

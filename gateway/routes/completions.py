@@ -9,6 +9,7 @@ from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
 from gateway.limits import check_generations, check_model, check_prompt_chars
 from gateway.middleware import request_id_of
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     CompletionChunks,
     CompletionRequest,
@@ -18,7 +19,12 @@ from gateway.schemas import (
 from gateway.sse import EventStream, sse_stream
 
 
-@post("/v1/completions", status_code=200, opt=INFERENCE, summary="Create a completion (OpenAI, legacy)")
+@post(
+    "/v1/completions",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL, chunks=CompletionResponse),
+    summary="Create a completion (OpenAI, legacy)",
+)
 async def completions(
     request: Request, state: State, data: CompletionRequest
 ) -> CompletionResponse | EventStream:

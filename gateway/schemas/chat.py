@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -46,6 +46,7 @@ from shared.generation import (
     SamplingParams,
     ToolCall,
 )
+from shared.settings import Settings
 
 
 class ChatCompletionRequest(SamplingRequest, kw_only=True):
@@ -65,6 +66,15 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     @property
     def legacy_functions(self) -> bool:
         return bool(self.functions) and not self.tools
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        super().refine_json_schema(schema, settings)
+        # top_logprobs only with logprobs: true (check() refuses the rest).
+        schema["anyOf"] = [
+            {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+            {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
+        ]
 
     def check(self) -> None:
         """Raise a 400 naming the field for what Dukat accepts on the wire but cannot do."""

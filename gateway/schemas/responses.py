@@ -17,6 +17,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway.schemas.common import INT64_MAX, Temperature, TopP, now, reject_if
+from gateway.schemas.json_schema import names_a_model
 from gateway.schemas.tools import (
     FunctionDef,
     JsonSchemaFormat,
@@ -29,6 +30,7 @@ from gateway.schemas.tools import (
 )
 from shared.errors import InvalidRequestError
 from shared.generation import FunctionCall, GenerateRequest, GenerateResult, Message, SamplingParams, ToolCall
+from shared.settings import Settings
 
 STATELESS = (
     "Dukat keeps no conversation state (its gateway is stateless): send the whole conversation as "
@@ -59,6 +61,11 @@ class FunctionTool(Struct, kw_only=True):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        # Another type is refused (CreateResponseRequest._tools), so "function" is all it takes.
+        schema["properties"]["type"] = {"const": "function", "default": "function"}
+
 
 class NamedFunctionChoice(Struct, kw_only=True):
     type: Literal["function"] = "function"
@@ -82,6 +89,15 @@ class CreateResponseRequest(Struct, kw_only=True):
     user: str | None = None
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+        props = schema["properties"]
+        # No state: previous_response_id and conversation only null (generate_request refuses the rest).
+        props["previous_response_id"] = {"type": "null", "default": None}
+        props["conversation"] = {"type": "null", "default": None}
+        props["input"] = _input_schema()
 
     def generate_request(self, request_id: str) -> GenerateRequest:
         reject_if(
@@ -158,6 +174,34 @@ class _FunctionOutputItem(Struct, kw_only=True):
 
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def _input_schema() -> dict[str, Any]:
+    """`input` as _add_item reads it: a text, or items (message, function_call, function_call_output)
+    whose content is a text or text parts."""
+    text: dict[str, Any] = {"type": "string"}
+    part = {
+        "type": "object", "required": ["type"],
+        "properties": {"type": {"enum": list(_TEXT_PARTS)}, "text": {}},
+    }
+    content = {"anyOf": [text, {"type": "array", "items": part}]}
+    message = {
+        "type": "object", "required": ["role", "content"],
+        "properties": {
+            "type": {"const": "message"}, "role": {"enum": ["user", "system", "developer", "assistant"]},
+            "content": content,
+        },
+    }
+    call = {
+        "type": "object", "required": ["type", "call_id", "name", "arguments"],
+        "properties": {"type": {"const": "function_call"}, "call_id": text, "name": text, "arguments": text},
+    }
+    output = {
+        "type": "object", "required": ["type", "call_id", "output"],
+        "properties": {"type": {"const": "function_call_output"}, "call_id": text, "output": content},
+    }
+    items = {"type": "array", "minItems": 1, "items": {"anyOf": [message, call, output]}}
+    return {"anyOf": [text, items]}
 
 
 def _add_item(messages: list[Message], item: dict[str, Any], where: str) -> list[Message]:

@@ -25,7 +25,9 @@ from gateway.schemas.common import (
     stop_list,
     top_k_value,
 )
+from gateway.schemas.json_schema import bound, names_a_model
 from shared.generation import Constraint, SamplingParams
+from shared.settings import Settings
 
 
 class StructuredOutputs(Struct, kw_only=True):
@@ -47,6 +49,14 @@ class StructuredOutputs(Struct, kw_only=True):
         if self.regex is not None:
             return Constraint(kind="regex", regex=self.regex)
         return Constraint(kind="choice", choices=self.choice)
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        # Exactly one of json, regex, choice.
+        schema["oneOf"] = [
+            {"properties": {key: {"not": {"type": "null"}}}, "required": [key]}
+            for key in ("json", "regex", "choice")
+        ]
 
 
 class SamplingRequest(Struct, kw_only=True):
@@ -75,6 +85,11 @@ class SamplingRequest(Struct, kw_only=True):
     structured_outputs: StructuredOutputs | None = None
     # Ollama's extension: how long the model stays loaded after this request.
     keep_alive: KeepAlive = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+        bound(schema, "n", "integer", maximum=min(128, settings.max_generations))
 
     @property
     def choices(self) -> int:
