@@ -37,6 +37,7 @@ from shared.errors import (
 )
 from shared.generation import SamplingParams, params_from_mapping
 from shared.host_api import (
+    LIVE_STATUSES,
     DownloadCommand,
     DownloadJob,
     LoadCommand,
@@ -84,7 +85,7 @@ class AsyncModelManager:
     def resolve_id(self, model_id: str | None) -> str:
         if model_id:
             return model_id
-        default = self.config.view().default_model or self.settings.default_model
+        default = self.config.view().default_or(self.settings.default_model)
         if not default:
             raise InvalidRequestError("no model given and no default model is set", param="model")
         return default
@@ -161,7 +162,7 @@ class AsyncModelManager:
             gguf_file=entry.gguf_file if entry else None,
         )
         found = [
-            h for h, w in await self.hosts.find_all(model_id, fresh=True) if w.status in ("loading", "loaded")
+            h for h, w in await self.hosts.find_all(model_id, fresh=True) if w.status in LIVE_STATUSES
         ]
         wanted = replicas or (entry.replicas if entry and entry.replicas else 1)
         hosts = found[: max(wanted, 1)]
@@ -315,7 +316,7 @@ class AsyncModelManager:
     async def available_models(self) -> list[Model]:
         """Every model of the config file and of the hosts' models_dir, with where it stands."""
         config = self.config.read()
-        default = config.default_model or self.settings.default_model  # what a request without a model gets
+        default = config.default_or(self.settings.default_model)
         local = {m.id: m for m in await self.local_models()}
         loaded = {w.model_id: w for h in await self.hosts.states() for w in h.models}
         out = []

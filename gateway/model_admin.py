@@ -10,7 +10,7 @@ import msgspec
 
 from gateway.schemas.model_admin import DeletedModel, ModelShown
 from shared.errors import ConflictError, ModelNotFoundError, UnsupportedModelTypeError
-from shared.host_api import ModelDetails, WorkerState
+from shared.host_api import RUNNING_STATUSES, ModelDetails, WorkerState
 from shared.model_config import ModelEntry
 from shared.model_types import default_quantization, get_model_type
 from shared.settings import Settings
@@ -78,18 +78,18 @@ class ModelAdmin:
             downloaded=details is not None,
             state=worker.status if worker else "available",
             device=worker.device if worker else None,
-            default=model_id == (config.default_model or self.settings.default_model),
+            default=model_id == config.default_or(self.settings.default_model),
         )
 
     async def delete(self, model_id: str) -> DeletedModel:
         config = self.config.read()
-        if model_id == (config.default_model or self.settings.default_model):
+        if model_id == config.default_or(self.settings.default_model):
             raise ConflictError(
                 f"model {model_id!r} is the default model; set another first: dukat default OTHER",
                 param="model",
             )
         found = await self.hosts.find(model_id, fresh=True)
-        if found is not None and found[1].status in ("loading", "loaded", "stopping"):
+        if found is not None and found[1].status in RUNNING_STATUSES:
             raise ConflictError(
                 f"model {model_id!r} is {found[1].status}; unload it first: dukat stop {model_id}",
                 param="model",

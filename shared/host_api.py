@@ -43,6 +43,10 @@ START_DOWNLOAD = Endpoint("POST", "/downloads", status=202)
 DOWNLOAD = Endpoint("GET", "/downloads/{job_id:str}")
 
 WorkerStatus = Literal["loading", "loaded", "failed", "stopping"]
+# Loading or loaded: a model in service (it counts against max_loaded_models; a same load joins it).
+LIVE_STATUSES: tuple[WorkerStatus, ...] = ("loading", "loaded")
+# The worker's process still runs (stopping too): it holds memory, and its files are in use.
+RUNNING_STATUSES: tuple[WorkerStatus, ...] = ("loading", "loaded", "stopping")
 DownloadStatus = Literal["queued", "running", "done", "failed"]
 
 
@@ -72,6 +76,15 @@ class LoadCommand(LoadAsked, kw_only=True):
     request_id: str = ""  # of the request that caused the load, for the host's log line
     # The config entry's `gguf_file`: which .gguf of the model's folder to load (or an absolute path).
     gguf_file: str | None = None
+
+
+DeviceKind = Literal["cpu", "cuda"]
+DEVICE_KINDS: tuple[DeviceKind, ...] = ("cpu", "cuda")
+
+
+def device_kind(device: str) -> DeviceKind:
+    """What a device name is ("cuda", "cuda:1": cuda; anything else: cpu), as estimates count bytes."""
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 class LoadEstimate(Struct, kw_only=True):

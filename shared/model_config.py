@@ -69,6 +69,11 @@ class ModelConfig(Struct, kw_only=True):
     # Top-level keys Dukat does not know, written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def default_or(self, setting: str | None) -> str | None:
+        """The model a request naming none gets: the file's `default_model`, else `setting`
+        (DUKAT_DEFAULT_MODEL)."""
+        return self.default_model or setting
+
 
 _ENTRY_FIELDS = (
     "description", "quantization", "default_parameters", "model_type", "gguf_file", "keep_alive", "replicas"
@@ -104,13 +109,13 @@ def encode_config(config: ModelConfig) -> bytes:
 
 def _config_from_raw(raw: Any) -> ModelConfig:
     if not isinstance(raw, dict):
-        raise _FieldError("top level", f"expected an object, got {_kind(raw)}")
+        raise _FieldError("top level", f"expected an object, got {_type_name(raw)}")
     models = raw.get("models", {})
     if not isinstance(models, dict):
-        raise _FieldError("models", f"expected an object, got {_kind(models)}")
+        raise _FieldError("models", f"expected an object, got {_type_name(models)}")
     default_model = raw.get("default_model")
     if default_model is not None and not isinstance(default_model, str):
-        raise _FieldError("default_model", f"expected a string or null, got {_kind(default_model)}")
+        raise _FieldError("default_model", f"expected a string or null, got {_type_name(default_model)}")
     return ModelConfig(
         models={model_id: _entry_from_raw(model_id, value) for model_id, value in models.items()},
         default_model=default_model,
@@ -121,7 +126,7 @@ def _config_from_raw(raw: Any) -> ModelConfig:
 def _entry_from_raw(model_id: str, raw: Any) -> ModelEntry:
     where = f"models[{msgspec.json.encode(model_id).decode()}]"
     if not isinstance(raw, dict):
-        raise _FieldError(where, f"expected an object, got {_kind(raw)}")
+        raise _FieldError(where, f"expected an object, got {_type_name(raw)}")
     quantization = raw.get("quantization")
     if quantization is not None and quantization not in QUANTIZATIONS:
         got = msgspec.json.encode(quantization).decode()
@@ -184,7 +189,7 @@ def _where_in_text(message: str, data: bytes) -> str:
     return f"{message[: match.start()].rstrip()} at line {line}, column {column}"
 
 
-def _kind(value: Any) -> str:
+def _type_name(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
         type(value), "null" if value is None else "a number"
     )

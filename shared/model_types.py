@@ -14,6 +14,9 @@ from msgspec import Struct
 
 from shared.errors import UnsupportedModelTypeError
 
+# The keys of a transformers config.json that hold the longest sequence a model takes (first found wins):
+# the model worker sizes requests by it, the host shows it.
+CONTEXT_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 class Task(StrEnum):
     CHAT = "chat"  # causal LM: chat and text completions

@@ -22,6 +22,8 @@ WORKER_READY = "DUKAT_WORKER_READY"
 WORKER_FAILED = "DUKAT_WORKER_FAILED"
 # The worker host's ready line (`python -m worker.host` prints it, the gateway waits for it).
 HOST_READY = "DUKAT_HOST_READY"
+# The gateway's ready line (`dukat serve` prints it once it listens; tests and bench wait for it).
+GATEWAY_READY = "DUKAT_GATEWAY_READY"
 _EXIT_POLL_S = 0.02
 
 

@@ -12,9 +12,8 @@ from gateway.app import create_app
 from gateway.cli.banner import announce_when_ready, cli_hint, public_url, serving_text
 from shared.http_server import bind_socket, serve
 from shared.logs import setup_logging
+from shared.processes import GATEWAY_READY
 from shared.settings import load_settings
-
-READY = "DUKAT_GATEWAY_READY"
 
 
 def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
@@ -36,7 +35,7 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     announce_when_ready(url, banner + cli_hint(chat_model))
     app = create_app(settings)
     serve(
-        app, sock, ready_prefix=READY, log_level=settings.log_level,
+        app, sock, ready_prefix=GATEWAY_READY, log_level=settings.log_level,
         grace_s=settings.shutdown_timeout_s, on_grace_over=app.state.streams.close_all,
     )
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.processes import ChildProcess
+from shared.processes import HOST_READY, ChildProcess
 from tests.gateway.conftest import DEFAULT_MODEL, SERVED, TEST_ENV, Dukat
 from tests.support.hub_fixtures import TINY_REPO
 
@@ -181,7 +181,7 @@ def test_dukat_host_takes_its_flags_and_answers_its_state(tmp_path: Path) -> Non
     host = ChildProcess(
         "gateway.cli",
         ["host", "--bind", "127.0.0.1", "--port", "0", "--models-dir", str(tmp_path), "--devices", "cpu"],
-        ready_prefix="DUKAT_HOST_READY",
+        ready_prefix=HOST_READY,
     )
     url = host.start(timeout=60)
     try:

@@ -10,10 +10,12 @@ template) and stats files; it never loads a model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -30,7 +32,9 @@ _MAX_DEPTH = 3
 _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
 )
-_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+# Where a folder keeps its chat template: transformers 5's files, else (4) inside tokenizer_config.json.
+_TEMPLATE_FILES = (gguf.TEMPLATE_NAME, "chat_template.json")
+_TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 class DownloadMarker(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -150,11 +154,33 @@ def _has_chat_template(folder: Path) -> bool:
     if any((folder / "additional_chat_templates").glob("*.jinja")):
         return True
     try:
-        # transformers 4 kept the template inside tokenizer_config.json; a substring test avoids
-        # parsing a file that can hold megabytes of added tokens.
-        return b'"chat_template"' in (folder / "tokenizer_config.json").read_bytes()
+        # A substring test avoids parsing a file that can hold megabytes of added tokens.
+        return b'"chat_template"' in (folder / _TOKENIZER_CONFIG).read_bytes()
     except OSError:
         return False
+
+
+def chat_template(folder: Path) -> str | None:
+    """The tokenizer's chat template, from the files _has_chat_template looks for."""
+    with contextlib.suppress(OSError):
+        return (folder / _TEMPLATE_FILES[0]).read_text()
+    for name in (*_TEMPLATE_FILES[1:], _TOKENIZER_CONFIG):
+        template = json_object(folder / name).get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object; empty when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _size_on_disk(folder: Path) -> int:

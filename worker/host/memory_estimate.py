@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
 from msgspec import Struct
 
+from shared.host_api import device_kind
 from shared.settings import Quantization
+from worker.host.safetensors_header import read_header
 
 MIB = 1 << 20
 # A model worker's process before weights: the interpreter, torch and transformers (measured
@@ -53,7 +54,7 @@ class MemoryEstimate(Struct, kw_only=True, frozen=True):
 def estimate_memory(path: Path, quantization: Quantization, device: str, *, kv_tokens: int) -> MemoryEstimate:
     """The estimate for loading the model folder `path` with `quantization` on `device`."""
     config = _config(path)
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+    kind = device_kind(device)
     compute_bytes = 4 if kind == "cpu" else 2  # the engine loads fp32 on CPU, bf16/fp16 on GPUs
     quantized, plain = _parameters(path)
     per_weight = {"none": compute_bytes, "8bit": 1.0, "4bit": 0.5 + 4 / 64}[quantization]
@@ -118,18 +119,10 @@ def _gguf_shapes(file: Path) -> list[tuple[str, int]]:
 
 
 def _safetensors_shapes(file: Path) -> list[tuple[str, int]]:
-    """(tensor name, element count) from a safetensors header: 8 bytes of length, then JSON."""
-    try:
-        with file.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > 100 * MIB:
-                return []
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, struct.error):
-        return []
+    """(tensor name, element count) of each tensor in a safetensors file's header."""
     out = []
-    for name, meta in header.items():
-        if name != "__metadata__" and isinstance(meta, dict) and meta.get("dtype") in _DTYPE_BYTES:
+    for name, meta in (read_header(file) or {}).items():
+        if isinstance(meta, dict) and meta.get("dtype") in _DTYPE_BYTES:
             out.append((name, math.prod(meta.get("shape") or [1])))
     return out
 

@@ -10,22 +10,17 @@ from pathlib import Path
 
 from shared.capacity import eviction_plan, holds_memory, loaded_count
 from shared.errors import DeviceUnavailableError, NoCapacityError
-from shared.host_api import DeviceState, HostState, LoadEstimate, WorkerState
+from shared.host_api import DEVICE_KINDS, DeviceState, HostState, LoadEstimate, WorkerState, device_kind
 from shared.settings import Quantization, Settings
 from worker.host.memory_estimate import estimate_memory
 
 log = logging.getLogger(__name__)
-KINDS = ("cpu", "cuda")
-
-
-def kind_of(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def estimate(path: Path, quantization: Quantization, settings: Settings) -> LoadEstimate:
-    by_kind = {
+    by_kind: dict[str, int] = {
         k: estimate_memory(path, quantization, k, kv_tokens=settings.kv_cache_tokens).total_bytes
-        for k in KINDS
+        for k in DEVICE_KINDS
     }
     return LoadEstimate(quantization=quantization, bytes_by_kind=by_kind)
 
@@ -68,11 +63,11 @@ def choose(
     # Most free memory first; the name breaks ties, so the answer only depends on the state.
     ranked = sorted(devices, key=lambda d: (-d.free_memory, d.name))
     for device in ranked:
-        plan = eviction_plan(host, device, need.get(kind_of(device.name), 0))
+        plan = eviction_plan(host, device, need.get(device_kind(device.name), 0))
         if plan == []:
             return device.name, []
     for device in ranked:
-        plan = eviction_plan(host, device, need.get(kind_of(device.name), 0))
+        plan = eviction_plan(host, device, need.get(device_kind(device.name), 0))
         if plan:
             return device.name, plan
     raise NoCapacityError(no_room_message(model_id, host, devices, need))
@@ -80,7 +75,7 @@ def choose(
 
 def no_room_message(model_id: str, host: HostState, devices: list[DeviceState], need: dict[str, int]) -> str:
     parts = [
-        f"{d.name}: needs {need.get(kind_of(d.name), 0)} bytes, {d.free_memory} free of {d.total_memory}"
+        f"{d.name}: needs {need.get(device_kind(d.name), 0)} bytes, {d.free_memory} free of {d.total_memory}"
         for d in devices
     ]
     limit = host.max_loaded_models

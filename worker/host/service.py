@@ -17,12 +17,14 @@ from pathlib import Path
 
 from shared.errors import ConflictError, DukatError
 from shared.host_api import (
+    RUNNING_STATUSES,
     Deleted,
     HostState,
     LoadCommand,
     LoadEstimate,
     LocalModel,
     WorkerState,
+    device_kind,
 )
 from shared.keep_alive import describe, parse_keep_alive
 from shared.model_types import ModelType, default_quantization, infer_model_type
@@ -112,7 +114,7 @@ class Host:
             quantization,
             device,
             quantization_is_default=is_default,
-            estimated_bytes=need[room.kind_of(device)],
+            estimated_bytes=need[device_kind(device)],
             keep_alive_s=cmd.keep_alive_s if cmd.keep_alive_s is not None else self.keep_alive_s,
         )
 
@@ -122,7 +124,7 @@ class Host:
         path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
         return path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
 
-    def _kind(self, model_id: str, override: str | None, path: Path) -> tuple[ModelType, Quantization]:
+    def _type_of(self, model_id: str, override: str | None, path: Path) -> tuple[ModelType, Quantization]:
         """The model's type and the quantization a load that asks for none gets."""
         try:
             hf_type = hf_model_type(path)
@@ -135,7 +137,7 @@ class Host:
     def _quantization(self, cmd: LoadCommand, path: Path) -> tuple[ModelType, Quantization, bool]:
         """The model's type, the quantization a load of `cmd` gets (asked, else the config file's, else
         the type's default) and whether it is that default."""
-        model_type, default = self._kind(cmd.model_id, cmd.model_type, path)
+        model_type, default = self._type_of(cmd.model_id, cmd.model_type, path)
         asked = cmd.quantization or cmd.default_quantization
         return model_type, asked or default, asked is None
 
@@ -154,7 +156,7 @@ class Host:
 
     async def delete(self, model_id: str) -> Deleted:
         worker = self.supervisor.state(model_id)
-        if worker is not None and worker.status in ("loading", "loaded", "stopping"):
+        if worker is not None and worker.status in RUNNING_STATUSES:
             raise ConflictError(
                 f"model {model_id!r} is {worker.status} on this host; unload it first (dukat stop)",
                 param="model",

@@ -30,7 +30,7 @@ from shared.errors import (
     NotFoundError,
     error_from_code,
 )
-from shared.host_api import WorkerState
+from shared.host_api import LIVE_STATUSES, WorkerState
 from shared.processes import WORKER_FAILED, WORKER_READY, pinned_env, ready_port, terminate
 from shared.settings import Settings
 from shared.wire import WorkerInfo, WorkerLoad
@@ -108,7 +108,7 @@ class Supervisor:
 
     def _joinable(self, model_id: str, quantization: str | None, device: str | None) -> _Worker | None:
         worker = self._workers.get(model_id)
-        if worker is None or worker.state.status not in ("loading", "loaded"):
+        if worker is None or worker.state.status not in LIVE_STATUSES:
             return None
         _check_same_load(worker.state, quantization, device)
         return worker

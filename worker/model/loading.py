@@ -17,7 +17,7 @@ import torch
 from shared.errors import DeviceUnavailableError, ModelLoadFailedError, QuantizationError
 from shared.gguf import is_model_folder, pick_gguf
 from shared.gguf import prepare as prepare_gguf
-from shared.model_types import ModelType, Task
+from shared.model_types import CONTEXT_LENGTH_KEYS, ModelType, Task
 from shared.settings import Quantization
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def resolve_device(device: str) -> torch.device:
 
 def context_length(config: Any, tokenizer: Any, task: Task) -> int:
     """The longest sequence (prompt + completion) the model takes, in tokens."""
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+    for attr in CONTEXT_LENGTH_KEYS:
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
