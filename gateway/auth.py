@@ -16,9 +16,9 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from gateway.schemas.models import LoadedModel
+from shared.bearer_tokens import bearer_token, token_in
 from shared.errors import AuthenticationError, PermissionDeniedError
 from shared.settings import Settings
-from shared.tokens import bearer_token, token_in
 
 Access = Literal["open", "inference", "admin"]
 # A route handler's `opt`: open to inference keys (admin keys may call everything).

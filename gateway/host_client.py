@@ -9,8 +9,8 @@ import httpx
 import msgspec
 
 from shared import host_api as api
+from shared.bearer_tokens import bearer_header
 from shared.errors import DukatError, WorkerFailedError, error_from_code
-from shared.tokens import bearer_header
 
 T = TypeVar("T")
 

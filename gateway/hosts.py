@@ -18,7 +18,7 @@ import secrets
 import time
 
 from gateway.host_client import HostClient
-from gateway.placement import Need, no_room_message, offering, place
+from gateway.placement import Need, no_room_across_hosts, offering, place
 from shared.errors import DeviceUnavailableError, DukatError, NoCapacityError
 from shared.host_api import HostState, LoadCommand, WorkerState
 from shared.processes import HOST_READY, ChildProcess
@@ -150,7 +150,7 @@ class HostDirectory:
             )
         host = place(model_id, hosts, device=device, need=need, avoid=avoid)
         if host is None:
-            raise NoCapacityError(no_room_message(model_id, hosts, need or {}, device))
+            raise NoCapacityError(no_room_across_hosts(model_id, hosts, need or {}, device))
         return host
 
     async def need(self, cmd: LoadCommand) -> Need:

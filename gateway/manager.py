@@ -54,7 +54,15 @@ log = logging.getLogger(__name__)
 
 
 class AsyncModelManager:
-    """Lives on one event loop: its host clients and worker connections are bound to it."""
+    """The gateway's core, what the routes call. Owns the config file (ConfigStore), the host
+    directory (HostDirectory), request dispatch (Dispatcher: connections, replica choice, retries)
+    and model administration (ModelAdmin: show, delete); itself decides loads (placement, replicas),
+    unloads, downloads, the default model and the listings.
+
+    Must not: hold model state of its own (the hosts' reports are the truth; any gateway replica
+    answers any request), talk to a model worker but through its Dispatcher, or block its event
+    loop. Lives on one event loop: its host clients and worker connections are bound to it.
+    """
 
     def __init__(self, settings: Settings, *, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings

@@ -64,7 +64,7 @@ def place(
     return None
 
 
-def no_room_message(model_id: str, hosts: list[HostState], need: Need, device: str = "auto") -> str:
+def no_room_across_hosts(model_id: str, hosts: list[HostState], need: Need, device: str = "auto") -> str:
     """Needed vs free bytes on every place that offers `device`: the 503's message."""
     places = []
     for h in offering(hosts, device):

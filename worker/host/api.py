@@ -23,12 +23,12 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
 from shared import host_api as api
+from shared.bearer_tokens import bearer_token, token_in
 from shared.errors import AuthenticationError, DukatError, InternalError, error_for_status
 from shared.http_server import bind_socket, serve
 from shared.logs import setup_logging
 from shared.processes import HOST_READY
 from shared.settings import Settings, load_settings
-from shared.tokens import bearer_token, token_in
 from worker.host import model_files
 from worker.host.service import Host
 

@@ -70,10 +70,10 @@ def choose(
         plan = eviction_plan(host, device, need.get(device_kind(device.name), 0))
         if plan:
             return device.name, plan
-    raise NoCapacityError(no_room_message(model_id, host, devices, need))
+    raise NoCapacityError(no_room_on_host(model_id, host, devices, need))
 
 
-def no_room_message(model_id: str, host: HostState, devices: list[DeviceState], need: dict[str, int]) -> str:
+def no_room_on_host(model_id: str, host: HostState, devices: list[DeviceState], need: dict[str, int]) -> str:
     parts = [
         f"{d.name}: needs {need.get(device_kind(d.name), 0)} bytes, {d.free_memory} free of {d.total_memory}"
         for d in devices

@@ -41,7 +41,13 @@ log = logging.getLogger(__name__)
 
 
 class Host:
-    """What the host's routes call: devices, downloads and the supervisor of one machine."""
+    """What the host's routes call, for one machine: owns its devices (offered and measured), its
+    download jobs, its Supervisor and keep-alive; places a load on a device (evicting idle models),
+    resolves a model's files, type and quantization, and answers its state.
+
+    Must not: know other hosts or gateways (the gateway places across hosts), or load a model in
+    its own process (each model runs in a model worker the Supervisor starts).
+    """
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings

@@ -71,6 +71,13 @@ class _Worker:
 
 
 class Supervisor:
+    """The model worker processes of one host: owns their specs, processes, handshakes and states;
+    starts, joins a repeated load, restarts (with Healing) and stops them.
+
+    Must not: decide where or whether a model fits (the Host and room.py do), download, or import
+    the model worker's code (it runs `python -m worker.model` and reads its ready line).
+    """
+
     def __init__(self, settings: Settings, *, advertise: str) -> None:
         """`advertise`: the address the host's clients reach its workers at (their port added)."""
         self.settings = settings

@@ -91,7 +91,12 @@ class Job:
 
 
 class Scheduler:
-    """Owns the model on its own thread (started on demand); `submit` from any thread."""
+    """Continuous batching: owns the model's forward passes on its own thread (started on demand),
+    the queue of waiting jobs, the running batch and its KV cache; `submit` from any thread.
+
+    Must not: build prompts, clean text or parse tool calls (the Engine's jobs), or block a submitter
+    (a full queue is an OverloadedError at once).
+    """
 
     def __init__(self, model: Any, *, max_batch: int, max_queue: int, seq2seq: bool, pad_id: int) -> None:
         self.max_batch, self.max_queue = max_batch, max_queue

@@ -55,9 +55,14 @@ _SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3})
 
 
 class Engine:
-    """Thread-safe. Generation requests from any number of threads are batched by one scheduler:
+    """One loaded model in the model worker: owns the model and tokenizer (Loaded), its Scheduler,
+    its grammars and tool-call format; turns a GenerateRequest into a prompt, a run and a cleaned
+    result (or a stream), and embeds.
+
+    Thread-safe. Generation requests from any number of threads are batched by one scheduler:
     `max_batch` run together, `max_queue` more wait, more are refused (OverloadedError).
-    Embeddings are served one at a time under a lock.
+    Embeddings are served one at a time under a lock. Must not: know about the wire or the host
+    (the wire server calls it), or run the model outside the Scheduler's thread.
     """
 
     def __init__(

@@ -95,7 +95,7 @@ class WorkerServer:
                     case Admit(id=rid, count=count):
                         writer.write(encode_frame(self._admit(rid, count, tickets)))
                     case Ping(id=rid):
-                        writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
+                        writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.busy_counters())))
                     case Hello():
                         pass
                     case Generate() | Embed():
@@ -174,7 +174,7 @@ class WorkerServer:
         finally:
             cancels.pop(rid, None)
 
-    def load(self) -> WorkerLoad:
+    def busy_counters(self) -> WorkerLoad:
         idle = 0.0 if self.pending else time.monotonic() - self.last_done
         return WorkerLoad(
             in_flight=self.pending,
