@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import httpx
 
+from shared.host_api import device_kind
+
 # The model worker's handshake lines (`python -m worker.model` prints, `worker.host.supervisor` reads them).
 WORKER_READY = "DUKAT_WORKER_READY"
 WORKER_FAILED = "DUKAT_WORKER_FAILED"
@@ -150,5 +152,5 @@ def pinned_env(device: str, threads: int) -> dict[str, str]:
     it; cpu hides every GPU), with its CPU thread counts. Set at the worker's spawn, so CUDA reads it
     whoever initialises it first, and visible to tools that read a process's environment."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads > 0 else {}
-    env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0" if device.startswith("cuda") else ""
+    env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0" if device_kind(device) == "cuda" else ""
     return env

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from shared.errors import DukatError, ModelOutOfMemoryError, QuantizationError
+from shared.host_api import device_kind
 from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready, pinned_env
 from shared.settings import DEFAULTS, QUANTIZATIONS, load_settings
@@ -48,7 +49,7 @@ def pin_device(device: str, threads: int) -> str:
     Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation.
     """
     os.environ.update(pinned_env(device, threads))  # the host sets these too; a worker run by hand needs them
-    return "cuda:0" if device.startswith("cuda") else "cpu"
+    return "cuda:0" if device_kind(device) == "cuda" else "cpu"
 
 
 def _fail(exc: BaseException, model_id: str) -> None:
