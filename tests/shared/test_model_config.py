@@ -266,3 +266,9 @@ def test_failed_replace_leaves_the_old_file_and_no_temp_file(
         ConfigStore(path).set_default_model(None)
     assert path.read_bytes() == before
     assert {p.name for p in tmp_path.iterdir()} - {"config.json.lock"} == {"config.json"}
+
+
+def test_the_files_default_model_wins_over_the_setting() -> None:
+    assert ModelConfig(default_model="from-file").default_or("from-setting") == "from-file"
+    assert ModelConfig().default_or("from-setting") == "from-setting"
+    assert ModelConfig().default_or(None) is None
