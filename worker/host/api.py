@@ -53,7 +53,7 @@ async def host_state(state: State) -> api.HostState:
 
 @serves(api.LOCAL_MODELS)
 async def local_models(state: State) -> list[api.LocalModel]:
-    return state.host.local_models()
+    return await state.host.local_models()
 
 
 @serves(api.LOAD)
@@ -69,7 +69,7 @@ async def unload(state: State, data: api.UnloadCommand) -> api.Unloaded:
 
 @serves(api.ESTIMATE)
 async def estimate(state: State, data: api.LoadCommand) -> api.LoadEstimate:
-    return state.host.estimate(data)
+    return await state.host.estimate(data)
 
 
 @serves(api.DETAILS)
@@ -123,12 +123,13 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        keep_alive = asyncio.create_task(host.keep_alive.run())
+        tasks = [asyncio.create_task(host.keep_alive.run()), asyncio.create_task(host.supervisor.clock.run())]
         try:
             yield
         finally:
-            keep_alive.cancel()
-            await asyncio.gather(keep_alive, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await host.supervisor.close()
             host.gpus.close()
 

@@ -12,7 +12,7 @@ from shared.capacity import eviction_plan, holds_memory, loaded_count
 from shared.errors import DeviceUnavailableError, NoCapacityError
 from shared.host_api import DeviceState, HostState, LoadEstimate, WorkerState
 from shared.settings import Quantization, Settings
-from worker.host.memory_estimate import estimate_memory
+from worker.host.memory_estimate import TensorSizes, estimate_memory
 
 log = logging.getLogger(__name__)
 KINDS = ("cpu", "cuda")
@@ -22,10 +22,11 @@ def kind_of(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def estimate(path: Path, quantization: Quantization, settings: Settings) -> LoadEstimate:
+def estimate(path: Path, quantization: Quantization, settings: Settings, sizes: TensorSizes) -> LoadEstimate:
+    """Blocking (file reads, cached in `sizes`): call it from a thread."""
+    tokens = settings.kv_cache_tokens
     by_kind = {
-        k: estimate_memory(path, quantization, k, kv_tokens=settings.kv_cache_tokens).total_bytes
-        for k in KINDS
+        k: estimate_memory(path, quantization, k, kv_tokens=tokens, sizes=sizes).total_bytes for k in KINDS
     }
     return LoadEstimate(quantization=quantization, bytes_by_kind=by_kind)
 
