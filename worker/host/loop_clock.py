@@ -40,10 +40,10 @@ class LoopClock:
             self.note(now, now - self._ticked_at - self.tick_s)
 
     def note(self, now: float, lateness: float) -> None:
+        self.worst_s = max(self.worst_s, lateness)
         if lateness < LATE_S:
             return
         self.late.append((now, lateness))
-        self.worst_s = max(self.worst_s, lateness)
         while self.late and now - self.late[0][0] > _KEEP_S:
             self.late.popleft()
         if now - self._warned_at >= _WARN_EVERY_S:  # one line a minute, however often it happens

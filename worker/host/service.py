@@ -68,6 +68,7 @@ class Host:
             models=workers,
             downloads=self.jobs.list(),
             max_loaded_models=self.settings.max_loaded_models,
+            loop_late_max_s=round(self.supervisor.clock.worst_s, 3),
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
