@@ -66,6 +66,9 @@ class AsyncModelManager:
         self.admin = ModelAdmin(settings, self.hosts, self.config)
         self._replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
+        # Loads this gateway has asked for and not seen answered: model id -> when first asked. A
+        # host shows a worker only once it has placed it; a request meanwhile waits, never a 503.
+        self._asked: dict[str, list[float]] = {}
 
     async def start(self) -> None:
         await self.hosts.start()
@@ -142,6 +145,24 @@ class AsyncModelManager:
         """Load `model_id`: `replicas` workers (default: the config file's, else one), each on another
         host, placed where there is room for its estimated memory. Whether a load joins a worker
         already there, or is a conflict, is the host's call: it is the one that knows."""
+        asked = self._asked.setdefault(model_id, [])
+        stamp = time.time()
+        asked.append(stamp)
+        try:
+            return await self._load(model_id, quantization, device, replicas, request_id)
+        finally:
+            asked.remove(stamp)
+            if not asked:
+                self._asked.pop(model_id, None)
+
+    async def _load(
+        self,
+        model_id: str,
+        quantization: str | None,
+        device: str | None,
+        replicas: int | None,
+        request_id: str,
+    ) -> LoadedModel:
         if quantization is not None and quantization not in get_args(Quantization):
             # The Python API's check; over HTTP the request schema says the same first.
             raise InvalidRequestError(
@@ -223,21 +244,36 @@ class AsyncModelManager:
                 f"model {mid!r} failed: {failed.error}; load it again with POST /api/models/load",
                 param="model",
             )
-        if not found and not await self.is_known(mid):
+        loading = mid in self._asked or any(w.status == "loading" for w in found)
+        if not found and not loading and not await self.is_known(mid):
             raise not_here(mid)
-        if not found and not self.settings.auto_load:
+        if not loading and not self.settings.auto_load:  # joining a load under way starts nothing
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
         waiting = self.metrics.waiting.labels(mid) if self.metrics else None
         if waiting is not None:
             waiting.inc()
         try:
-            loaded_now = await self.load_model(mid, request_id=request_id)
+            # A model that is loading is waited for (the request's deadline at most), never a 503 at once.
+            loaded_now = await asyncio.wait_for(
+                self.load_model(mid, request_id=request_id), self.settings.request_timeout_s
+            )
+        except TimeoutError:
+            raise await self._still_loading(mid) from None
         finally:
             if waiting is not None:
                 waiting.dec()
         # Fresh: a cached view (or a refresh already in flight) may still say `loading`, no address.
         found = [w for _, w in await self.hosts.find_all(mid, fresh=True)]
         return mid, [w for w in found if w.status == "loaded"] or [loaded_now]
+
+    async def _still_loading(self, model_id: str) -> ModelNotLoadedError:
+        """The 503 of a request whose deadline passed while its model loads: since when it loads."""
+        found = await self.hosts.find(model_id, fresh=True)
+        began = found[1].started_at if found and found[1].status == "loading" else None
+        began = began or min(self._asked.get(model_id) or [0.0])
+        so_far = f" ({time.time() - began:.0f} s so far)" if began else ""
+        message = f"starting: model {model_id!r} is loading{so_far}; retry shortly"
+        return ModelNotLoadedError(message, param="model")
 
     def _replicate(self, model_id: str, have: int, request_id: str) -> None:
         entry = self.config.view().models.get(model_id)
