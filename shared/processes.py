@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import httpx
 
+from shared.logs import parse_line
+
 # The model worker's handshake lines (`python -m worker.model` prints, `worker.host.supervisor` reads them).
 WORKER_READY = "DUKAT_WORKER_READY"
 WORKER_FAILED = "DUKAT_WORKER_FAILED"
@@ -131,7 +133,11 @@ class ChildProcess:
             self.lines.append(line)
             # Through logging, never straight to the terminal: `dukat serve` shows these lines (its
             # logging writes to stderr), a Python program using the seed's API decides for itself.
-            log.log(_level_of(line), "%s: %s", self.module, line)
+            if (parsed := parse_line(line)) is not None:  # one timestamp: ours, with its level and name
+                level, name, message = parsed
+                logging.getLogger(name).log(level, "%s", message)
+            else:
+                log.log(_level_of(line), "%s: %s", self.module, line)
         ready.set()
 
     def alive(self) -> bool:

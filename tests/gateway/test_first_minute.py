@@ -1,6 +1,7 @@
 """The first minute of `dukat serve`: a request sent the moment it answers, for a model it is still
 preloading, waits for that model and is answered (never a 503, never "no worker host"), even with
-auto-load off; and the start-up log holds no ERROR line and no traceback."""
+auto-load off; the banner says the model is loading, then that it is ready; and the start-up log
+holds no ERROR line and no traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import openai
 
 from shared.processes import ChildProcess
 from tests.gateway.conftest import TEST_ENV
+from tests.support.checks import wait_for
 
 MODEL = "tiny/first-minute-llama"
 
@@ -35,7 +37,11 @@ def test_a_request_sent_while_its_model_preloads_waits_and_is_answered(
         assert reply.choices and reply.model == MODEL
         rows = httpx.get(f"{url}/api/ps", timeout=30).json()["data"]
         assert [(r["id"], r["state"]) for r in rows] == [(MODEL, "loaded")]
+        # The banner says what is loading, then the log when it is ready.
+        ready = f"ready: {MODEL} (loaded in"
+        wait_for(lambda: any(ready in line for line in proc.lines), 30, "the ready line")
         log = "\n".join(proc.lines)
+        assert "Dukat is serving" in log and f"Loading {MODEL}: requests for them wait" in log, log
         assert "Traceback" not in log and " ERROR " not in log, log
         assert "no worker host" not in log, log
     finally:

@@ -31,6 +31,7 @@ from shared.errors import (
     error_from_code,
 )
 from shared.host_api import WorkerState
+from shared.logs import parse_line
 from shared.processes import WORKER_FAILED, WORKER_READY, pinned_env, ready_port, terminate
 from shared.settings import Settings
 from shared.wire import WorkerInfo, WorkerLoad
@@ -293,6 +294,10 @@ class Supervisor:
             worker.logs.append(line)
             # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
             level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
+            if (parsed := parse_line(line)) is not None:  # one timestamp: ours
+                line = f"{parsed[1]} {parsed[2]}"
+                # Its warnings stay warnings, but not the noise of a process being stopped.
+                level = level if worker.state.status == "stopping" else max(level, parsed[0])
             log.log(level, "[%s] %s", worker.spec.model_id, line)
 
     def observe(self, model_id: str, load: WorkerLoad) -> None:
