@@ -111,6 +111,10 @@ class AsyncModelManager:
             return True
         return any(m.id == model_id for m in await self.local_models())
 
+    async def known_ids(self) -> list[str]:
+        """Every model id of the config file and of the hosts' models_dir."""
+        return [*self.config.view().models, *(m.id for m in await self.local_models())]
+
     def _register(self, model_id: str, quantization: str | None = None) -> None:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
         if model_id in self.config.view().models or self.config.problem:
@@ -246,7 +250,7 @@ class AsyncModelManager:
             )
         loading = mid in self._asked or any(w.status == "loading" for w in found)
         if not found and not loading and not await self.is_known(mid):
-            raise not_here(mid)
+            raise not_here(mid, await self.known_ids())
         if not loading and not self.settings.auto_load:  # joining a load under way starts nothing
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
         waiting = self.metrics.waiting.labels(mid) if self.metrics else None
@@ -331,7 +335,7 @@ class AsyncModelManager:
 
     async def set_default_model(self, model_id: str) -> None:
         if not await self.is_known(model_id):
-            raise not_here(model_id)
+            raise not_here(model_id, await self.known_ids())
         await self._check_can_chat(model_id)
         self.config.set_default_model(model_id)
 
@@ -369,7 +373,7 @@ class AsyncModelManager:
                     default_parameters=dict(entry.default_parameters) if entry else {},
                     downloaded=disk is not None,
                     size_bytes=disk.size_bytes if disk else 0,
-                    state=worker.status if worker else "available",
+                    state=worker.status if worker else "loading" if mid in self._asked else "available",
                     device=worker.device if worker else None,
                     task=worker.task if worker else None,
                     default=mid == default,

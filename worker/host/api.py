@@ -30,6 +30,7 @@ from shared.processes import HOST_READY
 from shared.settings import Settings, load_settings
 from shared.tokens import bearer_token, token_in
 from worker.host import model_files
+from worker.host.flags import HOST_FLAGS, host_arguments
 from worker.host.service import Host
 
 log = logging.getLogger(__name__)
@@ -145,22 +146,6 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
         logging_config=None,
         openapi_config=None,
     )
-
-
-HOST_FLAGS = ("host_bind", "host_port", "models_dir", "devices")
-
-
-def host_arguments() -> argparse.ArgumentParser:
-    """The flags of `dukat host` (a parent parser: `python -m worker.host` and the CLI share it)."""
-    p = argparse.ArgumentParser(add_help=False)
-    # Named like their settings; --bind and --port are the old names, kept.
-    p.add_argument("--host-bind", "--bind", dest="host_bind", help="bind address (DUKAT_HOST_BIND)")
-    p.add_argument(
-        "--host-port", "--port", dest="host_port", type=int, help="port, 0 for any (DUKAT_HOST_PORT)"
-    )
-    p.add_argument("--models-dir", dest="models_dir", help="DUKAT_MODELS_DIR")
-    p.add_argument("--devices", help="auto, cpu or cuda:N,... (DUKAT_DEVICES)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
