@@ -151,6 +151,11 @@ def cmd_show(api: Api, args: argparse.Namespace) -> None:
         print("\n".join(_show_lines(details)))
 
 
+def show_text(api: Api, model: str) -> str:
+    """What `dukat show MODEL` prints (`/show` inside `dukat run` too)."""
+    return "\n".join(_show_lines(api.call("GET", f"/api/models/{quote(model, safe='/')}")))
+
+
 def cmd_load(api: Api, args: argparse.Namespace) -> None:
     body = {"model": args.model, "quantization": args.quantization, "device": args.device}
     state = api.call("POST", "/api/models/load", {k: v for k, v in body.items() if v is not None})
