@@ -103,6 +103,16 @@ class AsyncModelManager:
             cache[model_id] = params_from_mapping(entry.default_parameters) if entry else None
         return cache[model_id]
 
+    def keep_alive_for(self, model_id: str) -> float | None:
+        """The config entry's keep_alive of `model_id` in seconds (None: none set, or unreadable)."""
+        entry = self.config.view().models.get(model_id)
+        if entry is None or entry.keep_alive is None:
+            return None
+        try:
+            return parse_keep_alive(entry.keep_alive)
+        except ValueError:  # the file's check refuses these; never fail a request over one
+            return None
+
     async def is_known(self, model_id: str) -> bool:
         # A folder only when written as a path (the Python API's callers; the HTTP routes let clients
         # name paths only when the config lists them): a bare name is never looked up in the cwd.
