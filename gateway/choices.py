@@ -23,6 +23,7 @@ async def generate_all(
     manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
 ) -> tuple[str, list[GenerateResult]]:
     """Every request's result, in order; they run concurrently so the worker can batch them."""
+    manager.dispatch.with_keep_alive(model, requests)
     if len(requests) == 1:
         mid, result = await manager.dispatch.generate(model, requests[0])
         return mid, [result]
@@ -58,6 +59,7 @@ async def stream_all(
     manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
 ) -> tuple[str, AsyncIterator[ChoiceEvent]]:
     """The interleaved events `(choice index, delta | final result)` of every request."""
+    manager.dispatch.with_keep_alive(model, requests)
     if len(requests) == 1:
         mid, stream = await manager.dispatch.stream(model, requests[0])
         return mid, _indexed(0, stream)

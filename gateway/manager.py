@@ -75,6 +75,9 @@ class AsyncModelManager:
         self.admin = ModelAdmin(settings, self.hosts, self.config)
         self._replicating: dict[str, asyncio.Task[None]] = {}  # model id -> its missing replicas' load
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
+        # Loads this gateway has asked for and not seen answered: model id -> when first asked. A
+        # host shows a worker only once it has placed it; a request meanwhile waits, never a 503.
+        self._asked: dict[str, list[float]] = {}
 
     async def start(self) -> None:
         await self.hosts.start()
@@ -109,6 +112,16 @@ class AsyncModelManager:
             cache[model_id] = params_from_mapping(entry.default_parameters) if entry else None
         return cache[model_id]
 
+    def keep_alive_for(self, model_id: str) -> float | None:
+        """The config entry's keep_alive of `model_id` in seconds (None: none set, or unreadable)."""
+        entry = self.config.view().models.get(model_id)
+        if entry is None or entry.keep_alive is None:
+            return None
+        try:
+            return parse_keep_alive(entry.keep_alive)
+        except ValueError:  # the file's check refuses these; never fail a request over one
+            return None
+
     async def is_known(self, model_id: str) -> bool:
         # A folder only when written as a path (the Python API's callers; the HTTP routes let clients
         # name paths only when the config lists them): a bare name is never looked up in the cwd.
@@ -116,6 +129,10 @@ class AsyncModelManager:
         if model_id in self.config.view().models or (folder and (folder / "config.json").is_file()):
             return True
         return any(m.id == model_id for m in await self.local_models())
+
+    async def known_ids(self) -> list[str]:
+        """Every model id of the config file and of the hosts' models_dir."""
+        return [*self.config.view().models, *(m.id for m in await self.local_models())]
 
     def _register(self, model_id: str, quantization: str | None = None) -> None:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
@@ -151,6 +168,24 @@ class AsyncModelManager:
         """Load `model_id`: `replicas` workers (default: the config file's, else one), each on another
         host, placed where there is room for its estimated memory. Whether a load joins a worker
         already there, or is a conflict, is the host's call: it is the one that knows."""
+        asked = self._asked.setdefault(model_id, [])
+        stamp = time.time()
+        asked.append(stamp)
+        try:
+            return await self._load(model_id, quantization, device, replicas, request_id)
+        finally:
+            asked.remove(stamp)
+            if not asked:
+                self._asked.pop(model_id, None)
+
+    async def _load(
+        self,
+        model_id: str,
+        quantization: str | None,
+        device: str | None,
+        replicas: int | None,
+        request_id: str,
+    ) -> LoadedModel:
         if quantization is not None and quantization not in get_args(Quantization):
             # The Python API's check; over HTTP the request schema says the same first.
             raise InvalidRequestError(
@@ -232,21 +267,36 @@ class AsyncModelManager:
                 f"model {mid!r} failed: {failed.error}; load it again with POST /api/models/load",
                 param="model",
             )
-        if not found and not await self.is_known(mid):
-            raise not_here(mid)
-        if not found and not self.settings.auto_load:
+        loading = mid in self._asked or any(w.status == "loading" for w in found)
+        if not found and not loading and not await self.is_known(mid):
+            raise not_here(mid, await self.known_ids())
+        if not loading and not self.settings.auto_load:  # joining a load under way starts nothing
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
         waiting = self.metrics.waiting.labels(mid) if self.metrics else None
         if waiting is not None:
             waiting.inc()
         try:
-            loaded_now = await self.load_model(mid, request_id=request_id)
+            # A model that is loading is waited for (the request's deadline at most), never a 503 at once.
+            loaded_now = await asyncio.wait_for(
+                self.load_model(mid, request_id=request_id), self.settings.request_timeout_s
+            )
+        except TimeoutError:
+            raise await self._still_loading(mid) from None
         finally:
             if waiting is not None:
                 waiting.dec()
         # Fresh: a cached view (or a refresh already in flight) may still say `loading`, no address.
         found = [w for _, w in await self.hosts.find_all(mid, fresh=True)]
         return mid, [w for w in found if w.status == "loaded"] or [loaded_now]
+
+    async def _still_loading(self, model_id: str) -> ModelNotLoadedError:
+        """The 503 of a request whose deadline passed while its model loads: since when it loads."""
+        found = await self.hosts.find(model_id, fresh=True)
+        began = found[1].started_at if found and found[1].status == "loading" else None
+        began = began or min(self._asked.get(model_id) or [0.0])
+        so_far = f" ({time.time() - began:.0f} s so far)" if began else ""
+        message = f"starting: model {model_id!r} is loading{so_far}; retry shortly"
+        return ModelNotLoadedError(message, param="model")
 
     def _replicate(self, model_id: str, have: int, request_id: str) -> None:
         entry = self.config.view().models.get(model_id)
@@ -304,7 +354,7 @@ class AsyncModelManager:
 
     async def set_default_model(self, model_id: str) -> None:
         if not await self.is_known(model_id):
-            raise not_here(model_id)
+            raise not_here(model_id, await self.known_ids())
         await self._check_can_chat(model_id)
         self.config.set_default_model(model_id)
 
@@ -342,7 +392,7 @@ class AsyncModelManager:
                     default_parameters=dict(entry.default_parameters) if entry else {},
                     downloaded=disk is not None,
                     size_bytes=disk.size_bytes if disk else 0,
-                    state=worker.status if worker else "available",
+                    state=worker.status if worker else "loading" if mid in self._asked else "available",
                     device=worker.device if worker else None,
                     task=worker.task if worker else None,
                     default=mid == default,

@@ -22,6 +22,7 @@ import msgspec
 from litestar import Request
 from litestar.response import Stream
 
+from gateway.errors import log_failure
 from shared.errors import DukatError, ErrorBody, ErrorDetail, InternalError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,7 @@ def error_event(detail: ErrorDetail) -> bytes:
 def _failure_event(exc: Exception) -> bytes:
     """The error event for a failure inside a started stream; 5xx and bugs logged once here."""
     if isinstance(exc, DukatError):
-        if exc.status >= 500:
-            logger.error("stream failed: %s", exc.message, exc_info=exc)
+        log_failure("stream failed", exc)
         return error_event(exc.detail())
     logger.error("stream failed with an unexpected error", exc_info=exc)
     return error_event(InternalError(_INTERNAL_MESSAGE).detail())

@@ -183,6 +183,9 @@ class HostState(Struct, kw_only=True):
     downloads: list[DownloadJob] = []
     # DUKAT_MAX_LOADED_MODELS of this host (0: no limit).
     max_loaded_models: int = 0
+    # The most the host's own event loop ran late since it started (a tick every 50 ms): a blocked
+    # loop shows here; while it is late the host judges no worker hung.
+    loop_late_max_s: float = 0.0
 
 
 class LocalModel(Struct, kw_only=True):

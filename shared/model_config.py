@@ -18,6 +18,7 @@ temp file in the same folder and `os.replace`, so readers see the old file or th
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import os
 import re
@@ -239,6 +240,7 @@ class ConfigStore:
             log.warning("model config %s is valid again", self.path)
             self._broken = None
         self._cache = (key, config)
+        _warn_unknown_keys(self.path, config)
         return config
 
     def _create(self) -> tuple[int, ...]:
@@ -315,3 +317,17 @@ class ConfigStore:
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def _warn_unknown_keys(path: Path, config: ModelConfig) -> None:
+    """An entry's key Dukat does not know is kept as written, but most likely a misspelling: say
+    so once per version of the file, naming the closest known key."""
+    known = [f for f in _ENTRY_FIELDS if f != "extra"]
+    for model_id, entry in config.models.items():
+        for key in entry.extra:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            meant = f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(known)})"
+            log.warning(
+                "model config %s: models[%r] has a key Dukat does not know, %r: kept as written, "
+                "not used%s", path, model_id, key, meant,
+            )  # fmt: skip

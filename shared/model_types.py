@@ -43,6 +43,8 @@ class ModelType(Struct, frozen=True, kw_only=True):
     hf_model_types: tuple[str, ...] = ()
     # Whether bitsandbytes can quantize it (transformers 5 skips Falcon's own FalconLinear layers).
     quantizable: bool = True
+    # Stops of its chats beyond its format's: the speakers a base model invents in a transcript.
+    chat_stops: tuple[str, ...] = ()
 
 
 _INST_MARKERS = ("[INST]", "[/INST]", "</s>")
@@ -86,7 +88,15 @@ MODEL_TYPES: dict[str, ModelType] = {
         # A base (pretrained, not chat-tuned) causal LM of any architecture: a chat format it never
         # saw makes it ramble, the plain "User: ...\nAssistant:" format it continues sensibly. Never
         # inferred: set it as the config entry's model_type.
-        ModelType(name="base", trailing_markers=("</s>", "<eos>", "<|endoftext|>")),
+        ModelType(
+            name="base",
+            trailing_markers=("</s>", "<eos>", "<|endoftext|>"),
+            # A base model's chat goes on as a transcript: a new speaker line ends its turn, the
+            # roles it invents and its own next turn (which repeats the prompt) included.
+            chat_stops=(
+                "\nAssistant:", "\nStudent:", "\nTeacher:", "\nHuman:", "\nAI:", "\nQuestion:", "\nQ:",
+            ),
+        ),
         ModelType(name="t5", task=Task.SEQ2SEQ, trailing_markers=("</s>",), hf_model_types=("t5", "mt5")),
         ModelType(name="bert", task=Task.EMBEDDING, hf_model_types=("bert",)),
         ModelType(name="roberta", task=Task.EMBEDDING, hf_model_types=("roberta", "xlm-roberta")),

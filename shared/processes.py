@@ -18,6 +18,7 @@ from collections.abc import Callable
 import httpx
 
 from shared.host_api import device_kind
+from shared.logs import parse_line
 
 # The model worker's handshake lines (`python -m worker.model` prints, `worker.host.supervisor` reads them).
 WORKER_READY = "DUKAT_WORKER_READY"
@@ -135,7 +136,11 @@ class ChildProcess:
             self.lines.append(line)
             # Through logging, never straight to the terminal: `dukat serve` shows these lines (its
             # logging writes to stderr), a Python program using the seed's API decides for itself.
-            log.log(_level_of(line), "%s: %s", self.module, line)
+            if (parsed := parse_line(line)) is not None:  # one timestamp: ours, with its level and name
+                level, name, message = parsed
+                logging.getLogger(name).log(level, "%s", message)
+            else:
+                log.log(_level_of(line), "%s: %s", self.module, line)
         ready.set()
 
     def alive(self) -> bool:

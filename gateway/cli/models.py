@@ -39,8 +39,23 @@ def pull(
             job = msgspec.convert(api.call("GET", f"/api/downloads/{job.id}"), DownloadJob)
         bar.update(job)
     if job.status == "failed":
-        raise CliError(f"error ({job.error_code}): {job.error}")
+        raise CliError(f"error ({job.error_code}): {job.error}{_after_failed_pull(api, model)}")
     return msgspec.to_builtins(job)
+
+
+def _after_failed_pull(api: Api, model: str) -> str:
+    """What to try instead: the ids here that `model` may mean, and placing the files by hand."""
+    from gateway.model_admin import close_ids
+
+    known: list[str] = []
+    with contextlib.suppress(CliError, KeyError, TypeError):
+        known = [m["id"] for m in api.call("GET", "/api/models")["data"]]
+    close = close_ids(model, known)
+    meant = f"\n  did you mean {' or '.join(close)}?" if close else ""
+    return (
+        f"{meant}\n  or place the model by hand: its folder (config.json, weights, tokenizer files) or its "
+        f".gguf file under the server's models_dir (models/ by default) as models/{model}/, then `dukat list`"
+    )
 
 
 def cmd_pull(api: Api, args: argparse.Namespace) -> None:
@@ -134,6 +149,11 @@ def cmd_show(api: Api, args: argparse.Namespace) -> None:
         print_json(details)
     else:
         print("\n".join(_show_lines(details)))
+
+
+def show_text(api: Api, model: str) -> str:
+    """What `dukat show MODEL` prints (`/show` inside `dukat run` too)."""
+    return "\n".join(_show_lines(api.call("GET", f"/api/models/{quote(model, safe='/')}")))
 
 
 def cmd_load(api: Api, args: argparse.Namespace) -> None:

@@ -32,7 +32,7 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     sock = bind_socket(settings.host, settings.port)
     url = public_url(settings.host, sock.getsockname()[1])
     banner = usage_text(url) if demo else serving_text(url)
-    announce_when_ready(url, banner + cli_hint(chat_model))
+    announce_when_ready(url, banner + cli_hint(chat_model), preload=settings.preload)
     app = create_app(settings)
     serve(
         app, sock, ready_prefix=GATEWAY_READY, log_level=settings.log_level,

@@ -34,6 +34,9 @@ async def completions(
     check_model(state.manager, data.model)
     check_generations(settings, len(prompts), data.choices)
     check_prompt_chars(settings, (p for p in prompts if isinstance(p, str)), "prompt")
+    defaults = state.manager.defaults_for(state.manager.resolve_id(data.model))
+    if data.max_tokens is None and defaults is not None and defaults.max_new_tokens is not None:
+        data.max_tokens = defaults.max_new_tokens  # the config's default, before OpenAI's 16
     requests = data.generate_requests(rid)
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)

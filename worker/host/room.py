@@ -12,14 +12,16 @@ from shared.capacity import eviction_plan, holds_memory, loaded_count
 from shared.errors import DeviceUnavailableError, NoCapacityError
 from shared.host_api import DEVICE_KINDS, DeviceState, HostState, LoadEstimate, WorkerState, device_kind
 from shared.settings import Quantization, Settings
-from worker.host.memory_estimate import estimate_memory
+from worker.host.memory_estimate import TensorSizes, estimate_memory
 
 log = logging.getLogger(__name__)
 
 
-def estimate(path: Path, quantization: Quantization, settings: Settings) -> LoadEstimate:
+def estimate(path: Path, quantization: Quantization, settings: Settings, sizes: TensorSizes) -> LoadEstimate:
+    """Blocking (file reads, cached in `sizes`): call it from a thread."""
+    tokens = settings.kv_cache_tokens
     by_kind: dict[str, int] = {
-        k: estimate_memory(path, quantization, k, kv_tokens=settings.kv_cache_tokens).total_bytes
+        k: estimate_memory(path, quantization, k, kv_tokens=tokens, sizes=sizes).total_bytes
         for k in DEVICE_KINDS
     }
     return LoadEstimate(quantization=quantization, bytes_by_kind=by_kind)

@@ -35,6 +35,7 @@ from worker.host.devices import Gpus, offered_devices
 from worker.host.download_jobs import DownloadJobs
 from worker.host.downloads import resolve_model_path
 from worker.host.idle_unload import KeepAlive
+from worker.host.memory_estimate import TensorSizes
 from worker.host.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Host:
         self.keep_alive_s = parse_keep_alive(settings.keep_alive)
         self.keep_alive = KeepAlive(self.supervisor, self.unload, period_s=settings.worker_ping_interval_s)
         self._placing = asyncio.Lock()
+        self.sizes = TensorSizes()  # weight files' tensor lists, read once per file version
 
     def state(self) -> HostState:
         workers = self.supervisor.states()
@@ -74,6 +76,7 @@ class Host:
             models=workers,
             downloads=self.jobs.list(),
             max_loaded_models=self.settings.max_loaded_models,
+            loop_late_max_s=round(self.supervisor.clock.worst_s, 3),
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
@@ -100,12 +103,14 @@ class Host:
     async def _spec(self, cmd: LoadCommand) -> WorkerSpec:
         """What a new worker of `cmd` runs: its files (downloaded first if missing), type, quantization,
         and a device with room for its estimated memory (idle models evicted to make it)."""
-        path = self._local_path(cmd)
+        # Disk reads (the GGUF header, weight headers) run in a thread: the loop keeps answering
+        # the gateways and pinging the other workers meanwhile.
+        path = await asyncio.to_thread(self._local_path, cmd)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
-        model_type, quantization, is_default = self._quantization(cmd, path)
-        need = room.estimate(path, quantization, self.settings).bytes_by_kind
+        model_type, quantization, is_default, estimate = await asyncio.to_thread(self._size_up, cmd, path)
+        need = estimate.bytes_by_kind
         # One decision at a time: each sees the others' reservations. The supervisor starts the
         # worker (its reservation) right after this returns, without yielding to the loop.
         async with self._placing:
@@ -147,12 +152,20 @@ class Host:
         asked = cmd.quantization or cmd.default_quantization
         return model_type, asked or default, asked is None
 
-    def estimate(self, cmd: LoadCommand) -> LoadEstimate:
+    def _size_up(self, cmd: LoadCommand, path: Path) -> tuple[ModelType, Quantization, bool, LoadEstimate]:
+        """The model's type, quantization (and whether it is the default) and memory estimate.
+        Blocking (file reads): called in a thread."""
+        model_type, quantization, is_default = self._quantization(cmd, path)
+        estimate = room.estimate(path, quantization, self.settings, self.sizes)
+        return model_type, quantization, is_default, estimate
+
+    async def estimate(self, cmd: LoadCommand) -> LoadEstimate:
         """What a load of `cmd` would take, before any worker starts (the gateway's placement)."""
+        return await asyncio.to_thread(self._estimate, cmd)
+
+    def _estimate(self, cmd: LoadCommand) -> LoadEstimate:
         path = self._local_path(cmd)
-        if path is None:
-            return LoadEstimate()
-        return room.estimate(path, self._quantization(cmd, path)[1], self.settings)
+        return LoadEstimate() if path is None else self._size_up(cmd, path)[3]
 
     async def unload(self, model_id: str, reason: str, request_id: str = "") -> None:
         worker = self.supervisor.state(model_id)
@@ -172,8 +185,8 @@ class Host:
         freed = await asyncio.to_thread(model_files.delete, self.settings.models_dir, model_id)
         return Deleted(model_id=model_id, freed_bytes=freed)
 
-    def local_models(self) -> list[LocalModel]:
-        return list_local_models(self.settings.models_dir)
+    async def local_models(self) -> list[LocalModel]:
+        return await asyncio.to_thread(list_local_models, self.settings.models_dir)
 
 
 def _own_address() -> str:

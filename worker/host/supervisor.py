@@ -31,11 +31,13 @@ from shared.errors import (
     error_from_code,
 )
 from shared.host_api import LIVE_STATUSES, WorkerState
+from shared.logs import parse_line
 from shared.processes import WORKER_FAILED, WORKER_READY, pinned_env, ready_port, terminate
 from shared.settings import Settings
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
 from worker.host.healing import Healing, Lifeline
+from worker.host.loop_clock import LATE_S, LoopClock
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 40
@@ -83,6 +85,7 @@ class Supervisor:
         self.settings = settings
         self.advertise = advertise
         self.healing = Healing.of(settings)
+        self.clock = LoopClock()  # run by the host's lifespan
         self._workers: dict[str, _Worker] = {}
 
     def states(self) -> list[WorkerState]:
@@ -139,7 +142,8 @@ class Supervisor:
             last_used_at=time.time(),
         )
         logs: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
-        worker = _Worker(spec=spec, state=state, logs=logs, life=Lifeline(self.healing, state, logs))
+        life = Lifeline(self.healing, state, logs, self.clock)
+        worker = _Worker(spec=spec, state=state, logs=logs, life=life)
         self._workers[spec.model_id] = worker
         run = worker.life.run(
             partial(self._attempt, worker),
@@ -259,8 +263,16 @@ class Supervisor:
         return None
 
     async def _ready(self, worker: _Worker, conn: WorkerConnection) -> None:
-        # Ready means it answers: one ping over the real wire, which also brings the model's facts.
-        info = (await asyncio.wait_for(conn.pong(), self.healing.ping_timeout_s)).info
+        # Ready means it answers: one ping over the real wire, which also brings the model's facts
+        # (asked again when this host was late itself: then the silence may be the host's).
+        while True:
+            asked = time.monotonic()
+            try:
+                info = (await asyncio.wait_for(conn.pong(), self.healing.ping_timeout_s)).info
+                break
+            except TimeoutError:
+                if self.clock.late_since(asked) < LATE_S:
+                    raise
         s = worker.state
         s.address, s.status = conn.address, "loaded"
         for name in _ENGINE_FACTS:
@@ -289,6 +301,10 @@ class Supervisor:
             worker.logs.append(line)
             # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
             level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
+            if (parsed := parse_line(line)) is not None:  # one timestamp: ours
+                line = f"{parsed[1]} {parsed[2]}"
+                # Its warnings stay warnings, but not the noise of a process being stopped.
+                level = level if worker.state.status == "stopping" else max(level, parsed[0])
             log.log(level, "[%s] %s", worker.spec.model_id, line)
 
     def observe(self, model_id: str, load: WorkerLoad) -> None:

@@ -52,9 +52,9 @@ def role_echoes(fmt: PromptFormat) -> tuple[str, ...]:
 
 
 def stop_strings(model_type: ModelType, stop: Iterable[str] | None = None, *, chat: bool = True) -> list[str]:
-    """Request stops, then the format's implied stops (chat only), then the model's trailing markers;
-    empty strings and repeats dropped."""
-    implied = implied_stops(model_type.prompt_format) if chat else ()
+    """Request stops, then the format's implied stops and the type's chat stops (chat only), then the
+    model's trailing markers; empty strings and repeats dropped."""
+    implied = (*implied_stops(model_type.prompt_format), *model_type.chat_stops) if chat else ()
     candidates = [*(stop or ()), *implied, *model_type.trailing_markers]
     return list(dict.fromkeys(s for s in candidates if s))
 
