@@ -22,6 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from shared.errors import (
     ContextLengthExceededError,
     ModelNotLoadedError,
@@ -34,7 +36,7 @@ from shared.generation import (
     GenerateResult,
     SamplingParams,
 )
-from shared.model_types import ModelType, Task
+from shared.model_types import MODEL_TYPES, ModelType, PromptFormat, Task
 from shared.settings import DEFAULTS, Quantization
 from shared.wire import EngineInfo
 from worker.model.batching import Job, Scheduler
@@ -43,6 +45,7 @@ from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
+from worker.model.pooling import Pooling, read_pooling
 from worker.model.prompt_ids import prompt_of
 from worker.model.reply import Plan, Reply, TextStream, deliver
 from worker.model.sampling import TokenSampler, resolve_params
@@ -67,8 +70,10 @@ class Engine:
         *,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        pooling: Pooling | None = None,
     ) -> None:
         self._loaded: Loaded | None = loaded
+        model_type = _without_template(model_type, loaded.tokenizer)
         self._model_type = model_type
         self._lock = threading.Lock()
         self._info = EngineInfo(
@@ -82,7 +87,7 @@ class Engine:
             load_seconds=loaded.load_seconds,
         )
         self._embedder = (
-            Embedder(loaded.model, loaded.tokenizer, context_length=loaded.context_length)
+            Embedder(loaded.model, loaded.tokenizer, context_length=loaded.context_length, pooling=pooling)
             if model_type.task is Task.EMBEDDING
             else None
         )
@@ -94,6 +99,12 @@ class Engine:
             if model_type.task is Task.EMBEDDING
             else _scheduler(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
         )
+        reason = (
+            self._scheduler.unbatched_reason
+            if self._scheduler is not None
+            else "embedding requests run one at a time (each request's inputs in one forward pass)"
+        )
+        self._info = msgspec.structs.replace(self._info, batching=reason is None, batching_reason=reason)
 
     @classmethod
     def load(
@@ -107,7 +118,8 @@ class Engine:
         max_queue: int = DEFAULTS.max_queue,
     ) -> Engine:
         loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
-        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+        pooling = read_pooling(path) if model_type.task is Task.EMBEDDING else None
+        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue, pooling=pooling)
 
     @property
     def info(self) -> EngineInfo:
@@ -289,12 +301,24 @@ def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_que
     # The KV cache grows with use, bounded by these settings (not sized from free memory).
     logger.info(
         "%s generation: up to %d requests of at most %d tokens at once, %d more queued",
-        "batched" if scheduler.batched else "unbatched (one cache per request)",
+        "batched"
+        if scheduler.batched
+        else f"unbatched (one sequence at a time: {scheduler.unbatched_reason})",
         max_batch,
         loaded.context_length,
         max_queue,
     )
     return scheduler
+
+
+def _without_template(model_type: ModelType, tokenizer: Any) -> ModelType:
+    """A generic type's model without a chat template is prompted and cleaned as a base model."""
+    if model_type.prompt_format is not PromptFormat.TEMPLATE or getattr(tokenizer, "chat_template", None):
+        return model_type
+    base = MODEL_TYPES["base"]
+    return msgspec.structs.replace(
+        model_type, prompt_format=base.prompt_format, trailing_markers=base.trailing_markers
+    )
 
 
 def _in_vocabulary(ids: list[int] | None, tokenizer: Any) -> frozenset[int]:

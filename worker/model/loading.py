@@ -19,6 +19,7 @@ from shared.gguf import is_model_folder, pick_gguf
 from shared.gguf import prepare as prepare_gguf
 from shared.model_types import ModelType, Task
 from shared.settings import Quantization
+from worker.model.architectures import model_class
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def load_model(path: Path, *, model_type: ModelType, quantization: Quantization,
         kwargs["quantization_config"] = _bnb_config(quantization, dtype)
     tokenizer = _load_tokenizer(path)
     try:
-        model = _model_class(model_type.task).from_pretrained(path, **kwargs)
+        model = model_class(path, model_type.task).from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ModelLoadFailedError(f"cannot load the model in {path}: {exc}") from exc
     model.eval()
@@ -154,16 +155,6 @@ def _bnb_config(quantization: Quantization, dtype: torch.dtype) -> Any:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     _quiet_int8_cast_warning()
     return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def _model_class(task: Task) -> Any:
-    import transformers
-
-    if task is Task.SEQ2SEQ:
-        return transformers.AutoModelForSeq2SeqLM
-    if task is Task.EMBEDDING:
-        return transformers.AutoModel
-    return transformers.AutoModelForCausalLM
 
 
 def _load_tokenizer(path: Path) -> Any:
