@@ -4,8 +4,8 @@ decide, so any architecture this transformers knows loads without a Dukat entry.
 A causal LM loads with AutoModelForCausalLM, an image-text-to-text checkpoint (Gemma 3, Mistral 3,
 Qwen2.5-VL) with AutoModelForImageTextToText, an encoder-decoder with AutoModelForSeq2SeqLM, an
 embedding model with AutoModel (its pooling: worker/model/pooling.py). What this transformers cannot
-load, or could only with the model's own code (`auto_map`, off unless DUKAT_TRUST_REMOTE_CODE names
-the model), is an UnsupportedModelTypeError naming the architecture and the transformers version.
+load, or could only with the model's own code (`auto_map`: Dukat never runs a model's code yet), is
+an UnsupportedModelTypeError naming the architecture and the transformers version.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _CLASSES: dict[Task, tuple[tuple[str, str], ...]] = {
 }
 
 
-def model_class(path: Path, task: Task, *, trust_remote_code: bool = False) -> Any:
+def model_class(path: Path, task: Task) -> Any:
     """The transformers auto class that loads the folder `path` for `task`."""
     import transformers
     from transformers.models.auto import modeling_auto
@@ -45,8 +45,6 @@ def model_class(path: Path, task: Task, *, trust_remote_code: bool = False) -> A
         raise UnsupportedModelTypeError(f"{path / 'config.json'} names no model_type", param="model")
     version = transformers.__version__
     if arch not in CONFIG_MAPPING_NAMES:
-        if config.get("auto_map") and trust_remote_code:
-            return getattr(transformers, _CLASSES[task][0][0])
         raise UnsupportedModelTypeError(_unknown_message(arch, version, remote=bool(config.get("auto_map"))),
                                         param="model")
     for class_name, mapping in _CLASSES[task]:
@@ -63,7 +61,7 @@ def _unknown_message(arch: str, version: str, *, remote: bool) -> str:
     if remote:
         return (
             f"architecture {arch!r} is not in transformers {version}: it needs the model's own code "
-            "(trust_remote_code), which runs only for models DUKAT_TRUST_REMOTE_CODE names"
+            "(trust_remote_code), which Dukat does not run"
         )
     return f"architecture {arch!r} is not one transformers {version} can load (a newer transformers may)"
 
