@@ -100,6 +100,7 @@ class Accepted(Struct, tag="accepted", kw_only=True, forbid_unknown_fields=True)
 class Delta(Struct, tag="delta", kw_only=True, forbid_unknown_fields=True):
     id: int
     text: str
+    reasoning: bool = False  # a piece of the thinking block, not of the answer
 
 
 class Result(Struct, tag="result", kw_only=True, forbid_unknown_fields=True):

@@ -27,7 +27,7 @@ from gateway.schemas.responses import (
     new_item_id,
     output_items,
 )
-from shared.generation import GenerateResult
+from shared.generation import GenerateResult, Reasoning
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):
@@ -146,8 +146,8 @@ async def response_stream(
         if isinstance(event, GenerateResult):
             yield (*head, *_ending(number, shell, event, message_id, opened=bool(text)))
             return
-        if not event:
-            continue
+        if isinstance(event, Reasoning) or not event:
+            continue  # Responses reasoning items: not yet
         opening = () if text else _open_message(number, message_id)
         text.append(event)
         delta = number(OutputTextDelta(item_id=message_id, output_index=0, delta=event))

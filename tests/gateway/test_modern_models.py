@@ -103,3 +103,43 @@ def test_an_architecture_transformers_does_not_know_is_a_400_naming_it(served: s
     error = error_of(response, 400, "unsupported_model_type")
     assert "'brand_new_arch'" in error["message"]
     assert f"transformers {transformers.__version__}" in error["message"]
+
+
+def test_a_reasoning_models_thinking_lands_in_reasoning_content_whole_and_streamed(served: str) -> None:
+    hub_id = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # its generation prompt opens <think>
+    body = {"model": hub_id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8,
+            "temperature": 0}  # fmt: skip
+    try:
+        whole = httpx.post(f"{served}/v1/chat/completions", json=body, timeout=120).json()
+        choice = whole["choices"][0]
+        # A block cut by max_tokens: reasoning with finish_reason "length", nothing in content.
+        assert choice["finish_reason"] == "length" and choice["message"]["content"] == ""
+        assert choice["message"]["reasoning_content"] == choice["message"]["reasoning"] != ""
+        thinking, content = [], []
+        with httpx.stream("POST", f"{served}/v1/chat/completions", json={**body, "stream": True},
+                          timeout=120) as resp:  # fmt: skip
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    for c in json.loads(line[6:])["choices"]:
+                        thinking.append(c["delta"].get("reasoning_content") or "")
+                        content.append(c["delta"].get("content") or "")
+        assert "".join(thinking) == choice["message"]["reasoning_content"]
+        assert "".join(content) == ""
+    finally:
+        httpx.post(f"{served}/api/models/unload", json={"model": hub_id}, timeout=60)
+
+
+def test_chat_template_kwargs_reach_the_template(served: str) -> None:
+    hub_id = "Qwen/Qwen3-0.6B"
+    body = {"model": hub_id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    try:
+        default = httpx.post(f"{served}/v1/chat/completions", json=body, timeout=120).json()
+        off = {**body, "chat_template_kwargs": {"enable_thinking": False}}
+        thinking_off = httpx.post(f"{served}/v1/chat/completions", json=off, timeout=120).json()
+        # The template closed an empty thinking block in the prompt: 4+ more prompt tokens.
+        assert thinking_off["usage"]["prompt_tokens"] > default["usage"]["prompt_tokens"]
+        bad = {**body, "chat_template_kwargs": {"add_generation_prompt": False}}
+        refused = httpx.post(f"{served}/v1/chat/completions", json=bad, timeout=120)
+        error_of(refused, 400, param="chat_template_kwargs")
+    finally:
+        httpx.post(f"{served}/api/models/unload", json={"model": hub_id}, timeout=60)

@@ -18,8 +18,8 @@ from tests.support import tiny_modern_templates as templates
 from tests.support.tiny_models import TokenizerSpec, _ensure, _init_weights, tokenizer_from_spec
 
 _CHATML_TOK = TokenizerSpec(
-    special=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>",
-             "</tool_call>"),
+    # As in Qwen's tokenizers, <think> and <tool_call> are not special: replies keep them as text.
+    special=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     eos="<|im_end|>", pad="<|endoftext|>", extra=("<|im_start|>", "<|im_end|>"),
 )  # fmt: skip
 
@@ -107,7 +107,7 @@ MODERN_MODELS: dict[str, ModernModel] = {
         ModernModel(
             hub_id="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", model_type="qwen2",
             tokenizer=TokenizerSpec(special=("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>",
-                                             "<｜Assistant｜>", "<think>", "</think>"),
+                                             "<｜Assistant｜>"),
                                     bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>",
                                     pad="<｜end▁of▁sentence｜>", add_bos=True,
                                     extra=("<｜User｜>", "<｜Assistant｜>")),
@@ -117,6 +117,8 @@ MODERN_MODELS: dict[str, ModernModel] = {
 }  # fmt: skip
 
 _H, _LAYERS, _FF, _HEADS, _CTX = 64, 2, 128, 4, 512
+# Bump when the built models change, so cached folders are rebuilt.
+_BUILDER_VERSION = 2
 
 
 def _text_kwargs(tokenizer: Any) -> dict[str, Any]:
@@ -196,5 +198,5 @@ def build_modern_model(hub_id: str, dest: Path, *, init_std: float = 0.5, seed: 
 
 def ensure_modern_model(hub_id: str, cache_dir: Path) -> Path:
     """The folder of `build_modern_model(hub_id)` under `cache_dir`, built once."""
-    name = "modern-" + hub_id.replace("/", "--")
+    name = f"modern{_BUILDER_VERSION}-" + hub_id.replace("/", "--")
     return _ensure(cache_dir, name, {}, lambda dest: build_modern_model(hub_id, dest))

@@ -34,6 +34,7 @@ from shared.generation import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    Reasoning,
     SamplingParams,
 )
 from shared.model_types import MODEL_TYPES, ModelType, PromptFormat, Task
@@ -47,6 +48,7 @@ from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
 from worker.model.pooling import Pooling, read_pooling
 from worker.model.prompt_ids import prompt_of
+from worker.model.reasoning import opens_thinking, thinks
 from worker.model.reply import Plan, Reply, TextStream, deliver
 from worker.model.sampling import TokenSampler, resolve_params
 from worker.model.tool_calls import ToolFormat, tool_format_of
@@ -93,6 +95,7 @@ class Engine:
         )
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
+        self._thinks = thinks(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
         self._scheduler = (
             None
@@ -149,7 +152,7 @@ class Engine:
         Request errors (task, prompt, context length, a full queue) raise here, before the first
         item. Closing the stream (or dropping it) ends the request.
         """
-        items: queue.SimpleQueue[str | GenerateResult | BaseException] = queue.SimpleQueue()
+        items: queue.SimpleQueue[str | Reasoning | GenerateResult | BaseException] = queue.SimpleQueue()
         end = self.start(req, defaults, cancel, on_text=items.put, on_done=items.put)
         return TextStream(items, end)
 
@@ -159,7 +162,7 @@ class Engine:
         defaults: SamplingParams | None = None,
         cancel: threading.Event | None = None,
         *,
-        on_text: Callable[[str], None],
+        on_text: Callable[[str | Reasoning], None],
         on_done: Callable[[GenerateResult | BaseException], None],
         on_step: Callable[[], None] | None = None,
     ) -> Callable[[], None]:
@@ -277,6 +280,10 @@ class Engine:
             vocab=vocab,
             prompt_text=(text if text is not None else tokenizer.decode(ids)) if req.echo else None,
             prompt_logprobs=echo_logprobs,
+            # A reasoning template's chat reply (not a constrained one: its grammar decides the text).
+            thinking_open=opens_thinking(text or "")
+            if self._thinks and chat and req.constraint is None
+            else None,
         )
 
     def _grammars_for(self, loaded: Loaded) -> Grammars:

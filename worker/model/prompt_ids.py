@@ -57,24 +57,43 @@ def _chat_text(
     if getattr(tokenizer, "chat_template", None):
         native = tools is not None and tool_format is not ToolFormat.GENERIC
         turns = template_messages(messages, fmt, tools=tools, native_tools=native)
-        return _apply_template(tokenizer, turns, tools if native else None)
+        return _apply_template(tokenizer, turns, tools if native else None, req.template_kwargs or {})
     return render_fallback(messages, fmt, tools=tools)
 
 
 def _apply_template(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    extra: dict[str, Any],
 ) -> str:
     import jinja2
 
     try:
         text: str = tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=True
+            messages, tools=tools, tokenize=False, add_generation_prompt=True, **_template_vars(extra)
         )
     except jinja2.TemplateError as exc:  # the template's raise_exception(...): a bad conversation
         raise InvalidRequestError(
             f"the model's chat template refused the messages: {exc}", param="messages"
         ) from exc
     return text
+
+
+# apply_chat_template's own arguments: a request's template variables may not set them.
+_RESERVED = frozenset({"conversation", "messages", "tools", "documents", "tokenize", "add_generation_prompt",
+                       "continue_final_message", "return_dict", "return_tensors", "chat_template", "padding",
+                       "truncation", "max_length", "tokenizer_kwargs",
+                       "return_assistant_tokens_mask"})  # fmt: skip
+
+
+def _template_vars(extra: dict[str, Any]) -> dict[str, Any]:
+    reserved = sorted(_RESERVED & set(extra))
+    if reserved:
+        raise InvalidRequestError(
+            f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs"
+        )
+    return extra
 
 
 def _tokenize(tokenizer: Any, text: str) -> list[int]:
