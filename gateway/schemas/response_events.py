@@ -177,8 +177,10 @@ def _ending(
                 number(OutputTextDone(item_id=message_id, output_index=index, text=part.text)),
                 number(ContentPartDone(item_id=message_id, output_index=index, part=part)),
             ]
-        else:
+        elif isinstance(item, FunctionCallItem):
             out += _call_events(number, index, item)
+        else:  # the thinking, whole (its deltas are not streamed)
+            out.append(number(OutputItemAdded(output_index=index, item=item)))
         out.append(number(OutputItemDone(output_index=index, item=item)))
     response = finished(shell, result, output)
     last = ResponseCompleted if response.status == "completed" else ResponseIncomplete

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import TINY_MODEL_CACHE
 from tests.gateway.conftest import TEST_ENV
 from tests.support.checks import error_of
+from tests.support.openapi_check import validate
 from tests.support.served import dukat_serve
 from tests.support.tiny_modern_models import MODERN_MODELS, ensure_modern_model
 
@@ -141,5 +142,24 @@ def test_chat_template_kwargs_reach_the_template(served: str) -> None:
         bad = {**body, "chat_template_kwargs": {"add_generation_prompt": False}}
         refused = httpx.post(f"{served}/v1/chat/completions", json=bad, timeout=120)
         error_of(refused, 400, param="chat_template_kwargs")
+    finally:
+        httpx.post(f"{served}/api/models/unload", json={"model": hub_id}, timeout=60)
+
+
+def test_responses_return_the_thinking_as_a_reasoning_item_and_count_its_tokens(served: str) -> None:
+    hub_id = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    client = _client(served)
+    try:
+        out = client.responses.create(model=hub_id, input="Hi", max_output_tokens=6, temperature=0)
+        validate(out.model_dump(mode="json", exclude_unset=True), "Response")
+        reasoning = [item for item in out.output if item.type == "reasoning"]
+        assert len(reasoning) == 1 and reasoning[0].content and reasoning[0].content[0].text
+        assert out.usage is not None and out.usage.output_tokens_details.reasoning_tokens == 6
+        assert out.status == "incomplete" and out.output_text == ""  # cut inside the block
+        events = list(client.responses.create(model=hub_id, input="Hi", max_output_tokens=6, stream=True))
+        for event in events:
+            validate(event.model_dump(mode="json", exclude_unset=True), "ResponseStreamEvent")
+        last = events[-1].response  # type: ignore[union-attr]
+        assert [i.type for i in last.output if i.type == "reasoning"] == ["reasoning"]
     finally:
         httpx.post(f"{served}/api/models/unload", json={"model": hub_id}, timeout=60)

@@ -44,6 +44,7 @@ from worker.model.batching import Job, Scheduler
 from worker.model.cleaning import stop_strings
 from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
+from worker.model.harmony import speaks_harmony
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
 from worker.model.pooling import Pooling, read_pooling
@@ -96,6 +97,7 @@ class Engine:
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
         self._thinks = thinks(getattr(loaded.tokenizer, "chat_template", None))
+        self._harmony = speaks_harmony(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
         self._scheduler = (
             None
@@ -259,6 +261,7 @@ class Engine:
         eos = frozenset() if params.ignore_eos and req.constraint is None else self._eos_ids
         extra_stops = _in_vocabulary(params.stop_token_ids, tokenizer)
         parsing = req.tools.parsing if req.tools is not None else "none"
+        split = chat and req.constraint is None
         wants_vocab = req.logprobs is not None
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
         echo_logprobs = None
@@ -275,15 +278,16 @@ class Engine:
             tool_parsing=parsing,
             tool_name=req.tools.name if req.tools is not None else None,
             # Formats whose call markers are special tokens keep them in the text while parsing.
+            # (and harmony's channel markers are special tokens its reply is split by).
             skip_special=params.skip_special_tokens is not False
-            and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS),
+            and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS)
+            and not (self._harmony and split),
             vocab=vocab,
             prompt_text=(text if text is not None else tokenizer.decode(ids)) if req.echo else None,
             prompt_logprobs=echo_logprobs,
             # A reasoning template's chat reply (not a constrained one: its grammar decides the text).
-            thinking_open=opens_thinking(text or "")
-            if self._thinks and chat and req.constraint is None
-            else None,
+            thinking_open=opens_thinking(text or "") if self._thinks and split else None,
+            harmony=self._harmony and split,
         )
 
     def _grammars_for(self, loaded: Loaded) -> Grammars:

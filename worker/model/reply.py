@@ -23,6 +23,7 @@ from shared.model_types import ModelType
 from worker.model.batching import Job
 from worker.model.cleaning import scanner_for
 from worker.model.detokenize import detokenizer
+from worker.model.harmony import HarmonySplitter
 from worker.model.logprobs import token_logprobs
 from worker.model.reasoning import ThinkSplitter
 from worker.model.tool_calls import ToolCallScanner, ToolFormat
@@ -48,6 +49,7 @@ class Plan:
     # A reasoning template's chat reply: whether it starts inside the thinking block (None: the
     # reply is not split).
     thinking_open: bool | None = None
+    harmony: bool = False  # a gpt-oss reply: its channels split it (worker/model/harmony.py)
 
 
 def deliver(
@@ -89,7 +91,11 @@ class Reply:
     def __init__(self, model_type: ModelType, tokenizer: Any, plan: Plan, started: float) -> None:
         self.scanner = scanner_for(model_type, plan.params.stop, chat=plan.chat)
         self.tools = ToolCallScanner(plan.tool_format, plan.tool_parsing, plan.tool_name)
-        self.think = ThinkSplitter(inside=plan.thinking_open) if plan.thinking_open is not None else None
+        self.think: ThinkSplitter | HarmonySplitter | None = None
+        if plan.harmony:
+            self.think = HarmonySplitter()
+        elif plan.thinking_open is not None:
+            self.think = ThinkSplitter(inside=plan.thinking_open)
         self.reasoning_tokens = 0
         self.detok = detokenizer(tokenizer, skip_special_tokens=plan.skip_special)
         self.plan, self.started = plan, started

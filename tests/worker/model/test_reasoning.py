@@ -13,6 +13,7 @@ from tests.conftest import TINY_MODEL_CACHE
 from tests.support.tiny_modern_models import ensure_modern_model
 from worker.host.catalog import model_type_of
 from worker.model.engine import Engine
+from worker.model.harmony import HarmonySplitter, speaks_harmony
 from worker.model.reasoning import ThinkSplitter, opens_thinking, thinks
 
 
@@ -95,3 +96,46 @@ def test_chat_template_kwargs_reach_the_template() -> None:
 
 def _fields(req: GenerateRequest) -> dict[str, object]:
     return {f: getattr(req, f) for f in req.__struct_fields__}
+
+
+HARMONY = (
+    "<|channel|>analysis<|message|>The user says hi.<|end|>"
+    "<|start|>assistant<|channel|>final<|message|>Hello!"
+)
+
+
+def _harmony(text: str, pieces: list[int]) -> tuple[str | None, str, str, str]:
+    splitter = HarmonySplitter()
+    thought, answer, at = [], [], 0
+    for size in [*pieces, len(text)]:
+        t, a = splitter.feed(text[at : at + size])
+        thought.append(t)
+        answer.append(a)
+        at += size
+    t, a = splitter.finish()
+    return splitter.reasoning, splitter.content, "".join([*thought, t]), "".join([*answer, a])
+
+
+@pytest.mark.parametrize("pieces", [[], [1] * 120, [5, 9, 2, 30, 3]])
+def test_harmony_analysis_is_reasoning_and_final_the_answer_for_any_split(pieces: list[int]) -> None:
+    reasoning, content, thought, answer = _harmony(HARMONY, pieces)
+    assert (reasoning, content) == ("The user says hi.", "Hello!")
+    assert (thought, answer) == (reasoning, content)
+
+
+def test_a_harmony_reply_without_channels_is_answer_and_a_cut_analysis_is_reasoning() -> None:
+    assert _harmony("just text, no markers", [4])[:2] == (None, "just text, no markers")
+    assert _harmony("<|channel|>analysis<|message|>thinking ab", [7])[:2] == ("thinking ab", "")
+    assert speaks_harmony("{{ '<|start|>assistant' }}{{ '<|channel|>final' }}") and not speaks_harmony(None)
+
+
+def test_a_gpt_oss_reply_is_decoded_with_its_channel_markers_and_split() -> None:
+    engine = _engine("openai/gpt-oss-20b")
+    try:
+        req = GenerateRequest(messages=[Message(role="user", content="Hi")],
+                              params=SamplingParams(max_new_tokens=8, temperature=0))  # fmt: skip
+        result = engine.generate(req)
+    finally:
+        engine.close()
+    # A random model names no channel: its text is all answer, with no marker left in it.
+    assert result.reasoning is None and "<|" not in result.text
