@@ -6,6 +6,8 @@ The format is found from the chat template, no flag needed:
   (Hermes 2/3, Qwen 2/2.5/3, many fine-tunes). Templates that mention `<tool_call>`.
 - MISTRAL: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]` (v3 tokenizers) or
   `[TOOL_CALLS]name[ARGS]{...}` (v11+). Templates that mention `[TOOL_CALLS]`.
+- TAGGED: `<|tool_call|>[{"name": ..., "arguments": {...}}, ...]` (Granite 3.x; Phi-4-mini closes
+  it with `<|/tool_call|>`). Templates that mention `<|tool_call|>`.
 - LLAMA3: the reply is a JSON object `{"name": ..., "parameters": {...}}` (optionally after
   `<|python_tag|>`; several separated by `;`). Templates with `<|start_header_id|>` and tools.
 - GENERIC: a template without tool support (or none): Dukat describes the tools in a system
@@ -30,6 +32,7 @@ from shared.generation import FunctionCall, ToolCall, ToolParsing
 class ToolFormat(enum.Enum):
     HERMES = "hermes"
     MISTRAL = "mistral"
+    TAGGED = "tagged"
     LLAMA3 = "llama3"
     GENERIC = "generic"
 
@@ -37,11 +40,13 @@ class ToolFormat(enum.Enum):
 _HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
 _MISTRAL_OPEN, _MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
 _PYTHON_TAG = "<|python_tag|>"
+_TAGGED_OPEN, _TAGGED_CLOSE = "<|tool_call|>", "<|/tool_call|>"
 # Where a call starts, per format (LLAMA3 also when the reply starts with `{`).
 _OPENERS: dict[ToolFormat, tuple[str, ...]] = {
     ToolFormat.HERMES: (_HERMES_OPEN,),
     ToolFormat.GENERIC: (_HERMES_OPEN,),
     ToolFormat.MISTRAL: (_MISTRAL_OPEN,),
+    ToolFormat.TAGGED: (_TAGGED_OPEN,),
     ToolFormat.LLAMA3: (_PYTHON_TAG,),
 }
 
@@ -55,6 +60,8 @@ def tool_format_of(chat_template: str | None) -> ToolFormat:
         return ToolFormat.HERMES
     if _MISTRAL_OPEN in template:
         return ToolFormat.MISTRAL
+    if _TAGGED_OPEN in template:
+        return ToolFormat.TAGGED
     if "<|start_header_id|>" in template or _PYTHON_TAG in template:
         return ToolFormat.LLAMA3
     return ToolFormat.GENERIC
@@ -103,6 +110,8 @@ def parse_tool_calls(text: str, fmt: ToolFormat) -> tuple[str, list[ToolCall]]:
             return _parse_mistral(text)
         case ToolFormat.LLAMA3:
             return _parse_llama3(text)
+        case ToolFormat.TAGGED:
+            return _parse_tagged(text)
     raise AssertionError(f"unhandled tool format {fmt!r}")
 
 
@@ -262,6 +271,18 @@ def _parse_mistral(text: str) -> tuple[str, list[ToolCall]]:
                 calls.append(c)
     else:
         for value in _json_values(rest):
+            items = value if isinstance(value, list) else [value]
+            calls += [c for item in items if (c := _call_of(item)) is not None]
+    return (text[:start], calls) if calls else (text, [])
+
+
+def _parse_tagged(text: str) -> tuple[str, list[ToolCall]]:
+    start = text.find(_TAGGED_OPEN)
+    if start < 0:
+        return text, []
+    calls: list[ToolCall] = []
+    for block in text[start:].split(_TAGGED_OPEN):
+        for value in _json_values(block.replace(_TAGGED_CLOSE, " ")):
             items = value if isinstance(value, list) else [value]
             calls += [c for item in items if (c := _call_of(item)) is not None]
     return (text[:start], calls) if calls else (text, [])
