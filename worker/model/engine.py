@@ -57,7 +57,7 @@ from worker.model.tool_calls import ToolFormat, tool_format_of
 logger = logging.getLogger(__name__)
 
 # Tool formats whose call markers are special tokens (decoding would drop them).
-_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3, ToolFormat.TAGGED})
+_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3, ToolFormat.TAGGED, ToolFormat.DEEPSEEK})
 
 
 class Engine:

@@ -78,6 +78,17 @@ def test_granite_and_phi4_mini_tagged_arrays_parse() -> None:
     assert [c.function.name for c in scanner.finish()[1]] == ["get_time"]
 
 
+def test_deepseek_calls_parse_in_the_r1_and_v31_forms() -> None:
+    r1 = ("Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+          '```json\n{"city": "Paris", "unit": "c"}\n```<｜tool▁call▁end｜>'
+          "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+    v31 = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris", "unit": "c"}'
+    assert calls_of(r1, ToolFormat.DEEPSEEK) == ("Checking.", [("get_weather", WEATHER), ("get_time", {})])
+    v31 += "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+    assert calls_of(v31, ToolFormat.DEEPSEEK) == ("", [("get_weather", WEATHER)])
+    assert tool_format_of("{% if tools %}{% endif %}<｜tool▁calls▁begin｜>") is ToolFormat.DEEPSEEK
+
+
 def test_llama3_json_calls_parse_with_parameters_and_python_tag() -> None:
     one = '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}'
     two = '<|python_tag|>{"name": "get_time", "parameters": {}}; {"name": "get_weather", "parameters": {}}'
