@@ -4,8 +4,9 @@ decide, so any architecture this transformers knows loads without a Dukat entry.
 A causal LM loads with AutoModelForCausalLM, an image-text-to-text checkpoint (Gemma 3, Mistral 3,
 Qwen2.5-VL) with AutoModelForImageTextToText, an encoder-decoder with AutoModelForSeq2SeqLM, an
 embedding model with AutoModel (its pooling: worker/model/pooling.py). What this transformers cannot
-load, or could only with the model's own code (`auto_map`: Dukat never runs a model's code yet), is
-an UnsupportedModelTypeError naming the architecture and the transformers version.
+load, or could only with the model's own code (`auto_map`, run only for the models
+DUKAT_TRUST_REMOTE_CODE names), is an UnsupportedModelTypeError naming the architecture and the
+transformers version.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _CLASSES: dict[Task, tuple[tuple[str, str], ...]] = {
 }
 
 
-def model_class(path: Path, task: Task) -> Any:
+def model_class(path: Path, task: Task, *, trust_remote_code: bool = False) -> Any:
     """The transformers auto class that loads the folder `path` for `task`."""
     import transformers
     from transformers.models.auto import modeling_auto
@@ -45,6 +46,11 @@ def model_class(path: Path, task: Task) -> Any:
         raise UnsupportedModelTypeError(f"{path / 'config.json'} names no model_type", param="model")
     version = transformers.__version__
     if arch not in CONFIG_MAPPING_NAMES:
+        auto_map = config.get("auto_map") or {}
+        if trust_remote_code and isinstance(auto_map, dict):
+            named = next((name for name, _ in _CLASSES[task] if name in auto_map), None)
+            if named is not None:  # the model's own class, through transformers' auto class
+                return getattr(transformers, named)
         raise UnsupportedModelTypeError(_unknown_message(arch, version, remote=bool(config.get("auto_map"))),
                                         param="model")
     for class_name, mapping in _CLASSES[task]:
@@ -61,7 +67,7 @@ def _unknown_message(arch: str, version: str, *, remote: bool) -> str:
     if remote:
         return (
             f"architecture {arch!r} is not in transformers {version}: it needs the model's own code "
-            "(trust_remote_code), which Dukat does not run"
+            "(trust_remote_code), which runs only for models DUKAT_TRUST_REMOTE_CODE names"
         )
     return f"architecture {arch!r} is not one transformers {version} can load (a newer transformers may)"
 

@@ -121,8 +121,12 @@ class Engine:
         device: str = DEFAULTS.device_map,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        trust_remote_code: bool = False,
     ) -> Engine:
-        loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
+        loaded = load_model(
+            path, model_type=model_type, quantization=quantization, device=device,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
         pooling = read_pooling(path) if model_type.task is Task.EMBEDDING else None
         return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue, pooling=pooling)
 
