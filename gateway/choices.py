@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.manager import AsyncModelManager
 from gateway.schemas import ChoiceEvent
-from shared.generation import GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import GenerateRequest, GenerateResult, Reasoning, SamplingParams, StreamItem
 from shared.wire_client import WorkerConnection
 
 
@@ -74,7 +74,7 @@ async def stream_all(
     return mid, _merged(streams, places, lambda: conn.release(ticket))
 
 
-async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> AsyncIterator[ChoiceEvent]:
+async def _indexed(index: int, stream: AsyncIterator[StreamItem]) -> AsyncIterator[ChoiceEvent]:
     try:
         async for event in stream:
             yield index, event
@@ -83,12 +83,12 @@ async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> A
 
 
 async def _merged(
-    streams: list[AsyncIterator[str | GenerateResult]], at_once: int, release: Callable[[], None]
+    streams: list[AsyncIterator[str | Reasoning | GenerateResult]], at_once: int, release: Callable[[], None]
 ) -> AsyncIterator[ChoiceEvent]:
     queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
     slots = asyncio.Semaphore(at_once)
 
-    async def pump(index: int, stream: AsyncIterator[str | GenerateResult]) -> None:
+    async def pump(index: int, stream: AsyncIterator[str | Reasoning | GenerateResult]) -> None:
         try:
             async with slots:  # a stream sends its request on its first iteration
                 async for event in _indexed(index, stream):

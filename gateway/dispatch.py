@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from gateway.metrics import GatewayMetrics
 from shared.errors import DukatError, ModelNotLoadedError, WorkerFailedError, WorkerUnreachableError
-from shared.generation import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    Reasoning,
+    SamplingParams,
+)
 from shared.host_api import HostState, WorkerState
 from shared.settings import Settings
 from shared.wire_client import WorkerConnection
@@ -149,7 +156,7 @@ class Dispatcher:
 
     async def stream(
         self, model_id: str | None, request: GenerateRequest
-    ) -> tuple[str, AsyncIterator[str | GenerateResult]]:
+    ) -> tuple[str, AsyncIterator[str | Reasoning | GenerateResult]]:
         """The model's id and its stream of text deltas, then the final result. Picking the worker (and
         loading the model) happens here; the request is sent on the stream's first iteration."""
         self.with_keep_alive(model_id, [request])
@@ -166,7 +173,7 @@ class Dispatcher:
 
     async def _stream(
         self, mid: str, workers: list[WorkerState], request: GenerateRequest
-    ) -> AsyncIterator[str | GenerateResult]:
+    ) -> AsyncIterator[str | Reasoning | GenerateResult]:
         defaults = self.replicas.defaults_for(mid)
         order = self.connections.by_load(workers)
         stream = self.connections.to(order[0]).stream(request, defaults)

@@ -394,7 +394,8 @@ class AsyncModelManager:
                     size_bytes=disk.size_bytes if disk else 0,
                     state=worker.status if worker else "loading" if mid in self._asked else "available",
                     device=worker.device if worker else None,
-                    task=worker.task if worker else None,
+                    task=worker.task if worker else disk.task if disk else None,
+                    architecture=disk.architecture if disk else None,
                     default=mid == default,
                 )
             )

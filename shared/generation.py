@@ -160,6 +160,8 @@ class GenerateRequest(Struct, kw_only=True):
     echo: bool = False
     # Seconds the model stays loaded after this request (negative: forever); None: its default.
     keep_alive: float | None = None
+    # Extra variables for the chat template (`chat_template_kwargs`, `reasoning_effort`).
+    template_kwargs: dict[str, Any] | None = None
 
 
 class Timings(Struct, kw_only=True):
@@ -195,6 +197,19 @@ class GenerateResult(Struct, kw_only=True):
     # With `echo`: the prompt as text, and its tokens' logprobs when logprobs were asked for.
     prompt_text: str | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    # The thinking block of a reasoning template's model (None: it wrote none), not in `text`.
+    reasoning: str | None = None
+    reasoning_tokens: int = 0
+
+
+class Reasoning(Struct, kw_only=True):
+    """A streamed piece of the thinking block (plain `str` pieces are the answer's text)."""
+
+    text: str
+
+
+# What a generation stream yields: answer text, thinking text, then the result.
+StreamItem = str | Reasoning | GenerateResult
 
 
 class EmbedRequest(Struct, kw_only=True):

@@ -146,6 +146,9 @@ class WorkerState(Struct, kw_only=True):
     memory_bytes: int = 0
     context_length: int = 0
     load_seconds: float = 0.0
+    # False: one sequence at a time, and `batching_reason` says why (worker/model/kv_cache.py).
+    batching: bool = True
+    batching_reason: str | None = None
     started_at: float = 0.0
     error: str | None = None
     error_code: str | None = None
@@ -194,6 +197,8 @@ class LocalModel(Struct, kw_only=True):
     id: str  # path relative to models_dir; the hub id for downloads
     path: str
     model_type: str | None  # a Dukat model type name; None when it cannot be told (see `error`)
+    architecture: str | None = None  # transformers' model_type (config.json or the GGUF header)
+    task: str | None = None  # the type's task: chat, vision, seq2seq, embedding
     size_bytes: int
     has_tokenizer: bool
     has_chat_template: bool
@@ -209,6 +214,7 @@ class ModelDetails(Struct, kw_only=True):
     model_id: str
     path: str | None = None  # None: not on this host
     model_type: str | None = None
+    task: str | None = None
     architecture: str | None = None
     gguf_file: str | None = None  # a GGUF model: the file it serves
     parameters: int | None = None  # counted from the safetensors headers

@@ -69,6 +69,8 @@ def cmd_pull(api: Api, args: argparse.Namespace) -> None:
 LIST_COLUMNS = [
     Column("ID", lambda r: r["id"], whole=True),
     Column("TYPE", lambda r: r.get("model_type")),
+    Column("ARCH", lambda r: r.get("architecture")),
+    Column("TASK", lambda r: r.get("task")),
     Column("QUANT", lambda r: r.get("quantization")),
     Column("STATE", lambda r: r.get("state")),
     Column("SIZE", lambda r: human_size(r.get("size_bytes"))),
@@ -118,6 +120,7 @@ def _show_lines(d: dict[str, Any]) -> list[str]:
         ("id", d["id"]),
         ("description", d.get("description")),
         ("type", d.get("model_type")),
+        ("task", d.get("task")),
         ("architecture", d.get("architecture")),
         ("gguf file", d.get("gguf_file")),
         ("parameters", f"{params / 1e9:.2f}B" if params and params >= 1e8 else params),

@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from shared.errors import InvalidRequestError
-from shared.generation import FinishReason, GenerateResult, SamplingParams
+from shared.generation import FinishReason, GenerateResult, Reasoning, SamplingParams, StreamItem
 from shared.keep_alive import KEEP_ALIVE_PATTERN, parse_keep_alive
 
 # Ranges as OpenAI documents them; `n` is capped (OpenAI: 128) so one request can't queue thousands.
@@ -40,7 +40,7 @@ KeepAlive = Annotated[str, Meta(extra_json_schema={"pattern": KEEP_ALIVE_PATTERN
 OpenAIFinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 # What a stream of generations yields: (choice index, text delta | the choice's final result).
-ChoiceEvent = tuple[int, str | GenerateResult]
+ChoiceEvent = tuple[int, str | Reasoning | GenerateResult]
 
 
 class StreamOptions(Struct, kw_only=True):
@@ -144,7 +144,7 @@ class Chunks(abc.ABC, Generic[Chunk]):
             yield (self.usage([results[i] for i in sorted(results)]),)
 
     @abc.abstractmethod
-    def of_event(self, index: int, event: str | GenerateResult, *, first: bool) -> tuple[Chunk, ...]:
+    def of_event(self, index: int, event: StreamItem, *, first: bool) -> tuple[Chunk, ...]:
         """The chunks of choice `index`'s text delta or final result (`first`: its first event)."""
 
     @abc.abstractmethod

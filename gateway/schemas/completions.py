@@ -28,7 +28,7 @@ from gateway.schemas.common import (
 from gateway.schemas.json_schema import bound, text_input, token_ids_input
 from gateway.schemas.logprobs import CompletionLogprobs, completion_logprobs
 from gateway.schemas.sampling import SamplingRequest
-from shared.generation import GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import GenerateRequest, GenerateResult, Reasoning, SamplingParams
 from shared.settings import Settings
 
 # OpenAI's default for this endpoint (the chat endpoint has none).
@@ -174,12 +174,14 @@ class CompletionChunks(Chunks[CompletionResponse]):
         return completion_id(self.request_id)
 
     def of_event(
-        self, index: int, event: str | GenerateResult, *, first: bool
+        self, index: int, event: str | Reasoning | GenerateResult, *, first: bool
     ) -> tuple[CompletionResponse, ...]:
         echo = self.echo_prompts
         head = (self.text(echo[index // self.n], index),) if first and echo else ()
         if isinstance(event, GenerateResult):
             return (*head, self.finish(event, index))
+        if isinstance(event, Reasoning):  # raw completions are never split; the seed API's prompts may be
+            return head
         return (*head, self.text(event, index)) if event else head
 
     def _chunk(self, choices: list[CompletionChoice], usage: Usage | UnsetType = UNSET) -> CompletionResponse:

@@ -41,6 +41,7 @@ class Model(Struct, kw_only=True):
     quantization: str | None = None
     model_type: str | None = None
     task: str | None = None
+    architecture: str | None = None  # transformers' model_type of its files
     description: str | None = None
     default: bool = False
     # From the config file and the hosts' models_dir.

@@ -269,7 +269,20 @@ class FunctionCallItem(Struct, kw_only=True, tag="function_call", tag_field="typ
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
-OutputItem = MessageItem | FunctionCallItem
+class ReasoningText(Struct, kw_only=True, tag="reasoning_text", tag_field="type"):
+    text: str
+
+
+class ReasoningItem(Struct, kw_only=True, tag="reasoning", tag_field="type"):
+    """A reasoning template's thinking block (worker/model/reasoning.py)."""
+
+    id: str
+    summary: list[Any] = msgspec.field(default_factory=list)
+    content: list[ReasoningText]
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+
+
+OutputItem = MessageItem | FunctionCallItem | ReasoningItem
 
 
 class InputTokensDetails(Struct, kw_only=True):
@@ -362,6 +375,9 @@ def output_items(result: GenerateResult, message_id: str | None = None) -> list[
                 id=new_item_id("fc"), call_id=call.id, name=call.function.name, arguments=text_args
             )
         )
+    if result.reasoning is not None:
+        # Last, not first as OpenAI's: a stream's message keeps output_index 0 whatever follows.
+        items.append(ReasoningItem(id=new_item_id("rs"), content=[ReasoningText(text=result.reasoning)]))
     return items
 
 
@@ -371,6 +387,7 @@ def finished(shell: ResponseObject, result: GenerateResult, output: list[OutputI
     usage = ResponseUsage(
         input_tokens=result.prompt_tokens,
         output_tokens=result.completion_tokens,
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=result.reasoning_tokens),
         total_tokens=result.prompt_tokens + result.completion_tokens,
     )
     return msgspec.structs.replace(

@@ -21,9 +21,9 @@ import msgspec
 from msgspec import Struct
 
 from shared import gguf
-from shared.errors import DukatError, UnsupportedModelTypeError
+from shared.errors import DukatError
 from shared.host_api import LocalModel
-from shared.model_types import infer_model_type
+from shared.model_types import ModelType, infer_model_type, type_from_architecture
 
 # Written by `worker.host.downloads` into every folder it downloads.
 MARKER_NAME = ".dukat-download.json"
@@ -108,7 +108,9 @@ def _describe(root: Path, folder: Path) -> LocalModel:
     return LocalModel(
         id=model_id,
         path=str(folder),
-        model_type=model_type,
+        model_type=model_type.name if model_type else None,
+        architecture=_architecture(folder),
+        task=model_type.task.value if model_type else None,
         size_bytes=_size_on_disk(folder),
         has_tokenizer=any((folder / name).is_file() for name in _TOKENIZER_FILES),
         has_chat_template=_has_chat_template(folder),
@@ -127,25 +129,40 @@ def hf_model_type(path: Path) -> str | None:
     found = path if path.suffix == gguf.SUFFIX else None if is_folder else gguf.pick_gguf(path)
     if found is not None:
         return gguf.hf_model_type(found)
-    config = json.loads((path / "config.json").read_bytes())
-    return config.get("model_type") if isinstance(config, dict) else None
+    config = _config_json(path)
+    return config.get("model_type") if config else None
 
 
-def _model_type(model_id: str, folder: Path) -> tuple[str | None, str | None]:
+def model_type_of(model_id: str, path: Path, override: str | None = None) -> ModelType:
+    """The Dukat model type of the files at `path` (see shared/model_types.py). Raises DukatError
+    for an unreadable .gguf or an unknown override, OSError or ValueError for a bad config.json."""
+    hf_type = hf_model_type(path)
+    config = None if path.suffix == gguf.SUFFIX or not path.is_dir() else _config_json(path)
+    generic = type_from_architecture(config, sentence_transformers=(path / "modules.json").is_file())
+    return infer_model_type(model_id, hf_model_type=hf_type, override=override, generic=generic)
+
+
+def _config_json(folder: Path) -> dict[str, Any] | None:
+    if not (folder / "config.json").is_file():
+        return None
+    config = json.loads((folder / "config.json").read_bytes())
+    return config if isinstance(config, dict) else None
+
+
+def _model_type(model_id: str, folder: Path) -> tuple[ModelType | None, str | None]:
     try:
-        hf_type = hf_model_type(folder)
+        return model_type_of(model_id, folder), None
     except DukatError as exc:
         return None, exc.message
     except (OSError, ValueError) as exc:
         return None, f"unreadable config.json: {exc}"
-    return _known_type(model_id, hf_type)
 
 
-def _known_type(model_id: str, hf_type: str | None) -> tuple[str | None, str | None]:
+def _architecture(folder: Path) -> str | None:
     try:
-        return infer_model_type(model_id, hf_model_type=hf_type).name, None
-    except UnsupportedModelTypeError as exc:
-        return None, exc.message
+        return hf_model_type(folder)
+    except (DukatError, OSError, ValueError):
+        return None
 
 
 def _has_chat_template(folder: Path) -> bool:

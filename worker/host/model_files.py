@@ -48,7 +48,8 @@ def describe(models_dir: Path, model_id: str) -> ModelDetails:
     return ModelDetails(
         model_id=model_id,
         path=str(folder),
-        model_type=model_type,
+        model_type=model_type.name if model_type else None,
+        task=model_type.task.value if model_type else None,
         architecture=architecture or (f"GGUF {gguf_name}" if gguf_name else None),
         gguf_file=gguf_name,
         parameters=count_parameters(weights),

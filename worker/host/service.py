@@ -30,7 +30,7 @@ from shared.keep_alive import describe, parse_keep_alive
 from shared.model_types import ModelType, default_quantization, infer_model_type
 from shared.settings import Quantization, Settings
 from worker.host import model_files, room
-from worker.host.catalog import hf_model_type, list_local_models, local_gguf
+from worker.host.catalog import list_local_models, local_gguf, model_type_of
 from worker.host.devices import Gpus, offered_devices
 from worker.host.download_jobs import DownloadJobs
 from worker.host.downloads import resolve_model_path
@@ -138,10 +138,9 @@ class Host:
     def _type_of(self, model_id: str, override: str | None, path: Path) -> tuple[ModelType, Quantization]:
         """The model's type and the quantization a load that asks for none gets."""
         try:
-            hf_type = hf_model_type(path)
+            model_type = model_type_of(model_id, path, override)
         except (OSError, ValueError):  # no readable config.json: the id (or the override) decides
-            hf_type = None
-        model_type = infer_model_type(model_id, hf_model_type=hf_type, override=override)
+            model_type = infer_model_type(model_id, override=override)
         default = default_quantization(model_type, self.settings.default_quantization)
         return model_type, default  # type: ignore[return-value]
 

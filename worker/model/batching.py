@@ -36,7 +36,7 @@ import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
 from worker.model.grammar import Grammars, RowGrammar
-from worker.model.kv_cache import PaddedBatch, Solo, can_batch
+from worker.model.kv_cache import PaddedBatch, Solo, batch_refusal
 from worker.model.logprobs import LogprobRecord, record_logprobs
 from worker.model.sampling import TokenSampler
 
@@ -103,7 +103,9 @@ class Scheduler:
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
         self._model, self._seq2seq = model, seq2seq
         self._suppress = _suppressed_ids(model)
-        self._batch = None if seq2seq or not can_batch(model, pad_id) else PaddedBatch(model, pad_id)
+        # Why rows can't share a cache (None: they can).
+        self.unbatched_reason = "an encoder-decoder model" if seq2seq else batch_refusal(model, pad_id)
+        self._batch = None if self.unbatched_reason else PaddedBatch(model, pad_id)
         self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
         self._in_flight = 0  # waiting + running, until their consumer or the scheduler is done

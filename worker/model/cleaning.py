@@ -43,11 +43,15 @@ _FORMAT_ECHOES: dict[PromptFormat, tuple[str, ...]] = {
     PromptFormat.ZEPHYR: (),
     PromptFormat.GEMMA: ("<start_of_turn>model\n", "model\n"),
     PromptFormat.PLAIN: (),
+    PromptFormat.TEMPLATE: (),
 }
 
 
 def role_echoes(fmt: PromptFormat) -> tuple[str, ...]:
-    """Role openers removed from the start of a chat reply in `fmt`."""
+    """Role openers removed from the start of a chat reply in `fmt` (none for a chat template's
+    models: its generation prompt opened the turn, and "Assistant:" may be their text)."""
+    if fmt is PromptFormat.TEMPLATE:
+        return ()
     return _COMMON_ECHOES + _FORMAT_ECHOES[fmt]
 
 

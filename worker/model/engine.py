@@ -22,6 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from shared.errors import (
     ContextLengthExceededError,
     ModelNotLoadedError,
@@ -32,18 +34,22 @@ from shared.generation import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    Reasoning,
     SamplingParams,
 )
-from shared.model_types import ModelType, Task
+from shared.model_types import MODEL_TYPES, ModelType, PromptFormat, Task
 from shared.settings import DEFAULTS, Quantization
 from shared.wire import EngineInfo
 from worker.model.batching import Job, Scheduler
 from worker.model.cleaning import stop_strings
 from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
+from worker.model.harmony import speaks_harmony
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
+from worker.model.pooling import Pooling, read_pooling
 from worker.model.prompt_ids import prompt_of
+from worker.model.reasoning import opens_thinking, thinks
 from worker.model.reply import Plan, Reply, TextStream, deliver
 from worker.model.sampling import TokenSampler, resolve_params
 from worker.model.tool_calls import ToolFormat, tool_format_of
@@ -51,7 +57,7 @@ from worker.model.tool_calls import ToolFormat, tool_format_of
 logger = logging.getLogger(__name__)
 
 # Tool formats whose call markers are special tokens (decoding would drop them).
-_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3})
+_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3, ToolFormat.TAGGED, ToolFormat.DEEPSEEK})
 
 
 class Engine:
@@ -72,8 +78,10 @@ class Engine:
         *,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        pooling: Pooling | None = None,
     ) -> None:
         self._loaded: Loaded | None = loaded
+        model_type = _without_template(model_type, loaded.tokenizer)
         self._model_type = model_type
         self._lock = threading.Lock()
         self._info = EngineInfo(
@@ -87,18 +95,26 @@ class Engine:
             load_seconds=loaded.load_seconds,
         )
         self._embedder = (
-            Embedder(loaded.model, loaded.tokenizer, context_length=loaded.context_length)
+            Embedder(loaded.model, loaded.tokenizer, context_length=loaded.context_length, pooling=pooling)
             if model_type.task is Task.EMBEDDING
             else None
         )
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
+        self._thinks = thinks(getattr(loaded.tokenizer, "chat_template", None))
+        self._harmony = speaks_harmony(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
         self._scheduler = (
             None
             if model_type.task is Task.EMBEDDING
             else _scheduler(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
         )
+        reason = (
+            self._scheduler.unbatched_reason
+            if self._scheduler is not None
+            else "embedding requests run one at a time (each request's inputs in one forward pass)"
+        )
+        self._info = msgspec.structs.replace(self._info, batching=reason is None, batching_reason=reason)
 
     @classmethod
     def load(
@@ -110,9 +126,14 @@ class Engine:
         device: str = DEFAULTS.device_map,
         max_batch: int = DEFAULTS.max_batch,
         max_queue: int = DEFAULTS.max_queue,
+        trust_remote_code: bool = False,
     ) -> Engine:
-        loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
-        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue)
+        loaded = load_model(
+            path, model_type=model_type, quantization=quantization, device=device,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        pooling = read_pooling(path) if model_type.task is Task.EMBEDDING else None
+        return cls(loaded, model_type, max_batch=max_batch, max_queue=max_queue, pooling=pooling)
 
     @property
     def info(self) -> EngineInfo:
@@ -142,7 +163,7 @@ class Engine:
         Request errors (task, prompt, context length, a full queue) raise here, before the first
         item. Closing the stream (or dropping it) ends the request.
         """
-        items: queue.SimpleQueue[str | GenerateResult | BaseException] = queue.SimpleQueue()
+        items: queue.SimpleQueue[str | Reasoning | GenerateResult | BaseException] = queue.SimpleQueue()
         end = self.start(req, defaults, cancel, on_text=items.put, on_done=items.put)
         return TextStream(items, end)
 
@@ -152,7 +173,7 @@ class Engine:
         defaults: SamplingParams | None = None,
         cancel: threading.Event | None = None,
         *,
-        on_text: Callable[[str], None],
+        on_text: Callable[[str | Reasoning], None],
         on_done: Callable[[GenerateResult | BaseException], None],
         on_step: Callable[[], None] | None = None,
     ) -> Callable[[], None]:
@@ -249,6 +270,7 @@ class Engine:
         eos = frozenset() if params.ignore_eos and req.constraint is None else self._eos_ids
         extra_stops = _in_vocabulary(params.stop_token_ids, tokenizer)
         parsing = req.tools.parsing if req.tools is not None else "none"
+        split = chat and req.constraint is None
         wants_vocab = req.logprobs is not None
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
         echo_logprobs = None
@@ -265,11 +287,16 @@ class Engine:
             tool_parsing=parsing,
             tool_name=req.tools.name if req.tools is not None else None,
             # Formats whose call markers are special tokens keep them in the text while parsing.
+            # (and harmony's channel markers are special tokens its reply is split by).
             skip_special=params.skip_special_tokens is not False
-            and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS),
+            and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS)
+            and not (self._harmony and split),
             vocab=vocab,
             prompt_text=(text if text is not None else tokenizer.decode(ids)) if req.echo else None,
             prompt_logprobs=echo_logprobs,
+            # A reasoning template's chat reply (not a constrained one: its grammar decides the text).
+            thinking_open=opens_thinking(text or "") if self._thinks and split else None,
+            harmony=self._harmony and split,
         )
 
     def _grammars_for(self, loaded: Loaded) -> Grammars:
@@ -294,12 +321,27 @@ def _scheduler(loaded: Loaded, model_type: ModelType, *, max_batch: int, max_que
     # The KV cache grows with use, bounded by these settings (not sized from free memory).
     logger.info(
         "%s generation: up to %d requests of at most %d tokens at once, %d more queued",
-        "batched" if scheduler.batched else "unbatched (one cache per request)",
+        "batched"
+        if scheduler.batched
+        else f"unbatched (one sequence at a time: {scheduler.unbatched_reason})",
         max_batch,
         loaded.context_length,
         max_queue,
     )
     return scheduler
+
+
+def _without_template(model_type: ModelType, tokenizer: Any) -> ModelType:
+    """A generic type's model without a chat template is prompted and cleaned as a base model."""
+    if model_type.prompt_format is not PromptFormat.TEMPLATE or getattr(tokenizer, "chat_template", None):
+        return model_type
+    base = MODEL_TYPES["base"]
+    return msgspec.structs.replace(
+        model_type,
+        prompt_format=base.prompt_format,
+        trailing_markers=base.trailing_markers,
+        chat_stops=base.chat_stops,
+    )
 
 
 def _in_vocabulary(ids: list[int] | None, tokenizer: Any) -> frozenset[int]:

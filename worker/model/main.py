@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any
 
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             device=local_device,
             max_batch=args.max_batch,
             max_queue=args.max_queue,
+            # The host's environment: a model's own code runs only where an admin named the model.
+            trust_remote_code=any(fnmatchcase(args.model_id, p) for p in load_settings().trust_remote_code),
         )
         try:
             engine = load(quantization=args.quantization)

@@ -17,7 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, WorkerFailedError
-from shared.generation import EmbedRequest, EmbedResult, GenerateResult
+from shared.generation import EmbedRequest, EmbedResult, GenerateResult, Reasoning
 from shared.wire import (
     Accepted,
     Admit,
@@ -200,9 +200,12 @@ class WorkerServer:
         done: asyncio.Future[BaseException | None] = loop.create_future()
         stream = frame.stream
 
-        def on_text(text: str) -> None:
+        def on_text(piece: str | Reasoning) -> None:
             if stream:
-                outbox.add(writer, encode_frame(Delta(id=rid, text=text)))
+                delta = Delta(id=rid, text=piece) if isinstance(piece, str) else Delta(
+                    id=rid, text=piece.text, reasoning=True
+                )
+                outbox.add(writer, encode_frame(delta))
 
         def on_done(item: GenerateResult | BaseException) -> None:
             if isinstance(item, GenerateResult):
