@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import psutil
 
-from shared.processes import ChildProcess
+from shared.processes import GATEWAY_READY, ChildProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = REPO_ROOT / ".cache" / "tiny-models"
@@ -202,7 +202,7 @@ class Served:
 
     def start(self) -> None:
         args = ["serve", "--port", "0", "--models-dir", str(self.models_dir)]
-        self.process = ChildProcess("gateway.cli", args, ready_prefix="DUKAT_GATEWAY_READY", env=self.env)
+        self.process = ChildProcess("gateway.cli", args, ready_prefix=GATEWAY_READY, env=self.env)
         self.url = self.process.start(timeout=120)
         self.http = httpx.Client(base_url=self.url, timeout=300)
 

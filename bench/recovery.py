@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from shared.processes import ChildProcess
+from shared.processes import GATEWAY_READY, ChildProcess
 from tests.support.tiny_models import ensure_tiny_model
 
 MODEL = "bench/victim"
@@ -40,7 +40,7 @@ def serve(root: Path, env: dict[str, str]) -> tuple[ChildProcess, httpx.Client]:
     (models / "config.json").write_text(json.dumps({"models": {MODEL: entry}}))
     proc = ChildProcess(
         "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models)],
-        ready_prefix="DUKAT_GATEWAY_READY", env={**env, "DUKAT_PRELOAD": MODEL, "DUKAT_LOG_LEVEL": "error"},
+        ready_prefix=GATEWAY_READY, env={**env, "DUKAT_PRELOAD": MODEL, "DUKAT_LOG_LEVEL": "error"},
     )
     return proc, httpx.Client(base_url=proc.start(timeout=300), timeout=300)
 

@@ -37,6 +37,7 @@ from gateway.routes import (
     usage,
 )
 from gateway.sse import StreamControl
+from shared.errors import DukatError
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,19 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
         "streams": StreamControl(settings.sse_keepalive_s),
     })
 
+    async def preload_one(model_id: str) -> None:
+        # One line as each is ready: the banner said it was loading (gateway/cli/banner.py).
+        try:
+            loaded = await manager.load_model(model_id)
+        except DukatError as exc:
+            log.warning("preloading %s failed: %s", model_id, exc.message)
+        except Exception:
+            log.exception("preloading %s failed", model_id)
+        else:
+            log.info("ready: %s (loaded in %.0f s on %s)", model_id, loaded.load_seconds, loaded.device)
+
     async def preload() -> None:
-        results = await asyncio.gather(
-            *(manager.load_model(m) for m in settings.preload), return_exceptions=True
-        )
-        for model_id, result in zip(settings.preload, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("preloading %s failed: %s", model_id, result)
+        await asyncio.gather(*(preload_one(m) for m in settings.preload))
         state.preloaded = True  # readiness: done, failed ones included (they say why in /api/ps)
 
     @asynccontextmanager

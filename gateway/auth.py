@@ -18,9 +18,9 @@ from litestar.handlers.base import BaseRouteHandler
 
 from gateway.keys import KeyRing, admit_key
 from gateway.schemas.models import LoadedModel
+from shared.bearer_tokens import bearer_token
 from shared.errors import AuthenticationError, PermissionDeniedError
 from shared.settings import Settings
-from shared.tokens import bearer_token
 
 Access = Literal["open", "inference", "admin"]
 # A route handler's `opt`: open to inference keys (admin keys may call everything).

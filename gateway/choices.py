@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.manager import AsyncModelManager
 from gateway.schemas import ChoiceEvent
-from shared.generation import GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import GenerateRequest, GenerateResult, Reasoning, SamplingParams, StreamItem
 from shared.wire_client import WorkerConnection
 
 
@@ -23,6 +23,7 @@ async def generate_all(
     manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
 ) -> tuple[str, list[GenerateResult]]:
     """Every request's result, in order; they run concurrently so the worker can batch them."""
+    manager.dispatch.with_keep_alive(model, requests)
     if len(requests) == 1:
         mid, result = await manager.dispatch.generate(model, requests[0])
         return mid, [result]
@@ -58,6 +59,7 @@ async def stream_all(
     manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
 ) -> tuple[str, AsyncIterator[ChoiceEvent]]:
     """The interleaved events `(choice index, delta | final result)` of every request."""
+    manager.dispatch.with_keep_alive(model, requests)
     if len(requests) == 1:
         mid, stream = await manager.dispatch.stream(model, requests[0])
         return mid, _indexed(0, stream)
@@ -72,7 +74,7 @@ async def stream_all(
     return mid, _merged(streams, places, lambda: conn.release(ticket))
 
 
-async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> AsyncIterator[ChoiceEvent]:
+async def _indexed(index: int, stream: AsyncIterator[StreamItem]) -> AsyncIterator[ChoiceEvent]:
     try:
         async for event in stream:
             yield index, event
@@ -81,12 +83,12 @@ async def _indexed(index: int, stream: AsyncIterator[str | GenerateResult]) -> A
 
 
 async def _merged(
-    streams: list[AsyncIterator[str | GenerateResult]], at_once: int, release: Callable[[], None]
+    streams: list[AsyncIterator[str | Reasoning | GenerateResult]], at_once: int, release: Callable[[], None]
 ) -> AsyncIterator[ChoiceEvent]:
     queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
     slots = asyncio.Semaphore(at_once)
 
-    async def pump(index: int, stream: AsyncIterator[str | GenerateResult]) -> None:
+    async def pump(index: int, stream: AsyncIterator[str | Reasoning | GenerateResult]) -> None:
         try:
             async with slots:  # a stream sends its request on its first iteration
                 async for event in _indexed(index, stream):

@@ -26,6 +26,7 @@ from shared.generation import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    Reasoning,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
@@ -104,6 +105,10 @@ class Replicas(Protocol):
 
     def defaults_for(self, model_id: str) -> SamplingParams | None: ...
 
+    def resolve_id(self, model_id: str | None) -> str: ...
+
+    def keep_alive_for(self, model_id: str) -> float | None: ...
+
 
 class Dispatcher:
     """Sends requests to model workers. Owns this gateway's worker connections; reads replicas from
@@ -136,22 +141,36 @@ class Dispatcher:
                 other = await self._other(mid, order, exc, request_id)
             return mid, await call(self.connections.to(other), defaults)
 
+    def with_keep_alive(self, model_id: str | None, requests: list[GenerateRequest]) -> None:
+        """Requests that say no keep_alive get their model's config entry's, read now: an edit of the
+        file applies to a model already loaded, from its next request on (the worker keeps the last)."""
+        if all(r.keep_alive is not None for r in requests):
+            return
+        keep_alive = self.replicas.keep_alive_for(self.replicas.resolve_id(model_id))
+        for request in requests:
+            if request.keep_alive is None:
+                request.keep_alive = keep_alive
+
     async def generate(self, model_id: str | None, request: GenerateRequest) -> tuple[str, GenerateResult]:
+        self.with_keep_alive(model_id, [request])
         return await self.on_worker(
             model_id, lambda conn, defaults: conn.generate(request, defaults), request.request_id
         )
 
     async def stream(
         self, model_id: str | None, request: GenerateRequest
-    ) -> tuple[str, AsyncIterator[str | GenerateResult]]:
+    ) -> tuple[str, AsyncIterator[str | Reasoning | GenerateResult]]:
         """The model's id and its stream of text deltas, then the final result. Picking the worker (and
         loading the model) happens here; the request is sent on the stream's first iteration."""
+        self.with_keep_alive(model_id, [request])
         mid, workers = await self.replicas.ready_workers(model_id, request.request_id)
         return mid, self._stream(mid, workers, request)
 
     async def embed(
         self, model_id: str | None, inputs: list[str] | list[list[int]], keep_alive: float | None = None
     ) -> tuple[str, EmbedResult]:
+        if keep_alive is None:  # the config entry's, as for generations
+            keep_alive = self.replicas.keep_alive_for(self.replicas.resolve_id(model_id))
         request = EmbedRequest(inputs=[*inputs], keep_alive=keep_alive)
         return await self.on_worker(model_id, lambda conn, _: conn.embed(request))
 
@@ -184,7 +203,7 @@ class Dispatcher:
 
     async def _stream(
         self, mid: str, workers: list[WorkerState], request: GenerateRequest
-    ) -> AsyncIterator[str | GenerateResult]:
+    ) -> AsyncIterator[str | Reasoning | GenerateResult]:
         defaults = self.replicas.defaults_for(mid)
         order = self.connections.by_load(workers)
         stream = self.connections.to(order[0]).stream(request, defaults)

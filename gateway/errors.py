@@ -2,13 +2,15 @@
 
 `DukatError`s keep their class's status/type/code; litestar's own 404/405/413/validation/bad-JSON
 errors get the same body; anything else is a 500 with a generic message, logged once with its
-traceback (litestar logs nothing itself unless `log_exceptions` says so).
+traceback (litestar logs nothing itself unless `log_exceptions` says so). Expected failures are no
+bugs: a 4xx is logged at DEBUG, an expected 5xx at WARNING without a traceback (`log_failure`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -18,7 +20,15 @@ from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
 
 from gateway.auth import is_admin, without_paths
-from shared.errors import DukatError, ErrorBody, ErrorDetail, InvalidRequestError, error_for_status
+from gateway.log_throttle import WarningThrottle
+from shared.errors import (
+    DukatError,
+    ErrorBody,
+    ErrorDetail,
+    InternalError,
+    InvalidRequestError,
+    error_for_status,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +87,24 @@ def _validation_error(exc: ValidationException) -> InvalidRequestError:
     return InvalidRequestError("; ".join(e.message for e in errors), param=first.param)
 
 
-def _dukat_handler(request: Request[Any, Any, Any], exc: DukatError) -> Response[bytes]:
-    if exc.status >= 500:
-        logger.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc)
+def log_failure(what: str, exc: DukatError, throttle: WarningThrottle | None = None) -> None:
+    """How a failed request is logged: a client's 4xx at DEBUG (the access line has its status); an
+    expected 5xx (starting, overloaded, a worker failed and being restarted) at WARNING with its
+    reason, no traceback, once per reason and period; a bug (internal_error) with its traceback."""
+    if exc.status < 500:
+        logger.debug("%s: %s %s", what, exc.code, exc.message)
+    elif isinstance(exc, InternalError):
+        logger.error("%s: %s", what, exc.message, exc_info=exc)
+    elif throttle is not None:
+        throttle.warn(logger, f"{exc.code} {exc.message}", f"{what}: {exc.status} {exc.code}: {exc.message}")
+    else:
+        logger.warning("%s: %s %s: %s", what, exc.status, exc.code, exc.message)
+
+
+def _dukat_handler(
+    request: Request[Any, Any, Any], exc: DukatError, throttle: WarningThrottle | None = None
+) -> Response[bytes]:
+    log_failure(f"{request.method} {request.url.path} failed", exc, throttle)
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     detail = exc.detail()
     manager = getattr(request.app.state, "manager", None)
@@ -138,8 +163,9 @@ def _unexpected_handler(request: Request[Any, Any, Any], exc: Exception) -> Resp
 
 def exception_handlers() -> ExceptionHandlersMap:
     """For `Litestar(exception_handlers=...)`: litestar picks the most specific class by MRO."""
+    throttle = WarningThrottle()  # this app's: repeated 503s make one line per reason and period
     return {
-        DukatError: _dukat_handler,
+        DukatError: partial(_dukat_handler, throttle=throttle),
         ValidationException: _validation_handler,
         HTTPException: _http_handler,
         UnicodeDecodeError: _undecodable_body_handler,

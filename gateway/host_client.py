@@ -9,8 +9,8 @@ import httpx
 import msgspec
 
 from shared import host_api as api
+from shared.bearer_tokens import bearer_header
 from shared.errors import DukatError, WorkerFailedError, error_from_code
-from shared.tokens import bearer_header
 
 T = TypeVar("T")
 
@@ -40,6 +40,11 @@ class HostClient:
         headers = {"content-type": "application/json"} if content else None
         try:
             resp = await self._http.request(method, path, content=content, headers=headers, **extra)
+        except httpx.TimeoutException as exc:  # it is there, but busy (or still starting): the cause says so
+            waited = extra.get("timeout", self._http.timeout.read)
+            raise WorkerFailedError(
+                f"worker host {self.url} did not answer within {waited:g} s (busy or still starting)"
+            ) from exc
         except httpx.HTTPError as exc:
             raise WorkerFailedError(
                 f"worker host {self.url} unreachable: {type(exc).__name__}: {exc}"

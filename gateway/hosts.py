@@ -17,14 +17,19 @@ import logging
 import secrets
 import time
 
+import httpx
+
 from gateway.host_client import HostClient
-from gateway.placement import Need, no_room_message, offering, place
+from gateway.placement import Need, no_room_across_hosts, offering, place
 from shared.errors import DeviceUnavailableError, DukatError, NoCapacityError
 from shared.host_api import HostState, LoadCommand, WorkerState
 from shared.processes import HOST_READY, ChildProcess
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+# A host whose state read timed out is busy, not gone: its last state stands this long.
+_BUSY_GRACE_S = 60.0
+_WARN_EVERY_S = 30.0
 
 
 class HostDirectory:
@@ -40,6 +45,9 @@ class HostDirectory:
         self._states: list[HostState] = []
         self._states_at = 0.0
         self._refresh: asyncio.Future[list[HostState]] | None = None
+        self._last_good: dict[str, tuple[HostState, float]] = {}  # url -> (state, monotonic time)
+        self._trouble: dict[str, str] = {}  # url -> why its last state read failed
+        self._warned: dict[str, tuple[str, float]] = {}
 
     # ---- the local host -----------------------------------------------------------------------
 
@@ -110,15 +118,37 @@ class HostDirectory:
     async def _refresh_states(self) -> list[HostState]:
         urls = list(self.urls)
         results = await asyncio.gather(*(self.client(u).state() for u in urls), return_exceptions=True)
-        states = []
+        states, now = [], time.monotonic()
         for url, result in zip(urls, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("worker host %s unreachable: %s", url, result)
-            else:
+            if not isinstance(result, BaseException):
                 result.url = url
                 states.append(result)
-        self._states, self._states_at = states, time.monotonic()
+                self._last_good[url] = (result, now)
+                self._trouble.pop(url, None)
+                continue
+            self._trouble[url] = str(result) or type(result).__name__
+            last = self._last_good.get(url)
+            busy = isinstance(result.__cause__, httpx.TimeoutException)
+            if busy and last is not None and now - last[1] < _BUSY_GRACE_S:
+                states.append(last[0])  # slow, not gone: its last word stands for a while
+            self._warn(url, self._trouble[url])
+        self._states, self._states_at = states, now
         return states
+
+    def _warn(self, url: str, reason: str) -> None:
+        """One line per host and reason every _WARN_EVERY_S, not one per request."""
+        now = time.monotonic()
+        said = self._warned.get(url)
+        if said is None or said[0] != reason or now - said[1] >= _WARN_EVERY_S:
+            self._warned[url] = (reason, now)
+            log.warning("%s", reason)
+
+    def no_host_answered(self) -> NoCapacityError:
+        """Why no host could be asked: each host's last trouble (busy, starting, down)."""
+        reasons = "; ".join(self._trouble.get(u, f"{u}: no answer") for u in self.urls)
+        if not self.urls:
+            reasons = "none is configured (DUKAT_WORKER_HOSTS) and no local one runs"
+        return NoCapacityError(f"no worker host answered: {reasons}; retry shortly")
 
     def invalidate(self) -> None:
         """Something changed (a load, an unload, a worker that failed): the next read asks the hosts."""
@@ -142,7 +172,7 @@ class HostDirectory:
         bytes, else one where idle models can be evicted; `avoid`: hosts holding a replica."""
         hosts = await self.states(fresh=True)
         if not hosts:
-            raise NoCapacityError("no worker host is reachable")
+            raise self.no_host_answered()
         if not offering(hosts, device):
             offered = ", ".join(sorted({d.name for h in hosts for d in h.devices})) or "none"
             raise DeviceUnavailableError(
@@ -150,7 +180,7 @@ class HostDirectory:
             )
         host = place(model_id, hosts, device=device, need=need, avoid=avoid)
         if host is None:
-            raise NoCapacityError(no_room_message(model_id, hosts, need or {}, device))
+            raise NoCapacityError(no_room_across_hosts(model_id, hosts, need or {}, device))
         return host
 
     async def need(self, cmd: LoadCommand) -> Need:
@@ -174,5 +204,5 @@ class HostDirectory:
         url = self.urls[int(index)] if index.isdigit() and int(index) < len(self.urls) else None
         url = url or (self.urls[0] if self.urls else None)
         if url is None:
-            raise NoCapacityError("no worker host is reachable")
+            raise self.no_host_answered()
         return url, raw

@@ -38,6 +38,7 @@ from shared.errors import (
 )
 from shared.generation import SamplingParams, params_from_mapping
 from shared.host_api import (
+    LIVE_STATUSES,
     DownloadCommand,
     DownloadJob,
     LoadCommand,
@@ -56,7 +57,15 @@ CAPACITY_POLL_S = 1.0
 
 
 class AsyncModelManager:
-    """Lives on one event loop: its host clients and worker connections are bound to it."""
+    """The gateway's core, what the routes call. Owns the config file (ConfigStore), the host
+    directory (HostDirectory), request dispatch (Dispatcher: connections, replica choice, retries)
+    and model administration (ModelAdmin: show, delete); itself decides loads (placement, replicas),
+    unloads, downloads, the default model and the listings.
+
+    Must not: hold model state of its own (the hosts' reports are the truth; any gateway replica
+    answers any request), talk to a model worker but through its Dispatcher, or block its event
+    loop. Lives on one event loop: its host clients and worker connections are bound to it.
+    """
 
     def __init__(self, settings: Settings, *, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
@@ -71,6 +80,9 @@ class AsyncModelManager:
         # model id -> the load that requests finding it unloaded share
         self._auto_loads: dict[str, asyncio.Future[list[WorkerState | LoadedModel]]] = {}
         self._defaults: tuple[object, dict[str, SamplingParams | None]] = (None, {})
+        # Loads this gateway has asked for and not seen answered: model id -> when first asked. A
+        # host shows a worker only once it has placed it; a request meanwhile waits, never a 503.
+        self._asked: dict[str, list[float]] = {}
 
     async def start(self) -> None:
         await self.hosts.start()
@@ -89,7 +101,7 @@ class AsyncModelManager:
     def resolve_id(self, model_id: str | None) -> str:
         if model_id:
             return model_id
-        default = self.config.view().default_model or self.settings.default_model
+        default = self.config.view().default_or(self.settings.default_model)
         if not default:
             raise InvalidRequestError("no model given and no default model is set", param="model")
         return default
@@ -105,6 +117,16 @@ class AsyncModelManager:
             cache[model_id] = params_from_mapping(entry.default_parameters) if entry else None
         return cache[model_id]
 
+    def keep_alive_for(self, model_id: str) -> float | None:
+        """The config entry's keep_alive of `model_id` in seconds (None: none set, or unreadable)."""
+        entry = self.config.view().models.get(model_id)
+        if entry is None or entry.keep_alive is None:
+            return None
+        try:
+            return parse_keep_alive(entry.keep_alive)
+        except ValueError:  # the file's check refuses these; never fail a request over one
+            return None
+
     async def is_known(self, model_id: str) -> bool:
         # A folder only when written as a path (the Python API's callers; the HTTP routes let clients
         # name paths only when the config lists them): a bare name is never looked up in the cwd.
@@ -112,6 +134,10 @@ class AsyncModelManager:
         if model_id in self.config.view().models or (folder and (folder / "config.json").is_file()):
             return True
         return any(m.id == model_id for m in await self.local_models())
+
+    async def known_ids(self) -> list[str]:
+        """Every model id of the config file and of the hosts' models_dir."""
+        return [*self.config.view().models, *(m.id for m in await self.local_models())]
 
     def _register(self, model_id: str, quantization: str | None = None) -> None:
         """Give a downloaded or loaded model its config entry, keeping what is there."""
@@ -148,6 +174,24 @@ class AsyncModelManager:
         hosts with room for its estimated memory (one host each while there are hosts, then several
         per host: the host places them on its devices). Whether a load joins a worker already there,
         or is a conflict, is the host's call: it is the one that knows."""
+        asked = self._asked.setdefault(model_id, [])
+        stamp = time.time()
+        asked.append(stamp)
+        try:
+            return await self._load(model_id, quantization, device, replicas, request_id)
+        finally:
+            asked.remove(stamp)
+            if not asked:
+                self._asked.pop(model_id, None)
+
+    async def _load(
+        self,
+        model_id: str,
+        quantization: str | None,
+        device: str | None,
+        replicas: int | None,
+        request_id: str,
+    ) -> LoadedModel:
         if quantization is not None and quantization not in get_args(Quantization):
             # The Python API's check; over HTTP the request schema says the same first.
             raise InvalidRequestError(
@@ -168,7 +212,7 @@ class AsyncModelManager:
         )
         workers = await self.hosts.find_all(model_id, fresh=True)
         # Its hosts, once each (a host may run several of its workers).
-        found = list({h.url: h for h, w in workers if w.status in ("loading", "loaded")}.values())
+        found = list({h.url: h for h, w in workers if w.status in LIVE_STATUSES}.values())
         wanted = replicas or (entry.replicas if entry and entry.replicas else 1)
         hosts = found[: max(wanted, 1)]
         if len(hosts) < wanted:
@@ -237,9 +281,10 @@ class AsyncModelManager:
                 f"model {mid!r} failed: {failed.error}; load it again with POST /api/models/load",
                 param="model",
             )
-        if not found and not await self.is_known(mid):
-            raise not_here(mid)
-        if not found and not self.settings.auto_load:
+        loading = mid in self._asked or any(w.status == "loading" for w in found)
+        if not found and not loading and not await self.is_known(mid):
+            raise not_here(mid, await self.known_ids())
+        if not loading and not self.settings.auto_load:  # joining a load under way starts nothing
             raise ModelNotLoadedError(f"model {mid!r} is not loaded", param="model")
         waiting = self.metrics.waiting.labels(mid) if self.metrics else None
         if waiting is not None:
@@ -250,7 +295,11 @@ class AsyncModelManager:
         if task is None or task.done():
             task = self._auto_loads[mid] = asyncio.ensure_future(self._auto_load(mid, request_id))
         try:
-            return mid, await asyncio.shield(task)
+            # A model that is loading is waited for (the request's deadline at most), never a 503 at once;
+            # the shared load goes on for the other requests when this one's deadline passes.
+            return mid, await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_s)
+        except TimeoutError:
+            raise await self._still_loading(mid) from None
         finally:
             if waiting is not None:
                 waiting.dec()
@@ -276,6 +325,15 @@ class AsyncModelManager:
                         self.metrics.capacity_refusals.labels(model_id).inc()
                     raise
                 await asyncio.sleep(min(CAPACITY_POLL_S, left))
+
+    async def _still_loading(self, model_id: str) -> ModelNotLoadedError:
+        """The 503 of a request whose deadline passed while its model loads: since when it loads."""
+        found = await self.hosts.find(model_id, fresh=True)
+        began = found[1].started_at if found and found[1].status == "loading" else None
+        began = began or min(self._asked.get(model_id) or [0.0])
+        so_far = f" ({time.time() - began:.0f} s so far)" if began else ""
+        message = f"starting: model {model_id!r} is loading{so_far}; retry shortly"
+        return ModelNotLoadedError(message, param="model")
 
     def _replicate(self, model_id: str, have: int, request_id: str) -> None:
         entry = self.config.view().models.get(model_id)
@@ -333,7 +391,7 @@ class AsyncModelManager:
 
     async def set_default_model(self, model_id: str) -> None:
         if not await self.is_known(model_id):
-            raise not_here(model_id)
+            raise not_here(model_id, await self.known_ids())
         await self._check_can_chat(model_id)
         self.config.set_default_model(model_id)
 
@@ -355,7 +413,7 @@ class AsyncModelManager:
     async def available_models(self) -> list[Model]:
         """Every model of the config file and of the hosts' models_dir, with where it stands."""
         config = self.config.read()
-        default = config.default_model or self.settings.default_model  # what a request without a model gets
+        default = config.default_or(self.settings.default_model)
         local = {m.id: m for m in await self.local_models()}
         loaded = {w.model_id: w for h in await self.hosts.states() for w in h.models}
         out = []
@@ -373,9 +431,10 @@ class AsyncModelManager:
                     default_parameters=dict(entry.default_parameters) if entry else {},
                     downloaded=disk is not None,
                     size_bytes=disk.size_bytes if disk else 0,
-                    state=worker.status if worker else "available",
+                    state=worker.status if worker else "loading" if mid in self._asked else "available",
                     device=worker.device if worker else None,
-                    task=worker.task if worker else None,
+                    task=worker.task if worker else disk.task if disk else None,
+                    architecture=disk.architecture if disk else None,
                     default=mid == default,
                 )
             )

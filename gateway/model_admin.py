@@ -4,13 +4,16 @@ them, the quantization every listing shows, and the 404 that says how to get a m
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from gateway.schemas.model_admin import DeletedModel, ModelShown
 from shared.errors import ConflictError, ModelNotFoundError, UnsupportedModelTypeError
-from shared.host_api import ModelDetails, WorkerState
+from shared.host_api import RUNNING_STATUSES, ModelDetails, WorkerState
 from shared.model_config import ModelEntry
 from shared.model_types import default_quantization, get_model_type
 from shared.settings import Settings
@@ -20,13 +23,30 @@ if TYPE_CHECKING:
     from shared.model_config import ConfigStore
 
 
-def not_here(model_id: str) -> ModelNotFoundError:
-    """A model neither in the config file nor in any host's models_dir: say how to get it."""
+def not_here(model_id: str, known: Iterable[str] = ()) -> ModelNotFoundError:
+    """A model neither in the config file nor in any host's models_dir: say how to get it, and which
+    of the `known` ids it may mean (Ollama's `gemma3:270m` for `google/gemma-3-270m`)."""
+    close = close_ids(model_id, known)
+    meant = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return ModelNotFoundError(
         f"The model {model_id!r} is not here; pull it first: dukat pull {model_id} "
-        "(or POST /api/models/pull)",
+        f"(or POST /api/models/pull){meant}",
         param="model",
     )
+
+
+def close_ids(model_id: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """The `known` ids closest to `model_id`, compared by their names' letters and digits only (no
+    org, no punctuation: `gemma3:270m` and `google/gemma-3-270m` are both `gemma3270m`)."""
+    by_name: dict[str, list[str]] = {}
+    for known_id in sorted(set(known)):
+        by_name.setdefault(_bare(known_id), []).append(known_id)
+    matches = difflib.get_close_matches(_bare(model_id), list(by_name), n=n, cutoff=0.75)
+    return [known_id for name in matches for known_id in by_name[name]][:n]
+
+
+def _bare(model_id: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", model_id.lower().rsplit("/", 1)[-1])
 
 
 def shown_quantization(
@@ -78,18 +98,18 @@ class ModelAdmin:
             downloaded=details is not None,
             state=worker.status if worker else "available",
             device=worker.device if worker else None,
-            default=model_id == (config.default_model or self.settings.default_model),
+            default=model_id == config.default_or(self.settings.default_model),
         )
 
     async def delete(self, model_id: str) -> DeletedModel:
         config = self.config.read()
-        if model_id == (config.default_model or self.settings.default_model):
+        if model_id == config.default_or(self.settings.default_model):
             raise ConflictError(
                 f"model {model_id!r} is the default model; set another first: dukat default OTHER",
                 param="model",
             )
         found = await self.hosts.find(model_id, fresh=True)
-        if found is not None and found[1].status in ("loading", "loaded", "stopping"):
+        if found is not None and found[1].status in RUNNING_STATUSES:
             raise ConflictError(
                 f"model {model_id!r} is {found[1].status}; unload it first: dukat stop {model_id}",
                 param="model",

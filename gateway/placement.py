@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 
-from shared.capacity import eviction_plan
-from shared.host_api import DeviceState, HostState
+from shared.capacity import eviction_plan, loaded_count
+from shared.host_api import DeviceState, HostState, device_kind
 
 Need = dict[str, int]  # bytes by device kind ("cpu", "cuda"); empty: unknown (the host checks)
 
@@ -19,10 +19,6 @@ Need = dict[str, int]  # bytes by device kind ("cpu", "cuda"); empty: unknown (t
 def _score(model_id: str, host_url: str) -> int:
     digest = hashlib.blake2b(f"{model_id}\x00{host_url}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
-
-
-def _kind(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def offering(hosts: list[HostState], device: str = "auto") -> list[HostState]:
@@ -43,7 +39,7 @@ def _devices(host: HostState, device: str) -> list[DeviceState]:
 def fits(host: HostState, need: Need, device: str = "auto", *, evicting: bool = False) -> bool:
     """Whether a device of `host` has room for `need` now (or once idle models are evicted)."""
     for d in _devices(host, device):
-        plan = eviction_plan(host, d, need.get(_kind(d.name), 0))
+        plan = eviction_plan(host, d, need.get(device_kind(d.name), 0))
         if plan == [] or (evicting and plan):
             return True
     return False
@@ -68,11 +64,11 @@ def place(
     return None
 
 
-def no_room_message(model_id: str, hosts: list[HostState], need: Need, device: str = "auto") -> str:
+def no_room_across_hosts(model_id: str, hosts: list[HostState], need: Need, device: str = "auto") -> str:
     """Needed vs free bytes on every place that offers `device`: the 503's message."""
     places = []
     for h in offering(hosts, device):
-        count = sum(w.status in ("loading", "loaded") for w in h.models)
+        count = loaded_count(h)
         slots = f", {count} of at most {h.max_loaded_models} models loaded" if h.max_loaded_models else ""
         places += [
             f"{h.url} {d.name}: {d.free_memory} bytes free of {d.total_memory}{slots}"

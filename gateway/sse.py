@@ -23,6 +23,7 @@ import msgspec
 from litestar import Request
 from litestar.response import Stream
 
+from gateway.errors import log_failure
 from shared.errors import DukatError, ErrorBody, ErrorDetail, InternalError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ OPENAI_ENDING = Ending()
 def _failure_event(exc: Exception, ending: Ending) -> bytes:
     """The error event for a failure inside a started stream; 5xx and bugs logged once here."""
     if isinstance(exc, DukatError):
-        if exc.status >= 500:
-            logger.error("stream failed: %s", exc.message, exc_info=exc)
+        log_failure("stream failed", exc)
         return ending.failure(exc)
     logger.error("stream failed with an unexpected error", exc_info=exc)
     return ending.failure(InternalError(_INTERNAL_MESSAGE))

@@ -7,9 +7,7 @@ answers, so every replica agrees on where a model fits.
 
 from __future__ import annotations
 
-from shared.host_api import DeviceState, HostState, WorkerState
-
-_HOLDS_MEMORY = ("loading", "loaded", "stopping")
+from shared.host_api import LIVE_STATUSES, RUNNING_STATUSES, DeviceState, HostState, WorkerState
 
 
 def pinned(worker: WorkerState) -> bool:
@@ -37,7 +35,7 @@ def expired(workers: list[WorkerState]) -> list[WorkerState]:
 
 
 def loaded_count(host: HostState) -> int:
-    return sum(1 for w in host.models if w.status in ("loading", "loaded"))
+    return sum(1 for w in host.models if w.status in LIVE_STATUSES)
 
 
 def room_after_eviction(host: HostState, device: DeviceState) -> int:
@@ -67,4 +65,4 @@ def eviction_plan(host: HostState, device: DeviceState, need: int) -> list[Worke
 
 
 def holds_memory(worker: WorkerState) -> bool:
-    return worker.status in _HOLDS_MEMORY
+    return worker.status in RUNNING_STATUSES

@@ -3,10 +3,13 @@ ModelManager share. No torch here."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
@@ -15,6 +18,11 @@ FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 class TextPart(Struct, kw_only=True, forbid_unknown_fields=False):
     type: str = "text"
     text: str = ""
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        """For the gateway's OpenAPI document: other part types are refused with a 400."""
+        schema["properties"]["type"] = {"const": "text", "default": "text"}
 
 
 class FunctionCall(Struct, kw_only=True, forbid_unknown_fields=False):
@@ -56,6 +64,18 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=False):
     tool_call_id: str | None = None
     # Legacy (functions API): an assistant turn's one call.
     function_call: FunctionCall | None = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        """For the gateway's OpenAPI document: content is required except on an assistant turn (tool
+        calls) or a tool result (the prompt builder refuses the rest with a 400)."""
+        silent = ["assistant", "tool", "function"]
+        speaking = [r for r in schema["properties"]["role"]["enum"] if r not in silent]
+        schema["anyOf"] = [
+            {"properties": {"role": {"enum": silent}}},
+            {"properties": {"role": {"enum": speaking}, "content": {"not": {"type": "null"}}},
+             "required": ["content"]},
+        ]
 
 
 def message_text(message: Message) -> str:
@@ -163,6 +183,8 @@ class GenerateRequest(Struct, kw_only=True):
     echo: bool = False
     # Seconds the model stays loaded after this request (negative: forever); None: its default.
     keep_alive: float | None = None
+    # Extra variables for the chat template (`chat_template_kwargs`, `reasoning_effort`).
+    template_kwargs: dict[str, Any] | None = None
 
 
 class Timings(Struct, kw_only=True):
@@ -199,6 +221,19 @@ class GenerateResult(Struct, kw_only=True):
     # With `echo`: the prompt as text, and its tokens' logprobs when logprobs were asked for.
     prompt_text: str | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    # The thinking block of a reasoning template's model (None: it wrote none), not in `text`.
+    reasoning: str | None = None
+    reasoning_tokens: int = 0
+
+
+class Reasoning(Struct, kw_only=True):
+    """A streamed piece of the thinking block (plain `str` pieces are the answer's text)."""
+
+    text: str
+
+
+# What a generation stream yields: answer text, thinking text, then the result.
+StreamItem = str | Reasoning | GenerateResult
 
 
 class EmbedRequest(Struct, kw_only=True):

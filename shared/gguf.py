@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import struct
@@ -139,6 +140,33 @@ def architecture(gguf: Path) -> str:
     except (OSError, struct.error, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"cannot read the GGUF header of {gguf}: {exc}", param="model") from exc
     raise InvalidRequestError(f"{gguf.name} names no general.architecture", param="model")
+
+
+def tensor_sizes(gguf: Path) -> list[tuple[str, int]]:
+    """(name, element count) of every tensor of a GGUF file, from its tensor list only.
+
+    The metadata before that list (a vocabulary of 262k strings for Gemma) is skipped, not parsed:
+    gguf's own reader decodes all of it and takes seconds. Raises InvalidRequestError for a file
+    that is not GGUF v2/v3.
+    """
+    try:
+        with open(gguf, "rb") as f:
+            magic, version, tensors, kv_count = struct.unpack("<4sIQQ", f.read(24))
+            if magic != b"GGUF" or version not in (2, 3):
+                raise InvalidRequestError(f"{gguf.name} is not a GGUF v2/v3 file", param="model")
+            for _ in range(kv_count):
+                f.seek(struct.unpack("<Q", f.read(8))[0], os.SEEK_CUR)  # the key
+                _skip_value(f, struct.unpack("<I", f.read(4))[0])
+            out = []
+            for _ in range(tensors):
+                name = _read_string(f)
+                (dims,) = struct.unpack("<I", f.read(4))
+                shape = struct.unpack(f"<{dims}Q", f.read(8 * dims))
+                f.seek(12, os.SEEK_CUR)  # its type (u32) and data offset (u64)
+                out.append((name, math.prod(shape)))
+    except (OSError, struct.error, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"cannot read the GGUF header of {gguf}: {exc}", param="model") from exc
+    return out
 
 
 def hf_model_type(gguf: Path) -> str:

@@ -43,6 +43,10 @@ START_DOWNLOAD = Endpoint("POST", "/downloads", status=202)
 DOWNLOAD = Endpoint("GET", "/downloads/{job_id:str}")
 
 WorkerStatus = Literal["loading", "loaded", "failed", "stopping"]
+# Loading or loaded: a model in service (it counts against max_loaded_models; a same load joins it).
+LIVE_STATUSES: tuple[WorkerStatus, ...] = ("loading", "loaded")
+# The worker's process still runs (stopping too): it holds memory, and its files are in use.
+RUNNING_STATUSES: tuple[WorkerStatus, ...] = ("loading", "loaded", "stopping")
 DownloadStatus = Literal["queued", "running", "done", "failed"]
 
 
@@ -75,6 +79,15 @@ class LoadCommand(LoadAsked, kw_only=True):
     # Workers of the model this host runs (the gateway's share of the model's `replicas` for it),
     # each on its own device first, then several on one as DUKAT_REPLICAS_PER_DEVICE allows.
     replicas: Annotated[int, Meta(ge=1, le=64)] = 1
+
+
+DeviceKind = Literal["cpu", "cuda"]
+DEVICE_KINDS: tuple[DeviceKind, ...] = ("cpu", "cuda")
+
+
+def device_kind(device: str) -> DeviceKind:
+    """What a device name is ("cuda", "cuda:1": cuda; anything else: cpu), as estimates count bytes."""
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 class LoadEstimate(Struct, kw_only=True):
@@ -139,6 +152,9 @@ class WorkerState(Struct, kw_only=True):
     memory_bytes: int = 0
     context_length: int = 0
     load_seconds: float = 0.0
+    # False: one sequence at a time, and `batching_reason` says why (worker/model/kv_cache.py).
+    batching: bool = True
+    batching_reason: str | None = None
     started_at: float = 0.0
     error: str | None = None
     error_code: str | None = None
@@ -176,6 +192,9 @@ class HostState(Struct, kw_only=True):
     downloads: list[DownloadJob] = []
     # DUKAT_MAX_LOADED_MODELS of this host (0: no limit).
     max_loaded_models: int = 0
+    # The most the host's own event loop ran late since it started (a tick every 50 ms): a blocked
+    # loop shows here; while it is late the host judges no worker hung.
+    loop_late_max_s: float = 0.0
 
 
 class LocalModel(Struct, kw_only=True):
@@ -184,6 +203,8 @@ class LocalModel(Struct, kw_only=True):
     id: str  # path relative to models_dir; the hub id for downloads
     path: str
     model_type: str | None  # a Dukat model type name; None when it cannot be told (see `error`)
+    architecture: str | None = None  # transformers' model_type (config.json or the GGUF header)
+    task: str | None = None  # the type's task: chat, vision, seq2seq, embedding
     size_bytes: int
     has_tokenizer: bool
     has_chat_template: bool
@@ -199,6 +220,7 @@ class ModelDetails(Struct, kw_only=True):
     model_id: str
     path: str | None = None  # None: not on this host
     model_type: str | None = None
+    task: str | None = None
     architecture: str | None = None
     gguf_file: str | None = None  # a GGUF model: the file it serves
     parameters: int | None = None  # counted from the safetensors headers

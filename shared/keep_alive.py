@@ -13,6 +13,8 @@ import re
 FOREVER = -1.0
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+# What parse_keep_alive takes as a string, as a JSON Schema pattern (upper case too: it lowers it).
+KEEP_ALIVE_PATTERN = r"^\s*[+-]?([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[sSmMhH]))+)\s*$"
 
 
 def parse_keep_alive(value: str | float | int) -> float:

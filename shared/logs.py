@@ -4,6 +4,7 @@ DUKAT_LOG_LEVEL, as text or (DUKAT_LOG_FORMAT=json) one JSON object a line."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any, Literal
@@ -12,6 +13,8 @@ import msgspec
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 LogFormat = Literal["text", "json"]
+# A line of FORMAT as a child process printed it: its parent logs it again under its own timestamp.
+_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+) (.*)")
 # One line per HTTP request they make (hub files, host calls) would drown our own log.
 _QUIET = ("httpx", "httpx2")
 # `extra=` key of a child process's JSON record that a parent logs on its behalf: the JSON line is
@@ -64,7 +67,6 @@ def setup_logging(level: str, log_format: LogFormat = "text", process: str = "")
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-
 def json_record(line: str) -> dict[str, Any] | None:
     """`line` as the JSON object a JsonFormatter wrote (a child process's stderr), else None."""
     if not line.startswith("{"):
@@ -74,3 +76,12 @@ def json_record(line: str) -> dict[str, Any] | None:
     except msgspec.DecodeError:
         return None
     return found if isinstance(found, dict) else None
+
+
+def parse_line(line: str) -> tuple[int, str, str] | None:
+    """(level, logger name, message) of a child's FORMAT line; None for any other line (a
+    traceback's, a library's print), which the parent logs as it is."""
+    found = _LINE.fullmatch(line)
+    if found is None:
+        return None
+    return logging.getLevelNamesMapping()[found[1]], found[2], found[3]

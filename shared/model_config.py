@@ -18,6 +18,7 @@ temp file in the same folder and `os.replace`, so readers see the old file or th
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import os
 import re
@@ -69,6 +70,11 @@ class ModelConfig(Struct, kw_only=True):
     # Top-level keys Dukat does not know, written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def default_or(self, setting: str | None) -> str | None:
+        """The model a request naming none gets: the file's `default_model`, else `setting`
+        (DUKAT_DEFAULT_MODEL)."""
+        return self.default_model or setting
+
 
 _ENTRY_FIELDS = (
     "description", "quantization", "default_parameters", "model_type", "gguf_file", "keep_alive", "replicas"
@@ -104,13 +110,13 @@ def encode_config(config: ModelConfig) -> bytes:
 
 def _config_from_raw(raw: Any) -> ModelConfig:
     if not isinstance(raw, dict):
-        raise _FieldError("top level", f"expected an object, got {_kind(raw)}")
+        raise _FieldError("top level", f"expected an object, got {_type_name(raw)}")
     models = raw.get("models", {})
     if not isinstance(models, dict):
-        raise _FieldError("models", f"expected an object, got {_kind(models)}")
+        raise _FieldError("models", f"expected an object, got {_type_name(models)}")
     default_model = raw.get("default_model")
     if default_model is not None and not isinstance(default_model, str):
-        raise _FieldError("default_model", f"expected a string or null, got {_kind(default_model)}")
+        raise _FieldError("default_model", f"expected a string or null, got {_type_name(default_model)}")
     return ModelConfig(
         models={model_id: _entry_from_raw(model_id, value) for model_id, value in models.items()},
         default_model=default_model,
@@ -121,7 +127,7 @@ def _config_from_raw(raw: Any) -> ModelConfig:
 def _entry_from_raw(model_id: str, raw: Any) -> ModelEntry:
     where = f"models[{msgspec.json.encode(model_id).decode()}]"
     if not isinstance(raw, dict):
-        raise _FieldError(where, f"expected an object, got {_kind(raw)}")
+        raise _FieldError(where, f"expected an object, got {_type_name(raw)}")
     quantization = raw.get("quantization")
     if quantization is not None and quantization not in QUANTIZATIONS:
         got = msgspec.json.encode(quantization).decode()
@@ -184,7 +190,7 @@ def _where_in_text(message: str, data: bytes) -> str:
     return f"{message[: match.start()].rstrip()} at line {line}, column {column}"
 
 
-def _kind(value: Any) -> str:
+def _type_name(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
         type(value), "null" if value is None else "a number"
     )
@@ -234,6 +240,7 @@ class ConfigStore:
             log.warning("model config %s is valid again", self.path)
             self._broken = None
         self._cache = (key, config)
+        _warn_unknown_keys(self.path, config)
         return config
 
     def _create(self) -> tuple[int, ...]:
@@ -310,3 +317,17 @@ class ConfigStore:
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def _warn_unknown_keys(path: Path, config: ModelConfig) -> None:
+    """An entry's key Dukat does not know is kept as written, but most likely a misspelling: say
+    so once per version of the file, naming the closest known key."""
+    known = [f for f in _ENTRY_FIELDS if f != "extra"]
+    for model_id, entry in config.models.items():
+        for key in entry.extra:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            meant = f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(known)})"
+            log.warning(
+                "model config %s: models[%r] has a key Dukat does not know, %r: kept as written, "
+                "not used%s", path, model_id, key, meant,
+            )  # fmt: skip

@@ -18,13 +18,16 @@ from typing import Any
 
 import httpx
 
-from shared.logs import CHILD_RECORD, json_record
+from shared.host_api import device_kind
+from shared.logs import CHILD_RECORD, json_record, parse_line
 
 # The model worker's handshake lines (`python -m worker.model` prints, `worker.host.supervisor` reads them).
 WORKER_READY = "DUKAT_WORKER_READY"
 WORKER_FAILED = "DUKAT_WORKER_FAILED"
 # The worker host's ready line (`python -m worker.host` prints it, the gateway waits for it).
 HOST_READY = "DUKAT_HOST_READY"
+# The gateway's ready line (`dukat serve` prints it once it listens; tests and bench wait for it).
+GATEWAY_READY = "DUKAT_GATEWAY_READY"
 _EXIT_POLL_S = 0.02
 
 
@@ -139,8 +142,14 @@ class ChildProcess:
             self.lines.append(line)
             # Through logging, never straight to the terminal: `dukat serve` shows these lines (its
             # logging writes to stderr), a Python program using the seed's API decides for itself.
+            # A JSON line passes through as the child's own object; a text line of FORMAT is logged
+            # again at its level under its logger's name (one timestamp: ours); any other as it is.
             level, text, record = child_line(line)
-            log.log(level, "%s: %s", self.module, text, extra={CHILD_RECORD: record})
+            if record is None and (parsed := parse_line(line)) is not None:
+                level, name, message = parsed
+                logging.getLogger(name).log(level, "%s", message)
+            else:
+                log.log(level, "%s: %s", self.module, text, extra={CHILD_RECORD: record})
         ready.set()
 
     def alive(self) -> bool:
@@ -157,5 +166,5 @@ def pinned_env(device: str, threads: int) -> dict[str, str]:
     it; cpu hides every GPU), with its CPU thread counts. Set at the worker's spawn, so CUDA reads it
     whoever initialises it first, and visible to tools that read a process's environment."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads > 0 else {}
-    env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0" if device.startswith("cuda") else ""
+    env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0" if device_kind(device) == "cuda" else ""
     return env

@@ -63,6 +63,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     internal_token: str | None = None
     # Hub repo ids an admin may pull: glob patterns (comma-separated), matched case-sensitively.
     pull_allow: tuple[str, ...] = ("*",)
+    # Model ids (glob patterns, comma-separated) whose own code (`auto_map`) may run at load: an
+    # architecture this transformers does not have. Empty: no model's code ever runs.
+    trust_remote_code: tuple[str, ...] = ()
     # A pull larger than this (bytes, the files Dukat fetches) is refused before the first byte.
     max_model_bytes: Annotated[int, Meta(ge=0)] = 100 * 2**30
     # Request limits: JSON nesting, generations (prompts x n), embedding inputs, characters per prompt,

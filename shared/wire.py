@@ -38,6 +38,9 @@ class EngineInfo(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     memory_bytes: int
     context_length: int
     load_seconds: float
+    # Whether concurrent requests share forward passes; when not, why (the cache kind, the task).
+    batching: bool = True
+    batching_reason: str | None = None
 
 
 class WorkerInfo(EngineInfo, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -105,6 +108,7 @@ class Accepted(Struct, tag="accepted", kw_only=True, forbid_unknown_fields=True)
 class Delta(Struct, tag="delta", kw_only=True, forbid_unknown_fields=True):
     id: int
     text: str
+    reasoning: bool = False  # a piece of the thinking block, not of the answer
 
 
 class Result(Struct, tag="result", kw_only=True, forbid_unknown_fields=True):

@@ -28,6 +28,7 @@ from shared.generation import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    Reasoning,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
@@ -243,7 +244,7 @@ class WorkerConnection:
 
     async def stream(
         self, request: GenerateRequest, defaults: SamplingParams | None = None, ticket: int | None = None
-    ) -> AsyncIterator[str | GenerateResult]:
+    ) -> AsyncIterator[str | Reasoning | GenerateResult]:
         """Text deltas, then the final result. Closing the iterator early cancels the generation."""
         deadline = self._deadline(self.request_timeout_s)
         first = self._deadline(self.first_token_timeout_s)
@@ -260,7 +261,7 @@ class WorkerConnection:
                 if isinstance(frame, Delta):
                     if first_token_s is None:
                         first_token_s = time.perf_counter() - started
-                    yield frame.text
+                    yield Reasoning(text=frame.text) if frame.reasoning else frame.text
                 elif isinstance(frame, Result):
                     done = True
                     if self.observer is not None:

@@ -42,8 +42,22 @@ def cli_hint(chat_model: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def announce_when_ready(url: str, text: str, *, interval_s: float = 0.1) -> threading.Thread:
-    """Print `text` once `url`/health answers 200 (a daemon thread: it dies with the server)."""
+def loading_text(preload: tuple[str, ...]) -> str:
+    if not preload:
+        return ""
+    names = ", ".join(preload)
+    return f"  Loading {names}: requests for them wait until they are ready (a log line says when).\n"
+
+
+def announce_when_ready(
+    url: str,
+    text: str,
+    *,
+    preload: tuple[str, ...] = (),
+    interval_s: float = 0.1,
+) -> threading.Thread:
+    """Print `text` once `url`/health answers 200 (a daemon thread: it dies with the server), and
+    which models of `preload` are still loading (the log says `ready: MODEL` as each is)."""
 
     def wait_then_print() -> None:
         # A long read timeout: a probe sent while the lifespan runs waits in the listen backlog.
@@ -55,8 +69,9 @@ def announce_when_ready(url: str, text: str, *, interval_s: float = 0.1) -> thre
                 except httpx.HTTPError:
                     pass
                 time.sleep(interval_s)
-        print(text, flush=True)
+        print(text + loading_text(preload), flush=True)
 
     thread = threading.Thread(target=wait_then_print, name="dukat-banner", daemon=True)
     thread.start()
     return thread
+

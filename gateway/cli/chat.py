@@ -1,7 +1,8 @@
 """`dukat run MODEL [PROMPT]`: chat with a model in the terminal, as `ollama run` does.
 
 With a prompt (or text piped on stdin) it prints one streamed answer and exits; otherwise it is a
-multi-turn chat: each answer streams as it is generated, the conversation is kept, `/bye` leaves.
+multi-turn chat: each answer streams as it is generated, the conversation is kept, Ollama's in-chat
+commands work (gateway/cli/chat_session.py), `/bye` leaves.
 """
 
 from __future__ import annotations
@@ -11,14 +12,9 @@ import contextlib
 import sys
 from typing import Any
 
+from gateway.cli.chat_session import MULTILINE, ChatSession, read_message
 from gateway.cli.client import Api, CliError
 from gateway.cli.models import client_parser, pull
-
-HELP = """Commands:
-  /bye      leave (Ctrl-D too)
-  /clear    forget the conversation so far
-  /?        this help
-Ctrl-C stops an answer while it streams."""
 
 
 def prepare(api: Api, model: str) -> dict[str, Any]:
@@ -54,32 +50,31 @@ def answer(api: Api, body: dict[str, Any]) -> str:
 def chat(api: Api, args: argparse.Namespace, request: dict[str, Any]) -> None:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
-    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    from gateway.cli.models import show_text
+
+    session = ChatSession(request, args.system, lambda: show_text(api, args.model))
     print("Send a message (/? for help, /bye to leave)", file=sys.stderr)
     while True:
         try:
             line = input(">>> ")
+            text = read_message(line, lambda: input("... ")).strip()
         except EOFError:
             print(file=sys.stderr)
             return
         except KeyboardInterrupt:
             print("\nUse /bye or Ctrl-D to leave.", file=sys.stderr)
             continue
-        text = line.strip()
-        if text in ("/bye", "/exit"):
-            return
-        if text == "/clear":
-            del messages[1 if args.system else 0 :]
-            print("Cleared the conversation.", file=sys.stderr)
+        if text.startswith("/") and not line.lstrip().startswith(MULTILINE):
+            try:
+                said = session.command(text)
+            except CliError as exc:  # /show of a server that went away: the chat goes on
+                said = exc.message
+            if said is None:
+                return
+            print(said, file=sys.stderr)
             continue
-        if text in ("/?", "/help"):
-            print(HELP, file=sys.stderr)
-            continue
-        if not text:
-            continue
-        messages.append({"role": "user", "content": text})
-        reply = answer(api, {**request, "messages": messages})
-        messages.append({"role": "assistant", "content": reply})
+        if text:
+            session.answered(answer(api, session.body(text)))
 
 
 def cmd_run(api: Api, args: argparse.Namespace) -> None:

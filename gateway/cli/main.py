@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
 from gateway.cli.chat import add_run_command
@@ -34,12 +35,22 @@ def cmd_host(args: argparse.Namespace) -> int:
     return run_host(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dukat")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dukat",
         description="Dukat: a self-hosted, OpenAI-compatible model gateway.",
         epilog="Settings (environment): " + ", ".join(setting_names()),
     )
+    p.add_argument("--version", action="version", version=f"dukat {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the gateway and a local worker host")
     s.add_argument("--host")
@@ -50,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device-map")
     s.add_argument("--demo", action="store_true", help="serve the offline demo chat and embedding models")
     s.set_defaults(func=cmd_serve)
-    from worker.host.api import host_arguments
+    from worker.host.flags import host_arguments
 
     h = sub.add_parser("host", help="run a worker host", parents=[host_arguments()])
     h.set_defaults(func=cmd_host)
@@ -81,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `dukat list | head`: the reader has what it wanted; no traceback
+        # Python flushes stdout once more at exit: point it at /dev/null so that flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise

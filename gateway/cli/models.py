@@ -39,8 +39,23 @@ def pull(
             job = msgspec.convert(api.call("GET", f"/api/downloads/{job.id}"), DownloadJob)
         bar.update(job)
     if job.status == "failed":
-        raise CliError(f"error ({job.error_code}): {job.error}")
+        raise CliError(f"error ({job.error_code}): {job.error}{_after_failed_pull(api, model)}")
     return msgspec.to_builtins(job)
+
+
+def _after_failed_pull(api: Api, model: str) -> str:
+    """What to try instead: the ids here that `model` may mean, and placing the files by hand."""
+    from gateway.model_admin import close_ids
+
+    known: list[str] = []
+    with contextlib.suppress(CliError, KeyError, TypeError):
+        known = [m["id"] for m in api.call("GET", "/api/models")["data"]]
+    close = close_ids(model, known)
+    meant = f"\n  did you mean {' or '.join(close)}?" if close else ""
+    return (
+        f"{meant}\n  or place the model by hand: its folder (config.json, weights, tokenizer files) or its "
+        f".gguf file under the server's models_dir (models/ by default) as models/{model}/, then `dukat list`"
+    )
 
 
 def cmd_pull(api: Api, args: argparse.Namespace) -> None:
@@ -54,6 +69,8 @@ def cmd_pull(api: Api, args: argparse.Namespace) -> None:
 LIST_COLUMNS = [
     Column("ID", lambda r: r["id"], whole=True),
     Column("TYPE", lambda r: r.get("model_type")),
+    Column("ARCH", lambda r: r.get("architecture")),
+    Column("TASK", lambda r: r.get("task")),
     Column("QUANT", lambda r: r.get("quantization")),
     Column("STATE", lambda r: r.get("state")),
     Column("SIZE", lambda r: human_size(r.get("size_bytes"))),
@@ -103,6 +120,7 @@ def _show_lines(d: dict[str, Any]) -> list[str]:
         ("id", d["id"]),
         ("description", d.get("description")),
         ("type", d.get("model_type")),
+        ("task", d.get("task")),
         ("architecture", d.get("architecture")),
         ("gguf file", d.get("gguf_file")),
         ("parameters", f"{params / 1e9:.2f}B" if params and params >= 1e8 else params),
@@ -134,6 +152,11 @@ def cmd_show(api: Api, args: argparse.Namespace) -> None:
         print_json(details)
     else:
         print("\n".join(_show_lines(details)))
+
+
+def show_text(api: Api, model: str) -> str:
+    """What `dukat show MODEL` prints (`/show` inside `dukat run` too)."""
+    return "\n".join(_show_lines(api.call("GET", f"/api/models/{quote(model, safe='/')}")))
 
 
 def cmd_load(api: Api, args: argparse.Namespace) -> None:

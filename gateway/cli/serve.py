@@ -12,9 +12,8 @@ from gateway.app import create_app
 from gateway.cli.banner import announce_when_ready, cli_hint, public_url, serving_text
 from shared.http_server import bind_socket, serve
 from shared.logs import setup_logging
+from shared.processes import GATEWAY_READY
 from shared.settings import load_settings
-
-READY = "DUKAT_GATEWAY_READY"
 
 
 def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
@@ -33,10 +32,10 @@ def run_server(overrides: dict[str, Any], *, demo: bool = False) -> int:
     sock = bind_socket(settings.host, settings.port)
     url = public_url(settings.host, sock.getsockname()[1])
     banner = usage_text(url) if demo else serving_text(url)
-    announce_when_ready(url, banner + cli_hint(chat_model))
+    announce_when_ready(url, banner + cli_hint(chat_model), preload=settings.preload)
     app = create_app(settings)
     serve(
-        app, sock, ready_prefix=READY, log_level=settings.log_level, log_format=settings.log_format,
+        app, sock, ready_prefix=GATEWAY_READY, log_level=settings.log_level, log_format=settings.log_format,
         grace_s=settings.shutdown_timeout_s, on_grace_over=app.state.streams.close_all,
     )
     return 0

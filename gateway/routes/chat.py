@@ -15,8 +15,10 @@ from gateway.limits import (
     keep_alive_for,
 )
 from gateway.middleware import request_id_of
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     ChatChunks,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     chat_response,
@@ -25,7 +27,12 @@ from gateway.sse import EventStream, sse_stream
 from shared.generation import message_text
 
 
-@post("/v1/chat/completions", status_code=200, opt=INFERENCE, summary="Create a chat completion (OpenAI)")
+@post(
+    "/v1/chat/completions",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL, chunks=ChatCompletionChunk),
+    summary="Create a chat completion (OpenAI)",
+)
 async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
 ) -> ChatCompletionResponse | EventStream:

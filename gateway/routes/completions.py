@@ -15,6 +15,7 @@ from gateway.limits import (
     keep_alive_for,
 )
 from gateway.middleware import request_id_of
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     CompletionChunks,
     CompletionRequest,
@@ -24,7 +25,12 @@ from gateway.schemas import (
 from gateway.sse import EventStream, sse_stream
 
 
-@post("/v1/completions", status_code=200, opt=INFERENCE, summary="Create a completion (OpenAI, legacy)")
+@post(
+    "/v1/completions",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL, chunks=CompletionResponse),
+    summary="Create a completion (OpenAI, legacy)",
+)
 async def completions(
     request: Request, state: State, data: CompletionRequest
 ) -> CompletionResponse | EventStream:
@@ -37,6 +43,9 @@ async def completions(
     param = "prompt" if len(prompts) > 1 else "n"
     check_request_work(settings, (len(p) for p in prompts), data.choices, param)
     data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope))
+    defaults = state.manager.defaults_for(state.manager.resolve_id(data.model))
+    if data.max_tokens is None and defaults is not None and defaults.max_new_tokens is not None:
+        data.max_tokens = defaults.max_new_tokens  # the config's default, before OpenAI's 16
     requests = data.generate_requests(rid)
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)

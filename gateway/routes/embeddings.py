@@ -7,12 +7,18 @@ from litestar.datastructures import State
 
 from gateway.auth import INFERENCE, is_admin
 from gateway.limits import check_embedding_inputs, check_model, keep_alive_for
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
 from gateway.schemas.common import keep_alive_seconds
 from shared.token_ids import check_client_ids
 
 
-@post("/v1/embeddings", status_code=200, opt=INFERENCE, summary="Create embeddings (OpenAI)")
+@post(
+    "/v1/embeddings",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL),
+    summary="Create embeddings (OpenAI)",
+)
 async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> EmbeddingResponse:
     check_model(state.manager, data.model)
     inputs = data.inputs()

@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from msgspec import Struct
 
 from gateway.metrics import CONTENT_TYPE
+from gateway.route_docs import answers
 from shared.errors import ModelNotLoadedError, NoCapacityError
 
 
@@ -17,12 +18,16 @@ class Probe(Struct, kw_only=True, omit_defaults=True):
     config_error: str | None = None
 
 
-@get("/health/live", summary="Liveness: the gateway's event loop answers")
+@get("/health/live", opt=answers(), summary="Liveness: the gateway's event loop answers")
 async def live() -> Probe:
     return Probe(status="ok")
 
 
-@get("/health/ready", summary="Readiness: a worker host answers and the preload list is loaded (else 503)")
+@get(
+    "/health/ready",
+    opt=answers(503),
+    summary="Readiness: a worker host answers and the preload list is loaded (else 503)",
+)
 async def ready(state: State) -> Probe:
     if not state.preloaded:
         raise ModelNotLoadedError("not ready: the preload list is still loading")

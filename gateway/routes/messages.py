@@ -6,12 +6,13 @@ from __future__ import annotations
 from litestar import Request, post
 from litestar.datastructures import State
 
-from gateway.anthropic_errors import ANTHROPIC_ENDING, anthropic_exception_handlers
+from gateway.anthropic_errors import ANTHROPIC_ENDING, AnthropicErrorBody, anthropic_exception_handlers
 from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
 from gateway.limits import check_model, check_prompt_chars
 from gateway.middleware import request_id_of
-from gateway.schemas.message_events import message_stream
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
+from gateway.schemas.message_events import MessageEvent, message_stream
 from gateway.schemas.messages import (
     CountTokensRequest,
     MessageObject,
@@ -34,7 +35,7 @@ def _checked(state: State, data: CountTokensRequest, generation: GenerateRequest
 @post(
     "/v1/messages",
     status_code=200,
-    opt=INFERENCE,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL, chunks=MessageEvent, error_body=AnthropicErrorBody),
     summary="Create a message (Anthropic)",
     exception_handlers=anthropic_exception_handlers(),
 )
@@ -56,7 +57,7 @@ async def create_message(
 @post(
     "/v1/messages/count_tokens",
     status_code=200,
-    opt=INFERENCE,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL, error_body=AnthropicErrorBody),
     summary="Count a message's input tokens (Anthropic)",
     exception_handlers=anthropic_exception_handlers(),
 )

@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from gateway.auth import INFERENCE
 from gateway.limits import check_model, check_pairs
 from gateway.middleware import request_id_of
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.common import keep_alive_seconds
 from gateway.schemas.rerank import (
     RerankRequest,
@@ -29,17 +30,32 @@ async def _rerank(request: Request, state: State, data: RerankRequest, version: 
     return rerank_response(data, texts, result, model, request_id_of(request.scope), version)
 
 
-@post("/v1/rerank", status_code=200, opt=INFERENCE, summary="Rerank documents (Cohere v1, Jina)")
+@post(
+    "/v1/rerank",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL),
+    summary="Rerank documents (Cohere v1, Jina)",
+)
 async def rerank_v1(request: Request, state: State, data: RerankRequest) -> RerankResponse:
     return await _rerank(request, state, data, "1")
 
 
-@post("/v2/rerank", status_code=200, opt=INFERENCE, summary="Rerank documents (Cohere v2)")
+@post(
+    "/v2/rerank",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL),
+    summary="Rerank documents (Cohere v2)",
+)
 async def rerank_v2(request: Request, state: State, data: RerankRequest) -> RerankResponse:
     return await _rerank(request, state, data, "2")
 
 
-@post("/v1/score", status_code=200, opt=INFERENCE, summary="Score text pairs (vLLM)")
+@post(
+    "/v1/score",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL),
+    summary="Score text pairs (vLLM)",
+)
 async def score(request: Request, state: State, data: ScoreTextsRequest) -> ScoreResponse:
     check_model(state.manager, data.model)
     pairs = data.pairs()

@@ -9,8 +9,9 @@ from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
 from gateway.limits import check_model, check_prompt_chars
 from gateway.middleware import request_id_of
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.common import now
-from gateway.schemas.response_events import response_stream
+from gateway.schemas.response_events import ResponseEvent, response_stream
 from gateway.schemas.responses import (
     STATELESS,
     CreateResponseRequest,
@@ -24,7 +25,12 @@ from shared.errors import InvalidRequestError
 from shared.generation import message_text
 
 
-@post("/v1/responses", status_code=200, opt=INFERENCE, summary="Create a model response (OpenAI)")
+@post(
+    "/v1/responses",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL, chunks=ResponseEvent),
+    summary="Create a model response (OpenAI)",
+)
 async def create_response(
     request: Request, state: State, data: CreateResponseRequest
 ) -> ResponseObject | EventStream:

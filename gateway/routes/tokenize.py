@@ -8,11 +8,17 @@ from litestar.datastructures import State
 from gateway.auth import INFERENCE
 from gateway.limits import check_model, check_prompt_chars, check_token_count
 from gateway.middleware import request_id_of
+from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from shared.generation import message_text
 
 
-@post("/tokenize", status_code=200, opt=INFERENCE, summary="Tokenize a prompt or messages (vLLM)")
+@post(
+    "/tokenize",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL),
+    summary="Tokenize a prompt or messages (vLLM)",
+)
 async def tokenize(request: Request, state: State, data: TokenizeRequest) -> TokenizeResponse:
     check_model(state.manager, data.model)
     generation = data.generate_request(request_id_of(request.scope))
@@ -27,7 +33,12 @@ async def tokenize(request: Request, state: State, data: TokenizeRequest) -> Tok
     return TokenizeResponse(count=len(found.tokens), max_model_len=found.max_model_len, tokens=found.tokens)
 
 
-@post("/detokenize", status_code=200, opt=INFERENCE, summary="Turn token ids into text (vLLM)")
+@post(
+    "/detokenize",
+    status_code=200,
+    opt=INFERENCE | answers(JSON_BODY, REACHES_A_MODEL),
+    summary="Turn token ids into text (vLLM)",
+)
 async def detokenize(state: State, data: DetokenizeRequest) -> DetokenizeResponse:
     check_model(state.manager, data.model)
     check_token_count(state.manager.settings, data.tokens, "tokens")

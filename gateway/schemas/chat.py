@@ -43,9 +43,11 @@ from shared.generation import (
     GenerateRequest,
     GenerateResult,
     Message,
+    Reasoning,
     SamplingParams,
     ToolCall,
 )
+from shared.settings import Settings
 
 
 class ChatCompletionRequest(SamplingRequest, kw_only=True):
@@ -65,10 +67,31 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
+    # vLLM's: variables for the chat template (e.g. {"enable_thinking": false}); OpenAI's
+    # reasoning_effort reaches templates that read it (gpt-oss).
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
 
     @property
     def legacy_functions(self) -> bool:
         return bool(self.functions) and not self.tools
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        super().refine_json_schema(schema, settings)
+        # top_logprobs only with logprobs: true (check() refuses the rest).
+        schema["anyOf"] = [
+            {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+            {"properties": {"top_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}},
+        ]
+        # tool_choice only with tools; no modality but text, no audio, no web search (check()).
+        schema.setdefault("allOf", []).append({"anyOf": [
+            {"properties": {"tool_choice": {"type": "null"}}},
+            {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]},
+        ]})
+        props = schema["properties"]
+        props["modalities"] = {"anyOf": [{"type": "array", "items": {"const": "text"}}, {"type": "null"}]}
+        props["audio"] = props["web_search_options"] = {"type": "null", "default": None}
 
     def check(self) -> None:
         """Raise a 400 naming the field for what Dukat accepts on the wire but cannot do."""
@@ -99,6 +122,11 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
                         f"messages[{i}].content[{j}]",
                     )
 
+    def template_kwargs(self) -> dict[str, Any] | None:
+        effort = {"reasoning_effort": self.reasoning_effort} if self.reasoning_effort else {}
+        merged = {**effort, **(self.chat_template_kwargs or {})}
+        return merged or None
+
     def sampling_params(self) -> SamplingParams:
         """The request's sampling fields (unset ones stay None); checks the request first."""
         self.check()
@@ -124,6 +152,7 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
                 tools=use,
                 constraint=constraint,
                 logprobs=logprobs,
+                template_kwargs=self.template_kwargs(),
             )
             for p in self.choice_params()
         ]
@@ -135,16 +164,22 @@ class AssistantMessage(Struct, kw_only=True):
     refusal: None = None
     tool_calls: list[ToolCall] | UnsetType = UNSET
     function_call: FunctionCall | UnsetType = UNSET
+    # A reasoning template's thinking block (vLLM's `reasoning_content`, and its newer `reasoning`).
+    reasoning_content: str | UnsetType = UNSET
+    reasoning: str | UnsetType = UNSET
 
 
 def assistant_message(result: GenerateResult, *, legacy: bool = False) -> AssistantMessage:
     calls = result.tool_calls
+    thinking = result.reasoning if result.reasoning is not None else UNSET
     if not calls:
-        return AssistantMessage(content=result.text)
+        return AssistantMessage(content=result.text, reasoning_content=thinking, reasoning=thinking)
     content = result.text or None
     if legacy:
-        return AssistantMessage(content=content, function_call=calls[0].function)
-    return AssistantMessage(content=content, tool_calls=calls)
+        return AssistantMessage(
+            content=content, function_call=calls[0].function, reasoning_content=thinking, reasoning=thinking
+        )
+    return AssistantMessage(content=content, tool_calls=calls, reasoning_content=thinking, reasoning=thinking)
 
 
 def finish_reason_of(result: GenerateResult, *, legacy: bool = False) -> OpenAIFinishReason:
@@ -183,6 +218,9 @@ class DeltaToolCall(Struct, kw_only=True, omit_defaults=True):
 class ChatDelta(Struct, kw_only=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    # The thinking block, under vLLM's older and newer names.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
     function_call: DeltaFunction | None = None
 
@@ -247,11 +285,13 @@ class ChatChunks(Chunks[ChatCompletionChunk]):
         return chat_id(self.request_id)
 
     def of_event(
-        self, index: int, event: str | GenerateResult, *, first: bool
+        self, index: int, event: str | Reasoning | GenerateResult, *, first: bool
     ) -> tuple[ChatCompletionChunk, ...]:
         head = (self.role(index),) if first else ()
         if isinstance(event, GenerateResult):
             return (*head, *self.ending(event, index))
+        if isinstance(event, Reasoning):
+            return (*head, self.thinking(event.text, index)) if event.text else head
         return (*head, self.content(event, index)) if event else head
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
@@ -266,6 +306,10 @@ class ChatChunks(Chunks[ChatCompletionChunk]):
     def role(self, index: int = 0) -> ChatCompletionChunk:
         """A choice's first chunk: the assistant role with empty content, as OpenAI sends it."""
         return self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
+
+    def thinking(self, text: str, index: int = 0) -> ChatCompletionChunk:
+        delta = ChatDelta(reasoning_content=text, reasoning=text)
+        return self._chunk([ChatChunkChoice(index=index, delta=delta)])
 
     def content(self, text: str, index: int = 0) -> ChatCompletionChunk:
         return self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=text))])

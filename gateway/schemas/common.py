@@ -14,8 +14,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from shared.errors import InvalidRequestError
-from shared.generation import FinishReason, GenerateResult, SamplingParams
-from shared.keep_alive import parse_keep_alive
+from shared.generation import FinishReason, GenerateResult, Reasoning, SamplingParams, StreamItem
+from shared.keep_alive import KEEP_ALIVE_PATTERN, parse_keep_alive
 
 # Ranges as OpenAI documents them; `n` is capped (OpenAI: 128) so one request can't queue thousands.
 # Integers that reach the worker stay within int64: its wire (msgpack) can't carry larger ones.
@@ -36,12 +36,13 @@ Seed = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 TokenId = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 Stop = str | list[str] | None
 # Ollama's keep_alive extension: "5m", "1h", seconds, 0 (unload after this request), -1 (forever).
-KeepAlive = str | float | None
+# The pattern only documents the strings parse_keep_alive takes (it decides, with a message).
+KeepAlive = Annotated[str, Meta(extra_json_schema={"pattern": KEEP_ALIVE_PATTERN})] | float | None
 
 OpenAIFinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 # What a stream of generations yields: (choice index, text delta | the choice's final result).
-ChoiceEvent = tuple[int, str | GenerateResult]
+ChoiceEvent = tuple[int, str | Reasoning | GenerateResult]
 
 
 class StreamOptions(Struct, kw_only=True):
@@ -168,7 +169,7 @@ class Chunks(abc.ABC, Generic[Chunk]):
             yield (self.usage([results[i] for i in sorted(results)]),)
 
     @abc.abstractmethod
-    def of_event(self, index: int, event: str | GenerateResult, *, first: bool) -> tuple[Chunk, ...]:
+    def of_event(self, index: int, event: StreamItem, *, first: bool) -> tuple[Chunk, ...]:
         """The chunks of choice `index`'s text delta or final result (`first`: its first event)."""
 
     @abc.abstractmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
@@ -25,9 +25,11 @@ from gateway.schemas.common import (
     reject_if,
     usage_of,
 )
+from gateway.schemas.json_schema import bound, text_input, token_ids_input
 from gateway.schemas.logprobs import CompletionLogprobs, completion_logprobs
 from gateway.schemas.sampling import SamplingRequest
-from shared.generation import GenerateRequest, GenerateResult, SamplingParams
+from shared.generation import GenerateRequest, GenerateResult, Reasoning, SamplingParams
+from shared.settings import Settings
 
 # OpenAI's default for this endpoint (the chat endpoint has none).
 DEFAULT_MAX_TOKENS = 16
@@ -45,6 +47,18 @@ class CompletionRequest(SamplingRequest, kw_only=True):
     echo: bool | None = None
     suffix: str | None = None
     logprobs: CompletionLogprobCount | None = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        super().refine_json_schema(schema, settings)
+        bound(schema, "best_of", "integer", maximum=min(128, settings.max_generations))
+        # Texts or token ids (one list, or a list of lists), never mixed; no empty list (prompts()).
+        text, ids = text_input(settings), token_ids_input(settings)
+        prompts = {"type": "array", "minItems": 1, "maxItems": settings.max_generations, "items": text}
+        many_ids = {"type": "array", "minItems": 1, "maxItems": settings.max_generations, "items": ids}
+        schema["properties"]["prompt"] = {"anyOf": [text, prompts, ids, many_ids]}
+        empty = {"type": "string", "maxLength": 0}  # a suffix is refused (check()); "" is no suffix
+        schema["properties"]["suffix"] = {"anyOf": [empty, {"type": "null"}], "default": None}
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts, each a text or token ids; a 400 for an empty or mixed list."""
@@ -161,12 +175,14 @@ class CompletionChunks(Chunks[CompletionResponse]):
         return completion_id(self.request_id)
 
     def of_event(
-        self, index: int, event: str | GenerateResult, *, first: bool
+        self, index: int, event: str | Reasoning | GenerateResult, *, first: bool
     ) -> tuple[CompletionResponse, ...]:
         echo = self.echo_prompts
         head = (self.text(echo[index // self.n], index),) if first and echo else ()
         if isinstance(event, GenerateResult):
             return (*head, self.finish(event, index))
+        if isinstance(event, Reasoning):  # raw completions are never split; the seed API's prompts may be
+            return head
         return (*head, self.text(event, index)) if event else head
 
     def _chunk(self, choices: list[CompletionChoice], usage: Usage | UnsetType = UNSET) -> CompletionResponse:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import struct
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
 from gateway.schemas.common import KeepAlive, TokenId, reject_if
+from gateway.schemas.json_schema import names_a_model, text_input, token_ids_input
 from shared.errors import InvalidRequestError
 from shared.generation import EmbedResult
+from shared.settings import Settings
 
 
 class EmbeddingRequest(Struct, kw_only=True):
@@ -24,6 +26,16 @@ class EmbeddingRequest(Struct, kw_only=True):
     user: str | None = None
     # Ollama's extension: how long the model stays loaded after this request.
     keep_alive: KeepAlive = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+        # Strings or token-id arrays, never mixed; no empty list, no empty array (inputs()).
+        text, ids = text_input(settings), token_ids_input(settings)
+        many = {"minItems": 1, "maxItems": settings.max_embedding_inputs, "type": "array"}
+        schema["properties"]["input"] = {
+            "anyOf": [text, {**many, "items": text}, ids, {**many, "items": ids}]
+        }
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as the worker takes them: all strings or all token-id arrays, never mixed."""

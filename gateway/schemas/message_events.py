@@ -25,7 +25,7 @@ from gateway.schemas.messages import (
     content_of,
     stop_reason_of,
 )
-from shared.generation import GenerateResult
+from shared.generation import GenerateResult, Reasoning
 
 
 class _Event(Struct, kw_only=True, tag_field="type"): ...
@@ -100,7 +100,7 @@ async def message_stream(
         if isinstance(event, GenerateResult):
             yield (*head, *_ending(event, opened=opened))
             return
-        if not event:
+        if isinstance(event, Reasoning) or not event:  # thinking blocks are not sent on this route yet
             continue
         opening = () if opened else _open_text()
         opened = True

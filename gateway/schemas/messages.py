@@ -17,9 +17,11 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.schemas.common import INT64_MAX, TopK, reject_if, stop_list, top_k_value
+from gateway.schemas.json_schema import names_a_model
 from gateway.schemas.tools import FunctionDef, NamedFunction, NamedToolChoice, Tool, ToolChoice, tool_plan
 from shared.errors import InvalidRequestError
 from shared.generation import FunctionCall, GenerateRequest, GenerateResult, Message, SamplingParams, ToolCall
+from shared.settings import Settings
 
 # Anthropic's ranges: temperature 0..1 (not OpenAI's 0..2).
 AnthropicTemperature = Annotated[float, Meta(ge=0, le=1)]
@@ -27,6 +29,11 @@ AnthropicTopP = Annotated[float, Meta(gt=0, le=1)]
 MaxTokens = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 # Blocks the translation drops: the model's reasoning from earlier turns.
 _DROPPED = ("thinking", "redacted_thinking")
+# The blocks as the document describes them: what the decoders take as any object, they read as these.
+_TEXT: dict[str, Any] = {"type": "string"}
+_TEXT_BLOCK = {"type": "object", "required": ["type", "text"],
+               "properties": {"type": {"const": "text"}, "text": _TEXT}}
+_TEXTS = {"anyOf": [_TEXT, {"type": "array", "items": _TEXT_BLOCK}]}
 
 
 class TextBlock(Struct, kw_only=True, tag="text", tag_field="type"):
@@ -45,16 +52,47 @@ class AnthropicTool(Struct, kw_only=True):
     description: str | None = None
     input_schema: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object"})
 
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        schema["properties"]["type"] = {"enum": ["custom", None], "default": None}
+
 
 class AnthropicToolChoice(Struct, kw_only=True):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
 
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        # `tool` names its tool.
+        schema["anyOf"] = [
+            {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
+            {"properties": {"name": _TEXT}, "required": ["name"]},
+        ]
+
 
 class MessageParam(Struct, kw_only=True):
     role: Literal["user", "assistant"]
     content: str | list[dict[str, Any]]
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        """The content blocks by role (_turn reads them): a user's tool results, an assistant's tool uses."""
+        thinking = {"type": "object", "required": ["type"],
+                    "properties": {"type": {"enum": ["thinking", "redacted_thinking"]}}}
+        use = {"type": "object", "required": ["type", "id", "name", "input"], "properties": {
+            "type": {"const": "tool_use"}, "id": _TEXT, "name": _TEXT, "input": {"type": "object"}}}
+        result = {"type": "object", "required": ["type", "tool_use_id"], "properties": {
+            "type": {"const": "tool_result"}, "tool_use_id": _TEXT, "is_error": {"type": ["boolean", "null"]},
+            "content": {"anyOf": [_TEXT, {"type": "null"}, {"type": "array", "items": _TEXT_BLOCK}]}}}
+
+        def turn(role: str, block: dict[str, Any]) -> dict[str, Any]:
+            blocks = {"type": "array", "items": {"anyOf": [_TEXT_BLOCK, block, thinking]}}
+            return {"type": "object", "required": ["role", "content"],
+                    "properties": {"role": {"const": role}, "content": {"anyOf": [_TEXT, blocks]}}}
+
+        schema.clear()
+        schema["anyOf"] = [turn("user", result), turn("assistant", use)]
 
 
 class RequestMetadata(Struct, kw_only=True):
@@ -71,6 +109,11 @@ class CountTokensRequest(Struct, kw_only=True):
     tool_choice: AnthropicToolChoice | None = None
     # Accepted and not acted on: Dukat's models think (or not) as their chat template has them.
     thinking: dict[str, Any] | None = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+        schema["properties"]["system"] = {"anyOf": [_TEXTS, {"type": "null"}], "default": None}
 
     def token_request(self) -> GenerateRequest:
         """The prompt as generation would build it (tools included), for counting its tokens."""

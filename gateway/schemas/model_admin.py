@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from msgspec import Struct
 
+from gateway.schemas.json_schema import names_a_model
 from gateway.schemas.models import ModelId
 from shared.host_api import ModelDetails
+from shared.settings import Settings
 
 # A default parameter's value in the config file (sampling fields: numbers, strings, stop lists).
 ParamValue = str | int | float | bool | list[str] | None
@@ -27,6 +31,10 @@ class ModelShown(ModelDetails, kw_only=True, rename={"model_id": "id"}):
 
 class DeleteRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: ModelId
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
 
 
 class DeletedModel(Struct, kw_only=True):

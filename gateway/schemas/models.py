@@ -8,13 +8,16 @@ ignored option.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from gateway.schemas.json_schema import bound, names_a_model
 from shared import host_api
 from shared.host_api import WorkerState, WorkerStatus
+from shared.model_ids import HUB_ID_PATTERN
+from shared.settings import Settings
 
 CREATED = 1_700_000_000  # models have no creation time here; OpenAI requires one
 
@@ -38,6 +41,7 @@ class Model(Struct, kw_only=True):
     quantization: str | None = None
     model_type: str | None = None
     task: str | None = None
+    architecture: str | None = None  # transformers' model_type of its files
     description: str | None = None
     default: bool = False
     # From the config file and the hosts' models_dir.
@@ -95,6 +99,10 @@ class Health(Struct, kw_only=True):
 # The host's `LoadAsked` (model, quantization, device), named for the public API, and the replicas.
 class LoadRequest(host_api.LoadAsked, kw_only=True, rename={"model_id": "model"}):
     model_id: ModelId
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
     # "auto", "cpu" or "cuda:N"; None lets placement choose.
     device: Device | None = None
     # Workers to serve it, each on another host where there are several; None: the config file's, else 1.
@@ -106,15 +114,28 @@ class UnloadRequest(host_api.UnloadCommand, kw_only=True, rename={"model_id": "m
 
     model_id: ModelId
 
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+
 
 class DownloadRequest(host_api.DownloadCommand, kw_only=True, rename={"model_id": "model"}):
     """The host's command (model, revision, one file), named for the public API."""
 
     model_id: ModelId
 
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        # A hub id: organisation/name, each at most 96 characters (shared/model_ids.py).
+        bound(schema, "model", "string", pattern=HUB_ID_PATTERN, maxLength=193)
+
 
 class SetDefaultRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: ModelId
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
 
 
 class DownloadJob(host_api.DownloadJob, kw_only=True, rename={"model_id": "model"}):

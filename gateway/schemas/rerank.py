@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway.schemas.common import KeepAlive, now, reject_if
+from gateway.schemas.json_schema import names_a_model
 from shared.generation import ScoreResult
+from shared.settings import Settings
 
 
 class RerankRequest(Struct, kw_only=True):
@@ -24,6 +26,13 @@ class RerankRequest(Struct, kw_only=True):
     top_n: Annotated[int, Meta(ge=1)] | None = None
     return_documents: bool | None = None
     keep_alive: KeepAlive = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+        # A document is a string or an object with its `text` (texts()).
+        document = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+        schema["properties"]["documents"]["items"] = {"anyOf": [{"type": "string"}, document]}
 
     def texts(self) -> list[str]:
         """The documents' texts (an object's `text` field)."""
@@ -105,6 +114,10 @@ class ScoreTextsRequest(Struct, kw_only=True):
     text_1: str | Annotated[list[str], Meta(min_length=1)]
     text_2: str | Annotated[list[str], Meta(min_length=1)]
     keep_alive: KeepAlive = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
 
     def pairs(self) -> list[tuple[str, str]]:
         firsts = [self.text_1] if isinstance(self.text_1, str) else self.text_1

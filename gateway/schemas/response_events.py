@@ -27,7 +27,7 @@ from gateway.schemas.responses import (
     new_item_id,
     output_items,
 )
-from shared.generation import GenerateResult
+from shared.generation import GenerateResult, Reasoning
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):
@@ -146,8 +146,8 @@ async def response_stream(
         if isinstance(event, GenerateResult):
             yield (*head, *_ending(number, shell, event, message_id, opened=bool(text)))
             return
-        if not event:
-            continue
+        if isinstance(event, Reasoning) or not event:
+            continue  # Responses reasoning items: not yet
         opening = () if text else _open_message(number, message_id)
         text.append(event)
         delta = number(OutputTextDelta(item_id=message_id, output_index=0, delta=event))
@@ -181,8 +181,10 @@ def _ending(
                 ),
                 number(ContentPartDone(item_id=message_id, output_index=index, part=part)),
             ]
-        else:
+        elif isinstance(item, FunctionCallItem):
             out += _call_events(number, index, item)
+        else:  # the thinking, whole (its deltas are not streamed)
+            out.append(number(OutputItemAdded(output_index=index, item=item)))
         out.append(number(OutputItemDone(output_index=index, item=item)))
     response = finished(shell, result, output)
     last = ResponseCompleted if response.status == "completed" else ResponseIncomplete

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway.schemas.common import INT64_MAX, Penalty, Temperature, TopLogprobs, TopP, now, reject_if
+from gateway.schemas.json_schema import names_a_model
 from gateway.schemas.logprobs import ResponseLogprob, response_logprobs
 from gateway.schemas.tools import (
     FunctionDef,
@@ -38,6 +39,7 @@ from shared.generation import (
     SamplingParams,
     ToolCall,
 )
+from shared.settings import Settings
 
 STATELESS = (
     "Dukat keeps no conversation state (its gateway is stateless): send the whole conversation as "
@@ -67,6 +69,11 @@ class FunctionTool(Struct, kw_only=True):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        # Another type is refused (CreateResponseRequest._tools), so "function" is all it takes.
+        schema["properties"]["type"] = {"const": "function", "default": "function"}
 
 
 class NamedFunctionChoice(Struct, kw_only=True):
@@ -127,6 +134,16 @@ class CreateResponseRequest(Struct, kw_only=True):
         """Top alternatives per token when `include` asks for logprobs, else None."""
         wanted = self.include is not None and "message.output_text.logprobs" in self.include
         return (self.top_logprobs or 0) if wanted else None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+        props = schema["properties"]
+        # No state: previous_response_id and conversation only null (generate_request refuses the rest).
+        props["previous_response_id"] = {"type": "null", "default": None}
+        props["conversation"] = {"type": "null", "default": None}
+        props["background"] = {"anyOf": [{"const": False}, {"type": "null"}], "default": None}  # not true
+        props["input"] = _input_schema()
 
     def generate_request(self, request_id: str) -> GenerateRequest:
         reject_if(
@@ -213,6 +230,34 @@ class _FunctionOutputItem(Struct, kw_only=True):
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
+def _input_schema() -> dict[str, Any]:
+    """`input` as _add_item reads it: a text, or items (message, function_call, function_call_output)
+    whose content is a text or text parts."""
+    text: dict[str, Any] = {"type": "string"}
+    part = {
+        "type": "object", "required": ["type"],
+        "properties": {"type": {"enum": list(_TEXT_PARTS)}, "text": {}},
+    }
+    content = {"anyOf": [text, {"type": "array", "items": part}]}
+    message = {
+        "type": "object", "required": ["role", "content"],
+        "properties": {
+            "type": {"const": "message"}, "role": {"enum": ["user", "system", "developer", "assistant"]},
+            "content": content,
+        },
+    }
+    call = {
+        "type": "object", "required": ["type", "call_id", "name", "arguments"],
+        "properties": {"type": {"const": "function_call"}, "call_id": text, "name": text, "arguments": text},
+    }
+    output = {
+        "type": "object", "required": ["type", "call_id", "output"],
+        "properties": {"type": {"const": "function_call_output"}, "call_id": text, "output": content},
+    }
+    items = {"type": "array", "minItems": 1, "items": {"anyOf": [message, call, output]}}
+    return {"anyOf": [text, items]}
+
+
 def _add_item(messages: list[Message], item: dict[str, Any], where: str) -> list[Message]:
     try:
         kind = item.get("type", "message")
@@ -278,7 +323,20 @@ class FunctionCallItem(Struct, kw_only=True, tag="function_call", tag_field="typ
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
-OutputItem = MessageItem | FunctionCallItem
+class ReasoningText(Struct, kw_only=True, tag="reasoning_text", tag_field="type"):
+    text: str
+
+
+class ReasoningItem(Struct, kw_only=True, tag="reasoning", tag_field="type"):
+    """A reasoning template's thinking block (worker/model/reasoning.py)."""
+
+    id: str
+    summary: list[Any] = msgspec.field(default_factory=list)
+    content: list[ReasoningText]
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+
+
+OutputItem = MessageItem | FunctionCallItem | ReasoningItem
 
 
 class InputTokensDetails(Struct, kw_only=True):
@@ -395,6 +453,9 @@ def output_items(result: GenerateResult, message_id: str | None = None) -> list[
                 id=new_item_id("fc"), call_id=call.id, name=call.function.name, arguments=text_args
             )
         )
+    if result.reasoning is not None:
+        # Last, not first as OpenAI's: a stream's message keeps output_index 0 whatever follows.
+        items.append(ReasoningItem(id=new_item_id("rs"), content=[ReasoningText(text=result.reasoning)]))
     return items
 
 
@@ -405,6 +466,7 @@ def finished(shell: ResponseObject, result: GenerateResult, output: list[OutputI
         input_tokens=result.prompt_tokens,
         input_tokens_details=InputTokensDetails(cached_tokens=result.cached_tokens),
         output_tokens=result.completion_tokens,
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=result.reasoning_tokens),
         total_tokens=result.prompt_tokens + result.completion_tokens,
     )
     return msgspec.structs.replace(

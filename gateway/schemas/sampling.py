@@ -27,7 +27,9 @@ from gateway.schemas.common import (
     stop_list,
     top_k_value,
 )
+from gateway.schemas.json_schema import bound, names_a_model
 from shared.generation import Constraint, SamplingParams
+from shared.settings import Settings
 
 _PARAM = "structured_outputs"
 
@@ -51,6 +53,14 @@ class StructuredOutputs(Struct, kw_only=True):
         if self.regex is not None:
             return Constraint(kind="regex", regex=self.regex, param=_PARAM)
         return Constraint(kind="choice", choices=self.choice, param=_PARAM)
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        # Exactly one of json, regex, choice.
+        schema["oneOf"] = [
+            {"properties": {key: {"not": {"type": "null"}}}, "required": [key]}
+            for key in ("json", "regex", "choice")
+        ]
 
 
 class SamplingRequest(Struct, kw_only=True):
@@ -80,6 +90,23 @@ class SamplingRequest(Struct, kw_only=True):
     structured_outputs: StructuredOutputs | None = None
     # Ollama's extension: how long the model stays loaded after this request.
     keep_alive: KeepAlive = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+        bound(schema, "n", "integer", maximum=min(128, settings.max_generations))
+        # stream_options only with stream: true (check_streaming()).
+        streamed = {
+            "anyOf": [
+                {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+                {"properties": {"stream_options": {"type": "null"}}},
+            ]
+        }
+        schema.setdefault("allOf", []).append(streamed)
+        # logit_bias keys are token ids.
+        for alternative in schema["properties"].get("logit_bias", {}).get("anyOf", []):
+            if alternative.get("type") == "object":
+                alternative["propertyNames"] = {"pattern": "^-?[0-9]+$"}
 
     @property
     def choices(self) -> int:

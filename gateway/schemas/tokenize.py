@@ -4,13 +4,15 @@ to text."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from msgspec import Meta, Struct
 
 from gateway.schemas.common import TokenId, reject_if
+from gateway.schemas.json_schema import names_a_model
 from gateway.schemas.tools import Tool, tool_plan
 from shared.generation import GenerateRequest, Message
+from shared.settings import Settings
 
 
 class TokenizeRequest(Struct, kw_only=True):
@@ -23,6 +25,17 @@ class TokenizeRequest(Struct, kw_only=True):
     tools: list[Tool] | None = None
     add_generation_prompt: bool = True
     add_special_tokens: bool | None = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
+        # A prompt or messages, not both (generate_request()).
+        schema["anyOf"] = [
+            {"properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}},
+             "required": ["prompt"]},
+            {"properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}},
+             "required": ["messages"]},
+        ]
 
     def generate_request(self, request_id: str) -> GenerateRequest:
         reject_if(
@@ -41,6 +54,10 @@ class TokenizeResponse(Struct, kw_only=True):
 class DetokenizeRequest(Struct, kw_only=True):
     model: str | None = None
     tokens: list[TokenId]
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        names_a_model(schema, settings)
 
 
 class DetokenizeResponse(Struct, kw_only=True):

@@ -19,7 +19,9 @@ import msgspec
 from msgspec import Struct
 
 from gateway.schemas.common import reject_if
+from gateway.schemas.json_schema import REF
 from shared.generation import Constraint, ToolUse
+from shared.settings import Settings
 
 
 class FunctionDef(Struct, kw_only=True):
@@ -58,6 +60,17 @@ class JsonSchemaFormat(Struct, kw_only=True):
 class ResponseFormat(Struct, kw_only=True):
     type: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: JsonSchemaFormat | None = None
+
+    @classmethod
+    def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
+        # json_schema needs its json_schema (constraint() refuses it without).
+        schema["anyOf"] = [
+            {"properties": {"type": {"enum": ["text", "json_object"]}}},
+            {
+                "properties": {"json_schema": {"$ref": REF.format(name="JsonSchemaFormat")}},
+                "required": ["json_schema"],
+            },
+        ]
 
     def constraint(self) -> Constraint | None:
         if self.type == "text":

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.processes import ChildProcess
+from shared.processes import GATEWAY_READY, ChildProcess
 from tests.support.hub_server import HubServer
 from tests.support.tool_templates import install_hermes_template
 
@@ -87,7 +87,7 @@ def dukat(
     }
     proc = ChildProcess(
         "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],
-        ready_prefix="DUKAT_GATEWAY_READY", env=env,
+        ready_prefix=GATEWAY_READY, env=env,
     )
     url = proc.start(timeout=120)
     try:

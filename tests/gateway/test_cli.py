@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.processes import ChildProcess
+from shared.processes import HOST_READY, ChildProcess
 from tests.gateway.conftest import DEFAULT_MODEL, SERVED, TEST_ENV, Dukat
+from tests.support.checks import error_of
 from tests.support.hub_fixtures import TINY_REPO
 
 UNLOAD_ME = "tiny/unload-me"
@@ -181,7 +182,7 @@ def test_dukat_host_takes_its_flags_and_answers_its_state(tmp_path: Path) -> Non
     host = ChildProcess(
         "gateway.cli",
         ["host", "--bind", "127.0.0.1", "--port", "0", "--models-dir", str(tmp_path), "--devices", "cpu"],
-        ready_prefix="DUKAT_HOST_READY",
+        ready_prefix=HOST_READY,
     )
     url = host.start(timeout=60)
     try:
@@ -255,3 +256,32 @@ def test_old_flag_names_still_work(argv: list[str], dest: str, value: Any) -> No
     from gateway.cli.main import build_parser
 
     assert getattr(build_parser().parse_args(argv), dest) == value
+
+
+def test_version_and_a_reader_that_closed_the_pipe_are_quiet(dukat: Dukat) -> None:
+    env = {**os.environ, **TEST_ENV}
+    argv = [sys.executable, "-m", "gateway.cli", "--version"]
+    version = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert version.returncode == 0 and re.fullmatch(r"dukat \S+.*\n", version.stdout), version
+    # `| true` closes the pipe before the listing is written: `dukat list | head` on a long list.
+    piped = subprocess.run(
+        f"{sys.executable} -m gateway.cli list --json --url {dukat.url} | true",
+        shell=True, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert piped.stderr == "", piped.stderr
+
+
+def test_an_unknown_id_suggests_the_close_ids_that_exist(dukat: Dukat) -> None:
+    from gateway.model_admin import close_ids
+
+    assert close_ids("gemma3:270m", ["google/gemma-3-270m", "tiny/gpt2"]) == ["google/gemma-3-270m"]
+    assert close_ids("llama3:8b", ["google/gemma-3-270m", "tiny/gpt2"]) == []
+    # Ollama's spelling of a served model: the 404 names the id that exists.
+    error_of(httpx.post(f"{dukat.url}/v1/completions", json={"model": "tiny-llama", "prompt": "Hi"}), 404)
+    answer = httpx.post(f"{dukat.url}/v1/completions", json={"model": "tiny-llama", "prompt": "Hi"}).json()
+    assert "did you mean 'tiny/tinyllama'?" in answer["error"]["message"], answer
+    # `dukat run` pulls a model that is not here: its failure says the same, and how to place one by hand.
+    result = dukat_cli(dukat, "run", "tiny-llama", "Hello")
+    assert result.returncode == 1, result
+    assert "did you mean tiny/tinyllama?" in result.stderr, result.stderr
+    assert "place the model by hand" in result.stderr and "models/tiny-llama/" in result.stderr, result.stderr

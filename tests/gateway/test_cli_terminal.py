@@ -100,3 +100,36 @@ def test_listings_fit_an_80_column_terminal(dukat: Dukat, http: httpx.Client, co
     ids = {line.split()[0] for line in lines if line.strip()}
     expected = SERVED if command == "list" else [DEFAULT_MODEL]
     assert set(expected) <= ids, lines  # one line per model, ids whole
+
+
+def test_run_takes_ollamas_commands_and_multiline_input(dukat: Dukat, http: httpx.Client) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first line\nsecond line"},
+    ]
+    body: dict[str, Any] = {"model": DEFAULT_MODEL, "messages": messages, "temperature": 0, "max_tokens": 6}
+    resp = http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200, resp.text
+    expected = resp.json()["choices"][0]["message"]["content"]
+    term = terminal(dukat, "run", DEFAULT_MODEL, "--temperature", "0", "--max-tokens", "12")
+    try:
+        term.expect_exact(">>> ")
+        said = []
+        for command in ("/show", "/set system Be brief.", "/set parameter num_predict 6", "/nonsense"):
+            term.sendline(command)
+            term.expect_exact(">>> ")
+            said.append(screen_text(term.before))
+        assert DEFAULT_MODEL in said[0] and "max_tokens 12" in said[0], said[0]
+        assert "Set the system prompt." in said[1] and "Set parameter max_tokens to 6." in said[2], said
+        assert "Unknown command '/nonsense'" in said[3], said[3]  # a command, never a prompt
+        term.sendline('"""first line')
+        term.expect_exact("... ")
+        term.sendline('second line"""')
+        term.expect_exact(">>> ")
+        shown = screen_text(term.before).split("\n", 1)[1]  # after the echoed input line
+        assert shown.strip() == expected.strip(), (shown, expected)
+        term.sendline("/bye")
+        term.expect(pexpect.EOF)
+    finally:
+        term.close(force=True)
+    assert term.exitstatus == 0

@@ -30,7 +30,7 @@ from gateway.schemas import (
 )
 from gateway.schemas.models import LoadRequest
 from gateway.sse import sse_stream
-from shared.errors import ModelNotFoundError, OverloadedError, WorkerFailedError
+from shared.errors import ModelNotFoundError, ModelNotLoadedError, OverloadedError, WorkerFailedError
 from shared.generation import GenerateResult
 from tests.support.checks import error_of
 from tests.support.openapi_check import validate
@@ -86,6 +86,16 @@ async def boom() -> None:
     raise RuntimeError(SECRET)
 
 
+@get("/starting")
+async def starting() -> None:
+    raise ModelNotLoadedError("starting: model 'tiny/x' is loading (3 s so far)", param="model")
+
+
+@get("/ghost")
+async def ghost() -> None:
+    raise ModelNotFoundError("model 'ghost' is not known", param="model")
+
+
 @post("/load")
 async def load(data: LoadRequest) -> dict[str, str]:
     return {"model": data.model_id}
@@ -102,7 +112,7 @@ async def manual(request: Request[Any, Any, Any]) -> dict[str, str]:
 
 def make_app() -> Litestar:
     return Litestar(
-        [chat, busy, boom, load, manual],
+        [chat, busy, boom, starting, ghost, load, manual],
         exception_handlers=exception_handlers(),
         request_max_body_size=MAX_BODY,
     )
@@ -235,6 +245,21 @@ def test_unexpected_exception_is_a_generic_500_logged_once(
     error = error_of(client.get("/boom"), 500)
     assert error["type"] == "server_error" and SECRET not in error["message"]
     assert len(tracebacks(caplog, RuntimeError)) == 1
+
+
+def test_expected_failures_log_no_traceback_and_repeats_once(
+    client: TestClient[Litestar], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        error_of(client.get("/ghost"), 404)
+        for _ in range(5):
+            error_of(client.get("/starting"), 503, "model_not_loaded")
+    records = [r for r in caplog.records if r.name == "gateway.errors"]
+    assert not [r for r in records if r.exc_info], "no traceback for a client's error nor an expected 503"
+    assert [r.levelname for r in records if "ghost" in r.getMessage()] == ["DEBUG"]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # the same reason five times: one line
+    assert "model 'tiny/x' is loading (3 s so far)" in warnings[0] and "503 model_not_loaded" in warnings[0]
 
 
 def test_unsupported_option_is_a_400(client: TestClient[Litestar]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import psutil
 import pytest
 
@@ -388,3 +389,26 @@ def test_default_4bit_falls_back_to_none_for_shapes_it_cannot_take_but_an_explic
     answered = chat(http, model_id)  # auto-load with the default (4bit): it falls back, and answers
     assert answered.status_code == 200, answered.text
     assert ps(http)[model_id]["quantization"] == "none"
+
+
+def test_config_entry_edits_apply_to_the_running_model_and_completions(
+    dukat: Dukat, http: httpx.Client
+) -> None:
+    store = ConfigStore(dukat.config_path)
+    before = store.read().models[UNLOAD_ME]
+    try:
+        assert load(http, UNLOAD_ME).status_code == 200
+        # Every served entry sets max_new_tokens 32: a completion that asks none gets it, not OpenAI's 16.
+        body = {"model": UNLOAD_ME, "prompt": "Hello", "ignore_eos": True, "temperature": 0}
+        resp = http.post("/v1/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["usage"]["completion_tokens"] == 32
+        # keep_alive edited in the file applies to the loaded worker from its next request: no reload.
+        pid = host_worker(http, UNLOAD_ME)["pid"]  # type: ignore[index]
+        store.set_entry(UNLOAD_ME, msgspec.structs.replace(before, keep_alive="7m"))
+        assert http.post("/v1/completions", json={**body, "max_tokens": 2}).status_code == 200
+        wait_for(lambda: ps(http)[UNLOAD_ME]["keep_alive_s"] == 420, 30, "the new keep_alive in /api/ps")
+        assert host_worker(http, UNLOAD_ME)["pid"] == pid  # type: ignore[index]
+    finally:
+        store.set_entry(UNLOAD_ME, before)
+        ensure_unloaded(http, UNLOAD_ME)

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.placement import place
 from shared.host_api import HostState
-from shared.processes import ChildProcess
+from shared.processes import GATEWAY_READY, HOST_READY, ChildProcess
 from shared.settings import DEFAULTS
 from tests.gateway.conftest import TEST_ENV
 from worker.host.memory_estimate import estimate_memory
@@ -57,7 +57,7 @@ class Cluster:
         port = self.host_urls[index].rsplit(":", 1)[1]
         args = ["--port", port, "--models-dir", str(self.models_dir)]
         self.hosts[index] = ChildProcess(
-            "worker.host", args, ready_prefix="DUKAT_HOST_READY", env=self.host_env
+            "worker.host", args, ready_prefix=HOST_READY, env=self.host_env
         )
         self.hosts[index].start(timeout=60)
 
@@ -101,7 +101,7 @@ def cluster(
             list(pool.map(c.start_host, range(2)))
         gateway_env = {**TEST_ENV, "DUKAT_WORKER_HOSTS": ",".join(urls), "DUKAT_LOG_LEVEL": "info"}
         args = ["serve", "--port", "0", "--models-dir", str(models_dir)]
-        ready = "DUKAT_GATEWAY_READY"
+        ready = GATEWAY_READY
         gateway_procs = [ChildProcess("gateway.cli", args, ready_prefix=ready, env=gateway_env) for _ in "ab"]
         with ThreadPoolExecutor(2) as pool:
             gateway_urls = list(pool.map(lambda p: p.start(timeout=60), gateway_procs))
@@ -183,7 +183,7 @@ def test_gateways_are_live_and_ready_once_a_host_answers(cluster: Cluster) -> No
         assert resp.status_code == 200 and resp.json() == {"status": "ready"}, resp.text
     nowhere = {**TEST_ENV, "DUKAT_WORKER_HOSTS": f"http://127.0.0.1:{free_port()}"}
     lonely = ChildProcess("gateway.cli", ["serve", "--port", "0", "--models-dir", str(cluster.models_dir)],
-                          ready_prefix="DUKAT_GATEWAY_READY", env=nowhere)  # fmt: skip
+                          ready_prefix=GATEWAY_READY, env=nowhere)  # fmt: skip
     try:
         url = lonely.start(timeout=60)
         assert httpx.get(f"{url}/health/live").status_code == 200

@@ -6,7 +6,7 @@ import random
 
 import msgspec
 
-from gateway.placement import no_room_message, place
+from gateway.placement import no_room_across_hosts, place
 from shared.host_api import DeviceState, HostState, WorkerState
 
 
@@ -80,7 +80,7 @@ def test_placement_evicts_only_when_no_host_has_room() -> None:
     assert place("m", [full, pinned], need=need) == full  # the pinned model can't go
     assert place("m", [full, pinned, roomy("http://free", 400)], need=need).url == "http://free"  # type: ignore[union-attr]
     assert place("m", [pinned], need=need) is None
-    message = no_room_message("m", [pinned], need)
+    message = no_room_across_hosts("m", [pinned], need)
     assert (
         f"needs {300 * MIB} bytes on cpu" in message
         and f"http://pinned cpu: {100 * MIB} bytes free" in message

@@ -8,8 +8,8 @@ import openai
 import pytest
 
 from gateway.auth import KeyGuard
+from shared.bearer_tokens import bearer_token
 from shared.settings import load_settings
-from shared.tokens import bearer_token
 from tests.security.conftest import ADMIN_KEY, CHAT_MODEL, INFERENCE_KEY, Locked
 from tests.support.openapi_check import validate
 

@@ -127,3 +127,14 @@ def test_a_gguf_file_is_estimated_from_its_tensor_list(
     from_safetensors = estimate_memory(source, "none", "cpu", kv_tokens=0)
     assert from_gguf.parameters == from_safetensors.parameters  # dequantized on load: every weight counts
     assert from_gguf.weights_bytes == from_safetensors.weights_bytes
+
+
+@pytest.mark.parametrize(
+    ("device", "kind"), [("cuda", "cuda"), ("cuda:3", "cuda"), ("cpu", "cpu"), ("auto", "cpu")]
+)
+def test_a_device_name_has_one_kind(device: str, kind: str) -> None:
+    from shared.host_api import device_kind
+    from shared.processes import pinned_env
+
+    assert device_kind(device) == kind
+    assert (pinned_env(device, 0)["CUDA_VISIBLE_DEVICES"] != "") == (kind == "cuda")

@@ -266,3 +266,25 @@ def test_failed_replace_leaves_the_old_file_and_no_temp_file(
         ConfigStore(path).set_default_model(None)
     assert path.read_bytes() == before
     assert {p.name for p in tmp_path.iterdir()} - {"config.json.lock"} == {"config.json"}
+
+
+def test_the_files_default_model_wins_over_the_setting() -> None:
+    assert ModelConfig(default_model="from-file").default_or("from-setting") == "from-file"
+    assert ModelConfig().default_or("from-setting") == "from-setting"
+    assert ModelConfig().default_or(None) is None
+
+
+def test_an_unknown_key_of_an_entry_is_a_warning_naming_the_closest_known_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.json"
+    _write(path, {"models": {"m": {"description": "d", "kep_alive": "5m", "owner_note": "mine"}}})
+    store = ConfigStore(path)
+    entry = store.read().models["m"]  # the file still loads, the keys kept as written
+    assert entry.extra == {"kep_alive": "5m", "owner_note": "mine"} and entry.keep_alive is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'kep_alive'" in w and "did you mean 'keep_alive'?" in w for w in warnings), warnings
+    assert any("'owner_note'" in w and "known keys: description" in w for w in warnings), warnings
+    caplog.clear()
+    store.read()
+    assert not caplog.records, "said once per version of the file"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shared.errors import UnsupportedModelTypeError
@@ -11,6 +13,7 @@ from shared.model_types import (
     Task,
     get_model_type,
     infer_model_type,
+    type_from_architecture,
     type_from_hf_config,
     type_from_id,
 )
@@ -101,12 +104,40 @@ def test_unknown_override_is_an_error_naming_model_type() -> None:
     assert "tinyllama" in info.value.message  # lists what is supported
 
 
-def test_unknown_architecture_is_an_error() -> None:
-    with pytest.raises(UnsupportedModelTypeError) as info:
-        infer_model_type("my-org/my-model", hf_model_type="mamba")
-    assert "'mamba'" in info.value.message
-    assert info.value.param == "model_type"
-    assert info.value.status == 400
+def test_an_architecture_outside_the_families_gets_the_generic_type_of_its_files() -> None:
+    # Whether transformers loads it is the worker's answer (tests/worker/model/test_architectures.py).
+    assert infer_model_type("my-org/my-model", hf_model_type="mamba").name == "causal"
+    qwen3 = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}
+    assert infer_model_type("Qwen/Qwen3-0.6B", hf_model_type="qwen3",
+                            generic=type_from_architecture(qwen3)).name == "causal"
+
+
+@pytest.mark.parametrize(
+    ("config", "sentence_transformers", "expected"),
+    [
+        ({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}, False, "causal"),
+        # Qwen3-Embedding: a causal architecture with sentence-transformers files
+        ({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}, True, "embedding"),
+        ({"model_type": "gemma3", "vision_config": {"model_type": "siglip_vision_model"}}, False, "vision"),
+        ({"model_type": "bart", "is_encoder_decoder": True}, False, "seq2seq"),
+        ({"model_type": "modernbert", "architectures": ["ModernBertModel"]}, False, "embedding"),
+        ({"model_type": "modernbert", "architectures": ["ModernBertForMaskedLM"]}, False, "embedding"),
+        (None, False, "causal"),  # a GGUF: only its header's architecture
+    ],
+)
+def test_type_from_architecture_reads_the_files(
+    config: dict[str, Any] | None, sentence_transformers: bool, expected: str
+) -> None:
+    assert type_from_architecture(config, sentence_transformers=sentence_transformers).name == expected
+
+
+def test_the_seed_families_keep_their_rules_beside_the_generic_types() -> None:
+    # The id decides nothing for an architecture outside the families: gpt-oss is no GPT-2.
+    assert infer_model_type("openai/gpt-oss-20b", hf_model_type="gpt_oss").name == "causal"
+    assert infer_model_type("mistralai/Ministral-3-3B-Instruct", hf_model_type="mistral3",
+                            generic=MODEL_TYPES["vision"]).name == "vision"
+    assert infer_model_type("google/gemma-3-1b-it", hf_model_type="gemma3_text").name == "gemma"
+    assert infer_model_type("TinyLlama/TinyLlama-1.1B-Chat-v1.0", hf_model_type="llama").name == "tinyllama"
 
 
 def test_no_id_match_and_no_config_is_an_error() -> None:
@@ -131,8 +162,8 @@ def test_get_model_type_aliases() -> None:
 
 def test_tasks_and_formats_of_the_families() -> None:
     tasks = {name: t.task for name, t in MODEL_TYPES.items()}
-    assert {n for n, task in tasks.items() if task is Task.EMBEDDING} == {"bert", "roberta"}
-    assert {n for n, task in tasks.items() if task is Task.SEQ2SEQ} == {"t5"}
+    assert {n for n, task in tasks.items() if task is Task.EMBEDDING} == {"bert", "roberta", "embedding"}
+    assert {n for n, task in tasks.items() if task is Task.SEQ2SEQ} == {"t5", "seq2seq"}
     formats = {name: t.prompt_format for name, t in MODEL_TYPES.items()}
     assert formats["llama"] is formats["mistral"] is PromptFormat.INST
     assert formats["gemma"] is PromptFormat.GEMMA
@@ -145,9 +176,8 @@ def test_google_bert_id_is_bert() -> None:
     assert found.name == "bert"
 
 
-def test_unknown_architecture_is_an_error_not_the_ids_guess() -> None:
-    with pytest.raises(UnsupportedModelTypeError, match="electra"):
-        infer_model_type("google/electra-small", hf_model_type="electra")
+def test_unknown_architecture_is_generic_not_the_ids_guess() -> None:
+    assert infer_model_type("google/electra-small", hf_model_type="electra").name == "causal"
 
 
 def test_default_quantization_is_none_only_for_types_bitsandbytes_cannot_take() -> None:

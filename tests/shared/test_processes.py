@@ -64,3 +64,15 @@ def test_terminate_of_a_child_that_already_exited_is_a_no_op() -> None:
 )
 def test_ready_port_reads_only_the_ready_line(line: str, port: int | None) -> None:
     assert ready_port(line, "DUKAT_HOST_READY") == port
+
+
+def test_a_childs_log_line_is_logged_again_with_its_level_and_name_under_one_timestamp() -> None:
+    import logging
+
+    from shared.logs import FORMAT, parse_line
+
+    name = "worker.host.supervisor"
+    record = logging.LogRecord(name, logging.WARNING, __file__, 1, "late by %d s", (3,), None)
+    line = logging.Formatter(FORMAT).format(record)
+    assert parse_line(line) == (logging.WARNING, "worker.host.supervisor", "late by 3 s")
+    assert parse_line("Traceback (most recent call last):") is None  # other lines are logged as they are

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.processes import ChildProcess
+from shared.processes import GATEWAY_READY, ChildProcess
 from tests.support.checks import wait_for
 
 
@@ -17,7 +17,7 @@ def dukat_serve(models_dir: Path, env: dict[str, str]) -> Iterator[tuple[str, Ch
     """The served URL and its process, once ready (preloads run in the background); stopped after."""
     proc = ChildProcess(
         "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models_dir)],
-        ready_prefix="DUKAT_GATEWAY_READY", env=env,
+        ready_prefix=GATEWAY_READY, env=env,
     )  # fmt: skip
     url = proc.start(timeout=120)
     try:

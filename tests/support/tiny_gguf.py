@@ -16,11 +16,15 @@ import numpy as np
 _CONTROL, _NORMAL = 3, 1  # llama.cpp's token types
 
 
-def write_tiny_llama_gguf(model_dir: Path, dest: Path, *, arch: str = "llama") -> Path:
+def write_tiny_llama_gguf(
+    model_dir: Path, dest: Path, *, arch: str = "llama", padding_strings: int = 0
+) -> Path:
     """Write `dest` (a .gguf) holding the Llama model and tokenizer saved in `model_dir`.
 
     `arch` other than "llama" writes the same tensors under another architecture name, for the
-    tests of architectures transformers cannot read from GGUF.
+    tests of architectures transformers cannot read from GGUF. `padding_strings` adds a metadata
+    array of that many strings, as large as a real model's vocabulary (Gemma 3's has 262k) makes
+    the header: slow for a reader that parses all of it.
     """
     import gguf
     from safetensors.numpy import load_file
@@ -44,6 +48,8 @@ def write_tiny_llama_gguf(model_dir: Path, dest: Path, *, arch: str = "llama") -
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
     _add_tokenizer(writer, model_dir, config)
+    if padding_strings:
+        writer.add_array("dukat.test.padding", [f"piece-{i}" for i in range(padding_strings)])
     for name, array in _llama_cpp_tensors(weights, config["num_hidden_layers"], heads, kv_heads):
         writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
     writer.write_header_to_file()

@@ -95,7 +95,7 @@ def corpus_lines() -> list[str]:
     return lines
 
 
-class _TokenizerSpec(Struct, frozen=True, kw_only=True):
+class TokenizerSpec(Struct, frozen=True, kw_only=True):
     special: tuple[str, ...]  # trained first, so they get ids 0..n-1 in this order
     bos: str | None = None
     eos: str | None = None
@@ -107,36 +107,36 @@ class _TokenizerSpec(Struct, frozen=True, kw_only=True):
     bert_like: tuple[str, str, str, str] | None = None  # (cls, sep, pad, mask) for [CLS] x [SEP]
 
 
-_LLAMA_TOK = _TokenizerSpec(special=("<unk>", "<s>", "</s>"), bos="<s>", eos="</s>", unk="<unk>",
+_LLAMA_TOK = TokenizerSpec(special=("<unk>", "<s>", "</s>"), bos="<s>", eos="</s>", unk="<unk>",
                             add_bos=True)
-_GPT_TOK = _TokenizerSpec(special=("<|endoftext|>",), bos="<|endoftext|>", eos="<|endoftext|>",
+_GPT_TOK = TokenizerSpec(special=("<|endoftext|>",), bos="<|endoftext|>", eos="<|endoftext|>",
                           unk="<|endoftext|>")
-_TOKENIZERS: dict[str, _TokenizerSpec] = {
+_TOKENIZERS: dict[str, TokenizerSpec] = {
     "llama": _LLAMA_TOK,
-    "tinyllama": _TokenizerSpec(
+    "tinyllama": TokenizerSpec(
         special=("<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"),
         bos="<s>", eos="</s>", unk="<unk>", pad="</s>", add_bos=True,
         extra=("<|system|>", "<|user|>", "<|assistant|>"),
     ),
-    "mistral": _TokenizerSpec(
+    "mistral": TokenizerSpec(
         special=("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
         bos="<s>", eos="</s>", unk="<unk>", add_bos=True, extra=("[INST]", "[/INST]"),
     ),
-    "gemma": _TokenizerSpec(
+    "gemma": TokenizerSpec(
         special=("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
         bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>", add_bos=True,
         extra=("<start_of_turn>", "<end_of_turn>"),
     ),
     "gpt2": _GPT_TOK, "gpt_neox": _GPT_TOK, "gptj": _GPT_TOK, "gpt_neo": _GPT_TOK, "falcon": _GPT_TOK,
-    "bloom": _TokenizerSpec(special=("<unk>", "<s>", "</s>", "<pad>"), bos="<s>", eos="</s>", unk="<unk>",
+    "bloom": TokenizerSpec(special=("<unk>", "<s>", "</s>", "<pad>"), bos="<s>", eos="</s>", unk="<unk>",
                             pad="<pad>"),
-    "opt": _TokenizerSpec(special=("<s>", "<pad>", "</s>", "<unk>"), bos="<s>", eos="</s>", unk="<unk>",
+    "opt": TokenizerSpec(special=("<s>", "<pad>", "</s>", "<unk>"), bos="<s>", eos="</s>", unk="<unk>",
                           pad="<pad>", add_bos=True),
-    "t5": _TokenizerSpec(special=("<pad>", "</s>", "<unk>"), eos="</s>", unk="<unk>", pad="<pad>",
+    "t5": TokenizerSpec(special=("<pad>", "</s>", "<unk>"), eos="</s>", unk="<unk>", pad="<pad>",
                          add_eos=True),
-    "bert": _TokenizerSpec(special=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), unk="[UNK]",
+    "bert": TokenizerSpec(special=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), unk="[UNK]",
                            bert_like=("[CLS]", "[SEP]", "[PAD]", "[MASK]")),
-    "roberta": _TokenizerSpec(special=("<s>", "<pad>", "</s>", "<unk>", "<mask>"), bos="<s>", eos="</s>",
+    "roberta": TokenizerSpec(special=("<s>", "<pad>", "</s>", "<unk>", "<mask>"), bos="<s>", eos="</s>",
                               unk="<unk>", bert_like=("<s>", "</s>", "<pad>", "<mask>")),
 }
 _TOKENIZERS[CROSS_ENCODER] = _TOKENIZERS["bert"]
@@ -162,10 +162,17 @@ def _trained_tokenizer_json(special: tuple[str, ...], vocab_size: int) -> str:
 
 def build_tokenizer(family: str, *, vocab_size: int = VOCAB_SIZE, context: int = 512) -> Any:
     """The family's tokenizer (a transformers `TokenizersBackend`), with its chat template if any."""
+    return tokenizer_from_spec(_TOKENIZERS[family], CHAT_TEMPLATES.get(family), vocab_size=vocab_size,
+                               context=context)
+
+
+def tokenizer_from_spec(
+    spec: TokenizerSpec, template: str | None, *, vocab_size: int = VOCAB_SIZE, context: int = 512
+) -> Any:
+    """A byte-level BPE tokenizer with `spec`'s special tokens and `template` as its chat template."""
     from tokenizers import Tokenizer, processors
     from transformers import TokenizersBackend
 
-    spec = _TOKENIZERS[family]
     tok = Tokenizer.from_str(_trained_tokenizer_json(spec.special, vocab_size))
     kwargs: dict[str, Any] = {
         "bos_token": spec.bos, "eos_token": spec.eos, "unk_token": spec.unk, "pad_token": spec.pad,
@@ -185,7 +192,6 @@ def build_tokenizer(family: str, *, vocab_size: int = VOCAB_SIZE, context: int =
     if spec.extra:
         kwargs["extra_special_tokens"] = list(spec.extra)
     tokenizer = TokenizersBackend(tokenizer_object=tok, **kwargs)
-    template = CHAT_TEMPLATES.get(family)
     if template is not None:
         tokenizer.chat_template = template
     return tokenizer
@@ -288,7 +294,7 @@ def _config(family: str, shape: _Shape, tokenizer: Any) -> Any:
                            **{**ids, **extra})
     if family == CROSS_ENCODER:
         return tf.BertConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=heads,
-                             intermediate_size=ff, max_position_embeddings=ctx, num_labels=1, **ids)
+                             intermediate_size=ff, max_position_embeddings=ctx, **{**ids, "num_labels": 1})
     if family in ("bert", "roberta"):
         cls = tf.BertConfig if family == "bert" else tf.RobertaConfig
         # RoBERTa's positions start after padding_idx, hence the +2 of real checkpoints.

@@ -23,13 +23,14 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
 from shared import host_api as api
+from shared.bearer_tokens import bearer_token, token_in
 from shared.errors import AuthenticationError, DukatError, InternalError, error_for_status
 from shared.http_server import bind_socket, serve
 from shared.logs import setup_logging
 from shared.processes import HOST_READY
 from shared.settings import Settings, load_settings
-from shared.tokens import bearer_token, token_in
 from worker.host import model_files
+from worker.host.flags import HOST_FLAGS, host_arguments
 from worker.host.service import Host
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ async def host_state(state: State) -> api.HostState:
 
 @serves(api.LOCAL_MODELS)
 async def local_models(state: State) -> list[api.LocalModel]:
-    return state.host.local_models()
+    return await state.host.local_models()
 
 
 @serves(api.LOAD)
@@ -69,7 +70,7 @@ async def unload(state: State, data: api.UnloadCommand) -> api.Unloaded:
 
 @serves(api.ESTIMATE)
 async def estimate(state: State, data: api.LoadCommand) -> api.LoadEstimate:
-    return state.host.estimate(data)
+    return await state.host.estimate(data)
 
 
 @serves(api.DETAILS)
@@ -123,12 +124,13 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        keep_alive = asyncio.create_task(host.keep_alive.run())
+        tasks = [asyncio.create_task(host.keep_alive.run()), asyncio.create_task(host.supervisor.clock.run())]
         try:
             yield
         finally:
-            keep_alive.cancel()
-            await asyncio.gather(keep_alive, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await host.supervisor.close()
             host.gpus.close()
 
@@ -144,22 +146,6 @@ def create_host_app(settings: Settings, url: str) -> Litestar:
         logging_config=None,
         openapi_config=None,
     )
-
-
-HOST_FLAGS = ("host_bind", "host_port", "models_dir", "devices")
-
-
-def host_arguments() -> argparse.ArgumentParser:
-    """The flags of `dukat host` (a parent parser: `python -m worker.host` and the CLI share it)."""
-    p = argparse.ArgumentParser(add_help=False)
-    # Named like their settings; --bind and --port are the old names, kept.
-    p.add_argument("--host-bind", "--bind", dest="host_bind", help="bind address (DUKAT_HOST_BIND)")
-    p.add_argument(
-        "--host-port", "--port", dest="host_port", type=int, help="port, 0 for any (DUKAT_HOST_PORT)"
-    )
-    p.add_argument("--models-dir", dest="models_dir", help="DUKAT_MODELS_DIR")
-    p.add_argument("--devices", help="auto, cpu or cuda:N,... (DUKAT_DEVICES)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

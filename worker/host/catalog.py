@@ -10,18 +10,26 @@ template) and stats files; it never loads a model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from msgspec import Struct
 
 from shared import gguf
-from shared.errors import DukatError, UnsupportedModelTypeError
+from shared.errors import DukatError
 from shared.host_api import LocalModel
-from shared.model_types import config_model_type, infer_model_type
+from shared.model_types import (
+    CROSS_ENCODER,
+    ModelType,
+    config_model_type,
+    infer_model_type,
+    type_from_architecture,
+)
 
 # Written by `worker.host.downloads` into every folder it downloads.
 MARKER_NAME = ".dukat-download.json"
@@ -30,7 +38,9 @@ _MAX_DEPTH = 3
 _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
 )
-_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+# Where a folder keeps its chat template: transformers 5's files, else (4) inside tokenizer_config.json.
+_TEMPLATE_FILES = (gguf.TEMPLATE_NAME, "chat_template.json")
+_TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 class DownloadMarker(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -104,7 +114,9 @@ def _describe(root: Path, folder: Path) -> LocalModel:
     return LocalModel(
         id=model_id,
         path=str(folder),
-        model_type=model_type,
+        model_type=model_type.name if model_type else None,
+        architecture=_architecture(folder),
+        task=model_type.task.value if model_type else None,
         size_bytes=_size_on_disk(folder),
         has_tokenizer=any((folder / name).is_file() for name in _TOKENIZER_FILES),
         has_chat_template=_has_chat_template(folder),
@@ -123,24 +135,42 @@ def hf_model_type(path: Path) -> str | None:
     found = path if path.suffix == gguf.SUFFIX else None if is_folder else gguf.pick_gguf(path)
     if found is not None:
         return gguf.hf_model_type(found)
-    return config_model_type(json.loads((path / "config.json").read_bytes()))
+    return config_model_type(_config_json(path))
 
 
-def _model_type(model_id: str, folder: Path) -> tuple[str | None, str | None]:
+def model_type_of(model_id: str, path: Path, override: str | None = None) -> ModelType:
+    """The Dukat model type of the files at `path` (see shared/model_types.py). Raises DukatError
+    for an unreadable .gguf or an unknown override, OSError or ValueError for a bad config.json."""
+    hf_type = hf_model_type(path)
+    config = None if path.suffix == gguf.SUFFIX or not path.is_dir() else _config_json(path)
+    generic = type_from_architecture(config, sentence_transformers=(path / "modules.json").is_file())
+    return infer_model_type(model_id, hf_model_type=hf_type, override=override, generic=generic)
+
+
+def _config_json(folder: Path) -> dict[str, Any] | None:
+    if not (folder / "config.json").is_file():
+        return None
+    config = json.loads((folder / "config.json").read_bytes())
+    return config if isinstance(config, dict) else None
+
+
+def _model_type(model_id: str, folder: Path) -> tuple[ModelType | None, str | None]:
     try:
-        hf_type = hf_model_type(folder)
+        return model_type_of(model_id, folder), None
     except DukatError as exc:
         return None, exc.message
     except (OSError, ValueError) as exc:
         return None, f"unreadable config.json: {exc}"
-    return _known_type(model_id, hf_type)
 
 
-def _known_type(model_id: str, hf_type: str | None) -> tuple[str | None, str | None]:
+def _architecture(folder: Path) -> str | None:
     try:
-        return infer_model_type(model_id, hf_model_type=hf_type).name, None
-    except UnsupportedModelTypeError as exc:
-        return None, exc.message
+        found = hf_model_type(folder)
+        if found == CROSS_ENCODER:  # the type a reranker's head gives it; its architecture is its encoder's
+            found = (_config_json(folder) or {}).get("model_type")
+        return found
+    except (DukatError, OSError, ValueError):
+        return None
 
 
 def _has_chat_template(folder: Path) -> bool:
@@ -149,11 +179,33 @@ def _has_chat_template(folder: Path) -> bool:
     if any((folder / "additional_chat_templates").glob("*.jinja")):
         return True
     try:
-        # transformers 4 kept the template inside tokenizer_config.json; a substring test avoids
-        # parsing a file that can hold megabytes of added tokens.
-        return b'"chat_template"' in (folder / "tokenizer_config.json").read_bytes()
+        # A substring test avoids parsing a file that can hold megabytes of added tokens.
+        return b'"chat_template"' in (folder / _TOKENIZER_CONFIG).read_bytes()
     except OSError:
         return False
+
+
+def chat_template(folder: Path) -> str | None:
+    """The tokenizer's chat template, from the files _has_chat_template looks for."""
+    with contextlib.suppress(OSError):
+        return (folder / _TEMPLATE_FILES[0]).read_text()
+    for name in (*_TEMPLATE_FILES[1:], _TOKENIZER_CONFIG):
+        template = json_object(folder / name).get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object; empty when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _size_on_disk(folder: Path) -> int:

@@ -21,6 +21,7 @@ from shared.processes import kill_group
 from shared.settings import Settings
 from shared.wire import WorkerLoad
 from shared.wire_client import WorkerConnection
+from worker.host.loop_clock import LATE_S, LoopClock
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ class Healing:
 class Lifeline:
     """One model worker's processes, one after another, each replacing one that died or hung."""
 
-    def __init__(self, healing: Healing, state: WorkerState, logs: collections.deque[str]) -> None:
+    def __init__(
+        self, healing: Healing, state: WorkerState, logs: collections.deque[str], clock: LoopClock
+    ) -> None:
         self.healing = healing
+        self.clock = clock  # the host's own lateness: no worker is judged on a late host's word
         self.state = state  # the worker's, shared with its supervisor
         self.logs = logs
         self.restarted_at: collections.deque[float] = collections.deque()  # monotonic
@@ -114,6 +118,7 @@ class Lifeline:
         h = self.healing
         while True:
             await asyncio.sleep(h.ping_interval_s)
+            asked = time.monotonic()
             try:
                 pong = await asyncio.wait_for(conn.pong(), h.ping_timeout_s)
             except (TimeoutError, DukatError) as exc:
@@ -121,6 +126,14 @@ class Lifeline:
                     await asyncio.wait_for(asyncio.shield(process.wait()), 1.0)
                 if process.returncode is not None:
                     return
+                if isinstance(exc, TimeoutError) and (late := self.clock.late_since(asked)) >= LATE_S:
+                    # The pong may have sat unread while this loop was stuck: ask again, judge nothing.
+                    log.info(
+                        "no pong from the worker for %r within %g s, but this host ran %.1f s late "
+                        "meanwhile; not judged hung, pinging again",
+                        self.state.model_id, h.ping_timeout_s, late,
+                    )  # fmt: skip
+                    continue
                 why = "timed out" if isinstance(exc, TimeoutError) else exc
                 self.hung = f"did not answer a ping within {h.ping_timeout_s:g} s ({why})"
                 log.error("model worker for %r %s; killing it", self.state.model_id, self.hung)

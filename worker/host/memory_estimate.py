@@ -4,21 +4,24 @@ parameters × bytes per weight for the quantization and device
 + a KV-cache budget (layers × 2 × kv width × bytes × budget tokens)
 + overhead (the worker process or CUDA context, plus a share of the weights for activations).
 
-Parameters come from the safetensors headers (shapes only: the first few KB of each file); other
-weight files fall back to their size. An estimate errs high: placing a model where it then OOMs
-costs more than leaving a little room unused.
+Parameters come from the safetensors headers and GGUF tensor lists (shapes only, cached per file by
+size and mtime: `TensorSizes`); other weight files fall back to their size. An estimate errs high:
+placing a model where it then OOMs costs more than leaving a little room unused.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
 from msgspec import Struct
 
+from shared import gguf
+from shared.errors import DukatError
+from shared.host_api import device_kind
 from shared.settings import Quantization
+from worker.host.safetensors_header import read_header
 
 MIB = 1 << 20
 # A model worker's process before weights: the interpreter, torch and transformers (measured
@@ -50,12 +53,36 @@ class MemoryEstimate(Struct, kw_only=True, frozen=True):
     total_bytes: int
 
 
-def estimate_memory(path: Path, quantization: Quantization, device: str, *, kv_tokens: int) -> MemoryEstimate:
-    """The estimate for loading the model folder `path` with `quantization` on `device`."""
+class TensorSizes:
+    """The (tensor name, element count) lists of weight files, each read once and kept while the
+    file's size and mtime stay the same (a host estimates a model at every placement)."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[tuple[int, int], list[tuple[str, int]]]] = {}
+
+    def of(self, file: Path) -> list[tuple[str, int]]:
+        try:
+            st = file.stat()
+        except OSError:
+            return []
+        stamp = (st.st_size, st.st_mtime_ns)
+        known = self._files.get(file)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        sizes = _gguf_shapes(file) if file.suffix == gguf.SUFFIX else _safetensors_shapes(file)
+        self._files[file] = (stamp, sizes)
+        return sizes
+
+
+def estimate_memory(
+    path: Path, quantization: Quantization, device: str, *, kv_tokens: int, sizes: TensorSizes | None = None
+) -> MemoryEstimate:
+    """The estimate for loading the model folder `path` with `quantization` on `device`. Blocking
+    (file reads): the host calls it from a thread."""
     config = _config(path)
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+    kind = device_kind(device)
     compute_bytes = 4 if kind == "cpu" else 2  # the engine loads fp32 on CPU, bf16/fp16 on GPUs
-    quantized, plain = _parameters(path)
+    quantized, plain = _parameters(path, sizes or TensorSizes())
     # CPU: 32-weight blocks with a float16 scale (worker/model/cpu_kernels); CUDA: bitsandbytes.
     per_weight = {
         "none": compute_bytes,
@@ -84,14 +111,14 @@ def _config(path: Path) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def _parameters(path: Path) -> tuple[int, int]:
+def _parameters(path: Path, sizes: TensorSizes) -> tuple[int, int]:
     """(quantizable, kept in compute dtype) parameter counts of the folder's weights (or of a .gguf
     file: transformers dequantizes GGUF weights on load, so they count like any others)."""
     quantized = plain = 0
     ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else [path]
-    shapes = [s for file in sorted(path.glob("*.safetensors")) for s in _safetensors_shapes(file)]
+    shapes = [s for file in sorted(path.glob("*.safetensors")) for s in sizes.of(file)]
     if not shapes:
-        shapes = [s for file in ggufs for s in _gguf_shapes(file)]
+        shapes = [s for file in ggufs for s in sizes.of(file)]
     for name, count in shapes:
         if any(part in name for part in _UNQUANTIZED):
             plain += count
@@ -113,28 +140,18 @@ def _fallback(path: Path) -> tuple[int, int]:
 
 
 def _gguf_shapes(file: Path) -> list[tuple[str, int]]:
-    """(tensor name, element count) of a .gguf file's tensors (its header; the data is not read)."""
+    """(tensor name, element count) of a .gguf file's tensors (its tensor list; the data is not read)."""
     try:
-        from gguf import GGUFReader
-
-        return [(t.name, int(t.n_elements)) for t in GGUFReader(file).tensors]
-    except Exception:  # not installed, or not a GGUF file we can read: the size stands in
+        return gguf.tensor_sizes(file)
+    except DukatError:  # not a GGUF file we can read: the size stands in
         return []
 
 
 def _safetensors_shapes(file: Path) -> list[tuple[str, int]]:
-    """(tensor name, element count) from a safetensors header: 8 bytes of length, then JSON."""
-    try:
-        with file.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > 100 * MIB:
-                return []
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, struct.error):
-        return []
+    """(tensor name, element count) of each tensor in a safetensors file's header."""
     out = []
-    for name, meta in header.items():
-        if name != "__metadata__" and isinstance(meta, dict) and meta.get("dtype") in _DTYPE_BYTES:
+    for name, meta in (read_header(file) or {}).items():
+        if isinstance(meta, dict) and meta.get("dtype") in _DTYPE_BYTES:
             out.append((name, math.prod(meta.get("shape") or [1])))
     return out
 

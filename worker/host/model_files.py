@@ -6,21 +6,19 @@ through its converted folder once there is one (shared/gguf.py), else from the G
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
-import struct
 from pathlib import Path
-from typing import Any
 
 from shared import gguf
 from shared.errors import InvalidRequestError, ModelNotFoundError
 from shared.gguf import is_model_folder
 from shared.host_api import ModelDetails
-from worker.host.catalog import _model_type, _size_on_disk, read_marker
+from shared.model_types import CONTEXT_LENGTH_KEYS
+from worker.host.catalog import _model_type, _size_on_disk, chat_template, json_object, read_marker
+from worker.host.safetensors_header import read_header
 
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 _LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "COPYING")
 
 
@@ -43,18 +41,19 @@ def describe(models_dir: Path, model_id: str) -> ModelDetails:
         gguf_name = found.name if found else None
         if found is not None and gguf.is_converted(found):
             weights = gguf.converted_folder(found)
-    config = _json(weights / "config.json")
+    config = json_object(weights / "config.json")
     model_type, error = _model_type(model_id, folder)
     marker = read_marker(folder)
     architecture = next(iter(config.get("architectures") or []), None)
     return ModelDetails(
         model_id=model_id,
         path=str(folder),
-        model_type=model_type,
+        model_type=model_type.name if model_type else None,
+        task=model_type.task.value if model_type else None,
         architecture=architecture or (f"GGUF {gguf_name}" if gguf_name else None),
         gguf_file=gguf_name,
         parameters=count_parameters(weights),
-        context_length=next((config[k] for k in _CONTEXT_KEYS if isinstance(config.get(k), int)), None),
+        context_length=next((config[k] for k in CONTEXT_LENGTH_KEYS if isinstance(config.get(k), int)), None),
         dtype=config.get("dtype") or config.get("torch_dtype"),
         chat_template=chat_template(folder) or chat_template(weights),
         license=license_of(folder),
@@ -88,28 +87,11 @@ def count_parameters(folder: Path) -> int | None:
         return None
     total = 0
     for path in files:
-        try:
-            with path.open("rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(size))
-        except (OSError, ValueError, struct.error):
+        header = read_header(path)
+        if header is None:
             return None
-        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+        total += sum(math.prod(t["shape"]) for t in header.values())
     return total
-
-
-def chat_template(folder: Path) -> str | None:
-    """The tokenizer's chat template as transformers 5 (`chat_template.jinja`) or 4 keep it."""
-    with contextlib.suppress(OSError):
-        return (folder / "chat_template.jinja").read_text()
-    for name in ("chat_template.json", "tokenizer_config.json"):
-        template = _json(folder / name).get("chat_template")
-        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            template = named.get("default") or next(iter(named.values()), None)
-        if isinstance(template, str):
-            return template
-    return None
 
 
 def license_of(folder: Path) -> str | None:
@@ -128,9 +110,3 @@ def license_of(folder: Path) -> str | None:
     return None
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

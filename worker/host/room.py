@@ -12,24 +12,27 @@ import msgspec
 
 from shared.capacity import eviction_plan, holds_memory, loaded_count
 from shared.errors import DeviceUnavailableError, NoCapacityError
-from shared.host_api import DeviceState, HostState, LoadEstimate, WorkerState
+from shared.host_api import (
+    DEVICE_KINDS,
+    LIVE_STATUSES,
+    DeviceState,
+    HostState,
+    LoadEstimate,
+    WorkerState,
+    device_kind,
+)
 from shared.settings import Quantization, Settings
-from worker.host.memory_estimate import estimate_memory
+from worker.host.memory_estimate import TensorSizes, estimate_memory
 
 log = logging.getLogger(__name__)
-KINDS = ("cpu", "cuda")
 
 
-def kind_of(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
-
-
-def estimate(path: Path, quantization: Quantization, settings: Settings) -> LoadEstimate:
-    by_kind = {
-        k: estimate_memory(
-            path, quantization, k, kv_tokens=settings.kv_cache_tokens + settings.prefix_cache_tokens
-        ).total_bytes
-        for k in KINDS
+def estimate(path: Path, quantization: Quantization, settings: Settings, sizes: TensorSizes) -> LoadEstimate:
+    """Blocking (file reads, cached in `sizes`): call it from a thread."""
+    tokens = settings.kv_cache_tokens + settings.prefix_cache_tokens
+    by_kind: dict[str, int] = {
+        k: estimate_memory(path, quantization, k, kv_tokens=tokens, sizes=sizes).total_bytes
+        for k in DEVICE_KINDS
     }
     return LoadEstimate(quantization=quantization, bytes_by_kind=by_kind)
 
@@ -64,7 +67,7 @@ def full_devices(workers: list[WorkerState], model_id: str, per_device: int) -> 
     """Devices that run as many workers of `model_id` as DUKAT_REPLICAS_PER_DEVICE allows."""
     counts: dict[str, int] = {}
     for w in workers:
-        if w.model_id == model_id and w.status in ("loading", "loaded"):
+        if w.model_id == model_id and w.status in LIVE_STATUSES:
             counts[w.device] = counts.get(w.device, 0) + 1
     return frozenset(d for d, n in counts.items() if n >= per_device)
 
@@ -89,19 +92,19 @@ def choose(
     # Most free memory first; the name breaks ties, so the answer only depends on the state.
     ranked = sorted(devices, key=lambda d: (-d.free_memory, d.name))
     for device in ranked:
-        plan = eviction_plan(host, device, need.get(kind_of(device.name), 0))
+        plan = eviction_plan(host, device, need.get(device_kind(device.name), 0))
         if plan == []:
             return device.name, []
     for device in ranked:
-        plan = eviction_plan(host, device, need.get(kind_of(device.name), 0))
+        plan = eviction_plan(host, device, need.get(device_kind(device.name), 0))
         if plan:
             return device.name, plan
-    raise NoCapacityError(no_room_message(model_id, host, devices, need))
+    raise NoCapacityError(no_room_on_host(model_id, host, devices, need))
 
 
-def no_room_message(model_id: str, host: HostState, devices: list[DeviceState], need: dict[str, int]) -> str:
+def no_room_on_host(model_id: str, host: HostState, devices: list[DeviceState], need: dict[str, int]) -> str:
     parts = [
-        f"{d.name}: needs {need.get(kind_of(d.name), 0)} bytes, {d.free_memory} free of {d.total_memory}"
+        f"{d.name}: needs {need.get(device_kind(d.name), 0)} bytes, {d.free_memory} free of {d.total_memory}"
         for d in devices
     ]
     limit = host.max_loaded_models

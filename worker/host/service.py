@@ -17,29 +17,38 @@ from pathlib import Path
 
 from shared.errors import ConflictError, DukatError
 from shared.host_api import (
+    RUNNING_STATUSES,
     Deleted,
     HostState,
     LoadCommand,
     LoadEstimate,
     LocalModel,
     WorkerState,
+    device_kind,
 )
 from shared.keep_alive import describe, parse_keep_alive
 from shared.model_types import ModelType, default_quantization, infer_model_type
 from shared.settings import Quantization, Settings
 from worker.host import model_files, room
-from worker.host.catalog import hf_model_type, list_local_models, local_gguf
+from worker.host.catalog import list_local_models, local_gguf, model_type_of
 from worker.host.devices import Gpus, offered_devices
 from worker.host.download_jobs import DownloadJobs
 from worker.host.downloads import resolve_model_path
 from worker.host.idle_unload import KeepAlive
+from worker.host.memory_estimate import TensorSizes
 from worker.host.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 
 
 class Host:
-    """What the host's routes call: devices, downloads and the supervisor of one machine."""
+    """What the host's routes call, for one machine: owns its devices (offered and measured), its
+    download jobs, its Supervisor and keep-alive; places a load on a device (evicting idle models),
+    resolves a model's files, type and quantization, and answers its state.
+
+    Must not: know other hosts or gateways (the gateway places across hosts), or load a model in
+    its own process (each model runs in a model worker the Supervisor starts).
+    """
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
@@ -52,6 +61,7 @@ class Host:
         self.keep_alive_s = parse_keep_alive(settings.keep_alive)
         self.keep_alive = KeepAlive(self.supervisor, self.unload, period_s=settings.worker_ping_interval_s)
         self._placing = asyncio.Lock()
+        self.sizes = TensorSizes()  # weight files' tensor lists, read once per file version
 
     def state(self) -> HostState:
         workers = self.supervisor.states()
@@ -66,6 +76,7 @@ class Host:
             models=workers,
             downloads=self.jobs.list(),
             max_loaded_models=self.settings.max_loaded_models,
+            loop_late_max_s=round(self.supervisor.clock.worst_s, 3),
         )
 
     async def load(self, cmd: LoadCommand) -> WorkerState:
@@ -108,12 +119,14 @@ class Host:
     async def _spec(self, cmd: LoadCommand, replica: int = 0) -> WorkerSpec:
         """What a new worker of `cmd` runs: its files (downloaded first if missing), type, quantization,
         and a device with room for its estimated memory (idle models evicted to make it)."""
-        path = self._local_path(cmd)
+        # Disk reads (the GGUF header, weight headers) run in a thread: the loop keeps answering
+        # the gateways and pinging the other workers meanwhile.
+        path = await asyncio.to_thread(self._local_path, cmd)
         if path is None:
             job = self.jobs.start(cmd.model_id, cmd.revision)
             path = await self.jobs.wait(job.id)
-        model_type, quantization, is_default = self._quantization(cmd, path)
-        need = room.estimate(path, quantization, self.settings).bytes_by_kind
+        model_type, quantization, is_default, estimate = await asyncio.to_thread(self._size_up, cmd, path)
+        need = estimate.bytes_by_kind
         # One decision at a time: each sees the others' reservations. The supervisor starts the
         # worker (its reservation) right after this returns, without yielding to the loop.
         async with self._placing:
@@ -132,7 +145,7 @@ class Host:
             device,
             replica=replica,
             quantization_is_default=is_default,
-            estimated_bytes=need[room.kind_of(device)],
+            estimated_bytes=need[device_kind(device)],
             keep_alive_s=cmd.keep_alive_s if cmd.keep_alive_s is not None else self.keep_alive_s,
         )
 
@@ -142,29 +155,36 @@ class Host:
         path = None if cmd.gguf_file else resolve_model_path(cmd.model_id, models_dir)
         return path or local_gguf(cmd.model_id, models_dir, cmd.gguf_file)
 
-    def _kind(self, model_id: str, override: str | None, path: Path) -> tuple[ModelType, Quantization]:
+    def _type_of(self, model_id: str, override: str | None, path: Path) -> tuple[ModelType, Quantization]:
         """The model's type and the quantization a load that asks for none gets."""
         try:
-            hf_type = hf_model_type(path)
+            model_type = model_type_of(model_id, path, override)
         except (OSError, ValueError):  # no readable config.json: the id (or the override) decides
-            hf_type = None
-        model_type = infer_model_type(model_id, hf_model_type=hf_type, override=override)
+            model_type = infer_model_type(model_id, override=override)
         default = default_quantization(model_type, self.settings.default_quantization)
         return model_type, default  # type: ignore[return-value]
 
     def _quantization(self, cmd: LoadCommand, path: Path) -> tuple[ModelType, Quantization, bool]:
         """The model's type, the quantization a load of `cmd` gets (asked, else the config file's, else
         the type's default) and whether it is that default."""
-        model_type, default = self._kind(cmd.model_id, cmd.model_type, path)
+        model_type, default = self._type_of(cmd.model_id, cmd.model_type, path)
         asked = cmd.quantization or cmd.default_quantization
         return model_type, asked or default, asked is None
 
-    def estimate(self, cmd: LoadCommand) -> LoadEstimate:
+    def _size_up(self, cmd: LoadCommand, path: Path) -> tuple[ModelType, Quantization, bool, LoadEstimate]:
+        """The model's type, quantization (and whether it is the default) and memory estimate.
+        Blocking (file reads): called in a thread."""
+        model_type, quantization, is_default = self._quantization(cmd, path)
+        estimate = room.estimate(path, quantization, self.settings, self.sizes)
+        return model_type, quantization, is_default, estimate
+
+    async def estimate(self, cmd: LoadCommand) -> LoadEstimate:
         """What a load of `cmd` would take, before any worker starts (the gateway's placement)."""
+        return await asyncio.to_thread(self._estimate, cmd)
+
+    def _estimate(self, cmd: LoadCommand) -> LoadEstimate:
         path = self._local_path(cmd)
-        if path is None:
-            return LoadEstimate()
-        return room.estimate(path, self._quantization(cmd, path)[1], self.settings)
+        return LoadEstimate() if path is None else self._size_up(cmd, path)[3]
 
     async def unload(
         self, model_id: str, reason: str, request_id: str = "", replica: int | None = None
@@ -179,8 +199,8 @@ class Host:
         )  # fmt: skip
 
     async def delete(self, model_id: str) -> Deleted:
-        worker = next(iter(self.supervisor.replicas_of(model_id)), None)
-        if worker is not None and worker.status in ("loading", "loaded", "stopping"):
+        running = (w for w in self.supervisor.replicas_of(model_id) if w.status in RUNNING_STATUSES)
+        if (worker := next(running, None)) is not None:
             raise ConflictError(
                 f"model {model_id!r} is {worker.status} on this host; unload it first (dukat stop)",
                 param="model",
@@ -190,8 +210,8 @@ class Host:
         freed = await asyncio.to_thread(model_files.delete, self.settings.models_dir, model_id)
         return Deleted(model_id=model_id, freed_bytes=freed)
 
-    def local_models(self) -> list[LocalModel]:
-        return list_local_models(self.settings.models_dir)
+    async def local_models(self) -> list[LocalModel]:
+        return await asyncio.to_thread(list_local_models, self.settings.models_dir)
 
 
 def _own_address() -> str:

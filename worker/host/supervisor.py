@@ -30,13 +30,14 @@ from shared.errors import (
     NotFoundError,
     error_from_code,
 )
-from shared.host_api import WorkerState
-from shared.logs import CHILD_RECORD
+from shared.host_api import LIVE_STATUSES, WorkerState
+from shared.logs import CHILD_RECORD, parse_line
 from shared.processes import WORKER_FAILED, WORKER_READY, child_line, pinned_env, ready_port, terminate
 from shared.settings import Settings
 from shared.wire import WorkerInfo, WorkerLoad
 from shared.wire_client import WorkerConnection
 from worker.host.healing import Healing, Lifeline
+from worker.host.loop_clock import LATE_S, LoopClock
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 40
@@ -73,11 +74,19 @@ class _Worker:
 
 
 class Supervisor:
+    """The model worker processes of one host: owns their specs, processes, handshakes and states;
+    starts, joins a repeated load, restarts (with Healing) and stops them.
+
+    Must not: decide where or whether a model fits (the Host and room.py do), download, or import
+    the model worker's code (it runs `python -m worker.model` and reads its ready line).
+    """
+
     def __init__(self, settings: Settings, *, advertise: str) -> None:
         """`advertise`: the address the host's clients reach its workers at (their port added)."""
         self.settings = settings
         self.advertise = advertise
         self.healing = Healing.of(settings)
+        self.clock = LoopClock()  # run by the host's lifespan
         # (model id, replica) -> its worker.
         self._workers: dict[tuple[str, int], _Worker] = {}
 
@@ -118,7 +127,7 @@ class Supervisor:
         self, key: tuple[str, int], quantization: str | None, device: str | None
     ) -> _Worker | None:
         worker = self._workers.get(key)
-        if worker is None or worker.state.status not in ("loading", "loaded"):
+        if worker is None or worker.state.status not in LIVE_STATUSES:
             return None
         _check_same_load(worker.state, quantization, device if key[1] == 0 else None)
         return worker
@@ -143,7 +152,8 @@ class Supervisor:
             last_used_at=time.time(),
         )
         logs: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
-        worker = _Worker(spec=spec, state=state, logs=logs, life=Lifeline(self.healing, state, logs))
+        life = Lifeline(self.healing, state, logs, self.clock)
+        worker = _Worker(spec=spec, state=state, logs=logs, life=life)
         self._workers[(spec.model_id, spec.replica)] = worker
         run = worker.life.run(
             partial(self._attempt, worker),
@@ -265,8 +275,16 @@ class Supervisor:
         return None
 
     async def _ready(self, worker: _Worker, conn: WorkerConnection) -> None:
-        # Ready means it answers: one ping over the real wire, which also brings the model's facts.
-        info = (await asyncio.wait_for(conn.pong(), self.healing.ping_timeout_s)).info
+        # Ready means it answers: one ping over the real wire, which also brings the model's facts
+        # (asked again when this host was late itself: then the silence may be the host's).
+        while True:
+            asked = time.monotonic()
+            try:
+                info = (await asyncio.wait_for(conn.pong(), self.healing.ping_timeout_s)).info
+                break
+            except TimeoutError:
+                if self.clock.late_since(asked) < LATE_S:
+                    raise
         s = worker.state
         s.address, s.status = conn.address, "loaded"
         for name in _ENGINE_FACTS:
@@ -295,10 +313,17 @@ class Supervisor:
             worker.logs.append(line)
             # While loading, a worker's lines are its progress (a GGUF's first load converts for minutes).
             level = logging.INFO if worker.state.status == "loading" else logging.DEBUG
-            # A JSON line of a worker (DUKAT_LOG_FORMAT=json) travels as an object, not a quoted string.
-            _, text, record = child_line(line)
+            # A JSON line of a worker (DUKAT_LOG_FORMAT=json) travels as an object, not a quoted string;
+            # a text line of FORMAT is logged again without its own timestamp (one timestamp: ours).
+            own_level, text, record = child_line(line)
             if record is not None:
                 record.setdefault("model", worker.spec.model_id)
+            elif (parsed := parse_line(line)) is not None:
+                own_level, text = parsed[0], f"{parsed[1]} {parsed[2]}"
+            else:
+                own_level = level  # a line with no level of its own (a traceback's, a library's print)
+            # Its warnings stay warnings, but not the noise of a process being stopped.
+            level = level if worker.state.status == "stopping" else max(level, own_level)
             log.log(level, "[%s] %s", worker.spec.model_id, text, extra={CHILD_RECORD: record})
 
     def observe(self, model_id: str, load: WorkerLoad, replica: int = 0) -> None:

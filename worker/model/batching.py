@@ -38,7 +38,7 @@ import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
 from worker.model.grammar import Grammars, RowGrammar
-from worker.model.kv_cache import PaddedBatch, RowPrefill, Solo, can_batch, can_prefill_alone, join_keeps
+from worker.model.kv_cache import PaddedBatch, RowPrefill, Solo, batch_refusal, can_prefill_alone, join_keeps
 from worker.model.logprobs import LogprobRecord, record_logprobs
 from worker.model.prefix_cache import PrefixCache
 from worker.model.sampling import TokenSampler
@@ -95,7 +95,12 @@ class Job:
 
 
 class Scheduler:
-    """Owns the model on its own thread (started on demand); `submit` from any thread."""
+    """Continuous batching: owns the model's forward passes on its own thread (started on demand),
+    the queue of waiting jobs, the running batch and its KV cache; `submit` from any thread.
+
+    Must not: build prompts, clean text or parse tool calls (the Engine's jobs), or block a submitter
+    (a full queue is an OverloadedError at once).
+    """
 
     def __init__(
         self,
@@ -112,7 +117,9 @@ class Scheduler:
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
         self._model, self._seq2seq = model, seq2seq
         self._suppress = _suppressed_ids(model)
-        self._batch = None if seq2seq or not can_batch(model, pad_id) else PaddedBatch(model, pad_id)
+        # Why rows can't share a cache (None: they can).
+        self.unbatched_reason = "an encoder-decoder model" if seq2seq else batch_refusal(model, pad_id)
+        self._batch = None if self.unbatched_reason else PaddedBatch(model, pad_id)
         self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
         self._in_flight = 0  # waiting + running, until their consumer or the scheduler is done

@@ -43,18 +43,22 @@ _FORMAT_ECHOES: dict[PromptFormat, tuple[str, ...]] = {
     PromptFormat.ZEPHYR: (),
     PromptFormat.GEMMA: ("<start_of_turn>model\n", "model\n"),
     PromptFormat.PLAIN: (),
+    PromptFormat.TEMPLATE: (),
 }
 
 
 def role_echoes(fmt: PromptFormat) -> tuple[str, ...]:
-    """Role openers removed from the start of a chat reply in `fmt`."""
+    """Role openers removed from the start of a chat reply in `fmt` (none for a chat template's
+    models: its generation prompt opened the turn, and "Assistant:" may be their text)."""
+    if fmt is PromptFormat.TEMPLATE:
+        return ()
     return _COMMON_ECHOES + _FORMAT_ECHOES[fmt]
 
 
 def stop_strings(model_type: ModelType, stop: Iterable[str] | None = None, *, chat: bool = True) -> list[str]:
-    """Request stops, then the format's implied stops (chat only), then the model's trailing markers;
-    empty strings and repeats dropped."""
-    implied = implied_stops(model_type.prompt_format) if chat else ()
+    """Request stops, then the format's implied stops and the type's chat stops (chat only), then the
+    model's trailing markers; empty strings and repeats dropped."""
+    implied = (*implied_stops(model_type.prompt_format), *model_type.chat_stops) if chat else ()
     candidates = [*(stop or ()), *implied, *model_type.trailing_markers]
     return list(dict.fromkeys(s for s in candidates if s))
 

@@ -1,5 +1,6 @@
-"""Sentence embeddings from an encoder (BERT, RoBERTa): mean pooling over the attention mask,
-L2-normalised, as sentence-transformers computes them."""
+"""Sentence embeddings from an encoder (BERT, RoBERTa) or a decoder embedder (Qwen3-Embedding), pooled
+as the model's sentence-transformers files state (worker/model/pooling.py), as sentence-transformers
+computes them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from shared.errors import ContextLengthExceededError, InvalidRequestError
 from shared.generation import EmbedRequest, EmbedResult
 from shared.token_ids import foreign_token_ids
+from worker.model.pooling import Pooling, pool
 
 # Inputs per forward pass: bounds the padded batch's memory.
 _BATCH = 32
@@ -19,8 +21,11 @@ _BATCH = 32
 class Embedder:
     """Turns an EmbedRequest into vectors. Not thread-safe: the engine serialises calls."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, context_length: int) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, context_length: int, pooling: Pooling | None = None
+    ) -> None:
         self._model = model
+        self._pooling = pooling or Pooling()
         self._tokenizer = tokenizer
         self._context_length = context_length
         self._device = next(model.parameters()).device
@@ -72,9 +77,7 @@ class Embedder:
         ids, mask = ids.to(self._device), mask.to(self._device)
         with torch.inference_mode():
             hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu()
+        return pool(hidden, mask, self._pooling).cpu()
 
 
 def _special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -22,6 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from shared.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -33,11 +35,12 @@ from shared.generation import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    Reasoning,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
 )
-from shared.model_types import ModelType, Task
+from shared.model_types import MODEL_TYPES, ModelType, PromptFormat, Task
 from shared.settings import DEFAULTS, Quantization
 from shared.wire import EngineInfo
 from worker.model.batching import Job, Scheduler
@@ -45,9 +48,12 @@ from worker.model.cleaning import stop_strings
 from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
 from worker.model.grammar_limits import GrammarLimits
+from worker.model.harmony import speaks_harmony
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
+from worker.model.pooling import Pooling, read_pooling
 from worker.model.prompt_ids import prompt_of, prompt_tokens
+from worker.model.reasoning import opens_thinking, thinks
 from worker.model.reply import Plan, Reply, TextStream, deliver
 from worker.model.sampling import TokenSampler, resolve_params
 from worker.model.scoring import Scorer
@@ -62,13 +68,18 @@ _A_TASK = {
     Task.RERANK: "a rerank",
 }
 # Tool formats whose call markers are special tokens (decoding would drop them).
-_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3})
+_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3, ToolFormat.TAGGED, ToolFormat.DEEPSEEK})
 
 
 class Engine:
-    """Thread-safe. Generation requests from any number of threads are batched by one scheduler:
+    """One loaded model in the model worker: owns the model and tokenizer (Loaded), its Scheduler,
+    its grammars and tool-call format; turns a GenerateRequest into a prompt, a run and a cleaned
+    result (or a stream), and embeds.
+
+    Thread-safe. Generation requests from any number of threads are batched by one scheduler:
     `max_batch` run together, `max_queue` more wait, more are refused (OverloadedError).
-    Embeddings are served one at a time under a lock.
+    Embeddings are served one at a time under a lock. Must not: know about the wire or the host
+    (the wire server calls it), or run the model outside the Scheduler's thread.
     """
 
     def __init__(
@@ -81,8 +92,10 @@ class Engine:
         prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
         prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
         grammar_limits: GrammarLimits | None = None,
+        pooling: Pooling | None = None,
     ) -> None:
         self._loaded: Loaded | None = loaded
+        model_type = _without_template(model_type, loaded.tokenizer)
         self._model_type = model_type
         self._lock = threading.Lock()
         self._info = EngineInfo(
@@ -96,7 +109,7 @@ class Engine:
             load_seconds=loaded.load_seconds,
         )
         self._embedder = (
-            Embedder(loaded.model, loaded.tokenizer, context_length=loaded.context_length)
+            Embedder(loaded.model, loaded.tokenizer, context_length=loaded.context_length, pooling=pooling)
             if model_type.task is Task.EMBEDDING
             else None
         )
@@ -107,6 +120,8 @@ class Engine:
         )
         self._eos_ids = _eos_ids(loaded.model, loaded.tokenizer)
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
+        self._thinks = thinks(getattr(loaded.tokenizer, "chat_template", None))
+        self._harmony = speaks_harmony(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
         self._grammar_limits = grammar_limits or GrammarLimits()
         self._scheduler = (
@@ -121,6 +136,12 @@ class Engine:
                 prefill_chunk_tokens=prefill_chunk_tokens,
             )
         )
+        reason = (
+            self._scheduler.unbatched_reason
+            if self._scheduler is not None
+            else "embedding requests run one at a time (each request's inputs in one forward pass)"
+        )
+        self._info = msgspec.structs.replace(self._info, batching=reason is None, batching_reason=reason)
 
     @classmethod
     def load(
@@ -135,8 +156,13 @@ class Engine:
         prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
         prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
         grammar_limits: GrammarLimits | None = None,
+        trust_remote_code: bool = False,
     ) -> Engine:
-        loaded = load_model(path, model_type=model_type, quantization=quantization, device=device)
+        loaded = load_model(
+            path, model_type=model_type, quantization=quantization, device=device,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        pooling = read_pooling(path) if model_type.task is Task.EMBEDDING else None
         return cls(
             loaded,
             model_type,
@@ -145,6 +171,7 @@ class Engine:
             prefix_cache_tokens=prefix_cache_tokens,
             prefill_chunk_tokens=prefill_chunk_tokens,
             grammar_limits=grammar_limits,
+            pooling=pooling,
         )
 
     @property
@@ -175,7 +202,7 @@ class Engine:
         Request errors (task, prompt, context length, a full queue) raise here, before the first
         item. Closing the stream (or dropping it) ends the request.
         """
-        items: queue.SimpleQueue[str | GenerateResult | BaseException] = queue.SimpleQueue()
+        items: queue.SimpleQueue[str | Reasoning | GenerateResult | BaseException] = queue.SimpleQueue()
         end = self.start(req, defaults, cancel, on_text=items.put, on_done=items.put)
         return TextStream(items, end)
 
@@ -185,7 +212,7 @@ class Engine:
         defaults: SamplingParams | None = None,
         cancel: threading.Event | None = None,
         *,
-        on_text: Callable[[str], None],
+        on_text: Callable[[str | Reasoning], None],
         on_done: Callable[[GenerateResult | BaseException], None],
         on_step: Callable[[], None] | None = None,
     ) -> Callable[[], None]:
@@ -326,6 +353,7 @@ class Engine:
         extra_stops = frozenset(_in_vocabulary(params.stop_token_ids, size, "stop_token_ids"))
         _in_vocabulary(list(params.logit_bias or ()), size, "logit_bias")
         parsing = req.tools.parsing if req.tools is not None else "none"
+        split = chat and req.constraint is None
         wants_vocab = req.logprobs is not None
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
         echo_logprobs = None
@@ -342,11 +370,16 @@ class Engine:
             tool_parsing=parsing,
             tool_name=req.tools.name if req.tools is not None else None,
             # Formats whose call markers are special tokens keep them in the text while parsing.
+            # (and harmony's channel markers are special tokens its reply is split by).
             skip_special=params.skip_special_tokens is not False
-            and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS),
+            and not (parsing == "auto" and self._tool_format in _SPECIAL_MARKERS)
+            and not (self._harmony and split),
             vocab=vocab,
             prompt_text=(text if text is not None else tokenizer.decode(ids)) if req.echo else None,
             prompt_logprobs=echo_logprobs,
+            # A reasoning template's chat reply (not a constrained one: its grammar decides the text).
+            thinking_open=opens_thinking(text or "") if self._thinks and split else None,
+            harmony=self._harmony and split,
         )
 
     def _grammars_for(self, loaded: Loaded) -> Grammars:
@@ -376,7 +409,9 @@ def _scheduler(
     # The KV cache grows with use, bounded by these settings (not sized from free memory).
     logger.info(
         "%s generation: up to %d requests of at most %d tokens at once, %d more queued",
-        "batched" if scheduler.batched else "unbatched (one cache per request)",
+        "batched"
+        if scheduler.batched
+        else f"unbatched (one sequence at a time: {scheduler.unbatched_reason})",
         max_batch,
         loaded.context_length,
         max_queue,
@@ -402,6 +437,20 @@ def _in_vocabulary(ids: list[int] | None, size: int, param: str) -> list[int]:
                 f"{param} holds token id {i}, outside the model's vocabulary (0 to {size - 1})", param=param
             )
     return list(ids or ())
+
+
+def _without_template(model_type: ModelType, tokenizer: Any) -> ModelType:
+    """A generic type's model without a chat template is prompted and cleaned as a base model."""
+    if model_type.prompt_format is not PromptFormat.TEMPLATE or getattr(tokenizer, "chat_template", None):
+        return model_type
+    base = MODEL_TYPES["base"]
+    return msgspec.structs.replace(
+        model_type,
+        prompt_format=base.prompt_format,
+        trailing_markers=base.trailing_markers,
+        chat_stops=base.chat_stops,
+    )
+
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -223,8 +223,13 @@ class Solo:
 
 
 def can_batch(model: Any, pad_id: int) -> bool:
-    """Whether left-padded batched rows give a model the logits they give alone: up to rounding,
-    or for LLM.int8 (8-bit) up to its batch-dependent quantization.
+    """Whether left-padded batched rows give a model the logits they give alone (`batch_refusal`)."""
+    return batch_refusal(model, pad_id) is None
+
+
+def batch_refusal(model: Any, pad_id: int) -> str | None:
+    """Why left-padded batched rows would not give a model the logits they give alone (None: they
+    do, up to rounding, or for LLM.int8 (8-bit) up to its batch-dependent quantization).
 
     Needs a cache whose layers are DynamicLayers or DynamicSlidingWindowLayers (static, chunked or
     offloaded layers keep other state) and a model that honours the mask and position ids.
@@ -237,26 +242,29 @@ def can_batch(model: Any, pad_id: int) -> bool:
     form of it (a quarter of the logits' scale) still tells a mask or position error, which
     scrambles the logits entirely.
     """
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
     if getattr(model.config, "is_encoder_decoder", False):
-        return False
+        return "an encoder-decoder model"
     prompts, nexts = [[5, 6, 7, 8, 9], [10, 11]], [12, 13]
     # Rounding differs with the batch shape (~eps); a mask or position error is O(1).
     relative = 0.25 if is_int8(model) else 1e-3
     with torch.inference_mode():
         batch = PaddedBatch(model, pad_id)
         together = [batch.join(prompts), batch.step(nexts)]
-        if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in batch.cache.layers):
-            return False
+        kinds = sorted({type(layer).__name__ for layer in batch.cache.layers} - _PADDABLE)
+        if kinds:
+            return f"its cache has {', '.join(kinds)} layers, which rows cannot share left-padded"
         for row, (prompt, token) in enumerate(zip(prompts, nexts, strict=True)):
             alone = PaddedBatch(model, pad_id)
             expected = [alone.join([prompt]), alone.step([token])]
             for got, want in zip(together, expected, strict=True):
                 tolerance = max(relative, 8 * torch.finfo(want.dtype).eps) * (float(want.abs().max()) + 1e-6)
                 if float((got[row] - want[0]).abs().max()) > tolerance:
-                    return False
-    return True
+                    return "its batched logits differ from its lone ones (it ignores the mask or positions)"
+    return None
+
+
+# transformers' cache layers whose columns PaddedBatch pads, trims and selects.
+_PADDABLE = frozenset({"DynamicLayer", "DynamicSlidingWindowLayer"})
 
 
 def can_prefill_alone(model: Any, pad_id: int) -> bool:

@@ -19,8 +19,9 @@ import torch
 from shared.errors import DeviceUnavailableError, ModelLoadFailedError, QuantizationError
 from shared.gguf import is_model_folder, pick_gguf
 from shared.gguf import prepare as prepare_gguf
-from shared.model_types import ModelType, Task
+from shared.model_types import CONTEXT_LENGTH_KEYS, ModelType, Task
 from shared.settings import Quantization
+from worker.model.architectures import model_class
 from worker.model.cpu_quantization import quantize_for_cpu
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,14 @@ class Loaded:
     load_seconds: float
 
 
-def load_model(path: Path, *, model_type: ModelType, quantization: Quantization, device: str) -> Loaded:
+def load_model(
+    path: Path,
+    *,
+    model_type: ModelType,
+    quantization: Quantization,
+    device: str,
+    trust_remote_code: bool = False,
+) -> Loaded:
     """Load the model and tokenizer in `path` onto `device`, quantized as asked, and check it runs.
 
     `path` is a `save_pretrained` folder, a .gguf file or a folder holding one (converted on its
@@ -63,12 +71,14 @@ def load_model(path: Path, *, model_type: ModelType, quantization: Quantization,
         raise ModelLoadFailedError(f"no model folder at {path}")
     dtype = _dtype_for(dev)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": str(dev)}}
+    kwargs["trust_remote_code"] = trust_remote_code  # only for the models DUKAT_TRUST_REMOTE_CODE names
     on_bnb = quantization != "none" and dev.type != "cpu"
     if on_bnb:
         kwargs["quantization_config"] = _bnb_config(quantization, dtype)
-    tokenizer = _load_tokenizer(path)
+    tokenizer = _load_tokenizer(path, trust_remote_code)
     try:
-        model = _model_class(model_type.task).from_pretrained(path, **kwargs)
+        auto = model_class(path, model_type.task, trust_remote_code=trust_remote_code)
+        model = auto.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ModelLoadFailedError(f"cannot load the model in {path}: {exc}") from exc
     model.eval()
@@ -123,7 +133,7 @@ def resolve_device(device: str) -> torch.device:
 
 def context_length(config: Any, tokenizer: Any, task: Task) -> int:
     """The longest sequence (prompt + completion) the model takes, in tokens."""
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+    for attr in CONTEXT_LENGTH_KEYS:
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
@@ -159,23 +169,11 @@ def _bnb_config(quantization: Quantization, dtype: torch.dtype) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _model_class(task: Task) -> Any:
-    import transformers
-
-    if task is Task.SEQ2SEQ:
-        return transformers.AutoModelForSeq2SeqLM
-    if task is Task.EMBEDDING:
-        return transformers.AutoModel
-    if task is Task.RERANK:
-        return transformers.AutoModelForSequenceClassification
-    return transformers.AutoModelForCausalLM
-
-
-def _load_tokenizer(path: Path) -> Any:
+def _load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:  # missing files, or none it can build a tokenizer from
         raise ModelLoadFailedError(f"cannot load the tokenizer in {path}: {exc}") from exc
 

@@ -18,12 +18,14 @@ import logging
 import os
 import signal
 import sys
+from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any
 
 import msgspec
 
 from shared.errors import DukatError, ModelOutOfMemoryError, QuantizationError
+from shared.host_api import device_kind
 from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready, pinned_env
 from shared.settings import DEFAULTS, QUANTIZATIONS, load_settings
@@ -48,7 +50,7 @@ def pin_device(device: str, threads: int) -> str:
     Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation.
     """
     os.environ.update(pinned_env(device, threads))  # the host sets these too; a worker run by hand needs them
-    return "cuda:0" if device.startswith("cuda") else "cpu"
+    return "cuda:0" if device_kind(device) == "cuda" else "cpu"
 
 
 def _fail(exc: BaseException, model_id: str) -> None:
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             prefix_cache_tokens=settings.prefix_cache_tokens,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             grammar_limits=GrammarLimits.of(settings),
+            # The host's environment: a model's own code runs only where an admin named the model.
+            trust_remote_code=any(fnmatchcase(args.model_id, p) for p in load_settings().trust_remote_code),
         )
         try:
             engine = load(quantization=args.quantization)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from shared.errors import InvalidRequestError
-from shared.generation import GenerateRequest
+from shared.generation import GenerateRequest, Message
 from shared.model_types import PromptFormat
 from worker.model.prompts import render_fallback, seed_prompt, template_messages
 from worker.model.tool_calls import ToolFormat
@@ -64,36 +64,70 @@ def _prompt_text(
     if req.messages is not None:
         if req.prompt is not None:
             raise InvalidRequestError("give either messages or prompt, not both", param="messages")
-        tools = req.tools.tools if req.tools is not None else None
-        if getattr(tokenizer, "chat_template", None):
-            native = tools is not None and tool_format is not ToolFormat.GENERIC
-            messages = template_messages(req.messages, fmt, tools=tools, native_tools=native)
-            return _apply_template(tokenizer, messages, tools if native else None, generation_prompt), True
-        return render_fallback(req.messages, fmt, tools=tools), True
+        return _chat_text(tokenizer, req.messages, req, fmt, tool_format, generation_prompt), True
     if req.prompt is None:
         raise InvalidRequestError("either messages or prompt is required", param="messages")
+    if req.system_prompt and fmt is PromptFormat.TEMPLATE:  # the seed's API on a chat template's model
+        turns = [Message(role="system", content=req.system_prompt), Message(role="user", content=req.prompt)]
+        return _chat_text(tokenizer, turns, req, fmt, tool_format, generation_prompt), True
     if req.system_prompt:
         return seed_prompt(req.prompt, req.system_prompt, fmt), True
     return req.prompt, False
+
+
+def _chat_text(
+    tokenizer: Any,
+    messages: list[Message],
+    req: GenerateRequest,
+    fmt: PromptFormat,
+    tool_format: ToolFormat,
+    generation_prompt: bool = True,
+) -> str:
+    tools = req.tools.tools if req.tools is not None else None
+    if getattr(tokenizer, "chat_template", None):
+        native = tools is not None and tool_format is not ToolFormat.GENERIC
+        turns = template_messages(messages, fmt, tools=tools, native_tools=native)
+        return _apply_template(
+            tokenizer, turns, tools if native else None, req.template_kwargs or {}, generation_prompt
+        )
+    return render_fallback(messages, fmt, tools=tools)
 
 
 def _apply_template(
     tokenizer: Any,
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None,
+    extra: dict[str, Any],
     generation_prompt: bool = True,
 ) -> str:
     import jinja2
 
     try:
         text: str = tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
+            messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt,
+            **_template_vars(extra),
         )
     except jinja2.TemplateError as exc:  # the template's raise_exception(...): a bad conversation
         raise InvalidRequestError(
             f"the model's chat template refused the messages: {exc}", param="messages"
         ) from exc
     return text
+
+
+# apply_chat_template's own arguments: a request's template variables may not set them.
+_RESERVED = frozenset({"conversation", "messages", "tools", "documents", "tokenize", "add_generation_prompt",
+                       "continue_final_message", "return_dict", "return_tensors", "chat_template", "padding",
+                       "truncation", "max_length", "tokenizer_kwargs",
+                       "return_assistant_tokens_mask"})  # fmt: skip
+
+
+def _template_vars(extra: dict[str, Any]) -> dict[str, Any]:
+    reserved = sorted(_RESERVED & set(extra))
+    if reserved:
+        raise InvalidRequestError(
+            f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs"
+        )
+    return extra
 
 
 def _tokenize(tokenizer: Any, text: str) -> list[int]:

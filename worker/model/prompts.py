@@ -51,6 +51,7 @@ _IMPLIED_STOPS: dict[PromptFormat, tuple[str, ...]] = {
     PromptFormat.ZEPHYR: ("<|user|>", "<|system|>"),
     PromptFormat.GEMMA: ("<end_of_turn>", "<start_of_turn>"),
     PromptFormat.PLAIN: ("\nUser:", "\nSystem:"),
+    PromptFormat.TEMPLATE: (),  # the template's turn end is an end of sequence
 }
 
 _PLAIN_LABELS: dict[TurnRole, str] = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -125,7 +126,7 @@ def render_fallback(
             return _render_zephyr(turns)
         case PromptFormat.GEMMA:
             return _render_gemma(turns)
-        case PromptFormat.PLAIN:
+        case PromptFormat.PLAIN | PromptFormat.TEMPLATE:
             return _render_plain(turns)
     raise AssertionError(f"unhandled prompt format {fmt!r}")
 

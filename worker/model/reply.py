@@ -10,12 +10,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from shared.generation import GenerateResult, SamplingParams, Timings, TokenLogprob, ToolParsing
+from shared.generation import (
+    GenerateResult,
+    Reasoning,
+    SamplingParams,
+    StreamItem,
+    Timings,
+    TokenLogprob,
+    ToolParsing,
+)
 from shared.model_types import ModelType
 from worker.model.batching import Job
 from worker.model.cleaning import scanner_for
 from worker.model.detokenize import detokenizer
+from worker.model.harmony import HarmonySplitter
 from worker.model.logprobs import token_logprobs
+from worker.model.reasoning import ThinkSplitter
 from worker.model.tool_calls import ToolCallScanner, ToolFormat
 
 
@@ -36,11 +46,15 @@ class Plan:
     # Completions' echo: the prompt's text and its tokens' logprobs.
     prompt_text: str | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    # A reasoning template's chat reply: whether it starts inside the thinking block (None: the
+    # reply is not split).
+    thinking_open: bool | None = None
+    harmony: bool = False  # a gpt-oss reply: its channels split it (worker/model/harmony.py)
 
 
 def deliver(
     reply: Reply,
-    on_text: Callable[[str], None],
+    on_text: Callable[[str | Reasoning], None],
     on_done: Callable[[GenerateResult | BaseException], None],
     item: int | BaseException | None,
 ) -> None:
@@ -55,8 +69,8 @@ def deliver(
             return
         if reply.job.cancel is not None and reply.job.cancel.is_set():
             reply.finish, reply.over = "cancelled", True
-        elif text := reply.feed(item):
-            on_text(text)
+        else:
+            reply.emit(reply.feed(item), on_text)
         if reply.over:
             reply.end()  # its place is free now, its row leaves at the next step
             reply.conclude(on_text, on_done)
@@ -77,43 +91,74 @@ class Reply:
     def __init__(self, model_type: ModelType, tokenizer: Any, plan: Plan, started: float) -> None:
         self.scanner = scanner_for(model_type, plan.params.stop, chat=plan.chat)
         self.tools = ToolCallScanner(plan.tool_format, plan.tool_parsing, plan.tool_name)
+        self.think: ThinkSplitter | HarmonySplitter | None = None
+        if plan.harmony:
+            self.think = HarmonySplitter()
+        elif plan.thinking_open is not None:
+            self.think = ThinkSplitter(inside=plan.thinking_open)
+        self.reasoning_tokens = 0
         self.detok = detokenizer(tokenizer, skip_special_tokens=plan.skip_special)
         self.plan, self.started = plan, started
         self.count, self.first, self.finish = 0, 0.0, "length"
         self.over = plan.max_new_tokens <= 0  # no more tokens wanted
 
-    def feed(self, token: int | None) -> str:
-        """The text `token` adds (None: the scheduler ended the row, i.e. a cancel); sets `over`."""
+    def feed(self, token: int | None) -> tuple[str, str]:
+        """The thinking and answer text `token` adds (None: the scheduler ended the row, i.e. a
+        cancel); sets `over`."""
         if token is None:  # the scheduler saw the cancel first
             self.finish, self.over = "cancelled", True
-            return ""
+            return "", ""
         self.count += 1
         self.first = self.first or time.perf_counter()
         if token in self.plan.stop_ids:
             self.finish, self.over = "stop", True
-            return ""
-        text = self.tools.feed(self.scanner.feed(self.detok.feed(token)))
+            return "", ""
+        if self.think is not None and self.think.thinking:
+            self.reasoning_tokens += 1
+        thought, text = self._split(self.scanner.feed(self.detok.feed(token)))
         if self.scanner.stopped:
             self.finish, self.over = "stop", True
         elif self.count >= self.plan.max_new_tokens:
             self.over = True
-        return text
+        return thought, text
+
+    def _split(self, text: str, *, last: bool = False) -> tuple[str, str]:
+        """Thinking, then the answer with its tool calls parsed."""
+        thought = ""
+        if self.think is not None:
+            thought, text = self.think.feed(text)
+            if last:
+                more_thought, more_text = self.think.finish()
+                thought, text = thought + more_thought, text + more_text
+        return thought, self.tools.feed(text)
+
+    @staticmethod
+    def emit(pieces: tuple[str, str], on_text: Callable[[str | Reasoning], None]) -> None:
+        thought, text = pieces
+        if thought:
+            on_text(Reasoning(text=thought))
+        if text:
+            on_text(text)
 
     def conclude(
-        self, on_text: Callable[[str], None], on_done: Callable[[GenerateResult | BaseException], None]
+        self,
+        on_text: Callable[[str | Reasoning], None],
+        on_done: Callable[[GenerateResult | BaseException], None],
     ) -> None:
         """What is still held back, then the result."""
         scanner = self.scanner
-        tail = self.tools.feed(scanner.feed(self.detok.finish()) + scanner.finish())
+        thought, tail = self._split(scanner.feed(self.detok.finish()) + scanner.finish(), last=True)
         held, calls = self.tools.finish()
-        if tail + held:
-            on_text(tail + held)
+        self.emit((thought, tail + held), on_text)
         finish = "stop" if scanner.stopped and self.finish == "length" else self.finish
         acquired = self.job.admitted or time.perf_counter()  # never admitted: cancelled while waiting
         prompt_tokens = len(self.plan.prompt_ids)
-        text = self.tools.content if self.tools.active else scanner.text
+        answer = self.think.content if self.think is not None else scanner.text
+        text = self.tools.content if self.tools.active else answer
         result = _result(text, finish, prompt_tokens, self.count, self.started, acquired, self.first)
         result.cached_tokens = self.job.cached_tokens
+        if self.think is not None and self.think.reasoning is not None:
+            result.reasoning, result.reasoning_tokens = self.think.reasoning, self.reasoning_tokens
         if calls:
             result.tool_calls, result.finish_reason = calls, "tool_calls"
         plan = self.plan
@@ -124,18 +169,18 @@ class Reply:
         on_done(result)
 
 
-class TextStream(Iterator[str | GenerateResult]):
+class TextStream(Iterator[str | Reasoning | GenerateResult]):
     """What `stream` returns: text deltas, then the GenerateResult. Closing it, or losing it, ends
     its request, even before the first item."""
 
     def __init__(
-        self, items: queue.SimpleQueue[str | GenerateResult | BaseException], end: Callable[[], None]
+        self, items: queue.SimpleQueue[StreamItem | BaseException], end: Callable[[], None]
     ) -> None:
         self._items = items
         self._end = end
         self._over = False
 
-    def __next__(self) -> str | GenerateResult:
+    def __next__(self) -> str | Reasoning | GenerateResult:
         if self._over:
             raise StopIteration
         item = self._items.get()

@@ -14,7 +14,6 @@ Plain greedy rows (the common case, and the bench's) never reach them.
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import torch
 from transformers.generation.logits_process import (
@@ -34,22 +33,6 @@ def resolve_params(request: SamplingParams, defaults: SamplingParams | None = No
     """The request's params over the model's defaults over the engine's: every field but `seed` set."""
     base = defaults.merged_over(ENGINE_DEFAULTS) if defaults is not None else ENGINE_DEFAULTS
     return request.merged_over(base)
-
-
-def generate_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """The same sampling as `model.generate` keyword arguments (for comparisons; seeds not included)."""
-    kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens}
-    if params.repetition_penalty not in (None, 1.0):
-        kwargs["repetition_penalty"] = params.repetition_penalty
-    if not params.temperature:
-        return {**kwargs, "do_sample": False}
-    return {
-        **kwargs,
-        "do_sample": True,
-        "temperature": params.temperature,
-        "top_p": params.top_p if params.top_p is not None else 1.0,
-        "top_k": params.top_k or 0,
-    }
 
 
 class TokenSampler:

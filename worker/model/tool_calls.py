@@ -6,6 +6,11 @@ The format is found from the chat template, no flag needed:
   (Hermes 2/3, Qwen 2/2.5/3, many fine-tunes). Templates that mention `<tool_call>`.
 - MISTRAL: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]` (v3 tokenizers) or
   `[TOOL_CALLS]name[ARGS]{...}` (v11+). Templates that mention `[TOOL_CALLS]`.
+- TAGGED: `<|tool_call|>[{"name": ..., "arguments": {...}}, ...]` (Granite 3.x; Phi-4-mini closes
+  it with `<|/tool_call|>`). Templates that mention `<|tool_call|>`.
+- DEEPSEEK: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name\n```json\n{...}\n```
+  <｜tool▁call▁end｜>…` (V3, R1), or `<｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}` (V3.1). Templates
+  that mention `<｜tool▁calls▁begin｜>`.
 - LLAMA3: the reply is a JSON object `{"name": ..., "parameters": {...}}` (optionally after
   `<|python_tag|>`; several separated by `;`). Templates with `<|start_header_id|>` and tools.
 - GENERIC: a template without tool support (or none): Dukat describes the tools in a system
@@ -30,6 +35,8 @@ from shared.generation import FunctionCall, ToolCall, ToolParsing
 class ToolFormat(enum.Enum):
     HERMES = "hermes"
     MISTRAL = "mistral"
+    TAGGED = "tagged"
+    DEEPSEEK = "deepseek"
     LLAMA3 = "llama3"
     GENERIC = "generic"
 
@@ -37,11 +44,16 @@ class ToolFormat(enum.Enum):
 _HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
 _MISTRAL_OPEN, _MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
 _PYTHON_TAG = "<|python_tag|>"
+_TAGGED_OPEN, _TAGGED_CLOSE = "<|tool_call|>", "<|/tool_call|>"
+_DS_OPEN, _DS_CALL, _DS_SEP = "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>"
+_DS_FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
 # Where a call starts, per format (LLAMA3 also when the reply starts with `{`).
 _OPENERS: dict[ToolFormat, tuple[str, ...]] = {
     ToolFormat.HERMES: (_HERMES_OPEN,),
     ToolFormat.GENERIC: (_HERMES_OPEN,),
     ToolFormat.MISTRAL: (_MISTRAL_OPEN,),
+    ToolFormat.TAGGED: (_TAGGED_OPEN,),
+    ToolFormat.DEEPSEEK: (_DS_OPEN, _DS_CALL),
     ToolFormat.LLAMA3: (_PYTHON_TAG,),
 }
 
@@ -55,6 +67,10 @@ def tool_format_of(chat_template: str | None) -> ToolFormat:
         return ToolFormat.HERMES
     if _MISTRAL_OPEN in template:
         return ToolFormat.MISTRAL
+    if _TAGGED_OPEN in template:
+        return ToolFormat.TAGGED
+    if _DS_OPEN in template:
+        return ToolFormat.DEEPSEEK
     if "<|start_header_id|>" in template or _PYTHON_TAG in template:
         return ToolFormat.LLAMA3
     return ToolFormat.GENERIC
@@ -103,6 +119,10 @@ def parse_tool_calls(text: str, fmt: ToolFormat) -> tuple[str, list[ToolCall]]:
             return _parse_mistral(text)
         case ToolFormat.LLAMA3:
             return _parse_llama3(text)
+        case ToolFormat.TAGGED:
+            return _parse_tagged(text)
+        case ToolFormat.DEEPSEEK:
+            return _parse_deepseek(text)
     raise AssertionError(f"unhandled tool format {fmt!r}")
 
 
@@ -264,6 +284,36 @@ def _parse_mistral(text: str) -> tuple[str, list[ToolCall]]:
         for value in _json_values(rest):
             items = value if isinstance(value, list) else [value]
             calls += [c for item in items if (c := _call_of(item)) is not None]
+    return (text[:start], calls) if calls else (text, [])
+
+
+def _parse_tagged(text: str) -> tuple[str, list[ToolCall]]:
+    start = text.find(_TAGGED_OPEN)
+    if start < 0:
+        return text, []
+    calls: list[ToolCall] = []
+    for block in text[start:].split(_TAGGED_OPEN):
+        for value in _json_values(block.replace(_TAGGED_CLOSE, " ")):
+            items = value if isinstance(value, list) else [value]
+            calls += [c for item in items if (c := _call_of(item)) is not None]
+    return (text[:start], calls) if calls else (text, [])
+
+
+def _parse_deepseek(text: str) -> tuple[str, list[ToolCall]]:
+    start = _first_index(text, (_DS_OPEN, _DS_CALL))
+    if start is None:
+        return text, []
+    calls: list[ToolCall] = []
+    for block in text[start:].split(_DS_CALL)[1:]:
+        head, _, body = block.partition(_DS_SEP)
+        body = body.split("<｜tool▁call▁end｜>")[0]
+        if head.strip() == "function" and "\n" in body:  # V3/R1: the name, then fenced JSON arguments
+            name, _, body = body.partition("\n")
+        else:  # V3.1: the name before the separator
+            name = head
+        values = _json_values(_DS_FENCE.sub("", body.strip()))
+        if name.strip() and values and (c := _call_of({"name": name.strip(), "arguments": values[0]})):
+            calls.append(c)
     return (text[:start], calls) if calls else (text, [])
 
 

@@ -18,7 +18,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, WorkerFailedError
-from shared.generation import EmbedRequest, EmbedResult, GenerateResult, ScoreRequest, ScoreResult
+from shared.generation import EmbedRequest, EmbedResult, GenerateResult, Reasoning, ScoreRequest, ScoreResult
 from shared.wire import (
     Accepted,
     Admit,
@@ -109,7 +109,7 @@ class WorkerServer:
                     case Admit(id=rid, count=count):
                         writer.write(encode_frame(self._admit(rid, count, tickets)))
                     case Ping(id=rid):
-                        writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.load())))
+                        writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.busy_counters())))
                     case Hello():
                         pass
                     case Tokenize() | Detokenize():
@@ -228,7 +228,7 @@ class WorkerServer:
             return
         writer.write(encode_frame(reply))
 
-    def load(self) -> WorkerLoad:
+    def busy_counters(self) -> WorkerLoad:
         idle = 0.0 if self.pending else time.monotonic() - self.last_done
         return WorkerLoad(
             in_flight=self.pending,
@@ -259,9 +259,12 @@ class WorkerServer:
         done: asyncio.Future[BaseException | None] = loop.create_future()
         stream = frame.stream
 
-        def on_text(text: str) -> None:
+        def on_text(piece: str | Reasoning) -> None:
             if stream:
-                outbox.add(writer, encode_frame(Delta(id=rid, text=text)))
+                delta = Delta(id=rid, text=piece) if isinstance(piece, str) else Delta(
+                    id=rid, text=piece.text, reasoning=True
+                )
+                outbox.add(writer, encode_frame(delta))
 
         def on_done(item: GenerateResult | BaseException) -> None:
             if isinstance(item, GenerateResult):

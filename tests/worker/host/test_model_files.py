@@ -81,3 +81,30 @@ def test_a_gguf_folder_is_read_from_its_header_then_from_its_converted_folder(
     after = model_files.describe(tmp_path, "org/tiny-gguf")
     assert after.architecture == "LlamaForCausalLM"
     assert after.parameters == AutoModelForCausalLM.from_pretrained(llama).num_parameters()
+
+
+def test_a_template_kept_the_transformers_4_way_is_seen_by_the_listing_and_shown(models_dir: Path) -> None:
+    import json
+
+    from worker.host.catalog import list_local_models
+
+    folder = models_dir / "org" / "tiny-llama"
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    assert model_files.describe(models_dir, "org/tiny-llama").chat_template == template
+    (listed,) = [m for m in list_local_models(models_dir) if m.id == "org/tiny-llama"]
+    assert listed.has_chat_template
+
+
+def test_an_unreadable_safetensors_header_counts_no_parameters(models_dir: Path) -> None:
+    from worker.host.safetensors_header import read_header
+
+    (weights,) = (models_dir / "org" / "tiny-llama").glob("*.safetensors")
+    header = read_header(weights)
+    assert header and "__metadata__" not in header
+    assert all("shape" in tensor for tensor in header.values())
+    weights.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")  # claims a terabyte of header
+    assert read_header(weights) is None
+    assert model_files.count_parameters(weights.parent) is None

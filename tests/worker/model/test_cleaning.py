@@ -99,6 +99,14 @@ def test_stop_strings_order_and_dedup() -> None:
     assert stop_strings(GPT) == ["\nUser:", "\nSystem:", "<|endoftext|>"]
 
 
+def test_a_base_models_chat_stops_at_any_speaker_it_invents() -> None:
+    base = MODEL_TYPES["base"]
+    stops = stop_strings(base)
+    assert stops[:2] == ["\nUser:", "\nSystem:"]
+    assert {"\nStudent:", "\nTeacher:", "\nAssistant:"} <= set(stops)  # the demo's Gemma 270M wrote these
+    assert "\nStudent:" not in stop_strings(base, chat=False)  # a raw completion continues as it likes
+
+
 def test_role_echoes_per_format() -> None:
     assert role_echoes(PromptFormat.PLAIN) == ("Assistant:", "<|assistant|>")
     assert role_echoes(PromptFormat.GEMMA)[-2:] == ("<start_of_turn>model\n", "model\n")

@@ -34,6 +34,7 @@ def calls_of(text: str, fmt: ToolFormat) -> tuple[str, list[tuple[str, dict]]]:
         ("{% if tools %}<tool_call>{% endif %}", ToolFormat.HERMES),
         ("{% for t in tools %}[AVAILABLE_TOOLS]{% endfor %}[TOOL_CALLS]", ToolFormat.MISTRAL),
         ("<|start_header_id|>ipython{% if tools %}{% endif %}", ToolFormat.LLAMA3),
+        ("{% if tools %}<|tool|>{{ tools | tojson }}<|/tool|>{% endif %}<|tool_call|>", ToolFormat.TAGGED),
         ("{% for m in messages %}{{ m['content'] }}{% endfor %}", ToolFormat.GENERIC),
         (None, ToolFormat.GENERIC),
     ],
@@ -61,6 +62,31 @@ def test_mistral_v3_array_and_v11_args_forms_parse() -> None:
     v11 = '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "c"}'
     assert calls_of(v3, ToolFormat.MISTRAL) == ("", [("get_weather", WEATHER)])
     assert calls_of(v11, ToolFormat.MISTRAL) == ("", [("get_weather", WEATHER)])
+
+
+def test_granite_and_phi4_mini_tagged_arrays_parse() -> None:
+    weather = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}'
+    granite = f"Let me look.<|tool_call|>[{weather}]"
+    phi4 = '<|tool_call|>[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {}}]'
+    phi4 += "<|/tool_call|>"
+    assert calls_of(granite, ToolFormat.TAGGED) == ("Let me look.", [("get_weather", WEATHER)])
+    assert calls_of(phi4, ToolFormat.TAGGED) == ("", [("get_time", {}), ("get_weather", {})])
+    scanner = ToolCallScanner(ToolFormat.TAGGED, "auto")
+    pieces = ("Hi <|tool", '_call|>[{"name": "get_time", "arguments": {}}]')
+    streamed = [scanner.feed(piece) for piece in pieces]
+    assert streamed == ["Hi ", ""]
+    assert [c.function.name for c in scanner.finish()[1]] == ["get_time"]
+
+
+def test_deepseek_calls_parse_in_the_r1_and_v31_forms() -> None:
+    r1 = ("Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+          '```json\n{"city": "Paris", "unit": "c"}\n```<｜tool▁call▁end｜>'
+          "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+    v31 = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris", "unit": "c"}'
+    assert calls_of(r1, ToolFormat.DEEPSEEK) == ("Checking.", [("get_weather", WEATHER), ("get_time", {})])
+    v31 += "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+    assert calls_of(v31, ToolFormat.DEEPSEEK) == ("", [("get_weather", WEATHER)])
+    assert tool_format_of("{% if tools %}{% endif %}<｜tool▁calls▁begin｜>") is ToolFormat.DEEPSEEK
 
 
 def test_llama3_json_calls_parse_with_parameters_and_python_tag() -> None:
