@@ -89,6 +89,7 @@ class Supervisor:
         self.clock = LoopClock()  # run by the host's lifespan
         # (model id, replica) -> its worker.
         self._workers: dict[tuple[str, int], _Worker] = {}
+        self._starting: dict[tuple[str, int], asyncio.Future[_Worker]] = {}  # prepared, not yet started
 
     def states(self) -> list[WorkerState]:
         return [_snapshot(w) for w in self._workers.values()]
@@ -117,11 +118,33 @@ class Supervisor:
         key = (model_id, replica)
         worker = self._joinable(key, quantization, device)
         if worker is None:
-            spec = await prepare()
-            # `prepare` may have waited on a download: a load that came meanwhile may have started one.
-            worker = self._joinable(key, quantization, device) or await self._restart(spec)
+            # One start per worker: `prepare` yields (it reads files in threads, may download), and
+            # a second load of the same worker meanwhile (another gateway's) joins this one rather
+            # than placing a second worker (or finding the device full of the first).
+            starting = self._starting.get(key)
+            if starting is None:
+                starting = asyncio.ensure_future(self._prepare_and_start(key, quantization, device, prepare))
+                self._starting[key] = starting
+                starting.add_done_callback(lambda done: self._forget_start(key, done))
+            worker = await asyncio.shield(starting)
+            _check_same_load(worker.state, quantization, device if replica == 0 else None)
         await asyncio.shield(worker.ready)
         return self.state(model_id, replica)  # type: ignore[return-value]
+
+    def _forget_start(self, key: tuple[str, int], done: asyncio.Future[_Worker]) -> None:
+        if self._starting.get(key) is done:
+            del self._starting[key]
+
+    async def _prepare_and_start(
+        self,
+        key: tuple[str, int],
+        quantization: str | None,
+        device: str | None,
+        prepare: Callable[[], Awaitable[WorkerSpec]],
+    ) -> _Worker:
+        spec = await prepare()
+        # `prepare` may have waited on a download: a load that came meanwhile may have started one.
+        return self._joinable(key, quantization, device) or await self._restart(spec)
 
     def _joinable(
         self, key: tuple[str, int], quantization: str | None, device: str | None

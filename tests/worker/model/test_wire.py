@@ -47,7 +47,8 @@ def worker(tiny_model_dir: Callable[[str], Path]) -> Iterator[tuple[str, int]]:
     """A model worker serving the tiny Llama: (its address, its pid); stopped at the end."""
     cmd = [sys.executable, "-m", "worker.model", "--model-id", "tiny", "--path",
            str(tiny_model_dir("llama")), "--model-type", "llama", "--quantization", "none",
-           "--device", "cpu", "--threads", "1", "--drain-s", "0"]  # fmt: skip
+           "--device", "cpu", "--threads", "1", "--drain-s", "0",
+           "--max-queue", "64"]  # fmt: skip  # a small queue: its count cap is what the admission tests reach
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
@@ -171,8 +172,8 @@ async def test_request_errors_come_back_as_error_frames(
 
 
 async def test_a_group_is_admitted_whole_or_refused_whole(worker: tuple[str, int]) -> None:
-    """A request's generations get their places at once, at most a batch of them (the worker's
-    default: 16 running + 64 queued), and keep them; others still get places beside the largest
+    """A request's generations get their places at once, at most a batch of them (this worker: 16
+    running + 64 queued), and keep them; others still get places beside the largest
     group; past the worker's places a group is refused whole with a Retry-After."""
     raw = await _Raw.open(worker[0])
     try:
