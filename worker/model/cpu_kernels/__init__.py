@@ -63,7 +63,9 @@ def kernels() -> Any:
             _state["module"] = load(
                 name="dukat_q4",
                 sources=[str(_SOURCE)],
-                extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c"],
+                # OpenMP: at::parallel_for splits the rows over torch's threads only when compiled with it.
+                extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
                 build_directory=str(build),
                 verbose=False,
             )
