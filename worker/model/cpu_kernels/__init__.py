@@ -17,6 +17,8 @@ back to torch's dynamic int8 for both names.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import os
 import sys
@@ -54,25 +56,50 @@ def kernels() -> Any:
         try:
             if not _cpu_has_avx2():
                 raise RuntimeError("this CPU lacks AVX2/FMA/F16C")
-            from torch.utils.cpp_extension import load
-
-            # The venv's own ninja (a dependency) where the venv is not on PATH.
-            os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-
-            build = _build_dir()
-            _state["module"] = load(
-                name="dukat_q4",
-                sources=[str(_SOURCE)],
-                # OpenMP: at::parallel_for splits the rows over torch's threads only when compiled with it.
-                extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build),
-                verbose=False,
-            )
+            _state["module"] = _built() or _build()
         except Exception as exc:  # no compiler, no ninja, no AVX2: fall back, and say why once
             _state["error"] = f"the CPU block kernels are unavailable: {type(exc).__name__}: {exc}"
             raise RuntimeError(_state["error"]) from exc
         return _state["module"]
+
+
+# OpenMP: at::parallel_for splits the rows over torch's threads only when compiled with it.
+_CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+
+
+def _name() -> str:
+    """The module's name, from its source, flags and torch: a changed one is built anew."""
+    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode())
+    return f"dukat_q4_{digest.hexdigest()[:12]}"
+
+
+def _built() -> Any:
+    """The module as built before (`make install`), imported without torch's build lock: a model
+    worker killed while holding that lock would leave every later load waiting on it."""
+    path = _build_dir() / f"{_name()}.so"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(_name(), path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build() -> Any:
+    from torch.utils.cpp_extension import load
+
+    # The venv's own ninja (a dependency) where the venv is not on PATH.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return load(
+        name=_name(),
+        sources=[str(_SOURCE)],
+        extra_cflags=_CFLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(_build_dir()),
+        verbose=False,
+    )
 
 
 def _build_dir() -> Path:
