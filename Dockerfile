@@ -20,6 +20,8 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
+# g++ builds the CPU block kernels of 4bit/8bit (worker/model/cpu_kernels) below, once.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_REQUIREMENT"
 
 COPY pyproject.toml constraints.txt README.md ./
@@ -34,6 +36,8 @@ RUN pip install -c constraints.txt . && rm -rf build *.egg-info
 RUN useradd --uid 1000 --user-group --create-home --home-dir /home/dukat dukat \
     && mkdir -p /models && chown 1000:1000 /models
 USER 1000
+# Built as the user that runs them, into its cache (~/.cache/dukat/kernels): no first load pays it.
+RUN python -m worker.model.cpu_kernels
 EXPOSE 8000 8100
 ENTRYPOINT ["dukat"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
