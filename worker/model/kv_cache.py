@@ -246,9 +246,7 @@ def batch_refusal(model: Any, pad_id: int) -> str | None:
         return "an encoder-decoder model"
     prompts, nexts = [[5, 6, 7, 8, 9], [10, 11]], [12, 13]
     # Rounding differs with the batch shape (~eps); a mask or position error is O(1).
-    # Activations quantized per block (LLM.int8, the CPU block kernels) turn a float rounding
-    # difference into a step of the int8 grid: bounded, but far above float rounding.
-    relative = 0.25 if is_int8(model) or _block_quantized(model) else 1e-3
+    relative = _relative_tolerance(model)
     with torch.inference_mode():
         batch = PaddedBatch(model, pad_id)
         together = [batch.join(prompts), batch.step(nexts)]
@@ -288,7 +286,7 @@ def can_prefill_alone(model: Any, pad_id: int) -> bool:
         return False
     if got is None:
         return False
-    relative = 0.25 if is_int8(model) or _block_quantized(model) else 1e-3  # as `can_batch` says why
+    relative = _relative_tolerance(model)
     tolerance = max(relative, 8 * torch.finfo(want.dtype).eps) * (float(want.abs().max()) + 1e-6)
     return float((got[0] - want).abs().max()) <= tolerance
 
@@ -300,6 +298,13 @@ def join_keeps(model: Any) -> int | None:
 
     layers: list[Any] = DynamicCache(config=model.config).layers
     return min((layer.sliding_window - 1 for layer in layers if _sliding(layer)), default=None)
+
+
+def _relative_tolerance(model: Any) -> float:
+    """How far (relative to the logits' scale) a row may move between the load-time checks' two paths.
+    Activations quantized per block (LLM.int8, the CPU block kernels) turn a float rounding
+    difference into a step of the int8 grid: bounded, but far above float rounding."""
+    return 0.25 if is_int8(model) or _block_quantized(model) else 1e-3
 
 
 def _block_quantized(model: Any) -> bool:
