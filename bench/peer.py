@@ -6,7 +6,9 @@ Dukat's rows run. Each server runs alone, one after the other, 2 threads each (`
 timed the same way as `../shared/peer/load.py` does it: `/v1/completions` at temperature 0, the best of
 two lone requests of 64 tokens, then 8 at once. Dukat runs the GGUF's converted folder at each
 quantization (`none`, `8bit`, `4bit`), reporting tok/s and the worker's memory, and the ratio to the
-peer. Targets (issue 22): one stream >= 1.0x the peer's, 8 streams >= 2x the peer's 8-stream total.
+peer; then the last quantization again with DUKAT_OWN_DECODE_STEP=0 (the model's own forward, the
+figures before worker/model/decode_step.py), and the peer once more (its figure is the mean of both
+runs: this machine's speed drifts within a run). Targets (issue 22): one stream >= 1.0x the peer's, 8 streams >= 2x the peer's 8-stream total.
 """
 
 from __future__ import annotations
@@ -77,12 +79,12 @@ def peer_figures(gguf: Path) -> dict[str, float] | str:
         proc.wait(timeout=30)
 
 
-def dukat_figures(quantizations: list[str]) -> dict[str, dict[str, Any]]:
+def dukat_figures(quantizations: list[str], **env: str) -> dict[str, dict[str, Any]]:
     from bench.real_model import place
 
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="dukat-peer-") as root:
-        served = Served(Path(root), env=ENV)
+        served = Served(Path(root), env={**ENV, **env})
         place(served.models_dir, converted=True)
         served.entries[MODEL] = {"description": "Gemma 3 270M base (bench)", "default_parameters": {},
                                  "model_type": "base"}
@@ -110,14 +112,20 @@ def main() -> None:
     gguf = gemma_file(CACHE)
     prepare(gguf, progress=print)  # converted once (cached), so no row pays it
     quantizations = sys.argv[1].split(",") if len(sys.argv) > 1 else ["none", "8bit", "4bit"]
-    peer = peer_figures(gguf)
+    before = peer_figures(gguf)
     dukat = dukat_figures(quantizations)
+    # The baseline of issue 22's change: the same load decoding on the model's own forward.
+    dukat |= {f"{q} on the model's forward": f
+              for q, f in dukat_figures(quantizations[-1:], DUKAT_OWN_DECODE_STEP="0").items()}
+    after = peer_figures(gguf)  # the peer again: this machine's speed drifts within a run
+    peer = before if isinstance(before, str) or isinstance(after, str) else {
+        key: round((before[key] + after[key]) / 2, 1) for key in ("one", "many")}
     print(f"\nGemma 3 270M, {THREADS} threads each, {TOKENS} tokens, one after the other")
     if isinstance(peer, str):
         print(f"llama.cpp: {peer}")
     else:
-        print(f"llama.cpp (Q4_K_M GGUF): one stream {peer['one']} tok/s, "
-              f"{CONCURRENCY} streams {peer['many']} tok/s")
+        print(f"llama.cpp (Q4_K_M GGUF): one stream {peer['one']} tok/s, {CONCURRENCY} streams "
+              f"{peer['many']} tok/s (mean of a run before Dukat's and one after: {before}, {after})")
     for quantization, f in dukat.items():
         line = (f"dukat {quantization:>4}: one stream {f['one']} tok/s, {CONCURRENCY} streams "
                 f"{f['many']} tok/s, model {f['memory_mib']} MiB")
@@ -126,7 +134,7 @@ def main() -> None:
                      f"x{f['many'] / peer['many']:.2f} (>= 2.0)")
         print(line)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    figures = {"peer": peer, "dukat": dukat, "threads": THREADS}
+    figures = {"peer": peer, "peer_runs": [before, after], "dukat": dukat, "threads": THREADS}
     (RESULTS / "peer.json").write_text(json.dumps(figures, indent=2))
 
 

@@ -148,6 +148,10 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # running streams' steps (chunked prefill; 0: in one piece). 64: on Gemma 3 270M (2 CPU threads)
     # the running streams' largest gap was x4.1 their median, x7.8 with 128.
     prefill_chunk_tokens: Annotated[int, Meta(ge=0)] = 64
+    # Decode steps of Llama-family models (Llama, Mistral, Qwen, Gemma) run on Dukat's own step
+    # (worker/model/decode_step.py: the same logits without the forward's per-call overhead, checked
+    # at load); off: the model's forward (a baseline for `make bench`).
+    own_decode_step: bool = True
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
     # Seconds a request whose model no host has room for (or no host is up: a pool scaled to zero)

@@ -37,8 +37,17 @@ from typing import Any
 import torch
 
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
+from worker.model.decode_step import DecodeStep
 from worker.model.grammar import Grammars, RowGrammar
-from worker.model.kv_cache import PaddedBatch, RowPrefill, Solo, batch_refusal, can_prefill_alone, join_keeps
+from worker.model.kv_cache import (
+    PaddedBatch,
+    RowPrefill,
+    Solo,
+    batch_refusal,
+    can_prefill_alone,
+    checked_decode_step,
+    join_keeps,
+)
 from worker.model.logprobs import LogprobRecord, record_logprobs
 from worker.model.prefix_cache import PrefixCache
 from worker.model.sampling import TokenSampler
@@ -112,6 +121,7 @@ class Scheduler:
         pad_id: int,
         prefix_cache_tokens: int = 0,
         prefill_chunk_tokens: int = 0,
+        own_decode_step: bool = False,
     ) -> None:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
@@ -119,7 +129,15 @@ class Scheduler:
         self._suppress = _suppressed_ids(model)
         # Why rows can't share a cache (None: they can).
         self.unbatched_reason = "an encoder-decoder model" if seq2seq else batch_refusal(model, pad_id)
-        self._batch = None if self.unbatched_reason else PaddedBatch(model, pad_id)
+        decode: DecodeStep | None = None
+        if self.unbatched_reason:
+            why: str | None = "unbatched rows decode on the model's forward"
+        elif not own_decode_step:
+            why = "DUKAT_OWN_DECODE_STEP is off"
+        else:
+            decode, why = checked_decode_step(model, pad_id)
+        self.decode_refusal = why  # why the model's forward decodes (None: worker/model/decode_step.py)
+        self._batch = None if self.unbatched_reason else PaddedBatch(model, pad_id, decode)
         self._cond = threading.Condition()  # guards the fields up to _thread
         self._waiting: deque[Job] = deque()
         self._in_flight = 0  # waiting + running, until their consumer or the scheduler is done

@@ -91,6 +91,7 @@ class Engine:
         max_queue: int = DEFAULTS.max_queue,
         prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
         prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
+        own_decode_step: bool = DEFAULTS.own_decode_step,
         grammar_limits: GrammarLimits | None = None,
         pooling: Pooling | None = None,
     ) -> None:
@@ -134,6 +135,7 @@ class Engine:
                 max_queue=max_queue,
                 prefix_cache_tokens=prefix_cache_tokens,
                 prefill_chunk_tokens=prefill_chunk_tokens,
+                own_decode_step=own_decode_step,
             )
         )
         reason = (
@@ -155,6 +157,7 @@ class Engine:
         max_queue: int = DEFAULTS.max_queue,
         prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
         prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
+        own_decode_step: bool = DEFAULTS.own_decode_step,
         grammar_limits: GrammarLimits | None = None,
         trust_remote_code: bool = False,
     ) -> Engine:
@@ -170,6 +173,7 @@ class Engine:
             max_queue=max_queue,
             prefix_cache_tokens=prefix_cache_tokens,
             prefill_chunk_tokens=prefill_chunk_tokens,
+            own_decode_step=own_decode_step,
             grammar_limits=grammar_limits,
             pooling=pooling,
         )
@@ -396,16 +400,26 @@ class Engine:
 
 
 def _scheduler(
-    loaded: Loaded, model_type: ModelType, *, max_batch: int, max_queue: int, **caching: int
+    loaded: Loaded,
+    model_type: ModelType,
+    *,
+    max_batch: int,
+    max_queue: int,
+    own_decode_step: bool,
+    **caching: int,
 ) -> Scheduler:
     scheduler = Scheduler(
         loaded.model,
         max_batch=max_batch,
         max_queue=max_queue,
         **caching,
+        own_decode_step=own_decode_step,
         seq2seq=model_type.task is Task.SEQ2SEQ,
         pad_id=_pad_id(loaded.tokenizer),
     )
+    if scheduler.batched:
+        why = scheduler.decode_refusal
+        logger.info("decode steps: %s", f"the model's forward ({why})" if why else "Dukat's own")
     # The KV cache grows with use, bounded by these settings (not sized from free memory).
     logger.info(
         "%s generation: up to %d requests of at most %d tokens at once, %d more queued",

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from worker.model.decode_step import DecodeStep, decode_step_for
+
 # A row's layers as a prefill left them: (row index, keys, values), each [1, heads, columns, dim].
 RowKV = Callable[[int, list[torch.Tensor], list[torch.Tensor]], None]
 
@@ -29,9 +31,10 @@ RowKV = Callable[[int, list[torch.Tensor], list[torch.Tensor]], None]
 class PaddedBatch:
     """The batched rows' KV cache, left-padded to one width, with their mask and next positions."""
 
-    def __init__(self, model: Any, pad_id: int) -> None:
+    def __init__(self, model: Any, pad_id: int, decode: DecodeStep | None = None) -> None:
         self._model = model
         self._pad_id = pad_id
+        self._decode = decode  # the decode step without the model's forward (None: its forward)
         self._device, self._cache_kw, self._keep = calling(model)
         # Bloom has none: its ALiBi positions come from the attention mask.
         self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
@@ -72,6 +75,10 @@ class PaddedBatch:
         ones = torch.ones(len(tokens), 1, dtype=torch.long, device=self._device)
         self.mask = torch.cat([self.mask, ones], dim=1)
         ids = torch.tensor(tokens, device=self._device)[:, None]
+        if self._decode is not None:
+            logits = self._decode(ids, self.positions, self.mask if self._padded else None, self.cache)
+            self.positions = self.positions + 1
+            return logits
         out = self._forward(ids, self.mask, self.positions[:, None], cache=self.cache)
         self.cache = cache_of(out)
         self.positions = self.positions + 1
@@ -257,10 +264,32 @@ def batch_refusal(model: Any, pad_id: int) -> str | None:
             alone = PaddedBatch(model, pad_id)
             expected = [alone.join([prompt]), alone.step([token])]
             for got, want in zip(together, expected, strict=True):
-                tolerance = max(relative, 8 * torch.finfo(want.dtype).eps) * (float(want.abs().max()) + 1e-6)
-                if float((got[row] - want[0]).abs().max()) > tolerance:
+                if _moved(got[row], want[0], relative):
                     return "its batched logits differ from its lone ones (it ignores the mask or positions)"
     return None
+
+
+def checked_decode_step(model: Any, pad_id: int) -> tuple[DecodeStep | None, str | None]:
+    """The model's own-code decode step (worker/model/decode_step.py) where it gives the logits the
+    model's forward gives: two steps of a padded two-row batch and of one row alone, on both paths,
+    within the load-time checks' tolerance. Else (None, why)."""
+    decode, why = decode_step_for(model)
+    if decode is None:
+        return None, why
+    relative = _relative_tolerance(model)
+    try:
+        with torch.inference_mode():
+            for prompts in ([[5, 6, 7, 8, 9], [10, 11]], [[5, 6, 7]]):
+                paths = [PaddedBatch(model, pad_id), PaddedBatch(model, pad_id, decode)]
+                for batch in paths:
+                    batch.join(prompts)
+                for tokens in ([12, 13], [14, 15]):
+                    want, got = (batch.step(tokens[: len(prompts)]) for batch in paths)
+                    if _moved(got, want, relative):
+                        return None, "its logits differ from the model's forward"
+    except Exception as exc:  # a layer this step does not know how to feed
+        return None, f"{type(exc).__name__}: {exc}"
+    return decode, None
 
 
 # transformers' cache layers whose columns PaddedBatch pads, trims and selects.
@@ -286,9 +315,7 @@ def can_prefill_alone(model: Any, pad_id: int) -> bool:
         return False
     if got is None:
         return False
-    relative = _relative_tolerance(model)
-    tolerance = max(relative, 8 * torch.finfo(want.dtype).eps) * (float(want.abs().max()) + 1e-6)
-    return float((got[0] - want).abs().max()) <= tolerance
+    return not _moved(got[0], want, _relative_tolerance(model))
 
 
 def join_keeps(model: Any) -> int | None:
@@ -305,6 +332,12 @@ def _relative_tolerance(model: Any) -> float:
     Activations quantized per block (LLM.int8, the CPU block kernels) turn a float rounding
     difference into a step of the int8 grid: bounded, but far above float rounding."""
     return 0.25 if is_int8(model) or _block_quantized(model) else 1e-3
+
+
+def _moved(got: torch.Tensor, want: torch.Tensor, relative: float) -> bool:
+    """Whether `got` is farther from `want` than `relative` of its scale (at least float rounding)."""
+    tolerance = max(relative, 8 * torch.finfo(want.dtype).eps) * (float(want.abs().max()) + 1e-6)
+    return float((got - want).abs().max()) > tolerance
 
 
 def _block_quantized(model: Any) -> bool:

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             # DUKAT_PREFIX_CACHE_TOKENS, DUKAT_PREFILL_CHUNK_TOKENS: the host's environment
             prefix_cache_tokens=settings.prefix_cache_tokens,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            own_decode_step=settings.own_decode_step,
             grammar_limits=GrammarLimits.of(settings),
             # The host's environment: a model's own code runs only where an admin named the model.
             trust_remote_code=any(fnmatchcase(args.model_id, p) for p in load_settings().trust_remote_code),

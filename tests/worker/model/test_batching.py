@@ -35,6 +35,7 @@ BATCHED_FAMILIES = [
     "gemma3",
     "mistral_sliding",
 ]
+OWN_STEP = {"llama", "mistral", "gemma", "gemma3", "mistral_sliding"}
 PROMPTS = [
     "The quick brown fox",
     "Once upon a time there was a king who had three daughters, and",
@@ -99,6 +100,8 @@ def test_concurrent_greedy_requests_give_their_lone_text(new_engine: NewEngine, 
     assert scheduler is not None
     assert scheduler.batched is (family != "t5")  # encoder-decoder: each request on its own cache
     assert scheduler.peak_rows > 1  # they really ran together
+    # The Llama-style families decode on Dukat's own step (worker/model/decode_step.py).
+    assert (scheduler.decode_refusal is None) is (family in OWN_STEP), scheduler.decode_refusal
 
 
 def test_stops_and_lengths_differ_per_request_in_one_batch(new_engine: NewEngine) -> None:

@@ -32,7 +32,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 BLOCK = 32
-_SOURCE = Path(__file__).with_name("q4.cpp")
+# The matmuls, and the small per-token ops of a decoder layer (worker/model/decode_step.py).
+_SOURCES = [Path(__file__).with_name("q4.cpp"), Path(__file__).with_name("layer_ops.cpp")]
+_HEADERS = [Path(__file__).with_name("spin_pool.h")]  # the threads they split their work over
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 
@@ -63,13 +65,14 @@ def kernels() -> Any:
         return _state["module"]
 
 
-# OpenMP: at::parallel_for splits the rows over torch's threads only when compiled with it.
-_CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+# Threads: spin_pool.h, as many as torch's (OpenMP's teams slowed a second thread's decode 2x).
+_CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-pthread"]
 
 
 def _name() -> str:
     """The module's name, from its source, flags and torch: a changed one is built anew."""
-    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode())
+    sources = b"".join(source.read_bytes() for source in [*_SOURCES, *_HEADERS])
+    digest = hashlib.sha256(sources + " ".join(_CFLAGS).encode() + torch.__version__.encode())
     return f"dukat_q4_{digest.hexdigest()[:12]}"
 
 
@@ -94,9 +97,9 @@ def _build() -> Any:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return load(
         name=_name(),
-        sources=[str(_SOURCE)],
+        sources=[str(source) for source in _SOURCES],
         extra_cflags=_CFLAGS,
-        extra_ldflags=["-fopenmp"],
+        extra_ldflags=["-pthread"],
         build_directory=str(_build_dir()),
         verbose=False,
     )

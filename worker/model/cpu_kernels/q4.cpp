@@ -5,6 +5,7 @@
 // are read once per step for every row of the batch: decode is bound by the bytes of the weights.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include "spin_pool.h"
 #include <immintrin.h>
 #include <cmath>
 #include <cstdint>
@@ -28,7 +29,7 @@ inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 // x: [M, K] float -> xq: [M, K/32, 32] int8 and xd: [M, K/32] float scales (round to nearest).
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* xd) {
   const int64_t nb = K / QK;
-  at::parallel_for(0, M * nb, 256, [&](int64_t begin, int64_t end) {
+  dukat::SpinPool::with(at::get_num_threads()).run(M * nb, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float* src = x + (i / nb) * K + (i % nb) * QK;
       __m256 maxabs = _mm256_setzero_ps();
@@ -225,7 +226,7 @@ torch::Tensor matmul(torch::Tensor x, torch::Tensor wq, torch::Tensor wd, int64_
   const int8_t* q = xq.data_ptr<int8_t>();
   const float* s = xd.data_ptr<float>();
   // Split the output columns over threads; each weight row is read once for all rows of x.
-  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+  dukat::SpinPool::with(at::get_num_threads()).run(N, 16, [&](int64_t begin, int64_t end) {
     if (BITS == 4)
       q4_rows(q, s, bi, dxp, M, nb, w, d, o, N, begin, end);
     else
@@ -244,7 +245,22 @@ torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor wq, torch::Tensor wd, int
   return matmul<8>(x, wq, wd, N);
 }
 
+// layer_ops.cpp
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
+std::vector<torch::Tensor> residual_norm(torch::Tensor h, torch::Tensor out, torch::Tensor post_w,
+                                         torch::Tensor next_w, double eps);
+std::vector<torch::Tensor> qkv_heads(torch::Tensor qkv, torch::Tensor q_w, torch::Tensor k_w, double eps,
+                                     torch::Tensor cos, torch::Tensor sin, int64_t hq, int64_t hkv, int64_t d);
+torch::Tensor gated(torch::Tensor gate_up, int64_t kind);
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor mask,
+                               double scale);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q4_matmul", &q4_matmul, "x [.., K] float32 @ 4-bit blocks [N, K/32, 16] (float16 scales [N, K/32])");
+  m.def("rms_norm", &rms_norm, "RMSNorm over the last dimension, weight as given");
+  m.def("residual_norm", &residual_norm, "{h + (post_w ? norm(out) : out), norm(that, next_w)}");
+  m.def("qkv_heads", &qkv_heads, "fused q/k/v output -> q, k, v heads; q/k normed and rotated");
+  m.def("decode_attention", &decode_attention, "one token's attention per row and head over the cache");
+  m.def("gated", &gated, "act(gate) * up; 0 SiLU, 1 GELU tanh, 2 GELU erf");
   m.def("q8_matmul", &q8_matmul, "x [.., K] float32 @ 8-bit blocks [N, K/32, 32] (float16 scales [N, K/32])");
 }
