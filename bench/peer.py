@@ -8,7 +8,8 @@ two lone requests of 64 tokens, then 8 at once. Dukat runs the GGUF's converted 
 quantization (`none`, `8bit`, `4bit`), reporting tok/s and the worker's memory, and the ratio to the
 peer; then the last quantization again with DUKAT_OWN_DECODE_STEP=0 (the model's own forward, the
 figures before worker/model/decode_step.py), and the peer once more (its figure is the mean of both
-runs: this machine's speed drifts within a run). Targets (issue 22): one stream >= 1.0x the peer's, 8 streams >= 2x the peer's 8-stream total.
+runs: this machine's speed drifts within a run). Targets (issue 22): one stream >= 1.0x the peer's,
+8 streams >= 2x the peer's 8-stream total.
 """
 
 from __future__ import annotations

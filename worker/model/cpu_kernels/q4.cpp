@@ -14,7 +14,6 @@
 namespace {
 
 constexpr int64_t QK = 32;   // values per block
-constexpr int64_t MAX_TILE = 8;  // activation rows that share one pass over a weight row
 
 inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -128,72 +127,129 @@ void to_pair_layout(const int8_t* xq, int64_t rows, int64_t nb, int8_t* xp) {
   }
 }
 
-void q4_rows(const int8_t* xp_all, const float* xd_all, const int32_t* bias_all, const float* dx_all,
-             int64_t total_rows, int64_t nb, const uint8_t* wq, const uint16_t* wd, float* out_all,
-             int64_t out_stride, int64_t n_begin, int64_t n_end) {
+// NR weight rows (from n) against MR rows of x, all accumulators in registers (the loops unroll):
+// two weight rows share each load of x, and their sums are independent chains.
+template <int NR, int MR>
+inline void q4_tile(const int8_t* xp, const int32_t* bias, const float* dx, const float* xd, int64_t nb,
+                    const uint8_t* wq, const uint16_t* wd, int64_t n, float* out, int64_t out_stride) {
   constexpr int64_t BYTES = QK / 2;
-  const __m256i mask = _mm256_set1_epi8(0x0F);
-  for (int64_t n = n_begin; n < n_end; ++n)
-  for (int64_t m0 = 0; m0 < total_rows; m0 += MAX_TILE) {
-    const int64_t rows = std::min(MAX_TILE, total_rows - m0);
-    const int8_t* xp = xp_all + m0 * nb * QK;
-    const float* xd = xd_all + m0 * nb;
-    const int32_t* bias = bias_all + m0 * nb * 4;
-    const float* dx = dx_all + m0 * nb * 4;
-    float* out = out_all + m0 * out_stride;
-    __m256 acc[MAX_TILE];
-    for (int64_t m = 0; m < rows; ++m) acc[m] = _mm256_setzero_ps();
-    const uint8_t* wrow = wq + n * nb * BYTES;
-    const uint16_t* drow = wd + n * nb;
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * BYTES));
-      const __m256i lo = _mm256_and_si256(bytes, mask);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
-      const __m256 dw = pair_scales(drow + b);
-      for (int64_t m = 0; m < rows; ++m) {
-        const int64_t at = m * nb + b;
-        const __m256i s = pair_dot(lo, hi, xp + at * QK, bias + at * 4);
-        const __m256 d = _mm256_mul_ps(dw, _mm256_loadu_ps(dx + at * 4));
-        acc[m] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[m]);
+  const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[NR][MR];
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    __m256i lo[NR], hi[NR];
+    __m256 dw[NR];
+    for (int r = 0; r < NR; ++r) {
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + ((n + r) * nb + b) * BYTES));
+      lo[r] = _mm256_and_si256(bytes, mask);
+      hi[r] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+      dw[r] = pair_scales(wd + (n + r) * nb + b);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const int64_t at = m * nb + b;
+      const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + at * QK));
+      const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + at * QK + 32));
+      const __m256i bi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + at * 4));
+      const __m256 dxv = _mm256_loadu_ps(dx + at * 4);
+      for (int r = 0; r < NR; ++r) {
+        const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[r], xa), _mm256_maddubs_epi16(hi[r], xb));
+        const __m256i s = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), bi);
+        acc[r][m] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dxv), _mm256_cvtepi32_ps(s), acc[r][m]);
       }
     }
-    if (b < nb) {  // a lone last block
-      const __m256i w = unpack4(wrow + b * BYTES);
+  }
+  if (b < nb) {  // a lone last block
+    for (int r = 0; r < NR; ++r) {
+      const __m256i w = unpack4(wq + ((n + r) * nb + b) * BYTES);
       const __m256i abs_w = _mm256_sign_epi8(w, w);
-      const float d = half_to_float(drow[b]);
-      for (int64_t m = 0; m < rows; ++m) {
+      const float d = half_to_float(wd[(n + r) * nb + b]);
+      for (int m = 0; m < MR; ++m) {
         const __m256 dd = _mm256_set1_ps(d * xd[m * nb + b]);
-        acc[m] = _mm256_fmadd_ps(dd, dot_block(abs_w, w, xp + (m * nb + b) * QK), acc[m]);
+        acc[r][m] = _mm256_fmadd_ps(dd, dot_block(abs_w, w, xp + (m * nb + b) * QK), acc[r][m]);
       }
     }
-    for (int64_t m = 0; m < rows; ++m) out[m * out_stride + n] = hsum(acc[m]);
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MR; ++m) out[m * out_stride + n + r] = hsum(acc[r][m]);
+}
+
+template <int NR>
+inline void q4_tiles(const int8_t* xp, const int32_t* bias, const float* dx, const float* xd, int64_t rows,
+                     int64_t nb, const uint8_t* wq, const uint16_t* wd, int64_t n, float* out, int64_t out_stride) {
+  constexpr int64_t MT = 4;  // rows of x per tile: 8 accumulators with NR = 2
+  for (int64_t m0 = 0; m0 < rows; m0 += MT) {
+    const int8_t* x = xp + m0 * nb * QK;
+    const int32_t* bi = bias + m0 * nb * 4;
+    const float* d = dx + m0 * nb * 4;
+    const float* s = xd + m0 * nb;
+    float* o = out + m0 * out_stride;
+    switch (std::min(MT, rows - m0)) {
+      case 1: q4_tile<NR, 1>(x, bi, d, s, nb, wq, wd, n, o, out_stride); break;
+      case 2: q4_tile<NR, 2>(x, bi, d, s, nb, wq, wd, n, o, out_stride); break;
+      case 3: q4_tile<NR, 3>(x, bi, d, s, nb, wq, wd, n, o, out_stride); break;
+      default: q4_tile<NR, 4>(x, bi, d, s, nb, wq, wd, n, o, out_stride); break;
+    }
   }
 }
 
-void q8_rows(const int8_t* xq_all, const float* xd_all, int64_t total_rows, int64_t nb, const uint8_t* wq,
-             const uint16_t* wd, float* out_all, int64_t out_stride, int64_t n_begin, int64_t n_end) {
-  for (int64_t n = n_begin; n < n_end; ++n)
-  for (int64_t m0 = 0; m0 < total_rows; m0 += MAX_TILE) {
-    const int64_t rows = std::min(MAX_TILE, total_rows - m0);
-    const int8_t* xq = xq_all + m0 * nb * QK;
-    const float* xd = xd_all + m0 * nb;
-    float* out = out_all + m0 * out_stride;
-    __m256 acc[MAX_TILE];
-    for (int64_t m = 0; m < rows; ++m) acc[m] = _mm256_setzero_ps();
-    const uint8_t* wrow = wq + n * nb * QK;
-    const uint16_t* drow = wd + n * nb;
-    for (int64_t b = 0; b < nb; ++b) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * QK));
-      const __m256i abs_w = _mm256_sign_epi8(w, w);
-      const float dw = half_to_float(drow[b]);
-      for (int64_t m = 0; m < rows; ++m) {
-        const __m256 d = _mm256_set1_ps(dw * xd[m * nb + b]);
-        acc[m] = _mm256_fmadd_ps(d, dot_block(abs_w, w, xq + (m * nb + b) * QK), acc[m]);
-      }
+void q4_rows(const int8_t* xp, const float* xd, const int32_t* bias, const float* dx, int64_t rows, int64_t nb,
+             const uint8_t* wq, const uint16_t* wd, float* out, int64_t out_stride, int64_t n_begin,
+             int64_t n_end) {
+  int64_t n = n_begin;
+  for (; n + 1 < n_end; n += 2) q4_tiles<2>(xp, bias, dx, xd, rows, nb, wq, wd, n, out, out_stride);
+  if (n < n_end) q4_tiles<1>(xp, bias, dx, xd, rows, nb, wq, wd, n, out, out_stride);
+}
+
+// The 8-bit counterpart of q4_tile: NR weight rows against MR rows of x, in registers. One weight
+// row at a time measured fastest here (Gemma 3 270M's head, 2 threads: 4.2-4.4 ms against 8.0-9.2
+// with two rows, and 6.8-7.1 before the accumulators left memory).
+template <int NR, int MR>
+inline void q8_tile(const int8_t* xq, const float* xd, int64_t nb, const uint8_t* wq, const uint16_t* wd,
+                    int64_t n, float* out, int64_t out_stride) {
+  __m256 acc[NR][MR];
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i w[NR], abs_w[NR];
+    float dw[NR];
+    for (int r = 0; r < NR; ++r) {
+      w[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + ((n + r) * nb + b) * QK));
+      abs_w[r] = _mm256_sign_epi8(w[r], w[r]);
+      dw[r] = half_to_float(wd[(n + r) * nb + b]);
     }
-    for (int64_t m = 0; m < rows; ++m) out[m * out_stride + n] = hsum(acc[m]);
+    for (int m = 0; m < MR; ++m) {
+      const float dx = xd[m * nb + b];
+      for (int r = 0; r < NR; ++r)
+        acc[r][m] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx), dot_block(abs_w[r], w[r], xq + (m * nb + b) * QK),
+                                    acc[r][m]);
+    }
   }
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MR; ++m) out[m * out_stride + n + r] = hsum(acc[r][m]);
+}
+
+template <int NR>
+inline void q8_tiles(const int8_t* xq, const float* xd, int64_t rows, int64_t nb, const uint8_t* wq,
+                     const uint16_t* wd, int64_t n, float* out, int64_t out_stride) {
+  constexpr int64_t MT = 4;
+  for (int64_t m0 = 0; m0 < rows; m0 += MT) {
+    const int8_t* x = xq + m0 * nb * QK;
+    const float* s = xd + m0 * nb;
+    float* o = out + m0 * out_stride;
+    switch (std::min(MT, rows - m0)) {
+      case 1: q8_tile<NR, 1>(x, s, nb, wq, wd, n, o, out_stride); break;
+      case 2: q8_tile<NR, 2>(x, s, nb, wq, wd, n, o, out_stride); break;
+      case 3: q8_tile<NR, 3>(x, s, nb, wq, wd, n, o, out_stride); break;
+      default: q8_tile<NR, 4>(x, s, nb, wq, wd, n, o, out_stride); break;
+    }
+  }
+}
+
+void q8_rows(const int8_t* xq, const float* xd, int64_t rows, int64_t nb, const uint8_t* wq, const uint16_t* wd,
+             float* out, int64_t out_stride, int64_t n_begin, int64_t n_end) {
+  for (int64_t n = n_begin; n < n_end; ++n) q8_tiles<1>(xq, xd, rows, nb, wq, wd, n, out, out_stride);
 }
 
 template <int BITS>
