@@ -1,7 +1,7 @@
 """Block-quantized matmuls for CPUs: what `4bit` and `8bit` run on a CPU.
 
 Why our own kernel (q4.cpp, built once with torch's cpp_extension and cached): decode on a CPU is
-bound by the bytes of weights read per token (this machine: ~15 GB/s), so fewer bytes per weight is
+bound by the bytes of weights read per token (this machine: ~20-25 GB/s), so fewer bytes per weight is
 the whole game, and nothing installable here reads 4-bit weights fast on an AVX2 CPU. Measured on
 Gemma 3 270M's LM head (262,144 x 640, one thread, one row): float32 76 ms, bf16 63 ms, torch's
 dynamic int8 (fbgemm) 14-25 ms, torch's `_weight_int4pack_mm_for_cpu` 673 ms, `_weight_int8pack_mm`
@@ -9,7 +9,10 @@ dynamic int8 (fbgemm) 14-25 ms, torch's `_weight_int4pack_mm_for_cpu` 673 ms, `_
 int4 dequant-and-reduce 588 ms; bitsandbytes' CPU path dequantizes per matmul (x0.46 of float32).
 The format is llama.cpp's Q4_0 / Q8_0 idea (blocks of 32 along K, one float16 scale each; the
 activation quantized to int8 per block, integer SIMD dot products), so a 4-bit weight costs
-0.5625 bytes and an 8-bit one 1.0625. One pass over a weight row serves up to 8 rows of the batch.
+0.5625 bytes and an 8-bit one 1.0625. One pass over a weight row serves up to 4 rows of the batch
+(their sums in registers: the tiles are templated on their row counts). The work is split over the
+kernels' own threads (spin_pool.h says why not OpenMP's). layer_ops.cpp holds the small per-token
+ops of worker/model/decode_step.py.
 
 Where the kernel cannot be built (no compiler, no AVX2), `available()` says why and the loader falls
 back to torch's dynamic int8 for both names.
