@@ -11,8 +11,8 @@ norm with rotary, one token's attention and the gated activation each one call i
 cpu_kernels/layer_ops.cpp (`_TorchOps` holds the same ops in torch for other devices). Measured on
 that model, 1 stream, in-process: 35.4 -> 17.7 ms a step with the model in the main thread.
 
-The cache is written through each layer's own `update`, so prefills, joins, trims and the prefix
-cache keep using the model's forward and the same cache. The step is taken only for the model types
+The cache is the model's own, its layers appended to in place (kv_append.py), so prefills, joins,
+trims and the prefix cache keep using the model's forward and the same cache. The step is taken only for the model types
 in FAMILIES whose modules have the expected parts (the norm style probed on a vector, not guessed),
 and only after `kv_cache.checked_decode_step` saw it give the forward's logits at load.
 """
@@ -29,6 +29,7 @@ from torch import nn
 
 from worker.model import cpu_kernels
 from worker.model.cpu_kernels import BlockLinear
+from worker.model.kv_append import Appender
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 _NONE = torch.empty(0)  # "no such norm" to the kernels
@@ -125,6 +126,7 @@ class DecodeStep:
         self._rotary_typed = "layer_type" in inspect.signature(self._rotary.forward).parameters
         self._layer_types = sorted({layer.layer_type for layer in self._layers})
         self._ops = _ops_for(model)
+        self._append = Appender()
 
     def __call__(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: Any
@@ -138,7 +140,7 @@ class DecodeStep:
             cos, sin = tables[layer.layer_type]
             q, k, v = ops.qkv_heads(layer.qkv(x), layer.q_norm, layer.k_norm, eps, cos, sin,
                                     layer.heads, layer.kv_heads, layer.head_dim)
-            keys, values = cache.layers[layer.index].update(k, v)
+            keys, values = self._append(cache.layers[layer.index], k, v)
             out = ops.decode_attention(q, keys, values, pads, layer.scaling)
             out = layer.o(out.reshape(rows, layer.heads * layer.head_dim))
             h, x = ops.residual_norm(h, out, layer.post_attn, layer.pre_ff, eps)

@@ -35,8 +35,9 @@ def _model(tiny_model_dir: Callable[[str], Path], name: str) -> Any:
 
 def _same_course(model: Any, decode: Any) -> list[float]:
     """The same batch run on the model's forward and on `decode`: two rows of different lengths,
-    steps, a third row joining, steps, the first leaving, steps (windows of 8 are crossed). Returns
-    each step's largest logit difference relative to the logits' scale."""
+    steps, a third row joining, steps, the first leaving, 40 steps (windows of 8 are crossed, and the
+    appended cache's room, 32 columns past what it held, runs out). Returns each step's largest logit
+    difference relative to the logits' scale."""
     paths = [PaddedBatch(model, PAD), PaddedBatch(model, PAD, decode)]
     moved: list[float] = []
 
@@ -54,7 +55,7 @@ def _same_course(model: Any, decode: Any) -> list[float]:
         steps(3, 6, 40)
         for batch in paths:
             batch.keep([1, 2])
-        steps(2, 6, 60)
+        steps(2, 40, 60)
     return moved
 
 
