@@ -14,7 +14,8 @@ that model, 1 stream, in-process: 35.4 -> 17.7 ms a step with the model in the m
 The cache is the model's own, its layers appended to in place (kv_append.py), so prefills, joins,
 trims and the prefix cache keep using the model's forward and the same cache. The step is taken
 only for the model types in FAMILIES whose modules have the expected parts (the norm style probed
-on a vector, not guessed), and only after `kv_cache.checked_decode_step` saw it give the forward's logits at load.
+on a vector, not guessed), and only after `kv_cache.checked_decode_step` saw it give the forward's
+logits at load.
 """
 
 from __future__ import annotations
