@@ -45,7 +45,7 @@ class Appender:
         if (kind != "DynamicLayer" and not sliding) or getattr(layer, "keys", None) is None or (
             sliding and layer.record_past
         ):
-            return layer.update(k, v)  # type: ignore[no-any-return]
+            return layer.update(k, v)
         room = self._rooms.get(layer)
         if room is None or room.view is not layer.keys or room.end == room.keys.shape[2]:
             room = _Room(layer.keys, layer.values)
