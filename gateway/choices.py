@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.manager import AsyncModelManager
+from gateway.prefix_routing import prefix_key
 from gateway.schemas import ChoiceEvent
 from shared.generation import GenerateRequest, GenerateResult, Reasoning, SamplingParams, StreamItem
 from shared.wire_client import WorkerConnection
@@ -41,7 +42,7 @@ async def generate_all(
         finally:
             conn.release(ticket)
 
-    return await manager.dispatch.on_worker(model, group)
+    return await manager.dispatch.on_worker(model, group, prefix=prefix_key(requests[0]))
 
 
 async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[GenerateResult]:
@@ -69,7 +70,9 @@ async def stream_all(
     ) -> tuple[WorkerConnection, SamplingParams | None, tuple[int, int]]:
         return conn, defaults, await conn.admit(len(requests))  # before the stream: a refusal is a 429
 
-    mid, (conn, defaults, (ticket, places)) = await manager.dispatch.on_worker(model, admit)
+    mid, (conn, defaults, (ticket, places)) = await manager.dispatch.on_worker(
+        model, admit, prefix=prefix_key(requests[0])
+    )
     streams = [conn.stream(r, defaults, ticket) for r in requests]
     return mid, _merged(streams, places, lambda: conn.release(ticket))
 

@@ -1,7 +1,9 @@
 """How a request reaches a model worker: the connections, the replica it goes to, its one retry.
 
 A request goes to the loaded replica with the fewest requests in flight (this gateway's count first,
-then the hosts' count of all gateways, then the address, so ties break the same way everywhere). A
+then the hosts' count of all gateways, then the address, so ties break the same way everywhere), or,
+for a long prompt, to its prefix's home replica while that one is not much busier
+(gateway/prefix_routing.py). A
 request that fails before anything was sent to the client (unreachable, connection lost, draining
 for an unload) is retried once: on the next replica, or, when its model has one worker and that one
 cannot be reached (it died between requests), on the worker its host restarts in its place.
@@ -19,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from gateway import prefix_routing
 from gateway.metrics import GatewayMetrics
 from shared.errors import DukatError, ModelNotLoadedError, WorkerFailedError, WorkerUnreachableError
 from shared.generation import (
@@ -88,12 +91,20 @@ class WorkerConnections:
         conns, self._open = list(self._open.values()), {}
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
-    def by_load(self, workers: list[WorkerState]) -> list[WorkerState]:
-        """The loaded replicas, least busy first (all of `workers` when none is loaded with an address)."""
+    def by_load(self, workers: list[WorkerState], prefix: str | None = None) -> list[WorkerState]:
+        """The loaded replicas, least busy first (all of `workers` when none is loaded with an address);
+        with a `prefix` key, its home replica first unless it has over SLACK more in flight."""
         loaded = [w for w in workers if w.status == "loaded" and w.address]
         if len(loaded) < 2:
             return loaded or workers
-        return sorted(loaded, key=lambda w: (self.to(w).in_flight, w.in_flight, w.address or ""))
+        ordered = sorted(loaded, key=lambda w: (self.to(w).in_flight, w.in_flight, w.address or ""))
+        if prefix is None:
+            return ordered
+        address = prefix_routing.home(prefix, [w.address or "" for w in loaded])
+        first = next(w for w in loaded if w.address == address)
+        if self.to(first).in_flight > self.to(ordered[0]).in_flight + prefix_routing.SLACK:
+            return ordered
+        return [first, *(w for w in ordered if w is not first)]
 
 
 class Replicas(Protocol):
@@ -127,13 +138,14 @@ class Dispatcher:
         model_id: str | None,
         call: Callable[[WorkerConnection, SamplingParams | None], Awaitable[T]],
         request_id: str = "",
+        prefix: str | None = None,
     ) -> tuple[str, T]:
         """`call(connection, the model's default parameters)` on the least busy replica of `model_id` (or
         the default model); once more elsewhere (see the module's docstring) when it failed before
         anything was sent."""
         mid, workers = await self.replicas.ready_workers(model_id, request_id)
         defaults = self.replicas.defaults_for(mid)
-        order = self.connections.by_load(workers)
+        order = self.connections.by_load(workers, prefix)
         with self._seeing_failures():
             try:
                 return mid, await call(self.connections.to(order[0]), defaults)
@@ -154,7 +166,10 @@ class Dispatcher:
     async def generate(self, model_id: str | None, request: GenerateRequest) -> tuple[str, GenerateResult]:
         self.with_keep_alive(model_id, [request])
         return await self.on_worker(
-            model_id, lambda conn, defaults: conn.generate(request, defaults), request.request_id
+            model_id,
+            lambda conn, defaults: conn.generate(request, defaults),
+            request.request_id,
+            prefix_routing.prefix_key(request),
         )
 
     async def stream(
@@ -205,7 +220,7 @@ class Dispatcher:
         self, mid: str, workers: list[WorkerState], request: GenerateRequest
     ) -> AsyncIterator[str | Reasoning | GenerateResult]:
         defaults = self.replicas.defaults_for(mid)
-        order = self.connections.by_load(workers)
+        order = self.connections.by_load(workers, prefix_routing.prefix_key(request))
         stream = self.connections.to(order[0]).stream(request, defaults)
         try:
             with self._seeing_failures():

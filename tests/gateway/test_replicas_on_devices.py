@@ -65,13 +65,19 @@ def chat(client: httpx.Client) -> int:
     return client.post("/v1/chat/completions", json=body).status_code
 
 
-def test_two_replicas_on_one_cpu_device_share_the_requests(gateway: httpx.Client) -> None:
-    assert chat(gateway) == 200  # loads both workers
+def both_loaded(client: httpx.Client) -> list[dict[str, Any]]:
+    """The two workers, once a request has loaded them."""
+    assert chat(client) == 200
+
     def two_loaded() -> list[dict[str, Any]] | None:
-        found = workers(gateway)
+        found = workers(client)
         return found if len(found) == 2 and all(w["status"] == "loaded" for w in found) else None
 
-    both = wait_for(two_loaded, 120, "two loaded workers")
+    return wait_for(two_loaded, 120, "two loaded workers")
+
+
+def test_two_replicas_on_one_cpu_device_share_the_requests(gateway: httpx.Client) -> None:
+    both = both_loaded(gateway)
     assert [w["replica"] for w in both] == [0, 1]
     assert {w["device"] for w in both} == {"cpu"}
     assert len({w["address"] for w in both}) == 2 and len({w["pid"] for w in both}) == 2
@@ -110,3 +116,46 @@ def test_a_replica_goes_to_a_device_without_one_and_none_beyond_the_setting() ->
     with pytest.raises(NoCapacityError, match="DUKAT_REPLICAS_PER_DEVICE"):
         room.choose(host_state(first, second), MODEL, "auto", need, full)
     assert room.full_devices([first, second], MODEL, per_device=2) == frozenset()
+
+
+def test_requests_that_start_alike_go_to_one_replica_and_reuse_its_cache(gateway: httpx.Client) -> None:
+    """Prefix-aware routing (gateway/prefix_routing.py): two long system prompts whose home replicas
+    differ; each one's requests all land on its home (by load alone, idle replicas tie and every
+    request would go to the same one), and the later ones reuse its cached prefix."""
+    from gateway.prefix_routing import home, prefix_key
+    from shared.generation import GenerateRequest, Message
+    from tests.support.tiny_models import corpus_lines
+
+    both = both_loaded(gateway)
+    replica_at = {w["address"]: w["replica"] for w in both}
+    lines = corpus_lines()
+    prefixes = [" ".join(lines[i * 40 : i * 40 + 40])[:1040] for i in range(6)]
+
+    def home_of(prefix: str) -> int:
+        messages = [Message(role="system", content=prefix), Message(role="user", content="Q")]
+        key = prefix_key(GenerateRequest(messages=messages))
+        assert key is not None
+        return replica_at[home(key, list(replica_at))]
+
+    first = prefixes[0]
+    other = next(p for p in prefixes[1:] if home_of(p) != home_of(first))
+    def finished() -> list[int]:
+        return [w["finished"] for w in workers(gateway)]
+
+    # The loading request, once the hosts' counts have it (fresh workers: nothing else yet).
+    before = wait_for(lambda: sum(finished()) > 0 and finished(), 30, "the loading request counted")
+    for prefix in (first, other):
+        for i in range(3):
+            messages = [{"role": "system", "content": prefix}, {"role": "user", "content": f"Question {i}?"}]
+            body = {"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0}
+            resp = gateway.post("/v1/chat/completions", json=body)
+            assert resp.status_code == 200, resp.text
+            cached = resp.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+            assert (cached > 0) is (i > 0), (i, cached)
+
+    def landed() -> list[int] | None:
+        done = [n - b for n, b in zip(finished(), before, strict=True)]
+        return done if sum(done) == 6 else None
+
+    assert wait_for(landed, 30, "6 requests finished") == [3, 3]
+    assert home_of(first) != home_of(other)
