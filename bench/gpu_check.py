@@ -12,6 +12,8 @@ Checks, each `pass` / `fail` / `skipped` (with why) in bench/results/gpu_check.j
   reported memory for each;
 - unload: the GPU's used memory (NVML) back to its baseline after the worker exits;
 - one stream through the gateway against in-process `generate` (bf16, same prompt ids);
+- the same one stream on a second server whose workers decode on the model's own forward
+  (DUKAT_OWN_DECODE_STEP=0): the baseline of worker/model/decode_step.py on the GPU (CUDA only);
 - 16 and 64 concurrent streams against one alone, and the slowest first token (Llama; 16 on Gemma);
 - grammar on the GPU: xgrammar's bitmask applied to CUDA logits in a batch that mixes constrained and
   free rows (strict JSON schemas and a forced tool call, each parsed and checked), with logprobs
@@ -338,7 +340,26 @@ def run_checks(root: Path, cuda: bool) -> dict[str, Check]:
         step("grammar_and_logprobs", lambda: check_grammar(served, LLAMA, device))
     finally:
         served.stop()
+    if cuda:
+        step("llama_one_stream_model_forward", lambda: check_forward(root, paths[LLAMA], device))
+    else:
+        checks["llama_one_stream_model_forward"] = {"status": gpu_only}
     return checks
+
+
+def check_forward(root: Path, path: Path, device: str) -> Check:
+    """One Llama stream against in-process `generate` on a server decoding on the model's forward."""
+    served = Served(root / "serve-forward", env={**ENV, "DUKAT_OWN_DECODE_STEP": "0"})
+    served.add_model(path, LLAMA)
+    write_config(served.config_path, served.entries, LLAMA)
+    served.start()
+    try:
+        served.load(LLAMA, quantization="none", device=device)
+        base = InProcess(path, device="cuda:0", threads=THREADS)
+        one = asyncio.run(one_vs_generate(served.url, LLAMA, base, tokens=TOKENS, rounds=3))
+        return {"status": "report", "one_stream_vs_generate": one["ratio"], "one_stream": one}
+    finally:
+        served.stop()
 
 
 def main() -> int:
