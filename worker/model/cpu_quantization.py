@@ -37,6 +37,7 @@ def quantize_for_cpu(model: Any, quantization: Quantization) -> str:
     if why_not is not None:
         log.warning("%s; %s runs on torch's dynamic int8 instead", why_not, quantization)
         _dynamic_int8(model)
+        _own_memory(model)
         return "fbgemm"
     bits = BITS[quantization]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -48,7 +49,20 @@ def quantize_for_cpu(model: Any, quantization: Quantization) -> str:
         model.set_input_embeddings(BlockEmbedding.sharing(embeddings, new_head))
     elif isinstance(embeddings, nn.Embedding) and embeddings.embedding_dim % BLOCK == 0:
         model.set_input_embeddings(BlockEmbedding.owning(embeddings, EMBEDDING_BITS))
+    _own_memory(model)
     return "blocks"
+
+
+def _own_memory(model: nn.Module) -> None:
+    """The tensors quantization left as loaded (norms, biases, unquantized layers) copied into memory
+    of their own: loaded from safetensors they are views of the file's memory map, and any one of
+    them keeps the whole map resident (Gemma 3 270M 4bit: worker RSS 2.0 -> 1.0 GB)."""
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            param.data = param.data.clone()
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None and name not in ("blocks", "scales"):  # the kernels' own, made here
+                setattr(module, name, buffer.clone())
 
 
 def _replace_linears(model: Any, quantization: Quantization, bits: int, head: nn.Module | None) -> None:

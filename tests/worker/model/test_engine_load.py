@@ -165,3 +165,20 @@ def test_loads_and_generates_on_cuda(tiny_model_dir: Callable[[str], Path], quan
 def test_cuda_index_out_of_range_is_a_clear_error() -> None:
     with pytest.raises(DeviceUnavailableError, match="does not exist"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_a_quantized_model_lets_go_of_its_loaded_file(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path, quantization: str
+) -> None:
+    """A float32 model runs on the file's memory map; a quantized one must not keep that map (and its
+    resident pages) alive through the few tensors quantization left as loaded."""
+    import gc
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir("llama"), tmp_path / "llama")  # a path no other test maps
+    loaded = load_model(folder, model_type=get_model_type("llama"), quantization=quantization, device="cpu")
+    gc.collect()
+    mapped = str(folder / "model.safetensors") in Path("/proc/self/maps").read_text()
+    assert mapped is (quantization == "none")
+    del loaded
