@@ -31,8 +31,11 @@ def prefix_key(request: GenerateRequest) -> str | None:
         text = ",".join(map(str, request.prompt_ids[: KEY_CHARS // 4]))
         return text if len(request.prompt_ids) >= KEY_CHARS // 4 else None
     parts: list[str] = []
-    if request.tools is not None:
-        parts.append(json.dumps(request.tools.tools, sort_keys=True))
+    for tool in request.tools.tools if request.tools is not None else []:
+        # Only as many tools as the key needs: this runs on the gateway's event loop.
+        if sum(map(len, parts)) >= KEY_CHARS:
+            break
+        parts.append(json.dumps(tool, sort_keys=True))
     if request.system_prompt:
         parts.append(request.system_prompt)
     if request.prompt is not None:

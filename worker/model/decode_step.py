@@ -275,16 +275,20 @@ def _fused(linears: list[nn.Module]) -> Linear:
 
 
 def _fuse_blocks(linears: list[Any]) -> Linear:
-    blocks = torch.cat([m.blocks for m in linears])
-    scales = torch.cat([m.scales for m in linears])
-    biases = [m.bias if m.bias is not None else torch.zeros(m.out_features) for m in linears]
-    bias = torch.cat(biases) if any(m.bias is not None for m in linears) else None
-    start = 0
-    for m in linears:
-        end = start + m.out_features
-        m.blocks, m.scales = blocks[start:end], scales[start:end]
-        start = end
-    op, total = linears[0]._op, start
+    if len(linears) == 1:  # its own tensors: a copy would unshare a tied head's blocks from the embedding
+        [m] = linears
+        blocks, scales, bias, total = m.blocks, m.scales, m.bias, m.out_features
+    else:
+        blocks = torch.cat([m.blocks for m in linears])
+        scales = torch.cat([m.scales for m in linears])
+        biases = [m.bias if m.bias is not None else torch.zeros(m.out_features) for m in linears]
+        bias = torch.cat(biases) if any(m.bias is not None for m in linears) else None
+        total = 0
+        for m in linears:
+            rows = slice(total, total + m.out_features)
+            m.blocks, m.scales = blocks[rows], scales[rows]
+            total += m.out_features
+    op = linears[0]._op
 
     def run(x: torch.Tensor) -> torch.Tensor:
         out = op(x, blocks, scales, total)
