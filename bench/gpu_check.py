@@ -12,9 +12,13 @@ Checks, each `pass` / `fail` / `skipped` (with why) in bench/results/gpu_check.j
   reported memory for each;
 - unload: the GPU's used memory (NVML) back to its baseline after the worker exits;
 - one stream through the gateway against in-process `generate` (bf16, same prompt ids);
-- the same one stream on a second server whose workers decode on the model's own forward
-  (DUKAT_OWN_DECODE_STEP=0): the baseline of worker/model/decode_step.py on the GPU (CUDA only);
-- 16 and 64 concurrent streams against one alone, and the slowest first token (Llama; 16 on Gemma);
+- 16 and 64 concurrent streams against one alone, and the slowest first token (Llama; 16 on Gemma),
+  each on the decode step's CUDA graphs (worker/model/graph_step.py), the first batch of each size
+  (cold) against the next (warm);
+- 4bit and 8bit (bitsandbytes) one stream against bf16's in-process `generate` (CUDA only);
+- the same Llama on a server without graphs (DUKAT_CUDA_GRAPHS=0: the step launched op by op) and on
+  one decoding on the model's own forward (DUKAT_OWN_DECODE_STEP=0), one stream and 64 (CUDA only);
+- the graph step's tests (tests/worker/model/test_graph_step.py), whose capture test needs CUDA;
 - grammar on the GPU: xgrammar's bitmask applied to CUDA logits in a batch that mixes constrained and
   free rows (strict JSON schemas and a forced tool call, each parsed and checked), with logprobs
   (finite, ordered top alternatives).
@@ -27,11 +31,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -181,10 +187,33 @@ def check_streams(served: Served, model: str, path: Path, device: str, counts: l
         multi = asyncio.run(streams_vs_one(served.url, model, counts, tokens=TOKENS, warm_batch=True))
     finally:
         served.unload(model)
-    summary = {str(n): {k: multi[str(n)][k] for k in ("speedup", "ttft_ratio", "same_text", "compared")}
-               for n in counts}
+    summary: dict[str, Any] = {
+        str(n): {k: multi[str(n)][k] for k in ("aggregate_tokens_per_s", "speedup", "ttft_ratio", "same_text",
+                                               "compared")}
+        | {"cold_vs_warm_wall": multi.get(f"cold_batch_wall_s_{n}", 0.0) / multi[str(n)]["wall_s"]}
+        for n in counts
+    }
+    summary["one_stream_tokens_per_s"] = one["gateway_tokens_per_s"]
     return {"status": "report", "one_stream_vs_generate": one["ratio"], "summary": summary,
             "one_stream": one, "streams": multi}
+
+
+def check_quantized_streams(served: Served, path: Path, device: str) -> Check:
+    """4bit and 8bit (bitsandbytes on CUDA) one stream against bf16's in-process `generate`."""
+    base = InProcess(path, device="cuda:0", threads=THREADS)
+    out: Check = {"status": "report"}
+    try:
+        for q in ("4bit", "8bit"):
+            served.load(LLAMA, quantization=q, device=device)
+            try:
+                out[q] = asyncio.run(one_vs_generate(served.url, LLAMA, base, tokens=TOKENS, rounds=2))
+            finally:
+                served.unload(LLAMA)
+    finally:
+        del base
+    out["summary"] = {q: {"tokens_per_s": out[q]["gateway_tokens_per_s"], "vs_bf16_generate": out[q]["ratio"]}
+                      for q in ("4bit", "8bit")}
+    return out
 
 
 NOTES = {
@@ -336,28 +365,48 @@ def run_checks(root: Path, cuda: bool) -> dict[str, Check]:
                 checks[name] = {"status": gpu_only}
         counts = [16, 64] if cuda else [16]
         step("llama_streams", lambda: check_streams(served, LLAMA, paths[LLAMA], device, counts))
+        if cuda:
+            step("llama_quantized_one_stream", lambda: check_quantized_streams(served, paths[LLAMA], device))
+        else:
+            checks["llama_quantized_one_stream"] = {"status": gpu_only}
         step("gemma3_streams", lambda: check_streams(served, GEMMA, paths[GEMMA], device, [16]))
         step("grammar_and_logprobs", lambda: check_grammar(served, LLAMA, device))
     finally:
         served.stop()
+    variants = {"llama_without_graphs": {"DUKAT_CUDA_GRAPHS": "0"},
+                "llama_model_forward": {"DUKAT_OWN_DECODE_STEP": "0"}}
+    for name, env in variants.items():
+        if cuda:
+            step(name, partial(check_variant, root / name, paths[LLAMA], device, env))
+        else:
+            checks[name] = {"status": gpu_only}
     if cuda:
-        step("llama_one_stream_model_forward", lambda: check_forward(root, paths[LLAMA], device))
+        step("graph_step_tests", check_graph_tests)
     else:
-        checks["llama_one_stream_model_forward"] = {"status": gpu_only}
+        checks["graph_step_tests"] = {"status": gpu_only}
     return checks
 
 
-def check_forward(root: Path, path: Path, device: str) -> Check:
-    """One Llama stream against in-process `generate` on a server decoding on the model's forward."""
-    served = Served(root / "serve-forward", env={**ENV, "DUKAT_OWN_DECODE_STEP": "0"})
+def check_graph_tests() -> Check:
+    """The graph step's tests, whose capture test runs only where CUDA is (tests/worker/model)."""
+    tests = "tests/worker/model/test_graph_step.py"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", tests],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
+    return {"status": "pass" if run.returncode == 0 else "fail", "summary": " | ".join(tail)}
+
+
+def check_variant(root: Path, path: Path, device: str, env: dict[str, str]) -> Check:
+    """The Llama's one stream and 64 on a server started with `env` on top (the baselines of the
+    decode step's graphs and of the step itself)."""
+    served = Served(root, env={**ENV, **env})
     served.add_model(path, LLAMA)
     write_config(served.config_path, served.entries, LLAMA)
     served.start()
     try:
-        served.load(LLAMA, quantization="none", device=device)
-        base = InProcess(path, device="cuda:0", threads=THREADS)
-        one = asyncio.run(one_vs_generate(served.url, LLAMA, base, tokens=TOKENS, rounds=3))
-        return {"status": "report", "one_stream_vs_generate": one["ratio"], "one_stream": one}
+        return check_streams(served, LLAMA, path, device, [64])
     finally:
         served.stop()
 

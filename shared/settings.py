@@ -152,6 +152,12 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # (worker/model/decode_step.py: the same logits without the forward's per-call overhead, checked
     # at load); off: the model's forward (a baseline for `make bench`).
     own_decode_step: bool = True
+    # On CUDA that step runs as CUDA graphs over static buffers, one per batch-size bucket, all
+    # captured at load (worker/model/graph_step.py); off: launched op by op.
+    cuda_graphs: bool = True
+    # Tokens of KV (rows x columns) those graphs' static buffers hold at most, counted in a CUDA
+    # load's memory estimate; a batch past it decodes op by op until it fits again.
+    cuda_graph_kv_tokens: Annotated[int, Meta(ge=0)] = 32768
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
     # Seconds a request whose model no host has room for (or no host is up: a pool scaled to zero)

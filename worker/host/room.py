@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 def estimate(path: Path, quantization: Quantization, settings: Settings, sizes: TensorSizes) -> LoadEstimate:
     """Blocking (file reads, cached in `sizes`): call it from a thread."""
     tokens = settings.kv_cache_tokens + settings.prefix_cache_tokens
-    by_kind: dict[str, int] = {
-        k: estimate_memory(path, quantization, k, kv_tokens=tokens, sizes=sizes).total_bytes
+    graphs = settings.cuda_graph_kv_tokens if settings.cuda_graphs and settings.own_decode_step else 0
+    by_kind: dict[str, int] = {  # the CUDA graphs' static buffers come on top of the model's cache
+        k: estimate_memory(path, quantization, k, kv_tokens=tokens + (graphs if k == "cuda" else 0),
+                           sizes=sizes).total_bytes
         for k in DEVICE_KINDS
     }
     return LoadEstimate(quantization=quantization, bytes_by_kind=by_kind)

@@ -39,6 +39,7 @@ import torch
 from shared.errors import InternalError, ModelNotLoadedError, OverloadedError
 from worker.model.decode_step import DecodeStep
 from worker.model.grammar import Grammars, RowGrammar
+from worker.model.graph_step import GraphStep
 from worker.model.kv_cache import (
     PaddedBatch,
     RowPrefill,
@@ -122,6 +123,8 @@ class Scheduler:
         prefix_cache_tokens: int = 0,
         prefill_chunk_tokens: int = 0,
         own_decode_step: bool = False,
+        cuda_graphs: bool = False,
+        cuda_graph_kv_tokens: int = 0,
     ) -> None:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
@@ -135,7 +138,12 @@ class Scheduler:
         elif not own_decode_step:
             why = "DUKAT_OWN_DECODE_STEP is off"
         else:
-            decode, why = checked_decode_step(model, pad_id)
+            decode, why = checked_decode_step(
+                model, pad_id, graph_rows=max_batch if cuda_graphs else 0, graph_tokens=cuda_graph_kv_tokens
+            )
+            if isinstance(decode, GraphStep):  # every batch size captured now, not at a request
+                took = decode.warm()
+                logger.info("decode graphs: %d batch sizes captured in %.2f s", len(took), sum(took.values()))
         self.decode_refusal = why  # why the model's forward decodes (None: worker/model/decode_step.py)
         self._batch = None if self.unbatched_reason else PaddedBatch(model, pad_id, decode)
         self._cond = threading.Condition()  # guards the fields up to _thread

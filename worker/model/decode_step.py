@@ -153,6 +153,9 @@ class DecodeStep:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
+    def settle(self, cache: Any) -> None:
+        """Nothing to do: this step's appends are the cache's own (a graph step's are not)."""
+
     def _tables(self, h: torch.Tensor, positions: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
         """Rotary cos/sin per layer type, [rows, head_dim] (the model's own rotary module)."""
         tables = {}

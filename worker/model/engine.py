@@ -92,6 +92,8 @@ class Engine:
         prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
         prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
         own_decode_step: bool = DEFAULTS.own_decode_step,
+        cuda_graphs: bool = DEFAULTS.cuda_graphs,
+        cuda_graph_kv_tokens: int = DEFAULTS.cuda_graph_kv_tokens,
         grammar_limits: GrammarLimits | None = None,
         pooling: Pooling | None = None,
     ) -> None:
@@ -136,6 +138,8 @@ class Engine:
                 prefix_cache_tokens=prefix_cache_tokens,
                 prefill_chunk_tokens=prefill_chunk_tokens,
                 own_decode_step=own_decode_step,
+                cuda_graphs=cuda_graphs,
+                cuda_graph_kv_tokens=cuda_graph_kv_tokens,
             )
         )
         reason = (
@@ -158,6 +162,8 @@ class Engine:
         prefix_cache_tokens: int = DEFAULTS.prefix_cache_tokens,
         prefill_chunk_tokens: int = DEFAULTS.prefill_chunk_tokens,
         own_decode_step: bool = DEFAULTS.own_decode_step,
+        cuda_graphs: bool = DEFAULTS.cuda_graphs,
+        cuda_graph_kv_tokens: int = DEFAULTS.cuda_graph_kv_tokens,
         grammar_limits: GrammarLimits | None = None,
         trust_remote_code: bool = False,
     ) -> Engine:
@@ -174,6 +180,8 @@ class Engine:
             prefix_cache_tokens=prefix_cache_tokens,
             prefill_chunk_tokens=prefill_chunk_tokens,
             own_decode_step=own_decode_step,
+            cuda_graphs=cuda_graphs,
+            cuda_graph_kv_tokens=cuda_graph_kv_tokens,
             grammar_limits=grammar_limits,
             pooling=pooling,
         )
@@ -406,6 +414,8 @@ def _scheduler(
     max_batch: int,
     max_queue: int,
     own_decode_step: bool,
+    cuda_graphs: bool,
+    cuda_graph_kv_tokens: int,
     **caching: int,
 ) -> Scheduler:
     scheduler = Scheduler(
@@ -414,6 +424,8 @@ def _scheduler(
         max_queue=max_queue,
         **caching,
         own_decode_step=own_decode_step,
+        cuda_graphs=cuda_graphs,
+        cuda_graph_kv_tokens=cuda_graph_kv_tokens,
         seq2seq=model_type.task is Task.SEQ2SEQ,
         pad_id=_pad_id(loaded.tokenizer),
     )

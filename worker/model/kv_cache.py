@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worker.model.decode_step import DecodeStep, decode_step_for
+from worker.model.decode_step import DecodeStep
+from worker.model.graph_step import step_for
 
 # A row's layers as a prefill left them: (row index, keys, values), each [1, heads, columns, dim].
 RowKV = Callable[[int, list[torch.Tensor], list[torch.Tensor]], None]
@@ -47,6 +48,7 @@ class PaddedBatch:
         """Prefill `prompts` together; their rows join the batch. Returns their last logits [k, vocab].
         `on_row(i, keys, values)` gets each row's layers [1, heads, >= its length, dim] (ending with
         its own tokens) where every layer still holds all of them (a sliding one may not)."""
+        self._settle()
         width = max(len(p) for p in prompts)
         ids = [[self._pad_id] * (width - len(p)) + p for p in prompts]
         mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
@@ -67,6 +69,7 @@ class PaddedBatch:
 
     def add(self, cache: Any, length: int) -> None:
         """A row prefilled on its own (a RowPrefill's finished cache of `length` tokens) joins the batch."""
+        self._settle()
         mask = torch.ones(1, length, dtype=torch.long, device=self._device)
         self._merge(cache, mask, torch.tensor([length], device=self._device))
 
@@ -86,6 +89,7 @@ class PaddedBatch:
 
     def keep(self, rows: list[int]) -> None:
         """Only `rows` stay; then drop the leading columns that are padding in every row."""
+        self._settle()
         if not rows:
             self.cache, self.mask, self.positions = None, self.mask[:0, :0], self.positions[:0]
             return
@@ -101,6 +105,11 @@ class PaddedBatch:
             layer.values = layer.values[index, :, start:]
         self._set_widths(width)
         self._padded = bool((self.mask == 0).any())
+
+    def _settle(self) -> None:
+        """The cache's layers up to date before they are edited (a graph step keeps its own buffers)."""
+        if self._decode is not None and self.cache is not None:
+            self._decode.settle(self.cache)
 
     def _merge(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor) -> None:
         if self.cache is None:
@@ -269,13 +278,22 @@ def batch_refusal(model: Any, pad_id: int) -> str | None:
     return None
 
 
-def checked_decode_step(model: Any, pad_id: int) -> tuple[DecodeStep | None, str | None]:
-    """The model's own-code decode step (worker/model/decode_step.py) where it gives the logits the
-    model's forward gives: two steps of a padded two-row batch and of one row alone, on both paths,
-    within the load-time checks' tolerance. Else (None, why)."""
-    decode, why = decode_step_for(model)
+def checked_decode_step(
+    model: Any, pad_id: int, *, graph_rows: int = 0, graph_tokens: int = 0
+) -> tuple[DecodeStep | None, str | None]:
+    """The model's own-code decode step (worker/model/decode_step.py; on CUDA with `graph_rows`, the
+    graph-replayed one of worker/model/graph_step.py for up to that many rows in buffers of
+    `graph_tokens`) where it gives the logits the model's forward gives. Else (None, why)."""
+    decode, why = step_for(model, graph_rows, graph_tokens)
     if decode is None:
         return None, why
+    why = decode_step_refusal(model, pad_id, decode)
+    return (None, why) if why is not None else (decode, None)
+
+
+def decode_step_refusal(model: Any, pad_id: int, decode: DecodeStep) -> str | None:
+    """Why `decode` may not replace the model's forward (None: it may): two steps of a padded
+    two-row batch and of one row alone, on both paths, within the load-time checks' tolerance."""
     relative = _relative_tolerance(model)
     try:
         with torch.inference_mode():
@@ -286,10 +304,10 @@ def checked_decode_step(model: Any, pad_id: int) -> tuple[DecodeStep | None, str
                 for tokens in ([12, 13], [14, 15]):
                     want, got = (batch.step(tokens[: len(prompts)]) for batch in paths)
                     if _moved(got, want, relative):
-                        return None, "its logits differ from the model's forward"
+                        return "its logits differ from the model's forward"
     except Exception as exc:  # a layer this step does not know how to feed
-        return None, f"{type(exc).__name__}: {exc}"
-    return decode, None
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 # transformers' cache layers whose columns PaddedBatch pads, trims and selects.
