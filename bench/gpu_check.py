@@ -17,8 +17,9 @@ Checks, each `pass` / `fail` / `skipped` (with why) in bench/results/gpu_check.j
   (cold) against the next (warm);
 - 4bit and 8bit (bitsandbytes) one stream against bf16's in-process `generate` (CUDA only);
 - the same Llama on a server without graphs (DUKAT_CUDA_GRAPHS=0: the step launched op by op) and on
-  one decoding on the model's own forward (DUKAT_OWN_DECODE_STEP=0), one stream and 64 (CUDA only);
-- the graph step's tests (tests/worker/model/test_graph_step.py), whose capture test needs CUDA;
+  one decoding on the model's own forward (DUKAT_OWN_DECODE_STEP=0), and 4bit in torch's int4 kernel
+  (DUKAT_CUDA_4BIT=tinygemm), one stream and 64 (CUDA only);
+- the graph step's and the int4 kernel's tests (tests/worker/model), whose CUDA tests need a GPU;
 - grammar on the GPU: xgrammar's bitmask applied to CUDA logits in a batch that mixes constrained and
   free rows (strict JSON schemas and a forced tool call, each parsed and checked), with logprobs
   (finite, ordered top alternatives).
@@ -178,8 +179,10 @@ def check_quantization(served: Served, path: Path) -> Check:
     return out
 
 
-def check_streams(served: Served, model: str, path: Path, device: str, counts: list[int]) -> Check:
-    served.load(model, quantization="none", device=device)
+def check_streams(
+    served: Served, model: str, path: Path, device: str, counts: list[int], quantization: str = "none"
+) -> Check:
+    served.load(model, quantization=quantization, device=device)
     try:
         base = InProcess(path, device="cuda:0" if device.startswith("cuda") else "cpu", threads=THREADS)
         one = asyncio.run(one_vs_generate(served.url, model, base, tokens=TOKENS, rounds=3))
@@ -373,40 +376,42 @@ def run_checks(root: Path, cuda: bool) -> dict[str, Check]:
         step("grammar_and_logprobs", lambda: check_grammar(served, LLAMA, device))
     finally:
         served.stop()
-    variants = {"llama_without_graphs": {"DUKAT_CUDA_GRAPHS": "0"},
-                "llama_model_forward": {"DUKAT_OWN_DECODE_STEP": "0"}}
-    for name, env in variants.items():
+    variants = {"llama_without_graphs": ({"DUKAT_CUDA_GRAPHS": "0"}, "none"),
+                "llama_model_forward": ({"DUKAT_OWN_DECODE_STEP": "0"}, "none"),
+                "llama_4bit_tinygemm": ({"DUKAT_CUDA_4BIT": "tinygemm"}, "4bit")}
+    for name, (env, quantization) in variants.items():
         if cuda:
-            step(name, partial(check_variant, root / name, paths[LLAMA], device, env))
+            step(name, partial(check_variant, root / name, paths[LLAMA], device, env, quantization))
         else:
             checks[name] = {"status": gpu_only}
     if cuda:
-        step("graph_step_tests", check_graph_tests)
+        step("cuda_tests", check_cuda_tests)
     else:
-        checks["graph_step_tests"] = {"status": gpu_only}
+        checks["cuda_tests"] = {"status": gpu_only}
     return checks
 
 
-def check_graph_tests() -> Check:
-    """The graph step's tests, whose capture test runs only where CUDA is (tests/worker/model)."""
-    tests = "tests/worker/model/test_graph_step.py"
+def check_cuda_tests() -> Check:
+    """The graph step's and the int4 kernel's tests, whose CUDA tests run only where CUDA is."""
+    tests = ["tests/worker/model/test_graph_step.py", "tests/worker/model/test_int4_weights.py"]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", tests],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         capture_output=True, text=True, timeout=300, check=False,
     )
     tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
     return {"status": "pass" if run.returncode == 0 else "fail", "summary": " | ".join(tail)}
 
 
-def check_variant(root: Path, path: Path, device: str, env: dict[str, str]) -> Check:
-    """The Llama's one stream and 64 on a server started with `env` on top (the baselines of the
-    decode step's graphs and of the step itself)."""
+def check_variant(root: Path, path: Path, device: str, env: dict[str, str], quantization: str) -> Check:
+    """The Llama's one stream (against bf16's in-process `generate`) and 64 on a server started with
+    `env` on top: the baselines of the decode step's graphs and of the step itself, and 4bit in
+    torch's int4 kernel."""
     served = Served(root, env={**ENV, **env})
     served.add_model(path, LLAMA)
     write_config(served.config_path, served.entries, LLAMA)
     served.start()
     try:
-        return check_streams(served, LLAMA, path, device, [64])
+        return check_streams(served, LLAMA, path, device, [64], quantization)
     finally:
         served.stop()
 

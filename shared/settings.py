@@ -19,6 +19,8 @@ from shared.errors import SettingsError
 from shared.keep_alive import parse_keep_alive
 
 Quantization = Literal["4bit", "8bit", "none"]
+# What runs `4bit` on CUDA: bitsandbytes' NF4 (the seed's) or torch's int4 kernel (tinygemm).
+Cuda4bit = Literal["bitsandbytes", "tinygemm"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
 
@@ -158,6 +160,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Tokens of KV (rows x columns) those graphs' static buffers hold at most, counted in a CUDA
     # load's memory estimate; a batch past it decodes op by op until it fits again.
     cuda_graph_kv_tokens: Annotated[int, Meta(ge=0)] = 32768
+    # `4bit` on CUDA: bitsandbytes' NF4 layers (the seed's), or torch's int4 weight-only kernel
+    # (worker/model/int4_weights.py: packed groups read inside the matmul; captures in CUDA graphs).
+    cuda_4bit: Cuda4bit = "bitsandbytes"
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
     # Seconds a request whose model no host has room for (or no host is up: a pool scaled to zero)

@@ -41,7 +41,7 @@ from shared.generation import (
     ScoreResult,
 )
 from shared.model_types import MODEL_TYPES, ModelType, PromptFormat, Task
-from shared.settings import DEFAULTS, Quantization
+from shared.settings import DEFAULTS, Cuda4bit, Quantization
 from shared.wire import EngineInfo
 from worker.model.batching import Job, Scheduler
 from worker.model.cleaning import stop_strings
@@ -166,10 +166,11 @@ class Engine:
         cuda_graph_kv_tokens: int = DEFAULTS.cuda_graph_kv_tokens,
         grammar_limits: GrammarLimits | None = None,
         trust_remote_code: bool = False,
+        cuda_4bit: Cuda4bit = DEFAULTS.cuda_4bit,
     ) -> Engine:
         loaded = load_model(
             path, model_type=model_type, quantization=quantization, device=device,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, cuda_4bit=cuda_4bit,
         )  # fmt: skip
         pooling = read_pooling(path) if model_type.task is Task.EMBEDDING else None
         return cls(

@@ -1,6 +1,7 @@
 """Loading a model folder onto one device, optionally quantized: by bitsandbytes on CUDA (the seed's
-path), by our block kernels on a CPU (worker/model/cpu_quantization.py: bitsandbytes' CPU path is
-slower than float32 there).
+path; `4bit` in torch's int4 kernel instead with DUKAT_CUDA_4BIT=tinygemm, worker/model/int4_weights.py),
+by our block kernels on a CPU (worker/model/cpu_quantization.py: bitsandbytes' CPU path is slower
+than float32 there).
 
 Everything that can make a model unusable is found here, at load time, with a clear error: a device
 that is not there, a quantization the layers cannot take, a model that cannot run a forward pass.
@@ -20,9 +21,10 @@ from shared.errors import DeviceUnavailableError, ModelLoadFailedError, Quantiza
 from shared.gguf import is_model_folder, pick_gguf
 from shared.gguf import prepare as prepare_gguf
 from shared.model_types import CONTEXT_LENGTH_KEYS, ModelType, Task
-from shared.settings import Quantization
+from shared.settings import Cuda4bit, Quantization
 from worker.model.architectures import model_class
 from worker.model.cpu_quantization import quantize_for_cpu
+from worker.model.int4_weights import quantize_int4
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def load_model(
     quantization: Quantization,
     device: str,
     trust_remote_code: bool = False,
+    cuda_4bit: Cuda4bit = "bitsandbytes",
 ) -> Loaded:
     """Load the model and tokenizer in `path` onto `device`, quantized as asked, and check it runs.
 
@@ -72,7 +75,8 @@ def load_model(
     dtype = _dtype_for(dev)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": str(dev)}}
     kwargs["trust_remote_code"] = trust_remote_code  # only for the models DUKAT_TRUST_REMOTE_CODE names
-    on_bnb = quantization != "none" and dev.type != "cpu"
+    int4 = quantization == "4bit" and dev.type == "cuda" and cuda_4bit == "tinygemm"
+    on_bnb = quantization != "none" and dev.type != "cpu" and not int4
     if on_bnb:
         kwargs["quantization_config"] = _bnb_config(quantization, dtype)
     tokenizer = _load_tokenizer(path, trust_remote_code)
@@ -84,6 +88,11 @@ def load_model(
     model.eval()
     if on_bnb:
         _check_quantized(model, quantization)
+    elif int4:
+        if not quantize_int4(model):
+            kind = model.config.model_type
+            raise QuantizationError(f"4bit (tinygemm) found no linear layer it can take in this {kind} model")
+        logger.info("4bit on CUDA runs on torch's int4 kernel (tinygemm)")
     elif quantization != "none":
         kernel = quantize_for_cpu(model, quantization)
         logger.info("%s on the CPU runs on %s kernels", quantization, kernel)

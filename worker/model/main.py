@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import json
 import logging
@@ -51,6 +52,13 @@ def pin_device(device: str, threads: int) -> str:
     """
     os.environ.update(pinned_env(device, threads))  # the host sets these too; a worker run by hand needs them
     return "cuda:0" if device_kind(device) == "cuda" else "cpu"
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap a load freed back to the OS: a quantized load first builds the float model,
+    and glibc keeps what it freed (Gemma 3 270M 4bit: RSS 1147 -> 927 MB). Elsewhere: nothing."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _fail(exc: BaseException, model_id: str) -> None:
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             own_decode_step=settings.own_decode_step,
             cuda_graphs=settings.cuda_graphs,
             cuda_graph_kv_tokens=settings.cuda_graph_kv_tokens,
+            cuda_4bit=settings.cuda_4bit,
             grammar_limits=GrammarLimits.of(settings),
             # The host's environment: a model's own code runs only where an admin named the model.
             trust_remote_code=any(fnmatchcase(args.model_id, p) for p in load_settings().trust_remote_code),
@@ -165,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     # collection no longer walks them in the middle of a batch (200+ ms stalls on a first token).
     gc.collect()
     gc.freeze()
+    _return_freed_memory()
     e = engine.info
     # The host's device name (cuda:N), not the one this process sees (always cuda:0).
     engine_facts = {**msgspec.structs.asdict(e), "device": args.device}
