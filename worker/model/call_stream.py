@@ -48,10 +48,11 @@ class _Call:
 class CallReader:
     """Feed generated text; `deltas()` takes the call deltas made so far, `calls` holds the finished
     calls. `name`: the text is the arguments of this function (a named tool_choice); None: the text
-    holds call objects."""
+    holds call objects (`arrays_only`: only inside a top-level array, for formats that write a
+    call's arguments as a top-level object after its name, which may well have a "name" key)."""
 
-    def __init__(self, name: str | None = None) -> None:
-        self.name = name
+    def __init__(self, name: str | None = None, *, arrays_only: bool = False) -> None:
+        self.name, self.arrays_only = name, arrays_only
         self.text = ""
         self.calls: list[ToolCall] = []
         self.announced = 0  # calls whose first delta went out
@@ -131,7 +132,7 @@ class CallReader:
 
     def _opened(self, i: int, char: str) -> None:
         # A call object: a top-level object, or an object right inside a top-level array.
-        top = len(self._stack) == 1 or self._stack == ["[", "{"]
+        top = (len(self._stack) == 1 and not self.arrays_only) or self._stack == ["[", "{"]
         if self.name is None and self._call is None and char == "{" and top:
             self._call = _Call(start=i, depth=len(self._stack))
 

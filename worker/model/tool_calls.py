@@ -172,12 +172,12 @@ class ToolCallScanner:
                 return ""
             self._at_start = False
             if stripped.startswith("{"):
-                self._held, self._reader = "", CallReader()
+                self._held, self._reader = "", _reader_for(self.fmt)
                 self._capture(stripped)
                 return ""
         start = _first_index(text, self._openers)
         if start is not None:
-            out, self._held, self._reader = text[:start], "", CallReader()
+            out, self._held, self._reader = text[:start], "", _reader_for(self.fmt)
             self._capture(text[start:])
         else:
             keep = _partial_suffix(text, self._openers)
@@ -217,6 +217,12 @@ class ToolCallScanner:
         self._captured += text
         self._reader.feed(text)
         self._deltas += self._reader.deltas()
+
+
+def _reader_for(fmt: ToolFormat) -> CallReader:
+    # Mistral v11 and DeepSeek write a call's arguments object alone after its name: only arrays
+    # (Mistral v3's) hold calls to read as they come.
+    return CallReader(arrays_only=fmt in (ToolFormat.MISTRAL, ToolFormat.DEEPSEEK))
 
 
 def _whole(calls: list[ToolCall]) -> list[CallDelta]:

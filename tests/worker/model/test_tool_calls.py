@@ -177,7 +177,12 @@ STREAMED_CALLS = {
     ),
     "llama3": (ToolFormat.LLAMA3, "auto", '{"name": "f", "parameters": {"q": 1}}; {"name": "g"}'),
     "mistral_v3": (ToolFormat.MISTRAL, "auto", '[TOOL_CALLS] [{"name": "f", "arguments": {"long": "abcd"}}]'),
-    "mistral_v11": (ToolFormat.MISTRAL, "auto", '[TOOL_CALLS]f[ARGS]{"a": 1}'),
+    "mistral_v11": (ToolFormat.MISTRAL, "auto", '[TOOL_CALLS]get_user[ARGS]{"name": "Bob"}'),
+    "deepseek_v31": (
+        ToolFormat.DEEPSEEK,
+        "auto",
+        '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_user<｜tool▁sep｜>{"name": "Bob"}<｜tool▁call▁end｜>',
+    ),
 }
 
 
@@ -190,6 +195,7 @@ def test_streamed_call_pieces_join_to_the_calls_found(case: tuple[ToolFormat, An
     assert content == ("Let me see. " if fmt is ToolFormat.HERMES else "")
     assert joined(pieces) == [(c.id, c.function.name, c.function.arguments) for c in calls]
     assert all(isinstance(json.loads(c.function.arguments), dict) for c in calls)
+    assert all(c.function.name != "Bob" for c in calls)  # arguments with a "name" are no call
 
 
 def test_a_calls_arguments_stream_as_they_come() -> None:
