@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from gateway.manager import AsyncModelManager
 from gateway.prefix_routing import prefix_key
 from gateway.schemas import ChoiceEvent
-from shared.generation import GenerateRequest, GenerateResult, Reasoning, SamplingParams, StreamItem
+from shared.generation import GenerateRequest, GenerateResult, SamplingParams, StreamItem
 from shared.wire_client import WorkerConnection
 
 
@@ -86,12 +86,12 @@ async def _indexed(index: int, stream: AsyncIterator[StreamItem]) -> AsyncIterat
 
 
 async def _merged(
-    streams: list[AsyncIterator[str | Reasoning | GenerateResult]], at_once: int, release: Callable[[], None]
+    streams: list[AsyncIterator[StreamItem]], at_once: int, release: Callable[[], None]
 ) -> AsyncIterator[ChoiceEvent]:
     queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
     slots = asyncio.Semaphore(at_once)
 
-    async def pump(index: int, stream: AsyncIterator[str | Reasoning | GenerateResult]) -> None:
+    async def pump(index: int, stream: AsyncIterator[StreamItem]) -> None:
         try:
             async with slots:  # a stream sends its request on its first iteration
                 async for event in _indexed(index, stream):

@@ -29,10 +29,10 @@ from shared.generation import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
-    Reasoning,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
+    StreamItem,
 )
 from shared.host_api import HostState, WorkerState
 from shared.settings import Settings
@@ -174,7 +174,7 @@ class Dispatcher:
 
     async def stream(
         self, model_id: str | None, request: GenerateRequest
-    ) -> tuple[str, AsyncIterator[str | Reasoning | GenerateResult]]:
+    ) -> tuple[str, AsyncIterator[StreamItem]]:
         """The model's id and its stream of text deltas, then the final result. Picking the worker (and
         loading the model) happens here; the request is sent on the stream's first iteration."""
         self.with_keep_alive(model_id, [request])
@@ -218,7 +218,7 @@ class Dispatcher:
 
     async def _stream(
         self, mid: str, workers: list[WorkerState], request: GenerateRequest
-    ) -> AsyncIterator[str | Reasoning | GenerateResult]:
+    ) -> AsyncIterator[StreamItem]:
         defaults = self.replicas.defaults_for(mid)
         order = self.connections.by_load(workers, prefix_routing.prefix_key(request))
         stream = self.connections.to(order[0]).stream(request, defaults)

@@ -232,8 +232,29 @@ class Reasoning(Struct, kw_only=True):
     text: str
 
 
-# What a generation stream yields: answer text, thinking text, then the result.
-StreamItem = str | Reasoning | GenerateResult
+class TextWithLogprobs(Struct, kw_only=True):
+    """A streamed piece of the answer with the logprobs of the tokens since the previous piece
+    (requests that asked for logprobs; the result's `logprobs` still lists them all)."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+
+
+class CallDelta(Struct, kw_only=True):
+    """A streamed piece of tool call `index`: its first names it (`id`, `name`), the next ones add
+    to its arguments' JSON text; a call's pieces join to the result's call."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+# What a generation stream yields: answer text (with its logprobs when asked), thinking text, tool
+# call pieces, then the result.
+StreamItem = str | Reasoning | TextWithLogprobs | CallDelta | GenerateResult
+# What a reply hands its consumer before the result.
+StreamPiece = str | Reasoning | TextWithLogprobs | CallDelta
 
 
 class EmbedRequest(Struct, kw_only=True):

@@ -14,6 +14,7 @@ from msgspec import Struct
 
 from shared.errors import DukatError, error_from_code
 from shared.generation import (
+    CallDelta,
     EmbedRequest,
     EmbedResult,
     GenerateRequest,
@@ -21,6 +22,7 @@ from shared.generation import (
     SamplingParams,
     ScoreRequest,
     ScoreResult,
+    TokenLogprob,
 )
 
 _HEADER = struct.Struct("!I")
@@ -105,10 +107,12 @@ class Accepted(Struct, tag="accepted", kw_only=True, forbid_unknown_fields=True)
     id: int
 
 
-class Delta(Struct, tag="delta", kw_only=True, forbid_unknown_fields=True):
+class Delta(Struct, tag="delta", kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     id: int
-    text: str
+    text: str = ""
     reasoning: bool = False  # a piece of the thinking block, not of the answer
+    logprobs: list[TokenLogprob] | None = None  # of the tokens that made `text` (when asked for)
+    call: CallDelta | None = None  # a piece of a tool call instead of text
 
 
 class Result(Struct, tag="result", kw_only=True, forbid_unknown_fields=True):

@@ -32,6 +32,9 @@ from shared.generation import (
     SamplingParams,
     ScoreRequest,
     ScoreResult,
+    StreamItem,
+    StreamPiece,
+    TextWithLogprobs,
 )
 from shared.wire import (
     Accepted,
@@ -244,8 +247,9 @@ class WorkerConnection:
 
     async def stream(
         self, request: GenerateRequest, defaults: SamplingParams | None = None, ticket: int | None = None
-    ) -> AsyncIterator[str | Reasoning | GenerateResult]:
-        """Text deltas, then the final result. Closing the iterator early cancels the generation."""
+    ) -> AsyncIterator[StreamItem]:
+        """Text deltas (and tool-call pieces), then the final result. Closing the iterator early
+        cancels the generation."""
         deadline = self._deadline(self.request_timeout_s)
         first = self._deadline(self.first_token_timeout_s)
         started = time.perf_counter()
@@ -261,7 +265,7 @@ class WorkerConnection:
                 if isinstance(frame, Delta):
                     if first_token_s is None:
                         first_token_s = time.perf_counter() - started
-                    yield Reasoning(text=frame.text) if frame.reasoning else frame.text
+                    yield piece_of(frame)
                 elif isinstance(frame, Result):
                     done = True
                     if self.observer is not None:
@@ -332,3 +336,14 @@ class WorkerConnection:
 
 def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+def piece_of(frame: Delta) -> StreamPiece:
+    """What a streamed frame carries: text, thinking, text with its logprobs, or a tool call's piece."""
+    if frame.call is not None:
+        return frame.call
+    if frame.reasoning:
+        return Reasoning(text=frame.text)
+    if frame.logprobs is not None:
+        return TextWithLogprobs(text=frame.text, logprobs=frame.logprobs)
+    return frame.text

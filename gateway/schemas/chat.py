@@ -1,7 +1,8 @@
 """`/v1/chat/completions`: the request as clients send it, the response and its stream chunks.
 
-Streams are driven by `ChoiceEvent`s, `(choice index, text delta | final GenerateResult)`, so that
-`n > 1` generations interleave; `ChatChunks.stream` turns them into OpenAI's chunk sequence.
+Streams are driven by `ChoiceEvent`s, `(choice index, streamed piece | final GenerateResult)`, so
+that `n > 1` generations interleave; `ChatChunks.stream` turns them into OpenAI's chunk sequence:
+text with its tokens' logprobs, a tool call's arguments as the model writes them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from gateway.schemas.tools import (
     tool_plan,
 )
 from shared.generation import (
+    CallDelta,
     FinishReason,
     FunctionCall,
     GenerateRequest,
@@ -45,6 +47,8 @@ from shared.generation import (
     Message,
     Reasoning,
     SamplingParams,
+    StreamItem,
+    TextWithLogprobs,
     ToolCall,
 )
 from shared.settings import Settings
@@ -284,14 +288,18 @@ class ChatChunks(Chunks[ChatCompletionChunk]):
     def id(self) -> str:
         return chat_id(self.request_id)
 
-    def of_event(
-        self, index: int, event: str | Reasoning | GenerateResult, *, first: bool
-    ) -> tuple[ChatCompletionChunk, ...]:
+    def of_event(self, index: int, event: StreamItem, *, first: bool) -> tuple[ChatCompletionChunk, ...]:
         head = (self.role(index),) if first else ()
-        if isinstance(event, GenerateResult):
-            return (*head, *self.ending(event, index))
-        if isinstance(event, Reasoning):
-            return (*head, self.thinking(event.text, index)) if event.text else head
+        match event:
+            case GenerateResult():
+                return (*head, *self.ending(event, index))
+            case Reasoning():
+                return (*head, self.thinking(event.text, index)) if event.text else head
+            case TextWithLogprobs():
+                self.sent_logprobs(index, event.logprobs)
+                return (*head, self.content(event.text, index, chat_logprobs(event.logprobs)))
+            case CallDelta():
+                return (*head, *self.call_piece(event, index))
         return (*head, self.content(event, index)) if event else head
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
@@ -311,8 +319,24 @@ class ChatChunks(Chunks[ChatCompletionChunk]):
         delta = ChatDelta(reasoning_content=text, reasoning=text)
         return self._chunk([ChatChunkChoice(index=index, delta=delta)])
 
-    def content(self, text: str, index: int = 0) -> ChatCompletionChunk:
-        return self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=text))])
+    def content(self, text: str, index: int = 0, logprobs: ChatLogprobs | None = None) -> ChatCompletionChunk:
+        return self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=text), logprobs=logprobs)])
+
+    def call_piece(self, piece: CallDelta, index: int = 0) -> tuple[ChatCompletionChunk, ...]:
+        """A tool call's first piece (id, type, name) or more of its arguments."""
+        if self.legacy and piece.index > 0:
+            return ()  # the functions API has one call
+        if piece.id is not None:
+            self.calls_sent.setdefault(index, set()).add(piece.index)
+        if self.legacy:
+            delta = ChatDelta(function_call=DeltaFunction(name=piece.name, arguments=piece.arguments))
+        else:
+            function = DeltaFunction(name=piece.name, arguments=piece.arguments)
+            kind: Literal["function"] | None = "function" if piece.id is not None else None
+            delta = ChatDelta(
+                tool_calls=[DeltaToolCall(index=piece.index, id=piece.id, type=kind, function=function)]
+            )
+        return (self._chunk([ChatChunkChoice(index=index, delta=delta)]),)
 
     def finish(self, reason: FinishReason | GenerateResult, index: int = 0) -> ChatCompletionChunk:
         if isinstance(reason, GenerateResult):
@@ -322,16 +346,22 @@ class ChatChunks(Chunks[ChatCompletionChunk]):
         return self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)])
 
     def ending(self, result: GenerateResult, index: int = 0) -> tuple[ChatCompletionChunk, ...]:
-        """A choice's last chunks: its logprobs (all at once), its tool calls, its finish reason."""
+        """A choice's last chunks: the logprobs of tokens that sent no text (a stop sequence, a tool
+        call), the tool calls not streamed, its finish reason."""
         out = []
-        if result.logprobs is not None:
-            logprobs = chat_logprobs(result.logprobs)
+        sent = self.logprobs_sent.get(index, 0)
+        if result.logprobs is not None and (result.logprobs[sent:] or not sent):
+            logprobs = chat_logprobs(result.logprobs[sent:])
             out.append(
                 self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=""), logprobs=logprobs)])
             )
         calls = result.tool_calls or []
+        announced = self.calls_sent.get(index, set())
         for i, call in enumerate(calls[:1] if self.legacy else calls):
-            out += [self._chunk([ChatChunkChoice(index=index, delta=d)]) for d in self._call_deltas(i, call)]
+            if i not in announced:
+                out += [
+                    self._chunk([ChatChunkChoice(index=index, delta=d)]) for d in self._call_deltas(i, call)
+                ]
         return (*out, self.finish(result, index))
 
     def _call_deltas(self, i: int, call: ToolCall) -> list[ChatDelta]:

@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from shared.errors import InvalidRequestError
-from shared.generation import FinishReason, GenerateResult, Reasoning, SamplingParams, StreamItem
+from shared.generation import FinishReason, GenerateResult, SamplingParams, StreamItem, TokenLogprob
 from shared.keep_alive import KEEP_ALIVE_PATTERN, parse_keep_alive
 
 # Ranges as OpenAI documents them; `n` is capped (OpenAI: 128) so one request can't queue thousands.
@@ -41,8 +41,8 @@ KeepAlive = Annotated[str, Meta(extra_json_schema={"pattern": KEEP_ALIVE_PATTERN
 
 OpenAIFinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
-# What a stream of generations yields: (choice index, text delta | the choice's final result).
-ChoiceEvent = tuple[int, str | Reasoning | GenerateResult]
+# What a stream of generations yields: (choice index, a streamed piece | the choice's final result).
+ChoiceEvent = tuple[int, StreamItem]
 
 
 class StreamOptions(Struct, kw_only=True):
@@ -154,6 +154,9 @@ class Chunks(abc.ABC, Generic[Chunk]):
     request_id: str
     include_usage: bool = False
     created: int = dataclasses.field(default_factory=now)
+    # Per choice: logprob entries sent with their text, indexes of the tool calls announced.
+    logprobs_sent: dict[int, int] = dataclasses.field(default_factory=dict)
+    calls_sent: dict[int, set[int]] = dataclasses.field(default_factory=dict)
 
     async def stream(self, events: AsyncIterable[ChoiceEvent]) -> AsyncIterator[tuple[Chunk, ...]]:
         results: dict[int, GenerateResult] = {}
@@ -167,6 +170,9 @@ class Chunks(abc.ABC, Generic[Chunk]):
                 yield chunks
         if self.include_usage:
             yield (self.usage([results[i] for i in sorted(results)]),)
+
+    def sent_logprobs(self, index: int, items: Sequence[TokenLogprob]) -> None:
+        self.logprobs_sent[index] = self.logprobs_sent.get(index, 0) + len(items)
 
     @abc.abstractmethod
     def of_event(self, index: int, event: StreamItem, *, first: bool) -> tuple[Chunk, ...]:

@@ -28,7 +28,16 @@ from gateway.schemas.common import (
 from gateway.schemas.json_schema import bound, text_input, token_ids_input
 from gateway.schemas.logprobs import CompletionLogprobs, completion_logprobs
 from gateway.schemas.sampling import SamplingRequest
-from shared.generation import GenerateRequest, GenerateResult, Reasoning, SamplingParams
+from shared.generation import (
+    CallDelta,
+    GenerateRequest,
+    GenerateResult,
+    Reasoning,
+    SamplingParams,
+    StreamItem,
+    TextWithLogprobs,
+    TokenLogprob,
+)
 from shared.settings import Settings
 
 # OpenAI's default for this endpoint (the chat endpoint has none).
@@ -169,20 +178,24 @@ class CompletionChunks(Chunks[CompletionResponse]):
 
     n: int = 1
     echo_prompts: Sequence[str] | None = None
+    text_offsets: dict[int, int] = dataclasses.field(default_factory=dict)  # per choice, of its next token
 
     @property
     def id(self) -> str:
         return completion_id(self.request_id)
 
-    def of_event(
-        self, index: int, event: str | Reasoning | GenerateResult, *, first: bool
-    ) -> tuple[CompletionResponse, ...]:
+    def of_event(self, index: int, event: StreamItem, *, first: bool) -> tuple[CompletionResponse, ...]:
         echo = self.echo_prompts
         head = (self.text(echo[index // self.n], index),) if first and echo else ()
-        if isinstance(event, GenerateResult):
-            return (*head, self.finish(event, index))
-        if isinstance(event, Reasoning):  # raw completions are never split; the seed API's prompts may be
-            return head
+        match event:
+            case GenerateResult():
+                return (*head, self.finish(event, index))
+            case Reasoning() | CallDelta():  # raw completions are never split; the seed API's may be
+                return head
+            case TextWithLogprobs() if not echo:  # an echoed prompt's logprobs come with the result
+                return (*head, self.text(event.text, index, self._logprobs_of(index, event.logprobs)))
+            case TextWithLogprobs():
+                return (*head, self.text(event.text, index))
         return (*head, self.text(event, index)) if event else head
 
     def _chunk(self, choices: list[CompletionChoice], usage: Usage | UnsetType = UNSET) -> CompletionResponse:
@@ -190,15 +203,26 @@ class CompletionChunks(Chunks[CompletionResponse]):
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
         )
 
-    def text(self, text: str, index: int = 0) -> CompletionResponse:
-        return self._chunk([CompletionChoice(index=index, text=text)])
+    def text(
+        self, text: str, index: int = 0, logprobs: CompletionLogprobs | None = None
+    ) -> CompletionResponse:
+        return self._chunk([CompletionChoice(index=index, text=text, logprobs=logprobs)])
+
+    def _logprobs_of(self, index: int, items: Sequence[TokenLogprob]) -> CompletionLogprobs:
+        """`items` with their text offsets in the choice's whole text."""
+        offset = self.text_offsets.get(index, 0)
+        self.text_offsets[index] = offset + sum(len(t.token) for t in items)
+        self.sent_logprobs(index, items)
+        return completion_logprobs(items, offset=offset)
 
     def finish(self, result: GenerateResult, index: int = 0) -> CompletionResponse:
-        """A choice's last chunk: its finish reason, and its logprobs (all at once) when asked for."""
+        """A choice's last chunk: its finish reason, and the logprobs not sent with their text."""
         reason = openai_finish_reason(result.finish_reason)
-        return self._chunk(
-            [CompletionChoice(index=index, text="", logprobs=_logprobs(result), finish_reason=reason)]
-        )
+        sent = self.logprobs_sent.get(index, 0)
+        logprobs = _logprobs(result)
+        if sent and result.logprobs is not None:
+            logprobs = self._logprobs_of(index, result.logprobs[sent:])
+        return self._chunk([CompletionChoice(index=index, text="", logprobs=logprobs, finish_reason=reason)])
 
     def usage(self, results: Sequence[GenerateResult]) -> CompletionResponse:
         return self._chunk([], usage=usage_of(results, n=self.n))

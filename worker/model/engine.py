@@ -35,10 +35,11 @@ from shared.generation import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
-    Reasoning,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
+    StreamItem,
+    StreamPiece,
 )
 from shared.model_types import MODEL_TYPES, ModelType, PromptFormat, Task
 from shared.settings import DEFAULTS, Cuda4bit, Quantization
@@ -215,7 +216,7 @@ class Engine:
         Request errors (task, prompt, context length, a full queue) raise here, before the first
         item. Closing the stream (or dropping it) ends the request.
         """
-        items: queue.SimpleQueue[str | Reasoning | GenerateResult | BaseException] = queue.SimpleQueue()
+        items: queue.SimpleQueue[StreamItem | BaseException] = queue.SimpleQueue()
         end = self.start(req, defaults, cancel, on_text=items.put, on_done=items.put)
         return TextStream(items, end)
 
@@ -225,7 +226,7 @@ class Engine:
         defaults: SamplingParams | None = None,
         cancel: threading.Event | None = None,
         *,
-        on_text: Callable[[str | Reasoning], None],
+        on_text: Callable[[StreamPiece], None],
         on_done: Callable[[GenerateResult | BaseException], None],
         on_step: Callable[[], None] | None = None,
     ) -> Callable[[], None]:

@@ -30,7 +30,7 @@ import msgspec
 
 from shared.errors import InternalError
 from shared.generation import Constraint
-from worker.model.json_grammar import json_schema_ebnf
+from worker.model.json_grammar import json_schema_ebnf, regex_ebnf
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +167,11 @@ def compile_constraint(
 ) -> Any:
     """`compiler`'s grammar for a constraint (the model worker and the compile box both use it)."""
     if kind == "json" and schema is None:  # json_object: any object
-        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False, strict_mode=False)
+        return compiler.compile_grammar(json_schema_ebnf('{"type": "object"}', strict_mode=False))
     if kind == "json" and schema is not None:  # xgrammar's own grammar with JSON-safe bounded strings
         return compiler.compile_grammar(json_schema_ebnf(schema))
     if kind == "regex" and regex is not None:
-        return compiler.compile_regex(regex)
+        return compiler.compile_grammar(regex_ebnf(regex))
     if kind == "choice" and choices:
         return compiler.compile_grammar("root ::= " + " | ".join(json.dumps(c) for c in choices))
     raise ValueError(f"a {kind} constraint needs its {'regex' if kind == 'regex' else 'choices'}")

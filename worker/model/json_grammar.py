@@ -13,6 +13,11 @@ xgrammar also reads an `allOf` with more than one part, or beside other keywords
 hand-written schemas put `{"allOf": [{"required": [...]}]}` next to `properties`), as *any JSON*:
 we merge such parts into one schema first (properties joined, required united) when they don't
 conflict.
+
+xgrammar (0.2.8) takes a UTF-8 encoded surrogate (ED A0 80 .. ED BF BF) as one character of `[^...]`
+and of `.`, though it is no text: the detokenizer writes each as three U+FFFD, so on a byte-level
+model a string of `maxLength` 4 came back 6 characters long. Every negated class (and regex's any
+character) leaves out U+D800-U+DFFF (`without_surrogates`).
 """
 
 from __future__ import annotations
@@ -29,11 +34,38 @@ _BOUNDED_CHARACTER = re.compile(r'^(\w+_characters) ::= \(\(\[\^\\"\\\\\\r\\n\]\
 _JSON_CHARACTER = r'(([^\0-\x1f\"\\]) | ("\\" (([\"\\/bfnrt]) | ("u" [A-Fa-f0-9]{4}))))'
 
 
-def json_schema_ebnf(schema: str) -> str:
+def json_schema_ebnf(schema: str, *, strict_mode: bool = True) -> str:
     """The EBNF of `schema` (xgrammar's conversion, compact separators) with JSON-safe bounded
-    strings. Raises what xgrammar raises for a schema it can't take."""
-    ebnf = str(xg.Grammar.from_json_schema(_with_all_of_merged(schema), any_whitespace=False))
-    return _BOUNDED_CHARACTER.sub(lambda m: f"{m.group(1)} ::= {_JSON_CHARACTER}", ebnf)
+    strings and no surrogates. Raises what xgrammar raises for a schema it can't take."""
+    grammar = xg.Grammar.from_json_schema(
+        _with_all_of_merged(schema), any_whitespace=False, strict_mode=strict_mode
+    )
+    ebnf = _BOUNDED_CHARACTER.sub(lambda m: f"{m.group(1)} ::= {_JSON_CHARACTER}", str(grammar))
+    return without_surrogates(ebnf)
+
+
+def regex_ebnf(regex: str) -> str:
+    """The EBNF of `regex` (xgrammar's conversion) without surrogates."""
+    return without_surrogates(str(xg.Grammar.from_regex(regex)))
+
+
+# A quoted literal (left as is: a `const` may hold "[^"), or a character class.
+_LITERAL_OR_CLASS = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]')
+_ANY_CHARACTER = r"[\0-\U0010ffff]"
+
+
+def without_surrogates(ebnf: str) -> str:
+    """`ebnf` with U+D800-U+DFFF left out of its negated classes and of its any-character class."""
+
+    def fix(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == _ANY_CHARACTER:
+            return r"[^\ud800-\udfff]"
+        if token.startswith("[^"):
+            return r"[^\ud800-\udfff" + token[2:]
+        return token
+
+    return _LITERAL_OR_CLASS.sub(fix, ebnf)
 
 
 # Keywords that say nothing about what validates: the first part's is kept.

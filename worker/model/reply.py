@@ -15,6 +15,8 @@ from shared.generation import (
     Reasoning,
     SamplingParams,
     StreamItem,
+    StreamPiece,
+    TextWithLogprobs,
     Timings,
     TokenLogprob,
     ToolParsing,
@@ -54,7 +56,7 @@ class Plan:
 
 def deliver(
     reply: Reply,
-    on_text: Callable[[str | Reasoning], None],
+    on_text: Callable[[StreamPiece], None],
     on_done: Callable[[GenerateResult | BaseException], None],
     item: int | BaseException | None,
 ) -> None:
@@ -101,6 +103,7 @@ class Reply:
         self.plan, self.started = plan, started
         self.count, self.first, self.finish = 0, 0.0, "length"
         self.over = plan.max_new_tokens <= 0  # no more tokens wanted
+        self._logged = 0  # logprob records already sent with their text
 
     def feed(self, token: int | None) -> tuple[str, str]:
         """The thinking and answer text `token` adds (None: the scheduler ended the row, i.e. a
@@ -132,17 +135,29 @@ class Reply:
                 thought, text = thought + more_thought, text + more_text
         return thought, self.tools.feed(text)
 
-    @staticmethod
-    def emit(pieces: tuple[str, str], on_text: Callable[[str | Reasoning], None]) -> None:
+    def emit(self, pieces: tuple[str, str], on_text: Callable[[StreamPiece], None]) -> None:
+        """Thinking, then answer text (with the logprobs of its tokens not sent yet, when asked),
+        then the tool-call pieces that are ready."""
         thought, text = pieces
         if thought:
             on_text(Reasoning(text=thought))
         if text:
-            on_text(text)
+            on_text(self._with_logprobs(text))
+        for delta in self.tools.deltas():
+            on_text(delta)
+
+    def _with_logprobs(self, text: str) -> str | TextWithLogprobs:
+        vocab = self.plan.vocab
+        if vocab is None:
+            return text
+        records = self.job.logprob_records
+        new = [r for r in records[self._logged :] if r.token not in self.plan.stop_ids]
+        self._logged = len(records)
+        return TextWithLogprobs(text=text, logprobs=token_logprobs(vocab, new, [r.token for r in new]))
 
     def conclude(
         self,
-        on_text: Callable[[str | Reasoning], None],
+        on_text: Callable[[StreamPiece], None],
         on_done: Callable[[GenerateResult | BaseException], None],
     ) -> None:
         """What is still held back, then the result."""
@@ -169,9 +184,9 @@ class Reply:
         on_done(result)
 
 
-class TextStream(Iterator[str | Reasoning | GenerateResult]):
-    """What `stream` returns: text deltas, then the GenerateResult. Closing it, or losing it, ends
-    its request, even before the first item."""
+class TextStream(Iterator[StreamItem]):
+    """What `stream` returns: text deltas (and tool-call pieces), then the GenerateResult. Closing
+    it, or losing it, ends its request, even before the first item."""
 
     def __init__(
         self, items: queue.SimpleQueue[StreamItem | BaseException], end: Callable[[], None]
@@ -180,7 +195,7 @@ class TextStream(Iterator[str | Reasoning | GenerateResult]):
         self._end = end
         self._over = False
 
-    def __next__(self) -> str | Reasoning | GenerateResult:
+    def __next__(self) -> StreamItem:
         if self._over:
             raise StopIteration
         item = self._items.get()

@@ -17,7 +17,10 @@ The format is found from the chat template, no flag needed:
   message itself (`generic_tools_prompt`) and asks for the HERMES block, which it then parses.
 
 `ToolCallScanner` is fed the reply's text deltas: it passes content through until a call starts
-(holding back text that may be the start of a marker), then keeps the rest for parsing at the end.
+(holding back text that may be the start of a marker), then reads the calls as they come
+(worker/model/call_stream.py: their arguments stream as generated). Formats whose calls are no JSON
+objects with a name (Mistral v11's `name[ARGS]`, DeepSeek's) are parsed at the end, each call then
+sent whole; text after a marker that holds no call is content after all.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from __future__ import annotations
 import enum
 import json
 import re
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from shared.generation import FunctionCall, ToolCall, ToolParsing
+from shared.generation import CallDelta, FunctionCall, ToolCall, ToolParsing
+from worker.model.call_stream import CallReader, new_call_id
 
 
 class ToolFormat(enum.Enum):
@@ -101,10 +104,6 @@ def generic_call_text(calls: Sequence[ToolCall]) -> str:
     return "\n".join(blocks)
 
 
-def new_call_id() -> str:
-    return f"call_{secrets.token_hex(12)}"
-
-
 def make_call(name: str, arguments: Any) -> ToolCall:
     text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
     return ToolCall(id=new_call_id(), function=FunctionCall(name=name, arguments=text))
@@ -139,16 +138,19 @@ def parse_forced(text: str, parsing: ToolParsing, name: str | None) -> list[Tool
 
 
 class ToolCallScanner:
-    """Splits a streamed reply into content deltas and tool-call text (see the module doc)."""
+    """Splits a streamed reply into content deltas and tool calls (see the module doc)."""
 
     def __init__(self, fmt: ToolFormat, parsing: ToolParsing, name: str | None = None) -> None:
         self.fmt, self.parsing, self.name = fmt, parsing, name
-        self._capturing = parsing in ("calls", "arguments")
         self._openers = _OPENERS[fmt]
         self._held = ""
         self.content = ""  # what was passed through
         self._captured = ""
+        self._reader: CallReader | None = None
+        self._deltas: list[CallDelta] = []
         self._at_start = True
+        if parsing in ("calls", "arguments"):
+            self._reader = CallReader(name if parsing == "arguments" else None)
 
     @property
     def active(self) -> bool:
@@ -159,8 +161,8 @@ class ToolCallScanner:
         if not self.active:
             self.content += delta
             return delta
-        if self._capturing:
-            self._captured += delta
+        if self._reader is not None:
+            self._capture(delta)
             return ""
         text = self._held + delta
         if self._at_start and self.fmt is ToolFormat.LLAMA3:
@@ -170,32 +172,67 @@ class ToolCallScanner:
                 return ""
             self._at_start = False
             if stripped.startswith("{"):
-                self._captured, self._capturing, self._held = stripped, True, ""
+                self._held, self._reader = "", _reader_for(self.fmt)
+                self._capture(stripped)
                 return ""
         start = _first_index(text, self._openers)
         if start is not None:
-            out, self._captured, self._capturing, self._held = text[:start], text[start:], True, ""
+            out, self._held, self._reader = text[:start], "", _reader_for(self.fmt)
+            self._capture(text[start:])
         else:
             keep = _partial_suffix(text, self._openers)
             out, self._held = text[: len(text) - keep], text[len(text) - keep :]
         self.content += out
         return out
 
+    def deltas(self) -> list[CallDelta]:
+        """The tool-call pieces made since the last call."""
+        out, self._deltas = self._deltas, []
+        return out
+
     def finish(self) -> tuple[str, list[ToolCall]]:
-        """(content still held back, the calls found)."""
+        """(content still held back, the calls found); their last pieces wait in `deltas()`."""
         if not self.active:
             return "", []
-        if self.parsing in ("calls", "arguments"):
-            return "", parse_forced(self._captured, self.parsing, self.name)
+        reader = self._reader
         tail, self._held = self._held, ""
-        if not self._capturing:
+        if reader is None:
             self.content += tail
             return tail, []
-        content, calls = parse_tool_calls(self._captured, self.fmt)
+        calls = reader.finish()
+        self._deltas += reader.deltas()
+        if calls or reader.announced:
+            return tail, calls
+        if self.parsing in ("calls", "arguments"):
+            content, calls = "", parse_forced(self._captured, self.parsing, self.name)
+        else:
+            content, calls = parse_tool_calls(self._captured, self.fmt)
+        self._deltas += _whole(calls)
         if not calls:  # a marker with nothing parseable after it: it was content after all
             self.content += content
-            return tail + content, []
         return tail + content, calls
+
+    def _capture(self, text: str) -> None:
+        assert self._reader is not None
+        self._captured += text
+        self._reader.feed(text)
+        self._deltas += self._reader.deltas()
+
+
+def _reader_for(fmt: ToolFormat) -> CallReader:
+    # Mistral v11 and DeepSeek write a call's arguments object alone after its name: only arrays
+    # (Mistral v3's) hold calls to read as they come.
+    return CallReader(arrays_only=fmt in (ToolFormat.MISTRAL, ToolFormat.DEEPSEEK))
+
+
+def _whole(calls: list[ToolCall]) -> list[CallDelta]:
+    """The pieces of calls found at the end: each one's name, then its arguments at once."""
+    out = []
+    for i, call in enumerate(calls):
+        arguments = call.function.arguments
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        out += [CallDelta(index=i, id=call.id, name=call.function.name), CallDelta(index=i, arguments=text)]
+    return out
 
 
 def _first_index(text: str, openers: tuple[str, ...]) -> int | None:

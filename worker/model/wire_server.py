@@ -18,7 +18,17 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, WorkerFailedError
-from shared.generation import EmbedRequest, EmbedResult, GenerateResult, Reasoning, ScoreRequest, ScoreResult
+from shared.generation import (
+    CallDelta,
+    EmbedRequest,
+    EmbedResult,
+    GenerateResult,
+    Reasoning,
+    ScoreRequest,
+    ScoreResult,
+    StreamPiece,
+    TextWithLogprobs,
+)
 from shared.wire import (
     Accepted,
     Admit,
@@ -259,12 +269,9 @@ class WorkerServer:
         done: asyncio.Future[BaseException | None] = loop.create_future()
         stream = frame.stream
 
-        def on_text(piece: str | Reasoning) -> None:
+        def on_text(piece: StreamPiece) -> None:
             if stream:
-                delta = Delta(id=rid, text=piece) if isinstance(piece, str) else Delta(
-                    id=rid, text=piece.text, reasoning=True
-                )
-                outbox.add(writer, encode_frame(delta))
+                outbox.add(writer, encode_frame(delta_frame(rid, piece)))
 
         def on_done(item: GenerateResult | BaseException) -> None:
             if isinstance(item, GenerateResult):
@@ -303,6 +310,20 @@ class WorkerServer:
         if self.outbox is None or self.outbox.loop is not loop:
             self.outbox = Outbox(loop)
         return self.outbox
+
+
+def delta_frame(rid: int, piece: StreamPiece) -> Delta:
+    """The wire frame of one streamed piece."""
+    match piece:
+        case str():
+            return Delta(id=rid, text=piece)
+        case Reasoning():
+            return Delta(id=rid, text=piece.text, reasoning=True)
+        case TextWithLogprobs():
+            return Delta(id=rid, text=piece.text, logprobs=piece.logprobs)
+        case CallDelta():
+            return Delta(id=rid, call=piece)
+    raise AssertionError(f"unhandled stream piece {piece!r}")
 
 
 def _ticket_of(frame: Generate | Embed | Score, tickets: dict[int, Ticket]) -> Ticket | None:

@@ -50,9 +50,15 @@ def grammars(tiny_model_dir: Callable[[str], Path]) -> tuple[Grammars, object]:
 
 
 def random_model_output(
-    grammars: Grammars, tokenizer: object, constraint: Constraint, budget: int, seed: int
+    grammars: Grammars,
+    tokenizer: object,
+    constraint: Constraint,
+    budget: int,
+    seed: int,
+    bias: torch.Tensor | None = None,
 ) -> str:
-    """What a model of random logits writes under the grammar, sampling like the scheduler does."""
+    """What a model of random logits (plus `bias`) writes under the grammar, sampling like the
+    scheduler does."""
     generator = torch.Generator().manual_seed(seed)
     row = grammars.row(constraint, budget)
     vocab = grammars.vocab_size
@@ -62,6 +68,8 @@ def random_model_output(
         token = row.forced(remaining)
         if token is None:
             logits = torch.randn(1, vocab, generator=generator) * 4
+            if bias is not None:
+                logits += bias
             grammars.mask(logits, [(0, row)])
             sampled = int(torch.multinomial(torch.softmax(logits[0], -1), 1, generator=generator))
             token = row.accept(sampled, remaining)
@@ -136,6 +144,45 @@ def test_bounded_strings_take_escapes_as_one_character_and_no_control_characters
 
     assert takes('"ab"') and takes('"a\\nb"') and takes('"\\u00e9\\""')
     assert not takes('"a\x01b"') and not takes('"a\tb"') and not takes('"\\u00e9"')
+
+
+def surrogate_bias(book: Grammars) -> torch.Tensor:
+    """Logits that favour the byte tokens of UTF-8 encoded surrogates (ED, then A0-BF, then 80-BF)."""
+    bias = torch.zeros(1, book.vocab_size)
+    for token, raw in enumerate(book.vocab[: book.vocab_size]):
+        if raw == b"\xed" or (len(raw) == 1 and 0x80 <= raw[0] <= 0xBF):
+            bias[0, token] = 12.0
+    return bias
+
+
+SURROGATE_PRONE = {
+    "max_length": ({"type": "string", "maxLength": 4}, 4),
+    "array_of_bounded": ({"type": "array", "items": {"type": "string", "maxLength": 2}, "maxItems": 2}, 2),
+    "plain": ({"type": "string"}, None),
+}
+
+
+@pytest.mark.parametrize("case", SURROGATE_PRONE.values(), ids=SURROGATE_PRONE.keys())
+def test_byte_tokens_never_write_a_surrogate_so_max_length_counts_what_is_decoded(grammars, case) -> None:
+    """A byte-level model can write a surrogate's UTF-8 bytes one token at a time; xgrammar took each
+    as one character, the decoder writes three U+FFFD: a `maxLength` 4 string came back 6 long."""
+    (schema, longest), (book, tokenizer) = case, grammars
+    constraint = Constraint(kind="json", schema=json.dumps(schema))
+    for seed in range(8):
+        text = random_model_output(book, tokenizer, constraint, 48, seed, bias=surrogate_bias(book))
+        value = json.loads(text)
+        strings = value if isinstance(value, list) else [value]
+        assert "\ufffd" not in text, f"seed {seed}: {text!r}"
+        jsonschema.validate(value, schema)
+        assert longest is None or all(len(s) <= longest for s in strings)
+
+
+def test_regex_any_character_is_never_a_surrogate(grammars) -> None:
+    book, tokenizer = grammars
+    constraint = Constraint(kind="regex", regex=r"x.{2}y")
+    for seed in range(8):
+        text = random_model_output(book, tokenizer, constraint, 16, seed, bias=surrogate_bias(book))
+        assert "\ufffd" not in text and len(text) == 4, f"seed {seed}: {text!r}"
 
 
 def test_json_object_mode_gives_an_object(grammars) -> None:

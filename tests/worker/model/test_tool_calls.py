@@ -4,11 +4,12 @@ streaming scanner, and tool turns rendered for templates with and without tool s
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgspec
 import pytest
 
-from shared.generation import Message
+from shared.generation import CallDelta, Message, ToolCall
 from shared.model_types import PromptFormat
 from worker.model.prompts import render_fallback, template_messages
 from worker.model.tool_calls import (
@@ -136,6 +137,93 @@ def test_scanner_in_llama3_captures_a_reply_that_starts_with_json() -> None:
     assert scanner.feed('"parameters": {"a": 1}}') == ""
     tail, calls = scanner.finish()
     assert tail == "" and [(c.function.name, c.function.arguments) for c in calls] == [("f", '{"a": 1}')]
+
+
+def streamed(
+    scanner: ToolCallScanner, text: str, size: int = 1
+) -> tuple[str, list[CallDelta], list[ToolCall]]:
+    """`text` fed `size` characters at a time: (content, the call pieces, the calls)."""
+    content, pieces = "", []
+    for i in range(0, len(text), size):
+        content += scanner.feed(text[i : i + size])
+        pieces += scanner.deltas()
+    tail, calls = scanner.finish()
+    return content + tail, pieces + scanner.deltas(), calls
+
+
+def joined(pieces: list[CallDelta]) -> list[tuple[str | None, str | None, str]]:
+    """Each call's (id, name, arguments) from its pieces, as OpenAI's clients merge them."""
+    calls: dict[int, list[Any]] = {}
+    for piece in pieces:
+        call = calls.setdefault(piece.index, [None, None, ""])
+        if piece.id is not None:
+            assert call[0] is None and call[2] == "", "a call's first piece names it, before its arguments"
+            call[0], call[1] = piece.id, piece.name
+        call[2] += piece.arguments
+    return [tuple(c) for _, c in sorted(calls.items())]  # type: ignore[misc]
+
+
+STREAMED_CALLS = {
+    "hermes": (
+        ToolFormat.HERMES,
+        "auto",
+        'Let me see. <tool_call>\n{"name": "get_weather", "arguments": {"city": "P}s", "d": [1, {"a": 2}]}}'
+        '\n</tool_call>\n<tool_call>\n{"arguments": {}, "name": "get_time"}\n</tool_call>',
+    ),
+    "required_array": (
+        ToolFormat.GENERIC,
+        "calls",
+        '[{"name": "a", "arguments": {"x": "y\\"}"}}, {"name": "b", "arguments": "{\\"q\\": 1}"}]',
+    ),
+    "llama3": (ToolFormat.LLAMA3, "auto", '{"name": "f", "parameters": {"q": 1}}; {"name": "g"}'),
+    "mistral_v3": (ToolFormat.MISTRAL, "auto", '[TOOL_CALLS] [{"name": "f", "arguments": {"long": "abcd"}}]'),
+    "mistral_v11": (ToolFormat.MISTRAL, "auto", '[TOOL_CALLS]get_user[ARGS]{"name": "Bob"}'),
+    "deepseek_v31": (
+        ToolFormat.DEEPSEEK,
+        "auto",
+        '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_user<｜tool▁sep｜>{"name": "Bob"}<｜tool▁call▁end｜>',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STREAMED_CALLS.values(), ids=STREAMED_CALLS.keys())
+@pytest.mark.parametrize("size", [1, 7])
+def test_streamed_call_pieces_join_to_the_calls_found(case: tuple[ToolFormat, Any, str], size: int) -> None:
+    fmt, parsing, text = case
+    content, pieces, calls = streamed(ToolCallScanner(fmt, parsing), text, size)
+    assert calls
+    assert content == ("Let me see. " if fmt is ToolFormat.HERMES else "")
+    assert joined(pieces) == [(c.id, c.function.name, c.function.arguments) for c in calls]
+    assert all(isinstance(json.loads(c.function.arguments), dict) for c in calls)
+    assert all(c.function.name != "Bob" for c in calls)  # arguments with a "name" are no call
+
+
+def test_a_calls_arguments_stream_as_they_come() -> None:
+    scanner = ToolCallScanner(ToolFormat.HERMES, "auto")
+    assert scanner.feed('<tool_call>{"name": "note", "arguments": {"te') == ""
+    (first, start) = scanner.deltas()
+    assert (first.index, first.name, first.arguments) == (0, "note", "") and first.id
+    assert start.arguments == '{"te'
+    scanner.feed('xt": "hello')
+    assert [p.arguments for p in scanner.deltas()] == ['xt": "hello']
+    scanner.feed('"}}</tool_call>')
+    assert [p.arguments for p in scanner.deltas()] == ['"}']
+    assert [c.function.arguments for c in scanner.finish()[1]] == ['{"text": "hello"}']
+
+
+def test_named_call_streams_the_whole_output_as_its_arguments() -> None:
+    scanner = ToolCallScanner(ToolFormat.GENERIC, "arguments", "get_weather")
+    content, pieces, calls = streamed(scanner, '{"city": "Paris", "unit": "c"}', 3)
+    assert content == "" and len(pieces) > 3
+    assert joined(pieces) == [(calls[0].id, "get_weather", '{"city": "Paris", "unit": "c"}')]
+
+
+def test_a_call_cut_short_is_no_call_and_text_without_a_name_stays_content() -> None:
+    _, pieces, calls = streamed(ToolCallScanner(ToolFormat.GENERIC, "arguments", "f"), '{"city": "Pa')
+    assert calls == [] and joined(pieces)[0][2] == '{"city": "Pa'  # as OpenAI streams a cut call
+    text = '<tool_call>\n{"nom": 1, "arguments": {"a": 1}}'
+    content, pieces, calls = streamed(ToolCallScanner(ToolFormat.HERMES, "auto"), text)
+    assert (content, pieces, calls) == (text, [], [])
 
 
 HISTORY = [
