@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             prefix_cache_tokens=settings.prefix_cache_tokens,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             own_decode_step=settings.own_decode_step,
+            max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
             grammar_limits=GrammarLimits.of(settings),
             # The host's environment: a model's own code runs only where an admin named the model.
             trust_remote_code=any(fnmatchcase(args.model_id, p) for p in load_settings().trust_remote_code),

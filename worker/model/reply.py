@@ -50,6 +50,8 @@ class Plan:
     # reply is not split).
     thinking_open: bool | None = None
     harmony: bool = False  # a gpt-oss reply: its channels split it (worker/model/harmony.py)
+    # A prompt with images: the processor's tensors (pixel values ...) for its prefill.
+    model_inputs: dict[str, Any] | None = None
 
 
 def deliver(
