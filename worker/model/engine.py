@@ -69,7 +69,9 @@ _A_TASK = {
     Task.RERANK: "a rerank",
 }
 # Tool formats whose call markers are special tokens (decoding would drop them).
-_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3, ToolFormat.TAGGED, ToolFormat.DEEPSEEK})
+_SPECIAL_MARKERS = frozenset(
+    {ToolFormat.MISTRAL, ToolFormat.LLAMA3, ToolFormat.PYTHONIC, ToolFormat.TAGGED, ToolFormat.DEEPSEEK}
+)
 
 
 class Engine:
