@@ -130,7 +130,7 @@ def test_pythonic_text_that_is_not_a_list_of_literal_calls_stays_content(text: s
 
 def test_scanner_in_pythonic_captures_a_reply_that_starts_with_a_list() -> None:
     scanner = ToolCallScanner(ToolFormat.PYTHONIC, "auto")
-    assert scanner.feed("\n") == "" and scanner.feed("[get_time(") == "" and scanner.feed("zone='UTC')]") == ""
+    assert [scanner.feed(p) for p in ("\n", "[get_time(", "zone='UTC')]")] == ["", "", ""]
     tail, calls = scanner.finish()
     assert tail == "" and [(c.function.name, c.function.arguments) for c in calls] == [
         ("get_time", '{"zone": "UTC"}')
