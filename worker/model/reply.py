@@ -95,7 +95,7 @@ class Reply:
         self.tools = ToolCallScanner(plan.tool_format, plan.tool_parsing, plan.tool_name)
         self.think: ThinkSplitter | HarmonySplitter | None = None
         if plan.harmony:
-            self.think = HarmonySplitter()
+            self.think = HarmonySplitter(calls=plan.tool_parsing == "auto")
         elif plan.thinking_open is not None:
             self.think = ThinkSplitter(inside=plan.thinking_open)
         self.reasoning_tokens = 0
@@ -161,6 +161,8 @@ class Reply:
         result.cached_tokens = self.job.cached_tokens
         if self.think is not None and self.think.reasoning is not None:
             result.reasoning, result.reasoning_tokens = self.think.reasoning, self.reasoning_tokens
+        if isinstance(self.think, HarmonySplitter):
+            calls = [*self.think.calls, *calls]  # its commentary channel's calls
         if calls:
             result.tool_calls, result.finish_reason = calls, "tool_calls"
         plan = self.plan

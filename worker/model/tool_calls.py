@@ -18,6 +18,8 @@ The format is found from the chat template, no flag needed:
   (optionally between `<|python_start|>` and `<|python_end|>`): Llama 3.2 and Llama 4's pythonic
   templates, which ask for the `[func_name1(...` format. Read with `ast` (literals only: strings,
   numbers, booleans, None and JSON's true/false/null, lists, dicts), never evaluated.
+- HARMONY: gpt-oss's templates (`<|start|>`, `<|channel|>`) render the tools themselves; its calls
+  are messages to `functions.…` on the commentary channel, parsed by worker/model/harmony.py.
 - GENERIC: a template without tool support (or none): Dukat describes the tools in a system
   message itself (`generic_tools_prompt`) and asks for the HERMES block, which it then parses.
 
@@ -45,6 +47,7 @@ class ToolFormat(enum.Enum):
     DEEPSEEK = "deepseek"
     LLAMA3 = "llama3"
     PYTHONIC = "pythonic"
+    HARMONY = "harmony"
     GENERIC = "generic"
 
 
@@ -66,6 +69,7 @@ _OPENERS: dict[ToolFormat, tuple[str, ...]] = {
     ToolFormat.DEEPSEEK: (_DS_OPEN, _DS_CALL),
     ToolFormat.LLAMA3: (_PYTHON_TAG,),
     ToolFormat.PYTHONIC: (_PYTHON_START,),
+    ToolFormat.HARMONY: (),  # its channels are split before this scanner sees the answer
 }
 # Formats whose whole reply is the calls when it starts with this (after white space).
 _REPLY_OPENERS = {ToolFormat.LLAMA3: "{", ToolFormat.PYTHONIC: "["}
@@ -86,6 +90,8 @@ def tool_format_of(chat_template: str | None) -> ToolFormat:
         return ToolFormat.DEEPSEEK
     if _PYTHONIC_ASK in template:
         return ToolFormat.PYTHONIC
+    if "<|channel|>" in template and "<|start|>" in template:
+        return ToolFormat.HARMONY
     if any(marker in template for marker in ("<|start_header_id|>", "<|header_start|>", _PYTHON_TAG)):
         return ToolFormat.LLAMA3
     return ToolFormat.GENERIC
@@ -136,6 +142,8 @@ def parse_tool_calls(text: str, fmt: ToolFormat) -> tuple[str, list[ToolCall]]:
             return _parse_llama3(text)
         case ToolFormat.PYTHONIC:
             return parse_pythonic(text)
+        case ToolFormat.HARMONY:
+            return text, []
         case ToolFormat.TAGGED:
             return _parse_tagged(text)
         case ToolFormat.DEEPSEEK:
