@@ -1,9 +1,12 @@
 """The Responses API's stream: OpenAI's documented event sequence for one generation.
 
-`response.created`, `response.in_progress`; for the text: `response.output_item.added` (a message),
-`response.content_part.added`, `response.output_text.delta`..., `response.output_text.done`,
-`response.content_part.done`, `response.output_item.done`; for each function call:
-`response.output_item.added`, `response.function_call_arguments.delta`, `.done`,
+`response.created`, `response.in_progress`; for a reasoning model's thinking (streamed as it comes,
+before the answer): `response.output_item.added` (a reasoning item), `response.content_part.added`
+(a `reasoning_text` part), `response.reasoning_text.delta`..., `response.reasoning_text.done`,
+`response.content_part.done`, `response.output_item.done`; for the text: `response.output_item.added`
+(a message), `response.content_part.added`, `response.output_text.delta`...,
+`response.output_text.done`, `response.content_part.done`, `response.output_item.done`; for each
+function call: `response.output_item.added`, `response.function_call_arguments.delta`, `.done`,
 `response.output_item.done`; then `response.completed` (or `response.incomplete`) with the whole
 response. Every event carries its `type` and a `sequence_number`.
 """
@@ -22,6 +25,8 @@ from gateway.schemas.responses import (
     MessageItem,
     OutputItem,
     OutputText,
+    ReasoningItem,
+    ReasoningText,
     ResponseObject,
     finished,
     new_item_id,
@@ -73,7 +78,7 @@ class _InItem(_Event):
 
 
 class _ContentPart(_InItem):
-    part: OutputText
+    part: OutputText | ReasoningText
     content_index: int = 0
 
 
@@ -93,6 +98,16 @@ class OutputTextDone(_InItem, tag="response.output_text.done"):
     text: str
     content_index: int = 0
     logprobs: list[ResponseLogprob] = msgspec.field(default_factory=list)
+
+
+class ReasoningTextDelta(_InItem, tag="response.reasoning_text.delta"):
+    delta: str
+    content_index: int = 0
+
+
+class ReasoningTextDone(_InItem, tag="response.reasoning_text.done"):
+    text: str
+    content_index: int = 0
 
 
 class ArgumentsDelta(_InItem, tag="response.function_call_arguments.delta"):
@@ -115,6 +130,8 @@ ResponseEvent = (
     | ContentPartDone
     | OutputTextDelta
     | OutputTextDone
+    | ReasoningTextDelta
+    | ReasoningTextDone
     | ArgumentsDelta
     | ArgumentsDone
 )
@@ -134,62 +151,122 @@ class _Numbered:
 async def response_stream(
     events: AsyncIterable[ChoiceEvent], shell: ResponseObject
 ) -> AsyncIterator[ResponseEvent | tuple[ResponseEvent, ...]]:
-    """The event sequence for one generation's text deltas and result."""
-    number = _Numbered()
-    message_id = new_item_id("msg")
-    text: list[str] = []
-    head: tuple[ResponseEvent, ...] = (
-        number(ResponseCreated(response=shell)),
-        number(ResponseInProgress(response=shell)),
-    )
+    """The event sequence for one generation's thinking and text deltas and its result."""
+    stream = _Stream(shell)
     async for _, event in events:
         if isinstance(event, GenerateResult):
-            yield (*head, *_ending(number, shell, event, message_id, opened=bool(text)))
+            yield stream.ending(event)
             return
-        if isinstance(event, Reasoning) or not event:
-            continue  # Responses reasoning items: not yet
-        opening = () if text else _open_message(number, message_id)
-        text.append(event)
-        delta = number(OutputTextDelta(item_id=message_id, output_index=0, delta=event))
-        yield (*head, *opening, delta)
-        head = ()
+        if isinstance(event, Reasoning):
+            out = stream.thought(event.text)
+        else:
+            out = stream.text(event) if event else ()
+        if out:
+            yield out
 
 
-def _open_message(number: _Numbered, message_id: str) -> tuple[ResponseEvent, ...]:
-    item = MessageItem(id=message_id, status="in_progress", content=[])
-    return (
-        number(OutputItemAdded(output_index=0, item=item)),
-        number(ContentPartAdded(item_id=message_id, output_index=0, part=OutputText(text=""))),
-    )
+class _Stream:
+    """Where one response's stream stands: its open items and their indexes. The thinking comes
+    first, so its item is output 0 and the message's 1 (as OpenAI's); thinking that comes after the
+    message opened is not streamed: it is in the completed response, after the message."""
 
+    def __init__(self, shell: ResponseObject) -> None:
+        self.number = _Numbered()
+        self.shell = shell
+        self.head: tuple[ResponseEvent, ...] = (
+            self.number(ResponseCreated(response=shell)),
+            self.number(ResponseInProgress(response=shell)),
+        )
+        self.message_id, self.reasoning_id = new_item_id("msg"), new_item_id("rs")
+        self.message_index: int | None = None  # set once the message is open
+        self.thinking: list[str] | None = None  # the streamed thinking, once its item is open
+        self.thinking_open = False
 
-def _ending(
-    number: _Numbered, shell: ResponseObject, result: GenerateResult, message_id: str, *, opened: bool
-) -> list[ResponseEvent]:
-    output = output_items(result, message_id)
-    out: list[ResponseEvent] = []
-    for index, item in enumerate(output):
-        if isinstance(item, MessageItem):
-            if not opened:
-                out += _open_message(number, message_id)
-            part = item.content[0]
-            out += [
-                number(
-                    OutputTextDone(
-                        item_id=message_id, output_index=index, text=part.text, logprobs=part.logprobs
-                    )
-                ),
-                number(ContentPartDone(item_id=message_id, output_index=index, part=part)),
-            ]
-        elif isinstance(item, FunctionCallItem):
-            out += _call_events(number, index, item)
-        else:  # the thinking, whole (its deltas are not streamed)
-            out.append(number(OutputItemAdded(output_index=index, item=item)))
-        out.append(number(OutputItemDone(output_index=index, item=item)))
-    response = finished(shell, result, output)
-    last = ResponseCompleted if response.status == "completed" else ResponseIncomplete
-    out.append(number(last(response=response)))
-    return out
+    def _out(self, *events: ResponseEvent) -> tuple[ResponseEvent, ...]:
+        out, self.head = (*self.head, *events), ()
+        return out
+
+    def thought(self, delta: str) -> tuple[ResponseEvent, ...]:
+        if self.message_index is not None or not delta:
+            return self._out()
+        opening: tuple[ResponseEvent, ...] = ()
+        if self.thinking is None:
+            self.thinking, self.thinking_open = [], True
+            opening = self._open_reasoning()
+        self.thinking.append(delta)
+        return self._out(*opening, self.number(ReasoningTextDelta(item_id=self.reasoning_id, output_index=0,
+                                                                  delta=delta)))  # fmt: skip
+
+    def text(self, delta: str) -> tuple[ResponseEvent, ...]:
+        opening: list[ResponseEvent] = []
+        if self.message_index is None:
+            if self.thinking_open:
+                self.thinking_open = False
+                opening += self._done_reasoning("".join(self.thinking or ()), 0)
+            self.message_index = 0 if self.thinking is None else 1
+            opening += self._open_message(self.message_index)
+        delta_event = OutputTextDelta(item_id=self.message_id, output_index=self.message_index, delta=delta)
+        return self._out(*opening, self.number(delta_event))
+
+    def ending(self, result: GenerateResult) -> tuple[ResponseEvent, ...]:
+        first = self.thinking is not None or self.message_index is None
+        output = output_items(result, self.message_id, self.reasoning_id, reasoning_first=first)
+        out: list[ResponseEvent] = []
+        for index, item in enumerate(output):
+            if isinstance(item, ReasoningItem):
+                out += self._reasoning_events(item, index)
+                continue
+            if isinstance(item, MessageItem):
+                if self.message_index is None:
+                    out += self._open_message(index)
+                part = item.content[0]
+                out += [
+                    self.number(OutputTextDone(item_id=self.message_id, output_index=index, text=part.text,
+                                               logprobs=part.logprobs)),
+                    self.number(ContentPartDone(item_id=self.message_id, output_index=index, part=part)),
+                ]  # fmt: skip
+            elif isinstance(item, FunctionCallItem):
+                out += _call_events(self.number, index, item)
+            out.append(self.number(OutputItemDone(output_index=index, item=item)))
+        response = finished(self.shell, result, output)
+        last = ResponseCompleted if response.status == "completed" else ResponseIncomplete
+        out.append(self.number(last(response=response)))
+        return self._out(*out)
+
+    def _reasoning_events(self, item: ReasoningItem, index: int) -> list[ResponseEvent]:
+        text = item.content[0].text if item.content else ""
+        if self.thinking is None:  # never streamed: its whole text at once
+            delta = ReasoningTextDelta(item_id=self.reasoning_id, output_index=index, delta=text)
+            return [*self._open_reasoning(index), self.number(delta), *self._done_reasoning(text, index)]
+        if not self.thinking_open:
+            return []  # closed when the message opened
+        self.thinking_open = False
+        return self._done_reasoning(text, index)
+
+    def _open_reasoning(self, index: int = 0) -> tuple[ResponseEvent, ...]:
+        item = ReasoningItem(id=self.reasoning_id, content=[], status="in_progress")
+        part = ReasoningText(text="")
+        return (
+            self.number(OutputItemAdded(output_index=index, item=item)),
+            self.number(ContentPartAdded(item_id=self.reasoning_id, output_index=index, part=part)),
+        )
+
+    def _done_reasoning(self, text: str, index: int) -> list[ResponseEvent]:
+        part = ReasoningText(text=text)
+        item = ReasoningItem(id=self.reasoning_id, content=[part])
+        return [
+            self.number(ReasoningTextDone(item_id=self.reasoning_id, output_index=index, text=text)),
+            self.number(ContentPartDone(item_id=self.reasoning_id, output_index=index, part=part)),
+            self.number(OutputItemDone(output_index=index, item=item)),
+        ]
+
+    def _open_message(self, index: int) -> tuple[ResponseEvent, ...]:
+        item = MessageItem(id=self.message_id, status="in_progress", content=[])
+        part = OutputText(text="")
+        return (
+            self.number(OutputItemAdded(output_index=index, item=item)),
+            self.number(ContentPartAdded(item_id=self.message_id, output_index=index, part=part)),
+        )
 
 
 def _call_events(number: _Numbered, index: int, item: FunctionCallItem) -> list[ResponseEvent]:

@@ -466,8 +466,15 @@ def response_shell(
     )
 
 
-def output_items(result: GenerateResult, message_id: str | None = None) -> list[OutputItem]:
-    """The result's message (when it has text, or nothing else) and its function calls."""
+def output_items(
+    result: GenerateResult,
+    message_id: str | None = None,
+    reasoning_id: str | None = None,
+    *,
+    reasoning_first: bool = True,
+) -> list[OutputItem]:
+    """The result's thinking (first, as OpenAI's; last where a stream's message came before it), its
+    message (when it has text, or nothing else) and its function calls."""
     items: list[OutputItem] = []
     if result.text or not result.tool_calls:
         text = OutputText(text=result.text, logprobs=response_logprobs(result.logprobs or []))
@@ -481,8 +488,9 @@ def output_items(result: GenerateResult, message_id: str | None = None) -> list[
             )
         )
     if result.reasoning is not None:
-        # Last, not first as OpenAI's: a stream's message keeps output_index 0 whatever follows.
-        items.append(ReasoningItem(id=new_item_id("rs"), content=[ReasoningText(text=result.reasoning)]))
+        thought = [ReasoningText(text=result.reasoning)]
+        thinking = ReasoningItem(id=reasoning_id or new_item_id("rs"), content=thought)
+        items.insert(0 if reasoning_first else len(items), thinking)
     return items
 
 
