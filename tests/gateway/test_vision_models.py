@@ -109,6 +109,9 @@ def test_vision_model_sees_images_whole_streamed_and_in_a_batch(served: str, hub
         blue, _ = _ask(client, hub_id, _shown(BLUE))
         plain, plain_tokens = _ask(client, hub_id, [{"role": "user", "content": "What is in this picture?"}])
         assert red_tokens > plain_tokens  # the image's tokens count toward the prompt
+        body = {"model": hub_id, "messages": _shown(RED)}
+        counted = httpx.post(f"{served}/tokenize", json=body, timeout=60)
+        assert counted.json()["count"] == red_tokens  # /tokenize counts them as the model sees them
         assert red != blue  # the pixels reach the model
         stream = client.chat.completions.create(
             model=hub_id,

@@ -319,7 +319,7 @@ class Engine:
         fmt = self._model_type.prompt_format
         return prompt_tokens(
             loaded.tokenizer, req, fmt, self._tool_format,
-            generation_prompt=generation_prompt, special_tokens=special_tokens,
+            generation_prompt=generation_prompt, special_tokens=special_tokens, vision=self._vision,
         )  # fmt: skip
 
     def detokenize(self, ids: list[int]) -> str:

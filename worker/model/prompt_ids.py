@@ -62,12 +62,20 @@ def prompt_tokens(
     *,
     generation_prompt: bool = True,
     special_tokens: bool | None = None,
+    vision: Vision | None = None,
 ) -> list[int]:
     """The token ids of `req`'s prompt (/tokenize, count_tokens): as `prompt_of` makes them, or with
     the generation prompt left off the chat template's rendering and special tokens added or not."""
     if req.prompt_ids is not None:
         return _checked_ids(req.prompt_ids, len(tokenizer))
-    text, _ = _prompt_text(tokenizer, req, fmt, tool_format, generation_prompt=generation_prompt)
+    text, _ = _prompt_text(
+        tokenizer, req, fmt, tool_format, generation_prompt=generation_prompt, images=vision is not None
+    )
+    images = _images(req.messages or [])
+    if vision is not None and images:  # image tokens expanded, as the model sees them
+        bos = tokenizer.bos_token
+        add = special_tokens if special_tokens is not None else not (bos and text.startswith(bos))
+        return vision.model_inputs(text, images, add_special=add)[0]
     if special_tokens is None:
         return _tokenize(tokenizer, text)
     ids: list[int] = tokenizer(text, add_special_tokens=special_tokens).input_ids
