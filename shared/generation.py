@@ -15,14 +15,23 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
+class ImageURL(Struct, kw_only=True, forbid_unknown_fields=False):
+    url: str
+    detail: str | None = None
+
+
 class TextPart(Struct, kw_only=True, forbid_unknown_fields=False):
+    """A content part: text, or (`type` "image_url") an image for a vision model; other types are
+    refused with a 400 by the prompt builder."""
+
     type: str = "text"
     text: str = ""
+    image_url: ImageURL | None = None
 
     @classmethod
     def refine_json_schema(cls, schema: dict[str, Any], settings: Settings) -> None:
-        """For the gateway's OpenAPI document: other part types are refused with a 400."""
-        schema["properties"]["type"] = {"const": "text", "default": "text"}
+        """For the gateway's OpenAPI document: the two part types served."""
+        schema["properties"]["type"] = {"enum": ["text", "image_url"], "default": "text"}
 
 
 class FunctionCall(Struct, kw_only=True, forbid_unknown_fields=False):
@@ -76,6 +85,14 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=False):
             {"properties": {"role": {"enum": speaking}, "content": {"not": {"type": "null"}}},
              "required": ["content"]},
         ]
+
+
+def message_images(message: Message) -> list[ImageURL]:
+    """The images of a message's `image_url` parts, in order."""
+    content = message.content
+    if not isinstance(content, list):
+        return []
+    return [part.image_url for part in content if part.type == "image_url" and part.image_url is not None]
 
 
 def message_text(message: Message) -> str:

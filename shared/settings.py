@@ -79,6 +79,15 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Characters (or token ids) of prompt a request makes the worker read: its prompts' sizes x n.
     max_request_prompt_chars: Annotated[int, Meta(ge=1)] = 2_000_000
     max_model_id_length: Annotated[int, Meta(ge=8, le=4096)] = 256
+    # Images in chat content (`image_url` parts, Responses `input_image`): `data:` URLs always; http(s)
+    # URLs only from these hosts (exact names; empty: off), fetched by the gateway within the caps below.
+    image_url_hosts: tuple[str, ...] = ()
+    # The most bytes one image may have (a data: URL's decoded bytes, or a fetched body).
+    max_image_bytes: Annotated[int, Meta(ge=1)] = 20_000_000
+    # The most pixels (width x height) one image may have, checked before its pixels are decoded.
+    max_image_pixels: Annotated[int, Meta(ge=1)] = 25_000_000
+    # Seconds the gateway waits for an http(s) image, the whole download.
+    image_fetch_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
     # Torch threads per model worker (0 = torch's default).
     worker_threads: Annotated[int, Meta(ge=0)] = 0
     # Seconds to wait for a model worker to become ready after spawn.

@@ -7,6 +7,7 @@ from litestar.datastructures import State
 
 from gateway.auth import INFERENCE, is_admin
 from gateway.choices import generate_all, stream_all
+from gateway.image_fetch import inline_images
 from gateway.limits import (
     check_generations,
     check_model,
@@ -45,6 +46,7 @@ async def chat_completions(
     check_request_work(settings, (len(t) for t in texts), data.choices, "n")
     data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope))
     requests = data.generate_requests(rid)
+    await inline_images(settings, data.messages)
     legacy = data.legacy_functions
     if data.stream:
         model, events = await stream_all(state.manager, data.model, requests)

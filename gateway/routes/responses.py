@@ -7,6 +7,7 @@ from litestar.datastructures import State
 
 from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
+from gateway.image_fetch import inline_images
 from gateway.limits import check_model, check_prompt_chars
 from gateway.middleware import request_id_of
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
@@ -39,6 +40,7 @@ async def create_response(
     generation = data.generate_request(rid)
     texts = (message_text(m) for m in generation.messages or [])
     check_prompt_chars(state.manager.settings, texts, "input")
+    await inline_images(state.manager.settings, generation.messages or [], "input")
     if data.stream:
         model, events = await stream_all(state.manager, data.model, [generation])
         shell = response_shell(data, model, rid, now(), state.manager.defaults_for(model))

@@ -121,8 +121,14 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
             if isinstance(message.content, list):
                 for j, part in enumerate(message.content):
                     reject_if(
-                        part.type != "text",
-                        f"content parts of type {part.type!r} are not supported; send text parts",
+                        part.type not in ("text", "image_url"),
+                        f"content parts of type {part.type!r} are not supported; send text or image_url "
+                        "parts",
+                        f"messages[{i}].content[{j}]",
+                    )
+                    reject_if(
+                        part.type == "image_url" and part.image_url is None,
+                        "an image_url part needs image_url.url",
                         f"messages[{i}].content[{j}]",
                     )
 

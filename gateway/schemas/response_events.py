@@ -1,13 +1,16 @@
 """The Responses API's stream: OpenAI's documented event sequence for one generation.
 
-`response.created`, `response.in_progress`; for the text: `response.output_item.added` (a message),
-`response.content_part.added`, `response.output_text.delta`..., `response.output_text.done`,
-`response.content_part.done`, `response.output_item.done`; for each function call:
-`response.output_item.added`, `response.function_call_arguments.delta`..., `.done`,
+`response.created`, `response.in_progress`; for a reasoning model's thinking (streamed as it comes,
+before the answer): `response.output_item.added` (a reasoning item), `response.content_part.added`
+(a `reasoning_text` part), `response.reasoning_text.delta`..., `response.reasoning_text.done`,
+`response.content_part.done`, `response.output_item.done`; for the text: `response.output_item.added`
+(a message), `response.content_part.added`, `response.output_text.delta`...,
+`response.output_text.done`, `response.content_part.done`, `response.output_item.done`; for each
+function call: `response.output_item.added`, `response.function_call_arguments.delta`..., `.done`,
 `response.output_item.done`; then `response.completed` (or `response.incomplete`) with the whole
 response. Every event carries its `type` and a `sequence_number`. Text deltas carry their tokens'
-logprobs when asked for; a call's arguments stream as the model writes them, and the items'
-`.done` events come at the end.
+logprobs when asked for; a call's arguments stream as the model writes them (its item opens at
+its first piece), and the items' `.done` events come at the end.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from gateway.schemas.responses import (
     MessageItem,
     OutputItem,
     OutputText,
+    ReasoningItem,
+    ReasoningText,
     ResponseObject,
     finished,
     new_item_id,
     output_items,
 )
-from shared.generation import CallDelta, GenerateResult, TextWithLogprobs
+from shared.generation import CallDelta, GenerateResult, Reasoning, TextWithLogprobs
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):
@@ -75,7 +80,7 @@ class _InItem(_Event):
 
 
 class _ContentPart(_InItem):
-    part: OutputText
+    part: OutputText | ReasoningText
     content_index: int = 0
 
 
@@ -95,6 +100,16 @@ class OutputTextDone(_InItem, tag="response.output_text.done"):
     text: str
     content_index: int = 0
     logprobs: list[ResponseLogprob] = msgspec.field(default_factory=list)
+
+
+class ReasoningTextDelta(_InItem, tag="response.reasoning_text.delta"):
+    delta: str
+    content_index: int = 0
+
+
+class ReasoningTextDone(_InItem, tag="response.reasoning_text.done"):
+    text: str
+    content_index: int = 0
 
 
 class ArgumentsDelta(_InItem, tag="response.function_call_arguments.delta"):
@@ -117,6 +132,8 @@ ResponseEvent = (
     | ContentPartDone
     | OutputTextDelta
     | OutputTextDone
+    | ReasoningTextDelta
+    | ReasoningTextDone
     | ArgumentsDelta
     | ArgumentsDone
 )
@@ -136,37 +153,151 @@ class _Numbered:
 async def response_stream(
     events: AsyncIterable[ChoiceEvent], shell: ResponseObject
 ) -> AsyncIterator[ResponseEvent | tuple[ResponseEvent, ...]]:
-    """The event sequence for one generation's streamed pieces and result."""
-    number = _Numbered()
-    message_id = new_item_id("msg")
-    opened = False
-    calls = _StreamedCalls()
-    head: tuple[ResponseEvent, ...] = (
-        number(ResponseCreated(response=shell)),
-        number(ResponseInProgress(response=shell)),
-    )
+    """The event sequence for one generation's thinking, text and call pieces and its result."""
+    stream = _Stream(shell)
     async for _, event in events:
-        out: tuple[ResponseEvent, ...] = ()
         match event:
             case GenerateResult():
-                yield (*head, *_ending(number, shell, event, message_id, opened=opened, calls=calls))
+                yield stream.ending(event)
                 return
+            case Reasoning():
+                out = stream.thought(event.text)
             case CallDelta():
-                out = calls.events(number, event, first=1 if opened else 0)
+                out = stream.call(event)
             case TextWithLogprobs() | str() if _text(event):
-                opening = () if opened else _open_message(number, message_id)
-                opened = True
-                delta = OutputTextDelta(item_id=message_id, output_index=0, delta=_text(event))
-                if isinstance(event, TextWithLogprobs):
-                    delta.logprobs = response_logprobs(event.logprobs)
-                out = (*opening, number(delta))
-        if out:  # Responses reasoning items: not streamed yet
-            yield (*head, *out)
-            head = ()
+                out = stream.text(event)
+            case _:
+                out = ()
+        if out:
+            yield out
 
 
 def _text(event: str | TextWithLogprobs) -> str:
     return event if isinstance(event, str) else event.text
+
+
+class _Stream:
+    """Where one response's stream stands: its open items and their indexes. The thinking comes
+    first, so its item is output 0 and the message's 1 (as OpenAI's); thinking that comes after the
+    message opened is not streamed: it is in the completed response, after the message."""
+
+    def __init__(self, shell: ResponseObject) -> None:
+        self.number = _Numbered()
+        self.shell = shell
+        self.head: tuple[ResponseEvent, ...] = (
+            self.number(ResponseCreated(response=shell)),
+            self.number(ResponseInProgress(response=shell)),
+        )
+        self.message_id, self.reasoning_id = new_item_id("msg"), new_item_id("rs")
+        self.message_index: int | None = None  # set once the message is open
+        self.thinking: list[str] | None = None  # the streamed thinking, once its item is open
+        self.thinking_open = False
+        self.calls = _StreamedCalls()
+
+    def _out(self, *events: ResponseEvent) -> tuple[ResponseEvent, ...]:
+        out, self.head = (*self.head, *events), ()
+        return out
+
+    def thought(self, delta: str) -> tuple[ResponseEvent, ...]:
+        if self.message_index is not None or not delta:
+            return self._out()
+        opening: tuple[ResponseEvent, ...] = ()
+        if self.thinking is None:
+            self.thinking, self.thinking_open = [], True
+            opening = self._open_reasoning()
+        self.thinking.append(delta)
+        return self._out(*opening, self.number(ReasoningTextDelta(item_id=self.reasoning_id, output_index=0,
+                                                                  delta=delta)))  # fmt: skip
+
+    def text(self, piece: str | TextWithLogprobs) -> tuple[ResponseEvent, ...]:
+        opening: list[ResponseEvent] = []
+        if self.message_index is None:
+            opening += self._close_thinking()
+            self.message_index = 0 if self.thinking is None else 1
+            opening += self._open_message(self.message_index)
+        delta = OutputTextDelta(item_id=self.message_id, output_index=self.message_index, delta=_text(piece))
+        if isinstance(piece, TextWithLogprobs):
+            delta.logprobs = response_logprobs(piece.logprobs)
+        return self._out(*opening, self.number(delta))
+
+    def call(self, piece: CallDelta) -> tuple[ResponseEvent, ...]:
+        """A call's opening or its new arguments; calls come after the thinking and the message."""
+        opening = self._close_thinking()
+        first = (self.thinking is not None) + (self.message_index is not None)
+        return self._out(*opening, *self.calls.events(self.number, piece, first=first))
+
+    def _close_thinking(self) -> list[ResponseEvent]:
+        if not self.thinking_open:
+            return []
+        self.thinking_open = False
+        return self._done_reasoning("".join(self.thinking or ()), 0)
+
+    def ending(self, result: GenerateResult) -> tuple[ResponseEvent, ...]:
+        first = self.thinking is not None or self.message_index is None
+        output = [  # a call whose arguments streamed keeps the item id it opened with
+            msgspec.structs.replace(item, id=self.calls.ids[item.call_id])
+            if isinstance(item, FunctionCallItem) and item.call_id in self.calls.ids
+            else item
+            for item in output_items(result, self.message_id, self.reasoning_id, reasoning_first=first)
+        ]
+        out: list[ResponseEvent] = []
+        for index, item in enumerate(output):
+            if isinstance(item, ReasoningItem):
+                out += self._reasoning_events(item, index)
+                continue
+            if isinstance(item, MessageItem):
+                if self.message_index is None:
+                    out += self._open_message(index)
+                part = item.content[0]
+                out += [
+                    self.number(OutputTextDone(item_id=self.message_id, output_index=index, text=part.text,
+                                               logprobs=part.logprobs)),
+                    self.number(ContentPartDone(item_id=self.message_id, output_index=index, part=part)),
+                ]  # fmt: skip
+            elif isinstance(item, FunctionCallItem) and item.call_id in self.calls.ids:  # streamed
+                out.append(self.number(_arguments_done(index, item)))
+            elif isinstance(item, FunctionCallItem):
+                out += _call_events(self.number, index, item)
+            out.append(self.number(OutputItemDone(output_index=index, item=item)))
+        response = finished(self.shell, result, output)
+        last = ResponseCompleted if response.status == "completed" else ResponseIncomplete
+        out.append(self.number(last(response=response)))
+        return self._out(*out)
+
+    def _reasoning_events(self, item: ReasoningItem, index: int) -> list[ResponseEvent]:
+        text = item.content[0].text if item.content else ""
+        if self.thinking is None:  # never streamed: its whole text at once
+            delta = ReasoningTextDelta(item_id=self.reasoning_id, output_index=index, delta=text)
+            return [*self._open_reasoning(index), self.number(delta), *self._done_reasoning(text, index)]
+        if not self.thinking_open:
+            return []  # closed when the message opened
+        self.thinking_open = False
+        return self._done_reasoning(text, index)
+
+    def _open_reasoning(self, index: int = 0) -> tuple[ResponseEvent, ...]:
+        item = ReasoningItem(id=self.reasoning_id, content=[], status="in_progress")
+        part = ReasoningText(text="")
+        return (
+            self.number(OutputItemAdded(output_index=index, item=item)),
+            self.number(ContentPartAdded(item_id=self.reasoning_id, output_index=index, part=part)),
+        )
+
+    def _done_reasoning(self, text: str, index: int) -> list[ResponseEvent]:
+        part = ReasoningText(text=text)
+        item = ReasoningItem(id=self.reasoning_id, content=[part])
+        return [
+            self.number(ReasoningTextDone(item_id=self.reasoning_id, output_index=index, text=text)),
+            self.number(ContentPartDone(item_id=self.reasoning_id, output_index=index, part=part)),
+            self.number(OutputItemDone(output_index=index, item=item)),
+        ]
+
+    def _open_message(self, index: int) -> tuple[ResponseEvent, ...]:
+        item = MessageItem(id=self.message_id, status="in_progress", content=[])
+        part = OutputText(text="")
+        return (
+            self.number(OutputItemAdded(output_index=index, item=item)),
+            self.number(ContentPartAdded(item_id=self.message_id, output_index=index, part=part)),
+        )
 
 
 class _StreamedCalls:
@@ -190,56 +321,6 @@ class _StreamedCalls:
             return ()
         item_id, index = self.items[piece.index]
         return (number(ArgumentsDelta(item_id=item_id, output_index=index, delta=piece.arguments)),)
-
-
-def _open_message(number: _Numbered, message_id: str) -> tuple[ResponseEvent, ...]:
-    item = MessageItem(id=message_id, status="in_progress", content=[])
-    return (
-        number(OutputItemAdded(output_index=0, item=item)),
-        number(ContentPartAdded(item_id=message_id, output_index=0, part=OutputText(text=""))),
-    )
-
-
-def _ending(
-    number: _Numbered,
-    shell: ResponseObject,
-    result: GenerateResult,
-    message_id: str,
-    *,
-    opened: bool,
-    calls: _StreamedCalls,
-) -> list[ResponseEvent]:
-    output = [
-        msgspec.structs.replace(item, id=calls.ids[item.call_id])
-        if isinstance(item, FunctionCallItem) and item.call_id in calls.ids
-        else item
-        for item in output_items(result, message_id)
-    ]
-    out: list[ResponseEvent] = []
-    for index, item in enumerate(output):
-        if isinstance(item, MessageItem):
-            if not opened:
-                out += _open_message(number, message_id)
-            part = item.content[0]
-            out += [
-                number(
-                    OutputTextDone(
-                        item_id=message_id, output_index=index, text=part.text, logprobs=part.logprobs
-                    )
-                ),
-                number(ContentPartDone(item_id=message_id, output_index=index, part=part)),
-            ]
-        elif isinstance(item, FunctionCallItem) and item.call_id in calls.ids:  # its arguments streamed
-            out.append(number(_arguments_done(index, item)))
-        elif isinstance(item, FunctionCallItem):
-            out += _call_events(number, index, item)
-        else:  # the thinking, whole (its deltas are not streamed)
-            out.append(number(OutputItemAdded(output_index=index, item=item)))
-        out.append(number(OutputItemDone(output_index=index, item=item)))
-    response = finished(shell, result, output)
-    last = ResponseCompleted if response.status == "completed" else ResponseIncomplete
-    out.append(number(last(response=response)))
-    return out
 
 
 def _call_events(number: _Numbered, index: int, item: FunctionCallItem) -> list[ResponseEvent]:

@@ -35,8 +35,10 @@ from shared.generation import (
     FunctionCall,
     GenerateRequest,
     GenerateResult,
+    ImageURL,
     Message,
     SamplingParams,
+    TextPart,
     ToolCall,
 )
 from shared.settings import Settings
@@ -228,6 +230,10 @@ class _FunctionOutputItem(Struct, kw_only=True):
 
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
+_IMAGE_PART = {
+    "type": "object", "required": ["type", "image_url"],
+    "properties": {"type": {"const": "input_image"}, "image_url": {"type": "string"}, "detail": {}},
+}
 
 
 def _input_schema() -> dict[str, Any]:
@@ -238,7 +244,7 @@ def _input_schema() -> dict[str, Any]:
         "type": "object", "required": ["type"],
         "properties": {"type": {"enum": list(_TEXT_PARTS)}, "text": {}},
     }
-    content = {"anyOf": [text, {"type": "array", "items": part}]}
+    content = {"anyOf": [text, {"type": "array", "items": {"anyOf": [part, _IMAGE_PART]}}]}
     message = {
         "type": "object", "required": ["role", "content"],
         "properties": {
@@ -263,7 +269,7 @@ def _add_item(messages: list[Message], item: dict[str, Any], where: str) -> list
         kind = item.get("type", "message")
         if kind == "message":
             message = msgspec.convert(item, _MessageItem)
-            return [*messages, Message(role=message.role, content=_text(message.content, where))]
+            return [*messages, Message(role=message.role, content=_parts(message.content, where))]
         if kind == "function_call":
             call = msgspec.convert(item, _FunctionCallItem)
             tool_call = ToolCall(
@@ -285,6 +291,27 @@ def _add_item(messages: list[Message], item: dict[str, Any], where: str) -> list
     raise InvalidRequestError(
         f"{where} has type {kind!r}; supported: message, function_call, function_call_output", param=where
     )
+
+
+def _parts(content: str | list[dict[str, Any]], where: str) -> str | list[TextPart]:
+    """A message's content: its text, or its parts where it shows images (`input_image` with an
+    `image_url`, as chat's `image_url` parts; a `file_id` needs a file store Dukat has not got)."""
+    if isinstance(content, str) or not any(part.get("type") == "input_image" for part in content):
+        return _text(content, where)
+    parts: list[TextPart] = []
+    for j, part in enumerate(content):
+        if part.get("type") != "input_image":
+            parts.append(TextPart(text=_text([part], where)))
+            continue
+        url = part.get("image_url")
+        reject_if(
+            not isinstance(url, str) or not url,
+            "an input_image needs an image_url (a data: URL, or an http(s) URL the server allows); "
+            "file_id is not supported",
+            f"{where}.content[{j}]",
+        )
+        parts.append(TextPart(type="image_url", image_url=ImageURL(url=str(url), detail=part.get("detail"))))
+    return parts
 
 
 def _text(content: str | list[dict[str, Any]], where: str) -> str:
@@ -439,8 +466,15 @@ def response_shell(
     )
 
 
-def output_items(result: GenerateResult, message_id: str | None = None) -> list[OutputItem]:
-    """The result's message (when it has text, or nothing else) and its function calls."""
+def output_items(
+    result: GenerateResult,
+    message_id: str | None = None,
+    reasoning_id: str | None = None,
+    *,
+    reasoning_first: bool = True,
+) -> list[OutputItem]:
+    """The result's thinking (first, as OpenAI's; last where a stream's message came before it), its
+    message (when it has text, or nothing else) and its function calls."""
     items: list[OutputItem] = []
     if result.text or not result.tool_calls:
         text = OutputText(text=result.text, logprobs=response_logprobs(result.logprobs or []))
@@ -454,8 +488,9 @@ def output_items(result: GenerateResult, message_id: str | None = None) -> list[
             )
         )
     if result.reasoning is not None:
-        # Last, not first as OpenAI's: a stream's message keeps output_index 0 whatever follows.
-        items.append(ReasoningItem(id=new_item_id("rs"), content=[ReasoningText(text=result.reasoning)]))
+        thought = [ReasoningText(text=result.reasoning)]
+        thinking = ReasoningItem(id=reasoning_id or new_item_id("rs"), content=thought)
+        items.insert(0 if reasoning_first else len(items), thinking)
     return items
 
 

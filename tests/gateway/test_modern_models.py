@@ -160,6 +160,10 @@ def test_responses_return_the_thinking_as_a_reasoning_item_and_count_its_tokens(
         for event in events:
             validate(event.model_dump(mode="json", exclude_unset=True), "ResponseStreamEvent")
         last = events[-1].response  # type: ignore[union-attr]
-        assert [i.type for i in last.output if i.type == "reasoning"] == ["reasoning"]
+        assert [i.type for i in last.output] == ["reasoning", "message"]
+        # The thinking streams as it comes, in the reasoning item at output 0.
+        deltas = [e for e in events if e.type == "response.reasoning_text.delta"]
+        assert deltas and {e.output_index for e in deltas} == {0}
+        assert "".join(e.delta for e in deltas) == last.output[0].content[0].text  # type: ignore[union-attr]
     finally:
         httpx.post(f"{served}/api/models/unload", json={"model": hub_id}, timeout=60)

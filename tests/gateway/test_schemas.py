@@ -144,8 +144,8 @@ def test_top_logprobs_without_logprobs_is_a_400_naming_top_logprobs() -> None:
 
 
 def test_non_text_content_part_is_a_400_naming_the_part() -> None:
-    image = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
-    request = chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, image]}]})
+    audio = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
+    request = chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, audio]}]})
     with pytest.raises(InvalidRequestError) as info:
         request.sampling_params()
     assert info.value.param == "messages[0].content[1]"

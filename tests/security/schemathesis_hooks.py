@@ -15,6 +15,8 @@ check still runs on every case generated.
 - The Messages API: no tools (forced tool use is constrained decoding; their descriptions count
   against the context); rerank and score need the reranker, score's `text_1` one text or one per
   `text_2`; detokenize's ids must be in the vocabulary.
+- Chat and /tokenize `image_url` parts need a vision model and a decodable image: the served chat
+  model is text-only, so they are a 400 by design.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def filter_case(context: Any, case: Any) -> bool:
             and all(0 <= i < VOCAB for i in ids) and not (ids and body.get("stream") and body.get("echo"))
             and len(ids) <= PROMPT_CHARS
         )
+    if path in ("/v1/chat/completions", "/tokenize") and _shows_images(body.get("messages")):
+        return False
     if path == "/v1/chat/completions":
         return _text_size(body.get("messages")) <= PROMPT_CHARS and _free_chat(body)
     if path == "/api/models/default":  # the default model must chat
@@ -101,6 +105,16 @@ def filter_case(context: Any, case: Any) -> bool:
             and (text.get("format") or {}).get("type") in (None, "text")
         )
     return True
+
+
+def _shows_images(messages: Any) -> bool:
+    parts = [
+        part
+        for message in (messages if isinstance(messages, list) else [])
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    ]
+    return any(isinstance(part, dict) and part.get("type") == "image_url" for part in parts)
 
 
 def _ids_in_vocabulary(body: dict[str, Any]) -> bool:

@@ -105,6 +105,8 @@ class TokenizerSpec(Struct, frozen=True, kw_only=True):
     add_eos: bool = False
     extra: tuple[str, ...] = ()  # chat markers, registered as extra special tokens
     bert_like: tuple[str, str, str, str] | None = None  # (cls, sep, pad, mask) for [CLS] x [SEP]
+    # Named model-specific tokens (`image_token`, `boi_token`): processors read them off the tokenizer.
+    named: tuple[tuple[str, str], ...] = ()
 
 
 _LLAMA_TOK = TokenizerSpec(special=("<unk>", "<s>", "</s>"), bos="<s>", eos="</s>", unk="<unk>",
@@ -191,6 +193,7 @@ def tokenizer_from_spec(
         kwargs.update(add_bos_token=spec.add_bos, add_eos_token=spec.add_eos)
     if spec.extra:
         kwargs["extra_special_tokens"] = list(spec.extra)
+    kwargs.update(dict(spec.named))
     tokenizer = TokenizersBackend(tokenizer_object=tok, **kwargs)
     if template is not None:
         tokenizer.chat_template = template

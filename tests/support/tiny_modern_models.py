@@ -118,7 +118,7 @@ MODERN_MODELS: dict[str, ModernModel] = {
 
 _H, _LAYERS, _FF, _HEADS, _CTX = 64, 2, 128, 4, 512
 # Bump when the built models change, so cached folders are rebuilt.
-_BUILDER_VERSION = 2
+_BUILDER_VERSION = 3
 
 
 def _text_kwargs(tokenizer: Any) -> dict[str, Any]:

@@ -84,16 +84,29 @@ GEMMA3 = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
 
-# gpt-oss (harmony): the answer is the `final` channel, thinking the `analysis` one.
+# gpt-oss (harmony): the answer is the `final` channel, thinking the `analysis` one; tools in the
+# developer turn as a `functions` namespace, calls as commentary messages to `functions.<name>`.
 GPT_OSS = (
     "{{ '<|start|>system<|message|>You are ChatGPT.\\nReasoning: ' + (reasoning_effort or 'medium') }}"
     "{{ '\\n\\n# Valid channels: analysis, commentary, final.<|end|>' }}"
+    "{% if tools %}{{ '<|start|>developer<|message|># Tools\\n\\n## functions\\n\\nnamespace functions {' }}"
+    "{% for tool in tools %}{{ '\\n\\ntype ' + tool.function.name + ' = (_: ' }}"
+    "{{ tool.function.parameters | tojson }}{{ ') => any;' }}{% endfor %}"
+    "{{ '\\n\\n} // namespace functions<|end|>' }}{% endif %}"
+    "{% set ns = namespace(callee='') %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}"
     "{{ '<|start|>developer<|message|># Instructions\\n\\n' + message['content'] + '<|end|>' }}"
     "{% elif message['role'] == 'user' %}{{ '<|start|>user<|message|>' + message['content'] + '<|end|>' }}"
+    "{% elif message['role'] == 'assistant' and message.tool_calls %}"
+    "{% for call in message.tool_calls %}{% set ns.callee = call.function.name %}"
+    "{{ '<|start|>assistant to=functions.' + call.function.name + '<|channel|>commentary json<|message|>' }}"
+    "{{ call.function.arguments | tojson }}{{ '<|call|>' }}{% endfor %}"
     "{% elif message['role'] == 'assistant' %}"
     "{{ '<|start|>assistant<|channel|>final<|message|>' + message['content'] + '<|end|>' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|start|>functions.' + ns.callee + ' to=assistant<|channel|>commentary<|message|>' }}"
+    "{{ message['content'] | tojson }}{{ '<|end|>' }}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
 )

@@ -48,6 +48,8 @@ from worker.model.kv_cache import (
     can_prefill_alone,
     checked_decode_step,
     join_keeps,
+    multimodal_positions,
+    prefill_with_images,
 )
 from worker.model.logprobs import LogprobRecord, record_logprobs
 from worker.model.prefix_cache import PrefixCache
@@ -89,6 +91,8 @@ class Job:
     min_tokens: int = 0
     logprobs: int | None = None
     logprob_records: list[LogprobRecord] = field(default_factory=list)
+    # A prompt with images: the processor's tensors (pixel values ...), dropped after its prefill.
+    model_inputs: dict[str, Any] | None = None
 
     def wanted(self) -> bool:
         return not self.done.is_set() and not (self.cancel is not None and self.cancel.is_set())
@@ -167,6 +171,9 @@ class Scheduler:
         # Longer prompts are prefilled alone for the prefix cache: a batched prefill's sliding layers
         # would not keep all their columns.
         self._join_keeps = join_keeps(model) if self.prefix_cache is not None else None
+        # A row with images prefills alone and then joins the batch, unless its positions are not
+        # its token count (Qwen2-VL's multimodal rotary positions): then it runs solo.
+        self._images_join = self._batch is not None and not multimodal_positions(model)
         self._stepped: set[Callable[[], None]] = set()  # the `on_step`s owed a call (scheduler thread)
         # A daemon thread killed inside a torch op at interpreter exit aborts the process.
         atexit.register(_abort_at_exit, weakref.ref(self))
@@ -242,7 +249,10 @@ class Scheduler:
     def _iterate(self) -> None:
         self._sweep()
         while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
-            jobs = [job for job in jobs if not self._prefills_alone(job)]
+            for job in (job for job in jobs if job.model_inputs is not None):
+                self._admit_images(job)
+                self._flush()
+            jobs = [job for job in jobs if job.model_inputs is None and not self._prefills_alone(job)]
             for group in prefill_groups([len(job.prompt_ids) for job in jobs]):
                 self._admit([jobs[i] for i in group])
                 self._flush()  # their first tokens go out now, not after the next prefill or step
@@ -264,6 +274,27 @@ class Scheduler:
             taken = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
         self._end([j for j in taken if not j.wanted()], None)  # cancelled while waiting: no prefill
         return [j for j in taken if j.wanted()]
+
+    def _admit_images(self, job: Job) -> None:
+        """A prompt with images: one forward of its ids and pixels on a cache of its own (never the
+        prefix cache: its image tokens' ids are the same for every image), then it decodes in the
+        batch like any row, or solo where it cannot join."""
+        self._start([job])
+        inputs, job.model_inputs = job.model_inputs or {}, None
+        batch = self._batch
+        if batch is None or not self._images_join:
+            solo = self._solos[job] = Solo(self._model, job.prompt_ids, seq2seq=False, inputs=inputs)
+            self._prefill([job], solo.prefill)
+            return
+
+        def prefill() -> torch.Tensor:
+            assert batch is not None
+            cache, logits = prefill_with_images(self._model, job.prompt_ids, inputs)
+            batch.add(cache, len(job.prompt_ids))
+            return logits
+
+        if self._prefill([job], prefill):
+            self._rows.append(job)
 
     def _prefills_alone(self, job: Job) -> bool:
         """Whether `job` is prefilled on its own, in chunks (a long prompt) or after its cached

@@ -50,6 +50,7 @@ from worker.model.embedding import Embedder
 from worker.model.grammar import Grammars
 from worker.model.grammar_limits import GrammarLimits
 from worker.model.harmony import speaks_harmony
+from worker.model.images import Vision
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
 from worker.model.pooling import Pooling, read_pooling
@@ -69,7 +70,9 @@ _A_TASK = {
     Task.RERANK: "a rerank",
 }
 # Tool formats whose call markers are special tokens (decoding would drop them).
-_SPECIAL_MARKERS = frozenset({ToolFormat.MISTRAL, ToolFormat.LLAMA3, ToolFormat.TAGGED, ToolFormat.DEEPSEEK})
+_SPECIAL_MARKERS = frozenset(
+    {ToolFormat.MISTRAL, ToolFormat.LLAMA3, ToolFormat.PYTHONIC, ToolFormat.TAGGED, ToolFormat.DEEPSEEK}
+)
 
 
 class Engine:
@@ -97,6 +100,8 @@ class Engine:
         cuda_graph_kv_tokens: int = DEFAULTS.cuda_graph_kv_tokens,
         grammar_limits: GrammarLimits | None = None,
         pooling: Pooling | None = None,
+        max_image_bytes: int = DEFAULTS.max_image_bytes,
+        max_image_pixels: int = DEFAULTS.max_image_pixels,
     ) -> None:
         self._loaded: Loaded | None = loaded
         model_type = _without_template(model_type, loaded.tokenizer)
@@ -126,6 +131,11 @@ class Engine:
         self._tool_format = tool_format_of(getattr(loaded.tokenizer, "chat_template", None))
         self._thinks = thinks(getattr(loaded.tokenizer, "chat_template", None))
         self._harmony = speaks_harmony(getattr(loaded.tokenizer, "chat_template", None))
+        self._vision = (
+            Vision(processor=loaded.processor, max_bytes=max_image_bytes, max_pixels=max_image_pixels)
+            if loaded.processor is not None
+            else None
+        )
         self._grammars: Grammars | None = None  # built at the first request that needs it
         self._grammar_limits = grammar_limits or GrammarLimits()
         self._scheduler = (
@@ -168,6 +178,8 @@ class Engine:
         grammar_limits: GrammarLimits | None = None,
         trust_remote_code: bool = False,
         cuda_4bit: Cuda4bit = DEFAULTS.cuda_4bit,
+        max_image_bytes: int = DEFAULTS.max_image_bytes,
+        max_image_pixels: int = DEFAULTS.max_image_pixels,
     ) -> Engine:
         loaded = load_model(
             path, model_type=model_type, quantization=quantization, device=device,
@@ -186,6 +198,8 @@ class Engine:
             cuda_graph_kv_tokens=cuda_graph_kv_tokens,
             grammar_limits=grammar_limits,
             pooling=pooling,
+            max_image_bytes=max_image_bytes,
+            max_image_pixels=max_image_pixels,
         )
 
     @property
@@ -271,6 +285,7 @@ class Engine:
             grammars=grammars,
             min_tokens=plan.params.min_tokens or 0,
             logprobs=req.logprobs,
+            model_inputs=plan.model_inputs,
         )
         reply.job, reply.end = job, partial(scheduler.finish, job)
         if reply.over:  # nothing to generate (max_new_tokens 0)
@@ -314,7 +329,7 @@ class Engine:
         fmt = self._model_type.prompt_format
         return prompt_tokens(
             loaded.tokenizer, req, fmt, self._tool_format,
-            generation_prompt=generation_prompt, special_tokens=special_tokens,
+            generation_prompt=generation_prompt, special_tokens=special_tokens, vision=self._vision,
         )  # fmt: skip
 
     def detokenize(self, ids: list[int]) -> str:
@@ -346,7 +361,9 @@ class Engine:
 
     def _plan(self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None) -> Plan:
         tokenizer = loaded.tokenizer
-        text, chat, ids = prompt_of(tokenizer, req, self._model_type.prompt_format, self._tool_format)
+        text, chat, ids, inputs = prompt_of(
+            tokenizer, req, self._model_type.prompt_format, self._tool_format, self._vision
+        )
         params = resolve_params(req.params, defaults)
         requested = params.max_new_tokens if params.max_new_tokens is not None else 1
         context = loaded.context_length
@@ -394,6 +411,7 @@ class Engine:
             # A reasoning template's chat reply (not a constrained one: its grammar decides the text).
             thinking_open=opens_thinking(text or "") if self._thinks and split else None,
             harmony=self._harmony and split,
+            model_inputs=inputs,
         )
 
     def _grammars_for(self, loaded: Loaded) -> Grammars:

@@ -205,16 +205,23 @@ class Solo:
     """One sequence on its own cache: `prefill`, then one `step` per token. Runs under the
     caller's inference mode."""
 
-    def __init__(self, model: Any, prompt_ids: list[int], *, seq2seq: bool) -> None:
+    def __init__(
+        self, model: Any, prompt_ids: list[int], *, seq2seq: bool, inputs: dict[str, Any] | None = None
+    ) -> None:
         self._model = model
         self._seq2seq = seq2seq
         self._device, self._cache_kw, self._keep = calling(model)
         self._prompt = prompt_ids
+        self._images = inputs  # a prompt with images: the processor's tensors, for the prefill only
         self._inputs: dict[str, Any] = {}
         self._cache: Any = None
 
     def prefill(self) -> torch.Tensor:
         """The logits of the first new token [1, vocab]."""
+        if self._images is not None:
+            self._cache, logits = prefill_with_images(self._model, self._prompt, self._images)
+            self._images = None
+            return logits
         ids = torch.tensor([self._prompt], dtype=torch.long, device=self._device)
         if self._seq2seq:
             self._inputs = {"encoder_outputs": self._model.get_encoder()(input_ids=ids)}
@@ -236,6 +243,33 @@ class Solo:
 
     def _column(self, token: int) -> torch.Tensor:
         return torch.tensor([[token]], dtype=torch.long, device=self._device)
+
+
+def prefill_with_images(
+    model: Any, prompt_ids: list[int], inputs: dict[str, Any]
+) -> tuple[Any, torch.Tensor]:
+    """One prompt with images through the model's forward: its cache (sliding layers holding their
+    window, as a batch keeps them) and the first new token's logits [1, vocab]."""
+    device, _, keep = calling(model)
+    dtype = next(model.parameters()).dtype
+    moved = {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) if torch.is_tensor(v) else v
+        for k, v in inputs.items()
+    }
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    out = model(input_ids=ids, use_cache=True, **keep, **moved)
+    cache = cache_of(out)
+    for layer in cache.layers:
+        if _sliding(layer) and layer.keys.shape[2] >= layer.sliding_window:
+            layer.keys = layer.keys[:, :, -layer.sliding_window + 1 :]
+            layer.values = layer.values[:, :, -layer.sliding_window + 1 :]
+    return cache, out.logits[:, -1]
+
+
+def multimodal_positions(model: Any) -> bool:
+    """Whether the model places tokens by positions of its own after images (Qwen2-VL's and
+    Qwen2.5-VL's rotary deltas, kept on the model between calls), not by their count."""
+    return hasattr(getattr(model, "model", None), "rope_deltas")
 
 
 def can_batch(model: Any, pad_id: int) -> bool:

@@ -46,6 +46,8 @@ class Loaded:
     memory_bytes: int
     context_length: int
     load_seconds: float
+    # A vision model's AutoProcessor (its image processor and image tokens); None: it takes no images.
+    processor: Any = None
 
 
 def load_model(
@@ -106,6 +108,7 @@ def load_model(
         memory_bytes=int(model.get_memory_footprint()),
         context_length=context_length(model.config, tokenizer, model_type.task),
         load_seconds=time.perf_counter() - started,
+        processor=_load_processor(path, trust_remote_code) if model_type.task is Task.VISION else None,
     )
 
 
@@ -185,6 +188,21 @@ def _load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:  # missing files, or none it can build a tokenizer from
         raise ModelLoadFailedError(f"cannot load the tokenizer in {path}: {exc}") from exc
+
+
+def _load_processor(path: Path, trust_remote_code: bool) -> Any:
+    """The folder's AutoProcessor when it has an image processor; else None (and images are refused)."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ImportError, AttributeError) as exc:  # no processor files or backend
+        logger.warning("no image processor loads from %s, so images are refused: %s", path, exc)
+        return None
+    if getattr(processor, "image_processor", None) is None:
+        logger.warning("%s has no image processor, so images are refused", path)
+        return None
+    return processor
 
 
 def _check_quantized(model: Any, quantization: Quantization) -> None:

@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             cuda_graphs=settings.cuda_graphs,
             cuda_graph_kv_tokens=settings.cuda_graph_kv_tokens,
             cuda_4bit=settings.cuda_4bit,
+            max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
             grammar_limits=GrammarLimits.of(settings),
             # The host's environment: a model's own code runs only where an admin named the model.
             trust_remote_code=any(fnmatchcase(args.model_id, p) for p in load_settings().trust_remote_code),

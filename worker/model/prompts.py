@@ -4,7 +4,9 @@ A model whose tokenizer has a chat template gets `template_messages(...)` handed
 `tokenizer.apply_chat_template`; any other model gets `render_fallback(...)`, the seed's formats
 extended to many turns. Both start from `normalize_messages`, so both see the same conversation:
 
-- content (a string or a list of text parts) becomes text; any non-text part is a 400;
+- content (a string or a list of text parts) becomes text; an `image_url` part, where images are
+  taken (a vision model), becomes IMAGE_MARK in the text, and the template gets it back as an
+  `{"type": "image"}` part in place; any other part is a 400;
 - role "developer" is "system";
 - tools: a template that renders `tools=` itself (`native_tools`) gets assistant `tool_calls` and
   `tool` messages as fields, as Hugging Face templates expect them (arguments as objects); any other
@@ -31,6 +33,10 @@ from shared.model_types import PromptFormat
 from worker.model.tool_calls import arguments_value, generic_call_text, generic_tools_prompt
 
 TurnRole = Literal["system", "user", "assistant", "tool"]
+
+# Where an image sits in a turn's text (U+FFFC, the object replacement character; removed from
+# clients' own text): a template gets `{"type": "image"}` parts there.
+IMAGE_MARK = "\ufffc"
 
 
 class Turn(NamedTuple):
@@ -73,15 +79,17 @@ def normalize_messages(
     fold_system: bool,
     tools: Sequence[dict[str, Any]] | None = None,
     native_tools: bool = False,
+    images: bool = False,
 ) -> list[Turn]:
-    """The conversation as merged text turns (see the module doc for the rules).
+    """The conversation as merged text turns (see the module doc for the rules); `images`: image
+    parts are taken (as IMAGE_MARK).
 
     Raises InvalidRequestError (param "messages") for an empty list, a non-text content part,
     a missing content on a non-assistant message or an unsupported role.
     """
     if not messages:
         raise InvalidRequestError("messages must contain at least one message", param="messages")
-    turns = [_to_turn(i, m, native_tools) for i, m in enumerate(messages)]
+    turns = [_to_turn(i, m, native_tools, images) for i, m in enumerate(messages)]
     if tools and not native_tools:
         turns.insert(0, Turn("system", generic_tools_prompt(tools)))
     if fold_system:
@@ -98,11 +106,27 @@ def template_messages(
     *,
     tools: Sequence[dict[str, Any]] | None = None,
     native_tools: bool = False,
+    images: bool = False,
 ) -> list[dict[str, Any]]:
-    """What to hand to `tokenizer.apply_chat_template`: `[{"role", "content", ...}]`, normalized."""
+    """What to hand to `tokenizer.apply_chat_template`: `[{"role", "content", ...}]`, normalized;
+    a turn with images has content parts (`{"type": "image"}`, `{"type": "text", "text"}`)."""
     fold = folds_system(fmt)
-    turns = normalize_messages(messages, fold_system=fold, tools=tools, native_tools=native_tools)
-    return [{"role": t.role, "content": t.text, **dict(t.fields)} for t in turns]
+    turns = normalize_messages(
+        messages, fold_system=fold, tools=tools, native_tools=native_tools, images=images
+    )
+    return [{"role": t.role, "content": _content(t.text), **dict(t.fields)} for t in turns]
+
+
+def _content(text: str) -> str | list[dict[str, str]]:
+    if IMAGE_MARK not in text:
+        return text
+    parts: list[dict[str, str]] = []
+    for i, piece in enumerate(text.split(IMAGE_MARK)):
+        if i:
+            parts.append({"type": "image"})
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
 
 
 def render_fallback(
@@ -139,14 +163,20 @@ def seed_prompt(prompt: str, system_prompt: str | None, fmt: PromptFormat) -> st
     return render_fallback(messages, fmt)
 
 
-def _to_turn(index: int, message: Message, native_tools: bool = False) -> Turn:
+def _to_turn(index: int, message: Message, native_tools: bool = False, images: bool = False) -> Turn:
     where = f"messages[{index}]"
     content = message.content
     if isinstance(content, list):
         for j, part in enumerate(content):
-            if part.type != "text":
+            if part.type == "image_url" and not images:
                 raise InvalidRequestError(
-                    f"{where}.content[{j}] has type {part.type!r}; only text content parts are supported",
+                    f"{where}.content[{j}] is an image (image_url), and this model takes no images "
+                    "(a text-only model); send text content parts, or use a vision model",
+                    param="messages",
+                )
+            if part.type not in ("text", "image_url"):
+                raise InvalidRequestError(
+                    f"{where}.content[{j}] has type {part.type!r}; supported content parts: text, image_url",
                     param="messages",
                 )
     match message.role:
@@ -166,7 +196,17 @@ def _to_turn(index: int, message: Message, native_tools: bool = False) -> Turn:
     if content is None:
         # Only an assistant turn may lack content (a tool-call turn).
         raise InvalidRequestError(f"{where}.content is required for role {message.role!r}", param="messages")
-    return Turn(role, message_text(message))
+    return Turn(role, _marked_text(message) if images else message_text(message))
+
+
+def _marked_text(message: Message) -> str:
+    """The message's text with IMAGE_MARK where each image part is."""
+    if not isinstance(message.content, list):
+        return message_text(message).replace(IMAGE_MARK, "")
+    return "".join(
+        IMAGE_MARK if part.type == "image_url" else part.text.replace(IMAGE_MARK, "")
+        for part in message.content
+    )
 
 
 def _assistant_turn(message: Message, native_tools: bool) -> Turn:

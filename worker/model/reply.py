@@ -52,6 +52,8 @@ class Plan:
     # reply is not split).
     thinking_open: bool | None = None
     harmony: bool = False  # a gpt-oss reply: its channels split it (worker/model/harmony.py)
+    # A prompt with images: the processor's tensors (pixel values ...) for its prefill.
+    model_inputs: dict[str, Any] | None = None
 
 
 def deliver(
@@ -95,7 +97,7 @@ class Reply:
         self.tools = ToolCallScanner(plan.tool_format, plan.tool_parsing, plan.tool_name)
         self.think: ThinkSplitter | HarmonySplitter | None = None
         if plan.harmony:
-            self.think = HarmonySplitter()
+            self.think = HarmonySplitter(calls=plan.tool_parsing == "auto")
         elif plan.thinking_open is not None:
             self.think = ThinkSplitter(inside=plan.thinking_open)
         self.reasoning_tokens = 0
@@ -174,6 +176,8 @@ class Reply:
         result.cached_tokens = self.job.cached_tokens
         if self.think is not None and self.think.reasoning is not None:
             result.reasoning, result.reasoning_tokens = self.think.reasoning, self.reasoning_tokens
+        if isinstance(self.think, HarmonySplitter):
+            calls = [*self.think.calls, *calls]  # its commentary channel's calls
         if calls:
             result.tool_calls, result.finish_reason = calls, "tool_calls"
         plan = self.plan

@@ -12,7 +12,14 @@ The format is found from the chat template, no flag needed:
   <｜tool▁call▁end｜>…` (V3, R1), or `<｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}` (V3.1). Templates
   that mention `<｜tool▁calls▁begin｜>`.
 - LLAMA3: the reply is a JSON object `{"name": ..., "parameters": {...}}` (optionally after
-  `<|python_tag|>`; several separated by `;`). Templates with `<|start_header_id|>` and tools.
+  `<|python_tag|>`; several separated by `;`). Templates with `<|start_header_id|>` (Llama 3.x) or
+  `<|header_start|>` (Llama 4) and tools.
+- PYTHONIC: the reply is a Python list of calls `[get_weather(city="Paris"), get_time()]`
+  (optionally between `<|python_start|>` and `<|python_end|>`): Llama 3.2 and Llama 4's pythonic
+  templates, which ask for the `[func_name1(...` format. Read with `ast` (literals only: strings,
+  numbers, booleans, None and JSON's true/false/null, lists, dicts), never evaluated.
+- HARMONY: gpt-oss's templates (`<|start|>`, `<|channel|>`) render the tools themselves; its calls
+  are messages to `functions.…` on the commentary channel, parsed by worker/model/harmony.py.
 - GENERIC: a template without tool support (or none): Dukat describes the tools in a system
   message itself (`generic_tools_prompt`) and asks for the HERMES block, which it then parses.
 
@@ -25,6 +32,7 @@ sent whole; text after a marker that holds no call is content after all.
 
 from __future__ import annotations
 
+import ast
 import enum
 import json
 import re
@@ -41,12 +49,17 @@ class ToolFormat(enum.Enum):
     TAGGED = "tagged"
     DEEPSEEK = "deepseek"
     LLAMA3 = "llama3"
+    PYTHONIC = "pythonic"
+    HARMONY = "harmony"
     GENERIC = "generic"
 
 
 _HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
 _MISTRAL_OPEN, _MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
 _PYTHON_TAG = "<|python_tag|>"
+_PYTHON_START, _PYTHON_END = "<|python_start|>", "<|python_end|>"
+# How a pythonic template asks for calls (Llama 3.2's and Llama 4's: "[func_name1(params_name1=...").
+_PYTHONIC_ASK = "[func_name1("
 _TAGGED_OPEN, _TAGGED_CLOSE = "<|tool_call|>", "<|/tool_call|>"
 _DS_OPEN, _DS_CALL, _DS_SEP = "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>"
 _DS_FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
@@ -58,7 +71,11 @@ _OPENERS: dict[ToolFormat, tuple[str, ...]] = {
     ToolFormat.TAGGED: (_TAGGED_OPEN,),
     ToolFormat.DEEPSEEK: (_DS_OPEN, _DS_CALL),
     ToolFormat.LLAMA3: (_PYTHON_TAG,),
+    ToolFormat.PYTHONIC: (_PYTHON_START,),
+    ToolFormat.HARMONY: (),  # its channels are split before this scanner sees the answer
 }
+# Formats whose whole reply is the calls when it starts with this (after white space).
+_REPLY_OPENERS = {ToolFormat.LLAMA3: "{", ToolFormat.PYTHONIC: "["}
 
 
 def tool_format_of(chat_template: str | None) -> ToolFormat:
@@ -74,7 +91,11 @@ def tool_format_of(chat_template: str | None) -> ToolFormat:
         return ToolFormat.TAGGED
     if _DS_OPEN in template:
         return ToolFormat.DEEPSEEK
-    if "<|start_header_id|>" in template or _PYTHON_TAG in template:
+    if _PYTHONIC_ASK in template:
+        return ToolFormat.PYTHONIC
+    if "<|channel|>" in template and "<|start|>" in template:
+        return ToolFormat.HARMONY
+    if any(marker in template for marker in ("<|start_header_id|>", "<|header_start|>", _PYTHON_TAG)):
         return ToolFormat.LLAMA3
     return ToolFormat.GENERIC
 
@@ -118,6 +139,10 @@ def parse_tool_calls(text: str, fmt: ToolFormat) -> tuple[str, list[ToolCall]]:
             return _parse_mistral(text)
         case ToolFormat.LLAMA3:
             return _parse_llama3(text)
+        case ToolFormat.PYTHONIC:
+            return parse_pythonic(text)
+        case ToolFormat.HARMONY:
+            return text, []
         case ToolFormat.TAGGED:
             return _parse_tagged(text)
         case ToolFormat.DEEPSEEK:
@@ -165,13 +190,13 @@ class ToolCallScanner:
             self._capture(delta)
             return ""
         text = self._held + delta
-        if self._at_start and self.fmt is ToolFormat.LLAMA3:
+        if self._at_start and self.fmt in _REPLY_OPENERS:
             stripped = text.lstrip()
             if not stripped:
                 self._held = text
                 return ""
             self._at_start = False
-            if stripped.startswith("{"):
+            if stripped.startswith(_REPLY_OPENERS[self.fmt]):
                 self._held, self._reader = "", _reader_for(self.fmt)
                 self._capture(stripped)
                 return ""
@@ -362,3 +387,62 @@ def _parse_llama3(text: str) -> tuple[str, list[ToolCall]]:
         return text, []
     calls = [c for v in _json_values(body) if (c := _call_of(v)) is not None]
     return ("", calls) if calls else (text, [])
+
+
+def parse_pythonic(text: str) -> tuple[str, list[ToolCall]]:
+    """A reply that is a Python list of calls (`[f(a=1, b="x"), g()]`): ("", the calls); anything
+    else (text, a call with positional arguments, an expression that is not a literal) stays content."""
+    body = text.strip()
+    if body.startswith(_PYTHON_START):
+        body = body[len(_PYTHON_START) :].replace(_PYTHON_END, "").strip()
+    if not body.startswith("["):
+        return text, []
+    try:
+        tree = ast.parse(body, mode="eval").body
+        if not isinstance(tree, ast.List) or not tree.elts:
+            return text, []
+        calls = [_pythonic_call(node) for node in tree.elts]
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # not a call list of literals
+        return text, []
+    return "", calls
+
+
+def _pythonic_call(node: ast.expr) -> ToolCall:
+    if not isinstance(node, ast.Call) or node.args or any(k.arg is None for k in node.keywords):
+        raise ValueError("not a call with keyword arguments")
+    return make_call(_dotted_name(node.func), {k.arg: _literal(k.value) for k in node.keywords if k.arg})
+
+
+def _dotted_name(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):  # e.g. `weather.get(...)`: the name as written
+        return f"{_dotted_name(node.value)}.{node.attr}"
+    raise ValueError("a call of something that is not a name")
+
+
+# JSON's literals, which models write in Python calls too.
+_JSON_NAMES: dict[str, Any] = {"true": True, "false": False, "null": None}
+
+
+def _literal(node: ast.expr) -> Any:
+    """The value of a literal argument (JSON's names included); anything else is a ValueError."""
+    if isinstance(node, ast.Name) and node.id in _JSON_NAMES:
+        return _JSON_NAMES[node.id]
+    if isinstance(node, ast.List | ast.Tuple | ast.Set):
+        return [_literal(e) for e in node.elts]
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise ValueError("a ** in a dict")
+        return {_key(k): _literal(v) for k, v in zip(node.keys, node.values, strict=True) if k is not None}
+    value = ast.literal_eval(node)  # constants, and signed numbers; raises on anything else
+    if isinstance(value, bytes | complex):
+        raise ValueError("not a JSON value")
+    return value
+
+
+def _key(node: ast.expr) -> str:
+    value = _literal(node)
+    if not isinstance(value, str | int | float | bool) and value is not None:
+        raise ValueError("a dict key that is not a scalar")
+    return value if isinstance(value, str) else json.dumps(value)

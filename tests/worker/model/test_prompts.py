@@ -221,7 +221,7 @@ def test_implied_stops_per_format() -> None:
                     [{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "x"}}],
                 )
             ],
-            "messages[0].content[1] has type 'image_url'",
+            "messages[0].content[1] is an image (image_url), and this model takes no images",
         ),
         ([msg("user", None)], "messages[0].content is required"),
         ([msg("system", None), msg("user", "Hi")], "messages[0].content is required"),

@@ -4,17 +4,33 @@ DeepSeek-R1 distill and Qwen 3 (whose templates open / can close the block)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoTokenizer
 
-from shared.generation import GenerateRequest, GenerateResult, Message, Reasoning, SamplingParams
+from shared.generation import (
+    FunctionCall,
+    GenerateRequest,
+    GenerateResult,
+    Message,
+    Reasoning,
+    SamplingParams,
+    ToolCall,
+    ToolUse,
+)
 from tests.conftest import TINY_MODEL_CACHE
 from tests.support.tiny_modern_models import ensure_modern_model
 from worker.host.catalog import model_type_of
+from worker.model.batching import Job
 from worker.model.engine import Engine
 from worker.model.harmony import HarmonySplitter, speaks_harmony
 from worker.model.reasoning import ThinkSplitter, opens_thinking, thinks
+from worker.model.reply import Plan, Reply
+from worker.model.sampling import TokenSampler
+from worker.model.tool_calls import ToolFormat, tool_format_of
 
 
 def _split(text: str, pieces: list[int], *, inside: bool = False) -> tuple[str | None, str, str, str]:
@@ -139,3 +155,90 @@ def test_a_gpt_oss_reply_is_decoded_with_its_channel_markers_and_split() -> None
         engine.close()
     # A random model names no channel: its text is all answer, with no marker left in it.
     assert result.reasoning is None and "<|" not in result.text
+
+
+HARMONY_CALL = (
+    "<|channel|>analysis<|message|>Need the weather.<|end|>"
+    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+    '<|message|>{"city": "Paris"}<|call|>'
+)
+
+
+@pytest.mark.parametrize("pieces", [[], [1] * 200, [7, 3, 40, 2, 11]])
+def test_a_harmony_commentary_message_to_a_function_is_a_tool_call_for_any_split(pieces: list[int]) -> None:
+    splitter = HarmonySplitter(calls=True)
+    at = 0
+    for size in [*pieces, len(HARMONY_CALL)]:
+        splitter.feed(HARMONY_CALL[at : at + size])
+        at += size
+    splitter.finish()
+    assert (splitter.reasoning, splitter.content) == ("Need the weather.", "")
+    calls = [(c.function.name, c.function.arguments) for c in splitter.calls]
+    assert calls == [("get_weather", '{"city": "Paris"}')]
+
+
+def test_harmony_calls_with_the_recipient_first_cut_short_or_not_json() -> None:
+    def split(text: str, *, calls: bool = True) -> tuple[str, list[tuple[str, object]]]:
+        splitter = HarmonySplitter(calls=calls)
+        splitter.feed(text)
+        splitter.finish()
+        return splitter.content, [(c.function.name, c.function.arguments) for c in splitter.calls]
+
+    first = '<|start|>assistant to=functions.g<|channel|>commentary json<|message|>{"zone": "UTC"}<|call|>'
+    assert split(first) == ("", [("g", '{"zone": "UTC"}')])
+    cut = '<|channel|>commentary to=functions.f<|message|>{"a": 1}'
+    assert split(cut) == ("", [("f", '{"a": 1}')])
+    assert split("<|channel|>commentary to=functions.f<|message|>not json<|call|>") == ("not json", [])
+    # A request without tools: the message is answer text, as before.
+    assert split('<|channel|>commentary to=functions.f<|message|>{"a": 1}<|call|>', calls=False) == (
+        '{"a": 1}', []
+    )
+
+
+def test_a_gpt_oss_reply_with_a_commentary_call_ends_with_tool_calls() -> None:
+    """The reply as the engine reads it: the tiny gpt-oss's tokens of a harmony call, decoded with
+    their markers kept, split, and the call in the result."""
+    path: Path = ensure_modern_model("openai/gpt-oss-20b", TINY_MODEL_CACHE)
+    model_type = model_type_of("openai/gpt-oss-20b", path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tool_format_of(tokenizer.chat_template) is ToolFormat.HARMONY
+    tokens = tokenizer(HARMONY_CALL, add_special_tokens=False).input_ids
+    plan = Plan(prompt_ids=[0], params=SamplingParams(stop=[]), max_new_tokens=len(tokens) + 1, chat=True,
+                stop_ids=frozenset(), tool_format=ToolFormat.HARMONY, tool_parsing="auto", skip_special=False,
+                harmony=True)  # fmt: skip
+    reply = Reply(model_type, tokenizer, plan, time.perf_counter())
+    reply.job = Job(prompt_ids=[0], sampler=TokenSampler(SamplingParams(), device=torch.device("cpu")),
+                    max_new_tokens=plan.max_new_tokens, stop_ids=frozenset(),
+                    on_item=lambda item: None)  # fmt: skip
+    texts: list[object] = []
+    for token in tokens:
+        reply.emit(reply.feed(token), texts.append)
+    results: list[GenerateResult | BaseException] = []
+    reply.conclude(texts.append, results.append)
+    (result,) = results
+    assert isinstance(result, GenerateResult) and result.finish_reason == "tool_calls"
+    assert [(c.function.name, c.function.arguments) for c in result.tool_calls or []] == [
+        ("get_weather", '{"city": "Paris"}')
+    ]
+    assert result.reasoning == "Need the weather." and result.text == ""
+    assert "".join(t.text for t in texts if isinstance(t, Reasoning)) == "Need the weather."
+
+
+def test_gpt_oss_gets_its_tools_and_calls_through_its_own_template() -> None:
+    engine = _engine("openai/gpt-oss-20b")
+    try:
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+        history = [
+            Message(role="user", content="Weather in Paris?"),
+            Message(role="assistant", tool_calls=[ToolCall(id="call_1", function=FunctionCall(
+                name="get_weather", arguments='{"city": "Paris"}'))]),
+            Message(role="tool", tool_call_id="call_1", content="18 C"),
+        ]  # fmt: skip
+        req = GenerateRequest(messages=history, tools=ToolUse(tools=tools))
+        prompt = engine.detokenize(engine.tokenize(req, generation_prompt=True, special_tokens=None))
+    finally:
+        engine.close()
+    assert "namespace functions {" in prompt and "type get_weather" in prompt
+    call = '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}'
+    assert call in prompt
+    assert '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"18 C"' in prompt

@@ -35,6 +35,12 @@ def calls_of(text: str, fmt: ToolFormat) -> tuple[str, list[tuple[str, dict]]]:
         ("{% if tools %}<tool_call>{% endif %}", ToolFormat.HERMES),
         ("{% for t in tools %}[AVAILABLE_TOOLS]{% endfor %}[TOOL_CALLS]", ToolFormat.MISTRAL),
         ("<|start_header_id|>ipython{% if tools %}{% endif %}", ToolFormat.LLAMA3),
+        ("<|header_start|>ipython<|header_end|>{% if tools %}{% endif %}", ToolFormat.LLAMA3),
+        # Llama 3.2's and Llama 4's pythonic templates ask for a python list of calls.
+        ("<|start_header_id|>{% if tools %}Respond in the format [func_name1(params_name1=params_value1, "
+         "params_name2=params_value2...), func_name2(params)]{% endif %}", ToolFormat.PYTHONIC),
+        ("<|header_start|>{% if tools %}Use exact format: [func_name1(param1=value1, param2=value2), "
+         "func_name2(...)]{% endif %}", ToolFormat.PYTHONIC),
         ("{% if tools %}<|tool|>{{ tools | tojson }}<|/tool|>{% endif %}<|tool_call|>", ToolFormat.TAGGED),
         ("{% for m in messages %}{{ m['content'] }}{% endfor %}", ToolFormat.GENERIC),
         (None, ToolFormat.GENERIC),
@@ -95,6 +101,44 @@ def test_llama3_json_calls_parse_with_parameters_and_python_tag() -> None:
     two = '<|python_tag|>{"name": "get_time", "parameters": {}}; {"name": "get_weather", "parameters": {}}'
     assert calls_of(one, ToolFormat.LLAMA3) == ("", [("get_weather", WEATHER)])
     assert calls_of(two, ToolFormat.LLAMA3) == ("", [("get_time", {}), ("get_weather", {})])
+
+
+def test_pythonic_calls_parse_with_literals_of_python_and_json() -> None:
+    text = '[get_weather(city="Paris", unit=\'c\'), get_time()]'
+    assert calls_of(text, ToolFormat.PYTHONIC) == ("", [("get_weather", WEATHER), ("get_time", {})])
+    tagged = '<|python_start|>[f(a=-1, b=[1, 2.5], c={"x": true, "y": None, 3: (False,)})]<|python_end|>'
+    values = {"a": -1, "b": [1, 2.5], "c": {"x": True, "y": None, "3": [False]}}
+    assert calls_of(tagged, ToolFormat.PYTHONIC) == ("", [("f", values)])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[__import__("os").system("touch /tmp/pwned")]',  # a call's result as the callee: never run
+        '[f(a=open("/etc/passwd").read())]',  # an argument that is a call, not a literal
+        "[f(a=b)]",  # a variable
+        "[f(1)]",  # a positional argument
+        '[f(**{"a": 1})]',
+        "[f(a=1 + 2)]",
+        "[]",
+        'Let me check: [get_weather(city="Paris")]',  # text before the list
+        "[" * 10_000,  # deep nesting: a SyntaxError or RecursionError, caught
+    ],
+)
+def test_pythonic_text_that_is_not_a_list_of_literal_calls_stays_content(text: str) -> None:
+    assert calls_of(text, ToolFormat.PYTHONIC) == (text, [])
+
+
+def test_scanner_in_pythonic_captures_a_reply_that_starts_with_a_list() -> None:
+    scanner = ToolCallScanner(ToolFormat.PYTHONIC, "auto")
+    assert [scanner.feed(p) for p in ("\n", "[get_time(", "zone='UTC')]")] == ["", "", ""]
+    tail, calls = scanner.finish()
+    assert tail == "" and [(c.function.name, c.function.arguments) for c in calls] == [
+        ("get_time", '{"zone": "UTC"}')
+    ]
+    plain = ToolCallScanner(ToolFormat.PYTHONIC, "auto")
+    assert plain.feed("Paris is ") == "Paris is " and plain.feed("[sunny]") == "[sunny]"
+    assert plain.finish() == ("", [])
 
 
 @pytest.mark.parametrize("fmt", list(ToolFormat))
