@@ -152,6 +152,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # (worker/model/decode_step.py: the same logits without the forward's per-call overhead, checked
     # at load); off: the model's forward (a baseline for `make bench`).
     own_decode_step: bool = True
+    # LoRA adapters (PEFT folders under models_dir, each a model id) a model worker keeps loaded at
+    # most, least recently used out; rows of different adapters and the base share a batch (0: none).
+    max_loras: Annotated[int, Meta(ge=0)] = 8
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
     # Seconds a request whose model no host has room for (or no host is up: a pool scaled to zero)

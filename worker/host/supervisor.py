@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import msgspec
 
@@ -238,6 +239,9 @@ class Supervisor:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **pinned_env(spec.device, self.settings.worker_threads)}
         if self.settings.internal_token:  # in the environment, never on argv; sent on every connection
             env["DUKAT_INTERNAL_TOKEN"] = self.settings.internal_token
+        # Where the worker reads LoRA adapters, and how many it keeps: the host's, however it was told.
+        env["DUKAT_MODELS_DIR"] = str(Path(self.settings.models_dir).resolve())
+        env["DUKAT_MAX_LORAS"] = str(self.settings.max_loras)
         return env
 
     def _command(self, spec: WorkerSpec) -> list[str]:

@@ -13,6 +13,7 @@ Prompts become token ids in worker/model/prompt_ids.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -51,6 +52,7 @@ from worker.model.grammar_limits import GrammarLimits
 from worker.model.harmony import speaks_harmony
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
+from worker.model.lora import Adapter, Adapters
 from worker.model.pooling import Pooling, read_pooling
 from worker.model.prompt_ids import prompt_of, prompt_tokens
 from worker.model.reasoning import opens_thinking, thinks
@@ -94,6 +96,8 @@ class Engine:
         own_decode_step: bool = DEFAULTS.own_decode_step,
         grammar_limits: GrammarLimits | None = None,
         pooling: Pooling | None = None,
+        max_loras: int = DEFAULTS.max_loras,
+        models_dir: Path = DEFAULTS.models_dir,
     ) -> None:
         self._loaded: Loaded | None = loaded
         model_type = _without_template(model_type, loaded.tokenizer)
@@ -125,6 +129,8 @@ class Engine:
         self._harmony = speaks_harmony(getattr(loaded.tokenizer, "chat_template", None))
         self._grammars: Grammars | None = None  # built at the first request that needs it
         self._grammar_limits = grammar_limits or GrammarLimits()
+        generates = model_type.task not in (Task.EMBEDDING, Task.RERANK)
+        self.adapters = Adapters(loaded.model, models_dir, max_loras) if generates and max_loras else None
         self._scheduler = (
             None
             if model_type.task in (Task.EMBEDDING, Task.RERANK)
@@ -136,6 +142,7 @@ class Engine:
                 prefix_cache_tokens=prefix_cache_tokens,
                 prefill_chunk_tokens=prefill_chunk_tokens,
                 own_decode_step=own_decode_step,
+                adapters=self.adapters,
             )
         )
         reason = (
@@ -160,6 +167,8 @@ class Engine:
         own_decode_step: bool = DEFAULTS.own_decode_step,
         grammar_limits: GrammarLimits | None = None,
         trust_remote_code: bool = False,
+        max_loras: int = DEFAULTS.max_loras,
+        models_dir: Path = DEFAULTS.models_dir,
     ) -> Engine:
         loaded = load_model(
             path, model_type=model_type, quantization=quantization, device=device,
@@ -176,6 +185,8 @@ class Engine:
             own_decode_step=own_decode_step,
             grammar_limits=grammar_limits,
             pooling=pooling,
+            max_loras=max_loras,
+            models_dir=models_dir,
         )
 
     @property
@@ -239,7 +250,8 @@ class Engine:
                 f"(use {route})",
                 param="model",
             )
-        plan = self._plan(loaded, req, defaults)
+        adapter = self._adapter(req)
+        plan = self._plan(loaded, req, defaults, adapter)
         reply = Reply(self._model_type, loaded.tokenizer, plan, started)
         grammars = grammar = None
         if req.constraint is not None:
@@ -261,6 +273,7 @@ class Engine:
             grammars=grammars,
             min_tokens=plan.params.min_tokens or 0,
             logprobs=req.logprobs,
+            adapter=adapter,
         )
         reply.job, reply.end = job, partial(scheduler.finish, job)
         if reply.over:  # nothing to generate (max_new_tokens 0)
@@ -334,7 +347,20 @@ class Engine:
             raise ModelNotLoadedError("the model of this engine was closed")
         return self._loaded
 
-    def _plan(self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None) -> Plan:
+    def _adapter(self, req: GenerateRequest) -> Adapter | None:
+        """The request's LoRA adapter, loaded on first use (None: the base model)."""
+        if req.adapter is None:
+            return None
+        if self.adapters is None:
+            raise InvalidRequestError(
+                f"this {self._info.model_type} model serves no LoRA adapters ({req.adapter!r} asked)",
+                param="model",
+            )
+        return self.adapters.get(req.adapter)
+
+    def _plan(
+        self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None, adapter: Adapter | None
+    ) -> Plan:
         tokenizer = loaded.tokenizer
         text, chat, ids = prompt_of(tokenizer, req, self._model_type.prompt_format, self._tool_format)
         params = resolve_params(req.params, defaults)
@@ -362,7 +388,8 @@ class Engine:
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
         echo_logprobs = None
         if req.echo and vocab is not None and req.logprobs is not None:
-            records = prompt_records(loaded.model, ids, req.logprobs)
+            with self.adapters.rows([adapter]) if self.adapters is not None else contextlib.nullcontext():
+                records = prompt_records(loaded.model, ids, req.logprobs)
             echo_logprobs = token_logprobs(vocab, records, ids)
         return Plan(
             prompt_ids=ids,

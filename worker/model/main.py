@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             prefix_cache_tokens=settings.prefix_cache_tokens,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             own_decode_step=settings.own_decode_step,
+            # DUKAT_MAX_LORAS, DUKAT_MODELS_DIR: LoRA adapters are folders there, read at first use
+            max_loras=settings.max_loras,
+            models_dir=settings.models_dir,
             grammar_limits=GrammarLimits.of(settings),
             # The host's environment: a model's own code runs only where an admin named the model.
             trust_remote_code=any(fnmatchcase(args.model_id, p) for p in load_settings().trust_remote_code),

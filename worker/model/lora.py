@@ -1,0 +1,217 @@
+"""LoRA adapters applied per row of a batch: rows for different adapters and for the base model
+share every forward pass and decode step.
+
+Each adapted linear layer adds `x @ A^T @ B^T * scale` to its output, with each row's own A and B.
+A step's rows are given by the scheduler (`Adapters.rows`, per thread); the adapted layers then
+gather the rows' matrices once per change of the batch's rows (a base row gets zeros: its output
+is the base model's, exactly) and add two batched matmuls to their output. Where the model's
+forward runs (prefills, unbatched models), forward hooks on the adapted modules add it; the own
+decode step (worker/model/decode_step.py) bypasses the modules and asks `Adapters.add` itself.
+
+Why not PEFT's mixed-adapter batches (`adapter_names=`): PEFT wraps the modules, which the own
+decode step fuses by their weights, and it groups rows per adapter in Python in every layer.
+`tests/worker/model/test_lora.py` checks each row against PEFT's merged model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.adapters import WEIGHTS_NAME, adapter_folder, read_config
+from shared.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "base_model.model."
+
+
+@dataclass(eq=False, kw_only=True)
+class Adapter:
+    """One adapter's matrices per adapted module: A^T [in, r] and B^T * scale [r, out]."""
+
+    id: str
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+def read_adapter(adapter_id: str, folder: Path, model: nn.Module) -> Adapter:
+    """The adapter in `folder`, checked against `model`'s modules and shapes (a 400 when it does not fit)."""
+    from safetensors.torch import load_file
+
+    config = read_config(folder)
+    if (why := config.refusal()) is not None:
+        raise InvalidRequestError(f"adapter {adapter_id!r} cannot be served: {why}", param="model")
+    weights_file = folder / WEIGHTS_NAME
+    if not weights_file.is_file():
+        raise InvalidRequestError(f"adapter {adapter_id!r} has no {WEIGHTS_NAME}", param="model")
+    tensors = load_file(str(weights_file))
+    modules = dict(model.named_modules())
+    param = next(model.parameters())
+    dtype = param.dtype if param.dtype.is_floating_point else torch.float32
+    adapter = Adapter(id=adapter_id)
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key.removeprefix(_PREFIX).removesuffix(".lora_A.weight")
+        b = tensors.get(key.replace(".lora_A.", ".lora_B."))
+        module = modules.get(name)
+        if b is None or module is None or not hasattr(module, "out_features"):
+            raise InvalidRequestError(
+                f"adapter {adapter_id!r} does not fit this model: no linear layer {name!r}", param="model"
+            )
+        if a.shape[1] != module.in_features or b.shape[0] != module.out_features:
+            raise InvalidRequestError(
+                f"adapter {adapter_id!r} does not fit this model: {name} is "
+                f"{module.in_features}->{module.out_features}, the adapter {a.shape[1]}->{b.shape[0]}",
+                param="model",
+            )
+        a_t = a.t().to(device=param.device, dtype=dtype).contiguous()
+        b_t = (b.t().float() * config.scale()).to(device=param.device, dtype=dtype).contiguous()
+        adapter.layers[name] = (a_t, b_t)
+    if not adapter.layers:
+        raise InvalidRequestError(f"adapter {adapter_id!r} has no LoRA matrices", param="model")
+    return adapter
+
+
+Rows = tuple[Adapter | None, ...]
+
+
+class Adapters:
+    """The adapters a model worker keeps loaded (at most `max_loaded`, least recently used first
+    out; a row running one keeps it alive until it ends), the hooks on the adapted modules, and
+    each thread's current rows.
+
+    Thread-safe: `get` from request threads, `rows` and the forward passes on the scheduler's.
+    """
+
+    def __init__(self, model: nn.Module, models_dir: Path, max_loaded: int) -> None:
+        self._model = model
+        self._models_dir = Path(models_dir)
+        self.max_loaded = max_loaded
+        self._loaded: OrderedDict[str, Adapter] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hooked: set[str] = set()
+        self._current = threading.local()  # .rows: Rows | None
+        # module name -> (the rows it was gathered for, A^T [rows, in, r], B^T [rows, r, out])
+        self._gathered: dict[str, tuple[Rows, torch.Tensor, torch.Tensor]] = {}
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)
+
+    def get(self, adapter_id: str) -> Adapter:
+        """The adapter, read from models_dir first if it is not loaded (evicting the least recently used)."""
+        with self._lock:
+            adapter = self._loaded.get(adapter_id)
+            if adapter is not None:
+                self._loaded.move_to_end(adapter_id)
+                return adapter
+            if self.max_loaded <= 0:
+                raise InvalidRequestError(
+                    "this model worker serves no LoRA adapters (DUKAT_MAX_LORAS is 0)", param="model"
+                )
+            adapter = read_adapter(adapter_id, adapter_folder(adapter_id, self._models_dir), self._model)
+            for name in adapter.layers.keys() - self._hooked:
+                module = self._model.get_submodule(name)
+                module.register_forward_hook(self._hook(name))
+                self._hooked.add(name)
+            self._loaded[adapter_id] = adapter
+            while len(self._loaded) > self.max_loaded:
+                gone, _ = self._loaded.popitem(last=False)
+                logger.info("LoRA adapter %s unloaded (least recently used)", gone)
+            logger.info("LoRA adapter %s loaded (%d modules)", adapter_id, len(adapter.layers))
+            return adapter
+
+    def drop(self, adapter_id: str) -> bool:
+        """Unload an adapter (rows running it finish with it); whether it was loaded."""
+        with self._lock:
+            return self._loaded.pop(adapter_id, None) is not None
+
+    @contextlib.contextmanager
+    def rows(self, adapters: Sequence[Adapter | None]) -> Iterator[None]:
+        """The forward passes inside run each row `i` (dim 0 of the inputs) with `adapters[i]`."""
+        current = self._current
+        before = getattr(current, "rows", None)
+        current.rows = tuple(adapters) if any(a is not None for a in adapters) else None
+        try:
+            yield
+        finally:
+            current.rows = before
+
+    @contextlib.contextmanager
+    def hooks_off(self) -> Iterator[Rows | None]:
+        """For the own decode step, which adds the deltas itself (`add`)."""
+        current = self._current
+        before = getattr(current, "rows", None)
+        current.rows = None
+        try:
+            yield before
+        finally:
+            current.rows = before
+
+    def add(
+        self, rows: Rows | None, out: torch.Tensor, modules: list[tuple[str, int]], x: torch.Tensor
+    ) -> None:
+        """Into `out` [rows, sum of widths], in place: each (module, width)'s delta on its columns."""
+        if rows is None:
+            return
+        start = 0
+        for name, width in modules:
+            delta = self._delta(rows, name, x)
+            if delta is not None:
+                out[:, start : start + width] += delta
+            start += width
+
+    def _hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+            rows = getattr(self._current, "rows", None)
+            if rows is None:
+                return None
+            delta = self._delta(rows, name, args[0])
+            return output if delta is None else output + delta.view_as(output)
+
+        return hook
+
+    def _delta(self, rows: Rows, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """x [rows, ..., in] -> each row's LoRA output [rows, ..., out] (None: no row adapts `name`)."""
+        got = self._gathered.get(name)
+        if got is None or got[0] != rows:
+            stacked = _stack(rows, name)
+            if stacked is None:
+                self._gathered.pop(name, None)
+                return None
+            got = self._gathered[name] = (rows, *stacked)
+        _, a_t, b_t = got
+        if x.shape[0] != len(rows):
+            raise RuntimeError(f"LoRA rows: {len(rows)} adapters for a batch of {x.shape[0]}")
+        flat = x.reshape(len(rows), -1, x.shape[-1]).to(a_t.dtype)
+        delta = torch.bmm(torch.bmm(flat, a_t), b_t)
+        return delta.reshape(*x.shape[:-1], b_t.shape[-1]).to(x.dtype)
+
+
+def _stack(rows: Rows, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each row's A^T and B^T for module `name`, zero-padded to the largest rank (zeros for a row
+    without it: its delta is exactly 0)."""
+    pairs = [a.layers.get(name) if a is not None else None for a in rows]
+    present = [p for p in pairs if p is not None]
+    if not present:
+        return None
+    a0, b0 = present[0]
+    rank = max(p[0].shape[1] for p in present)
+    a_t = a0.new_zeros(len(rows), a0.shape[0], rank)
+    b_t = b0.new_zeros(len(rows), rank, b0.shape[1])
+    for i, pair in enumerate(pairs):
+        if pair is not None:
+            r = pair[0].shape[1]
+            a_t[i, :, :r] = pair[0]
+            b_t[i, :r] = pair[1]
+    return a_t, b_t
