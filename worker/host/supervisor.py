@@ -360,7 +360,7 @@ class Supervisor:
             return
         s = worker.state
         s.in_flight, s.finished, s.cancelled = load.in_flight, load.finished, load.cancelled
-        s.idle_s = load.idle_s
+        s.idle_s, s.adapters = load.idle_s, list(load.adapters)
         s.last_used_at = time.time() - load.idle_s
         s.keep_alive_s = worker.spec.keep_alive_s if load.keep_alive_s is None else load.keep_alive_s
 

@@ -331,6 +331,19 @@ class Engine:
         text: str = tokenizer.decode(ids)
         return text
 
+    def adapter(self, adapter_id: str, *, load: bool) -> tuple[list[str], bool]:
+        """Load (or unload) a LoRA adapter now; the adapters then loaded, and whether it was before."""
+        if self.adapters is None:
+            raise InvalidRequestError(
+                f"this {self._info.model_type} model serves no LoRA adapters", param="model"
+            )
+        was = adapter_id in self.adapters.loaded()
+        if load:
+            self.adapters.get(adapter_id)
+        else:
+            self.adapters.drop(adapter_id)
+        return self.adapters.loaded(), was
+
     def close(self) -> None:
         """Drop the model; later calls raise ModelNotLoadedError. Waits for the running requests."""
         if self._scheduler is not None:

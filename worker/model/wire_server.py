@@ -21,6 +21,8 @@ from shared.errors import DukatError, InternalError, ModelNotLoadedError, Worker
 from shared.generation import EmbedRequest, EmbedResult, GenerateResult, Reasoning, ScoreRequest, ScoreResult
 from shared.wire import (
     Accepted,
+    AdapterCommand,
+    AdaptersLoaded,
     Admit,
     Admitted,
     Cancel,
@@ -112,7 +114,7 @@ class WorkerServer:
                         writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.busy_counters())))
                     case Hello():
                         pass
-                    case Tokenize() | Detokenize():
+                    case Tokenize() | Detokenize() | AdapterCommand():
                         task = asyncio.create_task(self._answer(frame, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
@@ -200,12 +202,19 @@ class WorkerServer:
         finally:
             cancels.pop(rid, None)
 
-    async def _answer(self, frame: Tokenize | Detokenize, writer: asyncio.StreamWriter) -> None:
-        """Text <-> token ids: quick, so outside the generation queue (in a thread: a long prompt)."""
+    async def _answer(
+        self, frame: Tokenize | Detokenize | AdapterCommand, writer: asyncio.StreamWriter
+    ) -> None:
+        """Text <-> token ids, adapters: quick, so outside the generation queue (in a thread: a long
+        prompt, an adapter's file)."""
         loop = asyncio.get_running_loop()
         try:
-            reply: Tokens | Text
-            if isinstance(frame, Tokenize):
+            reply: Tokens | Text | AdaptersLoaded
+            if isinstance(frame, AdapterCommand):
+                command = partial(self.engine.adapter, frame.adapter, load=frame.load)
+                loaded, was = await loop.run_in_executor(self.executor, command)
+                reply = AdaptersLoaded(id=frame.id, loaded=loaded, was_loaded=was)
+            elif isinstance(frame, Tokenize):
                 tokenize = partial(
                     self.engine.tokenize,
                     frame.request,
@@ -236,6 +245,7 @@ class WorkerServer:
             cancelled=self.cancelled,
             idle_s=idle,
             keep_alive_s=self.keep_alive,
+            adapters=self.engine.adapters.loaded() if self.engine.adapters is not None else [],
         )
 
     async def _run(
