@@ -446,6 +446,7 @@ def _scheduler(
     max_batch: int,
     max_queue: int,
     own_decode_step: bool,
+    adapters: Adapters | None,
     **caching: int,
 ) -> Scheduler:
     scheduler = Scheduler(
@@ -454,6 +455,7 @@ def _scheduler(
         max_queue=max_queue,
         **caching,
         own_decode_step=own_decode_step,
+        adapters=adapters,
         seq2seq=model_type.task is Task.SEQ2SEQ,
         pad_id=_pad_id(loaded.tokenizer),
     )
