@@ -17,34 +17,42 @@ import openai
 import pytest
 
 from shared.processes import ChildProcess
+from tests.conftest import TINY_MODEL_CACHE
 from tests.gateway.conftest import TEST_ENV
+from tests.gateway.test_management_api import follow
 from tests.support.checks import wait_for
-from tests.support.tiny_adapters import ALL_PROJECTIONS, build_tiny_adapter
+from tests.support.hub_server import HubServer
+from tests.support.tiny_adapters import ALL_PROJECTIONS, place_tiny_adapter
 from tests.support.tool_templates import install_hermes_template
 
 BASE = "tiny/base"
 ADAPTERS = {"lora/a": {"seed": 1}, "lora/b": {"seed": 2, "r": 8, "targets": ALL_PROJECTIONS}}
 SPARE = "lora/c"  # loaded and unloaded by hand
+HUB_ADAPTER = "org/lora-hub"  # pulled from the (local) hub
 PROMPTS = ["Tell me a story", "What is the capital of France?", "Numbers like 1, 2, 3"]
 
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     models = tmp_path_factory.mktemp("lora") / "models"
-    shutil.copytree(tiny_model_dir("llama"), models / BASE)
+    llama = tiny_model_dir("llama")
+    shutil.copytree(llama, models / BASE)
     install_hermes_template(models / BASE)  # tool calls in a format the tiny model's template speaks
     for adapter_id, options in {**ADAPTERS, SPARE: {"seed": 3}}.items():
-        build_tiny_adapter(models / BASE, models / adapter_id, base_id=BASE, **options)  # type: ignore[arg-type]
+        place_tiny_adapter(llama, models / adapter_id, TINY_MODEL_CACHE, base_id=BASE, **options)  # type: ignore[arg-type]
     (models / "config.json").write_text(json.dumps({"models": {BASE: {"quantization": "none"}}}))
-    env = {**TEST_ENV, "DUKAT_LOG_LEVEL": "warning", "DUKAT_WORKER_PING_INTERVAL_S": "0.3"}
-    proc = ChildProcess(
-        "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models)],
-        ready_prefix="DUKAT_GATEWAY_READY", env=env,
-    )  # fmt: skip
-    try:
-        yield proc.start(timeout=120)
-    finally:
-        proc.stop()
+    on_hub = place_tiny_adapter(llama, models.parent / "hub-adapter", TINY_MODEL_CACHE, base_id=BASE, seed=4)
+    with HubServer({HUB_ADAPTER: on_hub}) as hub:
+        env = {**TEST_ENV, "DUKAT_LOG_LEVEL": "warning", "DUKAT_WORKER_PING_INTERVAL_S": "0.3",
+               "HF_ENDPOINT": hub.url, "HF_HOME": str(models.parent / "hf-home")}  # fmt: skip
+        proc = ChildProcess(
+            "gateway.cli", ["serve", "--port", "0", "--models-dir", str(models)],
+            ready_prefix="DUKAT_GATEWAY_READY", env=env,
+        )  # fmt: skip
+        try:
+            yield proc.start(timeout=120)
+        finally:
+            proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +123,12 @@ def test_an_adapter_answers_with_logprobs_a_json_schema_and_a_forced_tool_call(c
     )  # fmt: skip
     [call] = called.choices[0].message.tool_calls or []
     assert call.function.name == "add" and isinstance(json.loads(call.function.arguments)["n"], int)
+
+
+def test_an_adapter_pulled_from_the_hub_is_served_by_its_base(client: openai.OpenAI, served: str) -> None:
+    with httpx.Client(base_url=served, timeout=120) as http:
+        job = http.post("/api/models/pull", json={"model": HUB_ADAPTER})
+        assert job.status_code in (200, 202), job.text
+        assert follow(http, job.json()["id"])[-1]["status"] == "done"
+    assert client.models.retrieve(HUB_ADAPTER).model_dump()["parent"] == BASE
+    assert _complete(client, HUB_ADAPTER, PROMPTS[0]) != _complete(client, BASE, PROMPTS[0])

@@ -43,6 +43,25 @@ def build_tiny_adapter(
     return Path(dest)
 
 
+def place_tiny_adapter(base: Path, dest: Path, cache_dir: Path, *, base_id: str, **kwargs: Any) -> Path:
+    """`build_tiny_adapter`'s folder at `dest`, copied from one built once under `cache_dir` (PEFT
+    takes seconds per adapter), its config naming `base_id`."""
+    import shutil
+
+    from tests.support.tiny_models import _ensure
+
+    options = {"base": base.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+    built = _ensure(
+        cache_dir, "lora", options, lambda tmp: build_tiny_adapter(base, tmp, base_id="", **kwargs)
+    )
+    shutil.copytree(built, dest)
+    config_file = Path(dest) / "adapter_config.json"
+    fields: dict[str, Any] = json.loads(config_file.read_text())
+    fields["base_model_name_or_path"] = base_id
+    config_file.write_text(json.dumps(fields, indent=2))
+    return Path(dest)
+
+
 def merged_model(base: Path, adapter: Path) -> Any:
     """PEFT's own base model with `adapter` merged into its weights: what the adapter's rows must equal."""
     import torch

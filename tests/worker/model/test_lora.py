@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from shared.errors import InvalidRequestError, NotFoundError
-from tests.support.tiny_adapters import ALL_PROJECTIONS, build_tiny_adapter, merged_model
+from tests.conftest import TINY_MODEL_CACHE
+from tests.support.tiny_adapters import ALL_PROJECTIONS, merged_model, place_tiny_adapter
 from tests.worker.conftest import tiny_model
 from worker.model.kv_cache import PaddedBatch, checked_decode_step
 from worker.model.lora import Adapters
@@ -27,8 +28,10 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Callabl
     root = tmp_path_factory.mktemp("models")
     for name in ("llama", "gemma3"):
         base, _ = tiny_model(tiny_model_dir, name)
-        build_tiny_adapter(base, root / f"{name}-a", base_id=name, seed=1)
-        build_tiny_adapter(base, root / f"{name}-b", base_id=name, seed=2, r=8, targets=ALL_PROJECTIONS)
+        place_tiny_adapter(base, root / f"{name}-a", TINY_MODEL_CACHE, base_id=name, seed=1)
+        place_tiny_adapter(
+            base, root / f"{name}-b", TINY_MODEL_CACHE, base_id=name, seed=2, r=8, targets=ALL_PROJECTIONS
+        )
     return root
 
 
