@@ -7,7 +7,10 @@ logprobs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,6 +87,12 @@ def test_adapters_are_listed_with_their_base_as_parent(client: openai.OpenAI, se
         assert listed[adapter_id]["root"] == adapter_id
     assert listed[BASE]["parent"] is None
     assert client.models.retrieve("lora/a").model_dump()["parent"] == BASE
+    listing = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "list", "--url", served],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **TEST_ENV}, check=True,
+    ).stdout  # fmt: skip
+    row = next(line for line in listing.splitlines() if line.startswith("lora/a "))
+    assert f"lora of {BASE}" in row, listing
 
 
 def test_an_adapter_loads_and_unloads_through_the_management_api(client: openai.OpenAI, served: str) -> None:

@@ -99,8 +99,13 @@ class Adapters:
         self.max_loaded = max_loaded
         self._loaded: OrderedDict[str, Adapter] = OrderedDict()
         self._lock = threading.Lock()
-        self._hooked: set[str] = set()
         self._current = threading.local()  # .rows: Rows | None
+        # Every linear layer an adapter may adapt gets its hook now: registering one later, from a
+        # request's thread, would change a module's hooks while the scheduler's forward reads them.
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self._hooked = {n for n, m in model.named_modules() if _adaptable(m) and m is not head}
+        for name in self._hooked:
+            model.get_submodule(name).register_forward_hook(self._hook(name))
         # module name -> (the rows it was gathered for, A^T [rows, in, r], B^T [rows, r, out])
         self._gathered: dict[str, tuple[Rows, torch.Tensor, torch.Tensor]] = {}
 
@@ -120,10 +125,11 @@ class Adapters:
                     "this model worker serves no LoRA adapters (DUKAT_MAX_LORAS is 0)", param="model"
                 )
             adapter = read_adapter(adapter_id, adapter_folder(adapter_id, self._models_dir), self._model)
-            for name in adapter.layers.keys() - self._hooked:
-                module = self._model.get_submodule(name)
-                module.register_forward_hook(self._hook(name))
-                self._hooked.add(name)
+            if unhooked := sorted(adapter.layers.keys() - self._hooked):
+                raise InvalidRequestError(
+                    f"adapter {adapter_id!r} adapts {unhooked[0]}, which is not a linear layer Dukat adapts",
+                    param="model",
+                )
             self._loaded[adapter_id] = adapter
             while len(self._loaded) > self.max_loaded:
                 gone, _ = self._loaded.popitem(last=False)
@@ -196,6 +202,13 @@ class Adapters:
         flat = x.reshape(len(rows), -1, x.shape[-1]).to(a_t.dtype)
         delta = torch.bmm(torch.bmm(flat, a_t), b_t)
         return delta.reshape(*x.shape[:-1], b_t.shape[-1]).to(x.dtype)
+
+
+def _adaptable(module: nn.Module) -> bool:
+    """A linear layer (float, bitsandbytes or the CPU block kernels') of the decoder, not the LM head
+    (PEFT's defaults never adapt it; its hook would run on every step's widest matmul)."""
+    linear = isinstance(module, nn.Linear) or type(module).__name__ == "BlockLinear"
+    return linear and hasattr(module, "in_features") and hasattr(module, "out_features")
 
 
 def _stack(rows: Rows, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
