@@ -102,7 +102,7 @@ class Adapters:
         self._current = threading.local()  # .rows: Rows | None
         # Every linear layer an adapter may adapt gets its hook now: registering one later, from a
         # request's thread, would change a module's hooks while the scheduler's forward reads them.
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head = getattr(model, "get_output_embeddings", lambda: None)()
         self._hooked = {n for n, m in model.named_modules() if _adaptable(m) and m is not head}
         for name in self._hooked:
             model.get_submodule(name).register_forward_hook(self._hook(name))
