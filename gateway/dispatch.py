@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from gateway import prefix_routing
 from gateway.metrics import GatewayMetrics
+from gateway.request_log import TRACE_CONTEXT
 from shared.errors import DukatError, ModelNotLoadedError, WorkerFailedError, WorkerUnreachableError
 from shared.generation import (
     EmbedRequest,
@@ -108,10 +109,13 @@ class WorkerConnections:
 
 
 def adapt(mid: str, workers: list[WorkerState], requests: Sequence[GenerateRequest]) -> None:
-    """`mid` served by another model's workers is a LoRA adapter of that base: the requests say so."""
-    if workers and workers[0].model_id != mid:
-        for request in requests:
-            request.adapter = mid
+    """`mid` served by another model's workers is a LoRA adapter of that base: the requests say so.
+    They carry the request's trace context too (the worker's span is a child of the gateway's)."""
+    adapter = mid if workers and workers[0].model_id != mid else None
+    trace_context = TRACE_CONTEXT.get()
+    for request in requests:
+        request.adapter = adapter
+        request.trace_context = trace_context
 
 
 class Replicas(Protocol):

@@ -242,6 +242,8 @@ class Supervisor:
         # Where the worker reads LoRA adapters, and how many it keeps: the host's, however it was told.
         env["DUKAT_MODELS_DIR"] = str(Path(self.settings.models_dir).resolve())
         env["DUKAT_MAX_LORAS"] = str(self.settings.max_loras)
+        if self.settings.otel_endpoint:  # the worker's spans go where the host's settings say
+            env["DUKAT_OTEL_ENDPOINT"] = self.settings.otel_endpoint
         return env
 
     def _command(self, spec: WorkerSpec) -> list[str]:

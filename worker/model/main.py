@@ -29,6 +29,7 @@ from shared.host_api import device_kind
 from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready, pinned_env
 from shared.settings import DEFAULTS, QUANTIZATIONS, load_settings
+from shared.tracing import Tracing
 from shared.wire import WorkerInfo
 from worker.model.wire_server import WorkerServer
 
@@ -180,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         max_wait_s=args.max_wait_s,
         drain_s=args.drain_s,
         token=token,
+        # DUKAT_OTEL_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT): the host's environment
+        tracing=(tracing := Tracing.configure(settings.otel_endpoint, "model-worker")),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server, args.bind, args.port))
+    tracing.shutdown()  # its last spans are exported before the process ends
     engine.close()
     return 0
 
