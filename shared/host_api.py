@@ -235,6 +235,7 @@ class ModelDetails(Struct, kw_only=True):
     size_bytes: int = 0
     revision: str | None = None
     error: str | None = None
+    base_model: str | None = None  # a LoRA adapter's base model
 
 
 class DeleteCommand(Struct, kw_only=True, forbid_unknown_fields=True):

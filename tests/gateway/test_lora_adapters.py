@@ -93,6 +93,10 @@ def test_adapters_are_listed_with_their_base_as_parent(client: openai.OpenAI, se
     ).stdout  # fmt: skip
     row = next(line for line in listing.splitlines() if line.startswith("lora/a "))
     assert f"lora of {BASE}" in row, listing
+    with httpx.Client(base_url=served, timeout=60) as http:
+        shown = http.get("/api/models/lora/b")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["architecture"].startswith(f"LoRA adapter of {BASE} (rank 8")
 
 
 def test_an_adapter_loads_and_unloads_through_the_management_api(client: openai.OpenAI, served: str) -> None:

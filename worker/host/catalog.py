@@ -107,7 +107,7 @@ def _model_folders(folder: Path, depth: int) -> Iterator[Path]:
 def _describe(root: Path, folder: Path) -> LocalModel:
     model_id = folder.relative_to(root).as_posix()
     if adapters.is_adapter_folder(folder):
-        return _describe_adapter(model_id, folder)
+        return describe_adapter(model_id, folder)
     model_type, error = _model_type(model_id, folder)
     marker = read_marker(folder)
     complete = marker is None or marker.complete
@@ -129,7 +129,7 @@ def _describe(root: Path, folder: Path) -> LocalModel:
     )
 
 
-def _describe_adapter(model_id: str, folder: Path) -> LocalModel:
+def describe_adapter(model_id: str, folder: Path) -> LocalModel:
     """A LoRA adapter: served by a worker of its base model (shared/adapters.py)."""
     marker = read_marker(folder)
     error = None
