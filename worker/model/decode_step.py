@@ -145,7 +145,7 @@ class DecodeStep:
     ) -> torch.Tensor:
         if self.adapters is None:
             return self._step(ids, positions, mask, cache, None)
-        with self.adapters.hooks_off() as rows:  # the step adds each row's deltas itself
+        with self.adapters.wrappers_off() as rows:  # the step adds each row's deltas itself
             return self._step(ids, positions, mask, cache, rows)
 
     def _step(
