@@ -90,7 +90,7 @@ class _Layer:
         self.index = index
         # Each call's modules as (name, output width): what LoRA adapters add to (worker/model/lora.py).
         self.parts = {
-            call: [(names[m], int(m.out_features)) for m in modules]
+            call: tuple((names[m], int(m.out_features)) for m in modules)
             for call, modules in (
                 ("qkv", [attn.q_proj, attn.k_proj, attn.v_proj]), ("o", [attn.o_proj]),
                 ("gate_up", [mlp.gate_proj, mlp.up_proj]), ("down", [mlp.down_proj]),

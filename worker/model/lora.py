@@ -2,9 +2,11 @@
 share every forward pass and decode step.
 
 Each adapted linear layer adds `x @ A^T @ B^T * scale` to its output, with each row's own A and B.
-A step's rows are given by the scheduler (`Adapters.rows`, per thread); the adapted layers then
-gather the rows' matrices once per change of the batch's rows (a base row gets zeros: its output
-is the base model's, exactly) and add two batched matmuls to their output. Where the model's
+A step's rows are given by the scheduler (`Adapters.rows`, per thread); once per change of the
+batch's rows each adapted layer puts the distinct adapters' matrices side by side, and adds
+`((x @ [A_1 .. A_n]) * rows' columns) @ [B_1; ..; B_n]`: two plain matmuls whatever the number of
+adapters, each row keeping only its own adapter's columns (a base row none: its output is the base
+model's, exactly), each adapter's matrices held once rather than once per row. Where the model's
 forward runs (prefills, unbatched models), the adapted modules' forward adds it (wrapped when the
 first adapter of that module loads); the own decode step (worker/model/decode_step.py) bypasses the
 modules and asks `Adapters.add` itself.
@@ -23,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -84,6 +86,7 @@ def read_adapter(adapter_id: str, folder: Path, model: nn.Module) -> Adapter:
 
 
 Rows = tuple[Adapter | None, ...]
+Group = tuple[tuple[str, int], ...]  # linear layers that read one input: (module name, output width)
 
 
 class Adapters:
@@ -104,8 +107,8 @@ class Adapters:
         head = getattr(model, "get_output_embeddings", lambda: None)()
         self._adaptable = {n for n, m in model.named_modules() if _adaptable(m) and m is not head}
         self._wrapped: set[str] = set()  # the modules whose forward adds the rows' deltas
-        # module name -> (the rows it was gathered for, A^T [rows, in, r], B^T [rows, r, out])
-        self._gathered: dict[str, tuple[Rows, torch.Tensor, torch.Tensor]] = {}
+        # module name -> (the rows it was gathered for, `_stack`'s A^T, B^T and row mask)
+        self._gathered: dict[Group, tuple[Rows, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -165,17 +168,12 @@ class Adapters:
             current.rows = before
 
     def add(
-        self, rows: Rows | None, out: torch.Tensor, modules: list[tuple[str, int]], x: torch.Tensor
+        self, rows: Rows | None, out: torch.Tensor, modules: Group, x: torch.Tensor
     ) -> None:
-        """Into `out` [rows, sum of widths], in place: each (module, width)'s delta on its columns."""
-        if rows is None:
-            return
-        start = 0
-        for name, width in modules:
-            delta = self._delta(rows, name, x)
-            if delta is not None:
-                out[:, start : start + width] += delta
-            start += width
+        """Into `out` [rows, sum of widths], in place: each (module, width)'s delta on its columns
+        (modules that read the same `x`, as one matmul does: their deltas are one sum too)."""
+        if rows is not None and (low := self._low_rank(rows, modules, x)) is not None:
+            out.addmm_(*low)  # x [rows, in] here (a decode step): one call adds the deltas
 
     def _wrap(self, name: str) -> None:
         """The module's forward adds its rows' deltas from now on. An instance attribute, set in one
@@ -185,33 +183,39 @@ class Adapters:
         tok/s with hooks on all its linears, none of them adapting)."""
         module = self._model.get_submodule(name)
         original = module.forward
+        group = ((name, cast(int, module.out_features)),)
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             out = original(x, *args, **kwargs)
             rows = getattr(self._current, "rows", None)
             if rows is None:
                 return out
-            delta = self._delta(rows, name, x)
-            return out if delta is None else out + delta.view_as(out)
+            low = self._low_rank(rows, group, x)
+            return out if low is None else out + (low[0] @ low[1]).to(out.dtype).view_as(out)
 
         module.forward = forward
         self._wrapped.add(name)
 
-    def _delta(self, rows: Rows, name: str, x: torch.Tensor) -> torch.Tensor | None:
-        """x [rows, ..., in] -> each row's LoRA output [rows, ..., out] (None: no row adapts `name`)."""
-        got = self._gathered.get(name)
+    def _low_rank(
+        self, rows: Rows, group: Group, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """x [rows, ..., in] -> (each row's x @ A^T on its own adapter's columns [rows, ..., R], B^T
+        [R, the group's widths]): their product is the rows' deltas (None: no row adapts the group)."""
+        got = self._gathered.get(group)
         if got is None or got[0] != rows:
-            stacked = _stack(rows, name)
+            stacked = _stack(rows, group)
             if stacked is None:
-                self._gathered.pop(name, None)
+                self._gathered.pop(group, None)
                 return None
-            got = self._gathered[name] = (rows, *stacked)
-        _, a_t, b_t = got
+            got = self._gathered[group] = (rows, *stacked)
+        _, a_t, b_t, mask = got
         if x.shape[0] != len(rows):
             raise RuntimeError(f"LoRA rows: {len(rows)} adapters for a batch of {x.shape[0]}")
-        flat = x.reshape(len(rows), -1, x.shape[-1]).to(a_t.dtype)
-        delta = torch.bmm(torch.bmm(flat, a_t), b_t)
-        return delta.reshape(*x.shape[:-1], b_t.shape[-1]).to(x.dtype)
+        if x.dtype != a_t.dtype:
+            x = x.to(a_t.dtype)
+        if x.dim() == 2:
+            return (x @ a_t) * mask, b_t
+        return (x @ a_t) * mask.view(len(rows), *[1] * (x.dim() - 2), -1), b_t
 
 
 def _adaptable(module: nn.Module) -> bool:
@@ -221,20 +225,28 @@ def _adaptable(module: nn.Module) -> bool:
     return linear and hasattr(module, "in_features") and hasattr(module, "out_features")
 
 
-def _stack(rows: Rows, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Each row's A^T and B^T for module `name`, zero-padded to the largest rank (zeros for a row
-    without it: its delta is exactly 0)."""
-    pairs = [a.layers.get(name) if a is not None else None for a in rows]
-    present = [p for p in pairs if p is not None]
-    if not present:
+def _stack(rows: Rows, group: Group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The group's modules' matrices of the rows' distinct adapters side by side: A^T [in, R] (R: their
+    ranks summed) and B^T [R, the group's widths] (each block on its module's columns, zeros
+    elsewhere), and which of the R columns each row keeps [rows, R] (none for a row without an
+    adapter: its delta is exactly 0). Each adapter's matrices are held once, not once per row."""
+    distinct = list({id(a): a for a in rows if a is not None}.values())
+    blocks = []  # (adapter, A^T, B^T, the module's first column)
+    start = 0
+    for name, width in group:
+        blocks += [(a, *a.layers[name], start) for a in distinct if name in a.layers]
+        start += width
+    if not blocks:
         return None
-    a0, b0 = present[0]
-    rank = max(p[0].shape[1] for p in present)
-    a_t = a0.new_zeros(len(rows), a0.shape[0], rank)
-    b_t = b0.new_zeros(len(rows), rank, b0.shape[1])
-    for i, pair in enumerate(pairs):
-        if pair is not None:
-            r = pair[0].shape[1]
-            a_t[i, :, :r] = pair[0]
-            b_t[i, :r] = pair[1]
-    return a_t, b_t
+    a_t = torch.cat([a for _, a, _, _ in blocks], dim=1)
+    b_t = a_t.new_zeros(a_t.shape[1], start)
+    mask = a_t.new_zeros(len(rows), a_t.shape[1])
+    r0 = 0
+    for adapter, a, b, column in blocks:
+        rank = a.shape[1]
+        b_t[r0 : r0 + rank, column : column + b.shape[1]] = b
+        for i, row in enumerate(rows):
+            if row is adapter:
+                mask[i, r0 : r0 + rank] = 1
+        r0 += rank
+    return a_t, b_t, mask
