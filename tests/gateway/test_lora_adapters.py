@@ -63,6 +63,14 @@ def client(served: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{served}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+def _cli(served: str, *args: str) -> str:
+    """`dukat ARGS --url URL`'s output."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args, "--url", served],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **TEST_ENV}, check=True,
+    ).stdout  # fmt: skip
+
+
 def _complete(client: openai.OpenAI, model: str, prompt: str) -> str:
     reply = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0)
     assert reply.model == model
@@ -87,10 +95,7 @@ def test_adapters_are_listed_with_their_base_as_parent(client: openai.OpenAI, se
         assert listed[adapter_id]["root"] == adapter_id
     assert listed[BASE]["parent"] is None
     assert client.models.retrieve("lora/a").model_dump()["parent"] == BASE
-    listing = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "list", "--url", served],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **TEST_ENV}, check=True,
-    ).stdout  # fmt: skip
+    listing = _cli(served, "list")
     row = next(line for line in listing.splitlines() if line.startswith("lora/a "))
     assert f"lora of {BASE}" in row, listing
     with httpx.Client(base_url=served, timeout=60) as http:
@@ -113,6 +118,9 @@ def test_an_adapter_loads_and_unloads_through_the_management_api(client: openai.
         wait_for(lambda: state() == "available", 10, "the adapter shows as unloaded")
         again = http.post("/api/models/unload", json={"model": SPARE})
         assert again.status_code == 404, again.text
+        assert _cli(served, "load", SPARE).startswith(f"loaded {SPARE} on cpu")  # the CLI's the same
+        wait_for(lambda: state() == "loaded", 10, "the adapter shows as loaded again")
+        assert _cli(served, "unload", SPARE).strip() == f"unloaded {SPARE}"
     assert _complete(client, SPARE, "Hi")  # a request loads it again
 
 
