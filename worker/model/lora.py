@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from shared.adapters import WEIGHTS_NAME, adapter_folder, read_config
-from shared.errors import InvalidRequestError
+from shared.errors import InvalidRequestError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,11 @@ class Adapters:
 
     def get(self, adapter_id: str) -> Adapter:
         """The adapter, read from models_dir first if it is not loaded (evicting the least recently used)."""
+        try:
+            folder = adapter_folder(adapter_id, self._models_dir)  # a deleted one is gone, loaded or not
+        except NotFoundError:
+            self.drop(adapter_id)
+            raise
         with self._lock:
             adapter = self._loaded.get(adapter_id)
             if adapter is not None:
@@ -125,7 +130,7 @@ class Adapters:
                 raise InvalidRequestError(
                     "this model worker serves no LoRA adapters (DUKAT_MAX_LORAS is 0)", param="model"
                 )
-            adapter = read_adapter(adapter_id, adapter_folder(adapter_id, self._models_dir), self._model)
+            adapter = read_adapter(adapter_id, folder, self._model)
             if odd := sorted(adapter.layers.keys() - self._adaptable):
                 raise InvalidRequestError(
                     f"adapter {adapter_id!r} adapts {odd[0]}, which is not a linear layer Dukat adapts",

@@ -91,6 +91,15 @@ def test_least_recently_used_adapter_leaves_and_comes_back(
     assert adapters.loaded() == ["llama-b"]
     assert adapters.get("llama-a") is not first  # read again
     assert adapters.drop("llama-a") and adapters.loaded() == []
+    adapters.get("llama-a")
+    moved = models_dir.parent / "moved-away"
+    (models_dir / "llama-a").rename(moved)
+    try:
+        with pytest.raises(NotFoundError):
+            adapters.get("llama-a")  # deleted while loaded: gone
+        assert adapters.loaded() == []
+    finally:
+        moved.rename(models_dir / "llama-a")
 
 
 def test_an_adapter_of_another_model_or_outside_models_dir_is_refused(
