@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import batching, growth, lifecycle, overhead, streaming, structured
+from bench import adapters, batching, growth, lifecycle, overhead, streaming, structured
 from bench.harness import MAIN_MODEL, RESULTS, Context, CpuMeter, Report, Served, bench_models, machine
 
 BENCHMARKS: list[tuple[str, Callable[[Context, Report], None]]] = [
@@ -25,6 +25,7 @@ BENCHMARKS: list[tuple[str, Callable[[Context, Report], None]]] = [
     ("overhead", overhead.run),
     ("streaming", streaming.run),
     ("batching", batching.run),
+    ("adapters", adapters.run),
     ("structured", structured.run),
     ("growth", growth.run),
 ]

@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -39,6 +40,7 @@ from gateway.routes import (
 from gateway.sse import StreamControl
 from shared.errors import DukatError
 from shared.settings import Settings
+from shared.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,10 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> Litestar:
+def create_app(
+    settings: Settings, manager: AsyncModelManager | None = None, *, span_exporter: Any | None = None
+) -> Litestar:
+    """The gateway's app; `span_exporter` (tests) receives its spans instead of DUKAT_OTEL_ENDPOINT."""
     metrics = GatewayMetrics()
     keys = KeyRing.from_settings(settings)
     metrics.registry.register(KeysCollector(keys))
@@ -122,8 +127,10 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
                 await asyncio.gather(preloading, return_exceptions=True)
             await manager.close()
 
+    tracing = Tracing.configure(settings.otel_endpoint, "gateway", span_exporter)
     app = Litestar(
         route_handlers=[*ROUTES, assets_router()],
+        on_shutdown=[tracing.shutdown],
         state=state,
         request_class=LimitedRequest,  # JSON nested deeper than DUKAT_MAX_JSON_DEPTH is a 400
         lifespan=[lifespan],
@@ -134,5 +141,7 @@ def create_app(settings: Settings, manager: AsyncModelManager | None = None) -> 
     )
     publish_truthful_openapi(app, settings)
     # Outside litestar's router, so unknown routes get a request id and a log line too.
-    app.asgi_handler = GatewayMiddleware(CancelOnDisconnect(app.asgi_handler), metrics)  # type: ignore[assignment]
+    app.asgi_handler = GatewayMiddleware(  # type: ignore[assignment]
+        CancelOnDisconnect(app.asgi_handler), metrics, tracing
+    )
     return app

@@ -42,7 +42,7 @@ async def generate_all(
         finally:
             conn.release(ticket)
 
-    return await manager.dispatch.on_worker(model, group, prefix=prefix_key(requests[0]))
+    return await manager.dispatch.on_worker(model, group, prefix=prefix_key(requests[0]), requests=requests)
 
 
 async def _all_or_none(awaitables: list[Awaitable[GenerateResult]]) -> list[GenerateResult]:
@@ -71,7 +71,7 @@ async def stream_all(
         return conn, defaults, await conn.admit(len(requests))  # before the stream: a refusal is a 429
 
     mid, (conn, defaults, (ticket, places)) = await manager.dispatch.on_worker(
-        model, admit, prefix=prefix_key(requests[0])
+        model, admit, prefix=prefix_key(requests[0]), requests=requests
     )
     streams = [conn.stream(r, defaults, ticket) for r in requests]
     return mid, _merged(streams, places, lambda: conn.release(ticket))

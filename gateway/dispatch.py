@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from gateway import prefix_routing
 from gateway.metrics import GatewayMetrics
+from gateway.request_log import TRACE_CONTEXT
 from shared.errors import DukatError, ModelNotLoadedError, WorkerFailedError, WorkerUnreachableError
 from shared.generation import (
     EmbedRequest,
@@ -107,6 +108,16 @@ class WorkerConnections:
         return [first, *(w for w in ordered if w is not first)]
 
 
+def adapt(mid: str, workers: list[WorkerState], requests: Sequence[GenerateRequest]) -> None:
+    """`mid` served by another model's workers is a LoRA adapter of that base: the requests say so.
+    They carry the request's trace context too (the worker's span is a child of the gateway's)."""
+    adapter = mid if workers and workers[0].model_id != mid else None
+    trace_context = TRACE_CONTEXT.get()
+    for request in requests:
+        request.adapter = adapter
+        request.trace_context = trace_context
+
+
 class Replicas(Protocol):
     """Where a request's workers come from (the manager): found, or loaded first."""
 
@@ -139,11 +150,13 @@ class Dispatcher:
         call: Callable[[WorkerConnection, SamplingParams | None], Awaitable[T]],
         request_id: str = "",
         prefix: str | None = None,
+        requests: Sequence[GenerateRequest] = (),
     ) -> tuple[str, T]:
         """`call(connection, the model's default parameters)` on the least busy replica of `model_id` (or
         the default model); once more elsewhere (see the module's docstring) when it failed before
-        anything was sent."""
+        anything was sent. `requests` run a LoRA adapter's rows when `model_id` names one."""
         mid, workers = await self.replicas.ready_workers(model_id, request_id)
+        adapt(mid, workers, requests)
         defaults = self.replicas.defaults_for(mid)
         order = self.connections.by_load(workers, prefix)
         with self._seeing_failures():
@@ -170,6 +183,7 @@ class Dispatcher:
             lambda conn, defaults: conn.generate(request, defaults),
             request.request_id,
             prefix_routing.prefix_key(request),
+            [request],
         )
 
     async def stream(
@@ -179,6 +193,7 @@ class Dispatcher:
         loading the model) happens here; the request is sent on the stream's first iteration."""
         self.with_keep_alive(model_id, [request])
         mid, workers = await self.replicas.ready_workers(model_id, request.request_id)
+        adapt(mid, workers, [request])
         return mid, self._stream(mid, workers, request)
 
     async def embed(
@@ -211,7 +226,7 @@ class Dispatcher:
                 request, add_generation_prompt=add_generation_prompt, add_special_tokens=add_special_tokens
             )
 
-        return await self.on_worker(model_id, call, request.request_id)
+        return await self.on_worker(model_id, call, request.request_id, requests=[request])
 
     async def detokenize(self, model_id: str | None, tokens: list[int]) -> tuple[str, str]:
         return await self.on_worker(model_id, lambda conn, _: conn.detokenize(tokens))

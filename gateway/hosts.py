@@ -68,7 +68,9 @@ class HostDirectory:
 
     def _spawn_local(self) -> tuple[ChildProcess, str]:
         args = ["--host-bind", "127.0.0.1", "--host-port", "0", "--models-dir", str(self.settings.models_dir)]
-        env = {"DUKAT_INTERNAL_TOKEN": self.token} if self.token else None
+        env = {"DUKAT_INTERNAL_TOKEN": self.token} if self.token else {}
+        if self.settings.otel_endpoint:  # its workers trace where the gateway does
+            env["DUKAT_OTEL_ENDPOINT"] = self.settings.otel_endpoint
         child = ChildProcess("worker.host", args, ready_prefix=HOST_READY, env=env)
         url = child.start(timeout=self.settings.host_start_timeout_s)
         atexit.register(child.stop)  # no host (nor its workers) outlives an interpreter that forgot close()

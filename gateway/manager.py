@@ -54,6 +54,8 @@ from shared.settings import Quantization, Settings
 log = logging.getLogger(__name__)
 # How often a request waiting for capacity (DUKAT_CAPACITY_WAIT_S) asks the hosts again.
 CAPACITY_POLL_S = 1.0
+# How long the hosts' listing of models_dir answers whether an id is a LoRA adapter.
+_LISTING_S = 2.0
 
 
 class AsyncModelManager:
@@ -83,6 +85,10 @@ class AsyncModelManager:
         # Loads this gateway has asked for and not seen answered: model id -> when first asked. A
         # host shows a worker only once it has placed it; a request meanwhile waits, never a 503.
         self._asked: dict[str, list[float]] = {}
+        # LoRA adapter id -> its base model's id, as the hosts' catalogs said (an adapter's base is
+        # in its files: it does not change under the same id).
+        self._adapter_bases: dict[str, str] = {}
+        self._listing: tuple[float, asyncio.Future[list[LocalModel]]] | None = None
 
     async def start(self) -> None:
         await self.hosts.start()
@@ -135,6 +141,23 @@ class AsyncModelManager:
             return True
         return any(m.id == model_id for m in await self.local_models())
 
+    async def adapter_base(self, model_id: str) -> str | None:
+        """The base model of `model_id` when it is a LoRA adapter in the hosts' models_dir (else None)."""
+        if model_id in self._adapter_bases:
+            return self._adapter_bases[model_id]
+        listing = self._listing
+        if listing is None or listing[0] < time.monotonic() - _LISTING_S:
+            # One listing for a burst of requests naming models that are not loaded.
+            listing = self._listing = (time.monotonic(), asyncio.ensure_future(self.local_models()))
+        local = next((m for m in await asyncio.shield(listing[1]) if m.id == model_id), None)
+        if local is None or local.architecture != "lora":
+            return None
+        if local.base_model is None or local.error:
+            message = f"LoRA adapter {model_id!r} cannot be served: {local.error}"
+            raise InvalidRequestError(message, param="model")
+        self._adapter_bases[model_id] = local.base_model
+        return local.base_model
+
     async def known_ids(self) -> list[str]:
         """Every model id of the config file and of the hosts' models_dir."""
         return [*self.config.view().models, *(m.id for m in await self.local_models())]
@@ -174,6 +197,11 @@ class AsyncModelManager:
         hosts with room for its estimated memory (one host each while there are hosts, then several
         per host: the host places them on its devices). Whether a load joins a worker already there,
         or is a conflict, is the host's call: it is the one that knows."""
+        if (base := await self.adapter_base(model_id)) is not None:
+            loaded = await self.load_model(
+                base, quantization, device, replicas=replicas, request_id=request_id
+            )
+            return await self._adapter_on_workers(model_id, base, load=True) or loaded
         asked = self._asked.setdefault(model_id, [])
         stamp = time.time()
         asked.append(stamp)
@@ -250,7 +278,26 @@ class AsyncModelManager:
             self.metrics.load_duration.labels(cmd.model_id).observe(state.load_seconds)
         return loaded_model(state, url)
 
+    async def _adapter_on_workers(self, adapter: str, base: str, *, load: bool) -> LoadedModel | None:
+        """Load (or unload) a LoRA adapter on every loaded worker of its base: the first one's record
+        under the adapter's id (None: no worker of the base had it to unload)."""
+        shown = None
+        for host, worker in await self.hosts.find_all(base, fresh=True):
+            if worker.status != "loaded":
+                continue
+            answer = await self.dispatch.connections.to(worker).adapter(adapter, load=load)
+            if shown is None and (load or answer.was_loaded):
+                record = msgspec.structs.replace(worker, model_id=adapter, adapters=answer.loaded)
+                shown = loaded_model(record, host.url)
+        self.hosts.invalidate()
+        return shown
+
     async def unload_model(self, model_id: str) -> None:
+        if (base := await self.adapter_base(model_id)) is not None:
+            if await self._adapter_on_workers(model_id, base, load=False) is None:
+                message = f"LoRA adapter {model_id!r} is not loaded; nothing to unload"
+                raise NotFoundError(message, param="model")
+            return
         found = await self.hosts.find_all(model_id, fresh=True)
         if not found:
             raise NotFoundError(f"model {model_id!r} is not loaded; nothing to unload", param="model")
@@ -270,6 +317,8 @@ class AsyncModelManager:
         mid = self.resolve_id(model_id)
         note(model=mid)
         found = [w for _, w in await self.hosts.find_all(mid)]
+        if not found and (base := await self.adapter_base(mid)) is not None:
+            return mid, (await self.ready_workers(base, request_id))[1]  # its rows run on the base's workers
         loaded = [w for w in found if w.status == "loaded"]
         if loaded:
             self._replicate(mid, len(found), request_id)
@@ -415,7 +464,9 @@ class AsyncModelManager:
         config = self.config.read()
         default = config.default_or(self.settings.default_model)
         local = {m.id: m for m in await self.local_models()}
-        loaded = {w.model_id: w for h in await self.hosts.states() for w in h.models}
+        workers = [w for h in await self.hosts.states() for w in h.models]
+        # An adapter is loaded where a worker of its base has it.
+        loaded = {a: w for w in workers for a in w.adapters} | {w.model_id: w for w in workers}
         out = []
         for mid in sorted(set(config.models) | set(local)):
             entry, disk, worker = config.models.get(mid), local.get(mid), loaded.get(mid)
@@ -436,6 +487,9 @@ class AsyncModelManager:
                     task=worker.task if worker else disk.task if disk else None,
                     architecture=disk.architecture if disk else None,
                     default=mid == default,
+                    # vLLM's: an adapter's parent is its base model; root is what the id serves.
+                    parent=disk.base_model if disk else None,
+                    root=mid,
                 )
             )
         return out

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from gateway.keys import charge_current_key
 from gateway.metrics_hosts import MODEL, HostsCollector
+from gateway.request_log import add_up
 from shared.generation import FinishReason, GenerateResult
 from shared.host_api import HostState
 
@@ -145,6 +146,7 @@ class ModelMetrics:
         streamed text (None when not streamed: the worker's own first-token time stands in)."""
         t, tokens = result.timings, result.completion_tokens
         charge_current_key(result.prompt_tokens, tokens)
+        add_up(prompt_tokens=result.prompt_tokens, completion_tokens=tokens)  # the log line, the span
         self.prompt_tokens += result.prompt_tokens
         # Each generation's prompt was looked up in its worker's prefix cache (vLLM counts tokens).
         self.prefix_cache_queries += result.prompt_tokens

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
 
 from gateway.keys import HEADERS_SCOPE_KEY, release_key
-from gateway.request_log import REQUEST_FIELDS
+from gateway.request_log import REQUEST_FIELDS, TRACE_CONTEXT
+from shared.tracing import Tracing, carrier_of, end
 
 log = logging.getLogger("gateway.access")
 
@@ -27,9 +28,12 @@ def request_id_of(scope: Any) -> str:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: Any, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(
+        self, app: Any, metrics: GatewayMetrics | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracing = tracing if tracing is not None and tracing.enabled else None
         # Unique across replicas and restarts without a random draw per request.
         self._prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
@@ -48,6 +52,10 @@ class GatewayMiddleware:
         first_byte_s = 0.0
         fields: dict[str, Any] = {"model": None, "key": None}
         REQUEST_FIELDS.set(fields)
+        span = None
+        if self.tracing is not None:  # a child of the client's trace, when it sent one
+            span = self.tracing.start(f"{scope['method']} {scope['path']}", _trace_headers(headers))
+            TRACE_CONTEXT.set(carrier_of(span))
 
         async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal status, first_byte_s
@@ -61,6 +69,8 @@ class GatewayMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if span is not None:
+                _end_span(span, scope, rid, status, fields)
             release_key(scope)
             if self.metrics is not None:  # litestar's router set the template; none: no route
                 self.metrics.answered(scope["method"], scope.get("path_template") or "unmatched", status)
@@ -75,6 +85,28 @@ class GatewayMiddleware:
                 }  # fmt: skip
                 method = scope["method"]
                 log.info("%s %s %s %.1fms rid=%s", method, path, status, elapsed_ms, rid, extra=extra)
+
+
+def _trace_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
+    found = ((name, headers.get(name.encode())) for name in _TRACE_HEADERS)
+    return {name: value.decode("latin-1") for name, value in found if value is not None}
+
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _end_span(span: Any, scope: dict[str, Any], rid: str, status: int, fields: dict[str, Any]) -> None:
+    """The request's span, named for its route (OpenTelemetry's HTTP and GenAI attribute names)."""
+    route = scope.get("path_template")
+    if route:
+        span.update_name(f"{scope['method']} {route}")
+    attributes = {
+        "http.request.method": scope["method"], "url.path": _printable(scope["path"]), "http.route": route,
+        "http.response.status_code": status, "dukat.request_id": rid, "dukat.key": fields.get("key"),
+        "gen_ai.request.model": fields.get("model"), "gen_ai.usage.input_tokens": fields.get("prompt_tokens"),
+        "gen_ai.usage.output_tokens": fields.get("completion_tokens"),
+    }  # fmt: skip
+    end(span, attributes, error=f"HTTP {status}" if status >= 500 or status == 0 else None)
 
 
 def _printable(text: str) -> str:

@@ -202,6 +202,10 @@ class GenerateRequest(Struct, kw_only=True):
     keep_alive: float | None = None
     # Extra variables for the chat template (`chat_template_kwargs`, `reasoning_effort`).
     template_kwargs: dict[str, Any] | None = None
+    # The LoRA adapter (its model id, a folder under models_dir) this request's row runs; None: the base.
+    adapter: str | None = None
+    # The gateway's span as W3C trace context (`traceparent`), when tracing is on (shared/tracing.py).
+    trace_context: dict[str, str] | None = None
 
 
 class Timings(Struct, kw_only=True):

@@ -173,6 +173,8 @@ class WorkerState(Struct, kw_only=True):
     cancelled: int = 0
     idle_s: float = 0.0
     last_used_at: float = 0.0  # wall clock: least recently used models are evicted first
+    # The LoRA adapters (model ids) it has loaded, as of its last ping.
+    adapters: list[str] = []
 
 
 class DeviceState(Struct, kw_only=True):
@@ -212,6 +214,8 @@ class LocalModel(Struct, kw_only=True):
     revision: str | None = None
     complete: bool = True
     error: str | None = None
+    # A LoRA adapter's base model id (its adapter_config.json's base_model_name_or_path); None: a model.
+    base_model: str | None = None
 
 
 class ModelDetails(Struct, kw_only=True):
@@ -231,6 +235,7 @@ class ModelDetails(Struct, kw_only=True):
     size_bytes: int = 0
     revision: str | None = None
     error: str | None = None
+    base_model: str | None = None  # a LoRA adapter's base model
 
 
 class DeleteCommand(Struct, kw_only=True, forbid_unknown_fields=True):

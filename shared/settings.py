@@ -172,6 +172,13 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # `4bit` on CUDA: bitsandbytes' NF4 layers (the seed's), or torch's int4 weight-only kernel
     # (worker/model/int4_weights.py: packed groups read inside the matmul; captures in CUDA graphs).
     cuda_4bit: Cuda4bit = "bitsandbytes"
+    # LoRA adapters (PEFT folders under models_dir, each a model id) a model worker keeps loaded at
+    # most, least recently used out; rows of different adapters and the base share a batch (0: none).
+    max_loras: Annotated[int, Meta(ge=0)] = 8
+    # OpenTelemetry traces (an OTLP/HTTP base URL, e.g. http://collector:4318; OpenTelemetry's own
+    # OTEL_EXPORTER_OTLP_ENDPOINT works too): a span per request in the gateway, a child span per
+    # generation in the model worker (shared/tracing.py; needs the `otel` extra). Empty: off.
+    otel_endpoint: str = ""
     # Seconds a gateway waits for a host's state before it counts the host as down.
     host_state_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
     # Seconds a request whose model no host has room for (or no host is up: a pool scaled to zero)

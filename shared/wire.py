@@ -135,6 +135,8 @@ class WorkerLoad(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     idle_s: float = 0.0
     # The last request's keep_alive in seconds (negative: forever); None when it gave none.
     keep_alive_s: float | None = None
+    # The LoRA adapters it has loaded (worker/model/lora.py), least recently used first.
+    adapters: list[str] = []
 
 
 class Pong(Struct, tag="pong", kw_only=True, forbid_unknown_fields=True):
@@ -188,6 +190,20 @@ class Text(Struct, tag="text", kw_only=True, forbid_unknown_fields=True):
     text: str
 
 
+# LoRA adapters (worker/model/lora.py): load one now (a request naming it loads it too) or unload it;
+# answered at once with the adapters then loaded.
+class AdapterCommand(Struct, tag="adapter", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    adapter: str
+    load: bool = True  # False: unload
+
+
+class AdaptersLoaded(Struct, tag="adapters", kw_only=True, forbid_unknown_fields=True):
+    id: int
+    loaded: list[str]
+    was_loaded: bool = False  # the command's adapter was loaded before it
+
+
 # A cross-encoder's relevance scores (rerank, score): queued and batched like embeddings.
 class Score(Struct, tag="score", kw_only=True, forbid_unknown_fields=True):
     id: int
@@ -199,8 +215,10 @@ class Scores(Struct, tag="scores", kw_only=True, forbid_unknown_fields=True):
     result: ScoreResult
 
 
-ToWorker = Hello | Generate | Embed | Admit | Cancel | Ping | Tokenize | Detokenize | Score
-FromWorker = Admitted | Accepted | Delta | Result | Embedding | Pong | Error | Tokens | Text | Scores
+ToWorker = Hello | Generate | Embed | Admit | Cancel | Ping | Tokenize | Detokenize | Score | AdapterCommand
+FromWorker = (
+    Admitted | Accepted | Delta | Result | Embedding | Pong | Error | Tokens | Text | Scores | AdaptersLoaded
+)
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

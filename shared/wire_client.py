@@ -38,6 +38,8 @@ from shared.generation import (
 )
 from shared.wire import (
     Accepted,
+    AdapterCommand,
+    AdaptersLoaded,
     Admit,
     Admitted,
     Cancel,
@@ -66,7 +68,7 @@ from shared.wire import (
 
 log = logging.getLogger(__name__)
 _CLOSED = object()
-_Reply = TypeVar("_Reply", Pong, Result, Embedding, Tokens, Text, Scores)
+_Reply = TypeVar("_Reply", Pong, Result, Embedding, Tokens, Text, Scores, AdaptersLoaded)
 
 
 class RequestObserver(Protocol):
@@ -147,7 +149,7 @@ class WorkerConnection:
 
     async def _request(
         self,
-        make: type[Generate | Embed | Ping | Admit | Tokenize | Detokenize | Score],
+        make: type[Generate | Embed | Ping | Admit | Tokenize | Detokenize | Score | AdapterCommand],
         **kw: object,
     ) -> tuple[int, asyncio.Queue]:
         rid = next(self._ids)
@@ -194,7 +196,7 @@ class WorkerConnection:
         self,
         reply: type[_Reply],
         deadline: float | None,
-        make: type[Generate | Embed | Ping | Tokenize | Detokenize | Score],
+        make: type[Generate | Embed | Ping | Tokenize | Detokenize | Score | AdapterCommand],
         **kw: object,
     ) -> _Reply:
         """Send one request and wait for its one reply; a caller that goes away first (a deadline, a
@@ -317,6 +319,11 @@ class WorkerConnection:
     async def detokenize(self, tokens: list[int]) -> str:
         deadline = self._deadline(self.request_timeout_s)
         return (await self._call(Text, deadline, Detokenize, tokens=tokens)).text
+
+    async def adapter(self, adapter: str, *, load: bool) -> AdaptersLoaded:
+        """Load (or unload) a LoRA adapter on the worker; the adapters it then has loaded."""
+        deadline = self._deadline(self.request_timeout_s)
+        return await self._call(AdaptersLoaded, deadline, AdapterCommand, adapter=adapter, load=load)
 
     async def _finish(self, rid: int, done: bool) -> None:
         self._forget(rid)

@@ -68,7 +68,8 @@ def cmd_pull(api: Api, args: argparse.Namespace) -> None:
 
 LIST_COLUMNS = [
     Column("ID", lambda r: r["id"], whole=True),
-    Column("TYPE", lambda r: r.get("model_type")),
+    # A LoRA adapter: the base model that serves it.
+    Column("TYPE", lambda r: r.get("model_type") or (f"lora of {r['parent']}" if r.get("parent") else None)),
     Column("ARCH", lambda r: r.get("architecture")),
     Column("TASK", lambda r: r.get("task")),
     Column("QUANT", lambda r: r.get("quantization")),

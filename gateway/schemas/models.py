@@ -48,6 +48,9 @@ class Model(Struct, kw_only=True):
     default_parameters: dict[str, ParamValue] = {}
     downloaded: bool = False
     size_bytes: int = 0
+    # vLLM's fields: a LoRA adapter's `parent` is its base model's id (None: a model of its own).
+    parent: str | None = None
+    root: str | None = None
 
 
 class ModelList(Struct, kw_only=True):

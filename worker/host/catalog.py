@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from shared import gguf
+from shared import adapters, gguf
 from shared.errors import DukatError
 from shared.host_api import LocalModel
 from shared.model_types import (
@@ -98,7 +98,7 @@ def _model_folders(folder: Path, depth: int) -> Iterator[Path]:
         if entry.name.startswith(".") or not entry.is_dir():
             continue  # .cache, half-built temp folders, ...
         path = Path(entry.path)
-        if gguf.is_model_folder(path) or gguf.gguf_files(path):
+        if gguf.is_model_folder(path) or gguf.gguf_files(path) or adapters.is_adapter_folder(path):
             yield path  # never descend into a model: its subfolders (1_Pooling/...) have config.json too
         elif depth < _MAX_DEPTH:
             yield from _model_folders(path, depth + 1)
@@ -106,6 +106,8 @@ def _model_folders(folder: Path, depth: int) -> Iterator[Path]:
 
 def _describe(root: Path, folder: Path) -> LocalModel:
     model_id = folder.relative_to(root).as_posix()
+    if adapters.is_adapter_folder(folder):
+        return describe_adapter(model_id, folder)
     model_type, error = _model_type(model_id, folder)
     marker = read_marker(folder)
     complete = marker is None or marker.complete
@@ -124,6 +126,34 @@ def _describe(root: Path, folder: Path) -> LocalModel:
         revision=marker.revision if marker else None,
         complete=complete,
         error=error,
+    )
+
+
+def describe_adapter(model_id: str, folder: Path) -> LocalModel:
+    """A LoRA adapter: served by a worker of its base model (shared/adapters.py)."""
+    marker = read_marker(folder)
+    error = None
+    try:
+        config = adapters.read_config(folder)
+        base, error = config.base_model_name_or_path, config.refusal()
+        if not base:
+            error = f"its {adapters.CONFIG_NAME} names no base_model_name_or_path"
+    except DukatError as exc:
+        base, error = None, exc.message
+    return LocalModel(
+        id=model_id,
+        path=str(folder),
+        model_type=None,
+        architecture="lora",
+        task="chat",
+        size_bytes=_size_on_disk(folder),
+        has_tokenizer=False,
+        has_chat_template=False,
+        downloaded=marker is not None,
+        revision=marker.revision if marker else None,
+        complete=marker is None or marker.complete,
+        error=error,
+        base_model=base,
     )
 
 

@@ -27,6 +27,7 @@ from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from shared import adapters
 from shared.errors import (
     InsufficientStorageError,
     InvalidRequestError,
@@ -181,6 +182,8 @@ def select_files(names: Iterable[str]) -> list[str]:
 
 
 def _checked_selection(model_id: str, sizes: dict[str, int]) -> list[str]:
+    if adapters.CONFIG_NAME in sizes and adapters.WEIGHTS_NAME in sizes and "config.json" not in sizes:
+        return [adapters.CONFIG_NAME, adapters.WEIGHTS_NAME]  # a LoRA adapter (shared/adapters.py)
     files = select_files(sizes)
     has_weights = any(f.endswith((".safetensors", ".bin")) for f in files)
     if "config.json" not in files or not has_weights:

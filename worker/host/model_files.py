@@ -11,12 +11,19 @@ import os
 import shutil
 from pathlib import Path
 
-from shared import gguf
+from shared import adapters, gguf
 from shared.errors import InvalidRequestError, ModelNotFoundError
 from shared.gguf import is_model_folder
 from shared.host_api import ModelDetails
 from shared.model_types import CONTEXT_LENGTH_KEYS
-from worker.host.catalog import _model_type, _size_on_disk, chat_template, json_object, read_marker
+from worker.host.catalog import (
+    _model_type,
+    _size_on_disk,
+    chat_template,
+    describe_adapter,
+    json_object,
+    read_marker,
+)
 from worker.host.safetensors_header import read_header
 
 _LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "COPYING")
@@ -28,13 +35,16 @@ def model_folder(models_dir: Path, model_id: str) -> Path:
     if model_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise InvalidRequestError(f"{model_id!r} is not a model id under models_dir", param="model")
     folder = Path(models_dir).joinpath(*parts)
-    if not (is_model_folder(folder) or (folder.is_dir() and gguf.gguf_files(folder))):
+    found = is_model_folder(folder) or adapters.is_adapter_folder(folder)
+    if not (found or (folder.is_dir() and gguf.gguf_files(folder))):
         raise ModelNotFoundError(f"model {model_id!r} is not in this host's models_dir", param="model")
     return folder
 
 
 def describe(models_dir: Path, model_id: str) -> ModelDetails:
     folder = model_folder(models_dir, model_id)
+    if adapters.is_adapter_folder(folder):
+        return _describe_adapter(model_id, folder)
     weights, gguf_name = folder, None
     if not is_model_folder(folder):  # GGUF: the converted folder holds the transformers files
         found = gguf.pick_gguf(folder)
@@ -60,6 +70,24 @@ def describe(models_dir: Path, model_id: str) -> ModelDetails:
         size_bytes=_size_on_disk(folder),
         revision=marker.revision if marker else None,
         error=error,
+    )
+
+
+def _describe_adapter(model_id: str, folder: Path) -> ModelDetails:
+    """A LoRA adapter: its base, rank and the layers it adapts (shared/adapters.py)."""
+    listed = describe_adapter(model_id, folder)  # the catalog's reading of its config
+    config = json_object(folder / adapters.CONFIG_NAME)
+    targets = config.get("target_modules")
+    shown = ", ".join(targets) if isinstance(targets, list) else targets
+    return ModelDetails(
+        model_id=model_id,
+        path=str(folder),
+        task="chat",
+        architecture=f"LoRA adapter of {listed.base_model} (rank {config.get('r')}, on {shown})",
+        size_bytes=listed.size_bytes,
+        revision=listed.revision,
+        error=listed.error,
+        base_model=listed.base_model,
     )
 
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import msgspec
 
@@ -238,6 +239,11 @@ class Supervisor:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **pinned_env(spec.device, self.settings.worker_threads)}
         if self.settings.internal_token:  # in the environment, never on argv; sent on every connection
             env["DUKAT_INTERNAL_TOKEN"] = self.settings.internal_token
+        # Where the worker reads LoRA adapters, and how many it keeps: the host's, however it was told.
+        env["DUKAT_MODELS_DIR"] = str(Path(self.settings.models_dir).resolve())
+        env["DUKAT_MAX_LORAS"] = str(self.settings.max_loras)
+        if self.settings.otel_endpoint:  # the worker's spans go where the host's settings say
+            env["DUKAT_OTEL_ENDPOINT"] = self.settings.otel_endpoint
         return env
 
     def _command(self, spec: WorkerSpec) -> list[str]:
@@ -356,7 +362,7 @@ class Supervisor:
             return
         s = worker.state
         s.in_flight, s.finished, s.cancelled = load.in_flight, load.finished, load.cancelled
-        s.idle_s = load.idle_s
+        s.idle_s, s.adapters = load.idle_s, list(load.adapters)
         s.last_used_at = time.time() - load.idle_s
         s.keep_alive_s = worker.spec.keep_alive_s if load.keep_alive_s is None else load.keep_alive_s
 

@@ -25,6 +25,7 @@ slowest first token of many requests that arrive together is bounded by their pr
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -52,6 +53,7 @@ from worker.model.kv_cache import (
     prefill_with_images,
 )
 from worker.model.logprobs import LogprobRecord, record_logprobs
+from worker.model.lora import Adapter, Adapters
 from worker.model.prefix_cache import PrefixCache
 from worker.model.sampling import TokenSampler
 
@@ -93,6 +95,7 @@ class Job:
     logprob_records: list[LogprobRecord] = field(default_factory=list)
     # A prompt with images: the processor's tensors (pixel values ...), dropped after its prefill.
     model_inputs: dict[str, Any] | None = None
+    adapter: Adapter | None = None  # the LoRA adapter its row runs (None: the base model)
 
     def wanted(self) -> bool:
         return not self.done.is_set() and not (self.cancel is not None and self.cancel.is_set())
@@ -129,8 +132,10 @@ class Scheduler:
         own_decode_step: bool = False,
         cuda_graphs: bool = False,
         cuda_graph_kv_tokens: int = 0,
+        adapters: Adapters | None = None,
     ) -> None:
         self.max_batch, self.max_queue = max_batch, max_queue
+        self._adapters = adapters  # LoRA adapters per row (None: this worker serves none)
         self.peak_rows = 0  # the most requests one step has advanced (tests, metrics)
         self._model, self._seq2seq = model, seq2seq
         self._suppress = _suppressed_ids(model)
@@ -148,6 +153,8 @@ class Scheduler:
             if isinstance(decode, GraphStep):  # every batch size captured now, not at a request
                 took = decode.warm()
                 logger.info("decode graphs: %d batch sizes captured in %.2f s", len(took), sum(took.values()))
+        if decode is not None:
+            decode.adapters = adapters
         self.decode_refusal = why  # why the model's forward decodes (None: worker/model/decode_step.py)
         self._batch = None if self.unbatched_reason else PaddedBatch(model, pad_id, decode)
         self._cond = threading.Condition()  # guards the fields up to _thread
@@ -263,10 +270,14 @@ class Scheduler:
         self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
         if self._rows:
             assert self._batch is not None
-            self._emit(self._rows, self._batch.step([job.last for job in self._rows]))
+            with self._lora(self._rows):
+                logits = self._batch.step([job.last for job in self._rows])
+            self._emit(self._rows, logits)
         for job, solo in self._solos.items():
             if not job.ended():
-                self._emit([job], solo.step(job.last))
+                with self._lora([job]):
+                    logits = solo.step(job.last)
+                self._emit([job], logits)
 
     def _take(self) -> list[Job]:
         with self._cond:
@@ -303,7 +314,7 @@ class Scheduler:
             return False
         n, keeps = len(job.prompt_ids), self._join_keeps
         long = (self._chunk is not None and n > self._chunk) or (keeps is not None and n > keeps)
-        cache = self.prefix_cache
+        cache = self.prefix_cache if job.adapter is None else None  # the cache holds the base's keys
         if not long and (cache is None or not cache.cached_length(job.prompt_ids)):
             return False
         self._start([job])
@@ -325,7 +336,8 @@ class Scheduler:
                 state = self._prefilling[job] or self._row_prefill(job)
                 self._prefilling[job] = state
                 used = min(budget, state.remaining)
-                logits = state.advance(used)
+                with self._lora([job]):
+                    logits = state.advance(used)
                 budget -= used
                 if logits is not None:
                     self._join_batch(job, state, logits)
@@ -336,14 +348,14 @@ class Scheduler:
     def _row_prefill(self, job: Job) -> RowPrefill:
         """The lookup happens when its prefill starts: a prefix stored by an earlier prompt of the
         same queue (concurrent requests with one system prompt) is reused."""
-        cache = self.prefix_cache
+        cache = self.prefix_cache if job.adapter is None else None
         prefix = cache.lookup(job.prompt_ids) if cache is not None else (0, [], [])
         job.cached_tokens = prefix[0]
         return RowPrefill(self._model, job.prompt_ids, prefix)
 
     def _join_batch(self, job: Job, state: RowPrefill, logits: torch.Tensor) -> None:
         assert self._batch is not None
-        if self.prefix_cache is not None and (kv := state.layers_kv()) is not None:
+        if self.prefix_cache is not None and job.adapter is None and (kv := state.layers_kv()) is not None:
             self.prefix_cache.store(job.prompt_ids, *kv)
         self._batch.add(state.finish(), len(job.prompt_ids))
         del self._prefilling[job]
@@ -369,14 +381,19 @@ class Scheduler:
             return
         batch, cache = self._batch, self.prefix_cache
         prompts = [j.prompt_ids for j in jobs]
-        on_row = None if cache is None else (lambda i, keys, values: cache.store(prompts[i], keys, values))
-        if self._prefill(jobs, lambda: batch.join(prompts, on_row=on_row)):
+
+        def on_row(i: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+            if cache is not None and jobs[i].adapter is None:  # an adapter's keys are its own
+                cache.store(prompts[i], keys, values)
+
+        if self._prefill(jobs, lambda: batch.join(prompts, on_row=on_row if cache is not None else None)):
             self._rows += jobs
 
     def _prefill(self, jobs: list[Job], prefill: Callable[[], torch.Tensor]) -> bool:
         """The newcomers' first tokens; False when their prefill failed (then they failed)."""
         try:
-            logits = prefill()
+            with self._lora(jobs):
+                logits = prefill()
         except Exception as exc:  # e.g. out of memory: the newcomers fail, the running rows go on
             logger.exception("prefill of %d requests failed", len(jobs))
             self._end(jobs, exc)
@@ -406,6 +423,12 @@ class Scheduler:
             sampler.observe(token, generated=True)
             job.push(token)
             self._owe_step(job)
+
+    def _lora(self, jobs: list[Job]) -> contextlib.AbstractContextManager[None]:
+        """The forward passes inside run each of `jobs`' rows with its own adapter."""
+        if self._adapters is None:
+            return contextlib.nullcontext()
+        return self._adapters.rows([job.adapter for job in jobs])
 
     def _owe_step(self, job: Job) -> None:
         if job.on_step is not None:

@@ -31,8 +31,10 @@ from torch import nn
 from worker.model import cpu_kernels
 from worker.model.cpu_kernels import BlockLinear
 from worker.model.kv_append import Appender
+from worker.model.lora import Adapters, Rows
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+Attend = Callable[["_Layer", torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _NONE = torch.empty(0)  # "no such norm" to the kernels
 
 
@@ -84,9 +86,17 @@ class _TorchOps:
 class _Layer:
     """What a step needs of one decoder layer: fused matmuls, effective norm weights, shapes."""
 
-    def __init__(self, layer: Any, index: int, config: Any) -> None:
+    def __init__(self, layer: Any, index: int, config: Any, names: dict[Any, str]) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.index = index
+        # Each call's modules as (name, output width): what LoRA adapters add to (worker/model/lora.py).
+        self.parts = {
+            call: tuple((names[m], int(m.out_features)) for m in modules)
+            for call, modules in (
+                ("qkv", [attn.q_proj, attn.k_proj, attn.v_proj]), ("o", [attn.o_proj]),
+                ("gate_up", [mlp.gate_proj, mlp.up_proj]), ("down", [mlp.down_proj]),
+            )
+        }
         self.heads = int(config.num_attention_heads)
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(attn.head_dim)
@@ -115,7 +125,8 @@ class DecodeStep:
     def __init__(self, model: Any) -> None:
         inner, config = model.model, model.config
         self._embed = model.get_input_embeddings()
-        self._layers = [_Layer(layer, i, config) for i, layer in enumerate(inner.layers)]
+        names = {module: name for name, module in model.named_modules()}
+        self._layers = [_Layer(layer, i, config, names) for i, layer in enumerate(inner.layers)]
         self._final = _norm_weight(inner.norm)
         self._eps = _eps(inner.norm)
         norms = [m for m in model.modules() if m is not inner.norm and _norm_like(m)]
@@ -128,24 +139,53 @@ class DecodeStep:
         self._layer_types = sorted({layer.layer_type for layer in self._layers})
         self._ops = _ops_for(model)
         self._append = Appender()
+        self.adapters: Adapters | None = None  # LoRA rows (the scheduler's, where a worker serves them)
 
     def __call__(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: Any
     ) -> torch.Tensor:
+        if self.adapters is None:
+            return self._step(ids, positions, mask, cache, None)
+        with self.adapters.wrappers_off() as rows:  # the step adds each row's deltas itself
+            return self._step(ids, positions, mask, cache, rows)
+
+    def _step(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: Any,
+        lora: Rows | None,
+    ) -> torch.Tensor:
+        ops, pads = self._ops, _NONE if mask is None else mask.contiguous()
+
+        def attend(layer: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = self._append(cache.layers[layer.index], k, v)
+            return ops.decode_attention(q, keys, values, pads, layer.scaling)
+
+        return self._layers_pass(ids, positions, attend, lora)
+
+    def _layers_pass(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend, lora: Rows | None
+                     ) -> torch.Tensor:
+        """The step's logits, `attend(layer, q, k, v)` storing each layer's new keys and values and
+        returning its attention output [rows, heads, 1, dim] (the cache's way is the caller's)."""
         ops, eps, rows = self._ops, self._eps, ids.shape[0]
+        adapters = self.adapters if lora is not None else None
+
+        def run(layer: _Layer, call: str, linear: Linear, x: torch.Tensor) -> torch.Tensor:
+            out = linear(x)
+            if adapters is not None:
+                adapters.add(lora, out, layer.parts[call], x)
+            return out
+
         h = self._embed(ids).reshape(rows, -1).contiguous()
         tables = self._tables(h, positions[:, None])
-        pads = _NONE if mask is None else mask.contiguous()
         x = ops.rms_norm(h, self._layers[0].norm_in, eps)
         for i, layer in enumerate(self._layers):
             cos, sin = tables[layer.layer_type]
-            q, k, v = ops.qkv_heads(layer.qkv(x), layer.q_norm, layer.k_norm, eps, cos, sin,
+            qkv = run(layer, "qkv", layer.qkv, x)
+            q, k, v = ops.qkv_heads(qkv, layer.q_norm, layer.k_norm, eps, cos, sin,
                                     layer.heads, layer.kv_heads, layer.head_dim)
-            keys, values = self._append(cache.layers[layer.index], k, v)
-            out = ops.decode_attention(q, keys, values, pads, layer.scaling)
-            out = layer.o(out.reshape(rows, layer.heads * layer.head_dim))
+            out = run(layer, "o", layer.o, attend(layer, q, k, v).reshape(rows, layer.heads * layer.head_dim))
             h, x = ops.residual_norm(h, out, layer.post_attn, layer.pre_ff, eps)
-            out = layer.down(ops.gated(layer.gate_up(x), layer.act))
+            gated = ops.gated(run(layer, "gate_up", layer.gate_up, x), layer.act)
+            out = run(layer, "down", layer.down, gated)
             following = self._layers[i + 1].norm_in if i + 1 < len(self._layers) else self._final
             h, x = ops.residual_norm(h, out, layer.post_ff, following, eps)
         logits = self._head(x)

@@ -13,6 +13,7 @@ Prompts become token ids in worker/model/prompt_ids.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -53,6 +54,7 @@ from worker.model.harmony import speaks_harmony
 from worker.model.images import Vision
 from worker.model.loading import Loaded, load_model
 from worker.model.logprobs import prompt_records, token_logprobs
+from worker.model.lora import Adapter, Adapters
 from worker.model.pooling import Pooling, read_pooling
 from worker.model.prompt_ids import prompt_of, prompt_tokens
 from worker.model.reasoning import opens_thinking, thinks
@@ -102,6 +104,8 @@ class Engine:
         pooling: Pooling | None = None,
         max_image_bytes: int = DEFAULTS.max_image_bytes,
         max_image_pixels: int = DEFAULTS.max_image_pixels,
+        max_loras: int = DEFAULTS.max_loras,
+        models_dir: Path = DEFAULTS.models_dir,
     ) -> None:
         self._loaded: Loaded | None = loaded
         model_type = _without_template(model_type, loaded.tokenizer)
@@ -138,6 +142,8 @@ class Engine:
         )
         self._grammars: Grammars | None = None  # built at the first request that needs it
         self._grammar_limits = grammar_limits or GrammarLimits()
+        generates = model_type.task not in (Task.EMBEDDING, Task.RERANK)
+        self.adapters = Adapters(loaded.model, models_dir, max_loras) if generates and max_loras else None
         self._scheduler = (
             None
             if model_type.task in (Task.EMBEDDING, Task.RERANK)
@@ -151,6 +157,7 @@ class Engine:
                 own_decode_step=own_decode_step,
                 cuda_graphs=cuda_graphs,
                 cuda_graph_kv_tokens=cuda_graph_kv_tokens,
+                adapters=self.adapters,
             )
         )
         reason = (
@@ -180,6 +187,8 @@ class Engine:
         cuda_4bit: Cuda4bit = DEFAULTS.cuda_4bit,
         max_image_bytes: int = DEFAULTS.max_image_bytes,
         max_image_pixels: int = DEFAULTS.max_image_pixels,
+        max_loras: int = DEFAULTS.max_loras,
+        models_dir: Path = DEFAULTS.models_dir,
     ) -> Engine:
         loaded = load_model(
             path, model_type=model_type, quantization=quantization, device=device,
@@ -200,6 +209,8 @@ class Engine:
             pooling=pooling,
             max_image_bytes=max_image_bytes,
             max_image_pixels=max_image_pixels,
+            max_loras=max_loras,
+            models_dir=models_dir,
         )
 
     @property
@@ -263,7 +274,8 @@ class Engine:
                 f"(use {route})",
                 param="model",
             )
-        plan = self._plan(loaded, req, defaults)
+        adapter = self._adapter(req)
+        plan = self._plan(loaded, req, defaults, adapter)
         reply = Reply(self._model_type, loaded.tokenizer, plan, started)
         grammars = grammar = None
         if req.constraint is not None:
@@ -286,6 +298,7 @@ class Engine:
             min_tokens=plan.params.min_tokens or 0,
             logprobs=req.logprobs,
             model_inputs=plan.model_inputs,
+            adapter=adapter,
         )
         reply.job, reply.end = job, partial(scheduler.finish, job)
         if reply.over:  # nothing to generate (max_new_tokens 0)
@@ -343,6 +356,19 @@ class Engine:
         text: str = tokenizer.decode(ids)
         return text
 
+    def adapter(self, adapter_id: str, *, load: bool) -> tuple[list[str], bool]:
+        """Load (or unload) a LoRA adapter now; the adapters then loaded, and whether it was before."""
+        if self.adapters is None:
+            raise InvalidRequestError(
+                f"this {self._info.model_type} model serves no LoRA adapters", param="model"
+            )
+        was = adapter_id in self.adapters.loaded()
+        if load:
+            self.adapters.get(adapter_id)
+        else:
+            self.adapters.drop(adapter_id)
+        return self.adapters.loaded(), was
+
     def close(self) -> None:
         """Drop the model; later calls raise ModelNotLoadedError. Waits for the running requests."""
         if self._scheduler is not None:
@@ -359,7 +385,20 @@ class Engine:
             raise ModelNotLoadedError("the model of this engine was closed")
         return self._loaded
 
-    def _plan(self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None) -> Plan:
+    def _adapter(self, req: GenerateRequest) -> Adapter | None:
+        """The request's LoRA adapter, loaded on first use (None: the base model)."""
+        if req.adapter is None:
+            return None
+        if self.adapters is None:
+            raise InvalidRequestError(
+                f"this {self._info.model_type} model serves no LoRA adapters ({req.adapter!r} asked)",
+                param="model",
+            )
+        return self.adapters.get(req.adapter)
+
+    def _plan(
+        self, loaded: Loaded, req: GenerateRequest, defaults: SamplingParams | None, adapter: Adapter | None
+    ) -> Plan:
         tokenizer = loaded.tokenizer
         text, chat, ids, inputs = prompt_of(
             tokenizer, req, self._model_type.prompt_format, self._tool_format, self._vision
@@ -389,7 +428,8 @@ class Engine:
         vocab = self._grammars_for(loaded).vocab if wants_vocab else None
         echo_logprobs = None
         if req.echo and vocab is not None and req.logprobs is not None:
-            records = prompt_records(loaded.model, ids, req.logprobs)
+            with self.adapters.rows([adapter]) if self.adapters is not None else contextlib.nullcontext():
+                records = prompt_records(loaded.model, ids, req.logprobs)
             echo_logprobs = token_logprobs(vocab, records, ids)
         return Plan(
             prompt_ids=ids,
@@ -436,6 +476,7 @@ def _scheduler(
     own_decode_step: bool,
     cuda_graphs: bool,
     cuda_graph_kv_tokens: int,
+    adapters: Adapters | None,
     **caching: int,
 ) -> Scheduler:
     scheduler = Scheduler(
@@ -446,6 +487,7 @@ def _scheduler(
         own_decode_step=own_decode_step,
         cuda_graphs=cuda_graphs,
         cuda_graph_kv_tokens=cuda_graph_kv_tokens,
+        adapters=adapters,
         seq2seq=model_type.task is Task.SEQ2SEQ,
         pad_id=_pad_id(loaded.tokenizer),
     )

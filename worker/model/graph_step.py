@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from worker.model.decode_step import DecodeStep, _Unsupported, _unsupported, decode_step_for
+from worker.model.decode_step import DecodeStep, _Layer, _Unsupported, _unsupported, decode_step_for
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ class GraphStep(DecodeStep):
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: Any
     ) -> torch.Tensor:
         rows = ids.shape[0]
-        if self.failed is not None:
+        if self.failed is not None or (self.adapters is not None and self.adapters.active()):
+            self.settle(cache)  # LoRA rows add their deltas op by op, on the model's cache
+            self._bound = None
             return super().__call__(ids, positions, mask, cache)
         bound = self._bound
         current = bound is not None and bound[0] is cache.layers[0].keys and bound[1] == rows
@@ -229,7 +231,7 @@ class GraphStep(DecodeStep):
 
     def _static(self, rows: int) -> torch.Tensor:
         """The step of the buffers' first `rows` rows: fixed shapes, no host synchronisation."""
-        ops, eps, column = self._ops, self._eps, self._column
+        column = self._column
         seen = self._seen[:rows]
         seen.index_fill_(1, column, True)
         floor = torch.finfo(self._kv_dtype).min  # a large negative, not -inf: no NaN from an empty row
@@ -240,29 +242,17 @@ class GraphStep(DecodeStep):
             sees = seen if window is None else seen & (self._columns > column - window)
             bias[window] = torch.zeros(rows, 1, 1, self._capacity, dtype=self._kv_dtype,
                                        device=self._device).masked_fill_(~sees[:, None, None], floor)
-        h = self._embed(self._ids[:rows]).reshape(rows, -1).contiguous()
-        tables = self._tables(h, self._positions[:rows, None])
-        x = ops.rms_norm(h, self._layers[0].norm_in, eps)
-        for i, layer in enumerate(self._layers):
-            cos, sin = tables[layer.layer_type]
-            q, k, v = ops.qkv_heads(layer.qkv(x), layer.q_norm, layer.k_norm, eps, cos, sin,
-                                    layer.heads, layer.kv_heads, layer.head_dim)
-            keys, values = self._keys[i][:rows], self._values[i][:rows]
+
+        def attend(layer: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = self._keys[layer.index][:rows], self._values[layer.index][:rows]
             keys.index_copy_(2, column, k)
             values.index_copy_(2, column, v)
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q, keys, values, attn_mask=bias[self._windows[i]], scale=layer.scaling,
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, keys, values, attn_mask=bias[self._windows[layer.index]], scale=layer.scaling,
                 enable_gqa=layer.kv_heads != layer.heads,
             )
-            out = layer.o(out.reshape(rows, layer.heads * layer.head_dim))
-            h, x = ops.residual_norm(h, out, layer.post_attn, layer.pre_ff, eps)
-            out = layer.down(ops.gated(layer.gate_up(x), layer.act))
-            following = self._layers[i + 1].norm_in if i + 1 < len(self._layers) else self._final
-            h, x = ops.residual_norm(h, out, layer.post_ff, following, eps)
-        logits = self._head(x)
-        if self._softcap is not None:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
+
+        return self._layers_pass(self._ids[:rows], self._positions[:rows], attend, None)
 
 
 def step_for(

@@ -30,6 +30,7 @@ from shared.host_api import device_kind
 from shared.logs import setup_logging
 from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready, pinned_env
 from shared.settings import DEFAULTS, QUANTIZATIONS, load_settings
+from shared.tracing import Tracing
 from shared.wire import WorkerInfo
 from worker.model.wire_server import WorkerServer
 
@@ -156,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             cuda_4bit=settings.cuda_4bit,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
+            # DUKAT_MAX_LORAS, DUKAT_MODELS_DIR: LoRA adapters are folders there, read at first use
+            max_loras=settings.max_loras,
+            models_dir=settings.models_dir,
             grammar_limits=GrammarLimits.of(settings),
             # The host's environment: a model's own code runs only where an admin named the model.
             trust_remote_code=any(fnmatchcase(args.model_id, p) for p in load_settings().trust_remote_code),
@@ -191,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         max_wait_s=args.max_wait_s,
         drain_s=args.drain_s,
         token=token,
+        # DUKAT_OTEL_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT): the host's environment
+        tracing=(tracing := Tracing.configure(settings.otel_endpoint, "model-worker")),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server, args.bind, args.port))
+    tracing.shutdown()  # its last spans are exported before the process ends
     engine.close()
     return 0
 

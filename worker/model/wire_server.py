@@ -15,13 +15,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import DukatError, InternalError, ModelNotLoadedError, WorkerFailedError
 from shared.generation import (
     CallDelta,
     EmbedRequest,
     EmbedResult,
+    GenerateRequest,
     GenerateResult,
     Reasoning,
     ScoreRequest,
@@ -29,8 +30,11 @@ from shared.generation import (
     StreamPiece,
     TextWithLogprobs,
 )
+from shared.tracing import Tracing, end
 from shared.wire import (
     Accepted,
+    AdapterCommand,
+    AdaptersLoaded,
     Admit,
     Admitted,
     Cancel,
@@ -81,8 +85,10 @@ class WorkerServer:
         max_batch: int,
         drain_s: float = 0.0,
         token: str | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
+        self.tracing = tracing if tracing is not None and tracing.enabled else None
         self.token = token.encode() if token else None
         self.info = info
         self.places = Admission(
@@ -122,7 +128,7 @@ class WorkerServer:
                         writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.busy_counters())))
                     case Hello():
                         pass
-                    case Tokenize() | Detokenize():
+                    case Tokenize() | Detokenize() | AdapterCommand():
                         task = asyncio.create_task(self._answer(frame, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
@@ -210,12 +216,19 @@ class WorkerServer:
         finally:
             cancels.pop(rid, None)
 
-    async def _answer(self, frame: Tokenize | Detokenize, writer: asyncio.StreamWriter) -> None:
-        """Text <-> token ids: quick, so outside the generation queue (in a thread: a long prompt)."""
+    async def _answer(
+        self, frame: Tokenize | Detokenize | AdapterCommand, writer: asyncio.StreamWriter
+    ) -> None:
+        """Text <-> token ids, adapters: quick, so outside the generation queue (in a thread: a long
+        prompt, an adapter's file)."""
         loop = asyncio.get_running_loop()
         try:
-            reply: Tokens | Text
-            if isinstance(frame, Tokenize):
+            reply: Tokens | Text | AdaptersLoaded
+            if isinstance(frame, AdapterCommand):
+                command = partial(self.engine.adapter, frame.adapter, load=frame.load)
+                loaded, was = await loop.run_in_executor(self.executor, command)
+                reply = AdaptersLoaded(id=frame.id, loaded=loaded, was_loaded=was)
+            elif isinstance(frame, Tokenize):
                 tokenize = partial(
                     self.engine.tokenize,
                     frame.request,
@@ -246,6 +259,7 @@ class WorkerServer:
             cancelled=self.cancelled,
             idle_s=idle,
             keep_alive_s=self.keep_alive,
+            adapters=self.engine.adapters.loaded() if self.engine.adapters is not None else [],
         )
 
     async def _run(
@@ -268,6 +282,8 @@ class WorkerServer:
         outbox = self._outbox(loop)
         done: asyncio.Future[BaseException | None] = loop.create_future()
         stream = frame.stream
+        result: list[GenerateResult] = []
+        span = self.tracing.start("generate", frame.request.trace_context) if self.tracing else None
 
         def on_text(piece: StreamPiece) -> None:
             if stream:
@@ -275,6 +291,7 @@ class WorkerServer:
 
         def on_done(item: GenerateResult | BaseException) -> None:
             if isinstance(item, GenerateResult):
+                result.append(item)
                 outbox.add(writer, encode_frame(Result(id=rid, result=item)))
                 outbox.resolve(done, None)
             else:
@@ -289,6 +306,7 @@ class WorkerServer:
             on_done=on_done,
             on_step=outbox.flush,
         )
+        failure: BaseException | None = None
         try:
             # Planning (templating, tokenizing a possibly long prompt) stays off the loop.
             await loop.run_in_executor(self.executor, start)
@@ -296,8 +314,33 @@ class WorkerServer:
         except asyncio.CancelledError:  # nobody waits for this reply any more
             cancel.set()
             raise
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if span is not None:
+                self._end_span(span, frame.request, result[0] if result else None, failure)
         if failure is not None:
             raise failure
+
+    def _end_span(
+        self,
+        span: Any,
+        request: GenerateRequest,
+        result: GenerateResult | None,
+        failure: BaseException | None,
+    ) -> None:
+        timings = result.timings if result is not None else None
+        attributes = {
+            "gen_ai.request.model": self.info.model_id, "dukat.adapter": request.adapter,
+            "dukat.request_id": request.request_id,
+            "gen_ai.usage.input_tokens": result.prompt_tokens if result else None,
+            "gen_ai.usage.output_tokens": result.completion_tokens if result else None,
+            "gen_ai.response.finish_reasons": [result.finish_reason] if result else None,
+            "dukat.queue_s": timings.queue_s if timings else None,
+            "dukat.first_token_s": timings.first_token_s if timings else None,
+        }  # fmt: skip
+        end(span, attributes, error=None if failure is None else type(failure).__name__)
 
     def _embed(self, request: EmbedRequest, cancel: threading.Event) -> EmbedResult | None:
         # Cancelled while it waited for a thread: nobody reads the vectors, don't make them.
