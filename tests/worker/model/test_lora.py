@@ -15,6 +15,7 @@ from shared.errors import InvalidRequestError, NotFoundError
 from tests.conftest import TINY_MODEL_CACHE
 from tests.support.tiny_adapters import ALL_PROJECTIONS, merged_model, place_tiny_adapter
 from tests.worker.conftest import tiny_model
+from worker.model.graph_step import GraphStep
 from worker.model.kv_cache import PaddedBatch, checked_decode_step
 from worker.model.lora import Adapters
 
@@ -56,16 +57,21 @@ def _course(model: Any, decode: Any, rows: list[Any], adapters: Adapters | None)
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma3"])
-@pytest.mark.parametrize("own_step", [True, False], ids=["own-step", "forward"])
+@pytest.mark.parametrize("step", ["own", "graph", "forward"])
 def test_rows_of_two_adapters_and_the_base_in_one_batch_equal_their_merged_models(
-    tiny_model_dir: Callable[[str], Path], models_dir: Path, name: str, own_step: bool
+    tiny_model_dir: Callable[[str], Path], models_dir: Path, name: str, step: str
 ) -> None:
+    """The graph step (worker/model/graph_step.py, its static path as the CPU runs it) hands
+    adapter rows to the own step's op-by-op path."""
     path, model = _base(tiny_model_dir, name)
     adapters = Adapters(model, models_dir, max_loaded=4)
-    decode = None
-    if own_step:
+    decode: Any = None
+    if step == "own":
         decode, why = checked_decode_step(model, PAD)
         assert decode is not None, why
+    elif step == "graph":
+        decode = GraphStep(model, max_rows=4, graphs=False, budget_tokens=1 << 20, capacity=16)
+    if decode is not None:
         decode.adapters = adapters
     rows = [None, adapters.get(f"{name}-a"), adapters.get(f"{name}-b")]
     together = _course(model, decode, rows, adapters)
