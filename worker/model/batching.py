@@ -58,6 +58,7 @@ _Item = int | BaseException | None  # a token, the scheduler's failure, or the e
 # An idle scheduler thread exits after this long (a new request starts another), so an engine
 # nobody closed does not keep its model alive through its thread.
 _LINGER_S = 2.0
+_PARKED_POLL_S = 0.5
 
 
 @dataclass(eq=False, kw_only=True)
@@ -74,10 +75,15 @@ class Job:
     on_item: Callable[[_Item], None]
     on_step: Callable[[], None] | None = None
     cancel: threading.Event | None = None
+    # Set while its reader is behind (back-pressure): the row leaves the batch until it is cleared.
+    pause: threading.Event | None = None
     done: threading.Event = field(default_factory=threading.Event)  # the consumer stopped reading
     admitted: float = 0.0  # perf_counter when it got a row (0 while waiting)
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     produced: int = 0
+    # Tokens made since `prompt_ids` was last prefilled: a paused batch row drops its cache and
+    # resumes by prefilling them after the prompt (recompute, as vLLM's preemption).
+    unprefilled: list[int] = field(default_factory=list)
     last: int = -1  # the latest token: what the next step feeds
     stopped: bool = False  # it made an end-of-sequence token: nothing comes after it
     counted: bool = True  # it holds a place in the scheduler (under the scheduler's lock)
@@ -92,12 +98,16 @@ class Job:
     def wanted(self) -> bool:
         return not self.done.is_set() and not (self.cancel is not None and self.cancel.is_set())
 
+    def paused(self) -> bool:
+        return self.pause is not None and self.pause.is_set()
+
     def ended(self) -> bool:
         over = self.stopped or self.produced >= self.max_new_tokens or not self.wanted()
         return over or (self.grammar is not None and self.grammar.ended)
 
     def push(self, token: int) -> None:
         self.produced += 1
+        self.unprefilled.append(token)
         self.last = token
         self.stopped = token in self.stop_ids
         self.on_item(token)
@@ -147,6 +157,8 @@ class Scheduler:
         self._solos: dict[Job, Solo] = {}  # the rows on a cache of their own
         # Prompts prefilled on their own, a chunk per step, first come first served (batched models).
         self._prefilling: dict[Job, RowPrefill | None] = {}
+        # Rows whose reader is behind, out of the batch (None) or with their own cache (Solo).
+        self._parked: dict[Job, Solo | None] = {}
         alone = self._batch is not None and bool(prefix_cache_tokens or prefill_chunk_tokens)
         if alone and not can_prefill_alone(model, pad_id):  # then prompts are prefilled as before
             logger.warning(
@@ -189,6 +201,11 @@ class Scheduler:
         with self._cond:
             self._uncount([job])
 
+    def wake(self) -> None:
+        """A parked row may go on (its reader caught up)."""
+        with self._cond:
+            self._cond.notify()
+
     def close(self, *, abort: bool = False) -> None:
         """Refuse new requests and stop the thread once the admitted and waiting ones finished
         (or, with `abort`, at once: they end as cancelled)."""
@@ -213,26 +230,31 @@ class Scheduler:
         except BaseException:  # the thread dies: nobody may wait on it forever
             with self._cond:
                 self._thread = None
-            everyone = [*self._rows, *self._solos, *self._prefilling, *self._waiting]
+            everyone = [*self._rows, *self._solos, *self._prefilling, *self._waiting, *self._parked]
             self._end(everyone, InternalError("the scheduler stopped"))
             self._flush()
             raise
 
     def _wait_for_work(self) -> bool:
         if self._aborting:
-            self._end([*self._rows, *self._solos, *self._prefilling, *self._waiting], None)
+            self._end([*self._rows, *self._solos, *self._prefilling, *self._waiting, *self._parked], None)
             self._flush()
         with self._cond:
             idle = False
-            while not (self._waiting or self._rows or self._solos or self._prefilling):
-                if self._closing or idle:
+            while not (self._waiting or self._rows or self._solos or self._prefilling or self._unparkable()):
+                if (self._closing or idle) and not self._parked:
                     self._thread = None  # under the lock: the next submit starts a new thread
                     return False
-                idle = not self._cond.wait(_LINGER_S)
+                # Parked rows are polled: a cancel does not notify.
+                idle = not self._cond.wait(_PARKED_POLL_S if self._parked else _LINGER_S)
         return True
+
+    def _unparkable(self) -> bool:
+        return any(not job.paused() or not job.wanted() for job in self._parked)
 
     def _iterate(self) -> None:
         self._sweep()
+        self._park()
         while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
             jobs = [job for job in jobs if not self._prefills_alone(job)]
             for group in prefill_groups([len(job.prompt_ids) for job in jobs]):
@@ -311,9 +333,35 @@ class Scheduler:
         self._rows.append(job)
         self._emit([job], logits)
 
+    def _park(self) -> None:
+        """Rows whose reader is behind leave (a batch row drops its cache: recomputed on resume);
+        parked rows whose reader caught up come back (batch rows first in the queue)."""
+        for job in [job for job in (*self._rows, *self._solos) if job.paused() and job.wanted()]:
+            if job in self._solos:
+                self._parked[job] = self._solos.pop(job)
+                continue
+            keep = [i for i, row in enumerate(self._rows) if row is not job]
+            self._rows = [self._rows[i] for i in keep]
+            assert self._batch is not None
+            self._batch.keep(keep)
+            job.prompt_ids = [*job.prompt_ids, *job.unprefilled]
+            job.unprefilled = []
+            self._parked[job] = None
+        for job in [job for job in self._parked if not job.paused() or not job.wanted()]:
+            solo = self._parked.pop(job)
+            if not job.wanted():
+                self._end([job], None)
+            elif solo is not None:
+                self._solos[job] = solo
+            else:
+                with self._cond:
+                    self._waiting.appendleft(job)
+
     def _start(self, jobs: list[Job]) -> None:
         now = time.perf_counter()
         for job in jobs:
+            if job.admitted:  # a parked row back: its prompt was observed already
+                continue
             job.admitted = now
             if not self._seq2seq:
                 job.sampler.observe(job.prompt_ids)  # transformers' repetition penalty counts the prompt
@@ -401,6 +449,7 @@ class Scheduler:
         for job in ending:
             self._solos.pop(job, None)
             self._prefilling.pop(job, None)
+            self._parked.pop(job, None)
             job.on_item(item)
             self._owe_step(job)
 
