@@ -17,6 +17,7 @@ from litestar import Request
 from gateway.errors import request_validation_error
 from gateway.schemas.common import KeepAlive, keep_alive_seconds
 from shared.errors import (
+    DukatError,
     InvalidRequestError,
     ModelNotFoundError,
     PullNotAllowedError,
@@ -24,6 +25,7 @@ from shared.errors import (
 )
 from shared.generation import ToolUse
 from shared.keep_alive import parse_keep_alive
+from shared.model_config import ModelEntry
 from shared.model_ids import check_model_id, is_hub_id
 from shared.settings import Settings
 
@@ -145,17 +147,36 @@ def check_generations(settings: Settings, prompts: int, n: int) -> None:
         )
 
 
-def keep_alive_for(settings: Settings, value: KeepAlive, *, admin: bool) -> KeepAlive:
-    """An inference key's `keep_alive`, clamped to [DUKAT_KEEP_ALIVE_FLOOR, DUKAT_KEEP_ALIVE_CEILING]:
-    its -1 (pin forever) is the ceiling, its 0 (unload now) the floor. An admin's is as sent."""
+def keep_alive_for(
+    settings: Settings, value: KeepAlive, *, admin: bool, entry: ModelEntry | None = None
+) -> KeepAlive:
+    """An inference key's `keep_alive`, clamped to its model's range (the config `entry`'s
+    keep_alive_floor/_ceiling, else DUKAT_KEEP_ALIVE_FLOOR/_CEILING): its -1 (pin forever) is the
+    ceiling, its 0 (unload now) the floor; a ceiling of -1 bounds nothing (pinning allowed). An
+    admin's is as sent."""
     seconds = keep_alive_seconds(value)
     if admin or seconds is None:
         return value
-    floor = parse_keep_alive(settings.keep_alive_floor)
-    ceiling = parse_keep_alive(settings.keep_alive_ceiling)
+    own = entry or ModelEntry()
+    floor = parse_keep_alive(_first(own.keep_alive_floor, settings.keep_alive_floor))
+    ceiling = parse_keep_alive(_first(own.keep_alive_ceiling, settings.keep_alive_ceiling))
     if seconds < 0:
         return ceiling
-    return min(max(seconds, floor), ceiling)
+    kept = max(seconds, floor)
+    return kept if ceiling < 0 else min(kept, ceiling)
+
+
+def _first(value: str | float | None, default: str) -> str | float:
+    return default if value is None else value
+
+
+def config_entry(manager: Any, model_id: str | None) -> ModelEntry | None:
+    """The config file's entry of the model a request names (or of the default model)."""
+    try:
+        entry: ModelEntry | None = manager.config.view().models.get(manager.resolve_id(model_id))
+    except DukatError:  # no model and no default: the request fails on that later
+        return None
+    return entry
 
 
 def check_request_work(settings: Settings, sizes: Iterable[int], n: int, param: str) -> None:

@@ -12,6 +12,7 @@ from gateway.limits import (
     check_model,
     check_prompt_chars,
     check_request_work,
+    config_entry,
     keep_alive_for,
     tools_text,
 )
@@ -42,7 +43,8 @@ async def chat_completions(
     settings = state.manager.settings
     check_model(state.manager, data.model)
     check_generations(settings, 1, data.choices)
-    data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope))
+    entry = config_entry(state.manager, data.model)
+    data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope), entry=entry)
 
     def prepare() -> list[GenerateRequest]:
         requests = data.generate_requests(rid)

@@ -3,6 +3,7 @@ token, a pull allowlist and size cap, a tiny chat model and a tiny embedding mod
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,10 @@ def locked(
             return ensure_tiny_model("tinyllama", TINY_MODEL_CACHE, context=LONG_CONTEXT)
         return tiny_model_dir(family)
 
-    write_models(models_dir, family_dir, served)
+    config_path = write_models(models_dir, family_dir, served)
+    config = json.loads(config_path.read_text())
+    config["models"][LONG_MODEL]["keep_alive_ceiling"] = -1  # inference keys may pin this one
+    config_path.write_text(json.dumps(config))
     env = {
         **TEST_ENV,
         "HF_ENDPOINT": session_hub.url,
