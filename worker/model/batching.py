@@ -31,6 +31,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,7 @@ class Scheduler:
         # would not keep all their columns.
         self._join_keeps = join_keeps(model) if self.prefix_cache is not None else None
         self._stepped: set[Callable[[], None]] = set()  # the `on_step`s owed a call (scheduler thread)
+        self._filler: ThreadPoolExecutor | None = None  # fills grammar masks during forwards
         # A daemon thread killed inside a torch op at interpreter exit aborts the process.
         atexit.register(_abort_at_exit, weakref.ref(self))
 
@@ -216,6 +218,8 @@ class Scheduler:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        if self._filler is not None:
+            self._filler.shutdown(wait=False)
 
     def _loop(self) -> None:
         try:
@@ -267,7 +271,9 @@ class Scheduler:
         self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
         if self._rows:
             assert self._batch is not None
-            self._emit(self._rows, self._batch.step([job.last for job in self._rows]))
+            ahead = self._fill_ahead(self._rows)
+            logits = self._batch.step([job.last for job in self._rows])
+            self._emit(self._rows, logits, ahead.result() if ahead is not None else None)
         for job, solo in self._solos.items():
             if not job.ended():
                 self._emit([job], solo.step(job.last))
@@ -393,12 +399,23 @@ class Scheduler:
         self._emit(jobs, logits)
         return True
 
-    def _emit(self, jobs: list[Job], logits: torch.Tensor) -> None:
+    def _fill_ahead(self, jobs: list[Job]) -> Future[torch.Tensor] | None:
+        """The constrained rows' masks, filled in a thread while the step's forward runs."""
+        rows = [(i, job.grammar) for i, job in enumerate(jobs) if job.grammar is not None]
+        if not rows:
+            return None
+        grammars = next(job.grammars for job in jobs if job.grammars is not None)
+        assert grammars is not None
+        if self._filler is None:
+            self._filler = ThreadPoolExecutor(1, thread_name_prefix="dukat-masks")
+        return self._filler.submit(grammars.bitmask, len(jobs), rows)
+
+    def _emit(self, jobs: list[Job], logits: torch.Tensor, bitmask: torch.Tensor | None = None) -> None:
         """The sampling step of every row: each row's next token, chosen by its own sampler from
         its row of `logits` [rows, vocab], and pushed to its consumer."""
         if self._suppress is not None:
             logits[:, self._suppress] = float("-inf")
-        _mask_rows(jobs, logits)
+        _mask_rows(jobs, logits, bitmask)
         greedy = logits.argmax(-1).tolist()  # one op for every plain greedy row
         for i, (job, best) in enumerate(zip(jobs, greedy, strict=True)):
             sampler, grammar = job.sampler, job.grammar
@@ -489,13 +506,13 @@ def _abort_at_exit(ref: weakref.ref[Scheduler]) -> None:
         scheduler.close(abort=True)
 
 
-def _mask_rows(jobs: list[Job], logits: torch.Tensor) -> None:
+def _mask_rows(jobs: list[Job], logits: torch.Tensor, bitmask: torch.Tensor | None) -> None:
     """Per-row masks, in place: each constrained row to its grammar, stop ids off before min_tokens."""
     constrained = [(i, job.grammar) for i, job in enumerate(jobs) if job.grammar is not None]
     if constrained:
         grammars = next(job.grammars for job in jobs if job.grammars is not None)
         assert grammars is not None
-        grammars.mask(logits, constrained)
+        grammars.mask(logits, constrained, bitmask)
     for i, job in enumerate(jobs):
         if job.produced < job.min_tokens and job.stop_ids and job.grammar is None:
             logits[i, sorted(job.stop_ids)] = float("-inf")
