@@ -92,7 +92,7 @@ def create_app(
         "key_ring": keys,
         "metrics": metrics,
         "preloaded": preloaded,
-        "streams": StreamControl(settings.sse_keepalive_s),
+        "streams": StreamControl(settings.sse_keepalive_s, settings.stream_buffer_events),
     })
 
     async def preload_one(model_id: str) -> None:

@@ -19,6 +19,9 @@ from gateway.schemas import ChoiceEvent
 from shared.generation import GenerateRequest, GenerateResult, SamplingParams, StreamItem
 from shared.wire_client import WorkerConnection
 
+# Events of the n streams merged and not yet taken by the response (each stream buffers its own).
+_BUFFER_EVENTS = 64
+
 
 async def generate_all(
     manager: AsyncModelManager, model: str | None, requests: list[GenerateRequest]
@@ -88,7 +91,8 @@ async def _indexed(index: int, stream: AsyncIterator[StreamItem]) -> AsyncIterat
 async def _merged(
     streams: list[AsyncIterator[StreamItem]], at_once: int, release: Callable[[], None]
 ) -> AsyncIterator[ChoiceEvent]:
-    queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
+    # Bounded: a client that reads slowly holds back the streams (back-pressure, shared/wire_client.py).
+    queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue(_BUFFER_EVENTS)
     slots = asyncio.Semaphore(at_once)
 
     async def pump(index: int, stream: AsyncIterator[StreamItem]) -> None:

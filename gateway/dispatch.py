@@ -68,6 +68,8 @@ class WorkerConnections:
                 token=self.token,
                 request_timeout_s=s.request_timeout_s,
                 first_token_timeout_s=s.first_token_timeout_s,
+                stream_buffer_events=s.stream_buffer_events,
+                stream_stall_timeout_s=s.stream_stall_timeout_s,
                 observer=self.metrics.for_model(worker.model_id) if self.metrics else None,
             )
         return conn

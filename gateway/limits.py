@@ -5,6 +5,7 @@ each refusal a 400 (or 403 for the pull policy) naming the limit and its setting
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
@@ -16,12 +17,15 @@ from litestar import Request
 from gateway.errors import request_validation_error
 from gateway.schemas.common import KeepAlive, keep_alive_seconds
 from shared.errors import (
+    DukatError,
     InvalidRequestError,
     ModelNotFoundError,
     PullNotAllowedError,
     UnsupportedMediaTypeError,
 )
+from shared.generation import ToolUse
 from shared.keep_alive import parse_keep_alive
+from shared.model_config import ModelEntry
 from shared.model_ids import check_model_id, is_hub_id
 from shared.settings import Settings
 
@@ -66,31 +70,49 @@ class LimitedRequest(Request[Any, Any, Any]):
             said = f"Content-Type was {media!r}" if media else "no Content-Type was sent"
             raise UnsupportedMediaTypeError(f"{said}; send the body as application/json")
         limit = self.app.state["settings"].max_json_depth
-        if json_depth_exceeds(body, limit):
-            raise InvalidRequestError(
-                f"the request body nests JSON arrays/objects more than {limit} levels deep "
-                "(DUKAT_MAX_JSON_DEPTH)"
-            )
         data = self.route_handler.parsed_fn_signature.parameters.get("data")
         if data is None or not body:
+            _check_depth(body, limit)
             return await super().json()
-        try:
-            return msgspec.json.decode(body, type=data.annotation)
-        except msgspec.ValidationError as exc:
-            error = exc
-        except msgspec.DecodeError as exc:
-            raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
-        # JSON Schema counts 2.0 as an integer: take integral numbers where integers are expected.
-        try:
-            loose = msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            return await super().json()  # typed decoding stopped at a bad field before the bad JSON
-        try:
-            return msgspec.convert(_integral(loose), data.annotation)
-        except msgspec.ValidationError:
-            raise request_validation_error(error) from None
-        except msgspec.DecodeError as exc:  # the typed decode stopped at a bad value before the bad JSON
-            raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+        if len(body) < _OFF_LOOP_BYTES:
+            decoded = _decode(body, data.annotation, limit)
+        else:  # a large body's scan and decode take the loop's time from everyone else's requests
+            decoded = await asyncio.to_thread(_decode, body, data.annotation, limit)
+        return decoded if decoded is not _LENIENT else await super().json()
+
+
+# Bodies this large are decoded in a thread (a 4.8 MB Responses input list: ~1 s of scan and decode).
+_OFF_LOOP_BYTES = 256 * 1024
+_LENIENT = object()  # typed decoding stopped at a bad field before the bad JSON: litestar's own says
+
+
+def _check_depth(body: bytes, limit: int) -> None:
+    if json_depth_exceeds(body, limit):
+        raise InvalidRequestError(
+            f"the request body nests JSON arrays/objects more than {limit} levels deep (DUKAT_MAX_JSON_DEPTH)"
+        )
+
+
+def _decode(body: bytes, annotation: Any, depth_limit: int) -> Any:
+    """`body` decoded strictly into `annotation` (see LimitedRequest), after its depth check."""
+    _check_depth(body, depth_limit)
+    try:
+        return msgspec.json.decode(body, type=annotation)
+    except msgspec.ValidationError as exc:
+        error = exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    # JSON Schema counts 2.0 as an integer: take integral numbers where integers are expected.
+    try:
+        loose = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return _LENIENT
+    try:
+        return msgspec.convert(_integral(loose), annotation)
+    except msgspec.ValidationError:
+        raise request_validation_error(error) from None
+    except msgspec.DecodeError as exc:  # the typed decode stopped at a bad value before the bad JSON
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
 
 
 def _is_json(media: str) -> bool:
@@ -125,17 +147,36 @@ def check_generations(settings: Settings, prompts: int, n: int) -> None:
         )
 
 
-def keep_alive_for(settings: Settings, value: KeepAlive, *, admin: bool) -> KeepAlive:
-    """An inference key's `keep_alive`, clamped to [DUKAT_KEEP_ALIVE_FLOOR, DUKAT_KEEP_ALIVE_CEILING]:
-    its -1 (pin forever) is the ceiling, its 0 (unload now) the floor. An admin's is as sent."""
+def keep_alive_for(
+    settings: Settings, value: KeepAlive, *, admin: bool, entry: ModelEntry | None = None
+) -> KeepAlive:
+    """An inference key's `keep_alive`, clamped to its model's range (the config `entry`'s
+    keep_alive_floor/_ceiling, else DUKAT_KEEP_ALIVE_FLOOR/_CEILING): its -1 (pin forever) is the
+    ceiling, its 0 (unload now) the floor; a ceiling of -1 bounds nothing (pinning allowed). An
+    admin's is as sent."""
     seconds = keep_alive_seconds(value)
     if admin or seconds is None:
         return value
-    floor = parse_keep_alive(settings.keep_alive_floor)
-    ceiling = parse_keep_alive(settings.keep_alive_ceiling)
+    own = entry or ModelEntry()
+    floor = parse_keep_alive(_first(own.keep_alive_floor, settings.keep_alive_floor))
+    ceiling = parse_keep_alive(_first(own.keep_alive_ceiling, settings.keep_alive_ceiling))
     if seconds < 0:
         return ceiling
-    return min(max(seconds, floor), ceiling)
+    kept = max(seconds, floor)
+    return kept if ceiling < 0 else min(kept, ceiling)
+
+
+def _first(value: str | float | None, default: str) -> str | float:
+    return default if value is None else value
+
+
+def config_entry(manager: Any, model_id: str | None) -> ModelEntry | None:
+    """The config file's entry of the model a request names (or of the default model)."""
+    try:
+        entry: ModelEntry | None = manager.config.view().models.get(manager.resolve_id(model_id))
+    except DukatError:  # no model and no default: the request fails on that later
+        return None
+    return entry
 
 
 def check_request_work(settings: Settings, sizes: Iterable[int], n: int, param: str) -> None:
@@ -147,6 +188,12 @@ def check_request_work(settings: Settings, sizes: Iterable[int], n: int, param: 
             f"request is {settings.max_request_prompt_chars} (DUKAT_MAX_REQUEST_PROMPT_CHARS)",
             param=param,
         )
+
+
+def tools_text(tools: ToolUse | None) -> str:
+    """The tool definitions as the chat template gets them, for the character bound (9 MB of tool
+    descriptions cost 7.5 s of worker CPU to tokenize before their context_length_exceeded)."""
+    return msgspec.json.encode(tools.tools).decode() if tools is not None else ""
 
 
 def check_prompt_chars(settings: Settings, texts: Iterable[str], param: str) -> None:

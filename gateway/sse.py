@@ -8,6 +8,9 @@ with that message when an event's data has an `error` key.
 A stream silent for `keepalive_s` (a long prompt, a slow model) gets a `: keep-alive` comment, which
 clients ignore and proxies count as traffic. When the server shuts down and its grace period is
 over, the streams still open end with an error event and `[DONE]` (`StreamControl.close_all`).
+
+A stream holds at most `buffer_events` items for a client that reads slowly: then it stops taking
+them from its source, whose own bound pauses the generation (shared/wire_client.py).
 """
 
 from __future__ import annotations
@@ -45,26 +48,32 @@ _SHUTDOWN = object()
 class StreamControl:
     """The app's open streams: their keep-alive period, and the shutdown that ends them."""
 
-    def __init__(self, keepalive_s: float | None = None) -> None:
+    def __init__(self, keepalive_s: float | None = None, buffer_events: int = 256) -> None:
         self.keepalive_s = keepalive_s
+        self.buffer_events = buffer_events
         self._queues: set[asyncio.Queue[Any]] = set()
+        self.cut: set[asyncio.Queue[Any]] = set()  # full when the shutdown came: ended at their next item
 
     def close_all(self) -> None:
         """End every open stream (after what it already has) with an error event and [DONE]."""
         for queue in self._queues:
-            queue.put_nowait(_SHUTDOWN)
+            try:
+                queue.put_nowait(_SHUTDOWN)
+            except asyncio.QueueFull:
+                self.cut.add(queue)
 
     @contextlib.asynccontextmanager
     async def pumped(self, iterator: AsyncIterator[Any]) -> AsyncIterator[asyncio.Queue[Any]]:
         """The items of `iterator` arriving in a queue (then `_END`, or the exception that ended
         it), so a reader can wait with a timeout without cancelling the source's own await."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue(self.buffer_events)
         task = asyncio.create_task(_pump(iterator, queue))
         self._queues.add(queue)
         try:
             yield queue
         finally:
             self._queues.discard(queue)
+            self.cut.discard(queue)
             task.cancel()  # inside the source, the cancel runs its cleanup (the worker's Cancel)
             await asyncio.gather(task, return_exceptions=True)
             await _aclose(iterator)
@@ -73,11 +82,11 @@ class StreamControl:
 async def _pump(iterator: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:
     try:
         async for item in iterator:
-            queue.put_nowait(item)
+            await queue.put(item)
     except Exception as exc:
-        queue.put_nowait(exc)
+        await queue.put(exc)
     else:
-        queue.put_nowait(_END)
+        await queue.put(_END)
 
 
 def encode_event(item: Any) -> bytes:
@@ -139,7 +148,7 @@ async def _events(
                         continue
                     if item is _END:
                         break
-                    if item is _SHUTDOWN:
+                    if item is _SHUTDOWN or queue in control.cut:
                         raise ShuttingDownError("the server is shutting down; retry the request")
                     if isinstance(item, Exception):
                         raise item

@@ -182,6 +182,10 @@ class RequestTimeoutError(DukatError, status=504, code="timeout"):
     """A model worker did not answer in time."""
 
 
+class StreamStalledError(DukatError, status=408, code="stream_stalled"):
+    """A stream's client read nothing for DUKAT_STREAM_STALL_TIMEOUT_S: its generation was cancelled."""
+
+
 def _all_subclasses(cls: type[DukatError]) -> list[type[DukatError]]:
     out: list[type[DukatError]] = []
     for sub in cls.__subclasses__():

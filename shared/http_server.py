@@ -4,6 +4,7 @@ parent learns the real port from one stdout line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -78,6 +79,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _bound_unsent(transport)
         self._arm()
 
     def on_message_begin(self) -> None:
@@ -105,6 +107,21 @@ class _DeadlineProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+# Bytes of a response the kernel holds unsent per connection (TCP_NOTSENT_LOWAT): past them, a client
+# that does not read holds back the stream's writer instead of the kernel buffering megabytes for it
+# (loopback's send buffer grew to 3 MB: ~12,000 events made for nobody), so back-pressure reaches
+# the model worker (shared/wire_client.py).
+_UNSENT_BYTES = 64 * 1024
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+
+
+def _bound_unsent(transport: asyncio.Transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if _TCP_NOTSENT_LOWAT is not None and sock is not None and sock.family != socket.AF_UNIX:
+        with contextlib.suppress(OSError):  # not supported there: unbounded as before
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, _UNSENT_BYTES)
 
 
 # What streams get, after the grace period, to send their last event before they are cancelled.

@@ -55,6 +55,10 @@ class ModelEntry(Struct, kw_only=True):
     # How long the model stays loaded when idle (Ollama's keep_alive: "5m", seconds, 0, -1 = forever);
     # None: DUKAT_KEEP_ALIVE.
     keep_alive: str | float | None = None
+    # This model's range for an inference key's keep_alive (None: DUKAT_KEEP_ALIVE_FLOOR / _CEILING):
+    # a ceiling of -1 lets inference keys pin it, a floor of 0 lets them unload it.
+    keep_alive_floor: str | float | None = None
+    keep_alive_ceiling: str | float | None = None
     # Workers serving the model, each on another host where there are several; None: one.
     replicas: Annotated[int, Meta(ge=1)] | None = None
     # Keys of the entry Dukat does not know, written back as they were.
@@ -77,7 +81,8 @@ class ModelConfig(Struct, kw_only=True):
 
 
 _ENTRY_FIELDS = (
-    "description", "quantization", "default_parameters", "model_type", "gguf_file", "keep_alive", "replicas"
+    "description", "quantization", "default_parameters", "model_type", "gguf_file", "keep_alive",
+    "keep_alive_floor", "keep_alive_ceiling", "replicas",
 )  # fmt: skip
 _TOP_FIELDS = ("models", "default_model")
 
@@ -152,11 +157,12 @@ def _check_entry(where: str, entry: ModelEntry) -> None:
             get_model_type(entry.model_type)
         except DukatError as exc:
             raise _FieldError(f"{where}.model_type", exc.message) from None
-    if entry.keep_alive is not None:
-        try:
-            parse_keep_alive(entry.keep_alive)
-        except ValueError as exc:
-            raise _FieldError(f"{where}.keep_alive", str(exc)) from None
+    for key in ("keep_alive", "keep_alive_floor", "keep_alive_ceiling"):
+        if (value := getattr(entry, key)) is not None:
+            try:
+                parse_keep_alive(value)
+            except ValueError as exc:
+                raise _FieldError(f"{where}.{key}", str(exc)) from None
 
 
 def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
@@ -168,7 +174,7 @@ def _entry_to_raw(entry: ModelEntry) -> dict[str, Any]:
         raw["model_type"] = entry.model_type
     if entry.gguf_file is not None:
         raw["gguf_file"] = entry.gguf_file
-    for key in ("keep_alive", "replicas"):
+    for key in ("keep_alive", "keep_alive_floor", "keep_alive_ceiling", "replicas"):
         if getattr(entry, key) is not None:
             raw[key] = getattr(entry, key)
     return {**raw, **{k: v for k, v in entry.extra.items() if k not in _ENTRY_FIELDS}}

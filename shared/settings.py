@@ -107,6 +107,11 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # the first streamed token.
     request_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     first_token_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
+    # Back-pressure: a stream's events the gateway holds for a client that reads slower than the model
+    # writes; when full, the stream's row stops generating (leaves the batch) until the client reads,
+    # and a stream whose client read nothing for the stall timeout is cancelled.
+    stream_buffer_events: Annotated[int, Meta(ge=1)] = 256
+    stream_stall_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     # A stream silent this long gets a `: keep-alive` comment (proxies cut idle connections).
     sse_keepalive_s: Annotated[float, Meta(gt=0)] = 15.0
     # On SIGTERM/Ctrl-C, requests in flight get this long to finish; streams still open then end

@@ -92,6 +92,17 @@ class Ping(Struct, tag="ping", kw_only=True, forbid_unknown_fields=True):
     id: int
 
 
+class Pause(Struct, tag="pause", kw_only=True, forbid_unknown_fields=True):
+    """The stream `id`'s reader fell behind (its gateway buffer is full): its row stops generating
+    (it leaves the batch) until a Resume; frames already made still come."""
+
+    id: int
+
+
+class Resume(Struct, tag="resume", kw_only=True, forbid_unknown_fields=True):
+    id: int
+
+
 # Worker → gateway.
 class Admitted(Struct, tag="admitted", kw_only=True, forbid_unknown_fields=True):
     id: int
@@ -215,7 +226,10 @@ class Scores(Struct, tag="scores", kw_only=True, forbid_unknown_fields=True):
     result: ScoreResult
 
 
-ToWorker = Hello | Generate | Embed | Admit | Cancel | Ping | Tokenize | Detokenize | Score | AdapterCommand
+ToWorker = (
+    Hello | Generate | Embed | Admit | Cancel | Ping | Pause | Resume | Tokenize | Detokenize | Score
+    | AdapterCommand
+)
 FromWorker = (
     Admitted | Accepted | Delta | Result | Embedding | Pong | Error | Tokens | Text | Scores | AdaptersLoaded
 )

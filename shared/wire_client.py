@@ -4,6 +4,10 @@ Requests are matched to replies by id; a lost connection fails every request in 
 `WorkerFailedError`, and the next request reconnects. Deadlines bound every request whatever the
 worker does (hung, stopped): the whole request, and a stream's first token; past one the request
 is a 504 and the worker is told to cancel it.
+
+Back-pressure: a stream whose reader (its client) is behind by `stream_buffer_events` frames is
+paused on the worker (its row stops generating) until the reader has taken half of them; paused for
+`stream_stall_timeout_s`, it is cancelled and ends with a `stream_stalled` error.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from shared.errors import (
     InvalidRequestError,
     OverloadedError,
     RequestTimeoutError,
+    StreamStalledError,
     WorkerFailedError,
     WorkerUnreachableError,
 )
@@ -51,9 +56,11 @@ from shared.wire import (
     FromWorker,
     Generate,
     Hello,
+    Pause,
     Ping,
     Pong,
     Result,
+    Resume,
     Score,
     Scores,
     Text,
@@ -88,8 +95,13 @@ class WorkerConnection:
         request_timeout_s: float | None = None,
         first_token_timeout_s: float | None = None,
         observer: RequestObserver | None = None,
+        stream_buffer_events: int = 256,
+        stream_stall_timeout_s: float = 60.0,
     ) -> None:
         self.address = address
+        self.stream_buffer_events = stream_buffer_events
+        self.stream_stall_timeout_s = stream_stall_timeout_s
+        self._paused: dict[int, asyncio.TimerHandle] = {}  # streams paused, with their stall timers
         self.token = token
         self.request_timeout_s = request_timeout_s
         self.first_token_timeout_s = first_token_timeout_s
@@ -127,6 +139,8 @@ class WorkerConnection:
                 queue = self._queues.get(frame.id)
                 if queue is not None:
                     queue.put_nowait(frame)
+                    if queue.qsize() >= self.stream_buffer_events and frame.id not in self._paused:
+                        self._pause(frame.id)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         except Exception:
@@ -170,6 +184,34 @@ class WorkerConnection:
     def _forget(self, rid: int) -> None:
         self._queues.pop(rid, None)
         self._accepted.discard(rid)
+        if (stall := self._paused.pop(rid, None)) is not None:
+            stall.cancel()
+
+    def _write(self, frame: ToWorker) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(encode_frame(frame))
+
+    def _pause(self, rid: int) -> None:
+        """The stream's reader is behind: its row stops until `_caught_up`, or is cancelled."""
+        loop = asyncio.get_running_loop()
+        self._paused[rid] = loop.call_later(self.stream_stall_timeout_s, self._stalled, rid)
+        self._write(Pause(id=rid))
+
+    def _caught_up(self, rid: int, queue: asyncio.Queue[FromWorker | object]) -> None:
+        if rid in self._paused and queue.qsize() <= self.stream_buffer_events // 2:
+            self._paused.pop(rid).cancel()
+            self._write(Resume(id=rid))
+
+    def _stalled(self, rid: int) -> None:
+        """Paused for the stall timeout: the worker cancels it; its reader, if it ever reads on,
+        gets what was made, then the error."""
+        self._paused.pop(rid, None)
+        if (queue := self._queues.get(rid)) is None:
+            return
+        self._write(Cancel(id=rid))
+        seconds = self.stream_stall_timeout_s
+        stalled = StreamStalledError(f"the stream was cancelled: its client read nothing for {seconds:g} s")
+        queue.put_nowait(Error.of(rid, stalled))
 
     def _deadline(self, timeout: float | None) -> float | None:
         return None if timeout is None else asyncio.get_running_loop().time() + timeout
@@ -229,8 +271,7 @@ class WorkerConnection:
 
     def release(self, ticket: int) -> None:
         """Give back the places of `ticket` its generations did not take."""
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(encode_frame(Cancel(id=ticket)))
+        self._write(Cancel(id=ticket))
 
     async def ping(self) -> WorkerInfo:
         return (await self.pong()).info
@@ -264,6 +305,7 @@ class WorkerConnection:
             while True:
                 frame = await self._next(rid, queue, _earliest(deadline, first))
                 first = None
+                self._caught_up(rid, queue)
                 if isinstance(frame, Delta):
                     if first_token_s is None:
                         first_token_s = time.perf_counter() - started

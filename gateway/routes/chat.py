@@ -13,9 +13,12 @@ from gateway.limits import (
     check_model,
     check_prompt_chars,
     check_request_work,
+    config_entry,
     keep_alive_for,
+    tools_text,
 )
 from gateway.middleware import request_id_of
+from gateway.off_loop import prepared
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     ChatChunks,
@@ -25,7 +28,7 @@ from gateway.schemas import (
     chat_response,
 )
 from gateway.sse import EventStream, sse_stream
-from shared.generation import message_text
+from shared.generation import GenerateRequest, message_text
 
 
 @post(
@@ -41,11 +44,17 @@ async def chat_completions(
     settings = state.manager.settings
     check_model(state.manager, data.model)
     check_generations(settings, 1, data.choices)
-    texts = [message_text(m) for m in data.messages]
-    check_prompt_chars(settings, texts, "messages")
-    check_request_work(settings, (len(t) for t in texts), data.choices, "n")
-    data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope))
-    requests = data.generate_requests(rid)
+    entry = config_entry(state.manager, data.model)
+    data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope), entry=entry)
+
+    def prepare() -> list[GenerateRequest]:
+        requests = data.generate_requests(rid)
+        texts = [message_text(m) for m in data.messages] + [tools_text(requests[0].tools)]
+        check_prompt_chars(settings, texts, "messages")
+        check_request_work(settings, (len(t) for t in texts), data.choices, "n")
+        return requests
+
+    requests = await prepared(len(data.messages), prepare)
     await inline_images(settings, data.messages)
     legacy = data.legacy_functions
     if data.stream:

@@ -12,6 +12,7 @@ from gateway.limits import (
     check_model,
     check_prompt_chars,
     check_request_work,
+    config_entry,
     keep_alive_for,
 )
 from gateway.middleware import request_id_of
@@ -42,7 +43,8 @@ async def completions(
     check_prompt_chars(settings, (p for p in prompts if isinstance(p, str)), "prompt")
     param = "prompt" if len(prompts) > 1 else "n"
     check_request_work(settings, (len(p) for p in prompts), data.choices, param)
-    data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope))
+    entry = config_entry(state.manager, data.model)
+    data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope), entry=entry)
     defaults = state.manager.defaults_for(state.manager.resolve_id(data.model))
     if data.max_tokens is None and defaults is not None and defaults.max_new_tokens is not None:
         data.max_tokens = defaults.max_new_tokens  # the config's default, before OpenAI's 16

@@ -6,7 +6,7 @@ from litestar import Request, post
 from litestar.datastructures import State
 
 from gateway.auth import INFERENCE, is_admin
-from gateway.limits import check_embedding_inputs, check_model, keep_alive_for
+from gateway.limits import check_embedding_inputs, check_model, config_entry, keep_alive_for
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
 from gateway.schemas.common import keep_alive_seconds
@@ -25,6 +25,8 @@ async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> 
     check_embedding_inputs(state.manager.settings, inputs)
     check_client_ids(inputs, request.headers.get("user-agent"))
     admin = is_admin(request.scope)
-    keep_alive = keep_alive_seconds(keep_alive_for(state.manager.settings, data.keep_alive, admin=admin))
+    entry = config_entry(state.manager, data.model)
+    kept = keep_alive_for(state.manager.settings, data.keep_alive, admin=admin, entry=entry)
+    keep_alive = keep_alive_seconds(kept)
     model, result = await state.manager.dispatch.embed(data.model, inputs, keep_alive)
     return embedding_response(result, model, encoding_format=data.encoding_format, dimensions=data.dimensions)

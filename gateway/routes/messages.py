@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from gateway.anthropic_errors import ANTHROPIC_ENDING, AnthropicErrorBody, anthropic_exception_handlers
 from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
-from gateway.limits import check_model, check_prompt_chars
+from gateway.limits import check_model, check_prompt_chars, tools_text
 from gateway.middleware import request_id_of
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.message_events import MessageEvent, message_stream
@@ -28,7 +28,7 @@ from shared.generation import GenerateRequest, message_text
 
 def _checked(state: State, data: CountTokensRequest, generation: GenerateRequest) -> None:
     check_model(state.manager, data.model)
-    texts = (message_text(m) for m in generation.messages or [])
+    texts = [message_text(m) for m in generation.messages or []] + [tools_text(generation.tools)]
     check_prompt_chars(state.manager.settings, texts, "messages")
 
 

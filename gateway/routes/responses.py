@@ -8,8 +8,9 @@ from litestar.datastructures import State
 from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
 from gateway.image_fetch import inline_images
-from gateway.limits import check_model, check_prompt_chars
+from gateway.limits import check_model, check_prompt_chars, tools_text
 from gateway.middleware import request_id_of
+from gateway.off_loop import prepared
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.common import now
 from gateway.schemas.response_events import ResponseEvent, response_stream
@@ -23,7 +24,7 @@ from gateway.schemas.responses import (
 )
 from gateway.sse import EventStream, sse_stream
 from shared.errors import InvalidRequestError
-from shared.generation import message_text
+from shared.generation import GenerateRequest, message_text
 
 
 @post(
@@ -37,9 +38,14 @@ async def create_response(
 ) -> ResponseObject | EventStream:
     rid = request_id_of(request.scope)
     check_model(state.manager, data.model)
-    generation = data.generate_request(rid)
-    texts = (message_text(m) for m in generation.messages or [])
-    check_prompt_chars(state.manager.settings, texts, "input")
+
+    def prepare() -> GenerateRequest:
+        generation = data.generate_request(rid)
+        texts = [message_text(m) for m in generation.messages or []] + [tools_text(generation.tools)]
+        check_prompt_chars(state.manager.settings, texts, "input")
+        return generation
+
+    generation = await prepared(len(data.input) if isinstance(data.input, list) else 1, prepare)
     await inline_images(state.manager.settings, generation.messages or [], "input")
     if data.stream:
         model, events = await stream_all(state.manager, data.model, [generation])

@@ -7,7 +7,7 @@ from litestar.datastructures import State
 
 from gateway.auth import INFERENCE
 from gateway.image_fetch import inline_images
-from gateway.limits import check_model, check_prompt_chars, check_token_count
+from gateway.limits import check_model, check_prompt_chars, check_token_count, tools_text
 from gateway.middleware import request_id_of
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
@@ -23,7 +23,7 @@ from shared.generation import message_text
 async def tokenize(request: Request, state: State, data: TokenizeRequest) -> TokenizeResponse:
     check_model(state.manager, data.model)
     generation = data.generate_request(request_id_of(request.scope))
-    texts = [message_text(m) for m in data.messages or []] + [data.prompt or ""]
+    texts = [message_text(m) for m in data.messages or []] + [data.prompt or "", tools_text(generation.tools)]
     check_prompt_chars(state.manager.settings, texts, "messages" if data.messages else "prompt")
     await inline_images(state.manager.settings, generation.messages or [])
     _, found = await state.manager.dispatch.tokenize(

@@ -183,7 +183,7 @@ class CreateResponseRequest(Struct, kw_only=True):
         items = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else self.input
         reject_if(not items, "input must not be empty", "input")
         for i, item in enumerate(items):
-            out = _add_item(out, item, f"input[{i}]")
+            _add_item(out, item, f"input[{i}]")
         return out
 
     def _tools(self) -> list[Tool] | None:
@@ -264,12 +264,14 @@ def _input_schema() -> dict[str, Any]:
     return {"anyOf": [text, items]}
 
 
-def _add_item(messages: list[Message], item: dict[str, Any], where: str) -> list[Message]:
+def _add_item(messages: list[Message], item: dict[str, Any], where: str) -> None:
+    """`item` appended to `messages` in place (a copy per item was quadratic: 50,000 items took 12 s)."""
     try:
         kind = item.get("type", "message")
         if kind == "message":
             message = msgspec.convert(item, _MessageItem)
-            return [*messages, Message(role=message.role, content=_parts(message.content, where))]
+            messages.append(Message(role=message.role, content=_parts(message.content, where)))
+            return
         if kind == "function_call":
             call = msgspec.convert(item, _FunctionCallItem)
             tool_call = ToolCall(
@@ -278,14 +280,14 @@ def _add_item(messages: list[Message], item: dict[str, Any], where: str) -> list
             last = messages[-1] if messages else None
             if last is not None and last.role == "assistant" and last.tool_calls:
                 last.tool_calls.append(tool_call)  # consecutive calls are one assistant turn
-                return messages
-            return [*messages, Message(role="assistant", tool_calls=[tool_call])]
+            else:
+                messages.append(Message(role="assistant", tool_calls=[tool_call]))
+            return
         if kind == "function_call_output":
             result = msgspec.convert(item, _FunctionOutputItem)
-            return [
-                *messages,
-                Message(role="tool", tool_call_id=result.call_id, content=_text(result.output, where)),
-            ]
+            text = _text(result.output, where)
+            messages.append(Message(role="tool", tool_call_id=result.call_id, content=text))
+            return
     except msgspec.ValidationError as exc:
         raise InvalidRequestError(f"{where}: {exc}", param=where) from exc
     raise InvalidRequestError(

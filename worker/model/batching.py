@@ -32,6 +32,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ _Item = int | BaseException | None  # a token, the scheduler's failure, or the e
 # An idle scheduler thread exits after this long (a new request starts another), so an engine
 # nobody closed does not keep its model alive through its thread.
 _LINGER_S = 2.0
+_PARKED_POLL_S = 0.5
 
 
 @dataclass(eq=False, kw_only=True)
@@ -79,10 +81,15 @@ class Job:
     on_item: Callable[[_Item], None]
     on_step: Callable[[], None] | None = None
     cancel: threading.Event | None = None
+    # Set while its reader is behind (back-pressure): the row leaves the batch until it is cleared.
+    pause: threading.Event | None = None
     done: threading.Event = field(default_factory=threading.Event)  # the consumer stopped reading
     admitted: float = 0.0  # perf_counter when it got a row (0 while waiting)
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     produced: int = 0
+    # Tokens made since `prompt_ids` was last prefilled: a paused batch row drops its cache and
+    # resumes by prefilling them after the prompt (recompute, as vLLM's preemption).
+    unprefilled: list[int] = field(default_factory=list)
     last: int = -1  # the latest token: what the next step feeds
     stopped: bool = False  # it made an end-of-sequence token: nothing comes after it
     counted: bool = True  # it holds a place in the scheduler (under the scheduler's lock)
@@ -93,12 +100,17 @@ class Job:
     min_tokens: int = 0
     logprobs: int | None = None
     logprob_records: list[LogprobRecord] = field(default_factory=list)
-    # A prompt with images: the processor's tensors (pixel values ...), dropped after its prefill.
+    # A prompt with images: the processor's tensors (pixel values ...) for its next prefill, and
+    # those it was prefilled with (a paused row's recompute needs its pixels again).
     model_inputs: dict[str, Any] | None = None
+    images: dict[str, Any] | None = None
     adapter: Adapter | None = None  # the LoRA adapter its row runs (None: the base model)
 
     def wanted(self) -> bool:
         return not self.done.is_set() and not (self.cancel is not None and self.cancel.is_set())
+
+    def paused(self) -> bool:
+        return self.pause is not None and self.pause.is_set()
 
     def ended(self) -> bool:
         over = self.stopped or self.produced >= self.max_new_tokens or not self.wanted()
@@ -106,6 +118,7 @@ class Job:
 
     def push(self, token: int) -> None:
         self.produced += 1
+        self.unprefilled.append(token)
         self.last = token
         self.stopped = token in self.stop_ids
         self.on_item(token)
@@ -166,6 +179,8 @@ class Scheduler:
         self._solos: dict[Job, Solo] = {}  # the rows on a cache of their own
         # Prompts prefilled on their own, a chunk per step, first come first served (batched models).
         self._prefilling: dict[Job, RowPrefill | None] = {}
+        # Rows whose reader is behind, out of the batch (None) or with their own cache (Solo).
+        self._parked: dict[Job, Solo | None] = {}
         alone = self._batch is not None and bool(prefix_cache_tokens or prefill_chunk_tokens)
         if alone and not can_prefill_alone(model, pad_id):  # then prompts are prefilled as before
             logger.warning(
@@ -182,6 +197,7 @@ class Scheduler:
         # its token count (Qwen2-VL's multimodal rotary positions): then it runs solo.
         self._images_join = self._batch is not None and not multimodal_positions(model)
         self._stepped: set[Callable[[], None]] = set()  # the `on_step`s owed a call (scheduler thread)
+        self._filler: ThreadPoolExecutor | None = None  # fills grammar masks during forwards
         # A daemon thread killed inside a torch op at interpreter exit aborts the process.
         atexit.register(_abort_at_exit, weakref.ref(self))
 
@@ -211,6 +227,11 @@ class Scheduler:
         with self._cond:
             self._uncount([job])
 
+    def wake(self) -> None:
+        """A parked row may go on (its reader caught up)."""
+        with self._cond:
+            self._cond.notify()
+
     def close(self, *, abort: bool = False) -> None:
         """Refuse new requests and stop the thread once the admitted and waiting ones finished
         (or, with `abort`, at once: they end as cancelled)."""
@@ -221,6 +242,8 @@ class Scheduler:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        if self._filler is not None:
+            self._filler.shutdown(wait=False)
 
     def _loop(self) -> None:
         try:
@@ -235,31 +258,37 @@ class Scheduler:
         except BaseException:  # the thread dies: nobody may wait on it forever
             with self._cond:
                 self._thread = None
-            everyone = [*self._rows, *self._solos, *self._prefilling, *self._waiting]
+            everyone = [*self._rows, *self._solos, *self._prefilling, *self._waiting, *self._parked]
             self._end(everyone, InternalError("the scheduler stopped"))
             self._flush()
             raise
 
     def _wait_for_work(self) -> bool:
         if self._aborting:
-            self._end([*self._rows, *self._solos, *self._prefilling, *self._waiting], None)
+            self._end([*self._rows, *self._solos, *self._prefilling, *self._waiting, *self._parked], None)
             self._flush()
         with self._cond:
             idle = False
-            while not (self._waiting or self._rows or self._solos or self._prefilling):
-                if self._closing or idle:
+            while not (self._waiting or self._rows or self._solos or self._prefilling or self._unparkable()):
+                if (self._closing or idle) and not self._parked:
                     self._thread = None  # under the lock: the next submit starts a new thread
                     return False
-                idle = not self._cond.wait(_LINGER_S)
+                # Parked rows are polled: a cancel does not notify.
+                idle = not self._cond.wait(_PARKED_POLL_S if self._parked else _LINGER_S)
         return True
+
+    def _unparkable(self) -> bool:
+        return any(not job.paused() or not job.wanted() for job in self._parked)
 
     def _iterate(self) -> None:
         self._sweep()
+        self._park()
         while jobs := self._take():  # newcomers first: their prefill decides their first token's wait
-            for job in (job for job in jobs if job.model_inputs is not None):
+            images = [job for job in jobs if job.model_inputs is not None]
+            for job in images:  # (their prefill takes their inputs: they are told apart first)
                 self._admit_images(job)
                 self._flush()
-            jobs = [job for job in jobs if job.model_inputs is None and not self._prefills_alone(job)]
+            jobs = [job for job in jobs if job not in images and not self._prefills_alone(job)]
             for group in prefill_groups([len(job.prompt_ids) for job in jobs]):
                 self._admit([jobs[i] for i in group])
                 self._flush()  # their first tokens go out now, not after the next prefill or step
@@ -270,9 +299,10 @@ class Scheduler:
         self.peak_rows = max(self.peak_rows, len(self._rows) + len(self._solos))
         if self._rows:
             assert self._batch is not None
+            ahead = self._fill_ahead(self._rows)
             with self._lora(self._rows):
                 logits = self._batch.step([job.last for job in self._rows])
-            self._emit(self._rows, logits)
+            self._emit(self._rows, logits, ahead.result() if ahead is not None else None)
         for job, solo in self._solos.items():
             if not job.ended():
                 with self._lora([job]):
@@ -292,6 +322,7 @@ class Scheduler:
         batch like any row, or solo where it cannot join."""
         self._start([job])
         inputs, job.model_inputs = job.model_inputs or {}, None
+        job.images = inputs
         batch = self._batch
         if batch is None or not self._images_join:
             solo = self._solos[job] = Solo(self._model, job.prompt_ids, seq2seq=False, inputs=inputs)
@@ -362,9 +393,37 @@ class Scheduler:
         self._rows.append(job)
         self._emit([job], logits)
 
+    def _park(self) -> None:
+        """Rows whose reader is behind leave (a batch row drops its cache: recomputed on resume);
+        parked rows whose reader caught up come back (batch rows first in the queue)."""
+        for job in [job for job in (*self._rows, *self._solos) if job.paused() and job.wanted()]:
+            if job in self._solos:
+                self._parked[job] = self._solos.pop(job)
+                continue
+            keep = [i for i, row in enumerate(self._rows) if row is not job]
+            self._rows = [self._rows[i] for i in keep]
+            assert self._batch is not None
+            self._batch.keep(keep)
+            if job.images is not None:  # its recompute goes through the pixels again
+                job.model_inputs = _longer(job.images, len(job.prompt_ids), len(job.unprefilled))
+            job.prompt_ids = [*job.prompt_ids, *job.unprefilled]
+            job.unprefilled = []
+            self._parked[job] = None
+        for job in [job for job in self._parked if not job.paused() or not job.wanted()]:
+            solo = self._parked.pop(job)
+            if not job.wanted():
+                self._end([job], None)
+            elif solo is not None:
+                self._solos[job] = solo
+            else:
+                with self._cond:
+                    self._waiting.appendleft(job)
+
     def _start(self, jobs: list[Job]) -> None:
         now = time.perf_counter()
         for job in jobs:
+            if job.admitted:  # a parked row back: its prompt was observed already
+                continue
             job.admitted = now
             if not self._seq2seq:
                 job.sampler.observe(job.prompt_ids)  # transformers' repetition penalty counts the prompt
@@ -401,12 +460,23 @@ class Scheduler:
         self._emit(jobs, logits)
         return True
 
-    def _emit(self, jobs: list[Job], logits: torch.Tensor) -> None:
+    def _fill_ahead(self, jobs: list[Job]) -> Future[torch.Tensor] | None:
+        """The constrained rows' masks, filled in a thread while the step's forward runs."""
+        rows = [(i, job.grammar) for i, job in enumerate(jobs) if job.grammar is not None]
+        if not rows:
+            return None
+        grammars = next(job.grammars for job in jobs if job.grammars is not None)
+        assert grammars is not None
+        if self._filler is None:
+            self._filler = ThreadPoolExecutor(1, thread_name_prefix="dukat-masks")
+        return self._filler.submit(grammars.bitmask, len(jobs), rows)
+
+    def _emit(self, jobs: list[Job], logits: torch.Tensor, bitmask: torch.Tensor | None = None) -> None:
         """The sampling step of every row: each row's next token, chosen by its own sampler from
         its row of `logits` [rows, vocab], and pushed to its consumer."""
         if self._suppress is not None:
             logits[:, self._suppress] = float("-inf")
-        _mask_rows(jobs, logits)
+        _mask_rows(jobs, logits, bitmask)
         greedy = logits.argmax(-1).tolist()  # one op for every plain greedy row
         for i, (job, best) in enumerate(zip(jobs, greedy, strict=True)):
             sampler, grammar = job.sampler, job.grammar
@@ -463,6 +533,7 @@ class Scheduler:
         for job in ending:
             self._solos.pop(job, None)
             self._prefilling.pop(job, None)
+            self._parked.pop(job, None)
             job.on_item(item)
             self._owe_step(job)
 
@@ -502,16 +573,26 @@ def _abort_at_exit(ref: weakref.ref[Scheduler]) -> None:
         scheduler.close(abort=True)
 
 
-def _mask_rows(jobs: list[Job], logits: torch.Tensor) -> None:
+def _mask_rows(jobs: list[Job], logits: torch.Tensor, bitmask: torch.Tensor | None) -> None:
     """Per-row masks, in place: each constrained row to its grammar, stop ids off before min_tokens."""
     constrained = [(i, job.grammar) for i, job in enumerate(jobs) if job.grammar is not None]
     if constrained:
         grammars = next(job.grammars for job in jobs if job.grammars is not None)
         assert grammars is not None
-        grammars.mask(logits, constrained)
+        grammars.mask(logits, constrained, bitmask)
     for i, job in enumerate(jobs):
         if job.produced < job.min_tokens and job.stop_ids and job.grammar is None:
             logits[i, sorted(job.stop_ids)] = float("-inf")
+
+
+def _longer(inputs: dict[str, Any], length: int, added: int) -> dict[str, Any]:
+    """A processor's tensors for a prompt `added` text tokens longer: the per-token ones (Gemma 3's
+    token_type_ids, [1, length]) gain zeros (a text token's) at the end."""
+    out = dict(inputs)
+    for key, value in inputs.items():
+        if torch.is_tensor(value) and value.dim() == 2 and value.shape == (1, length):
+            out[key] = torch.cat([value, value.new_zeros(1, added)], dim=1)
+    return out
 
 
 def _suppressed_ids(model: Any) -> torch.Tensor | None:

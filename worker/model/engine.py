@@ -254,6 +254,7 @@ class Engine:
         on_text: Callable[[StreamPiece], None],
         on_done: Callable[[GenerateResult | BaseException], None],
         on_step: Callable[[], None] | None = None,
+        pause: threading.Event | None = None,
     ) -> Callable[[], None]:
         """Generate, pushing the items from the scheduler's thread; returns what ends the request
         (its place is free at once, its row leaves at the next step: a consumer that went away).
@@ -262,7 +263,8 @@ class Engine:
         `on_step` is called after every scheduler iteration that called the others, once per
         distinct `on_step` (pass one object's bound method for many requests to get one call for
         all of them). The callbacks run on the scheduler thread: they must be quick and not raise.
-        Request errors raise here, before anything is called; `cancel` cancels the request.
+        Request errors raise here, before anything is called; `cancel` cancels the request; while
+        `pause` is set its row makes no tokens (call `wake` after clearing it).
         """
         started = time.perf_counter()
         loaded = self._require_loaded()
@@ -293,6 +295,7 @@ class Engine:
             on_item=partial(deliver, reply, on_text, on_done),
             on_step=on_step,
             cancel=cancel,
+            pause=pause,
             grammar=grammar,
             grammars=grammars,
             min_tokens=plan.params.min_tokens or 0,
@@ -309,6 +312,11 @@ class Engine:
         else:
             scheduler.submit(job)
         return reply.end
+
+    def wake(self) -> None:
+        """A paused request's `pause` was cleared: its row may go on."""
+        if self._scheduler is not None:
+            self._scheduler.wake()
 
     def embed(self, req: EmbedRequest) -> EmbedResult:
         self._require_loaded()

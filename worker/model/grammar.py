@@ -141,11 +141,22 @@ class Grammars:
             )
         return row
 
-    def mask(self, logits: torch.Tensor, rows: list[tuple[int, RowGrammar]]) -> None:
-        """Mask, in place, each constrained row `i` of `logits` [batch, vocab] to what its grammar allows."""
-        bitmask = xg.allocate_token_bitmask(logits.shape[0], self.vocab_size)
+    def bitmask(self, batch: int, rows: list[tuple[int, RowGrammar]]) -> torch.Tensor:
+        """What each constrained row `i` of a `batch`-row step allows next. Reads only the rows'
+        states, not the step's logits: the scheduler fills it in a thread during the forward
+        (xgrammar releases the GIL), as vLLM overlaps it."""
+        bitmask = xg.allocate_token_bitmask(batch, self.vocab_size)
         for i, row in rows:
             row.matcher.fill_next_token_bitmask(bitmask, i)
+        return bitmask
+
+    def mask(
+        self, logits: torch.Tensor, rows: list[tuple[int, RowGrammar]], bitmask: torch.Tensor | None = None
+    ) -> None:
+        """Mask, in place, each constrained row `i` of `logits` [batch, vocab] to what its grammar
+        allows (`bitmask`: filled ahead by `bitmask`)."""
+        if bitmask is None:
+            bitmask = self.bitmask(logits.shape[0], rows)
         indices = [i for i, _ in rows]
         width = min(logits.shape[-1], self.vocab_size)
         xg.apply_token_bitmask_inplace(logits[:, :width], bitmask.to(logits.device), indices=indices)
@@ -202,6 +213,10 @@ class RowGrammar:
         if need <= remaining - 2:
             self.need = need
             return token
+        return self._close_instead()
+
+    def _close_instead(self) -> int:
+        """The sampled token is undone and the closing policy's taken."""
         self.matcher.rollback(1)
         closing = self._grammars.closer.next(self.matcher)
         self.matcher.accept_token(closing)

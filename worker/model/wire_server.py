@@ -45,9 +45,11 @@ from shared.wire import (
     Error,
     Generate,
     Hello,
+    Pause,
     Ping,
     Pong,
     Result,
+    Resume,
     Score,
     Scores,
     Text,
@@ -109,6 +111,7 @@ class WorkerServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cancels: dict[int, threading.Event] = {}
+        pauses: dict[int, threading.Event] = {}  # streams' back-pressure, by request id
         tickets: dict[int, Ticket] = {}  # groups admitted on this connection, by their Admit's id
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -124,6 +127,13 @@ class WorkerServer:
                             self.places.give_back(tickets.pop(rid))
                     case Admit(id=rid, count=count):
                         writer.write(encode_frame(self._admit(rid, count, tickets)))
+                    case Pause(id=rid):
+                        if rid in pauses:
+                            pauses[rid].set()
+                    case Resume(id=rid):
+                        if rid in pauses:
+                            pauses[rid].clear()
+                            self.engine.wake()
                     case Ping(id=rid):
                         writer.write(encode_frame(Pong(id=rid, info=self.info, load=self.busy_counters())))
                     case Hello():
@@ -135,8 +145,10 @@ class WorkerServer:
                     case Generate() | Embed() | Score():
                         writer.write(encode_frame(Accepted(id=frame.id)))
                         cancels[frame.id] = threading.Event()
+                        if isinstance(frame, Generate) and frame.stream:
+                            pauses[frame.id] = threading.Event()
                         ticket = _ticket_of(frame, tickets)
-                        task = asyncio.create_task(self._serve(frame, ticket, cancels, writer))
+                        task = asyncio.create_task(self._serve(frame, ticket, cancels, pauses, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -189,6 +201,7 @@ class WorkerServer:
         frame: Generate | Embed | Score,
         ticket: Ticket | None,
         cancels: dict[int, threading.Event],
+        pauses: dict[int, threading.Event],
         writer: asyncio.StreamWriter,
     ) -> None:
         rid = frame.id
@@ -199,7 +212,7 @@ class WorkerServer:
             self.keep_alive = frame.request.keep_alive  # Ollama: each request sets it (None: default)
             started = time.monotonic()
             try:
-                await self._run(frame, cancels[rid], writer)
+                await self._run(frame, cancels[rid], pauses.get(rid), writer)
             finally:
                 self.places.done(time.monotonic() - started, ticket)
                 self.finished += 1
@@ -215,6 +228,7 @@ class WorkerServer:
             writer.write(encode_frame(Error.of(rid, InternalError(f"worker error: {type(exc).__name__}"))))
         finally:
             cancels.pop(rid, None)
+            pauses.pop(rid, None)
 
     async def _answer(
         self, frame: Tokenize | Detokenize | AdapterCommand, writer: asyncio.StreamWriter
@@ -263,7 +277,11 @@ class WorkerServer:
         )
 
     async def _run(
-        self, frame: Generate | Embed | Score, cancel: threading.Event, writer: asyncio.StreamWriter
+        self,
+        frame: Generate | Embed | Score,
+        cancel: threading.Event,
+        pause: threading.Event | None,
+        writer: asyncio.StreamWriter,
     ) -> None:
         loop = asyncio.get_running_loop()
         rid = frame.id
@@ -305,6 +323,7 @@ class WorkerServer:
             on_text=on_text,
             on_done=on_done,
             on_step=outbox.flush,
+            pause=pause,
         )
         failure: BaseException | None = None
         try:
