@@ -71,7 +71,8 @@ def _run(engine: Any, plans: list[Any], pause_after: int | None = None) -> list[
     cpu = torch.device("cpu")
     jobs = [Job(prompt_ids=list(plan.prompt_ids), sampler=TokenSampler(GREEDY, device=cpu),
                 max_new_tokens=TOKENS, stop_ids=frozenset(), on_item=lambda x, i=i: on_item(i, x),
-                pause=pause if i == 0 else None, model_inputs=plan.model_inputs) for i, plan in enumerate(plans)]
+                pause=pause if i == 0 else None, model_inputs=plan.model_inputs)
+            for i, plan in enumerate(plans)]
     for job in jobs:
         scheduler.submit(job)
     if pause_after is not None:
