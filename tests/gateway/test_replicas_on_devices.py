@@ -129,7 +129,10 @@ def test_requests_that_start_alike_go_to_one_replica_and_reuse_its_cache(gateway
     both = both_loaded(gateway)
     replica_at = {w["address"]: w["replica"] for w in both}
     lines = corpus_lines()
-    prefixes = [" ".join(lines[i * 40 : i * 40 + 40])[:1040] for i in range(6)]
+    # Each replica's address holds a random port: with 46 prefixes, all of them sharing one home
+    # (1 in 2^45) cannot happen where 6 did (1 in 32).
+    prefixes = [" ".join(lines[i : i + 60])[:1040] for i in range(0, len(lines) - 60, 6)]
+    assert len(prefixes) > 40 and all(len(p) == 1040 for p in prefixes)
 
     def home_of(prefix: str) -> int:
         messages = [Message(role="system", content=prefix), Message(role="user", content="Q")]
