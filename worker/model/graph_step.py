@@ -11,8 +11,9 @@ A step writes every row's new column at the timeline's width (rows are left-padd
 by kv_cache.PaddedBatch, so that column is the same for all), as the model's cache layers would.
 
 Why by hand and not `torch.compile(mode="reduce-overhead")`: compiling a decoder takes tens of
-seconds at every load and recompiles on new shapes; capturing the eager step takes ~10-100 ms per
-graph and keeps the step the code that decode_step.py's tests hold to the model's forward.
+seconds at every load and recompiles on new shapes; capturing the eager step should take tens of
+milliseconds per graph (two warm-up runs and a capture: not yet timed on a GPU) and keeps the step
+the code that decode_step.py's tests hold to the model's forward.
 
 The model's cache stays the truth between composition changes: joins, leaves and prefills keep
 working on it (PaddedBatch calls `settle` first, which leaves the cache's layers as views of the
