@@ -262,8 +262,9 @@ def step_for(
     """The decode step for `model`: on CUDA with `graph_rows`, a GraphStep for up to that many rows
     in buffers of `budget_tokens`; else decode_step.py's (None, why not) where it does not model
     this decoder."""
-    why = _unsupported(model)
-    if why is not None or not graph_rows or next(model.parameters()).device.type != "cuda":
+    if (why := _unsupported(model)) is not None:
+        return None, why
+    if not graph_rows or next(model.parameters()).device.type != "cuda":
         return decode_step_for(model)
     rope = getattr(model.config, "rope_scaling", None) or {}
     if rope.get("rope_type", rope.get("type")) in {"dynamic", "longrope"}:

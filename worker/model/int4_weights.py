@@ -57,15 +57,6 @@ class Int4Linear(nn.Module):
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def dequantized(self) -> torch.Tensor:
-        """The weight the kernel computes with [out, in] (tests)."""
-        eye = torch.eye(self.in_features, dtype=self.scales_zeros.dtype, device=self.packed.device)
-        bias, self.bias = self.bias, None
-        try:
-            return self.forward(eye).T.contiguous()
-        finally:
-            self.bias = bias
-
 
 def quantize_int4(model: Any) -> int:
     """Replace `model`'s linear layers (not the LM head) by Int4Linear in place where the kernel takes
