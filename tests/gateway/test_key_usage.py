@@ -137,8 +137,12 @@ def test_tokens_per_minute_limit_counts_what_requests_used(served: str) -> None:
 
 def test_concurrent_limit_refuses_a_second_request_while_a_stream_is_open(served: str) -> None:
     with sdk(served, "sk-conc-secret") as client:
+        # 400 tokens, none of them an end (min_tokens), read no further than the first: the stream
+        # is still open (generating, then paused by back-pressure) when the second request comes.
+        # 16 tokens could all be sent, and the place freed, before it.
         stream = client.chat.completions.create(
-            model=CHAT, messages=HELLO, max_tokens=16, temperature=0, stream=True
+            model=CHAT, messages=HELLO, max_tokens=400, temperature=0, stream=True,
+            extra_body={"min_tokens": 400},
         )
         next(iter(stream))  # the stream is open and holds the key's one place
         with pytest.raises(openai.RateLimitError) as caught:
