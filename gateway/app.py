@@ -16,6 +16,7 @@ from gateway.auth import KeyGuard
 from gateway.disconnect import CancelOnDisconnect
 from gateway.docs_page import assets_router, openapi_config
 from gateway.errors import exception_handlers
+from gateway.intake import Intake
 from gateway.keys import KeyRing
 from gateway.limits import LimitedRequest
 from gateway.manager import AsyncModelManager
@@ -93,6 +94,7 @@ def create_app(
         "metrics": metrics,
         "preloaded": preloaded,
         "streams": StreamControl(settings.sse_keepalive_s, settings.stream_buffer_events),
+        "intake": Intake(settings),
     })
 
     async def preload_one(model_id: str) -> None:
@@ -126,6 +128,7 @@ def create_app(
                 preloading.cancel()
                 await asyncio.gather(preloading, return_exceptions=True)
             await manager.close()
+            state.intake.close()
 
     tracing = Tracing.configure(settings.otel_endpoint, "gateway", span_exporter)
     app = Litestar(

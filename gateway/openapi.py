@@ -22,6 +22,7 @@ from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.handlers import HTTPRouteHandler
 
 from gateway.auth import route_access
+from gateway.off_loop import EncodedJson
 from gateway.route_docs import chunks_of, error_body_of, errors_of
 from gateway.schemas.json_schema import REF, model_id_schema
 from gateway.sse import EventStream
@@ -115,10 +116,10 @@ def _body_type(handler: HTTPRouteHandler) -> Any:
 
 
 def _json_type(handler: HTTPRouteHandler) -> Any:
-    """The JSON success type: the return annotation without its event stream alternative."""
+    """The JSON success type: the return annotation without its event stream and encoded alternatives."""
     annotation = handler.parsed_fn_signature.return_type.annotation
     if get_origin(annotation) in (Union, types.UnionType):
-        kept = [a for a in get_args(annotation) if a is not EventStream]
+        kept = [a for a in get_args(annotation) if a not in (EventStream, EncodedJson)]
         return kept[0] if len(kept) == 1 else Union[tuple(kept)]  # noqa: UP007
     return None if annotation is EventStream else annotation
 

@@ -63,6 +63,10 @@ class DukatError(Exception):
         if retry_after is not None:
             self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (the gateway's intake process raises them in the gateway): param included.
+        return (_rebuilt, (type(self), self.message, self.param, self.retry_after))
+
     def detail(self) -> ErrorDetail:
         return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
 
@@ -71,6 +75,10 @@ class DukatError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": msgspec.to_builtins(self.detail())}
+
+
+def _rebuilt(cls: type[DukatError], message: str, param: str | None, retry_after: int | None) -> DukatError:
+    return cls(message, param=param, retry_after=retry_after)
 
 
 class InvalidRequestError(DukatError, status=400, code="invalid_request"): ...

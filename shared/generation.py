@@ -215,13 +215,13 @@ class Timings(Struct, kw_only=True):
     tokens_per_s: float = 0.0
 
 
-class TopLogprob(Struct, kw_only=True, array_like=True):
+class TopLogprob(Struct, kw_only=True, array_like=True, gc=False):
     token: str
     logprob: float
     bytes: list[int]
 
 
-class TokenLogprob(Struct, kw_only=True, array_like=True):
+class TokenLogprob(Struct, kw_only=True, array_like=True, gc=False):
     """One token of the output (or of an echoed prompt: logprob None for the first)."""
 
     token: str

@@ -78,6 +78,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_prompt_chars: Annotated[int, Meta(ge=1)] = 1_000_000
     # Characters (or token ids) of prompt a request makes the worker read: its prompts' sizes x n.
     max_request_prompt_chars: Annotated[int, Meta(ge=1)] = 2_000_000
+    # Messages (chat, Anthropic) or input items (Responses) per request: 100,000 one-word messages fit
+    # every character bound and cost the model worker seconds of chat template before its context error.
+    max_messages: Annotated[int, Meta(ge=1)] = 10_000
     max_model_id_length: Annotated[int, Meta(ge=8, le=4096)] = 256
     # Images in chat content (`image_url` parts, Responses `input_image`): `data:` URLs always; http(s)
     # URLs only from these hosts (exact names; empty: off), fetched by the gateway within the caps below.

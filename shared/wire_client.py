@@ -75,6 +75,7 @@ from shared.wire import (
 
 log = logging.getLogger(__name__)
 _CLOSED = object()
+_LARGE_FRAME = 64 * 1024
 _Reply = TypeVar("_Reply", Pong, Result, Embedding, Tokens, Text, Scores, AdaptersLoaded)
 
 
@@ -141,6 +142,10 @@ class WorkerConnection:
                     queue.put_nowait(frame)
                     if queue.qsize() >= self.stream_buffer_events and frame.id not in self._paused:
                         self._pause(frame.id)
+                if len(payload) >= _LARGE_FRAME:
+                    # Buffered frames are read without a pause: after a large one (a result with its
+                    # logprobs), other requests get the loop before the next is decoded.
+                    await asyncio.sleep(0)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         except Exception:

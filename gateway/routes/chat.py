@@ -8,8 +8,10 @@ from litestar.datastructures import State
 from gateway.auth import INFERENCE, is_admin
 from gateway.choices import generate_all, stream_all
 from gateway.image_fetch import inline_images
+from gateway.intake import bounds
 from gateway.limits import (
     check_generations,
+    check_messages,
     check_model,
     check_prompt_chars,
     check_request_work,
@@ -18,7 +20,7 @@ from gateway.limits import (
     tools_text,
 )
 from gateway.middleware import request_id_of
-from gateway.off_loop import prepared
+from gateway.off_loop import EncodedJson, answered, logprob_values, prepared
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     ChatChunks,
@@ -29,6 +31,19 @@ from gateway.schemas import (
 )
 from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest, message_text
+from shared.settings import Settings
+
+
+@bounds(ChatCompletionRequest)
+def chat_requests(settings: Settings, data: ChatCompletionRequest, rid: str = "") -> list[GenerateRequest]:
+    """The request's generations, within the request limits."""
+    check_generations(settings, 1, data.choices)
+    check_messages(settings, len(data.messages), "messages")
+    requests = data.generate_requests(rid)
+    texts = [message_text(m) for m in data.messages] + [tools_text(requests[0].tools)]
+    check_prompt_chars(settings, texts, "messages")
+    check_request_work(settings, (len(t) for t in texts), data.choices, "n")
+    return requests
 
 
 @post(
@@ -39,22 +54,13 @@ from shared.generation import GenerateRequest, message_text
 )
 async def chat_completions(
     request: Request, state: State, data: ChatCompletionRequest
-) -> ChatCompletionResponse | EventStream:
+) -> ChatCompletionResponse | EventStream | EncodedJson:
     rid = request_id_of(request.scope)
     settings = state.manager.settings
     check_model(state.manager, data.model)
-    check_generations(settings, 1, data.choices)
     entry = config_entry(state.manager, data.model)
     data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope), entry=entry)
-
-    def prepare() -> list[GenerateRequest]:
-        requests = data.generate_requests(rid)
-        texts = [message_text(m) for m in data.messages] + [tools_text(requests[0].tools)]
-        check_prompt_chars(settings, texts, "messages")
-        check_request_work(settings, (len(t) for t in texts), data.choices, "n")
-        return requests
-
-    requests = await prepared(len(data.messages), prepare)
+    requests = await prepared(len(data.messages), lambda: chat_requests(settings, data, rid))
     await inline_images(settings, data.messages)
     legacy = data.legacy_functions
     if data.stream:
@@ -62,4 +68,4 @@ async def chat_completions(
         chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage, legacy=legacy)
         return await sse_stream(chunks.stream(events))
     model, results = await generate_all(state.manager, data.model, requests)
-    return chat_response(results, model, rid, legacy=legacy)
+    return await answered(logprob_values(results), lambda: chat_response(results, model, rid, legacy=legacy))

@@ -7,6 +7,7 @@ from litestar.datastructures import State
 
 from gateway.auth import INFERENCE, is_admin
 from gateway.choices import generate_all, stream_all
+from gateway.intake import bounds
 from gateway.limits import (
     check_generations,
     check_model,
@@ -16,6 +17,7 @@ from gateway.limits import (
     keep_alive_for,
 )
 from gateway.middleware import request_id_of
+from gateway.off_loop import EncodedJson, answered, logprob_values
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     CompletionChunks,
@@ -24,6 +26,16 @@ from gateway.schemas import (
     completion_response,
 )
 from gateway.sse import EventStream, sse_stream
+from shared.settings import Settings
+
+
+@bounds(CompletionRequest)
+def completion_bounds(settings: Settings, data: CompletionRequest) -> None:
+    prompts = data.prompts()
+    check_generations(settings, len(prompts), data.choices)
+    check_prompt_chars(settings, (p for p in prompts if isinstance(p, str)), "prompt")
+    param = "prompt" if len(prompts) > 1 else "n"
+    check_request_work(settings, (len(p) for p in prompts), data.choices, param)
 
 
 @post(
@@ -34,15 +46,12 @@ from gateway.sse import EventStream, sse_stream
 )
 async def completions(
     request: Request, state: State, data: CompletionRequest
-) -> CompletionResponse | EventStream:
+) -> CompletionResponse | EventStream | EncodedJson:
     rid = request_id_of(request.scope)
     prompts = data.prompts()
     settings = state.manager.settings
     check_model(state.manager, data.model)
-    check_generations(settings, len(prompts), data.choices)
-    check_prompt_chars(settings, (p for p in prompts if isinstance(p, str)), "prompt")
-    param = "prompt" if len(prompts) > 1 else "n"
-    check_request_work(settings, (len(p) for p in prompts), data.choices, param)
+    completion_bounds(settings, data)
     entry = config_entry(state.manager, data.model)
     data.keep_alive = keep_alive_for(settings, data.keep_alive, admin=is_admin(request.scope), entry=entry)
     defaults = state.manager.defaults_for(state.manager.resolve_id(data.model))
@@ -58,4 +67,5 @@ async def completions(
         )
         return await sse_stream(chunks.stream(events))
     model, results = await generate_all(state.manager, data.model, requests)
-    return completion_response(results, model, rid, n=data.choices)
+    n = data.choices
+    return await answered(logprob_values(results), lambda: completion_response(results, model, rid, n=n))

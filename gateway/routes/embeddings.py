@@ -6,11 +6,20 @@ from litestar import Request, post
 from litestar.datastructures import State
 
 from gateway.auth import INFERENCE, is_admin
+from gateway.intake import bounds
 from gateway.limits import check_embedding_inputs, check_model, config_entry, keep_alive_for
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import EmbeddingRequest, EmbeddingResponse, embedding_response
 from gateway.schemas.common import keep_alive_seconds
+from shared.settings import Settings
 from shared.token_ids import check_client_ids
+
+
+@bounds(EmbeddingRequest)
+def embedding_inputs(settings: Settings, data: EmbeddingRequest) -> list[str] | list[list[int]]:
+    inputs = data.inputs()
+    check_embedding_inputs(settings, inputs)
+    return inputs
 
 
 @post(
@@ -21,8 +30,7 @@ from shared.token_ids import check_client_ids
 )
 async def embeddings(request: Request, state: State, data: EmbeddingRequest) -> EmbeddingResponse:
     check_model(state.manager, data.model)
-    inputs = data.inputs()
-    check_embedding_inputs(state.manager.settings, inputs)
+    inputs = embedding_inputs(state.manager.settings, data)
     check_client_ids(inputs, request.headers.get("user-agent"))
     admin = is_admin(request.scope)
     entry = config_entry(state.manager, data.model)

@@ -9,7 +9,8 @@ from litestar.datastructures import State
 from gateway.anthropic_errors import ANTHROPIC_ENDING, AnthropicErrorBody, anthropic_exception_handlers
 from gateway.auth import INFERENCE
 from gateway.choices import generate_all, stream_all
-from gateway.limits import check_model, check_prompt_chars, tools_text
+from gateway.intake import bounds
+from gateway.limits import check_messages, check_model, check_prompt_chars, tools_text
 from gateway.middleware import request_id_of
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.message_events import MessageEvent, message_stream
@@ -24,12 +25,30 @@ from gateway.schemas.messages import (
 )
 from gateway.sse import EventStream, sse_stream
 from shared.generation import GenerateRequest, message_text
+from shared.settings import Settings
 
 
-def _checked(state: State, data: CountTokensRequest, generation: GenerateRequest) -> None:
-    check_model(state.manager, data.model)
+@bounds(MessagesRequest)
+def message_request(settings: Settings, data: MessagesRequest, rid: str = "") -> GenerateRequest:
+    """The request's generation, within the request limits."""
+    check_messages(settings, len(data.messages), "messages")
+    generation = data.generate_request(rid)
+    _check_texts(settings, generation)
+    return generation
+
+
+@bounds(CountTokensRequest)
+def count_request(settings: Settings, data: CountTokensRequest, rid: str = "") -> GenerateRequest:
+    check_messages(settings, len(data.messages), "messages")
+    generation = data.token_request()
+    generation.request_id = rid
+    _check_texts(settings, generation)
+    return generation
+
+
+def _check_texts(settings: Settings, generation: GenerateRequest) -> None:
     texts = [message_text(m) for m in generation.messages or []] + [tools_text(generation.tools)]
-    check_prompt_chars(state.manager.settings, texts, "messages")
+    check_prompt_chars(settings, texts, "messages")
 
 
 @post(
@@ -43,8 +62,8 @@ async def create_message(
     request: Request, state: State, data: MessagesRequest
 ) -> MessageObject | EventStream:
     rid = request_id_of(request.scope)
-    generation = data.generate_request(rid)
-    _checked(state, data, generation)
+    check_model(state.manager, data.model)
+    generation = message_request(state.manager.settings, data, rid)
     if data.stream:
         model, events = await stream_all(state.manager, data.model, [generation])
         usage = MessageUsage(input_tokens=0, output_tokens=0)
@@ -62,8 +81,7 @@ async def create_message(
     exception_handlers=anthropic_exception_handlers(),
 )
 async def count_tokens(request: Request, state: State, data: CountTokensRequest) -> TokenCount:
-    generation = data.token_request()
-    generation.request_id = request_id_of(request.scope)
-    _checked(state, data, generation)
+    check_model(state.manager, data.model)
+    generation = count_request(state.manager.settings, data, request_id_of(request.scope))
     _, tokens = await state.manager.dispatch.tokenize(data.model, generation)
     return TokenCount(input_tokens=len(tokens.tokens))

@@ -7,11 +7,27 @@ from litestar.datastructures import State
 
 from gateway.auth import INFERENCE
 from gateway.image_fetch import inline_images
-from gateway.limits import check_model, check_prompt_chars, check_token_count, tools_text
+from gateway.intake import bounds
+from gateway.limits import check_messages, check_model, check_prompt_chars, check_token_count, tools_text
 from gateway.middleware import request_id_of
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from shared.generation import message_text
+from shared.generation import GenerateRequest, message_text
+from shared.settings import Settings
+
+
+@bounds(TokenizeRequest)
+def tokenize_request(settings: Settings, data: TokenizeRequest, rid: str = "") -> GenerateRequest:
+    check_messages(settings, len(data.messages or []), "messages")
+    generation = data.generate_request(rid)
+    texts = [message_text(m) for m in data.messages or []] + [data.prompt or "", tools_text(generation.tools)]
+    check_prompt_chars(settings, texts, "messages" if data.messages else "prompt")
+    return generation
+
+
+@bounds(DetokenizeRequest)
+def detokenize_bounds(settings: Settings, data: DetokenizeRequest) -> None:
+    check_token_count(settings, data.tokens, "tokens")
 
 
 @post(
@@ -22,9 +38,7 @@ from shared.generation import message_text
 )
 async def tokenize(request: Request, state: State, data: TokenizeRequest) -> TokenizeResponse:
     check_model(state.manager, data.model)
-    generation = data.generate_request(request_id_of(request.scope))
-    texts = [message_text(m) for m in data.messages or []] + [data.prompt or "", tools_text(generation.tools)]
-    check_prompt_chars(state.manager.settings, texts, "messages" if data.messages else "prompt")
+    generation = tokenize_request(state.manager.settings, data, request_id_of(request.scope))
     await inline_images(state.manager.settings, generation.messages or [])
     _, found = await state.manager.dispatch.tokenize(
         data.model,
@@ -43,6 +57,6 @@ async def tokenize(request: Request, state: State, data: TokenizeRequest) -> Tok
 )
 async def detokenize(state: State, data: DetokenizeRequest) -> DetokenizeResponse:
     check_model(state.manager, data.model)
-    check_token_count(state.manager.settings, data.tokens, "tokens")
+    detokenize_bounds(state.manager.settings, data)
     _, text = await state.manager.dispatch.detokenize(data.model, data.tokens)
     return DetokenizeResponse(prompt=text)

@@ -10,13 +10,13 @@ from msgspec import Struct
 from shared.generation import TokenLogprob
 
 
-class ChatTopLogprob(Struct, kw_only=True):
+class ChatTopLogprob(Struct, kw_only=True, gc=False):
     token: str
     logprob: float
     bytes: list[int] | None
 
 
-class ChatTokenLogprob(Struct, kw_only=True):
+class ChatTokenLogprob(Struct, kw_only=True, gc=False):
     token: str
     logprob: float
     bytes: list[int] | None
@@ -28,13 +28,13 @@ class ChatLogprobs(Struct, kw_only=True):
     refusal: None = None
 
 
-class ResponseTopLogprob(Struct, kw_only=True):
+class ResponseTopLogprob(Struct, kw_only=True, gc=False):
     token: str
     logprob: float
     bytes: list[int]
 
 
-class ResponseLogprob(Struct, kw_only=True):
+class ResponseLogprob(Struct, kw_only=True, gc=False):
     """The Responses API's entry (an output_text's `logprobs`): chat's, with bytes always a list."""
 
     token: str

@@ -65,6 +65,7 @@ CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/
 LOAD, UNLOAD = "/api/models/load", "/api/models/unload"
 PULL, DEFAULT = "/api/models/pull", "/api/models/default"
 DENIED = {"status": 403, "code": "permission_denied", "key": INFERENCE_KEY}
+HI = {"role": "user", "content": "hi"}
 BIG = "x" * 1_000_001  # one more character than DUKAT_MAX_PROMPT_CHARS
 SEGMENT_256 = "a/" + "b" * 256
 
@@ -184,6 +185,13 @@ CORPUS: dict[str, Case] = {
     "echo a string": Case("POST", COMPLETIONS, completion(echo="yes")),
     "echo 0": Case("POST", COMPLETIONS, completion(echo=0)),
     "prompt over the character limit": Case("POST", COMPLETIONS, completion(prompt=BIG)),
+    # ---- large bodies: read in the gateway's intake process first (gateway/intake.py)
+    "10,001 messages (DUKAT_MAX_MESSAGES)": Case("POST", CHAT, chat(messages=[HI] * 10_001)),
+    "10,001 Responses input items": Case("POST", "/v1/responses", {"model": CHAT_MODEL,
+                                                                   "input": [HI] * 10_001}),
+    "a large body that is not JSON": Case("POST", CHAT, b'{"model": "m", "messages": [' + b"1," * 200_000),
+    "a large body with a bad field": Case("POST", CHAT, chat(max_tokens="x", user="u" * 300_000)),
+    "a large body nested too deep": Case("POST", CHAT, deep_json("metadata", 200_000)),
     # ---- embeddings
     "input missing": Case("POST", EMBEDDINGS, {"model": EMBED_MODEL}),
     "input empty list": Case("POST", EMBEDDINGS, embed(input=[])),
@@ -338,6 +346,7 @@ ANTHROPIC_CORPUS: dict[str, Case] = {
     "messages server tool": Case("POST", MESSAGES, message(tools=[{"type": "web_search_20250305",
                                                                    "name": "web_search"}]), 400, BAD),
     "messages over the character limit": Case("POST", MESSAGES, message(system=BIG), 400, BAD),
+    "messages 10,001 of them": Case("POST", MESSAGES, message(messages=[HI] * 10_001), 400, BAD),
     "messages model unknown": Case("POST", MESSAGES, message(model="nobody/nothing"), 404, "not_found_error"),
     "messages on the embedding model": Case("POST", MESSAGES, message(model=EMBED_MODEL), 400, BAD),
     "messages context exceeded": Case("POST", MESSAGES, message(system="word " * 3000), 400, BAD),

@@ -18,7 +18,7 @@ def build_tiny_adapter(
     base_id: str,
     seed: int,
     r: int = 4,
-    alpha: float = 8.0,
+    alpha: int = 8,
     targets: tuple[str, ...] = ("q_proj", "v_proj"),
     init_std: float = 0.3,
 ) -> Path:
@@ -35,7 +35,7 @@ def build_tiny_adapter(
         for name, param in sorted(peft_model.named_parameters()):
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * init_std)
-    peft_model.save_pretrained(dest)
+    peft_model.save_pretrained(str(dest))
     config_file = Path(dest) / "adapter_config.json"
     fields: dict[str, Any] = json.loads(config_file.read_text())
     fields["base_model_name_or_path"] = base_id

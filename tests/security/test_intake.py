@@ -1,0 +1,39 @@
+"""Large bodies are read in the gateway's intake process (gateway/intake.py) before this one decodes
+them: a refusal there is the same 400 a small body gets, and a body within the limits is served."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.limits import LARGE_BYTES
+from tests.security.conftest import CHAT_MODEL
+
+
+def chat(messages: list[dict[str, str]], **fields: object) -> dict[str, object]:
+    return {"model": CHAT_MODEL, "messages": messages, "max_tokens": 1, **fields}
+
+
+def test_a_large_body_over_a_limit_gets_the_small_body_refusal(inference: httpx.Client) -> None:
+    over = [{"role": "user", "content": "hi"}] * 10_001
+    large = inference.post("/v1/chat/completions", json=chat(over))
+    assert len(httpx.Request("POST", "/", json=chat(over)).content) >= LARGE_BYTES
+    assert large.status_code == 400, large.text
+    assert large.json()["error"]["param"] == "messages"
+    assert "DUKAT_MAX_MESSAGES" in large.json()["error"]["message"]
+
+
+def test_a_large_body_within_the_limits_is_served(inference: httpx.Client) -> None:
+    padding = "x" * LARGE_BYTES  # a field the answer ignores makes the body large
+    hi = [{"role": "user", "content": "hi"}]
+    reply = inference.post("/v1/chat/completions", json=chat(hi, user=padding))
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_a_large_body_names_its_bad_field_as_a_small_one_does(inference: httpx.Client) -> None:
+    hi = [{"role": "user", "content": "hi"}]
+    small = inference.post("/v1/chat/completions", json=chat(hi, temperature="hot"))
+    large = inference.post("/v1/chat/completions", json=chat(hi, temperature="hot", user="u" * LARGE_BYTES))
+    assert small.status_code == large.status_code == 400
+    assert small.json()["error"]["param"] == large.json()["error"]["param"]
+    assert small.json()["error"]["message"] == large.json()["error"]["message"]
