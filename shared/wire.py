@@ -131,6 +131,38 @@ class Result(Struct, tag="result", kw_only=True, forbid_unknown_fields=True):
     result: GenerateResult
 
 
+class Logprobs(Struct, tag="logprobs", kw_only=True, forbid_unknown_fields=True):
+    """A slice of a finished generation's logprobs, sent before its Result, whose lists then start
+    empty (`result_frames`): the gateway decodes a long answer's logprobs a slice at a time, between
+    its other requests' work, instead of all at once (12 ms for 600 tokens with 20 alternatives)."""
+
+    id: int
+    logprobs: list[TokenLogprob]
+    prompt: bool = False  # of the echoed prompt (`prompt_logprobs`), not of the output
+
+
+# Tokens of logprobs a Logprobs frame holds (~25 KB of msgpack with 20 alternatives each).
+LOGPROB_SLICE = 64
+
+
+def result_frames(rid: int, result: GenerateResult) -> list[Logprobs | Result]:
+    """The frames that carry a finished generation: long logprobs in slices, then the result."""
+    output, prompt = result.logprobs or [], result.prompt_logprobs or []
+    if len(output) + len(prompt) <= LOGPROB_SLICE:
+        return [Result(id=rid, result=result)]
+    frames: list[Logprobs | Result] = [
+        Logprobs(id=rid, logprobs=items[i : i + LOGPROB_SLICE], prompt=is_prompt)
+        for is_prompt, items in ((True, prompt), (False, output))
+        for i in range(0, len(items), LOGPROB_SLICE)
+    ]
+    emptied = msgspec.structs.replace(
+        result,
+        logprobs=None if result.logprobs is None else [],
+        prompt_logprobs=None if result.prompt_logprobs is None else [],
+    )
+    return [*frames, Result(id=rid, result=emptied)]
+
+
 class Embedding(Struct, tag="embedding", kw_only=True, forbid_unknown_fields=True):
     id: int
     result: EmbedResult
@@ -231,7 +263,18 @@ ToWorker = (
     | AdapterCommand
 )
 FromWorker = (
-    Admitted | Accepted | Delta | Result | Embedding | Pong | Error | Tokens | Text | Scores | AdaptersLoaded
+    Admitted
+    | Accepted
+    | Delta
+    | Logprobs
+    | Result
+    | Embedding
+    | Pong
+    | Error
+    | Tokens
+    | Text
+    | Scores
+    | AdaptersLoaded
 )
 
 _encoder = msgspec.msgpack.Encoder()

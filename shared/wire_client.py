@@ -40,6 +40,7 @@ from shared.generation import (
     StreamItem,
     StreamPiece,
     TextWithLogprobs,
+    TokenLogprob,
 )
 from shared.wire import (
     Accepted,
@@ -56,6 +57,7 @@ from shared.wire import (
     FromWorker,
     Generate,
     Hello,
+    Logprobs,
     Pause,
     Ping,
     Pong,
@@ -110,6 +112,8 @@ class WorkerConnection:
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[FromWorker | object]] = {}
         self._accepted: set[int] = set()  # requests the worker said it has
+        # Logprobs slices of a finished generation whose Result has not come yet: (output, prompt).
+        self._slices: dict[int, tuple[list[TokenLogprob], list[TokenLogprob]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
@@ -137,6 +141,13 @@ class WorkerConnection:
                     if frame.id in self._queues:
                         self._accepted.add(frame.id)
                     continue
+                if isinstance(frame, Logprobs):
+                    if frame.id in self._queues:
+                        self._slices.setdefault(frame.id, ([], []))[frame.prompt].extend(frame.logprobs)
+                    await asyncio.sleep(0)  # the next slice after other requests' work
+                    continue
+                if isinstance(frame, Result) and (slices := self._slices.pop(frame.id, None)):
+                    _join_slices(frame.result, *slices)
                 queue = self._queues.get(frame.id)
                 if queue is not None:
                     queue.put_nowait(frame)
@@ -189,6 +200,7 @@ class WorkerConnection:
     def _forget(self, rid: int) -> None:
         self._queues.pop(rid, None)
         self._accepted.discard(rid)
+        self._slices.pop(rid, None)
         if (stall := self._paused.pop(rid, None)) is not None:
             stall.cancel()
 
@@ -401,3 +413,11 @@ def piece_of(frame: Delta) -> StreamPiece:
     if frame.logprobs is not None:
         return TextWithLogprobs(text=frame.text, logprobs=frame.logprobs)
     return frame.text
+
+
+def _join_slices(result: GenerateResult, output: list[TokenLogprob], prompt: list[TokenLogprob]) -> None:
+    """A result's logprobs as their slices came (`shared.wire.result_frames`)."""
+    if result.logprobs is not None:
+        result.logprobs = output
+    if result.prompt_logprobs is not None:
+        result.prompt_logprobs = prompt

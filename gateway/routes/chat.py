@@ -20,7 +20,7 @@ from gateway.limits import (
     tools_text,
 )
 from gateway.middleware import request_id_of
-from gateway.off_loop import EncodedJson, answered, logprob_values, prepared
+from gateway.off_loop import EncodedJson, answered, prepared
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     ChatChunks,
@@ -68,4 +68,4 @@ async def chat_completions(
         chunks = ChatChunks(model=model, request_id=rid, include_usage=data.include_usage, legacy=legacy)
         return await sse_stream(chunks.stream(events))
     model, results = await generate_all(state.manager, data.model, requests)
-    return await answered(logprob_values(results), lambda: chat_response(results, model, rid, legacy=legacy))
+    return await answered(results, lambda: chat_response(results, model, rid, legacy=legacy))

@@ -17,7 +17,7 @@ from gateway.limits import (
     keep_alive_for,
 )
 from gateway.middleware import request_id_of
-from gateway.off_loop import EncodedJson, answered, logprob_values
+from gateway.off_loop import EncodedJson, answered
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas import (
     CompletionChunks,
@@ -68,4 +68,4 @@ async def completions(
         return await sse_stream(chunks.stream(events))
     model, results = await generate_all(state.manager, data.model, requests)
     n = data.choices
-    return await answered(logprob_values(results), lambda: completion_response(results, model, rid, n=n))
+    return await answered(results, lambda: completion_response(results, model, rid, n=n))

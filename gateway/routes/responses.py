@@ -11,7 +11,7 @@ from gateway.image_fetch import inline_images
 from gateway.intake import bounds
 from gateway.limits import check_messages, check_model, check_prompt_chars, tools_text
 from gateway.middleware import request_id_of
-from gateway.off_loop import EncodedJson, answered, logprob_values, prepared
+from gateway.off_loop import EncodedJson, answered, prepared
 from gateway.route_docs import JSON_BODY, REACHES_A_MODEL, answers
 from gateway.schemas.common import now
 from gateway.schemas.response_events import ResponseEvent, response_stream
@@ -63,7 +63,7 @@ async def create_response(
         return await sse_stream(response_stream(events, shell))
     model, (result,) = await generate_all(state.manager, data.model, [generation])
     shell = response_shell(data, model, rid, now(), state.manager.defaults_for(model))
-    return await answered(logprob_values([result]), lambda: finished(shell, result, output_items(result)))
+    return await answered([result], lambda: finished(shell, result, output_items(result)))
 
 
 # Not in the OpenAPI document: it answers every request with the 400 that says why.

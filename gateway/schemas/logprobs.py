@@ -10,16 +10,18 @@ from msgspec import Struct
 from shared.generation import TokenLogprob
 
 
-class ChatTopLogprob(Struct, kw_only=True, gc=False):
+# `bytes` as tuples: a tuple of ints leaves the GC's lists at its first collection, a list never does
+# (a long answer holds millions of them; gateway/off_loop.py).
+class ChatTopLogprob(Struct, kw_only=True):
     token: str
     logprob: float
-    bytes: list[int] | None
+    bytes: tuple[int, ...] | None
 
 
-class ChatTokenLogprob(Struct, kw_only=True, gc=False):
+class ChatTokenLogprob(Struct, kw_only=True):
     token: str
     logprob: float
-    bytes: list[int] | None
+    bytes: tuple[int, ...] | None
     top_logprobs: list[ChatTopLogprob]
 
 
@@ -28,18 +30,18 @@ class ChatLogprobs(Struct, kw_only=True):
     refusal: None = None
 
 
-class ResponseTopLogprob(Struct, kw_only=True, gc=False):
+class ResponseTopLogprob(Struct, kw_only=True):
     token: str
     logprob: float
-    bytes: list[int]
+    bytes: tuple[int, ...]
 
 
-class ResponseLogprob(Struct, kw_only=True, gc=False):
+class ResponseLogprob(Struct, kw_only=True):
     """The Responses API's entry (an output_text's `logprobs`): chat's, with bytes always a list."""
 
     token: str
     logprob: float
-    bytes: list[int]
+    bytes: tuple[int, ...]
     top_logprobs: list[ResponseTopLogprob]
 
 
@@ -56,8 +58,10 @@ def chat_logprobs(items: Sequence[TokenLogprob]) -> ChatLogprobs:
             ChatTokenLogprob(
                 token=t.token,
                 logprob=t.logprob if t.logprob is not None else 0.0,
-                bytes=t.bytes,
-                top_logprobs=[ChatTopLogprob(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top],
+                bytes=tuple(t.bytes),
+                top_logprobs=[
+                    ChatTopLogprob(token=a.token, logprob=a.logprob, bytes=tuple(a.bytes)) for a in t.top
+                ],
             )
             for t in items
         ]
@@ -69,9 +73,9 @@ def response_logprobs(items: Sequence[TokenLogprob]) -> list[ResponseLogprob]:
         ResponseLogprob(
             token=t.token,
             logprob=t.logprob if t.logprob is not None else 0.0,
-            bytes=t.bytes or [],
+            bytes=tuple(t.bytes),
             top_logprobs=[
-                ResponseTopLogprob(token=a.token, logprob=a.logprob, bytes=a.bytes or []) for a in t.top
+                ResponseTopLogprob(token=a.token, logprob=a.logprob, bytes=tuple(a.bytes)) for a in t.top
             ],
         )
         for t in items

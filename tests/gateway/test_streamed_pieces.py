@@ -70,6 +70,31 @@ def test_completion_stream_sends_logprobs_and_offsets_with_each_piece(client: op
     assert [t for p in parts for t in p.top_logprobs or []] == whole.top_logprobs
 
 
+def test_long_answers_logprobs_cross_the_worker_wire_in_slices_and_join_whole(client: openai.OpenAI) -> None:
+    """Past 64 tokens the worker sends a result's logprobs in slices (shared/wire.py's Logprobs)."""
+    kwargs: Any = {"model": CHAT, "messages": ASK, "max_tokens": 150, "temperature": 0, "logprobs": True}
+    kwargs.update(top_logprobs=2, extra_body={"min_tokens": 150})
+    whole = client.chat.completions.create(**kwargs)
+    streamed = [
+        t
+        for c in client.chat.completions.create(**kwargs, stream=True)
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    content = whole.choices[0].logprobs.content or []  # type: ignore[union-attr]
+    assert len(content) == 150
+    assert [(t.token, t.logprob, t.top_logprobs) for t in content] == [
+        (t.token, t.logprob, t.top_logprobs) for t in streamed
+    ]
+    echo: Any = {"model": CHAT, "prompt": "The cat sat " * 40, "max_tokens": 70, "temperature": 0}
+    echoed = client.completions.create(**echo, echo=True, logprobs=1, extra_body={"min_tokens": 70})
+    logprobs, usage = echoed.choices[0].logprobs, echoed.usage
+    assert logprobs is not None and usage is not None and usage.prompt_tokens > 64
+    assert len(logprobs.tokens or []) == usage.prompt_tokens + usage.completion_tokens
+    assert (logprobs.token_logprobs or [])[0] is None  # the prompt's first token, then every other one's
+    assert None not in (logprobs.token_logprobs or [])[1:]
+
+
 def test_responses_text_deltas_carry_their_tokens_logprobs(client: openai.OpenAI) -> None:
     kwargs: Any = {"model": CHAT, "input": "Say hi", "max_output_tokens": 10, "temperature": 0}
     kwargs.update(top_logprobs=2, include=["message.output_text.logprobs"])

@@ -63,10 +63,11 @@ def token_logprobs(
     return out
 
 
-def _alternatives(vocab: Sequence[bytes], record: LogprobRecord) -> list[tuple[str, list[int], float]]:
+def _alternatives(vocab: Sequence[bytes], record: LogprobRecord) -> list[tuple[str, bytes, float]]:
     return [(*_text(vocab, i), lp) for i, lp in record.top]
 
 
-def _text(vocab: Sequence[bytes], token: int) -> tuple[str, list[int]]:
+def _text(vocab: Sequence[bytes], token: int) -> tuple[str, bytes]:
     raw = vocab[token] if 0 <= token < len(vocab) else b""
-    return raw.decode("utf-8", errors="replace"), list(raw)
+    # bytes(): xgrammar hands some tokens' bytes as its FFI's subclass, which msgspec won't encode.
+    return raw.decode("utf-8", errors="replace"), bytes(raw)

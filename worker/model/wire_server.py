@@ -48,7 +48,6 @@ from shared.wire import (
     Pause,
     Ping,
     Pong,
-    Result,
     Resume,
     Score,
     Scores,
@@ -59,6 +58,7 @@ from shared.wire import (
     WorkerLoad,
     encode_frame,
     read_frame,
+    result_frames,
     to_worker_decoder,
 )
 from worker.model.admission import Admission, Ticket
@@ -310,7 +310,8 @@ class WorkerServer:
         def on_done(item: GenerateResult | BaseException) -> None:
             if isinstance(item, GenerateResult):
                 result.append(item)
-                outbox.add(writer, encode_frame(Result(id=rid, result=item)))
+                for out in result_frames(rid, item):
+                    outbox.add(writer, encode_frame(out))
                 outbox.resolve(done, None)
             else:
                 outbox.resolve(done, item)
