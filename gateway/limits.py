@@ -63,12 +63,19 @@ class LimitedRequest(Request[Any, Any, Any]):
     """
 
     async def json(self) -> Any:
-        body = await self.body()
         media = self.headers.get("content-type", "")
         if not _is_json(media):
             # Also what keeps a browser's cross-site "simple" POST (text/plain, a form) from an open server.
             said = f"Content-Type was {media!r}" if media else "no Content-Type was sent"
             raise UnsupportedMediaTypeError(f"{said}; send the body as application/json")
+        intake = self.app.state["intake"]
+        declared = _declared_length(self.headers.get("content-length"))
+        with intake.room(declared):  # a large body's bytes are counted before they are read
+            body = await self.body()
+            with intake.room(len(body) if declared < LARGE_BYTES else 0):  # a chunked one's once read
+                return await self._decoded(body)
+
+    async def _decoded(self, body: bytes) -> Any:
         limit = self.app.state["settings"].max_json_depth
         data = self.route_handler.parsed_fn_signature.parameters.get("data")
         if data is None or not body:
@@ -80,6 +87,10 @@ class LimitedRequest(Request[Any, Any, Any]):
             await self.app.state["intake"].check(body, data.annotation)
             decoded = await asyncio.to_thread(decode_body, body, data.annotation, limit)
         return decoded if decoded is not _LENIENT else await super().json()
+
+
+def _declared_length(header: str | None) -> int:
+    return int(header) if header is not None and header.isdigit() else 0
 
 
 # Bodies this large are read in the intake process first (gateway/intake.py).

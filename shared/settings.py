@@ -81,6 +81,9 @@ class Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Messages (chat, Anthropic) or input items (Responses) per request: 100,000 one-word messages fit
     # every character bound and cost the model worker seconds of chat template before its context error.
     max_messages: Annotated[int, Meta(ge=1)] = 10_000
+    # Bytes of large request bodies (256 KB or more) a gateway reads and checks at once; past them, a
+    # large body is a 429 before it is read.
+    large_body_bytes: Annotated[int, Meta(ge=1)] = 256 * 2**20
     max_model_id_length: Annotated[int, Meta(ge=8, le=4096)] = 256
     # Images in chat content (`image_url` parts, Responses `input_image`): `data:` URLs always; http(s)
     # URLs only from these hosts (exact names; empty: off), fetched by the gateway within the caps below.

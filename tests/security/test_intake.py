@@ -4,8 +4,13 @@ them: a refusal there is the same 400 a small body gets, and a body within the l
 from __future__ import annotations
 
 import httpx
+import msgspec
+import pytest
 
+from gateway.intake import Intake
 from gateway.limits import LARGE_BYTES
+from shared.errors import OverloadedError
+from shared.settings import Settings
 from tests.security.conftest import CHAT_MODEL
 
 
@@ -37,3 +42,15 @@ def test_a_large_body_names_its_bad_field_as_a_small_one_does(inference: httpx.C
     assert small.status_code == large.status_code == 400
     assert small.json()["error"]["param"] == large.json()["error"]["param"]
     assert small.json()["error"]["message"] == large.json()["error"]["message"]
+
+
+def test_large_bodies_read_at_once_are_bounded_in_bytes() -> None:
+    intake = Intake(msgspec.structs.replace(Settings(), large_body_bytes=3 * LARGE_BYTES))
+    with intake.room(LARGE_BYTES), intake.room(2 * LARGE_BYTES):
+        with intake.room(LARGE_BYTES - 1):  # a small body counts nothing
+            pass
+        with pytest.raises(OverloadedError, match="DUKAT_LARGE_BODY_BYTES"):
+            with intake.room(LARGE_BYTES):
+                pass
+    with intake.room(3 * LARGE_BYTES):  # all given back
+        pass
