@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import adapters, batching, growth, lifecycle, overhead, streaming, structured
+from bench import adapters, batching, growth, hostile, lifecycle, overhead, streaming, structured
 from bench.harness import MAIN_MODEL, RESULTS, Context, CpuMeter, Report, Served, bench_models, machine
 
 BENCHMARKS: list[tuple[str, Callable[[Context, Report], None]]] = [
@@ -28,6 +28,7 @@ BENCHMARKS: list[tuple[str, Callable[[Context, Report], None]]] = [
     ("adapters", adapters.run),
     ("structured", structured.run),
     ("growth", growth.run),
+    ("hostile", hostile.run),
 ]
 NOISY = 0.10  # share of the machine used by other processes above which a benchmark is flagged
 

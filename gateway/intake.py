@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from gateway.limits import LARGE_BYTES, decode_body
 from shared.errors import InvalidRequestError, OverloadedError
+from shared.processes import die_with_parent
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,10 +98,13 @@ class Intake:
     def _start(self) -> ProcessPoolExecutor:
         # spawn: a fork of a process with an event loop and threads may copy a held lock
         context = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=context, initializer=os.nice, initargs=(_NICENESS,)
-        )
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_prepare_child)
         return self._pool
+
+
+def _prepare_child() -> None:
+    os.nice(_NICENESS)
+    die_with_parent()  # a gateway killed with SIGKILL leaves no intake process behind
 
 
 def read(

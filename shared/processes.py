@@ -172,3 +172,13 @@ def pinned_env(device: str, threads: int) -> dict[str, str]:
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0" if device_kind(device) == "cuda" else ""
     return env
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when our parent dies, even by SIGKILL: no orphans (a model worker's
+    GPU memory, a gateway's intake process)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -3,15 +3,20 @@ them: a refusal there is the same 400 a small body gets, and a body within the l
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import msgspec
+import psutil
 import pytest
 
 from gateway.intake import Intake
 from gateway.limits import LARGE_BYTES
 from shared.errors import OverloadedError
 from shared.settings import Settings
+from tests.gateway.conftest import TEST_ENV
 from tests.security.conftest import CHAT_MODEL
+from tests.support.served import dukat_serve
 
 
 def chat(messages: list[dict[str, str]], **fields: object) -> dict[str, object]:
@@ -53,3 +58,19 @@ def test_large_bodies_read_at_once_are_bounded_in_bytes() -> None:
             pass
     with intake.room(3 * LARGE_BYTES):  # all given back
         pass
+
+
+def test_the_intake_process_leaves_with_a_gateway_killed_by_sigkill(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    with dukat_serve(models_dir, {**TEST_ENV, "DUKAT_LOG_LEVEL": "warning"}) as (url, proc):
+        big = {"model": "m", "messages": [{"role": "user", "content": "x" * LARGE_BYTES}]}
+        assert httpx.post(f"{url}/v1/chat/completions", json=big, timeout=60).status_code == 404
+        assert proc.proc is not None
+        gateway = psutil.Process(proc.proc.pid)
+        # The intake process, and the resource tracker its `spawn` context starts.
+        spawned = [p for p in gateway.children() if "multiprocessing" in " ".join(p.cmdline())]
+        assert any("spawn_main" in " ".join(p.cmdline()) for p in spawned), spawned
+        gateway.kill()  # the gateway alone, not its process group
+        _, alive = psutil.wait_procs(spawned, timeout=10)
+        assert not alive

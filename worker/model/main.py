@@ -28,22 +28,13 @@ import msgspec
 from shared.errors import DukatError, ModelOutOfMemoryError, QuantizationError
 from shared.host_api import device_kind
 from shared.logs import setup_logging
-from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready, pinned_env
+from shared.processes import WORKER_FAILED, WORKER_READY, announce_ready, die_with_parent, pinned_env
 from shared.settings import DEFAULTS, QUANTIZATIONS, load_settings
 from shared.tracing import Tracing
 from shared.wire import WorkerInfo
 from worker.model.wire_server import WorkerServer
 
 log = logging.getLogger(__name__)
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the host dies, even by SIGKILL: no orphaned GPU memory."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def pin_device(device: str, threads: int) -> str:
