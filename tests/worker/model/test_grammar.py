@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from shared.errors import InvalidRequestError
 from shared.generation import Constraint
-from worker.model.grammar import Grammars
+from worker.model.grammar import Grammars, RowGrammar
 
 SCHEMA = {
     "type": "object",
@@ -56,9 +56,11 @@ def random_model_output(
     budget: int,
     seed: int,
     bias: torch.Tensor | None = None,
+    check: Callable[[RowGrammar, int], None] | None = None,
 ) -> str:
     """What a model of random logits (plus `bias`) writes under the grammar, sampling like the
-    scheduler does."""
+    scheduler does; `check(row, remaining)` sees the row after each token. An output the budget
+    cut off raises."""
     generator = torch.Generator().manual_seed(seed)
     row = grammars.row(constraint, budget)
     vocab = grammars.vocab_size
@@ -78,6 +80,10 @@ def random_model_output(
         if token in grammars.stop_ids:
             break
         out.append(token)
+        if check is not None:
+            check(row, remaining - 1)
+    else:
+        raise AssertionError(f"seed {seed}: cut by the budget of {budget} (finish reason length)")
     return tokenizer.decode(out, skip_special_tokens=True)  # type: ignore[attr-defined]
 
 
@@ -88,6 +94,95 @@ def test_strict_schema_output_is_valid_for_every_seed_within_the_budget(grammars
     for seed in range(12):
         text = random_model_output(book, tokenizer, constraint, budget, seed)
         jsonschema.validate(json.loads(text), SCHEMA)
+
+
+# Long shortest outputs, optional structures with long minimums, anyOf branches of unequal minimums,
+# bounded strings and arrays that a plan kept from an earlier state may overrun.
+LONG_MINIMUMS = {
+    "long_array": {
+        "type": "object",
+        "properties": {
+            "notes": {"type": "array", "minItems": 25, "items": {"type": "string", "minLength": 3}}
+        },
+        "required": ["notes"],
+    },
+    "optional_big": {
+        "type": "object",
+        "properties": {
+            "a": {"type": "integer"},
+            "big": {"type": "array", "minItems": 12, "items": {"type": "string", "minLength": 2}},
+            "c": {"type": "string", "minLength": 6},
+        },
+        "required": ["a"],
+    },
+    "any_of": {
+        "anyOf": [
+            {"type": "integer"},
+            {
+                "type": "object",
+                "properties": {"x": {"type": "array", "minItems": 10, "items": {"type": "integer"}}},
+                "required": ["x"],
+            },
+        ]
+    },
+    "bounded": {
+        "type": "array",
+        "items": {"type": "string", "minLength": 2, "maxLength": 4},
+        "minItems": 6,
+        "maxItems": 8,
+    },
+}
+
+
+def holds_its_plan(book: Grammars) -> Callable[[RowGrammar, int], None]:
+    """A check of the budget invariant after each token: the row's plan, taken token by token on a
+    fork, leads to where a stop token is accepted, and fits what is left; a fresh plan is the
+    closing policy's own from the current state (`_Closer.need`'s count)."""
+    planned = {"runs": 0}
+
+    def check(row: RowGrammar, remaining: int) -> None:
+        if row.ended:
+            return
+        plan, fork = row.plan, row.matcher.fork()
+        assert row.need == len(plan) < remaining, (row.need, remaining)
+        assert all(fork.accept_token(t) for t in plan) and fork.accept_token(book.stop_ids[0])
+        if row.plans != planned.setdefault(id(row), 1):  # planned anew at this step
+            planned[id(row)] = row.plans
+            assert row.need == book.closer.need(row.matcher, limit=remaining)
+        planned["runs"] += 1
+
+    return check
+
+
+@pytest.mark.parametrize("schema", LONG_MINIMUMS.values(), ids=LONG_MINIMUMS.keys())
+def test_the_need_is_never_underestimated_under_tight_budgets(grammars, schema: dict[str, object]) -> None:
+    """Every output ends complete and valid with a stop, at every budget from its shortest output
+    up; after every token the row holds a way to end that fits the rest of the budget."""
+    book, tokenizer = grammars
+    constraint = Constraint(kind="json", schema=json.dumps(schema))
+    # From the shortest output (or the static limit's floor for an optional minItems) up.
+    shortest = max(book.row(constraint, 4096).need + 1, 16)
+    for budget in (shortest, shortest + 3, shortest + 24):
+        for seed in range(6):
+            check = holds_its_plan(book)
+            text = random_model_output(book, tokenizer, constraint, budget, seed, check=check)
+            jsonschema.validate(json.loads(text), schema)
+
+
+def test_a_long_minimum_is_not_replanned_at_every_token(grammars) -> None:
+    """The closing policy runs again only when the sampled token leaves the plan and the plan no
+    longer ends the output (not at each of a string's characters)."""
+    book, tokenizer = grammars
+    constraint = Constraint(kind="json", schema=json.dumps(LONG_MINIMUMS["long_array"]))
+    rows: list[RowGrammar] = []
+    steps = {"n": 0}
+
+    def count(row: RowGrammar, remaining: int) -> None:
+        rows[:] = [row]
+        steps["n"] += 1
+
+    random_model_output(book, tokenizer, constraint, 400, 0, check=count)
+    assert rows[0].plans < steps["n"] / 3, (rows[0].plans, steps["n"])
 
 
 class Pet(BaseModel):
