@@ -241,6 +241,25 @@ def test_bounded_strings_take_escapes_as_one_character_and_no_control_characters
     assert not takes('"a\x01b"') and not takes('"a\tb"') and not takes('"\\u00e9"')
 
 
+@pytest.mark.parametrize("least", [1, 3, 70])  # 70: past the chain of one-character rules
+def test_a_minimum_length_alone_counts_json_characters(grammars, least: int) -> None:
+    """A string with a `minLength` and no `maxLength` is written as a chain of one-character rules
+    then a plain string's rest: the same strings as before, an escape one character."""
+    book, _ = grammars
+    schema = json.dumps({"type": "string", "minLength": least})
+    compiled = book.compile(Constraint(kind="json", schema=schema))
+
+    def takes(text: str) -> bool:
+        matcher = xgrammar.GrammarMatcher(compiled)
+        return bool(matcher.accept_string(text) and matcher.accept_token(book.stop_ids[0]))
+
+    short = "a" * (least - 1)
+    assert takes(f'"{short}b"') and takes(f'"{short}\\u00e9"') and takes(f'"{short}\\"xyz"')
+    assert takes(f'"{short}b{"c" * 200}"')
+    assert not takes(f'"{short}"') and not takes(f'"{short}\x01"') and not takes(f'"{short}b\tc"')
+    assert not takes(f'"{short}\\x"')
+
+
 def surrogate_bias(book: Grammars) -> torch.Tensor:
     """Logits that favour the byte tokens of UTF-8 encoded surrogates (ED, then A0-BF, then 80-BF)."""
     bias = torch.zeros(1, book.vocab_size)
