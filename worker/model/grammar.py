@@ -343,7 +343,7 @@ class _Closer:
         if not self._empty.isdisjoint(plan):  # a token with no bytes: not comparable to a string
             return False
         sim = matcher.fork()
-        text = b"".join(self._vocab[token] for token in plan)
+        text = b"".join(map(self._vocab.__getitem__, plan))
         return bool(sim.accept_string(text)) and any(sim.accept_token(stop) for stop in _stops(matcher))
 
     def _step(self, matcher: xg.GrammarMatcher, stops: tuple[int, ...]) -> int:
