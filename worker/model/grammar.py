@@ -19,19 +19,22 @@ ends complete, with finish reason "stop". A grammar whose `need` at the start ca
 a 400 before anything runs.
 
 What the check costs, and why it is sound: the policy's plan is O(need) xgrammar calls (a fork, then
-per token a jump-forward string and accept attempts: ~1 ms for a 180-token plan), too much to redo
-at every token of every row (free rows beside 8 constrained rows with such a schema ran at x0.61).
-After each token the row keeps a plan that is proven, not estimated: a sampled token equal to the
-plan's next one leaves the rest of the plan (the state it reaches is the one the plan went through);
-any other token keeps the old plan only if its bytes are accepted from the new state on a fork, in
-one `accept_string` call, and a stop token after them (~50 us for 180 tokens: more of a string's
-content or a number's digits usually leave the plan good); else up to 3 policy steps followed by
-the old plan, whole or from a token equal to the last step's (a UTF-8 character completed, a string
-closed), each checked the same way; only else does the policy plan the whole way anew (on a random
-model, ~20-50 times in 400 tokens of the 25-string schema, against ~400 before). Nothing is
-assumed about how far one token can raise `need`: every plan in use has been taken through the
-matcher from the current state (xgrammar reads a token as its bytes, so a string of the same bytes
-is the same path).
+per token a jump-forward string and accept attempts: ~1 ms for a 180-token plan). It used to run at
+nearly every token of every row, with a bound on how far one token may raise `need` (the initial
+need) that was not sound (an optional property or an anyOf branch may raise it more); free rows
+beside 8 constrained rows with such a schema ran at x0.5. Now each row keeps a plan that is proven,
+not estimated: a sampled token equal to the plan's next one leaves the rest of the plan (the state
+it reaches is the one the plan went through); any other token keeps the old plan only if its bytes
+are accepted from the new state on a fork, in one `accept_string` call, and a stop token after them
+(~20 us for 180 tokens: more of a string's content or a number's digits leave the plan good); else
+plans made of the old one are checked the same way: without its first token (a UTF-8 character
+completed by another byte), or after up to 3 policy steps, whole or from where it holds the last
+step's token (a string closed, an item begun); only else does the policy plan the whole way anew (on
+a random model, 25-string schema: once per output, at its start, against ~400 times in 400 tokens
+before; a kept plan ends at most a few tokens later than the policy's would). Nothing is assumed
+about how far one token can raise `need`: every plan in use has been taken through the matcher from
+the current state (xgrammar reads a token as its bytes, so a string of the same bytes is the same
+path; the tests take each plan token by token).
 
 A client's grammar is bounded before it is built (worker/model/grammar_limits.py), compiled first in
 a child process with a deadline and a memory cap (worker/model/grammar_probe.py), and kept in an LRU
@@ -310,10 +313,12 @@ class _Closer:
         return None
 
     def rejoin(self, matcher: xg.GrammarMatcher, previous: list[int], *, limit: int) -> list[int] | None:
-        """A plan of a few policy steps from `matcher`'s state and then `previous` (the plan before
-        the last token), or its rest from a token equal to the last step's, shortest first; None
-        when none of those checked ends the output within `limit`. (A closed string, an item
-        begun: the policy soon writes what the old plan writes.)"""
+        """A plan made of `previous` (the plan before the last token): its rest after its first
+        token (the model's token did that token's work), else a few policy steps from `matcher`'s
+        state followed by `previous`, or by its rest after the first places that hold the last
+        step's token. None when none of those ends the output within `limit`."""
+        if len(previous) > 1 and self.ends(matcher, previous[1:]):
+            return previous[1:]  # e.g. a UTF-8 character completed by another byte
         sim = matcher.fork()
         stops = _stops(matcher)
         bridge: list[int] = []
@@ -325,8 +330,8 @@ class _Closer:
             if len(bridge) + len(previous) <= limit and self.ends(matcher, bridge + previous):
                 return bridge + previous  # e.g. a UTF-8 character completed, then the old way
             tries = 0
-            for j in range(len(previous) - 1, -1, -1):
-                if previous[j] != token:
+            for j, held in enumerate(previous):  # a string closed, an item begun: the old way on
+                if held != token:
                     continue
                 plan = bridge + previous[j + 1 :]
                 if len(plan) <= limit and self.ends(matcher, plan):
