@@ -170,8 +170,8 @@ def test_the_need_is_never_underestimated_under_tight_budgets(grammars, schema: 
 
 
 def test_a_long_minimum_is_not_replanned_at_every_token(grammars) -> None:
-    """The closing policy runs again only when the sampled token leaves the plan and the plan no
-    longer ends the output (not at each of a string's characters)."""
+    """The closing policy plans the whole way anew only when no plan made of the old one ends the
+    output: not at each of a string's characters, nor at each string closed."""
     book, tokenizer = grammars
     constraint = Constraint(kind="json", schema=json.dumps(LONG_MINIMUMS["long_array"]))
     rows: list[RowGrammar] = []
@@ -182,7 +182,7 @@ def test_a_long_minimum_is_not_replanned_at_every_token(grammars) -> None:
         steps["n"] += 1
 
     random_model_output(book, tokenizer, constraint, 400, 0, check=count)
-    assert rows[0].plans < steps["n"] / 3, (rows[0].plans, steps["n"])
+    assert rows[0].plans <= 4, (rows[0].plans, steps["n"])  # it was ~1 per token, then ~1 per 20
 
 
 class Pet(BaseModel):
