@@ -260,6 +260,26 @@ def test_a_minimum_length_alone_counts_json_characters(grammars, least: int) -> 
     assert not takes(f'"{short}\\x"')
 
 
+@pytest.mark.parametrize("bounds", [(0, 4), (2, 4), (3, 3), (1, 64), (0, 65)])  # 65: kept counted
+def test_a_bounded_string_counts_json_characters(grammars, bounds: tuple[int, int]) -> None:
+    """A string with a `maxLength` up to 64 is written as a rule per position: the same strings
+    as before, an escape one character."""
+    (least, most), (book, _) = bounds, grammars
+    schema = json.dumps({"type": "string", "minLength": least, "maxLength": most})
+    compiled = book.compile(Constraint(kind="json", schema=schema))
+
+    def takes(text: str) -> bool:
+        matcher = xgrammar.GrammarMatcher(compiled)
+        return bool(matcher.accept_string(text) and matcher.accept_token(book.stop_ids[0]))
+
+    for length in {least, most}:
+        assert takes(f'"{"a" * length}"')
+        assert takes(f'"{"a" * (length - 1)}\\u00e9"') if length else True
+        assert not takes(f'"{"a" * (length - 1)}\x01"') if length else True
+    assert not takes(f'"{"a" * (most + 1)}"') and not takes(f'"{"a" * most}\\n"')
+    assert least == 0 or not takes(f'"{"a" * (least - 1)}"')
+
+
 def surrogate_bias(book: Grammars) -> torch.Tensor:
     """Logits that favour the byte tokens of UTF-8 encoded surrogates (ED, then A0-BF, then 80-BF)."""
     bias = torch.zeros(1, book.vocab_size)
