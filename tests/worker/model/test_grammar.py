@@ -4,6 +4,7 @@ schemas always end complete and valid within the budget; what can't fit or compi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,6 +168,16 @@ def test_the_need_is_never_underestimated_under_tight_budgets(grammars, schema: 
             check = holds_its_plan(book)
             text = random_model_output(book, tokenizer, constraint, budget, seed, check=check)
             jsonschema.validate(json.loads(text), schema)
+
+
+def test_a_regex_with_a_long_minimum_ends_within_tight_budgets(grammars) -> None:
+    book, tokenizer = grammars
+    constraint = Constraint(kind="regex", regex=r"([a-z]{3,}[0-9]?,){8,}[0-9]{4}")
+    shortest = book.row(constraint, 4096).need + 1
+    for budget in (shortest, shortest + 3, shortest + 24):
+        for seed in range(6):
+            text = random_model_output(book, tokenizer, constraint, budget, seed, check=holds_its_plan(book))
+            assert re.fullmatch(r"([a-z]{3,}[0-9]?,){8,}[0-9]{4}", text), text
 
 
 def test_a_long_minimum_is_not_replanned_at_every_token(grammars) -> None:
