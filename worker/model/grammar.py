@@ -9,13 +9,32 @@ on a fork), reports the jump-forward string, and applies a bitmask to chosen row
 logits in one call: constrained and free rows share a batch, no Python loop over the vocabulary.
 
 The token budget: a mask alone lets a weak model write a string until `max_tokens` cuts it off
-with broken JSON. Each row therefore knows `need`, the number of tokens the closing policy
-(`_Closer`: take the jump-forward string, else the cheapest closer `} ] " 0 ,` ..., else the first
-allowed token) takes from the current state to a point where the grammar may end. It holds
-`need < remaining` as an invariant (the last token is the end of sequence): a sampled token that
-would break it is taken back and the closing policy's token used instead, so a strict output always
-ends complete, with finish reason "stop". A grammar whose `need` at the start can't fit the budget
-is a 400 before anything runs.
+with broken JSON. Each row therefore holds a plan: tokens that lead from its matcher's current state
+to a point where the grammar may end, first made by the closing policy (`_Closer`: take the
+jump-forward string, else the cheapest closer `} ] " 0 ,` ..., else the first allowed token), and
+`need` is its length. It holds `need < remaining` as an invariant (the last token is the end of
+sequence): when the budget leaves no choice the plan's tokens are taken, and a sampled token after
+which no plan fits is taken back and the plan's next token used instead, so a strict output always
+ends complete, with finish reason "stop". A grammar whose `need` at the start can't fit the budget is
+a 400 before anything runs.
+
+What the check costs, and why it is sound: the policy's plan is O(need) xgrammar calls (a fork, then
+per token a jump-forward string and accept attempts: ~1 ms for a 180-token plan). It used to run at
+nearly every token of every row, with a bound on how far one token may raise `need` (the initial
+need) that was not sound (an optional property or an anyOf branch may raise it more); free rows
+beside 8 constrained rows with such a schema ran at x0.5. Now each row keeps a plan that is proven,
+not estimated: a sampled token equal to the plan's next one leaves the rest of the plan (the state
+it reaches is the one the plan went through); any other token keeps the old plan only if its bytes
+are accepted from the new state on a fork, in one `accept_string` call, and a stop token after them
+(~20 us for 180 tokens: more of a string's content or a number's digits leave the plan good); else
+plans made of the old one are checked the same way: without its first token (a UTF-8 character
+completed by another byte), or after up to 3 policy steps, whole or from where it holds the last
+step's token (a string closed, an item begun); only else does the policy plan the whole way anew (on
+a random model, 25-string schema: once per output, at its start, against ~400 times in 400 tokens
+before; a kept plan ends at most a few tokens later than the policy's would). Nothing is assumed
+about how far one token can raise `need`: every plan in use has been taken through the matcher from
+the current state (xgrammar reads a token as its bytes, so a string of the same bytes is the same
+path; the tests take each plan token by token).
 
 A client's grammar is bounded before it is built (worker/model/grammar_limits.py), compiled first in
 a child process with a deadline and a memory cap (worker/model/grammar_probe.py), and kept in an LRU
@@ -40,9 +59,10 @@ from worker.model.grammar_probe import GrammarProbe, ProbeFailed, compile_constr
 
 # Single characters the closing policy tries, cheapest ending first.
 _CLOSERS = ('"', "}", "]", "0", ",", "t", "f", "n", "[", "{", "a", "1")
-# `need` is recomputed at least every _REFRESH steps, and at every step near the end of the budget.
-_REFRESH = 8
-_MIN_JUMP = 16
+# Off its plan, a row first tries this many policy steps, each followed by the old plan's rest from
+# up to _REJOIN_TRIES places, before the policy plans the whole way anew.
+_REJOIN_STEPS = 3
+_REJOIN_TRIES = 2
 _XGRAMMAR_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:\d+: ")
 # A refusal's cached size: its message and key are small; what matters is that they are bounded too.
 _REFUSAL_BYTES = 1024
@@ -174,59 +194,82 @@ class Grammars:
 
 
 class RowGrammar:
-    """One request's grammar state: what it allows next, and how many tokens it needs to end."""
+    """One request's grammar state: what it allows next, and a way to end from there (its plan)."""
 
     def __init__(self, grammars: Grammars, compiled: xg.CompiledGrammar, *, limit: int) -> None:
         self._grammars = grammars
         self.matcher = xg.GrammarMatcher(compiled)
         # Counted up to the budget only: past it the request is refused anyway.
-        self.need = grammars.closer.need(self.matcher, limit=limit)
-        # How much one token may raise `need` (opening the largest required structure, roughly).
-        self._jump = max(_MIN_JUMP, self.need)
-        self._steps = self._unchecked = 0
+        plan = grammars.closer.plan(self.matcher, limit=limit)
+        self._plan = plan if plan is not None else []
+        self.need = len(plan) if plan is not None else limit + 1
+        self.plans = 1  # the closing policy's plans taken up (the tests read it)
 
     @property
     def ended(self) -> bool:
         return bool(self.matcher.is_terminated())
 
+    @property
+    def plan(self) -> list[int]:
+        """The tokens that end the output from the current state (a stop token follows them)."""
+        return list(self._plan)
+
     def forced(self, remaining: int) -> int | None:
-        """The token the closing policy dictates when the budget leaves no choice, else None.
-        The last token of the budget is kept for the end of sequence (a finish reason "stop")."""
+        """The plan's token when the budget leaves no choice, else None. The last token of the
+        budget is kept for the end of sequence (a finish reason "stop")."""
         if self.need < remaining - 1:
             return None
-        return self._grammars.closer.next(self.matcher)
+        return self._next()
 
     def accept(self, token: int, remaining: int) -> int:
         """Take `token` (sampled from the masked logits) unless it leaves too little budget to end;
-        then the closing policy's token instead. Returns the token taken."""
-        self._steps += 1
+        then the plan's token instead. Returns the token taken."""
         if not self.matcher.accept_token(token):  # only when every allowed token had -inf logits
-            token = self._grammars.closer.next(self.matcher)
+            token = self._next()
             self.matcher.accept_token(token)
         if self.ended:
             return token
-        self._unchecked += 1
-        if remaining - 2 >= self.need + self._jump * self._unchecked and self._steps % _REFRESH:
-            return token  # far from the end: `need` can't have caught up with the budget yet
-        self._unchecked = 0
-        need = self._grammars.closer.need(self.matcher, limit=remaining)
-        if need <= remaining - 2:
-            self.need = need
+        previous = self._plan
+        if previous and token == previous[0]:  # the plan's own step: the rest still ends it
+            self._plan = previous[1:]
+            self.need = len(self._plan)
             return token
-        return self._close_instead()
+        # Off the plan: the same tokens often still end the output (more of a string's content,
+        # a number's digits); checked on a fork in one call. Else the closing policy plans anew.
+        if len(previous) <= remaining - 2 and self._grammars.closer.ends(self.matcher, previous):
+            self.need = len(previous)
+            return token
+        rejoined = self._grammars.closer.rejoin(self.matcher, previous, limit=remaining - 2)
+        if rejoined is not None:
+            self._plan, self.need = rejoined, len(rejoined)
+            return token
+        plan = self._grammars.closer.plan(self.matcher, limit=remaining - 2)
+        if plan is not None:
+            self._plan, self.need = plan, len(plan)
+            self.plans += 1
+            return token
+        return self._close_instead(previous)
 
-    def _close_instead(self) -> int:
-        """The sampled token is undone and the closing policy's taken."""
+    def _close_instead(self, previous: list[int]) -> int:
+        """The sampled token is undone and the previous plan's first token taken: the rest of that
+        plan ends the output, one token shorter than before."""
         self.matcher.rollback(1)
-        closing = self._grammars.closer.next(self.matcher)
+        closing = previous[0] if previous else self._grammars.closer.next(self.matcher)
         self.matcher.accept_token(closing)
-        self.need = max(self.need - 1, 0)
+        self._plan = previous[1:]
+        self.need = len(self._plan)
         return closing
 
     def take(self, token: int) -> None:
-        """Record a forced token."""
+        """Record a forced token (the plan's, from `forced`)."""
         self.matcher.accept_token(token)
-        self.need = max(self.need - 1, 0)
+        if self._plan and token == self._plan[0]:
+            self._plan = self._plan[1:]
+            self.need = len(self._plan)
+
+    def _next(self) -> int:
+        """The plan's next token; a stop token once the plan is done (the grammar may end)."""
+        return self._plan[0] if self._plan else self._grammars.closer.next(self.matcher)
 
 
 class _Closer:
@@ -243,6 +286,8 @@ class _Closer:
         blank += [True] * (vocab_size - len(blank))
         self._preferred = ~torch.tensor(blank, dtype=torch.bool)
         self._vocab_size = vocab_size
+        self._vocab = vocab
+        self._empty = {i for i, text in enumerate(vocab[:vocab_size]) if not text}
 
     def next(self, matcher: xg.GrammarMatcher) -> int:
         """The policy's token for `matcher`'s state (a stop token when the grammar may end there)."""
@@ -251,12 +296,60 @@ class _Closer:
     def need(self, matcher: xg.GrammarMatcher, *, limit: int) -> int:
         """Tokens the policy takes from `matcher`'s state until the grammar may end (over `limit`:
         limit + 1)."""
+        plan = self.plan(matcher, limit=limit)
+        return len(plan) if plan is not None else limit + 1
+
+    def plan(self, matcher: xg.GrammarMatcher, *, limit: int) -> list[int] | None:
+        """The policy's tokens from `matcher`'s state to where the grammar may end (None when they
+        are more than `limit`)."""
         sim = matcher.fork()
         stops = _stops(matcher)
-        for steps in range(limit + 1):
-            if self._step(sim, stops) in stops:
-                return steps
-        return limit + 1
+        plan: list[int] = []
+        for _ in range(limit + 1):
+            token = self._step(sim, stops)
+            if token in stops:
+                return plan
+            plan.append(token)
+        return None
+
+    def rejoin(self, matcher: xg.GrammarMatcher, previous: list[int], *, limit: int) -> list[int] | None:
+        """A plan made of `previous` (the plan before the last token): its rest after its first
+        token (the model's token did that token's work), else a few policy steps from `matcher`'s
+        state followed by `previous`, or by its rest after the first places that hold the last
+        step's token. None when none of those ends the output within `limit`."""
+        if len(previous) > 1 and self.ends(matcher, previous[1:]):
+            return previous[1:]  # e.g. a UTF-8 character completed by another byte
+        sim = matcher.fork()
+        stops = _stops(matcher)
+        bridge: list[int] = []
+        for _ in range(_REJOIN_STEPS):
+            token = self._step(sim, stops)
+            if token in stops:
+                return bridge
+            bridge.append(token)
+            if len(bridge) + len(previous) <= limit and self.ends(matcher, bridge + previous):
+                return bridge + previous  # e.g. a UTF-8 character completed, then the old way
+            tries = 0
+            for j, held in enumerate(previous):  # a string closed, an item begun: the old way on
+                if held != token:
+                    continue
+                plan = bridge + previous[j + 1 :]
+                if len(plan) <= limit and self.ends(matcher, plan):
+                    return plan
+                tries += 1
+                if tries == _REJOIN_TRIES:
+                    break
+        return None
+
+    def ends(self, matcher: xg.GrammarMatcher, plan: list[int]) -> bool:
+        """Whether `plan` leads from `matcher`'s state to where the grammar may end: its bytes
+        accepted on a fork in one call (xgrammar takes a token byte by byte, as a string), then a
+        stop token."""
+        if not self._empty.isdisjoint(plan):  # a token with no bytes: not comparable to a string
+            return False
+        sim = matcher.fork()
+        text = b"".join(map(self._vocab.__getitem__, plan))
+        return bool(sim.accept_string(text)) and any(sim.accept_token(stop) for stop in _stops(matcher))
 
     def _step(self, matcher: xg.GrammarMatcher, stops: tuple[int, ...]) -> int:
         """Advance `matcher` (a fork) by the policy's token and return it."""

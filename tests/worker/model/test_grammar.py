@@ -4,6 +4,7 @@ schemas always end complete and valid within the budget; what can't fit or compi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from shared.errors import InvalidRequestError
 from shared.generation import Constraint
-from worker.model.grammar import Grammars
+from worker.model.grammar import Grammars, RowGrammar
 
 SCHEMA = {
     "type": "object",
@@ -56,9 +57,11 @@ def random_model_output(
     budget: int,
     seed: int,
     bias: torch.Tensor | None = None,
+    check: Callable[[RowGrammar, int], None] | None = None,
 ) -> str:
     """What a model of random logits (plus `bias`) writes under the grammar, sampling like the
-    scheduler does."""
+    scheduler does; `check(row, remaining)` sees the row after each token. An output the budget
+    cut off raises."""
     generator = torch.Generator().manual_seed(seed)
     row = grammars.row(constraint, budget)
     vocab = grammars.vocab_size
@@ -78,6 +81,10 @@ def random_model_output(
         if token in grammars.stop_ids:
             break
         out.append(token)
+        if check is not None:
+            check(row, remaining - 1)
+    else:
+        raise AssertionError(f"seed {seed}: cut by the budget of {budget} (finish reason length)")
     return tokenizer.decode(out, skip_special_tokens=True)  # type: ignore[attr-defined]
 
 
@@ -88,6 +95,105 @@ def test_strict_schema_output_is_valid_for_every_seed_within_the_budget(grammars
     for seed in range(12):
         text = random_model_output(book, tokenizer, constraint, budget, seed)
         jsonschema.validate(json.loads(text), SCHEMA)
+
+
+# Long shortest outputs, optional structures with long minimums, anyOf branches of unequal minimums,
+# bounded strings and arrays that a plan kept from an earlier state may overrun.
+LONG_MINIMUMS = {
+    "long_array": {
+        "type": "object",
+        "properties": {
+            "notes": {"type": "array", "minItems": 25, "items": {"type": "string", "minLength": 3}}
+        },
+        "required": ["notes"],
+    },
+    "optional_big": {
+        "type": "object",
+        "properties": {
+            "a": {"type": "integer"},
+            "big": {"type": "array", "minItems": 12, "items": {"type": "string", "minLength": 2}},
+            "c": {"type": "string", "minLength": 6},
+        },
+        "required": ["a"],
+    },
+    "any_of": {
+        "anyOf": [
+            {"type": "integer"},
+            {
+                "type": "object",
+                "properties": {"x": {"type": "array", "minItems": 10, "items": {"type": "integer"}}},
+                "required": ["x"],
+            },
+        ]
+    },
+    "bounded": {
+        "type": "array",
+        "items": {"type": "string", "minLength": 2, "maxLength": 4},
+        "minItems": 6,
+        "maxItems": 8,
+    },
+}
+
+
+def holds_its_plan(book: Grammars) -> Callable[[RowGrammar, int], None]:
+    """A check of the budget invariant after each token: the row's plan, taken token by token on a
+    fork, leads to where a stop token is accepted, and fits what is left; a fresh plan is the
+    closing policy's own from the current state (`_Closer.need`'s count)."""
+    planned = {"runs": 0}
+
+    def check(row: RowGrammar, remaining: int) -> None:
+        if row.ended:
+            return
+        plan, fork = row.plan, row.matcher.fork()
+        assert row.need == len(plan) < remaining, (row.need, remaining)
+        assert all(fork.accept_token(t) for t in plan) and fork.accept_token(book.stop_ids[0])
+        if row.plans != planned.setdefault(id(row), 1):  # planned anew at this step
+            planned[id(row)] = row.plans
+            assert row.need == book.closer.need(row.matcher, limit=remaining)
+        planned["runs"] += 1
+
+    return check
+
+
+@pytest.mark.parametrize("schema", LONG_MINIMUMS.values(), ids=LONG_MINIMUMS.keys())
+def test_the_need_is_never_underestimated_under_tight_budgets(grammars, schema: dict[str, object]) -> None:
+    """Every output ends complete and valid with a stop, at every budget from its shortest output
+    up; after every token the row holds a way to end that fits the rest of the budget."""
+    book, tokenizer = grammars
+    constraint = Constraint(kind="json", schema=json.dumps(schema))
+    # From the shortest output (or the static limit's floor for an optional minItems) up.
+    shortest = max(book.row(constraint, 4096).need + 1, 16)
+    for budget in (shortest, shortest + 3, shortest + 24):
+        for seed in range(6):
+            check = holds_its_plan(book)
+            text = random_model_output(book, tokenizer, constraint, budget, seed, check=check)
+            jsonschema.validate(json.loads(text), schema)
+
+
+def test_a_regex_with_a_long_minimum_ends_within_tight_budgets(grammars) -> None:
+    book, tokenizer = grammars
+    constraint = Constraint(kind="regex", regex=r"([a-z]{3,}[0-9]?,){8,}[0-9]{4}")
+    shortest = book.row(constraint, 4096).need + 1
+    for budget in (shortest, shortest + 3, shortest + 24):
+        for seed in range(6):
+            text = random_model_output(book, tokenizer, constraint, budget, seed, check=holds_its_plan(book))
+            assert re.fullmatch(r"([a-z]{3,}[0-9]?,){8,}[0-9]{4}", text), text
+
+
+def test_a_long_minimum_is_not_replanned_at_every_token(grammars) -> None:
+    """The closing policy plans the whole way anew only when no plan made of the old one ends the
+    output: not at each of a string's characters, nor at each string closed."""
+    book, tokenizer = grammars
+    constraint = Constraint(kind="json", schema=json.dumps(LONG_MINIMUMS["long_array"]))
+    rows: list[RowGrammar] = []
+    steps = {"n": 0}
+
+    def count(row: RowGrammar, remaining: int) -> None:
+        rows[:] = [row]
+        steps["n"] += 1
+
+    random_model_output(book, tokenizer, constraint, 400, 0, check=count)
+    assert rows[0].plans <= 4, (rows[0].plans, steps["n"])  # it was ~1 per token, then ~1 per 20
 
 
 class Pet(BaseModel):
@@ -144,6 +250,45 @@ def test_bounded_strings_take_escapes_as_one_character_and_no_control_characters
 
     assert takes('"ab"') and takes('"a\\nb"') and takes('"\\u00e9\\""')
     assert not takes('"a\x01b"') and not takes('"a\tb"') and not takes('"\\u00e9"')
+
+
+@pytest.mark.parametrize("least", [1, 3, 70])  # 70: past the chain of one-character rules
+def test_a_minimum_length_alone_counts_json_characters(grammars, least: int) -> None:
+    """A string with a `minLength` and no `maxLength` is written as a chain of one-character rules
+    then a plain string's rest: the same strings as before, an escape one character."""
+    book, _ = grammars
+    schema = json.dumps({"type": "string", "minLength": least})
+    compiled = book.compile(Constraint(kind="json", schema=schema))
+
+    def takes(text: str) -> bool:
+        matcher = xgrammar.GrammarMatcher(compiled)
+        return bool(matcher.accept_string(text) and matcher.accept_token(book.stop_ids[0]))
+
+    short = "a" * (least - 1)
+    assert takes(f'"{short}b"') and takes(f'"{short}\\u00e9"') and takes(f'"{short}\\"xyz"')
+    assert takes(f'"{short}b{"c" * 200}"')
+    assert not takes(f'"{short}"') and not takes(f'"{short}\x01"') and not takes(f'"{short}b\tc"')
+    assert not takes(f'"{short}\\x"')
+
+
+@pytest.mark.parametrize("bounds", [(0, 4), (2, 4), (3, 3), (1, 64), (0, 65)])  # 65: kept counted
+def test_a_bounded_string_counts_json_characters(grammars, bounds: tuple[int, int]) -> None:
+    """A string with a `maxLength` up to 64 is written as a rule per position: the same strings
+    as before, an escape one character."""
+    (least, most), (book, _) = bounds, grammars
+    schema = json.dumps({"type": "string", "minLength": least, "maxLength": most})
+    compiled = book.compile(Constraint(kind="json", schema=schema))
+
+    def takes(text: str) -> bool:
+        matcher = xgrammar.GrammarMatcher(compiled)
+        return bool(matcher.accept_string(text) and matcher.accept_token(book.stop_ids[0]))
+
+    for length in {least, most}:
+        assert takes(f'"{"a" * length}"')
+        assert takes(f'"{"a" * (length - 1)}\\u00e9"') if length else True
+        assert not takes(f'"{"a" * (length - 1)}\x01"') if length else True
+    assert not takes(f'"{"a" * (most + 1)}"') and not takes(f'"{"a" * most}\\n"')
+    assert least == 0 or not takes(f'"{"a" * (least - 1)}"')
 
 
 def surrogate_bias(book: Grammars) -> torch.Tensor:
