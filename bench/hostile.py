@@ -5,8 +5,8 @@ Its own `dukat serve` with two models: the normal client's small chats (1 token)
 Llama, the attacks to a second tiny Llama, so what is measured is the gateway (and the CPU the attack
 takes from the machine), not a shared batch. Attackers run in their own processes, two at a time,
 each sending its request again and again: a 50,000-item Responses input (5.5 MB), 100,000 one-word
-chat messages (3.5 MB), 9 MB of tool descriptions, 128 token-id prompts (9 MB), and an n=64 answer
-with 20 alternatives a token (~25 MB of logprobs). Small chats go out every 50 ms for 4 s of each
+chat messages (3.5 MB), 9 MB of tool descriptions, 128 token-id prompts (9 MB), and an n=16 answer
+of 150 tokens with 20 alternatives each (~3.5 MB of logprobs, built off the loop). Small chats go out every 50 ms for 4 s of each
 attack; the figures are their median and slowest against idle. Target: median <= 2x idle.
 """
 
@@ -36,7 +36,7 @@ import sys, httpx
 url, path, body = sys.argv[1], sys.argv[2], open(sys.argv[3], "rb").read()
 with httpx.Client(base_url=url, headers={"Content-Type": "application/json"}, timeout=600) as client:
     while True:
-        client.post(path, content=body)
+        print(client.post(path, content=body).status_code, flush=True)
 """
 
 
@@ -55,10 +55,10 @@ def attacks() -> dict[str, tuple[str, dict[str, Any]]]:
                                                                           "function": described}]}),
         "128 token-id prompts, 9 MB": (
             "/v1/completions", {"model": ATTACKED, "prompt": [[1] * 17_000] * 128, "max_tokens": 1}),
-        "n=64 answer, 20 logprobs a token": (
-            "/v1/chat/completions", {"model": ATTACKED, "messages": [hi], "max_tokens": 300, "n": 64,
+        "n=16 answers, 20 logprobs a token": (
+            "/v1/chat/completions", {"model": ATTACKED, "messages": [hi], "max_tokens": 150, "n": 16,
                                      "logprobs": True, "top_logprobs": 20, "temperature": 1.0,
-                                     "min_tokens": 300}),
+                                     "min_tokens": 150}),
     }  # fmt: skip
 
 
@@ -95,16 +95,17 @@ def measure(ctx: Context) -> dict[str, Any]:
                 body_file = Path(tmp) / "body.json"
                 body_file.write_bytes(json.dumps(body).encode())
                 args = [sys.executable, "-c", ATTACKER, served.url, path, str(body_file)]
-                procs = [subprocess.Popen(args) for _ in range(2)]
+                procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(2)]
                 try:
                     time.sleep(1.5)  # the first bodies are in (or the answer is being generated)
                     busy = latencies(served.url)
                 finally:
                     for proc in procs:
                         proc.kill()
-                        proc.wait()
+                answered = [line.strip() for proc in procs for line in proc.communicate()[0].splitlines()]
                 size = body_file.stat().st_size
-                out[name] = {"median_s": median(busy), "max_s": max(busy), "body_bytes": size}
+                out[name] = {"median_s": median(busy), "max_s": max(busy), "body_bytes": size,
+                             "answered": answered}  # fmt: skip
         finally:
             served.stop()
     return out
@@ -123,6 +124,6 @@ def run(ctx: Context, report: Report) -> None:
             f"normal chat during {name}: median / idle",
             f"<= {TARGET:g}",
             f"x{ratio:.1f} ({figures['median_s'] * 1000:.0f} vs {idle * 1000:.0f} ms; slowest "
-            f"{figures['max_s'] * 1000:.0f} ms)",
+            f"{figures['max_s'] * 1000:.0f} ms; {len(figures['answered'])} attacks answered)",
             ratio <= TARGET,
         )
