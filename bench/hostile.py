@@ -6,8 +6,9 @@ Llama, the attacks to a second tiny Llama, so what is measured is the gateway (a
 takes from the machine), not a shared batch. Attackers run in their own processes, two at a time,
 each sending its request again and again: a 50,000-item Responses input (5.5 MB), 100,000 one-word
 chat messages (3.5 MB), 9 MB of tool descriptions, 128 token-id prompts (9 MB), and an n=16 answer
-of 150 tokens with 20 alternatives each (~3.5 MB of logprobs, built off the loop). Small chats go out every 50 ms for 4 s of each
-attack; the figures are their median and slowest against idle. Target: median <= 2x idle.
+of 150 tokens with 20 alternatives each (~3.5 MB of logprobs, built off the loop). Small chats go out
+every 50 ms for 4 s of each attack; the figures are their median and slowest against idle, and how
+many attacks were answered meanwhile. Target: median <= 2x idle.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from gateway.limits import LARGE_BYTES, decode_body
@@ -35,6 +35,7 @@ F = TypeVar("F", bound=Callable[..., object])
 # The intake process yields the CPU to the gateway and the model workers on the same machine.
 _NICENESS = 10
 _BOUNDS: dict[type, Callable[..., object]] = {}
+_NOTHING = nullcontext()
 
 
 def bounds(kind: type) -> Callable[[F], F]:
@@ -56,14 +57,15 @@ class Intake:
         self._pool: ProcessPoolExecutor | None = None
         self._held = 0  # bytes of large bodies being read or checked
 
-    @contextmanager
-    def room(self, size: int) -> Iterator[None]:
+    def room(self, size: int) -> AbstractContextManager[None]:
         """Count a large body's `size` bytes while it is read and checked; past
         DUKAT_LARGE_BODY_BYTES in all, a 429 before it is read (128 clients sending 9 MB each held
-        1.1 GB here while they waited for the intake process). Small bodies count nothing."""
-        if size < LARGE_BYTES:
-            yield
-            return
+        1.1 GB here while they waited for the intake process). Small bodies count nothing (and cost
+        every request no generator)."""
+        return _NOTHING if size < LARGE_BYTES else self._held_room(size)
+
+    @contextmanager
+    def _held_room(self, size: int) -> Iterator[None]:
         budget = self._settings.large_body_bytes
         if self._held + size > budget:
             raise OverloadedError(

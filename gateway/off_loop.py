@@ -101,9 +101,10 @@ def encoded_in_pieces(value: Any) -> bytes:
         items = lists[int(marker[1])]
         out += b"["
         for i in range(0, len(items), _SLICE):
+            piece = items[i : i + _SLICE]
             out += b"," if i else b""
-            out += msgspec.json.encode(items[i : i + _SLICE])[1:-1]
-            items[i : i + _SLICE] = [None] * len(items[i : i + _SLICE])  # freed a slice at a time too
+            out += msgspec.json.encode(piece)[1:-1]
+            items[i : i + _SLICE] = [None] * len(piece)  # freed a slice at a time too
         out += b"]"
         start = marker.end()
     out += head[start:]
@@ -131,5 +132,6 @@ def logprob_values(results: Sequence[GenerateResult]) -> int:
     for result in results:
         for items in (result.logprobs, result.prompt_logprobs):
             if items:
-                total += len(items) * (1 + max(len(items[0].top), len(items[-1].top)))
+                # The last entry's: an echoed prompt's first token has no alternatives.
+                total += len(items) * (1 + len(items[-1].top))
     return total

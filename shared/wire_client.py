@@ -77,7 +77,8 @@ from shared.wire import (
 
 log = logging.getLogger(__name__)
 _CLOSED = object()
-_LARGE_FRAME = 64 * 1024
+# A Logprobs slice with 20 alternatives a token is ~25 KB.
+_LARGE_FRAME = 16 * 1024
 _Reply = TypeVar("_Reply", Pong, Result, Embedding, Tokens, Text, Scores, AdaptersLoaded)
 
 
@@ -144,18 +145,11 @@ class WorkerConnection:
                 if isinstance(frame, Logprobs):
                     if frame.id in self._queues:
                         self._slices.setdefault(frame.id, ([], []))[frame.prompt].extend(frame.logprobs)
-                    await asyncio.sleep(0)  # the next slice after other requests' work
-                    continue
-                if isinstance(frame, Result) and (slices := self._slices.pop(frame.id, None)):
-                    _join_slices(frame.result, *slices)
-                queue = self._queues.get(frame.id)
-                if queue is not None:
-                    queue.put_nowait(frame)
-                    if queue.qsize() >= self.stream_buffer_events and frame.id not in self._paused:
-                        self._pause(frame.id)
+                else:
+                    self._deliver(frame)
                 if len(payload) >= _LARGE_FRAME:
-                    # Buffered frames are read without a pause: after a large one (a result with its
-                    # logprobs), other requests get the loop before the next is decoded.
+                    # Buffered frames are read without a pause: after a large one (a slice of logprobs,
+                    # an embedding), other requests get the loop before the next is decoded.
                     await asyncio.sleep(0)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
@@ -165,6 +159,17 @@ class WorkerConnection:
             self._writer = None
             for queue in self._queues.values():
                 queue.put_nowait(_CLOSED)
+
+    def _deliver(self, frame: FromWorker) -> None:
+        """A frame to its request's queue (a result with its logprobs joined), pausing a stream
+        whose consumer fell behind."""
+        if isinstance(frame, Result) and (slices := self._slices.pop(frame.id, None)):
+            _join_slices(frame.result, *slices)
+        queue = self._queues.get(frame.id)
+        if queue is not None:
+            queue.put_nowait(frame)
+            if queue.qsize() >= self.stream_buffer_events and frame.id not in self._paused:
+                self._pause(frame.id)
 
     async def _send(self, frame: ToWorker) -> None:
         try:
