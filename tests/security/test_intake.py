@@ -13,6 +13,7 @@ import pytest
 from gateway.intake import Intake
 from gateway.limits import LARGE_BYTES
 from shared.errors import OverloadedError
+from shared.processes import kill_group
 from shared.settings import Settings
 from tests.gateway.conftest import TEST_ENV
 from tests.security.conftest import CHAT_MODEL
@@ -71,6 +72,13 @@ def test_the_intake_process_leaves_with_a_gateway_killed_by_sigkill(tmp_path: Pa
         # The intake process, and the resource tracker its `spawn` context starts.
         spawned = [p for p in gateway.children() if "multiprocessing" in " ".join(p.cmdline())]
         assert any("spawn_main" in " ".join(p.cmdline()) for p in spawned), spawned
+        # Its worker host lives in a session of its own: stopped here, since stop() finds the gateway
+        # gone and signals no one.
+        hosts = [p for p in gateway.children() if "worker.host" in p.cmdline()]
         gateway.kill()  # the gateway alone, not its process group
-        _, alive = psutil.wait_procs(spawned, timeout=10)
-        assert not alive
+        try:
+            _, alive = psutil.wait_procs(spawned, timeout=10)
+            assert not alive
+        finally:
+            for host in hosts:
+                kill_group(host.pid)
